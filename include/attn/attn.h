@@ -1,0 +1,398 @@
+/*
+ * libattn — attention mechanisms as GEMM calls into BLAS, behind a stable C ABI.
+ *
+ * This header is the manual. Every function documents what it computes, its
+ * parameters, who owns what, thread-safety, the statuses it returns and the
+ * version it appeared in.
+ *
+ * Conventions used throughout
+ * ---------------------------
+ *  - Tensors are rank 1..4, shapes and strides are int64_t and counted in
+ *    elements (not bytes). Attention operands use the logical layout
+ *    [batch, heads, seq, dim]; the [batch, seq, heads, dim] memory layout is
+ *    expressed through strides (see attn_tensor_wrap()) and never copied.
+ *  - The last dimension of q, k, v and out must be contiguous (stride 1).
+ *  - Boolean masks: **true (non-zero) = attend**, false = masked out.
+ *  - A query row that keeps no key at all produces out = 0, lse = -inf and
+ *    weights = 0. Never NaN.
+ *  - Every function that can fail returns an ::attn_status. On failure no
+ *    output is written and, when a context is at hand, a message naming the
+ *    offending argument is available from attn_context_last_error().
+ *  - The library never prints, aborts or exits.
+ *
+ * Thread-safety: an ::attn_context and everything created from it are used by
+ * one thread at a time (create one context per caller thread). Distinct
+ * contexts are fully independent. Pure functions (attn_status_string(),
+ * attn_version_*) are safe from any thread.
+ */
+#ifndef ATTN_ATTN_H
+#define ATTN_ATTN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "attn/version.h"
+
+#if defined(_WIN32) && defined(ATTN_BUILDING_SHARED)
+#define ATTN_API __declspec(dllexport)
+#elif defined(__GNUC__) || defined(__clang__)
+#define ATTN_API __attribute__((visibility("default")))
+#else
+#define ATTN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup version Version
+ *  @{ */
+
+/** The library's version as MAJOR*10000 + MINOR*100 + PATCH (run-time value;
+ *  compare with ::ATTN_VERSION_NUMBER for the headers you compiled against).
+ *  @since 0.1.0 */
+ATTN_API uint32_t attn_version_number(void);
+
+/** The library's version as a static "MAJOR.MINOR.PATCH" string. @since 0.1.0 */
+ATTN_API const char *attn_version_string(void);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup status Status codes
+ *  @{ */
+
+/** X-macro list of all statuses: name, explicit value, static description.
+ *  Values are part of the ABI: new codes are appended, never renumbered. */
+#define ATTN_STATUS_LIST(X)                                                           \
+  X(ATTN_OK, 0, "success")                                                            \
+  X(ATTN_ERR_NULL_ARG, 1, "a required pointer argument is NULL")                      \
+  X(ATTN_ERR_INVALID_ARG, 2, "an argument has an invalid value")                      \
+  X(ATTN_ERR_SHAPE, 3, "tensor rank or shape is invalid or inconsistent")             \
+  X(ATTN_ERR_DTYPE, 4, "tensor dtype is unsupported or inconsistent")                 \
+  X(ATTN_ERR_LAYOUT, 5, "tensor strides are not supported (e.g. non-contiguous last dim)") \
+  X(ATTN_ERR_OVERFLOW, 6, "a size computation overflows")                             \
+  X(ATTN_ERR_NO_MEMORY, 7, "memory allocation failed")                                \
+  X(ATTN_ERR_UNSUPPORTED, 8, "the requested combination is not supported")            \
+  X(ATTN_ERR_CAPACITY, 9, "the KV cache has no room for the rows")                    \
+  X(ATTN_ERR_MISMATCH, 10, "a tensor passed to execute does not match the plan")      \
+  X(ATTN_ERR_THREAD, 11, "a worker thread could not be started")                      \
+  X(ATTN_ERR_INTERNAL, 12, "internal error (please report)")
+
+/** Status returned by every fallible function. */
+typedef enum attn_status {
+#define ATTN_STATUS_ENUM_(name, value, text) name = value,
+  ATTN_STATUS_LIST(ATTN_STATUS_ENUM_)
+#undef ATTN_STATUS_ENUM_
+} attn_status;
+
+/** A static, human-readable description of @p status ("unknown status" for
+ *  values outside the list). Never NULL. Thread-safe. @since 0.1.0 */
+ATTN_API const char *attn_status_string(attn_status status);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup context Context: threads, allocator, last error
+ *  @{ */
+
+/** Opaque library context. Owns the worker threads, the allocator hooks and
+ *  the last error message. */
+typedef struct attn_context attn_context;
+
+/** Allocator hooks. @p alloc returns memory aligned to at least @p alignment
+ *  (a power of two ≥ 64) or NULL; @p free receives the pointer and the size
+ *  that was asked for. Both are called only from the thread using the
+ *  context, never from inside a compute call. */
+typedef struct attn_allocator {
+  void *(*alloc)(void *user_data, size_t size, size_t alignment);
+  void (*free)(void *user_data, void *ptr, size_t size);
+  void *user_data;
+} attn_allocator;
+
+/** Options for attn_context_create(). Always initialise with
+ *  attn_context_options_init(): the struct may grow at the end, and
+ *  @c struct_size tells the library which fields the caller knows. */
+typedef struct attn_context_options {
+  size_t struct_size;       /**< sizeof(attn_context_options), set by init */
+  int32_t num_threads;      /**< 0 = default: $ATTN_NUM_THREADS, else online cores */
+  attn_allocator allocator; /**< alloc == NULL: the C library's aligned allocator */
+} attn_context_options;
+
+/** Fill @p opts with defaults (num_threads 0, default allocator). @since 0.1.0 */
+ATTN_API void attn_context_options_init(attn_context_options *opts);
+
+/** Create a context.
+ *  @param opts  options, or NULL for defaults. num_threads must be 0..1024;
+ *               alloc and free must be both set or both NULL.
+ *  @param out   receives the context; untouched on failure.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG, ATTN_ERR_NO_MEMORY,
+ *          ATTN_ERR_THREAD.
+ *  Worker threads (num_threads − 1 of them) start lazily at the first parallel
+ *  call and stop in attn_context_destroy(). @since 0.1.0 */
+ATTN_API attn_status attn_context_create(const attn_context_options *opts, attn_context **out);
+
+/** Destroy a context. NULL is a no-op. Every tensor, descriptor and plan made
+ *  with it must be destroyed first. @since 0.1.0 */
+ATTN_API void attn_context_destroy(attn_context *ctx);
+
+/** The message of the last failing call made with @p ctx ("" if none), e.g.
+ *  "k: shape [2,8,128,64] does not match q's batch 3". Valid until the next
+ *  call with this context. Never NULL (for ctx == NULL: a static text).
+ *  @since 0.1.0 */
+ATTN_API const char *attn_context_last_error(const attn_context *ctx);
+
+/** Number of threads compute calls on @p ctx use (≥ 1; 0 for NULL). @since 0.1.0 */
+ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup tensor Tensors
+ *  @{ */
+
+/** Element types. Values are ABI. */
+typedef enum attn_dtype {
+  ATTN_DTYPE_F32 = 1, /**< IEEE float */
+  ATTN_DTYPE_F64 = 2, /**< IEEE double */
+  ATTN_DTYPE_U8 = 3   /**< uint8_t: boolean masks and block layouts only */
+} attn_dtype;
+
+/** Largest tensor rank. */
+#define ATTN_MAX_RANK 4
+
+/** Opaque tensor: dtype, shape, strides (elements), data pointer. */
+typedef struct attn_tensor attn_tensor;
+
+/** Create an owned, zero-filled, C-contiguous tensor whose data is 64-byte
+ *  aligned and allocated through @p ctx's allocator.
+ *  @param rank   1..ATTN_MAX_RANK
+ *  @param shape  rank dims, each ≥ 1; their product (in bytes) must not overflow.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_DTYPE, ATTN_ERR_SHAPE,
+ *          ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY. @since 0.1.0 */
+ATTN_API attn_status attn_tensor_create(attn_context *ctx, attn_dtype dtype, int32_t rank,
+                                        const int64_t *shape, attn_tensor **out);
+
+/** Wrap caller memory without copying. The caller keeps @p data and must keep
+ *  it alive while the tensor is used.
+ *  @param strides rank strides in elements, each ≥ 0 (0 broadcasts), or NULL
+ *                 for C-contiguous. Example, [B,S,H,D] memory seen as
+ *                 [B,H,S,D]: shape {B,H,S,D}, strides {S*H*D, D, H*D, 1}.
+ *  @return as attn_tensor_create(), plus ATTN_ERR_LAYOUT for negative strides.
+ *  @since 0.1.0 */
+ATTN_API attn_status attn_tensor_wrap(attn_context *ctx, attn_dtype dtype, int32_t rank,
+                                      const int64_t *shape, const int64_t *strides, void *data,
+                                      attn_tensor **out);
+
+/** Destroy a tensor (frees the data if owned). NULL is a no-op. @since 0.1.0 */
+ATTN_API void attn_tensor_destroy(attn_tensor *t);
+
+/** Accessors. On NULL or an out-of-range axis they return 0 (dtype/rank/numel),
+ *  -1 (dim/stride) or NULL (data). @since 0.1.0 */
+ATTN_API attn_dtype attn_tensor_dtype(const attn_tensor *t);
+ATTN_API int32_t attn_tensor_rank(const attn_tensor *t);
+ATTN_API int64_t attn_tensor_dim(const attn_tensor *t, int32_t axis);
+ATTN_API int64_t attn_tensor_stride(const attn_tensor *t, int32_t axis);
+ATTN_API int64_t attn_tensor_numel(const attn_tensor *t);
+ATTN_API void *attn_tensor_data(const attn_tensor *t);
+
+/** Point a tensor at new memory of the same shape and strides (for example the
+ *  next batch of inputs), so a plan can run on it. @since 0.1.0 */
+ATTN_API attn_status attn_tensor_set_data(attn_tensor *t, void *data);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup desc Attention descriptor: what to compute
+ *
+ *  The descriptor is an option bag that grows through setters. Defaults:
+ *  exact scaled-dot-product attention, scale 1/√d_k, no mask.
+ *
+ *  Score s_ij for query i and key j (before masking):
+ *   - ATTN_SCORE_SCALED_DOT: s = scale · q_i·k_j, default scale 1/√d_k
+ *   - ATTN_SCORE_DOT (Luong dot): s = scale · q_i·k_j, default scale 1
+ *   - ATTN_SCORE_GENERAL (Luong general): s = scale · q_iᵀ W k_j, default scale 1
+ *   - ATTN_SCORE_ADDITIVE (Bahdanau): s = vᵀ tanh(W_q q_i + W_k k_j + b)
+ *  then, in this order: softcap c: s ← c·tanh(s/c); ALiBi: s ← s − slope_h·|i − j|;
+ *  additive mask: s ← s + m_ij; then keys removed by causal/window/lengths/bool
+ *  mask/sparsity are dropped. p_i = softmax over kept j; out_i = Σ_j p_ij v_j;
+ *  lse_i = log Σ_kept exp(s_ij).
+ *
+ *  Arrays and tensors passed to setters are borrowed: the caller keeps them
+ *  alive until every plan created from the descriptor is destroyed, and may
+ *  change their *contents* (not shapes) between executes.
+ *  @{ */
+
+/** Opaque descriptor. */
+typedef struct attn_desc attn_desc;
+
+/** Which algorithm. Values are ABI. */
+typedef enum attn_variant {
+  ATTN_VARIANT_EXACT = 0,       /**< exact softmax attention (masks apply) */
+  ATTN_VARIANT_SWIN = 1,        /**< 2-D (shifted) window attention on an h×w grid */
+  ATTN_VARIANT_LONGFORMER = 2,  /**< sliding window ± global tokens */
+  ATTN_VARIANT_BIGBIRD = 3,     /**< block window + global + seeded random blocks */
+  ATTN_VARIANT_BLOCK_SPARSE = 4,/**< user block layout */
+  ATTN_VARIANT_LINEAR_ELU = 5,  /**< linear attention, φ(x) = elu(x) + 1 */
+  ATTN_VARIANT_PERFORMER = 6,   /**< linear attention, FAVOR+ positive random features */
+  ATTN_VARIANT_LINFORMER = 7    /**< low-rank: exact attention on (E·K, F·V) */
+} attn_variant;
+
+/** Score functions. Values are ABI. */
+typedef enum attn_score {
+  ATTN_SCORE_SCALED_DOT = 0,
+  ATTN_SCORE_DOT = 1,
+  ATTN_SCORE_GENERAL = 2,
+  ATTN_SCORE_ADDITIVE = 3
+} attn_score;
+
+/** Causal alignment. Values are ABI.
+ *  TOP_LEFT keeps j ≤ i. BOTTOM_RIGHT keeps j ≤ i + (S_k − S_q): the last
+ *  query sees every key (the KV-cache case); with S_q > S_k the first
+ *  S_q − S_k rows keep nothing and give 0. */
+typedef enum attn_causal {
+  ATTN_CAUSAL_NONE = 0,
+  ATTN_CAUSAL_TOP_LEFT = 1,
+  ATTN_CAUSAL_BOTTOM_RIGHT = 2
+} attn_causal;
+
+/** Create a descriptor with the defaults above.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_NO_MEMORY. @since 0.1.0 */
+ATTN_API attn_status attn_desc_create(attn_context *ctx, attn_desc **out);
+
+/** Destroy a descriptor. Plans made from it stay valid (they copy what they
+ *  need, except borrowed arrays/tensors). NULL is a no-op. @since 0.1.0 */
+ATTN_API void attn_desc_destroy(attn_desc *desc);
+
+/** Select the algorithm. ATTN_ERR_INVALID_ARG for unknown values. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_variant(attn_desc *desc, attn_variant variant);
+
+/** Select the score function. ATTN_ERR_INVALID_ARG for unknown values. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_score(attn_desc *desc, attn_score score);
+
+/** Set the score scale (must be finite and > 0; ATTN_ERR_INVALID_ARG otherwise).
+ *  @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_scale(attn_desc *desc, double scale);
+
+/** Set causal masking and its alignment. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_causal(attn_desc *desc, attn_causal causal);
+
+/** Sliding window: keep keys with  i' − left ≤ j ≤ i' + right, where i' is the
+ *  query position aligned like the causal setting (i' = i + S_k − S_q for
+ *  BOTTOM_RIGHT, else i). left, right ≥ 0; ATTN_WINDOW_UNBOUNDED for no
+ *  limit on a side. Composes with causal (which caps right at 0). For
+ *  ATTN_VARIANT_LONGFORMER this is the local band. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_window(attn_desc *desc, int64_t left, int64_t right);
+
+/** Value meaning "no limit" for attn_desc_set_window(). */
+#define ATTN_WINDOW_UNBOUNDED INT64_MAX
+
+/** Per-batch-item key lengths (padding): key j is kept only if j < lengths[b].
+ *  @p count must equal the batch size at plan time; each length 0..S_k.
+ *  NULL, 0 clears. Borrowed. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_key_lengths(attn_desc *desc, const int64_t *lengths,
+                                               int64_t count);
+
+/** Per-batch-item query lengths: rows i ≥ lengths[b] give out 0, lse −inf.
+ *  Same rules as attn_desc_set_key_lengths(). @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_query_lengths(attn_desc *desc, const int64_t *lengths,
+                                                 int64_t count);
+
+/** Boolean mask, dtype U8, rank 4 [B or 1, H or 1, S_q, S_k] (dims of 1 or
+ *  stride 0 broadcast). **Non-zero = attend.** NULL clears. Borrowed. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_bool_mask(attn_desc *desc, const attn_tensor *mask);
+
+/** Additive float mask, q's dtype, rank 4 [B or 1, H or 1, S_q, S_k], added
+ *  to the scores; −inf (or −FLT_MAX) removes a key. NULL clears. Borrowed. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_additive_mask(attn_desc *desc, const attn_tensor *mask);
+
+/** ALiBi: s_ij −= slopes[h]·|i' − j| (i' aligned as for the window). @p count must
+ *  equal the number of query heads at plan time; slopes finite. NULL, 0 clears.
+ *  Borrowed. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_alibi(attn_desc *desc, const double *slopes, int64_t count);
+
+/** Logit softcap: s ← cap·tanh(s/cap). cap must be finite and > 0. @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_softcap(attn_desc *desc, double cap);
+
+/** Luong general score matrix W: rank 2 [d_q, d_k] (q's dim, k's dim), q's
+ *  dtype. Required for ATTN_SCORE_GENERAL (then q may have d_q ≠ d_k). Borrowed.
+ *  @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_general_weight(attn_desc *desc, const attn_tensor *w);
+
+/** Bahdanau additive score parameters, q's dtype: w_q [A, d_q], w_k [A, d_k],
+ *  bias [A] (may be NULL), v [A]. Required for ATTN_SCORE_ADDITIVE. Borrowed.
+ *  @since 0.1.0 */
+ATTN_API attn_status attn_desc_set_additive_weights(attn_desc *desc, const attn_tensor *w_q,
+                                                    const attn_tensor *w_k,
+                                                    const attn_tensor *bias,
+                                                    const attn_tensor *v);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup plan Plans: validate once, execute many times
+ *  @{ */
+
+/** Opaque plan: a descriptor bound to tensor shapes, strides and dtypes with
+ *  its workspace allocated. */
+typedef struct attn_plan attn_plan;
+
+/** Validate and prepare attention for these tensors.
+ *
+ *  Shapes (all rank 4, one dtype F32 or F64 for q, k, v, out, weights, lse):
+ *   - q:   [B, H,    S_q, d_q]
+ *   - k:   [B, H_kv, S_k, d_k]   (d_k = d_q except for ATTN_SCORE_GENERAL/ADDITIVE)
+ *   - v:   [B, H_kv, S_k, d_v]   H_kv divides H (GQA; H_kv = 1 is MQA)
+ *   - out: [B, H,    S_q, d_v]
+ *   - weights (optional): [B, H, S_q, S_k], the softmax probabilities. Asking for
+ *     them costs an extra pass over the scores and O(S_q·S_k) memory traffic.
+ *   - lse (optional): rank 3 [B, H, S_q], log-sum-exp of the kept scores.
+ *  The tensors' data pointers are not used here, only their metadata.
+ *  The plan's workspace is allocated now; attn_plan_execute() allocates nothing.
+ *
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_SHAPE, ATTN_ERR_DTYPE,
+ *          ATTN_ERR_LAYOUT, ATTN_ERR_OVERFLOW, ATTN_ERR_INVALID_ARG,
+ *          ATTN_ERR_UNSUPPORTED, ATTN_ERR_NO_MEMORY. @since 0.1.0 */
+ATTN_API attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc,
+                                      const attn_tensor *q, const attn_tensor *k,
+                                      const attn_tensor *v, const attn_tensor *out,
+                                      const attn_tensor *weights, const attn_tensor *lse,
+                                      attn_plan **plan);
+
+/** Run the plan. The tensors must have the plan's dtype, shapes and strides
+ *  (data pointers may differ); weights/lse must be non-NULL exactly when they
+ *  were at plan time. Allocates nothing. Uses the context's threads; OpenBLAS
+ *  runs single-threaded inside and the caller's OpenBLAS thread count is
+ *  restored before returning. Results are bitwise identical for any thread
+ *  count. On error, outputs are not written.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_THREAD. @since 0.1.0 */
+ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,
+                                       const attn_tensor *k, const attn_tensor *v,
+                                       attn_tensor *out, attn_tensor *weights, attn_tensor *lse);
+
+/** Bytes of workspace the plan holds. 0 for NULL. @since 0.1.0 */
+ATTN_API size_t attn_plan_workspace_size(const attn_plan *plan);
+
+/** Destroy a plan. NULL is a no-op. @since 0.1.0 */
+ATTN_API void attn_plan_destroy(attn_plan *plan);
+
+/** One-shot: create a plan, execute, destroy. Same rules as the two calls.
+ *  @since 0.1.0 */
+ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
+                                  const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                                  attn_tensor *weights, attn_tensor *lse);
+
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+/* Topical headers: sparse/window/linear/low-rank options, multi-head layers,
+ * the KV cache. Each is self-contained on top of this one. */
+#include "attn/approx.h"
+#include "attn/heads.h"
+#include "attn/kvcache.h"
+
+#endif /* ATTN_ATTN_H */

@@ -1,0 +1,232 @@
+/* Plans: shape validation common to every variant, then the variant's own
+ * initialiser; execute checks the tensors against the plan and dispatches. */
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+enum { META_Q, META_K, META_V, META_OUT, META_W, META_LSE };
+static const char *const meta_names[6] = {"q", "k", "v", "out", "weights", "lse"};
+
+static void record_meta(attn_tmeta *m, const attn_tensor *t) {
+  memset(m, 0, sizeof *m);
+  if (t == NULL) return;
+  m->present = true;
+  m->dtype = t->dtype;
+  m->rank = t->rank;
+  memcpy(m->shape, t->shape, sizeof m->shape);
+  memcpy(m->strides, t->strides, sizeof m->strides);
+}
+
+static bool meta_equal(const attn_tmeta *m, const attn_tensor *t) {
+  if (!m->present) return t == NULL;
+  if (t == NULL || t->data == NULL) return false;
+  if (t->dtype != m->dtype || t->rank != m->rank) return false;
+  for (int32_t i = 0; i < t->rank; i++)
+    if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
+  return true;
+}
+
+static attn_status expect_dims(attn_context *ctx, const char *name, const attn_tensor *t,
+                               const int64_t *want, const char *what) {
+  for (int32_t i = 0; i < t->rank; i++) {
+    if (want[i] >= 0 && t->shape[i] != want[i]) {
+      char got[96];
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "%s: shape %s does not match %s (dim %d should be %" PRId64 ")", name,
+                       attn_shape_str(t, got, sizeof got), what, (int)i, want[i]);
+    }
+  }
+  return ATTN_OK;
+}
+
+static attn_status expect_unit_last(attn_context *ctx, const char *name, const attn_tensor *t) {
+  if (t->strides[t->rank - 1] != 1 && t->shape[t->rank - 1] != 1)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                     "%s: last dim stride is %" PRId64 "; the last dim must be contiguous (stride 1)",
+                     name, t->strides[t->rank - 1]);
+  return ATTN_OK;
+}
+
+static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
+                            const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
+                            const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
+  attn_status st;
+  if (q == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "q: must not be NULL");
+  if (q->dtype != ATTN_DTYPE_F32 && q->dtype != ATTN_DTYPE_F64)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "q: dtype %s, expected f32 or f64",
+                     attn_dtype_name(q->dtype));
+  attn_dtype dt = q->dtype;
+  if ((st = attn_check_tensor(ctx, "q", q, 4, dt)) != ATTN_OK) return st;
+  if ((st = attn_check_tensor(ctx, "k", k, 4, dt)) != ATTN_OK) return st;
+  if ((st = attn_check_tensor(ctx, "v", v, 4, dt)) != ATTN_OK) return st;
+  if ((st = attn_check_tensor(ctx, "out", out, 4, dt)) != ATTN_OK) return st;
+
+  p->dtype = dt;
+  p->B = q->shape[0];
+  p->H = q->shape[1];
+  p->Sq = q->shape[2];
+  p->Dq = q->shape[3];
+  p->Hkv = k->shape[1];
+  p->Sk = k->shape[2];
+  p->Dk = k->shape[3];
+  p->Dv = v->shape[3];
+
+  const int64_t kwant[4] = {p->B, -1, -1, -1};
+  if ((st = expect_dims(ctx, "k", k, kwant, "q's batch")) != ATTN_OK) return st;
+  const int64_t vwant[4] = {p->B, p->Hkv, p->Sk, -1};
+  if ((st = expect_dims(ctx, "v", v, vwant, "k's [B, H_kv, S_k]")) != ATTN_OK) return st;
+  if (p->H % p->Hkv != 0) {
+    char a[96], b[96];
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "k: %" PRId64 " key/value heads (shape %s) do not divide q's %" PRId64
+                     " heads (shape %s)",
+                     p->Hkv, attn_shape_str(k, a, sizeof a), p->H, attn_shape_str(q, b, sizeof b));
+  }
+  bool projected_score = desc->score == ATTN_SCORE_GENERAL || desc->score == ATTN_SCORE_ADDITIVE;
+  if (!projected_score && p->Dk != p->Dq) {
+    char a[96], b[96];
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "k: head dim %" PRId64 " (shape %s) differs from q's %"
+                     PRId64 " (shape %s)", p->Dk, attn_shape_str(k, a, sizeof a), p->Dq,
+                     attn_shape_str(q, b, sizeof b));
+  }
+  const int64_t owant[4] = {p->B, p->H, p->Sq, p->Dv};
+  if ((st = expect_dims(ctx, "out", out, owant, "[B, H, S_q, d_v] of q and v")) != ATTN_OK)
+    return st;
+  if ((st = expect_unit_last(ctx, "q", q)) != ATTN_OK) return st;
+  if ((st = expect_unit_last(ctx, "k", k)) != ATTN_OK) return st;
+  if ((st = expect_unit_last(ctx, "v", v)) != ATTN_OK) return st;
+  if ((st = expect_unit_last(ctx, "out", out)) != ATTN_OK) return st;
+  if (weights != NULL) {
+    if ((st = attn_check_tensor(ctx, "weights", weights, 4, dt)) != ATTN_OK) return st;
+    const int64_t wwant[4] = {p->B, p->H, p->Sq, p->Sk};
+    if ((st = expect_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
+      return st;
+    if ((st = expect_unit_last(ctx, "weights", weights)) != ATTN_OK) return st;
+  }
+  if (lse != NULL) {
+    if ((st = attn_check_tensor(ctx, "lse", lse, 3, dt)) != ATTN_OK) return st;
+    const int64_t lwant[3] = {p->B, p->H, p->Sq};
+    if ((st = expect_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
+  }
+
+  if (desc->scale > 0.0) {
+    p->scale = desc->scale;
+  } else {
+    p->scale = desc->score == ATTN_SCORE_SCALED_DOT ? 1.0 / sqrt((double)p->Dk) : 1.0;
+  }
+  record_meta(&p->meta[META_Q], q);
+  record_meta(&p->meta[META_K], k);
+  record_meta(&p->meta[META_V], v);
+  record_meta(&p->meta[META_OUT], out);
+  record_meta(&p->meta[META_W], weights);
+  record_meta(&p->meta[META_LSE], lse);
+  return ATTN_OK;
+}
+
+attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
+                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
+                             const attn_tensor *weights, const attn_tensor *lse,
+                             attn_plan **plan) {
+  ATTN_CHECK_NULL(ctx, ctx);
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, desc);
+  ATTN_CHECK_NULL(ctx, plan);
+  attn_plan tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.ctx = ctx;
+  tmp.desc = *desc;
+  attn_status st = validate(ctx, desc, q, k, v, out, weights, lse, &tmp);
+  if (st != ATTN_OK) return st;
+  if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
+
+  attn_plan *p = attn_alloc(ctx, sizeof *p);
+  if (p == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+  *p = tmp;
+  switch (desc->variant) {
+    case ATTN_VARIANT_EXACT: st = attn_exact_plan_init(p); break;
+    case ATTN_VARIANT_SWIN: st = attn_swin_plan_init(p); break;
+    case ATTN_VARIANT_LONGFORMER:
+    case ATTN_VARIANT_BIGBIRD:
+    case ATTN_VARIANT_BLOCK_SPARSE: st = attn_sparse_plan_init(p); break;
+    case ATTN_VARIANT_LINEAR_ELU:
+    case ATTN_VARIANT_PERFORMER: st = attn_linear_plan_init(p); break;
+    case ATTN_VARIANT_LINFORMER: st = attn_lowrank_plan_init(p); break;
+    default: st = attn_fail(ctx, ATTN_ERR_INVALID_ARG, "desc: unknown variant %d", (int)desc->variant);
+  }
+  if (st != ATTN_OK) {
+    attn_free(ctx, p, sizeof *p);
+    return st;
+  }
+  *plan = p;
+  return ATTN_OK;
+}
+
+attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q, const attn_tensor *k,
+                              const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
+                              attn_tensor *lse) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  const attn_tensor *ts[6] = {q, k, v, out, weights, lse};
+  for (int i = 0; i < 6; i++) {
+    if (i < 4 && ts[i] == NULL)
+      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", meta_names[i]);
+    if (!meta_equal(&plan->meta[i], ts[i])) {
+      if (!plan->meta[i].present)
+        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without %s; pass NULL",
+                         meta_names[i], meta_names[i]);
+      if (ts[i] == NULL)
+        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created with %s; pass it",
+                         meta_names[i], meta_names[i]);
+      char buf[96];
+      return attn_fail(ctx, ATTN_ERR_MISMATCH,
+                       "%s: dtype/shape/strides (%s %s) differ from the tensor the plan was made for",
+                       meta_names[i], attn_dtype_name(ts[i]->dtype),
+                       attn_shape_str(ts[i], buf, sizeof buf));
+    }
+  }
+  return plan->ops->execute(plan, q, k, v, out, weights, lse);
+}
+
+size_t attn_plan_workspace_size(const attn_plan *plan) {
+  return plan == NULL ? 0 : plan->workspace_bytes;
+}
+
+void attn_plan_destroy(attn_plan *plan) {
+  if (plan == NULL) return;
+  attn_context *ctx = plan->ctx;
+  if (plan->ops != NULL && plan->ops->destroy != NULL) plan->ops->destroy(plan);
+  attn_free(ctx, plan->workspace, plan->workspace_bytes);
+  attn_free(ctx, plan->impl, plan->impl_bytes);
+  attn_free(ctx, plan, sizeof *plan);
+}
+
+attn_status attn_forward(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
+                         const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                         attn_tensor *weights, attn_tensor *lse) {
+  attn_plan *plan = NULL;
+  attn_status st = attn_plan_create(ctx, desc, q, k, v, out, weights, lse, &plan);
+  if (st != ATTN_OK) return st;
+  st = attn_plan_execute(plan, q, k, v, out, weights, lse);
+  attn_plan_destroy(plan);
+  return st;
+}
+
+attn_status attn_plan_block_layout(const attn_plan *plan, uint8_t *buf, size_t *size) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  ATTN_CHECK_NULL(plan->ctx, size);
+  if (plan->ops->block_layout == NULL)
+    return attn_fail(plan->ctx, ATTN_ERR_UNSUPPORTED,
+                     "plan: variant '%s' has no block layout", plan->ops->name);
+  return plan->ops->block_layout(plan, buf, size);
+}
+
+attn_status attn_plan_redraw_features(attn_plan *plan, uint64_t seed) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  if (plan->ops->redraw == NULL)
+    return attn_fail(plan->ctx, ATTN_ERR_UNSUPPORTED,
+                     "plan: variant '%s' has no random features to redraw", plan->ops->name);
+  return plan->ops->redraw(plan, seed);
+}

@@ -1,0 +1,23 @@
+/* The exact attention kernel, shared by the exact plan and the modules that
+ * reduce to it (multi-head, Linformer, KV cache prefill). */
+#ifndef ATTN_EXACT_H
+#define ATTN_EXACT_H
+
+#include "core/internal.h"
+#include "mask/mask.h"
+
+typedef struct attn_exact {
+  attn_mask mask;
+  int64_t bq, bk;      /* tile sizes */
+  int64_t nqb;         /* query blocks */
+  size_t slot_elems;   /* per-thread workspace, in elements of the dtype */
+  int64_t A;           /* additive score: attention dim (0 otherwise) */
+  size_t kp_offset;    /* additive: element offset of K·W_kᵀ [B, Hkv, S_k, A] */
+  size_t vb_offset;    /* additive: element offset of v [A] then bias [A] */
+} attn_exact;
+
+/* Tile sizes for head dims (exposed for the bench and tests):
+ * chosen so a thread's tiles stay in L2. */
+void attn_exact_tiles(int64_t Sq, int64_t Sk, int64_t Dk, int64_t Dv, int64_t *bq, int64_t *bk);
+
+#endif

@@ -1,0 +1,24 @@
+/* Vector math for the softmax and score loops. f32 paths are chosen once at
+ * run time (AVX-512F, AVX2+FMA, or portable C); $ATTN_CPU=generic|avx2|avx512
+ * can lower the choice (for tests and comparisons), never raise it. */
+#ifndef ATTN_VMATH_H
+#define ATTN_VMATH_H
+
+#include <stdint.h>
+
+typedef struct attn_vmath {
+  const char *isa;
+  float (*max_f32)(const float *x, int64_t n);
+  /* x[i] ← exp(x[i] − m) (exactly 0 where x[i] = −inf); returns the sum. */
+  float (*exp_sub_sum_f32)(float *x, int64_t n, float m);
+  void (*tanh_f32)(float *x, int64_t n);
+} attn_vmath;
+
+/* The dispatch table (initialised once, thread-safe). */
+const attn_vmath *attn_vmath_get(void);
+
+double attn_max_f64(const double *x, int64_t n);
+double attn_exp_sub_sum_f64(double *x, int64_t n, double m);
+void attn_tanh_f64(double *x, int64_t n);
+
+#endif

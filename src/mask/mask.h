@@ -1,0 +1,65 @@
+/* The mask module: one resolved description of which keys a query keeps and
+ * what is added to its scores. Every kernel (exact, KV cache, window, sparse)
+ * asks it per tile instead of building a dense S_q×S_k mask. */
+#ifndef ATTN_MASK_H
+#define ATTN_MASK_H
+
+#include "core/internal.h"
+
+typedef enum attn_tile_class {
+  ATTN_TILE_SKIP = 0,    /* every (i, j) in the tile is masked out */
+  ATTN_TILE_FULL = 1,    /* every (i, j) is kept (transforms may still apply) */
+  ATTN_TILE_PARTIAL = 2  /* mixed: apply the mask element-wise */
+} attn_tile_class;
+
+typedef struct attn_mask {
+  int64_t B, H, Sq, Sk;
+  /* Structured band in aligned coordinates: keep j with
+   *   i' − left ≤ j ≤ i' + right   (causal folded in: right ≤ 0), where
+   * i' = i + attn_mask_offset(b). With BOTTOM_RIGHT and key/query lengths the
+   * alignment is per batch item (the ends of the valid ranges line up). */
+  bool bottom_right; /* offset_b = key_len_b − query_len_b, else 0 */
+  bool banded;
+  int64_t left, right; /* ≥ 0; ATTN_WINDOW_UNBOUNDED = none */
+  const int64_t *key_len;   /* [B] or NULL */
+  const int64_t *query_len; /* [B] or NULL */
+  /* Dense masks with broadcast strides (0 on broadcast dims). */
+  const uint8_t *bool_mask;
+  const void *add_mask; /* plan dtype */
+  int64_t bm_stride[4], am_stride[4];
+  /* Transforms. */
+  const double *alibi; /* [H] or NULL */
+  double softcap;      /* 0 = off */
+  bool has_transform;  /* softcap, ALiBi or additive mask: every tile needs apply() */
+  bool has_dense;      /* bool or additive mask: no tile is FULL */
+} attn_mask;
+
+/* Resolve the descriptor's mask options for a plan (validates and names the
+ * bad argument). Dense masks must have the plan's dtype (additive) or U8 (bool),
+ * rank 4, dims equal or 1. */
+attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan);
+
+/* Re-read borrowed pointers (data may move between executes). */
+void attn_mask_bind(attn_mask *m, const attn_desc *desc);
+
+/* Alignment offset of batch item b: aligned position i' = i + offset. */
+int64_t attn_mask_offset(const attn_mask *m, int64_t b);
+
+/* Range [*j0, *j1) of keys that rows [i0, i1) of batch b can keep at most
+ * (band and key length). Empty: *j0 >= *j1. */
+void attn_mask_key_range(const attn_mask *m, int64_t b, int64_t i0, int64_t i1, int64_t *j0,
+                         int64_t *j1);
+
+/* Classify the tile rows [i0, i1) × keys [j0, j1). */
+attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int64_t i0,
+                                   int64_t i1, int64_t j0, int64_t j1);
+
+/* Apply transforms (softcap, ALiBi, additive) and, when cls is PARTIAL, the
+ * masking (−inf) to the score tile S (ni × nj, row stride lds) holding rows
+ * i0.. and keys j0... */
+void attn_mask_apply_f32(const attn_mask *m, attn_tile_class cls, int64_t b, int64_t h,
+                         int64_t i0, int64_t ni, int64_t j0, int64_t nj, float *S, int64_t lds);
+void attn_mask_apply_f64(const attn_mask *m, attn_tile_class cls, int64_t b, int64_t h,
+                         int64_t i0, int64_t ni, int64_t j0, int64_t nj, double *S, int64_t lds);
+
+#endif /* ATTN_MASK_H */

@@ -1,0 +1,108 @@
+#include "reference.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ref_problem_init(ref_problem *p, int64_t B, int64_t H, int64_t Sq, int64_t Sk, int64_t D) {
+  memset(p, 0, sizeof *p);
+  p->B = B;
+  p->H = p->Hkv = H;
+  p->Sq = Sq;
+  p->Sk = Sk;
+  p->Dq = p->Dk = p->Dv = D;
+  p->left = p->right = -1;
+}
+
+static int64_t aligned_row(const ref_problem *p, int64_t b, int64_t i) {
+  if (p->causal != 2) return i; /* ATTN_CAUSAL_BOTTOM_RIGHT */
+  int64_t kl = p->key_len ? p->key_len[b] : p->Sk;
+  int64_t ql = p->query_len ? p->query_len[b] : p->Sq;
+  return i + kl - ql;
+}
+
+bool ref_kept(const ref_problem *p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (p->query_len && i >= p->query_len[b]) return false;
+  if (p->key_len && j >= p->key_len[b]) return false;
+  int64_t ia = aligned_row(p, b, i);
+  if (p->causal != 0 && j > ia) return false;
+  if (p->left >= 0 && j < ia - p->left) return false;
+  if (p->right >= 0 && j > ia + p->right) return false;
+  size_t mi = (size_t)(((b * p->H + h) * p->Sq + i) * p->Sk + j);
+  if (p->bool_mask && !p->bool_mask[mi]) return false;
+  if (p->add_mask && p->add_mask[mi] <= -FLT_MAX) return false;
+  if (p->keep && !p->keep(p->keep_user, b, h, i, j)) return false;
+  return true;
+}
+
+static double score(const ref_problem *p, const double *qi, const double *kj) {
+  double s = 0;
+  if (p->score == 3) { /* additive */
+    for (int64_t a = 0; a < p->A; a++) {
+      double x = p->add_bias ? p->add_bias[a] : 0;
+      for (int64_t d = 0; d < p->Dq; d++) x += p->add_wq[a * p->Dq + d] * qi[d];
+      for (int64_t d = 0; d < p->Dk; d++) x += p->add_wk[a * p->Dk + d] * kj[d];
+      s += p->add_v[a] * tanh(x);
+    }
+    return s;
+  }
+  if (p->score == 2) { /* general: qᵀ W k */
+    for (int64_t x = 0; x < p->Dq; x++)
+      for (int64_t y = 0; y < p->Dk; y++) s += qi[x] * p->general_w[x * p->Dk + y] * kj[y];
+  } else {
+    for (int64_t d = 0; d < p->Dk; d++) s += qi[d] * kj[d];
+  }
+  double scale = p->scale > 0 ? p->scale : (p->score == 0 ? 1.0 / sqrt((double)p->Dk) : 1.0);
+  return scale * s;
+}
+
+void ref_attention(const ref_problem *p, const double *q, const double *k, const double *v,
+                   double *out, double *weights, double *lse, double *bound) {
+  double *s = malloc((size_t)p->Sk * sizeof *s);
+  int64_t group = p->H / p->Hkv;
+  for (int64_t b = 0; b < p->B; b++)
+    for (int64_t h = 0; h < p->H; h++) {
+      int64_t kh = h / group;
+      for (int64_t i = 0; i < p->Sq; i++) {
+        const double *qi = q + ((b * p->H + h) * p->Sq + i) * p->Dq;
+        double mx = -INFINITY;
+        for (int64_t j = 0; j < p->Sk; j++) {
+          if (!ref_kept(p, b, h, i, j)) {
+            s[j] = -INFINITY;
+            continue;
+          }
+          const double *kj = k + ((b * p->Hkv + kh) * p->Sk + j) * p->Dk;
+          double x = score(p, qi, kj);
+          if (p->softcap > 0) x = p->softcap * tanh(x / p->softcap);
+          if (p->alibi) x -= p->alibi[h] * fabs((double)(aligned_row(p, b, i) - j));
+          if (p->add_mask) x += p->add_mask[((b * p->H + h) * p->Sq + i) * p->Sk + j];
+          s[j] = x;
+          if (x > mx) mx = x;
+        }
+        double sum = 0;
+        for (int64_t j = 0; j < p->Sk; j++) {
+          s[j] = mx == -INFINITY ? 0 : exp(s[j] - mx);
+          sum += s[j];
+        }
+        double *oi = out + ((b * p->H + h) * p->Sq + i) * p->Dv;
+        double *bi = bound ? bound + ((b * p->H + h) * p->Sq + i) * p->Dv : NULL;
+        for (int64_t d = 0; d < p->Dv; d++) {
+          oi[d] = 0;
+          if (bi) bi[d] = 0;
+        }
+        for (int64_t j = 0; j < p->Sk; j++) {
+          double w = sum > 0 ? s[j] / sum : 0;
+          if (weights) weights[((b * p->H + h) * p->Sq + i) * p->Sk + j] = w;
+          if (w == 0) continue;
+          const double *vj = v + ((b * p->Hkv + kh) * p->Sk + j) * p->Dv;
+          for (int64_t d = 0; d < p->Dv; d++) {
+            oi[d] += w * vj[d];
+            if (bi) bi[d] += w * fabs(vj[d]);
+          }
+        }
+        if (lse) lse[(b * p->H + h) * p->Sq + i] = sum > 0 ? mx + log(sum) : -INFINITY;
+      }
+    }
+  free(s);
+}
