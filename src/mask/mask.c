@@ -81,6 +81,7 @@ attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
     if ((st = bind_dense(ctx, "additive_mask", d->add_mask, m, m->am_stride)) != ATTN_OK) return st;
   }
   m->softcap = d->softcap;
+  m->max_ranges = 1;
   attn_mask_bind(m, d);
   return ATTN_OK;
 }
@@ -127,6 +128,17 @@ void attn_mask_key_range(const attn_mask *m, int64_t b, int64_t i0, int64_t i1, 
   if (lo >= hi) lo = hi = 0; /* empty */
   *j0 = lo;
   *j1 = hi;
+}
+
+int64_t attn_mask_key_ranges(const attn_mask *m, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                             int64_t *ranges) {
+  (void)h;
+  int64_t j0, j1;
+  attn_mask_key_range(m, b, i0, i1, &j0, &j1);
+  if (j0 >= j1) return 0;
+  ranges[0] = j0;
+  ranges[1] = j1;
+  return 1;
 }
 
 attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int64_t i0,

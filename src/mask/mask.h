@@ -32,6 +32,9 @@ typedef struct attn_mask {
   double softcap;      /* 0 = off */
   bool has_transform;  /* softcap, ALiBi or additive mask: every tile needs apply() */
   bool has_dense;      /* bool or additive mask: no tile is FULL */
+  /* Most key ranges attn_mask_key_ranges() can return (1 for the structured
+   * kinds; sparse layouts raise it). Kernels size a per-thread buffer by it. */
+  int64_t max_ranges;
 } attn_mask;
 
 /* Resolve the descriptor's mask options for a plan (validates and names the
@@ -49,6 +52,13 @@ int64_t attn_mask_offset(const attn_mask *m, int64_t b);
  * (band and key length). Empty: *j0 >= *j1. */
 void attn_mask_key_range(const attn_mask *m, int64_t b, int64_t i0, int64_t i1, int64_t *j0,
                          int64_t *j1);
+
+/* The key ranges rows [i0, i1) of (b, h) may keep, ascending and disjoint,
+ * as pairs ranges[2r] = start, ranges[2r+1] = end (exclusive); returns the
+ * count (≤ m->max_ranges). Kernels visit only these keys, so sparse layouts
+ * cost O(kept keys). */
+int64_t attn_mask_key_ranges(const attn_mask *m, int64_t b, int64_t h, int64_t i0, int64_t i1,
+                             int64_t *ranges);
 
 /* Classify the tile rows [i0, i1) × keys [j0, j1). */
 attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int64_t i0,
