@@ -1,0 +1,729 @@
+/* attn demo: every variant on a built-in workload, a table of numbers, and a
+ * picture of each variant's attention pattern on a short sequence.
+ *
+ * The demo is a table of rows; each row configures an attn_desc through the
+ * public setters. A row whose plan reports ATTN_ERR_UNSUPPORTED is shown as
+ * "not built" (the variant's module has not landed in this build), so the
+ * table lights up as variants are merged, without changes here. */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "picture.h"
+
+#define CMD "demo"
+
+typedef struct dims {
+  int64_t B, H, S, D;
+  bool picture; /* the short sequence used for pictures */
+} dims;
+
+/* Resources a row's setup creates and the plan borrows; freed after the row. */
+typedef struct aux {
+  attn_tensor *t[6];
+  int nt;
+  int64_t ints[64];
+  double slopes[1024];
+  char what[160];
+} aux;
+
+static void aux_free(aux *x) {
+  for (int i = 0; i < x->nt; i++) attn_tensor_destroy(x->t[i]);
+  x->nt = 0;
+}
+
+typedef attn_status (*setup_fn)(attn_context *ctx, attn_desc *d, const dims *dm, aux *x);
+
+enum { REF_NONE, REF_FULL, REF_CAUSAL };
+
+typedef struct demo_row {
+  const char *name;
+  int ref;            /* what its error is measured against */
+  int64_t heads;      /* 0: the workload's H; else this many (for slow scores) */
+  setup_fn setup;
+  const char *pending; /* non-NULL: API not in this build's headers yet */
+} demo_row;
+
+/* ---- small helpers ------------------------------------------------------------- */
+
+static attn_tensor *owned(attn_context *ctx, aux *x, attn_dtype dt, int32_t rank, const int64_t *shape) {
+  attn_tensor *t = NULL;
+  if (x->nt >= (int)(sizeof x->t / sizeof x->t[0])) return NULL;
+  if (attn_tensor_create(ctx, dt, rank, shape, &t) != ATTN_OK) return NULL;
+  x->t[x->nt++] = t;
+  return t;
+}
+
+static void fill_normal(attn_tensor *t, uint64_t seed, double scale) {
+  cli_rng r;
+  cli_rng_seed(&r, seed);
+  int64_t n = attn_tensor_numel(t);
+  if (attn_tensor_dtype(t) == ATTN_DTYPE_F32) {
+    float *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (float)(scale * cli_rng_normal(&r));
+  } else {
+    double *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = scale * cli_rng_normal(&r);
+  }
+}
+
+/* Factor S = gh·gw with gh the largest divisor ≤ √S (32×32 for 1024). */
+static void grid_of(int64_t S, int64_t *gh, int64_t *gw) {
+  int64_t h = (int64_t)floor(sqrt((double)S));
+  while (h > 1 && S % h != 0) h--;
+  *gh = h;
+  *gw = S / h;
+}
+
+#define NEED(expr)                      \
+  do {                                  \
+    attn_status st_ = (expr);           \
+    if (st_ != ATTN_OK) return st_;     \
+  } while (0)
+
+#define NEED_T(t) \
+  do {            \
+    if ((t) == NULL) return ATTN_ERR_NO_MEMORY; \
+  } while (0)
+
+/* ---- the rows' setups ------------------------------------------------------------ */
+
+static attn_status su_sdpa(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)d;
+  snprintf(x->what, sizeof x->what, "softmax(q.k/sqrt(%" PRId64 ")) v, no mask", m->D);
+  return ATTN_OK;
+}
+
+static attn_status su_causal(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)m;
+  snprintf(x->what, sizeof x->what, "causal: key j <= query i");
+  return attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
+}
+
+static attn_status su_window(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t w = m->S / 8;
+  snprintf(x->what, sizeof x->what, "sliding window |i-j| <= %" PRId64, w);
+  return attn_desc_set_window(d, w, w);
+}
+
+static attn_status su_causal_window(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t w = m->S / 8;
+  snprintf(x->what, sizeof x->what, "causal window i-%" PRId64 " <= j <= i", w);
+  NEED(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  return attn_desc_set_window(d, w, 0);
+}
+
+static attn_status su_padding(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  for (int64_t b = 0; b < m->B; b++) x->ints[b] = m->S * 3 / 4 - b;
+  snprintf(x->what, sizeof x->what, "key padding: keys j < %" PRId64 " kept", x->ints[0]);
+  return attn_desc_set_key_lengths(d, x->ints, m->B);
+}
+
+static attn_status su_alibi(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  /* ALiBi's geometric slopes 2^(-8(h+1)/H); the 1-head picture uses 1/4 so
+   * the decay is visible on 64 tokens. */
+  for (int64_t h = 0; h < m->H; h++)
+    x->slopes[h] = m->picture ? 0.25 : pow(2.0, -8.0 * (double)(h + 1) / (double)m->H);
+  snprintf(x->what, sizeof x->what, "causal + ALiBi slope %g%s", x->slopes[0],
+           m->H > 1 ? " .. (per head)" : "");
+  NEED(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  return attn_desc_set_alibi(d, x->slopes, m->H);
+}
+
+static attn_status su_softcap(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)m;
+  snprintf(x->what, sizeof x->what, "logit softcap 2*tanh(s/2)");
+  return attn_desc_set_softcap(d, 2.0);
+}
+
+/* Packed documents: block-diagonal bool mask (true = attend). */
+static attn_status su_boolmask(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  const int64_t S = m->S, shape[4] = {1, 1, S, S};
+  attn_tensor *t = owned(c, x, ATTN_DTYPE_U8, 4, shape);
+  NEED_T(t);
+  uint8_t *p = attn_tensor_data(t);
+  const int64_t cut1 = S * 3 / 8, cut2 = S * 3 / 4;
+  for (int64_t i = 0; i < S; i++) {
+    int di = i < cut1 ? 0 : i < cut2 ? 1 : 2;
+    for (int64_t j = 0; j < S; j++) {
+      int dj = j < cut1 ? 0 : j < cut2 ? 1 : 2;
+      p[i * S + j] = di == dj;
+    }
+  }
+  snprintf(x->what, sizeof x->what, "bool mask: 3 packed documents (true = attend)");
+  return attn_desc_set_bool_mask(d, t);
+}
+
+/* A Gaussian locality prior added to the scores. */
+static attn_status su_addmask(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  const int64_t S = m->S, shape[4] = {1, 1, S, S};
+  attn_tensor *t = owned(c, x, ATTN_DTYPE_F32, 4, shape);
+  NEED_T(t);
+  float *p = attn_tensor_data(t);
+  const double sigma = (double)S / 8.0;
+  for (int64_t i = 0; i < S; i++)
+    for (int64_t j = 0; j < S; j++) {
+      double r = (double)(i - j);
+      p[i * S + j] = (float)(-r * r / (2.0 * sigma * sigma));
+    }
+  snprintf(x->what, sizeof x->what, "additive mask -(i-j)^2/(2*%g^2)", sigma);
+  return attn_desc_set_additive_mask(d, t);
+}
+
+static attn_status su_dot(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)m;
+  snprintf(x->what, sizeof x->what, "Luong dot score q.k (scale 1)");
+  return attn_desc_set_score(d, ATTN_SCORE_DOT);
+}
+
+static attn_status su_general(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  const int64_t shape[2] = {m->D, m->D};
+  attn_tensor *w = owned(c, x, ATTN_DTYPE_F32, 2, shape);
+  NEED_T(w);
+  fill_normal(w, 11, 1.0 / (double)m->D);
+  snprintf(x->what, sizeof x->what, "Luong general score q^T W k, W random %" PRId64 "x%" PRId64,
+           m->D, m->D);
+  NEED(attn_desc_set_score(d, ATTN_SCORE_GENERAL));
+  return attn_desc_set_general_weight(d, w);
+}
+
+static attn_status su_additive(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  const int64_t A = m->D, sw[2] = {A, m->D}, sa[1] = {A};
+  attn_tensor *wq = owned(c, x, ATTN_DTYPE_F32, 2, sw), *wk = owned(c, x, ATTN_DTYPE_F32, 2, sw);
+  attn_tensor *bias = owned(c, x, ATTN_DTYPE_F32, 1, sa), *v = owned(c, x, ATTN_DTYPE_F32, 1, sa);
+  NEED_T(wq);
+  NEED_T(wk);
+  NEED_T(bias);
+  NEED_T(v);
+  fill_normal(wq, 21, 1.0 / sqrt((double)m->D));
+  fill_normal(wk, 22, 1.0 / sqrt((double)m->D));
+  fill_normal(bias, 23, 0.1);
+  fill_normal(v, 24, 1.5 / sqrt((double)A));
+  snprintf(x->what, sizeof x->what, "Bahdanau additive score v.tanh(Wq q + Wk k + b), A=%" PRId64, A);
+  NEED(attn_desc_set_score(d, ATTN_SCORE_ADDITIVE));
+  return attn_desc_set_additive_weights(d, wq, wk, bias, v);
+}
+
+static attn_status su_longformer(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t w = m->S / 16;
+  x->ints[0] = 0;
+  x->ints[1] = m->S / 2;
+  snprintf(x->what, sizeof x->what, "Longformer: window |i-j| <= %" PRId64 ", global tokens 0, %" PRId64,
+           w, x->ints[1]);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_LONGFORMER));
+  NEED(attn_desc_set_window(d, w, w));
+  return attn_desc_set_global_tokens(d, x->ints, 2);
+}
+
+static attn_status su_bigbird(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t b = m->S / 16 > 0 ? m->S / 16 : 1, r = m->picture ? 1 : 2;
+  snprintf(x->what, sizeof x->what,
+           "BigBird: block %" PRId64 ", window 1 block, 1 global, %" PRId64 " random (seed 7)", b, r);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_BIGBIRD));
+  NEED(attn_desc_set_block_size(d, b));
+  return attn_desc_set_bigbird(d, 1, 1, r, 7);
+}
+
+static attn_status su_blocksparse(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  int64_t b = m->S / 16 > 0 ? m->S / 16 : 1, nb = (m->S + b - 1) / b;
+  const int64_t shape[3] = {1, nb, nb};
+  attn_tensor *t = owned(c, x, ATTN_DTYPE_U8, 3, shape);
+  NEED_T(t);
+  uint8_t *p = attn_tensor_data(t);
+  for (int64_t i = 0; i < nb; i++)
+    for (int64_t j = 0; j < nb; j++) p[i * nb + j] = (llabs(i - j) <= 1) || (j % 4 == 3);
+  snprintf(x->what, sizeof x->what,
+           "block-sparse: block %" PRId64 ", band + every 4th key block (strided)", b);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_BLOCK_SPARSE));
+  NEED(attn_desc_set_block_size(d, b));
+  return attn_desc_set_block_layout(d, t);
+}
+
+static attn_status swin_common(attn_desc *d, const dims *m, aux *x, bool shifted) {
+  int64_t gh, gw, M = m->picture ? 4 : 8;
+  grid_of(m->S, &gh, &gw);
+  int64_t shift = shifted ? M / 2 : 0;
+  snprintf(x->what, sizeof x->what, "Swin: %" PRId64 "x%" PRId64 " grid, %" PRId64 "x%" PRId64
+           " windows, shift %" PRId64, gh, gw, M, M, shift);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_SWIN));
+  return attn_desc_set_swin(d, gh, gw, M, shift);
+}
+
+static attn_status su_swin(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  return swin_common(d, m, x, false);
+}
+
+static attn_status su_swin_shift(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  return swin_common(d, m, x, true);
+}
+
+static attn_status su_linear(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)m;
+  snprintf(x->what, sizeof x->what, "linear attention, phi(x) = elu(x)+1");
+  return attn_desc_set_variant(d, ATTN_VARIANT_LINEAR_ELU);
+}
+
+static attn_status su_linear_causal(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c, (void)m;
+  snprintf(x->what, sizeof x->what, "causal linear attention, phi(x) = elu(x)+1");
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_LINEAR_ELU));
+  return attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
+}
+
+static attn_status su_performer(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t f = m->picture ? 64 : 256;
+  snprintf(x->what, sizeof x->what, "Performer FAVOR+: %" PRId64 " random features (seed 1)", f);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_PERFORMER));
+  return attn_desc_set_features(d, f, 1);
+}
+
+static attn_status su_linformer(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  int64_t k = m->S / 4 > 0 ? m->S / 4 : 1;
+  snprintf(x->what, sizeof x->what, "Linformer: keys/values projected to %" PRId64 " (seed 1)", k);
+  NEED(attn_desc_set_variant(d, ATTN_VARIANT_LINFORMER));
+  return attn_desc_set_lowrank(d, k, 1);
+}
+
+/* Every variant and option family the headers declare. Rows with `pending`
+ * name an API that is not in this build's headers yet (multi-head layers and
+ * the KV cache): add their rows here when heads.h / kvcache.h declare them. */
+static const demo_row rows[] = {
+    {"sdpa", REF_NONE, 0, su_sdpa, NULL},
+    {"causal", REF_NONE, 0, su_causal, NULL},
+    {"window", REF_NONE, 0, su_window, NULL},
+    {"causal-window", REF_NONE, 0, su_causal_window, NULL},
+    {"padding", REF_NONE, 0, su_padding, NULL},
+    {"alibi", REF_NONE, 0, su_alibi, NULL},
+    {"softcap", REF_NONE, 0, su_softcap, NULL},
+    {"bool-mask", REF_NONE, 0, su_boolmask, NULL},
+    {"additive-mask", REF_NONE, 0, su_addmask, NULL},
+    {"luong-dot", REF_NONE, 0, su_dot, NULL},
+    {"luong-general", REF_NONE, 0, su_general, NULL},
+    {"bahdanau", REF_NONE, 1, su_additive, NULL},
+    {"longformer", REF_FULL, 0, su_longformer, NULL},
+    {"bigbird", REF_FULL, 0, su_bigbird, NULL},
+    {"blocksparse", REF_FULL, 0, su_blocksparse, NULL},
+    {"swin", REF_FULL, 0, su_swin, NULL},
+    {"swin-shifted", REF_FULL, 0, su_swin_shift, NULL},
+    {"linear_elu", REF_FULL, 0, su_linear, NULL},
+    {"linear_elu-causal", REF_CAUSAL, 0, su_linear_causal, NULL},
+    {"performer", REF_FULL, 0, su_performer, NULL},
+    {"linformer", REF_FULL, 0, su_linformer, NULL},
+    {"mha", REF_NONE, 0, NULL, "attn_mha (heads.h) not in this build's headers yet"},
+    {"kvcache", REF_NONE, 0, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
+};
+#define NROWS ((int)(sizeof rows / sizeof rows[0]))
+
+/* ---- running ------------------------------------------------------------------------ */
+
+typedef struct problem {
+  dims dm;
+  attn_tensor *q, *k, *v, *out;
+} problem;
+
+static void problem_free(problem *p) {
+  attn_tensor_destroy(p->q);
+  attn_tensor_destroy(p->k);
+  attn_tensor_destroy(p->v);
+  attn_tensor_destroy(p->out);
+  memset(p, 0, sizeof *p);
+}
+
+static attn_status problem_make(attn_context *ctx, const dims *dm, uint64_t seed, double data_scale,
+                                problem *p) {
+  memset(p, 0, sizeof *p);
+  p->dm = *dm;
+  const int64_t sh[4] = {dm->B, dm->H, dm->S, dm->D};
+  attn_status st;
+  if ((st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, &p->q)) != ATTN_OK ||
+      (st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, &p->k)) != ATTN_OK ||
+      (st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, &p->v)) != ATTN_OK ||
+      (st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, &p->out)) != ATTN_OK) {
+    problem_free(p);
+    return st;
+  }
+  fill_normal(p->q, seed, data_scale);
+  fill_normal(p->k, seed + 1, data_scale);
+  fill_normal(p->v, seed + 2, 1.0);
+  return ATTN_OK;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+/* Median seconds of `reps` executes after one warm-up. */
+static attn_status time_plan(attn_plan *plan, problem *p, int reps, double *median) {
+  double t[64];
+  if (reps > 64) reps = 64;
+  attn_status st = attn_plan_execute(plan, p->q, p->k, p->v, p->out, NULL, NULL);
+  for (int r = 0; st == ATTN_OK && r < reps; r++) {
+    double t0 = cli_now();
+    st = attn_plan_execute(plan, p->q, p->k, p->v, p->out, NULL, NULL);
+    t[r] = cli_now() - t0;
+  }
+  if (st != ATTN_OK) return st;
+  qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+  *median = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+  return ATTN_OK;
+}
+
+/* max|got−want| / max|want| and mean|got−want| / mean|want| (as attn-bench). */
+static void rel_error(const attn_tensor *got, const attn_tensor *want, double *maxe, double *meane) {
+  const float *g = attn_tensor_data(got), *w = attn_tensor_data(want);
+  int64_t n = attn_tensor_numel(got);
+  double md = 0, mw = 0, sd = 0, sw = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double dlt = fabs((double)g[i] - (double)w[i]), a = fabs((double)w[i]);
+    if (!(dlt <= md)) md = dlt; /* NaN propagates */
+    if (a > mw) mw = a;
+    sd += dlt;
+    sw += a;
+  }
+  *maxe = mw > 0 ? md / mw : md;
+  *meane = sw > 0 ? sd / sw : sd;
+}
+
+/* Exact attention (optionally causal) of p into ref. */
+static attn_status exact_ref(attn_context *ctx, problem *p, bool causal, attn_tensor **ref) {
+  const int64_t sh[4] = {p->dm.B, p->dm.H, p->dm.S, p->dm.D};
+  attn_desc *d = NULL;
+  attn_status st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, ref);
+  if (st == ATTN_OK) st = attn_desc_create(ctx, &d);
+  if (st == ATTN_OK && causal) st = attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
+  if (st == ATTN_OK) st = attn_forward(ctx, d, p->q, p->k, p->v, *ref, NULL, NULL);
+  attn_desc_destroy(d);
+  if (st != ATTN_OK) {
+    attn_tensor_destroy(*ref);
+    *ref = NULL;
+  }
+  return st;
+}
+
+/* ---- pictures ------------------------------------------------------------------------ */
+
+/* Attention weights of one row on the short problem, as a S×S matrix in w.
+ * First asks the plan for the weights tensor; a variant that cannot return
+ * weights is probed instead: with v = identity (one-hot value columns),
+ * out[i][c] = Σ_j p_ij [j = c] = p_ic, the effective weights — exact for every
+ * variant that is linear in v (all of them). */
+static attn_status picture_weights(attn_context *ctx, const demo_row *row, problem *p, double *w,
+                                   const char **how, char *why, size_t whylen, aux *x) {
+  const int64_t S = p->dm.S;
+  const int64_t wsh[4] = {1, 1, S, S};
+  attn_desc *d = NULL;
+  attn_plan *plan = NULL;
+  attn_tensor *wt = NULL, *eye = NULL, *out2 = NULL;
+  attn_status st = attn_desc_create(ctx, &d);
+  if (st == ATTN_OK) st = row->setup(ctx, d, &p->dm, x);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &wt);
+  if (st == ATTN_OK) {
+    st = attn_plan_create(ctx, d, p->q, p->k, p->v, p->out, wt, NULL, &plan);
+    if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, p->v, p->out, wt, NULL);
+    if (st == ATTN_OK) {
+      *how = "weights";
+      const float *src = attn_tensor_data(wt);
+      for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
+    } else {
+      snprintf(why, whylen, "%s", attn_context_last_error(ctx));
+      attn_plan_destroy(plan);
+      plan = NULL;
+      /* probe with one-hot value columns */
+      st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &eye);
+      if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &out2);
+      if (st == ATTN_OK) {
+        float *e = attn_tensor_data(eye);
+        for (int64_t i = 0; i < S; i++) e[i * S + i] = 1.0f;
+        st = attn_plan_create(ctx, d, p->q, p->k, eye, out2, NULL, NULL, &plan);
+        if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, eye, out2, NULL, NULL);
+        if (st == ATTN_OK) {
+          *how = "probed with one-hot v";
+          const float *src = attn_tensor_data(out2);
+          for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
+        } else {
+          size_t used = strlen(why);
+          snprintf(why + used, whylen - used, "; probe: %s", attn_context_last_error(ctx));
+        }
+      }
+    }
+  }
+  attn_plan_destroy(plan);
+  attn_tensor_destroy(wt);
+  attn_tensor_destroy(eye);
+  attn_tensor_destroy(out2);
+  attn_desc_destroy(d);
+  return st;
+}
+
+/* ---- the command ------------------------------------------------------------------------ */
+
+static void demo_usage(FILE *f) {
+  fprintf(f,
+          "Usage: attn demo [--out DIR] [--quick] [--S N] [--H N] [--D N] [--reps N]\n"
+          "                 [--no-pictures] [--threads N]\n"
+          "\n"
+          "Runs every attention variant libattn has on a built-in workload (f32,\n"
+          "B=1, H=8, S=1024, d=64; Swin on a 32x32 grid with 8x8 windows) and prints,\n"
+          "per variant: shape, median time, GFLOP/s (dense-equivalent 4*B*H*S*S*d, so\n"
+          "skipped work shows as a higher rate), error against exact attention for the\n"
+          "approximations (max and mean relative), plan workspace and peak RSS.\n"
+          "Variants whose module is not in this build show as \"not built\".\n"
+          "Then writes a PNG picture of each variant's attention weights on a 64-token\n"
+          "sequence into DIR (plus index.html) and prints where they went.\n"
+          "\n"
+          "Options:\n"
+          "  --out DIR       where pictures go (default: attn-demo)\n"
+          "  --quick         smaller workload (S=256, 3 runs), for smoke tests\n"
+          "  --S N           sequence length of the timed workload (default 1024)\n"
+          "  --H N, --D N    heads and head dim (default 8, 64)\n"
+          "  --reps N        timed runs per variant, median reported (default 5)\n"
+          "  --no-pictures   skip the pictures\n"
+          "  --threads N     libattn worker threads\n"
+          "\n" CLI_EXIT_TABLE);
+}
+
+static void fmt_mib(char *buf, size_t n, double mib) {
+  if (mib < 0) snprintf(buf, n, "-");
+  else if (mib < 10) snprintf(buf, n, "%.2f", mib);
+  else snprintf(buf, n, "%.0f", mib);
+}
+
+int cmd_demo(const cli_global *g0, int argc, char **argv) {
+  cli_global g = *g0;
+  const char *outdir = "attn-demo";
+  int64_t S = 1024, H = 8, D = 64, reps = 5;
+  bool pictures = true, quick = false, S_set = false, reps_set = false;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *val = NULL, *v;
+    int64_t n;
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      demo_usage(stdout);
+      return CLI_EXIT_OK;
+    } else if (strcmp(a, "--quick") == 0) {
+      quick = true;
+    } else if (strcmp(a, "--no-pictures") == 0) {
+      pictures = false;
+    } else if (cli_opt_is(a, "--out", &val)) {
+      if ((outdir = cli_opt_value(CMD, argc, argv, &i, "--out", val)) == NULL) return CLI_EXIT_USAGE;
+    } else if (cli_opt_is(a, "--threads", &val) || cli_opt_is(a, "--S", &val) ||
+               cli_opt_is(a, "--H", &val) || cli_opt_is(a, "--D", &val) ||
+               cli_opt_is(a, "--reps", &val)) {
+      char name[16];
+      size_t nl = strcspn(a, "=");
+      snprintf(name, sizeof name, "%.*s", (int)nl, a);
+      if ((v = cli_opt_value(CMD, argc, argv, &i, name, val)) == NULL) return CLI_EXIT_USAGE;
+      int64_t hi = strcmp(name, "--reps") == 0 ? 64 : strcmp(name, "--S") == 0 ? 65536 : 1024;
+      int64_t lo = strcmp(name, "--S") == 0 ? 16 : 1;
+      if (!cli_parse_i64(v, lo, hi, &n)) {
+        cli_err(CMD, "%s: '%s' is not a number from %" PRId64 " to %" PRId64, name, v, lo, hi);
+        return CLI_EXIT_USAGE;
+      }
+      if (strcmp(name, "--threads") == 0) g.threads = (int32_t)n;
+      else if (strcmp(name, "--S") == 0) S = n, S_set = true;
+      else if (strcmp(name, "--H") == 0) H = n;
+      else if (strcmp(name, "--D") == 0) D = n;
+      else reps = n, reps_set = true;
+    } else {
+      cli_err(CMD, "unknown option '%s' (try attn demo --help)", a);
+      return CLI_EXIT_USAGE;
+    }
+  }
+  if (quick) {
+    if (!S_set) S = 256;
+    if (!reps_set) reps = 3;
+  }
+
+  attn_context *ctx = cli_context(&g, CMD);
+  if (ctx == NULL) return CLI_EXIT_RUNTIME;
+  int rc = CLI_EXIT_OK;
+  problem big = {0}, bigh1 = {0}, pic = {0};
+  attn_tensor *ref_full = NULL, *ref_causal = NULL;
+  double *wbuf = NULL;
+  const dims dm_big = {1, H, S, D, false}, dm_big1 = {1, 1, S, D, false};
+  const dims dm_pic = {1, 1, 64, 16, true};
+  attn_status st;
+  if ((st = problem_make(ctx, &dm_big, 1000, 1.0, &big)) != ATTN_OK ||
+      (st = problem_make(ctx, &dm_big1, 1000, 1.0, &bigh1)) != ATTN_OK ||
+      (st = problem_make(ctx, &dm_pic, 77, 1.0, &pic)) != ATTN_OK) {
+    cli_err(CMD, "cannot allocate the workload: %s", attn_status_string(st));
+    rc = CLI_EXIT_RUNTIME;
+    goto done;
+  }
+  wbuf = malloc(sizeof(double) * 64 * 64);
+  if (wbuf == NULL) {
+    cli_err(CMD, "out of memory");
+    rc = CLI_EXIT_RUNTIME;
+    goto done;
+  }
+  if (pictures && cli_mkdir_p(outdir) != 0) {
+    cli_err(CMD, "%s: cannot create the output folder: %s", outdir, strerror(errno));
+    rc = CLI_EXIT_IO;
+    goto done;
+  }
+
+  printf("libattn %s demo: %d thread%s, f32, q/k/v ~ N(0,1), median of %" PRId64 " runs\n",
+         attn_version_string(), (int)attn_context_num_threads(ctx),
+         attn_context_num_threads(ctx) == 1 ? "" : "s", reps);
+  printf("workload B=1 H=%" PRId64 " S=%" PRId64 " d=%" PRId64
+         "; errors are relative to exact attention on the same inputs\n\n",
+         H, S, D);
+  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s\n", "variant", "shape [B,H,S,d]", "ms",
+         "GFLOP/s", "max err", "mean err", "ws MiB", "RSS MiB", "notes");
+  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s\n", "-------", "---------------", "--", "-------",
+         "-------", "--------", "------", "-------", "-----");
+
+  int ran = 0, not_built = 0, pending = 0, failed = 0, npics = 0;
+  char pic_names[NROWS][48];
+  char pic_notes[NROWS][200];
+  int pic_ok[NROWS];
+  memset(pic_ok, 0, sizeof pic_ok);
+  for (int r = 0; r < NROWS; r++) {
+    const demo_row *row = &rows[r];
+    pic_names[r][0] = '\0';
+    pic_notes[r][0] = '\0';
+    if (row->pending != NULL) {
+      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  not built: %s\n", row->name, "-", "-", "-", "-",
+             "-", "-", "-", row->pending);
+      pending++;
+      continue;
+    }
+    problem *p = row->heads == 1 ? &bigh1 : &big;
+    char shape[40];
+    snprintf(shape, sizeof shape, "1,%" PRId64 ",%" PRId64 ",%" PRId64, p->dm.H, p->dm.S, p->dm.D);
+    aux x;
+    memset(&x, 0, sizeof x);
+    attn_desc *d = NULL;
+    attn_plan *plan = NULL;
+    st = attn_desc_create(ctx, &d);
+    if (st == ATTN_OK) st = row->setup(ctx, d, &p->dm, &x);
+    if (st == ATTN_OK) st = attn_plan_create(ctx, d, p->q, p->k, p->v, p->out, NULL, NULL, &plan);
+    if (st == ATTN_ERR_UNSUPPORTED) {
+      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  not built: %s\n", row->name, shape, "-", "-", "-",
+             "-", "-", "-", attn_context_last_error(ctx));
+      not_built++;
+      attn_desc_destroy(d);
+      aux_free(&x);
+      fflush(stdout);
+      continue;
+    }
+    double secs = 0, maxe = -1, meane = -1;
+    if (st == ATTN_OK) st = time_plan(plan, p, (int)reps, &secs);
+    if (st == ATTN_OK && row->ref != REF_NONE) {
+      attn_tensor **ref = row->ref == REF_CAUSAL ? &ref_causal : &ref_full;
+      if (*ref == NULL) st = exact_ref(ctx, &big, row->ref == REF_CAUSAL, ref);
+      if (st == ATTN_OK) {
+        /* the plan's last execute left its output in p->out */
+        rel_error(p->out, *ref, &maxe, &meane);
+      }
+    }
+    if (st != ATTN_OK) {
+      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  ERROR %s: %s\n", row->name, shape, "-", "-", "-",
+             "-", "-", "-", attn_status_string(st), attn_context_last_error(ctx));
+      failed++;
+      attn_plan_destroy(plan);
+      attn_desc_destroy(d);
+      aux_free(&x);
+      fflush(stdout);
+      continue;
+    }
+    double flops = 4.0 * (double)p->dm.B * (double)p->dm.H * (double)p->dm.S * (double)p->dm.S *
+                   (double)p->dm.D;
+    char e1[16], e2[16], ws[16], rss[16];
+    if (maxe >= 0) {
+      snprintf(e1, sizeof e1, "%.2e", maxe);
+      snprintf(e2, sizeof e2, "%.2e", meane);
+    } else {
+      snprintf(e1, sizeof e1, "exact");
+      snprintf(e2, sizeof e2, "-");
+    }
+    fmt_mib(ws, sizeof ws, (double)attn_plan_workspace_size(plan) / (1024.0 * 1024.0));
+    fmt_mib(rss, sizeof rss, cli_peak_rss_mib());
+    printf("%-18s %-16s %9.3f %9.1f %9s %9s %8s %8s  %s\n", row->name, shape, secs * 1e3,
+           flops / secs * 1e-9, e1, e2, ws, rss, x.what);
+    fflush(stdout);
+    ran++;
+    attn_plan_destroy(plan);
+    attn_desc_destroy(d);
+    aux_free(&x);
+
+    if (!pictures) continue;
+    const char *how = "";
+    char why[400] = "";
+    memset(&x, 0, sizeof x);
+    snprintf(pic_names[r], sizeof pic_names[r], "%02d-%s.png", r + 1, row->name);
+    st = picture_weights(ctx, row, &pic, wbuf, &how, why, sizeof why, &x);
+    if (st != ATTN_OK) {
+      snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %s", why);
+      aux_free(&x);
+      continue;
+    }
+    char path[4096], sub[300], err[512];
+    snprintf(path, sizeof path, "%s/%s", outdir, pic_names[r]);
+    snprintf(sub, sizeof sub, "%s | 64 tokens, %s, rows scaled to max, grey = 0", x.what, how);
+    aux_free(&x);
+    if (picture_heatmap_png(path, pic_names[r], sub, wbuf, 64, 64, err, sizeof err) != 0) {
+      cli_err(CMD, "%s", err);
+      rc = CLI_EXIT_IO;
+      continue;
+    }
+    pic_ok[r] = 1;
+    npics++;
+  }
+
+  printf("\n%d variant%s ran", ran, ran == 1 ? "" : "s");
+  if (not_built + pending > 0)
+    printf(", %d not built yet (they light up when their module is merged)", not_built + pending);
+  if (failed > 0) printf(", %d FAILED", failed);
+  printf(".\nGFLOP/s counts dense attention's 4*B*H*S*S*d FLOPs for every row.\n");
+
+  if (pictures) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/index.html", outdir);
+    FILE *f = fopen(path, "w");
+    if (f != NULL) {
+      fprintf(f, "<!doctype html><meta charset=\"utf-8\"><title>libattn %s demo</title>\n"
+                 "<h1>libattn %s: attention patterns on 64 tokens</h1>\n<p>Each row of a picture "
+                 "is one query, scaled to its largest weight; grey = weight 0.</p>\n",
+              attn_version_string(), attn_version_string());
+      for (int r = 0; r < NROWS; r++)
+        if (pic_ok[r])
+          fprintf(f, "<figure style=\"display:inline-block\"><img src=\"%s\"><figcaption>%s"
+                     "</figcaption></figure>\n", pic_names[r], rows[r].name);
+      if (fclose(f) != 0) cli_err(CMD, "%s: write error", path);
+    } else {
+      cli_err(CMD, "%s: cannot write: %s", path, strerror(errno));
+    }
+    printf("\nWrote %d picture%s of the attention weights to %s/ (open %s/index.html):\n", npics,
+           npics == 1 ? "" : "s", outdir, outdir);
+    for (int r = 0; r < NROWS; r++) {
+      if (pic_ok[r]) printf("  %s/%s\n", outdir, pic_names[r]);
+      else if (pic_notes[r][0] != '\0') printf("  %-24s %s\n", rows[r].name, pic_notes[r]);
+    }
+  }
+  if (failed > 0 && rc == CLI_EXIT_OK) rc = CLI_EXIT_RUNTIME;
+
+done:
+  free(wbuf);
+  attn_tensor_destroy(ref_full);
+  attn_tensor_destroy(ref_causal);
+  problem_free(&big);
+  problem_free(&bigh1);
+  problem_free(&pic);
+  attn_context_destroy(ctx);
+  return rc;
+}
