@@ -711,7 +711,11 @@ int cmd_bench(const cli_global *g0, int argc, char **argv) {
       } else {
         nfailed++;
         if (tty) fputc('\n', stderr);
-        cli_err(CMD, "%s failed (exit status %d)%s%s", label, co.status, first[0] ? ": " : "", first);
+        char how[48];
+        if (co.status > 128) snprintf(how, sizeof how, "killed by signal %d", co.status - 128);
+        else if (co.status == 0) snprintf(how, sizeof how, "no JSON output");
+        else snprintf(how, sizeof how, "exit status %d", co.status);
+        cli_err(CMD, "%s failed (%s)%s%s", label, how, first[0] ? ": " : "", first);
       }
     }
   }

@@ -417,55 +417,90 @@ static attn_status exact_ref(attn_context *ctx, problem *p, bool causal, attn_te
 
 /* ---- pictures ------------------------------------------------------------------------ */
 
-/* Attention weights of one row on the short problem, as a S×S matrix in w.
- * First asks the plan for the weights tensor; a variant that cannot return
- * weights is probed instead: with v = identity (one-hot value columns),
- * out[i][c] = Σ_j p_ij [j = c] = p_ic, the effective weights — exact for every
- * variant that is linear in v (all of them). */
+/* Effective weights by probing: with v = identity (one-hot value columns),
+ * out[i][c] = Σ_j p_ij [j = c] = p_ic — exact for every variant that is
+ * linear in v (all of them), including those that cannot return weights. */
+static attn_status probe_weights(attn_context *ctx, const attn_desc *d, problem *p, double *w) {
+  const int64_t S = p->dm.S, wsh[4] = {1, 1, S, S};
+  attn_tensor *eye = NULL, *out2 = NULL;
+  attn_plan *plan = NULL;
+  attn_status st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &eye);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &out2);
+  if (st == ATTN_OK) {
+    float *e = attn_tensor_data(eye);
+    for (int64_t i = 0; i < S; i++) e[i * S + i] = 1.0f;
+    st = attn_plan_create(ctx, d, p->q, p->k, eye, out2, NULL, NULL, &plan);
+  }
+  if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, eye, out2, NULL, NULL);
+  if (st == ATTN_OK) {
+    const float *src = attn_tensor_data(out2);
+    for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
+  }
+  attn_plan_destroy(plan);
+  attn_tensor_destroy(eye);
+  attn_tensor_destroy(out2);
+  return st;
+}
+
+/* Attention weights of one row on the short problem, as an S×S matrix in w:
+ * the plan's weights tensor when the variant can return it, else probed.
+ * With check_probe, also probe where weights exist and put the largest
+ * difference in *probe_diff (else it is left at -1). */
 static attn_status picture_weights(attn_context *ctx, const demo_row *row, problem *p, double *w,
-                                   const char **how, char *why, size_t whylen, aux *x) {
+                                   bool check_probe, double *probe_diff, const char **how,
+                                   char *why, size_t whylen, aux *x) {
   const int64_t S = p->dm.S;
   const int64_t wsh[4] = {1, 1, S, S};
   attn_desc *d = NULL;
   attn_plan *plan = NULL;
-  attn_tensor *wt = NULL, *eye = NULL, *out2 = NULL;
+  attn_tensor *wt = NULL;
+  *probe_diff = -1.0;
   attn_status st = attn_desc_create(ctx, &d);
   if (st == ATTN_OK) st = row->setup(ctx, d, &p->dm, x);
   if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &wt);
+  if (st != ATTN_OK) {
+    snprintf(why, whylen, "%s", attn_context_last_error(ctx));
+    goto out;
+  }
+  st = attn_plan_create(ctx, d, p->q, p->k, p->v, p->out, wt, NULL, &plan);
+  if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, p->v, p->out, wt, NULL);
   if (st == ATTN_OK) {
-    st = attn_plan_create(ctx, d, p->q, p->k, p->v, p->out, wt, NULL, &plan);
-    if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, p->v, p->out, wt, NULL);
-    if (st == ATTN_OK) {
-      *how = "weights";
-      const float *src = attn_tensor_data(wt);
-      for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
-    } else {
-      snprintf(why, whylen, "%s", attn_context_last_error(ctx));
-      attn_plan_destroy(plan);
-      plan = NULL;
-      /* probe with one-hot value columns */
-      st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &eye);
-      if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, wsh, &out2);
-      if (st == ATTN_OK) {
-        float *e = attn_tensor_data(eye);
-        for (int64_t i = 0; i < S; i++) e[i * S + i] = 1.0f;
-        st = attn_plan_create(ctx, d, p->q, p->k, eye, out2, NULL, NULL, &plan);
-        if (st == ATTN_OK) st = attn_plan_execute(plan, p->q, p->k, eye, out2, NULL, NULL);
-        if (st == ATTN_OK) {
-          *how = "probed with one-hot v";
-          const float *src = attn_tensor_data(out2);
-          for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
-        } else {
-          size_t used = strlen(why);
-          snprintf(why + used, whylen - used, "; probe: %s", attn_context_last_error(ctx));
-        }
+    *how = "weights";
+    const float *src = attn_tensor_data(wt);
+    for (int64_t i = 0; i < S * S; i++) w[i] = src[i];
+    if (check_probe) {
+      double *tmp = malloc(sizeof(double) * (size_t)(S * S));
+      if (tmp == NULL) {
+        st = ATTN_ERR_NO_MEMORY;
+        snprintf(why, whylen, "out of memory");
+        goto out;
       }
+      st = probe_weights(ctx, d, p, tmp);
+      if (st == ATTN_OK) {
+        double md = 0.0;
+        for (int64_t i = 0; i < S * S; i++) {
+          double dd = fabs(tmp[i] - w[i]);
+          if (!(dd <= md)) md = dd;
+        }
+        *probe_diff = md;
+      } else {
+        snprintf(why, whylen, "probe: %s", attn_context_last_error(ctx));
+      }
+      free(tmp);
+    }
+  } else {
+    snprintf(why, whylen, "%s", attn_context_last_error(ctx));
+    st = probe_weights(ctx, d, p, w);
+    if (st == ATTN_OK) {
+      *how = "probed with one-hot v";
+    } else {
+      size_t used = strlen(why);
+      snprintf(why + used, whylen - used, "; probe: %s", attn_context_last_error(ctx));
     }
   }
+out:
   attn_plan_destroy(plan);
   attn_tensor_destroy(wt);
-  attn_tensor_destroy(eye);
-  attn_tensor_destroy(out2);
   attn_desc_destroy(d);
   return st;
 }
@@ -493,6 +528,8 @@ static void demo_usage(FILE *f) {
           "  --H N, --D N    heads and head dim (default 8, 64)\n"
           "  --reps N        timed runs per variant, median reported (default 5)\n"
           "  --no-pictures   skip the pictures\n"
+          "  --check-probe   also compute each picture by probing with one-hot v and\n"
+          "                  check it equals the weights the plan returns (self-test)\n"
           "  --threads N     libattn worker threads\n"
           "\n" CLI_EXIT_TABLE);
 }
@@ -507,7 +544,7 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
   cli_global g = *g0;
   const char *outdir = "attn-demo";
   int64_t S = 1024, H = 8, D = 64, reps = 5;
-  bool pictures = true, quick = false, S_set = false, reps_set = false;
+  bool pictures = true, quick = false, S_set = false, reps_set = false, check_probe = false;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *val = NULL, *v;
     int64_t n;
@@ -518,6 +555,8 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
       quick = true;
     } else if (strcmp(a, "--no-pictures") == 0) {
       pictures = false;
+    } else if (strcmp(a, "--check-probe") == 0) {
+      check_probe = true;
     } else if (cli_opt_is(a, "--out", &val)) {
       if ((outdir = cli_opt_value(CMD, argc, argv, &i, "--out", val)) == NULL) return CLI_EXIT_USAGE;
     } else if (cli_opt_is(a, "--threads", &val) || cli_opt_is(a, "--S", &val) ||
@@ -666,11 +705,19 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     char why[400] = "";
     memset(&x, 0, sizeof x);
     snprintf(pic_names[r], sizeof pic_names[r], "%02d-%s.png", r + 1, row->name);
-    st = picture_weights(ctx, row, &pic, wbuf, &how, why, sizeof why, &x);
+    double pdiff = -1.0;
+    st = picture_weights(ctx, row, &pic, wbuf, check_probe, &pdiff, &how, why, sizeof why, &x);
     if (st != ATTN_OK) {
       snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %s", why);
+      if (check_probe) failed++;
       aux_free(&x);
       continue;
+    }
+    if (pdiff >= 0.0) {
+      bool agree = pdiff <= 1e-5;
+      snprintf(pic_notes[r], sizeof pic_notes[r], "probe check: weights vs one-hot probe max |diff| %.1e %s",
+               pdiff, agree ? "ok" : "MISMATCH");
+      if (!agree) failed++;
     }
     char path[4096], sub[300], err[512];
     snprintf(path, sizeof path, "%s/%s", outdir, pic_names[r]);
@@ -711,7 +758,7 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     printf("\nWrote %d picture%s of the attention weights to %s/ (open %s/index.html):\n", npics,
            npics == 1 ? "" : "s", outdir, outdir);
     for (int r = 0; r < NROWS; r++) {
-      if (pic_ok[r]) printf("  %s/%s\n", outdir, pic_names[r]);
+      if (pic_ok[r]) printf("  %s/%s%s%s\n", outdir, pic_names[r], pic_notes[r][0] ? "  " : "", pic_notes[r]);
       else if (pic_notes[r][0] != '\0') printf("  %-24s %s\n", rows[r].name, pic_notes[r]);
     }
   }

@@ -1,0 +1,218 @@
+#!/usr/bin/python3
+"""`attn run` against an independent NumPy computation of softmax attention.
+
+Writes q/k/v (and masks) as .npy, runs the attn binary, loads its outputs and
+compares out, weights and lse with a float64 NumPy reference: causal (both
+alignments), sliding window, ALiBi, softcap, scale, key lengths, bool and
+additive masks, GQA, rank-3 inputs, float32/float64, big-endian input.
+Exit 77 (ctest: skipped) when numpy is not installed.
+Usage: run_numpy.py /path/to/attn WORKDIR"""
+import os
+import shutil
+import subprocess
+import sys
+
+try:
+    import numpy as np
+except ImportError:
+    print("numpy not available: skipping")
+    sys.exit(77)
+
+ATTN, WORK = sys.argv[1], sys.argv[2]
+shutil.rmtree(WORK, ignore_errors=True)
+os.makedirs(WORK)
+failures = []
+
+
+def reference(q, k, v, causal=None, window=None, scale=None, softcap=None, alibi=None,
+              key_lengths=None, bool_mask=None, add_mask=None):
+    """float64 softmax attention on [B,H,S,D] arrays, written from the definitions."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    B, H, Sq, D = q.shape
+    Hkv, Sk = k.shape[1], k.shape[2]
+    rep = H // Hkv
+    k = np.repeat(k, rep, axis=1)
+    v = np.repeat(v, rep, axis=1)
+    if scale is None:
+        scale = 1.0 / np.sqrt(D)
+    s = scale * np.einsum("bhid,bhjd->bhij", q, k)
+    if softcap is not None:
+        s = softcap * np.tanh(s / softcap)
+    i = np.arange(Sq)[:, None]
+    j = np.arange(Sk)[None, :]
+    ia = i + (Sk - Sq) if causal == "bottom-right" else i  # aligned query position
+    if alibi is not None:
+        s = s - np.asarray(alibi)[None, :, None, None] * np.abs(ia - j)[None, None]
+    if add_mask is not None:
+        s = s + np.broadcast_to(np.asarray(add_mask, np.float64), s.shape)
+    keep = np.ones((B, H, Sq, Sk), dtype=bool)
+    if causal is not None:
+        keep &= (j <= ia)[None, None]
+    if window is not None:
+        left, right = window
+        keep &= ((j >= ia - left) & (j <= ia + right))[None, None]
+    if key_lengths is not None:
+        keep &= (j[None, None] < np.asarray(key_lengths)[:, None, None, None])
+    if bool_mask is not None:
+        keep &= np.broadcast_to(np.asarray(bool_mask, bool), keep.shape)
+    s = np.where(keep, s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.where(keep, np.exp(s - m), 0.0)
+    l = e.sum(axis=-1, keepdims=True)
+    w = np.where(l > 0, e / np.where(l > 0, l, 1.0), 0.0)
+    out = np.einsum("bhij,bhjd->bhid", w, v)
+    with np.errstate(divide="ignore"):
+        lse = np.where(l[..., 0] > 0, np.log(np.where(l[..., 0] > 0, l[..., 0], 1.0)) + m[..., 0], -np.inf)
+    return out, w, lse
+
+
+def run(name, args, expect_status=0):
+    p = subprocess.run([ATTN, "run"] + args, capture_output=True, text=True)
+    if p.returncode != expect_status:
+        failures.append("%s: exit %d (expected %d): %s" % (name, p.returncode, expect_status, p.stderr.strip()))
+        return False
+    return True
+
+
+def close(name, what, got, want, tol):
+    if got.shape != want.shape:
+        failures.append("%s: %s shape %s, expected %s" % (name, what, got.shape, want.shape))
+        return
+    both_inf = np.isneginf(got) & np.isneginf(want)
+    if np.any(np.isnan(got)):
+        failures.append("%s: %s has NaN" % (name, what))
+        return
+    g = np.where(both_inf, 0.0, got.astype(np.float64))
+    w = np.where(both_inf, 0.0, want)
+    err = np.max(np.abs(g - w)) / max(1.0, np.max(np.abs(w))) if w.size else 0.0
+    status = "ok  " if err <= tol else "FAIL"
+    print("%s %-28s %-7s max err %.3e (tol %.0e)" % (status, name, what, err, tol))
+    if err > tol:
+        failures.append("%s: %s error %.3e > %.0e" % (name, what, err, tol))
+
+
+def case(name, dtype, q, k, v, extra=(), rank3=False, big_endian=False, weights=True, lse=True, **ref):
+    d = os.path.join(WORK, name)
+    os.makedirs(d)
+    files = {}
+    for nm, arr in (("q", q), ("k", k), ("v", v)):
+        a = arr.astype(dtype)
+        if rank3:
+            a = a[0]
+        if big_endian:
+            a = a.astype(a.dtype.newbyteorder(">"))
+        files[nm] = os.path.join(d, nm + ".npy")
+        np.save(files[nm], a)
+    out_p, w_p, l_p = (os.path.join(d, f) for f in ("out.npy", "w.npy", "lse.npy"))
+    args = ["--q", files["q"], "--k", files["k"], "--v", files["v"], "-o", out_p]
+    if weights:
+        args += ["--weights", w_p]
+    if lse:
+        args += ["--lse", l_p]
+    args += [str(x) if not isinstance(x, str) else x for x in extra]
+    if not run(name, args):
+        return
+    want_out, want_w, want_lse = reference(q.astype(dtype), k.astype(dtype), v.astype(dtype), **ref)
+    if rank3:
+        want_out, want_w, want_lse = want_out[0], want_w[0], want_lse[0]
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    out = np.load(out_p)
+    if out.dtype != np.dtype(dtype):
+        failures.append("%s: out dtype %s, expected %s" % (name, out.dtype, np.dtype(dtype)))
+    close(name, "out", out, want_out, tol)
+    if weights:
+        close(name, "weights", np.load(w_p), want_w, tol)
+    if lse:
+        close(name, "lse", np.load(l_p), want_lse, tol * 10)
+
+
+rng = np.random.default_rng(2024)
+
+
+def data(B, H, Hkv, Sq, Sk, D, Dv=None):
+    Dv = Dv or D
+    return (rng.standard_normal((B, H, Sq, D)), rng.standard_normal((B, Hkv, Sk, D)),
+            rng.standard_normal((B, Hkv, Sk, Dv)))
+
+
+# 1. the issue's example: causal, f32, rank 4, GQA, odd sizes
+q, k, v = data(2, 4, 2, 37, 37, 16, 24)
+case("causal_f32_gqa", np.float32, q, k, v, extra=["--variant", "causal"], causal="top-left")
+
+# 2. f64 cross attention, bottom-right causal + window + ALiBi
+q, k, v = data(2, 3, 3, 20, 33, 8)
+case("bottom_right_window_alibi", np.float64, q, k, v,
+     extra=["--variant", "exact", "--causal", "bottom-right", "--window", 6, "inf",
+            "--alibi", "0.5,0.25,0.125"],
+     causal="bottom-right", window=(6, np.inf), alibi=[0.5, 0.25, 0.125])
+
+# 2b. key lengths (padding) with top-left causal. (Bottom-right alignment with
+# key lengths is left out: the library aligns to each item's length, which
+# attn.h does not say yet.)
+case("causal_key_lengths", np.float64, q, k, v,
+     extra=["--causal", "top-left", "--key-lengths", "30,17"],
+     causal="top-left", key_lengths=[30, 17])
+
+# 3. rank-3 input [H,S,D], softcap and scale, symmetric window
+q, k, v = data(1, 2, 2, 40, 40, 32)
+case("rank3_softcap_scale_window", np.float64, q, k, v, rank3=True,
+     extra=["--variant", "window", "--window", 5, 3, "--softcap", 1.5, "--scale", 0.3],
+     window=(5, 3), softcap=1.5, scale=0.3)
+
+# 4. bool mask (rank 2, numpy bool) and float64 additive mask with float32 q
+q, k, v = data(1, 2, 2, 16, 24, 8)
+bm = rng.random((16, 24)) < 0.7
+bm[3, :] = False  # a row with nothing to attend: out 0, lse -inf, weights 0
+am = rng.standard_normal((1, 2, 16, 24))
+d = os.path.join(WORK, "masks")
+os.makedirs(d)
+np.save(os.path.join(d, "bool.npy"), bm)
+np.save(os.path.join(d, "add.npy"), am)  # float64, converted to q's float32
+case("bool_and_additive_masks", np.float32, q, k, v,
+     extra=["--bool-mask", os.path.join(d, "bool.npy"), "--additive-mask", os.path.join(d, "add.npy")],
+     bool_mask=bm, add_mask=am.astype(np.float32))
+
+# 5. big-endian float64 input is converted on load
+q, k, v = data(1, 1, 1, 9, 9, 4)
+case("big_endian_input", np.float64, q, k, v, big_endian=True, extra=["--causal"], causal="top-left")
+
+# 6. outputs only (no weights/lse), f32 rank 3
+q, k, v = data(1, 3, 1, 5, 7, 8)
+case("mqa_rank3_out_only", np.float32, q, k, v, rank3=True, weights=False, lse=False)
+
+# 7. shape mismatch passes the library's message through, exit 1, no output
+d = os.path.join(WORK, "mismatch")
+os.makedirs(d)
+np.save(os.path.join(d, "q.npy"), rng.standard_normal((1, 2, 8, 4)).astype(np.float32))
+np.save(os.path.join(d, "k.npy"), rng.standard_normal((1, 2, 8, 6)).astype(np.float32))
+np.save(os.path.join(d, "k64.npy"), rng.standard_normal((1, 2, 8, 4)))
+p = subprocess.run([ATTN, "run", "--q", os.path.join(d, "q.npy"), "--k", os.path.join(d, "k.npy"),
+                    "--v", os.path.join(d, "k.npy"), "-o", os.path.join(d, "out.npy")],
+                   capture_output=True, text=True)
+if p.returncode != 1 or "head dim" not in p.stderr or os.path.exists(os.path.join(d, "out.npy")):
+    failures.append("mismatch: exit %d, stderr %r" % (p.returncode, p.stderr))
+else:
+    print("ok   shape mismatch: %s" % p.stderr.strip())
+p = subprocess.run([ATTN, "run", "--q", os.path.join(d, "q.npy"), "--k", os.path.join(d, "k64.npy"),
+                    "--v", os.path.join(d, "k64.npy"), "-o", os.path.join(d, "out.npy")],
+                   capture_output=True, text=True)
+if p.returncode != 1 or "dtype" not in p.stderr:
+    failures.append("dtype mismatch: exit %d, stderr %r" % (p.returncode, p.stderr))
+else:
+    print("ok   dtype mismatch: %s" % p.stderr.strip())
+
+# 8. Fortran-order array from numpy itself is refused with exit 3
+np.save(os.path.join(d, "qf.npy"), np.asfortranarray(rng.standard_normal((1, 2, 8, 4)).astype(np.float32)))
+p = subprocess.run([ATTN, "run", "--q", os.path.join(d, "qf.npy"), "--k", os.path.join(d, "q.npy"),
+                    "--v", os.path.join(d, "q.npy"), "-o", os.path.join(d, "out.npy")],
+                   capture_output=True, text=True)
+if p.returncode != 3 or "Fortran" not in p.stderr:
+    failures.append("fortran: exit %d, stderr %r" % (p.returncode, p.stderr))
+else:
+    print("ok   Fortran order: %s" % p.stderr.strip())
+
+if failures:
+    print("\n".join(["FAILED:"] + failures))
+    sys.exit(1)
+print("all run checks passed")

@@ -1,0 +1,39 @@
+# Tests of the attn command (tools/). Included by tests/CMakeLists.txt.
+
+# The .npy parser's unit test (tests/test_npy.c) links the parser itself.
+if(TARGET test_npy)
+  target_sources(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c)
+  target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+endif()
+
+if(TARGET attn_cli)
+  set(_cli ${CMAKE_CURRENT_LIST_DIR})
+  set(_work ${CMAKE_CURRENT_BINARY_DIR}/cli)
+  add_test(NAME cli_basics
+           COMMAND sh ${_cli}/cli_basics.sh $<TARGET_FILE:attn_cli> ${PROJECT_VERSION})
+  add_test(NAME cli_demo
+           COMMAND sh ${_cli}/demo_test.sh $<TARGET_FILE:attn_cli> ${_work}/demo)
+  add_test(NAME cli_bad_npy
+           COMMAND sh ${_cli}/bad_npy_test.sh $<TARGET_FILE:attn_cli> ${_cli}/bad_npy
+                   ${_work}/bad_npy)
+  add_test(NAME cli_bench
+           COMMAND sh ${_cli}/bench_test.sh $<TARGET_FILE:attn_cli> ${_cli}/fake_attn_bench.sh
+                   ${_work}/bench)
+  # attn run against NumPy; Debian's python3-numpy (the pyenv python3 on PATH
+  # may lack it). Exit 77 = numpy missing = skipped.
+  find_program(ATTN_SYSTEM_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)
+  if(NOT ATTN_SYSTEM_PYTHON3)
+    find_program(ATTN_SYSTEM_PYTHON3 NAMES python3)
+  endif()
+  if(ATTN_SYSTEM_PYTHON3)
+    add_test(NAME cli_run_numpy
+             COMMAND ${ATTN_SYSTEM_PYTHON3} ${_cli}/run_numpy.py $<TARGET_FILE:attn_cli>
+                     ${_work}/run_numpy)
+    set_tests_properties(cli_run_numpy PROPERTIES SKIP_RETURN_CODE 77)
+  endif()
+  set_tests_properties(cli_basics cli_demo cli_bad_npy cli_bench PROPERTIES LABELS "cli")
+  if(ATTN_SYSTEM_PYTHON3)
+    set_tests_properties(cli_run_numpy PROPERTIES LABELS "cli")
+  endif()
+  set_tests_properties(cli_demo PROPERTIES TIMEOUT 600)
+endif()
