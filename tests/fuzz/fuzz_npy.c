@@ -1,13 +1,14 @@
 /* libFuzzer target: the attn command's .npy parser (tools/npy.c) on arbitrary
  * bytes. It must never read outside the buffer, overflow, or accept a header
  * whose data does not fit in the input. Seeds: tests/fuzz/corpus/npy/.
- * Build: clang -fsanitize=fuzzer,address,undefined -Itools fuzz_npy.c tools/npy.c */
+ * The parser's source is included directly so the target builds on its own:
+ *   clang -fsanitize=fuzzer,address,undefined tests/fuzz/fuzz_npy.c */
+#include "../../tools/npy.c"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "npy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -619,7 +619,8 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
          attn_version_string(), (int)attn_context_num_threads(ctx),
          attn_context_num_threads(ctx) == 1 ? "" : "s", reps);
   printf("workload B=1 H=%" PRId64 " S=%" PRId64 " d=%" PRId64
-         "; errors are relative to exact attention on the same inputs\n\n",
+         "; approximations' errors are relative to exact attention on the same inputs\n"
+         "(unmasked, or causal for causal rows)\n\n",
          H, S, D);
   printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s\n", "variant", "shape [B,H,S,d]", "ms",
          "GFLOP/s", "max err", "mean err", "ws MiB", "RSS MiB", "notes");
@@ -708,7 +709,7 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     double pdiff = -1.0;
     st = picture_weights(ctx, row, &pic, wbuf, check_probe, &pdiff, &how, why, sizeof why, &x);
     if (st != ATTN_OK) {
-      snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %s", why);
+      snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %.180s", why);
       if (check_probe) failed++;
       aux_free(&x);
       continue;
