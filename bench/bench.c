@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "bench.h"
@@ -126,6 +128,10 @@ int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const
 
 /* ---- machine probes ----------------------------------------------------------- */
 
+typedef struct machine {
+  double sgemm, dgemm, read_gbps;
+} machine;
+
 typedef struct gemm_arg {
   int n;
   bool f64;
@@ -214,6 +220,30 @@ static double read_bandwidth(int threads, int32_t reps) {
   return (double)b.words * 8 / (ms * 1e6);
 }
 
+/* The probes run in a child process so their buffers (512 MiB for the
+ * bandwidth probe) never count in this process's peak RSS, which the cases
+ * report. */
+static int probe_machine(int threads, machine *m) {
+  int fd[2];
+  if (pipe(fd) != 0) return 1;
+  pid_t pid = fork();
+  if (pid < 0) return 1;
+  if (pid == 0) {
+    machine r;
+    r.sgemm = gemm_peak(threads, false, 5);
+    r.dgemm = gemm_peak(threads, true, 5);
+    r.read_gbps = read_bandwidth(threads, 7);
+    ssize_t w = write(fd[1], &r, sizeof r);
+    _exit(w == (ssize_t)sizeof r ? 0 : 1);
+  }
+  close(fd[1]);
+  ssize_t got = read(fd[0], m, sizeof *m);
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return got == (ssize_t)sizeof *m && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
 static double peak_rss_mb(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -247,10 +277,6 @@ static bool parse_i64(const char *s, int64_t *out) {
   *out = v;
   return true;
 }
-
-typedef struct machine {
-  double sgemm, dgemm, read_gbps;
-} machine;
 
 static void json_num(FILE *f, const char *key, double v, bool last) {
   if (isfinite(v))
@@ -388,9 +414,10 @@ int main(int argc, char **argv) {
     return 1;
   }
   machine m;
-  m.sgemm = gemm_peak(o.threads, false, 5);
-  m.dgemm = gemm_peak(o.threads, true, 5);
-  m.read_gbps = read_bandwidth(o.threads, 7);
+  if (probe_machine(o.threads, &m) != 0) {
+    fprintf(stderr, "attn-bench: machine probes failed\n");
+    return 1;
+  }
   if (!json) {
     printf("# attn-bench, libattn %s, %d thread(s): sgemm peak %.1f GFLOPS, dgemm peak %.1f GFLOPS, "
            "read bandwidth %.1f GB/s\n",

@@ -50,6 +50,10 @@ static int case_sdpa(attn_context *ctx, const bench_opts *o, bench_result *r) {
   if (rc == 0) {
     r->ms = bench_time_plan(s.plan, s.q, s.k, s.v, s.out, o->reps);
     r->flops = dense_flops(o);
+    /* Inputs + output, to compare with peak RSS (no S_q x S_k buffer exists). */
+    double es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;
+    r->extra = es * (double)o->B * (2.0 * o->H * o->Sq + 2.0 * o->Hkv * o->Sk) * (double)o->D / 1048576.0;
+    r->extra_name = "io_mb";
     rc = isnan(r->ms);
   }
   setup_free(&s);
