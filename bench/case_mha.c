@@ -13,6 +13,9 @@
 
 #include "bench.h"
 
+/* Registered in bench/cases.c as {"mha", bench_case_mha, ...}. */
+int bench_case_mha(attn_context *ctx, const bench_opts *o, bench_result *r);
+
 typedef struct mha_bench {
   attn_mha_plan *plan;
   attn_tensor *q, *kv, *out;

@@ -8,7 +8,12 @@ attn_mha (no copies on our side: the numpy arrays are wrapped), runs both and
 requires max |ours - torch| <= 1e-5 in f32 for the output and the weights.
 """
 import ctypes as C
+import os
 import sys
+
+if os.environ.get("ATTN_MHA_TORCH_SKIP"):
+    print(f"SKIP: {os.environ['ATTN_MHA_TORCH_SKIP']}")
+    sys.exit(77)
 
 try:
     import numpy as np
