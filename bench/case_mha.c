@@ -13,9 +13,6 @@
 
 #include "bench.h"
 
-/* Registered in bench/cases.c as {"mha", bench_case_mha, ...}. */
-int bench_case_mha(attn_context *ctx, const bench_opts *o, bench_result *r);
-
 typedef struct mha_bench {
   attn_mha_plan *plan;
   attn_tensor *q, *kv, *out;
@@ -46,7 +43,7 @@ static attn_tensor *filled(attn_context *ctx, attn_dtype dt, int32_t rank, const
   return t;
 }
 
-int bench_case_mha(attn_context *ctx, const bench_opts *o, bench_result *r) {
+static int case_mha(attn_context *ctx, const bench_opts *o, bench_result *r) {
   const int64_t B = o->B, H = o->H, Hkv = o->Hkv > 0 ? o->Hkv : o->H, D = o->D;
   const int64_t E = H * D, Ekv = Hkv * D, Sq = o->Sq, Sk = o->Sk;
   const bool self = Sq == Sk;
@@ -112,3 +109,6 @@ done:
   attn_tensor_destroy(b_o);
   return rc;
 }
+
+const bench_case bench_case_mha = {"mha", case_mha,
+                                   "multi-head layer: Q/K/V projections + exact attention + out-projection"};
