@@ -31,6 +31,8 @@ typedef struct bench_result {
   const char *extra_name;
 } bench_result;
 
+/* Registry (bench/cases.c): pointers to each case_*.c's bench_case. */
+
 /* A case fills r; returns 0, or non-zero with a message on stderr. */
 typedef int (*bench_case_fn)(attn_context *ctx, const bench_opts *o, bench_result *r);
 

@@ -172,6 +172,75 @@ static void luong_general_matches_reference(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* GQA stacks a group's query heads into one GEMM; per-head transforms
+ * (ALiBi), weights and lse must still land on the right head. */
+static void gqa_groups_with_per_head_bias_match_reference(void **state) {
+  (void)state;
+  attn_context *ctx = ctx_threads(2);
+  const int64_t B = 2, H = 6, Hkv = 2, Sq = 70, Sk = 300, D = 24, A = 16;
+  for (int score = 0; score < 4; score++)
+    for (int dt = 1; dt <= 2; dt++) {
+      uint64_t seed = 77 + (uint64_t)score;
+      ref_problem p;
+      ref_problem_init(&p, B, H, Sq, Sk, D);
+      p.Hkv = Hkv;
+      p.causal = 2;
+      p.score = score;
+      double slopes[6] = {0.5, 0.25, 0.125, 0.0625, 0.03125, 0.0};
+      p.alibi = slopes;
+      p.softcap = score == 1 ? 5.0 : 0.0;
+      size_t nq = (size_t)(B * H * Sq * D), nk = (size_t)(B * Hkv * Sk * D);
+      size_t no = nq, nw = (size_t)(B * H * Sq * Sk), nl = (size_t)(B * H * Sq);
+      double *q = tu_random(nq, &seed), *k = tu_random(nk, &seed), *v = tu_random(nk, &seed);
+      double *gw = tu_random((size_t)(D * D), &seed), *wq = tu_random((size_t)(A * D), &seed);
+      double *wk = tu_random((size_t)(A * D), &seed), *bias = tu_random((size_t)A, &seed);
+      double *av = tu_random((size_t)A, &seed);
+      p.general_w = gw;
+      p.A = A;
+      p.add_wq = wq; p.add_wk = wk; p.add_bias = bias; p.add_v = av;
+      double *ro = malloc(no * 8), *rw = malloc(nw * 8), *rl = malloc(nl * 8), *rb = malloc(no * 8);
+      double *go = malloc(no * 8), *gwt = malloc(nw * 8), *gl = malloc(nl * 8);
+      ref_attention(&p, q, k, v, ro, rw, rl, rb);
+
+      attn_dtype t = (attn_dtype)dt;
+      attn_tensor *tq = tu_tensor4(ctx, t, q, B, H, Sq, D, true);
+      attn_tensor *tk = tu_tensor4(ctx, t, k, B, Hkv, Sk, D, false);
+      attn_tensor *tv = tu_tensor4(ctx, t, v, B, Hkv, Sk, D, true);
+      attn_tensor *to = tu_tensor4(ctx, t, NULL, B, H, Sq, D, true);
+      attn_tensor *tw = tu_tensor4(ctx, t, NULL, B, H, Sq, Sk, false);
+      int64_t ls[3] = {B, H, Sq}, s2[2] = {D, D}, sa[2] = {A, D}, s1[1] = {A};
+      attn_tensor *tl = tu_tensor(ctx, t, NULL, 3, ls);
+      attn_tensor *tg = tu_tensor(ctx, t, gw, 2, s2), *twq = tu_tensor(ctx, t, wq, 2, sa);
+      attn_tensor *twk = tu_tensor(ctx, t, wk, 2, sa), *tb = tu_tensor(ctx, t, bias, 1, s1);
+      attn_tensor *tav = tu_tensor(ctx, t, av, 1, s1);
+      attn_desc *d;
+      assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+      assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+      assert_int_equal(attn_desc_set_score(d, (attn_score)score), ATTN_OK);
+      assert_int_equal(attn_desc_set_alibi(d, slopes, H), ATTN_OK);
+      if (p.softcap > 0) assert_int_equal(attn_desc_set_softcap(d, p.softcap), ATTN_OK);
+      assert_int_equal(attn_desc_set_general_weight(d, tg), ATTN_OK);
+      assert_int_equal(attn_desc_set_additive_weights(d, twq, twk, tb, tav), ATTN_OK);
+      attn_status st = attn_forward(ctx, d, tq, tk, tv, to, tw, tl);
+      if (st != ATTN_OK) fail_msg("%s", attn_context_last_error(ctx));
+      tu_read(to, go);
+      tu_read(tw, gwt);
+      tu_read(tl, gl);
+      bool f64 = t == ATTN_DTYPE_F64;
+      double e;
+      size_t bad = tu_violations(go, ro, rb, no, f64 ? 1e-12 : 1e-5, f64 ? 1e-13 : 1e-6, &e);
+      if (bad) fail_msg("score %d %s: %zu outputs off, max err %g", score, f64 ? "f64" : "f32", bad, e);
+      assert_int_equal(tu_violations(gwt, rw, NULL, nw, f64 ? 1e-11 : 1e-4, f64 ? 1e-13 : 1e-6, &e), 0);
+      assert_int_equal(tu_violations(gl, rl, NULL, nl, f64 ? 1e-12 : 1e-5, f64 ? 1e-12 : 1e-5, &e), 0);
+      attn_tensor *all[] = {tq, tk, tv, to, tw, tl, tg, twq, twk, tb, tav};
+      for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tu_tensor_free(all[i]);
+      attn_desc_destroy(d);
+      free(q); free(k); free(v); free(gw); free(wq); free(wk); free(bias); free(av);
+      free(ro); free(rw); free(rl); free(rb); free(go); free(gwt); free(gl);
+    }
+  attn_context_destroy(ctx);
+}
+
 /* Bottom-right causal with S_q > S_k: the first S_q − S_k rows keep nothing. */
 static void fully_masked_rows_give_zero_not_nan(void **state) {
   (void)state;
@@ -298,6 +367,7 @@ int main(void) {
       cmocka_unit_test(random_shapes_match_reference),
       cmocka_unit_test(tile_edges_match_reference),
       cmocka_unit_test(luong_general_matches_reference),
+      cmocka_unit_test(gqa_groups_with_per_head_bias_match_reference),
       cmocka_unit_test(fully_masked_rows_give_zero_not_nan),
       cmocka_unit_test(results_bitwise_identical_across_thread_counts),
       cmocka_unit_test(execute_performs_zero_allocations),

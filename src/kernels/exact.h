@@ -10,6 +10,8 @@ typedef struct attn_exact {
   attn_mask mask;
   int64_t bq, bk;      /* tile sizes */
   int64_t nqb;         /* query blocks */
+  int64_t gs;          /* query heads stacked per task (GQA group, or 1) */
+  int64_t qx_cols;     /* columns of the projected-query scratch (d_k or A, or 0) */
   size_t slot_elems;   /* per-thread workspace, in elements of the dtype */
   int64_t A;           /* additive score: attention dim (0 otherwise) */
   size_t kp_offset;    /* additive: element offset of K·W_kᵀ [B, Hkv, S_k, A] */

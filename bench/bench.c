@@ -1,0 +1,453 @@
+/* attn-bench: measures OpenBLAS GEMM peak and memory read bandwidth, then
+ * each requested case, in one run; prints a table and, with --json, one JSON
+ * object per line (contract: ../shared/design.md, "Benchmark contract"). */
+#define _GNU_SOURCE
+#include <cblas.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <time.h>
+
+#include "bench.h"
+
+extern const bench_case *const bench_cases[];
+extern const int bench_ncases;
+
+static double now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+}
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps) {
+  if (reps < 1) reps = 1;
+  double *t = malloc((size_t)reps * sizeof *t);
+  if (fn(arg) != 0) { /* warm-up */
+    free(t);
+    return NAN;
+  }
+  for (int32_t r = 0; r < reps; r++) {
+    double t0 = now_ms();
+    if (fn(arg) != 0) {
+      free(t);
+      return NAN;
+    }
+    t[r] = now_ms() - t0;
+  }
+  qsort(t, (size_t)reps, sizeof *t, cmp_double);
+  double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+  free(t);
+  return med;
+}
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  return z ^ (z >> 31);
+}
+
+attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t d1, int64_t d2,
+                          int64_t d3, uint64_t seed) {
+  int64_t shape[4] = {d0, d1, d2, d3};
+  attn_tensor *t = NULL;
+  if (attn_tensor_create(ctx, dt, 4, shape, &t) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: tensor [%" PRId64 ",%" PRId64 ",%" PRId64 ",%" PRId64 "]: %s\n",
+            d0, d1, d2, d3, attn_context_last_error(ctx));
+    return NULL;
+  }
+  int64_t n = attn_tensor_numel(t);
+  uint64_t s = seed;
+  if (dt == ATTN_DTYPE_F32) {
+    float *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (float)((double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0);
+  } else {
+    double *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = (double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0;
+  }
+  return t;
+}
+
+typedef struct plan_run {
+  attn_plan *plan;
+  const attn_tensor *q, *k, *v;
+  attn_tensor *out;
+} plan_run;
+
+static int run_plan(void *arg) {
+  plan_run *r = arg;
+  return attn_plan_execute(r->plan, r->q, r->k, r->v, r->out, NULL, NULL) != ATTN_OK;
+}
+
+double bench_time_plan(attn_plan *plan, const attn_tensor *q, const attn_tensor *k,
+                       const attn_tensor *v, attn_tensor *out, int32_t reps) {
+  plan_run r = {plan, q, k, v, out};
+  return bench_time_ms(run_plan, &r, reps);
+}
+
+void bench_rel_error(const attn_tensor *got, const attn_tensor *want, double *max_err,
+                     double *mean_err) {
+  int64_t n = attn_tensor_numel(got);
+  bool f32 = attn_tensor_dtype(got) == ATTN_DTYPE_F32;
+  double maxd = 0, maxw = 0, sumd = 0, sumw = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double g = f32 ? ((const float *)attn_tensor_data(got))[i] : ((const double *)attn_tensor_data(got))[i];
+    double w = f32 ? ((const float *)attn_tensor_data(want))[i] : ((const double *)attn_tensor_data(want))[i];
+    double d = fabs(g - w);
+    if (d > maxd || d != d) maxd = d;
+    if (fabs(w) > maxw) maxw = fabs(w);
+    sumd += d;
+    sumw += fabs(w);
+  }
+  *max_err = maxw > 0 ? maxd / maxw : maxd;
+  *mean_err = sumw > 0 ? sumd / sumw : sumd;
+}
+
+int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const attn_tensor *k,
+                     const attn_tensor *v, attn_tensor *out) {
+  attn_desc *d = NULL;
+  if (attn_desc_create(ctx, &d) != ATTN_OK) return 1;
+  if (causal) attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
+  attn_status st = attn_forward(ctx, d, q, k, v, out, NULL, NULL);
+  attn_desc_destroy(d);
+  if (st != ATTN_OK) fprintf(stderr, "attn-bench: exact reference: %s\n", attn_context_last_error(ctx));
+  return st != ATTN_OK;
+}
+
+/* ---- machine probes ----------------------------------------------------------- */
+
+typedef struct machine {
+  double sgemm, dgemm, read_gbps;
+} machine;
+
+typedef struct gemm_arg {
+  int n;
+  bool f64;
+  void *a, *b, *c;
+} gemm_arg;
+
+static int run_gemm(void *p) {
+  gemm_arg *g = p;
+  if (g->f64)
+    cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0, g->a, g->n,
+                g->b, g->n, 0.0, g->c, g->n);
+  else
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n,
+                g->b, g->n, 0.0f, g->c, g->n);
+  return 0;
+}
+
+/* Peak GEMM GFLOPS: large square product with `threads` OpenBLAS threads. */
+static double gemm_peak(int threads, bool f64, int32_t reps) {
+  gemm_arg g = {f64 ? 2048 : 3072, f64, NULL, NULL, NULL};
+  size_t bytes = (size_t)g.n * (size_t)g.n * (f64 ? 8 : 4);
+  g.a = calloc(1, bytes);
+  g.b = calloc(1, bytes);
+  g.c = calloc(1, bytes);
+  for (size_t i = 0; i < bytes / 4; i++) ((float *)g.a)[i] = ((float *)g.b)[i] = 0.5f;
+  int prev = openblas_get_num_threads();
+  openblas_set_num_threads(threads);
+  double ms = bench_time_ms(run_gemm, &g, reps);
+  openblas_set_num_threads(prev);
+  free(g.a);
+  free(g.b);
+  free(g.c);
+  return 2.0 * g.n * (double)g.n * g.n / (ms * 1e6);
+}
+
+typedef struct bw_arg {
+  const uint64_t *p;
+  size_t n;
+  uint64_t sum;
+} bw_arg;
+
+static void *bw_thread(void *p) {
+  bw_arg *a = p;
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  for (size_t i = 0; i + 4 <= a->n; i += 4) {
+    s0 += a->p[i];
+    s1 += a->p[i + 1];
+    s2 += a->p[i + 2];
+    s3 += a->p[i + 3];
+  }
+  a->sum = s0 + s1 + s2 + s3;
+  return NULL;
+}
+
+typedef struct bw_probe {
+  uint64_t *buf;
+  size_t words;
+  int threads;
+} bw_probe;
+
+static int run_bw(void *p) {
+  bw_probe *b = p;
+  pthread_t th[64];
+  bw_arg args[64];
+  int n = b->threads < 1 ? 1 : b->threads < 64 ? b->threads : 64;
+  size_t per = b->words / (size_t)n;
+  for (int i = 0; i < n; i++) {
+    args[i] = (bw_arg){b->buf + (size_t)i * per, per, 0};
+    if (i > 0) pthread_create(&th[i], NULL, bw_thread, &args[i]);
+  }
+  bw_thread(&args[0]);
+  for (int i = 1; i < n; i++) pthread_join(th[i], NULL);
+  volatile uint64_t sink = 0;
+  for (int i = 0; i < n; i++) sink += args[i].sum;
+  (void)sink;
+  return 0;
+}
+
+/* Read bandwidth (GB/s) over 512 MiB, far larger than any cache. */
+static double read_bandwidth(int threads, int32_t reps) {
+  bw_probe b = {NULL, (512u << 20) / 8, threads};
+  b.buf = malloc(b.words * 8);
+  for (size_t i = 0; i < b.words; i++) b.buf[i] = i;
+  double ms = bench_time_ms(run_bw, &b, reps);
+  free(b.buf);
+  return (double)b.words * 8 / (ms * 1e6);
+}
+
+/* The probes run in a child process so their buffers (512 MiB for the
+ * bandwidth probe) never count in this process's peak RSS, which the cases
+ * report. */
+static int probe_machine(int threads, machine *m) {
+  int fd[2];
+  if (pipe(fd) != 0) return 1;
+  pid_t pid = fork();
+  if (pid < 0) return 1;
+  if (pid == 0) {
+    machine r;
+    r.sgemm = gemm_peak(threads, false, 5);
+    r.dgemm = gemm_peak(threads, true, 5);
+    r.read_gbps = read_bandwidth(threads, 7);
+    ssize_t w = write(fd[1], &r, sizeof r);
+    _exit(w == (ssize_t)sizeof r ? 0 : 1);
+  }
+  close(fd[1]);
+  ssize_t got = read(fd[0], m, sizeof *m);
+  close(fd[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return got == (ssize_t)sizeof *m && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
+static double peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* ---- driver ----------------------------------------------------------------- */
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
+          "                  [--B N] [--causal] [--dtype f32|f64] [--threads N] [--reps N]\n"
+          "                  [--window N] [--features N] [--rank N] [--block N] [--json] [--list]\n"
+          "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
+          "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
+          "Each line: median of --reps (default 5) runs after a warm-up. GEMM peak and read\n"
+          "bandwidth are measured in the same run; FLOPs are dense-equivalent 4*B*H*Sq*Sk*D.\n");
+}
+
+static const bench_case *find_case(const char *name) {
+  for (int i = 0; i < bench_ncases; i++)
+    if (strcmp(bench_cases[i]->name, name) == 0) return bench_cases[i];
+  return NULL;
+}
+
+static bool parse_i64(const char *s, int64_t *out) {
+  char *end;
+  errno = 0;
+  long long v = strtoll(s, &end, 10);
+  if (errno || *end || v < 0) return false;
+  *out = v;
+  return true;
+}
+
+static void json_num(FILE *f, const char *key, double v, bool last) {
+  if (isfinite(v))
+    fprintf(f, "\"%s\":%.6g%s", key, v, last ? "" : ",");
+  else
+    fprintf(f, "\"%s\":null%s", key, last ? "" : ",");
+}
+
+static void emit(const bench_case *c, const bench_opts *o, const bench_result *r,
+                 const machine *m, bool json) {
+  double gflops = r->flops > 0 ? r->flops / (r->ms * 1e6) : NAN;
+  double gbps = r->bytes > 0 ? r->bytes / (r->ms * 1e6) : NAN;
+  double peak = o->dtype == ATTN_DTYPE_F64 ? m->dgemm : m->sgemm;
+  double frac = gflops / m->sgemm;
+  (void)peak;
+  double frac_bw = gbps / m->read_gbps;
+  double rss = peak_rss_mb();
+  if (json) {
+    printf("{\"case\":\"%s\",\"causal\":%s,\"dtype\":\"%s\",\"B\":%" PRId64 ",\"H\":%" PRId64
+           ",\"Hkv\":%" PRId64 ",\"Sq\":%" PRId64 ",\"Sk\":%" PRId64 ",\"D\":%" PRId64
+           ",\"threads\":%d,",
+           c->name, o->causal ? "true" : "false", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           o->H, o->Hkv, o->Sq, o->Sk, o->D, o->threads);
+    json_num(stdout, "ms", r->ms, false);
+    json_num(stdout, "gflops", gflops, false);
+    json_num(stdout, "sgemm_gflops", m->sgemm, false);
+    json_num(stdout, "dgemm_gflops", m->dgemm, false);
+    json_num(stdout, "frac_sgemm", frac, false);
+    json_num(stdout, "gbps", gbps, false);
+    json_num(stdout, "read_gbps", m->read_gbps, false);
+    json_num(stdout, "frac_bw", frac_bw, false);
+    json_num(stdout, "max_err", r->has_err ? r->max_err : NAN, false);
+    json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
+    if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
+    json_num(stdout, "peak_rss_mb", rss, true);
+    printf("}\n");
+  } else {
+    printf("%-12s %-6s %-4s %3" PRId64 " %3" PRId64 "/%-3" PRId64 " %6" PRId64 " %6" PRId64
+           " %4" PRId64 " %10.3f %8.1f %6.3f %8.2f %6.3f %9.2e %8.0f",
+           c->name, o->causal ? "causal" : "-", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           o->H, o->Hkv, o->Sq, o->Sk, o->D, r->ms, gflops, frac, gbps, frac_bw,
+           r->has_err ? r->max_err : NAN, rss);
+    if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
+    printf("\n");
+  }
+  fflush(stdout);
+}
+
+static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, const machine *m,
+                   bool json) {
+  bench_result r;
+  memset(&r, 0, sizeof r);
+  if (c->run(ctx, o, &r) != 0) {
+    fprintf(stderr, "attn-bench: case %s failed\n", c->name);
+    return 1;
+  }
+  emit(c, o, &r, m, json);
+  return 0;
+}
+
+int main(int argc, char **argv) {
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64};
+  const char *cases[64];
+  int ncases = 0;
+  bool json = false, s_given = false, h_given = false;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = i + 1 < argc ? argv[i + 1] : NULL;
+    int64_t x = 0;
+#define NUM_FLAG(flag, field)                                                     \
+  if (strcmp(a, flag) == 0) {                                                     \
+    if (!val || !parse_i64(val, &x) || x < 1) {                                   \
+      fprintf(stderr, "attn-bench: %s needs a positive integer\n", flag);          \
+      return 2;                                                                   \
+    }                                                                             \
+    field;                                                                        \
+    i++;                                                                          \
+    continue;                                                                     \
+  }
+    NUM_FLAG("--S", (o.Sq = o.Sk = x, s_given = true))
+    NUM_FLAG("--Sq", (o.Sq = x, s_given = true))
+    NUM_FLAG("--Sk", (o.Sk = x, s_given = true))
+    NUM_FLAG("--D", o.D = x)
+    NUM_FLAG("--H", (o.H = x, h_given = true))
+    NUM_FLAG("--Hkv", o.Hkv = x)
+    NUM_FLAG("--B", o.B = x)
+    NUM_FLAG("--threads", o.threads = (int32_t)x)
+    NUM_FLAG("--reps", o.reps = (int32_t)x)
+    NUM_FLAG("--window", o.window = x)
+    NUM_FLAG("--features", o.features = x)
+    NUM_FLAG("--rank", o.rank = x)
+    NUM_FLAG("--block", o.block = x)
+#undef NUM_FLAG
+    if (strcmp(a, "--case") == 0 && val) {
+      if (!find_case(val)) {
+        fprintf(stderr, "attn-bench: unknown case '%s' (--list shows them)\n", val);
+        return 2;
+      }
+      if (ncases < 64) cases[ncases++] = val;
+      i++;
+    } else if (strcmp(a, "--dtype") == 0 && val) {
+      if (strcmp(val, "f32") == 0) o.dtype = ATTN_DTYPE_F32;
+      else if (strcmp(val, "f64") == 0) o.dtype = ATTN_DTYPE_F64;
+      else {
+        fprintf(stderr, "attn-bench: --dtype must be f32 or f64\n");
+        return 2;
+      }
+      i++;
+    } else if (strcmp(a, "--causal") == 0) {
+      o.causal = true;
+    } else if (strcmp(a, "--json") == 0) {
+      json = true;
+    } else if (strcmp(a, "--list") == 0) {
+      for (int c = 0; c < bench_ncases; c++) printf("%-12s %s\n", bench_cases[c]->name, bench_cases[c]->what);
+      return 0;
+    } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+      usage(stdout);
+      return 0;
+    } else {
+      fprintf(stderr, "attn-bench: unknown or incomplete argument '%s'\n", a);
+      usage(stderr);
+      return 2;
+    }
+  }
+  if (o.reps < 5) fprintf(stderr, "attn-bench: note: --reps %d < 5 (the contract asks for >= 5)\n", o.reps);
+  if (o.Hkv == 0 || o.Hkv > o.H) o.Hkv = o.H;
+  (void)h_given;
+
+  attn_context_options co;
+  attn_context_options_init(&co);
+  co.num_threads = o.threads;
+  attn_context *ctx = NULL;
+  if (attn_context_create(&co, &ctx) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: cannot create a context with %d threads\n", o.threads);
+    return 1;
+  }
+  machine m;
+  if (probe_machine(o.threads, &m) != 0) {
+    fprintf(stderr, "attn-bench: machine probes failed\n");
+    return 1;
+  }
+  if (!json) {
+    printf("# attn-bench, libattn %s, %d thread(s): sgemm peak %.1f GFLOPS, dgemm peak %.1f GFLOPS, "
+           "read bandwidth %.1f GB/s\n",
+           attn_version_string(), o.threads, m.sgemm, m.dgemm, m.read_gbps);
+    printf("%-12s %-6s %-4s %3s %7s %6s %6s %4s %10s %8s %6s %8s %6s %9s %8s\n", "case", "mask",
+           "type", "B", "H/Hkv", "Sq", "Sk", "D", "ms", "GFLOPS", "f_gemm", "GB/s", "f_bw",
+           "max_err", "rss_MB");
+  }
+  int rc = 0;
+  if (ncases > 0) {
+    for (int i = 0; i < ncases; i++) rc |= run_one(ctx, find_case(cases[i]), &o, &m, json);
+  } else {
+    /* The exact-attention sweep of issue 3. */
+    static const int64_t S[] = {512, 1024, 2048, 4096, 8192};
+    for (int dt = 0; dt < 2; dt++)
+      for (int dd = 0; dd < 2; dd++)
+        for (int causal = 0; causal < 2; causal++)
+          for (int si = 0; si < 5; si++) {
+            bench_opts s = o;
+            s.dtype = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
+            s.D = dd ? 128 : 64;
+            s.H = s.Hkv = dd ? 4 : 8;
+            s.Sq = s.Sk = S[si];
+            s.causal = causal;
+            if (s_given) s.Sq = o.Sq, s.Sk = o.Sk;
+            rc |= run_one(ctx, find_case("sdpa"), &s, &m, json);
+            if (!causal) rc |= run_one(ctx, find_case("naive"), &s, &m, json);
+            if (s_given) break;
+          }
+  }
+  attn_context_destroy(ctx);
+  return rc;
+}
