@@ -11,18 +11,22 @@ WORK=$3
 rm -rf "$WORK" && mkdir -p "$WORK" && cd "$WORK" || exit 1
 fail() { echo "FAIL: $*"; exit 1; }
 
-ATTN_BENCH=$FAKE FAKE_NOT_BUILT="swin linformer" "$ATTN" --threads 2 bench --quick --out res \
-  >stdout.txt 2>stderr.txt
+ATTN_BENCH=$FAKE FAKE_NOT_BUILT="swin linformer" FAKE_LOG=$WORK/calls.log \
+  "$ATTN" --threads 2 bench --quick --out res >stdout.txt 2>stderr.txt
 rc=$?
 cat stdout.txt stderr.txt
 [ "$rc" -eq 0 ] || fail "attn bench exited $rc"
 # --quick: 9 cases x 3 sizes = 27 points; swin and linformer (6 points) are not built
-grep -q "27 points" stderr.txt || fail "expected 27 points"
+grep -q "27 points (6 not in this attn-bench)" stderr.txt || fail "expected 27 points, 6 not built"
+# one attn-bench run per (S, causal) group: 3 sizes x {plain, causal}
+[ "$(grep -c . calls.log)" -eq 6 ] || fail "expected 6 grouped attn-bench runs, got $(cat calls.log)"
+grep -q "^1024 false  sdpa window longformer bigbird linear_elu performer$" calls.log ||
+  fail "group for S=1024 not as expected: $(cat calls.log)"
 [ "$(grep -c . res/bench.csv)" -eq 22 ] || fail "CSV should have a header and 21 rows"
 head -1 res/bench.csv | grep -q '^case,causal,dtype,B,H,Hkv,Sq,Sk,D,threads,ms,gflops,sgemm_gflops,frac_sgemm' ||
   fail "CSV header"
 grep -q '^sdpa,true,f32,1,8,8,1024,1024,64,2,' res/bench.csv || fail "causal sdpa S=1024 row missing"
-grep -q "skipped (not built): swin S=256" stdout.txt || fail "skipped cases not listed"
+grep -q "skipped (not in this attn-bench / not built): swin, linformer" stdout.txt || fail "skipped cases not listed"
 if [ -x /usr/bin/python3 ]; then
   /usr/bin/python3 -c "
 import json, sys
@@ -50,10 +54,19 @@ grep -q "gnuplot not found: plots skipped" stdout2.txt || fail "no 'plots skippe
 [ "$(grep -c . only.csv)" -eq 3 ] || fail "--csv path not honoured"
 [ -f only.json ] || fail "--json path not honoured"
 
-# A crashing case is reported and the exit status is 1.
+# A crashing or failing case is reported and the exit status is 1; the
+# results before it are kept.
 ATTN_BENCH=$FAKE "$ATTN" bench --case sdpa --case crash --S 64 --no-plots --out crash >stdout3.txt 2>&1
 rc=$?
 cat stdout3.txt
 [ "$rc" -eq 1 ] || fail "a crashing case should give exit 1, got $rc"
-grep -q "crash S=64 failed" stdout3.txt || fail "the crash is not reported"
+grep -q "crash S=64 failed (killed by signal 11)" stdout3.txt || fail "the crash is not reported"
+[ "$(grep -c . crash/bench.csv)" -eq 2 ] || fail "the sdpa result before the crash is lost"
+ATTN_BENCH=$FAKE "$ATTN" bench --case broken --case window --S 64 --no-plots --out broken >stdout4.txt 2>&1
+rc=$?
+cat stdout4.txt
+[ "$rc" -eq 1 ] || fail "a failing case should give exit 1, got $rc"
+grep -q "broken S=64 failed (exit status 1): attn-bench: case broken failed" stdout4.txt ||
+  fail "the failing case is not reported"
+grep -q "^window,false" broken/bench.csv || fail "the case after the failing one is lost"
 echo "bench test passed"

@@ -19,6 +19,12 @@ if(TARGET attn_cli)
   add_test(NAME cli_bench
            COMMAND sh ${_cli}/bench_test.sh $<TARGET_FILE:attn_cli> ${_cli}/fake_attn_bench.sh
                    ${_work}/bench)
+  if(TARGET attn-bench)
+    add_test(NAME cli_bench_real
+             COMMAND sh ${_cli}/bench_real_test.sh $<TARGET_FILE:attn_cli>
+                     $<TARGET_FILE:attn-bench> ${_work}/bench_real)
+    set_tests_properties(cli_bench_real PROPERTIES LABELS "cli" TIMEOUT 300)
+  endif()
   # attn run against NumPy; Debian's python3-numpy (the pyenv python3 on PATH
   # may lack it). Exit 77 = numpy missing = skipped.
   find_program(ATTN_SYSTEM_PYTHON3 NAMES python3 PATHS /usr/bin NO_DEFAULT_PATH)

@@ -1,7 +1,8 @@
 /* attn bench: drive the attn-bench executable over sweeps (one process per
- * point, so a case that is not built or fails does not stop the sweep), show
- * progress on stderr, collect its --json lines, write CSV and JSON, and plot
- * through gnuplot when it is installed. */
+ * (S, causal) group with all its cases; cases it does not list are skipped,
+ * a failing case does not stop the others), show progress on stderr as its
+ * --json lines arrive, write CSV and JSON, and plot through gnuplot when it
+ * is installed. */
 #if !defined(_POSIX_C_SOURCE) || _POSIX_C_SOURCE < 200809L
 #undef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L
@@ -215,16 +216,13 @@ static bool find_bench(const char *given, char *buf, size_t n) {
   return cli_find_in_path("attn-bench", buf, n);
 }
 
-typedef struct child_out {
-  char *out;  /* stdout */
-  size_t outlen;
-  char err[1024]; /* first bytes of stderr */
-  int status;     /* exit code, or 128+signal */
-} child_out;
+/* Run argv; call on_line(arg, line) for every line of its stdout as it
+ * arrives (lines longer than 64 KiB are cut); keep the start of its stderr.
+ * Returns 0 (and the exit code, or 128+signal, in *status) or -1. */
+typedef void (*line_fn)(void *arg, char *line);
 
-/* Run argv, collecting stdout and the start of stderr. */
-static int run_child(char *const argv[], child_out *co) {
-  memset(co, 0, sizeof *co);
+static int run_child(char *const argv[], line_fn on_line, void *arg, int *status, char *err,
+                     size_t errlen) {
   int po[2];
   FILE *errf = tmpfile();
   if (errf == NULL || pipe(po) != 0) {
@@ -249,8 +247,9 @@ static int run_child(char *const argv[], child_out *co) {
     _exit(127);
   }
   close(po[1]);
-  size_t cap = 4096;
-  co->out = malloc(cap);
+  const size_t linecap = 65536;
+  char *line = malloc(linecap);
+  size_t len = 0;
   char buf[4096];
   ssize_t got;
   while ((got = read(po[0], buf, sizeof buf)) != 0) {
@@ -258,37 +257,38 @@ static int run_child(char *const argv[], child_out *co) {
       if (errno == EINTR) continue;
       break;
     }
-    if (co->out != NULL && co->outlen + (size_t)got + 1 > cap) {
-      while (co->outlen + (size_t)got + 1 > cap) cap *= 2;
-      char *nb = realloc(co->out, cap);
-      if (nb == NULL) {
-        free(co->out);
-        co->out = NULL;
-      } else {
-        co->out = nb;
+    for (ssize_t i = 0; i < got; i++) {
+      if (buf[i] == '\n') {
+        if (line != NULL) {
+          line[len] = '\0';
+          on_line(arg, line);
+        }
+        len = 0;
+      } else if (line != NULL && len + 1 < linecap) {
+        line[len++] = buf[i];
       }
     }
-    if (co->out != NULL) {
-      memcpy(co->out + co->outlen, buf, (size_t)got);
-      co->outlen += (size_t)got;
-    }
   }
+  if (line != NULL && len > 0) {
+    line[len] = '\0';
+    on_line(arg, line);
+  }
+  free(line);
   close(po[0]);
-  if (co->out != NULL) co->out[co->outlen] = '\0';
   int ws = 0;
   while (waitpid(pid, &ws, 0) < 0 && errno == EINTR) {
   }
-  co->status = WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : 255;
+  *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : 255;
   rewind(errf);
-  size_t n = fread(co->err, 1, sizeof co->err - 1, errf);
-  co->err[n] = '\0';
+  size_t n = fread(err, 1, errlen - 1, errf);
+  err[n] = '\0';
   fclose(errf);
   return 0;
 }
 
 static void progress(bool tty, int done, int total, const char *label) {
   if (!tty) {
-    if (label) fprintf(stderr, "[%d/%d] %s\n", done + 1, total, label);
+    if (label) fprintf(stderr, "[%d/%d] %s\n", done, total, label);
     return;
   }
   const int width = 30;
@@ -298,6 +298,77 @@ static void progress(bool tty, int done, int total, const char *label) {
   fprintf(stderr, "] %3d/%d %-36.36s", done, total, label ? label : "done");
   if (!label) fputc('\n', stderr);
   fflush(stderr);
+}
+
+/* `attn-bench --list`: the first word of each line is a case name. */
+typedef struct case_list {
+  char names[64][32];
+  int n;
+} case_list;
+
+static void on_list_line(void *arg, char *line) {
+  case_list *cl = arg;
+  while (*line == ' ' || *line == '\t') line++;
+  if (*line == '\0' || *line == '#' || cl->n >= 64) return;
+  size_t n = strcspn(line, " \t");
+  if (n == 0 || n >= sizeof cl->names[0]) return;
+  memcpy(cl->names[cl->n], line, n);
+  cl->names[cl->n][n] = '\0';
+  cl->n++;
+}
+
+/* The line of attn-bench's stderr that names `name` (else its first line). */
+static void err_line_for(const char *err, const char *name, char *out, size_t n) {
+  const char *pick = err;
+  for (const char *l = err; *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : l + strlen(l)) {
+    size_t len = strcspn(l, "\n");
+    const char *hit = strstr(l, name);
+    if (hit != NULL && (size_t)(hit - l) < len) {
+      pick = l;
+      break;
+    }
+  }
+  snprintf(out, n, "%.*s", (int)strcspn(pick, "\n"), pick);
+}
+
+static bool case_listed(const case_list *cl, const char *name) {
+  for (int i = 0; i < cl->n; i++)
+    if (strcmp(cl->names[i], name) == 0) return true;
+  return false;
+}
+
+/* State shared with the line callback while a group runs. */
+typedef struct sweep {
+  record *recs;
+  int nrec, cap;
+  point *pts;
+  bool *done;
+  int np, ndone;
+  bool tty;
+} sweep;
+
+static void on_bench_line(void *arg, char *line) {
+  sweep *sw = arg;
+  while (*line == ' ' || *line == '\t') line++;
+  if (*line != '{' || sw->nrec >= sw->cap) return;
+  record *r = &sw->recs[sw->nrec];
+  if (!parse_record(line, r)) return;
+  r->raw = strdup(line);
+  if (r->raw == NULL) return;
+  sw->nrec++;
+  /* mark the point it answers */
+  for (int p = 0; p < sw->np; p++) {
+    if (sw->done[p] || strcmp(sw->pts[p].name, r->name) != 0 || sw->pts[p].causal != r->causal ||
+        !r->has[F_SQ] || (int64_t)r->val[F_SQ] != sw->pts[p].S)
+      continue;
+    sw->done[p] = true;
+    sw->ndone++;
+    char label[96];
+    snprintf(label, sizeof label, "%s%s S=%" PRId64 " %.3f ms", r->name, r->causal ? " causal" : "",
+             sw->pts[p].S, r->has[F_MS] ? r->val[F_MS] : 0.0);
+    progress(sw->tty, sw->ndone, sw->np, label);
+    break;
+  }
 }
 
 /* ---- outputs ---------------------------------------------------------------------- */
@@ -469,9 +540,10 @@ static void bench_usage(FILE *f) {
           "                  [--reps N] [--B N] [--H N] [--D N] [--dtype f32|f64]\n"
           "                  [--bench PATH] [--threads N]\n"
           "\n"
-          "Runs attn-bench (found via --bench, $ATTN_BENCH, next to this program, or\n"
-          "on $PATH) once per sweep point with --json, shows a progress bar on stderr,\n"
-          "prints a summary and writes:\n"
+          "Runs attn-bench (found via --bench, $ATTN_BENCH, next to this program, in\n"
+          "../bench/, or on $PATH) with --json, once per (S, causal) with all that\n"
+          "group's cases (so its sgemm/bandwidth probes run once per group), shows a\n"
+          "progress bar on stderr, prints a summary and writes:\n"
           "  CSV   one row per point with the contract's fields (default OUT/bench.csv)\n"
           "  JSON  an array of attn-bench's objects (default OUT/bench.json)\n"
           "  plots time vs S (log-log) and fraction of sgemm peak vs S per variant, as\n"
@@ -484,7 +556,8 @@ static void bench_usage(FILE *f) {
           "blocksparse, linear_elu, performer, linformer) at S = 256..4096.\n"
           "--quick: sdpa, sdpa causal, window, swin, longformer, bigbird, linear_elu,\n"
           "performer, linformer at S = 256, 512, 1024.\n"
-          "A point that attn-bench reports as not built is listed as skipped.\n"
+          "Cases missing from `attn-bench --list` (variants not built yet) are listed\n"
+          "as skipped; a case that fails or crashes makes the exit status 1.\n"
           "\n"
           "Options:\n"
           "  --case NAME    run this case (repeatable; replaces the default list)\n"
@@ -624,26 +697,70 @@ int cmd_bench(const cli_global *g0, int argc, char **argv) {
   }
 
   record *recs = calloc((size_t)np * 4 + 1, sizeof *recs);
-  if (recs == NULL) {
+  bool *done = calloc((size_t)np + 1, sizeof *done);
+  if (recs == NULL || done == NULL) {
+    free(recs);
+    free(done);
     cli_err(CMD, "out of memory");
     return CLI_EXIT_RUNTIME;
   }
-  int nrec = 0, nskipped = 0, nfailed = 0;
-  char skipped[2048] = "";
+  int nskipped = 0, nfailed = 0, status = 0;
+  char skipped[2048] = "", errbuf[4096];
   const bool tty = isatty(2);
-  fprintf(stderr, "attn bench: %d point%s with %s\n", np, np == 1 ? "" : "s", exe);
+  sweep sw = {recs, 0, np * 4, pts, done, np, 0, tty};
+
+  /* Which cases this attn-bench has: unknown ones are "not built" here. */
+  case_list cl;
+  memset(&cl, 0, sizeof cl);
+  char *list_av[] = {exe, (char *)"--list", NULL};
+  if (run_child(list_av, on_list_line, &cl, &status, errbuf, sizeof errbuf) != 0 || status != 0 ||
+      cl.n == 0) {
+    cli_err(CMD, "%s --list failed (status %d): %.200s", exe, status, errbuf);
+    free(recs);
+    free(done);
+    return CLI_EXIT_RUNTIME;
+  }
   for (int p = 0; p < np; p++) {
-    char label[96];
-    snprintf(label, sizeof label, "%s%s S=%" PRId64, pts[p].name, pts[p].causal ? " causal" : "",
-             pts[p].S);
-    progress(tty, p, np, label);
+    if (case_listed(&cl, pts[p].name)) continue;
+    done[p] = true;
+    sw.ndone++;
+    nskipped++;
+    size_t used = strlen(skipped);
+    if (used + 64 < sizeof skipped && (p == 0 || strcmp(pts[p - 1].name, pts[p].name) != 0 ||
+                                       pts[p - 1].causal != pts[p].causal))
+      snprintf(skipped + used, sizeof skipped - used, "%s%s%s", used ? ", " : "", pts[p].name,
+               pts[p].causal ? " (causal)" : "");
+  }
+  fprintf(stderr, "attn bench: %d point%s (%d not in this attn-bench) with %s\n", np,
+          np == 1 ? "" : "s", nskipped, exe);
+
+  /* One attn-bench run per (S, causal) with all its cases: the machine
+   * probes (sgemm peak, read bandwidth) run once per group, not per point. */
+  bool *grouped = calloc((size_t)np + 1, sizeof *grouped);
+  if (grouped == NULL) {
+    free(recs);
+    free(done);
+    cli_err(CMD, "out of memory");
+    return CLI_EXIT_RUNTIME;
+  }
+  for (int p0 = 0; p0 < np; p0++) {
+    if (done[p0] || grouped[p0]) continue;
     char sbuf[32], rbuf[32], tbuf[32], bbuf[32], hbuf[32], dbuf[32];
-    char *av[32];
-    int ac = 0;
+    char *av[2 * MAX_CASES + 32];
+    int ac = 0, ingroup = 0;
     av[ac++] = exe;
-    av[ac++] = (char *)"--case";
-    av[ac++] = (char *)pts[p].name;
-    snprintf(sbuf, sizeof sbuf, "%" PRId64, pts[p].S);
+    for (int p = p0; p < np; p++) {
+      if (done[p] || grouped[p] || pts[p].S != pts[p0].S || pts[p].causal != pts[p0].causal) continue;
+      bool dup = false;
+      for (int a2 = 2; a2 < ac; a2 += 2)
+        if (strcmp(av[a2], pts[p].name) == 0) dup = true;
+      grouped[p] = true;
+      if (dup || ingroup >= MAX_CASES) continue;
+      av[ac++] = (char *)"--case";
+      av[ac++] = (char *)pts[p].name;
+      ingroup++;
+    }
+    snprintf(sbuf, sizeof sbuf, "%" PRId64, pts[p0].S);
     av[ac++] = (char *)"--S";
     av[ac++] = sbuf;
     snprintf(rbuf, sizeof rbuf, "%" PRId64, reps);
@@ -673,52 +790,55 @@ int cmd_bench(const cli_global *g0, int argc, char **argv) {
       av[ac++] = (char *)"--dtype";
       av[ac++] = (char *)dtype;
     }
-    if (pts[p].causal) av[ac++] = (char *)"--causal";
+    if (pts[p0].causal) av[ac++] = (char *)"--causal";
     av[ac++] = (char *)"--json";
     av[ac] = NULL;
 
-    child_out co;
-    if (run_child(av, &co) != 0) {
+    char label[96];
+    snprintf(label, sizeof label, "S=%" PRId64 "%s: %d case%s...", pts[p0].S,
+             pts[p0].causal ? " causal" : "", ingroup, ingroup == 1 ? "" : "s");
+    progress(tty, sw.ndone, np, label);
+    if (run_child(av, on_bench_line, &sw, &status, errbuf, sizeof errbuf) != 0) {
       if (tty) fputc('\n', stderr);
       cli_err(CMD, "cannot run %s: %s", exe, strerror(errno));
+      free(grouped);
+      free(done);
+      for (int r = 0; r < sw.nrec; r++) free(recs[r].raw);
       free(recs);
       return CLI_EXIT_RUNTIME;
     }
-    int got = 0;
-    for (char *line = co.out, *next; line && *line; line = next) {
-      next = strchr(line, '\n');
-      if (next) *next++ = '\0';
-      while (*line == ' ' || *line == '\t') line++;
-      if (*line != '{') continue;
-      if (nrec >= np * 4) break;
-      if (!parse_record(line, &recs[nrec])) continue;
-      recs[nrec].raw = strdup(line);
-      if (recs[nrec].raw == NULL) continue;
-      nrec++;
-      got++;
-    }
-    free(co.out);
-    if (co.status != 0 || got == 0) {
-      char first[200];
-      snprintf(first, sizeof first, "%.*s", (int)strcspn(co.err, "\n"), co.err);
-      bool not_built = strstr(co.err, "not built") != NULL || strstr(co.err, "unsupported") != NULL ||
-                       strstr(co.err, "UNSUPPORTED") != NULL || strstr(co.err, "unknown case") != NULL;
+    /* Points of this group without a result: failed, or not built. */
+    for (int p = p0; p < np; p++) {
+      if (!grouped[p] || done[p] || pts[p].S != pts[p0].S || pts[p].causal != pts[p0].causal)
+        continue;
+      done[p] = true;
+      sw.ndone++;
+      char plabel[96];
+      snprintf(plabel, sizeof plabel, "%s%s S=%" PRId64, pts[p].name, pts[p].causal ? " causal" : "",
+               pts[p].S);
+      bool not_built = strstr(errbuf, "not built") != NULL || strstr(errbuf, "unsupported") != NULL ||
+                       strstr(errbuf, "UNSUPPORTED") != NULL;
       if (not_built) {
         nskipped++;
         size_t used = strlen(skipped);
         if (used + 64 < sizeof skipped)
-          snprintf(skipped + used, sizeof skipped - used, "%s%s", used ? ", " : "", label);
-      } else {
-        nfailed++;
-        if (tty) fputc('\n', stderr);
-        char how[48];
-        if (co.status > 128) snprintf(how, sizeof how, "killed by signal %d", co.status - 128);
-        else if (co.status == 0) snprintf(how, sizeof how, "no JSON output");
-        else snprintf(how, sizeof how, "exit status %d", co.status);
-        cli_err(CMD, "%s failed (%s)%s%s", label, how, first[0] ? ": " : "", first);
+          snprintf(skipped + used, sizeof skipped - used, "%s%s", used ? ", " : "", plabel);
+        continue;
       }
+      nfailed++;
+      char how[48];
+      if (status > 128) snprintf(how, sizeof how, "killed by signal %d", status - 128);
+      else if (status == 0) snprintf(how, sizeof how, "no JSON output");
+      else snprintf(how, sizeof how, "exit status %d", status);
+      char why[300];
+      err_line_for(errbuf, pts[p].name, why, sizeof why);
+      if (tty) fputc('\n', stderr);
+      cli_err(CMD, "%s failed (%s)%s%s", plabel, how, why[0] ? ": " : "", why);
     }
   }
+  free(grouped);
+  free(done);
+  int nrec = sw.nrec;
   progress(tty, np, np, NULL);
 
   /* Summary table. */
@@ -734,7 +854,7 @@ int cmd_bench(const cli_global *g0, int argc, char **argv) {
     printf("%-14s %-6s %7.0f %10s %9s %8s %9s\n", x->name, x->causal ? "yes" : "no",
            x->has[F_SQ] ? x->val[F_SQ] : 0.0, ms, gf, fr, er);
   }
-  if (nskipped) printf("skipped (not built): %s\n", skipped);
+  if (nskipped) printf("skipped (not in this attn-bench / not built): %s\n", skipped);
 
   int rc = CLI_EXIT_OK;
   if (write_csv(csv_path, recs, nrec) != 0) {

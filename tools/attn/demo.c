@@ -38,13 +38,24 @@ static void aux_free(aux *x) {
 
 typedef attn_status (*setup_fn)(attn_context *ctx, attn_desc *d, const dims *dm, aux *x);
 
+static int cmp_double(const void *a, const void *b);
+static void fmt_mib(char *buf, size_t n, double mib);
+
 enum { REF_NONE, REF_FULL, REF_CAUSAL };
+
+/* Rows that are not one attn_plan (the multi-head layer) run themselves:
+ * with pic == NULL time `reps` executes on dm (secs, FLOPs, workspace bytes);
+ * with pic != NULL run once on the picture problem and put the S×S weights
+ * in pic. `what` receives the description. */
+typedef attn_status (*custom_fn)(attn_context *ctx, const dims *dm, int reps, double *secs,
+                                 double *flops, size_t *ws, double *pic, char *what, size_t wl);
 
 typedef struct demo_row {
   const char *name;
   int ref;            /* what its error is measured against */
   int64_t heads;      /* 0: the workload's H; else this many (for slow scores) */
   setup_fn setup;
+  custom_fn custom;    /* instead of setup: a row that runs itself */
   const char *pending; /* non-NULL: API not in this build's headers yet */
 } demo_row;
 
@@ -298,33 +309,110 @@ static attn_status su_linformer(attn_context *c, attn_desc *d, const dims *m, au
   return attn_desc_set_lowrank(d, k, 1);
 }
 
+/* nn.MultiheadAttention-style self-attention layer (heads.h): x [B, S, E]
+ * with E = H·d, packed in-projection [3E, E], out-projection [E, E], biases,
+ * causal. FLOPs: attention's 4·B·H·S²·d plus the four projections 8·B·S·E². */
+static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, double *secs,
+                           double *flops, size_t *ws, double *pic, char *what, size_t wl) {
+  const int64_t E = dm->H * dm->D, B = dm->B, S = dm->S;
+  const int64_t s_in[2] = {3 * E, E}, s_inb[1] = {3 * E}, s_out[2] = {E, E}, s_outb[1] = {E};
+  const int64_t s_x[3] = {B, S, E}, s_w[3] = {B, S, S};
+  attn_tensor *in_w = NULL, *in_b = NULL, *out_w = NULL, *out_b = NULL, *x = NULL, *y = NULL,
+              *wt = NULL;
+  attn_mha *mha = NULL;
+  attn_mha_plan *plan = NULL;
+  attn_desc *d = NULL;
+  snprintf(what, wl, "multi-head layer: E=%" PRId64 ", %" PRId64 " heads, causal, projections", E,
+           dm->H);
+  attn_status st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 2, s_in, &in_w);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 1, s_inb, &in_b);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 2, s_out, &out_w);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 1, s_outb, &out_b);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_x, &x);
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_x, &y);
+  if (st == ATTN_OK && pic != NULL) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_w, &wt);
+  if (st != ATTN_OK) goto out;
+  fill_normal(in_w, 31, 1.0 / sqrt((double)E));
+  fill_normal(in_b, 32, 0.02);
+  fill_normal(out_w, 33, 1.0 / sqrt((double)E));
+  fill_normal(out_b, 34, 0.02);
+  fill_normal(x, 35, 1.0);
+  attn_mha_config cfg;
+  attn_mha_config_init(&cfg);
+  cfg.embed_dim = E;
+  cfg.num_heads = dm->H;
+  cfg.batch_first = 1;
+  attn_mha_weights w;
+  attn_mha_weights_init(&w);
+  w.in_proj_weight = in_w;
+  w.in_proj_bias = in_b;
+  w.out_proj_weight = out_w;
+  w.out_proj_bias = out_b;
+  if ((st = attn_mha_create(ctx, &cfg, &w, &mha)) != ATTN_OK) goto out;
+  if ((st = attn_desc_create(ctx, &d)) != ATTN_OK) goto out;
+  if ((st = attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT)) != ATTN_OK) goto out;
+  if ((st = attn_mha_plan_create(mha, d, x, x, x, NULL, y, wt, &plan)) != ATTN_OK) goto out;
+  *ws = attn_mha_plan_workspace_size(plan);
+  if (pic != NULL) {
+    if ((st = attn_mha_plan_execute(plan, x, x, x, NULL, y, wt)) != ATTN_OK) goto out;
+    const float *src = attn_tensor_data(wt);
+    for (int64_t i = 0; i < S * S; i++) pic[i] = src[i];
+    goto out;
+  }
+  double t[64];
+  if (reps > 64) reps = 64;
+  st = attn_mha_plan_execute(plan, x, x, x, NULL, y, NULL);
+  for (int r = 0; st == ATTN_OK && r < reps; r++) {
+    double t0 = cli_now();
+    st = attn_mha_plan_execute(plan, x, x, x, NULL, y, NULL);
+    t[r] = cli_now() - t0;
+  }
+  if (st != ATTN_OK) goto out;
+  qsort(t, (size_t)reps, sizeof t[0], cmp_double);
+  *secs = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+  *flops = 4.0 * (double)(B * dm->H) * (double)S * (double)S * (double)dm->D +
+           8.0 * (double)(B * S) * (double)E * (double)E;
+out:
+  attn_mha_plan_destroy(plan);
+  attn_desc_destroy(d);
+  attn_mha_destroy(mha);
+  attn_tensor_destroy(in_w);
+  attn_tensor_destroy(in_b);
+  attn_tensor_destroy(out_w);
+  attn_tensor_destroy(out_b);
+  attn_tensor_destroy(x);
+  attn_tensor_destroy(y);
+  attn_tensor_destroy(wt);
+  return st;
+}
+
 /* Every variant and option family the headers declare. Rows with `pending`
- * name an API that is not in this build's headers yet (multi-head layers and
- * the KV cache): add their rows here when heads.h / kvcache.h declare them. */
+ * name an API that is not in this build's headers yet (the KV cache): give
+ * them a custom runner when kvcache.h declares it. */
 static const demo_row rows[] = {
-    {"sdpa", REF_NONE, 0, su_sdpa, NULL},
-    {"causal", REF_NONE, 0, su_causal, NULL},
-    {"window", REF_NONE, 0, su_window, NULL},
-    {"causal-window", REF_NONE, 0, su_causal_window, NULL},
-    {"padding", REF_NONE, 0, su_padding, NULL},
-    {"alibi", REF_NONE, 0, su_alibi, NULL},
-    {"softcap", REF_NONE, 0, su_softcap, NULL},
-    {"bool-mask", REF_NONE, 0, su_boolmask, NULL},
-    {"additive-mask", REF_NONE, 0, su_addmask, NULL},
-    {"luong-dot", REF_NONE, 0, su_dot, NULL},
-    {"luong-general", REF_NONE, 0, su_general, NULL},
-    {"bahdanau", REF_NONE, 1, su_additive, NULL},
-    {"longformer", REF_FULL, 0, su_longformer, NULL},
-    {"bigbird", REF_FULL, 0, su_bigbird, NULL},
-    {"blocksparse", REF_FULL, 0, su_blocksparse, NULL},
-    {"swin", REF_FULL, 0, su_swin, NULL},
-    {"swin-shifted", REF_FULL, 0, su_swin_shift, NULL},
-    {"linear_elu", REF_FULL, 0, su_linear, NULL},
-    {"linear_elu-causal", REF_CAUSAL, 0, su_linear_causal, NULL},
-    {"performer", REF_FULL, 0, su_performer, NULL},
-    {"linformer", REF_FULL, 0, su_linformer, NULL},
-    {"mha", REF_NONE, 0, NULL, "attn_mha (heads.h) not in this build's headers yet"},
-    {"kvcache", REF_NONE, 0, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
+    {"sdpa", REF_NONE, 0, su_sdpa, NULL, NULL},
+    {"causal", REF_NONE, 0, su_causal, NULL, NULL},
+    {"window", REF_NONE, 0, su_window, NULL, NULL},
+    {"causal-window", REF_NONE, 0, su_causal_window, NULL, NULL},
+    {"padding", REF_NONE, 0, su_padding, NULL, NULL},
+    {"alibi", REF_NONE, 0, su_alibi, NULL, NULL},
+    {"softcap", REF_NONE, 0, su_softcap, NULL, NULL},
+    {"bool-mask", REF_NONE, 0, su_boolmask, NULL, NULL},
+    {"additive-mask", REF_NONE, 0, su_addmask, NULL, NULL},
+    {"luong-dot", REF_NONE, 0, su_dot, NULL, NULL},
+    {"luong-general", REF_NONE, 0, su_general, NULL, NULL},
+    {"bahdanau", REF_NONE, 1, su_additive, NULL, NULL},
+    {"longformer", REF_FULL, 0, su_longformer, NULL, NULL},
+    {"bigbird", REF_FULL, 0, su_bigbird, NULL, NULL},
+    {"blocksparse", REF_FULL, 0, su_blocksparse, NULL, NULL},
+    {"swin", REF_FULL, 0, su_swin, NULL, NULL},
+    {"swin-shifted", REF_FULL, 0, su_swin_shift, NULL, NULL},
+    {"linear_elu", REF_FULL, 0, su_linear, NULL, NULL},
+    {"linear_elu-causal", REF_CAUSAL, 0, su_linear_causal, NULL, NULL},
+    {"performer", REF_FULL, 0, su_performer, NULL, NULL},
+    {"linformer", REF_FULL, 0, su_linformer, NULL, NULL},
+    {"mha", REF_NONE, 0, NULL, mha_run, NULL},
+    {"kvcache", REF_NONE, 0, NULL, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
 };
 #define NROWS ((int)(sizeof rows / sizeof rows[0]))
 
@@ -505,6 +593,29 @@ out:
   return st;
 }
 
+static void print_row(const char *name, const char *shape, double secs, double flops, double maxe,
+                      double meane, size_t ws_bytes, const char *what) {
+  char e1[16], e2[16], ws[16], rss[16];
+  if (maxe >= 0) {
+    snprintf(e1, sizeof e1, "%.2e", maxe);
+    snprintf(e2, sizeof e2, "%.2e", meane);
+  } else {
+    snprintf(e1, sizeof e1, "exact");
+    snprintf(e2, sizeof e2, "-");
+  }
+  fmt_mib(ws, sizeof ws, (double)ws_bytes / (1024.0 * 1024.0));
+  fmt_mib(rss, sizeof rss, cli_peak_rss_mib());
+  printf("%-18s %-16s %9.3f %9.1f %9s %9s %8s %8s  %s\n", name, shape, secs * 1e3,
+         flops / secs * 1e-9, e1, e2, ws, rss, what);
+  fflush(stdout);
+}
+
+static void print_dashes(const char *name, const char *shape, const char *note, const char *msg) {
+  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s%s\n", name, shape, "-", "-", "-", "-", "-", "-",
+         note, msg);
+  fflush(stdout);
+}
+
 /* ---- the command ------------------------------------------------------------------------ */
 
 static void demo_usage(FILE *f) {
@@ -637,14 +748,51 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     pic_names[r][0] = '\0';
     pic_notes[r][0] = '\0';
     if (row->pending != NULL) {
-      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  not built: %s\n", row->name, "-", "-", "-", "-",
-             "-", "-", "-", row->pending);
+      print_dashes(row->name, "-", "not built: ", row->pending);
       pending++;
       continue;
     }
     problem *p = row->heads == 1 ? &bigh1 : &big;
     char shape[40];
     snprintf(shape, sizeof shape, "1,%" PRId64 ",%" PRId64 ",%" PRId64, p->dm.H, p->dm.S, p->dm.D);
+    if (row->custom != NULL) {
+      char what[160] = "";
+      double secs = 0, flops = 0;
+      size_t wsb = 0;
+      st = row->custom(ctx, &p->dm, (int)reps, &secs, &flops, &wsb, NULL, what, sizeof what);
+      if (st == ATTN_ERR_UNSUPPORTED) {
+        print_dashes(row->name, shape, "not built: ", attn_context_last_error(ctx));
+        not_built++;
+        continue;
+      }
+      if (st != ATTN_OK) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s: %s", attn_status_string(st), attn_context_last_error(ctx));
+        print_dashes(row->name, shape, "ERROR ", msg);
+        failed++;
+        continue;
+      }
+      print_row(row->name, shape, secs, flops, -1, -1, wsb, what);
+      ran++;
+      if (!pictures) continue;
+      snprintf(pic_names[r], sizeof pic_names[r], "%02d-%s.png", r + 1, row->name);
+      st = row->custom(ctx, &pic.dm, 0, &secs, &flops, &wsb, wbuf, what, sizeof what);
+      if (st != ATTN_OK) {
+        snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %.180s", attn_context_last_error(ctx));
+        continue;
+      }
+      char path[4096], sub[300], err[512];
+      snprintf(path, sizeof path, "%s/%s", outdir, pic_names[r]);
+      snprintf(sub, sizeof sub, "%s | 64 tokens, weights, rows scaled to max, grey = 0", what);
+      if (picture_heatmap_png(path, pic_names[r], sub, wbuf, 64, 64, err, sizeof err) != 0) {
+        cli_err(CMD, "%s", err);
+        rc = CLI_EXIT_IO;
+        continue;
+      }
+      pic_ok[r] = 1;
+      npics++;
+      continue;
+    }
     aux x;
     memset(&x, 0, sizeof x);
     attn_desc *d = NULL;
@@ -653,12 +801,10 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     if (st == ATTN_OK) st = row->setup(ctx, d, &p->dm, &x);
     if (st == ATTN_OK) st = attn_plan_create(ctx, d, p->q, p->k, p->v, p->out, NULL, NULL, &plan);
     if (st == ATTN_ERR_UNSUPPORTED) {
-      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  not built: %s\n", row->name, shape, "-", "-", "-",
-             "-", "-", "-", attn_context_last_error(ctx));
+      print_dashes(row->name, shape, "not built: ", attn_context_last_error(ctx));
       not_built++;
       attn_desc_destroy(d);
       aux_free(&x);
-      fflush(stdout);
       continue;
     }
     double secs = 0, maxe = -1, meane = -1;
@@ -672,30 +818,18 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
       }
     }
     if (st != ATTN_OK) {
-      printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  ERROR %s: %s\n", row->name, shape, "-", "-", "-",
-             "-", "-", "-", attn_status_string(st), attn_context_last_error(ctx));
+      char msg[400];
+      snprintf(msg, sizeof msg, "%s: %s", attn_status_string(st), attn_context_last_error(ctx));
+      print_dashes(row->name, shape, "ERROR ", msg);
       failed++;
       attn_plan_destroy(plan);
       attn_desc_destroy(d);
       aux_free(&x);
-      fflush(stdout);
       continue;
     }
     double flops = 4.0 * (double)p->dm.B * (double)p->dm.H * (double)p->dm.S * (double)p->dm.S *
                    (double)p->dm.D;
-    char e1[16], e2[16], ws[16], rss[16];
-    if (maxe >= 0) {
-      snprintf(e1, sizeof e1, "%.2e", maxe);
-      snprintf(e2, sizeof e2, "%.2e", meane);
-    } else {
-      snprintf(e1, sizeof e1, "exact");
-      snprintf(e2, sizeof e2, "-");
-    }
-    fmt_mib(ws, sizeof ws, (double)attn_plan_workspace_size(plan) / (1024.0 * 1024.0));
-    fmt_mib(rss, sizeof rss, cli_peak_rss_mib());
-    printf("%-18s %-16s %9.3f %9.1f %9s %9s %8s %8s  %s\n", row->name, shape, secs * 1e3,
-           flops / secs * 1e-9, e1, e2, ws, rss, x.what);
-    fflush(stdout);
+    print_row(row->name, shape, secs, flops, maxe, meane, attn_plan_workspace_size(plan), x.what);
     ran++;
     attn_plan_destroy(plan);
     attn_desc_destroy(d);
@@ -737,7 +871,8 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
   if (not_built + pending > 0)
     printf(", %d not built yet (they light up when their module is merged)", not_built + pending);
   if (failed > 0) printf(", %d FAILED", failed);
-  printf(".\nGFLOP/s counts dense attention's 4*B*H*S*S*d FLOPs for every row.\n");
+  printf(".\nGFLOP/s counts dense attention's 4*B*H*S*S*d FLOPs for every row (mha adds its\n"
+         "projections' 8*B*S*E*E).\n");
 
   if (pictures) {
     char path[4096];
