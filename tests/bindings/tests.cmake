@@ -1,0 +1,42 @@
+# Bindings and packaging tests (included by tests/CMakeLists.txt).
+#   python_bindings   unittest suite of bindings/python (/usr/bin/python3 + numpy)
+#   rust_bindings     cargo test --offline in bindings/rust (cargo on PATH)
+#   go_bindings       go test in bindings/go (go on PATH)
+#   install_consumers cmake --install to a temporary prefix + pkg-config and
+#                     find_package consumers
+#   deb_install       .deb build/install/purge; skipped unless root and ATTN_TEST_DEB=1
+#   docs_doxygen      doxygen with WARN_AS_ERROR (doxygen on PATH)
+# A tool that is missing makes its test skip (return code 77), never fail silently.
+set(_bind_dir ${PROJECT_SOURCE_DIR}/bindings)
+set(_bind_tests ${CMAKE_CURRENT_LIST_DIR})
+
+# A pkg-config file describing the *build tree* (library next to the build,
+# headers in the source and build trees), for the Go and Rust builds. It is
+# named attn-uninstalled.pc so pkg-config prefers it when its directory is on
+# PKG_CONFIG_PATH, whatever attn.pc exists elsewhere.
+file(GENERATE OUTPUT ${PROJECT_BINARY_DIR}/bindings-pkgconfig/attn-uninstalled.pc CONTENT
+"libdir=$<TARGET_FILE_DIR:attn>
+Name: attn
+Description: libattn (build tree)
+Version: ${PROJECT_VERSION}
+Libs: -L\${libdir} -lattn
+Cflags: -I${PROJECT_SOURCE_DIR}/include -I${PROJECT_BINARY_DIR}/include
+")
+
+# -- Python ----------------------------------------------------------------------
+set(ATTN_PYTHON /usr/bin/python3 CACHE FILEPATH "Python with numpy for the Python binding tests")
+add_test(NAME python_bindings
+  COMMAND ${CMAKE_COMMAND} -E env ATTN_LIBRARY=$<TARGET_FILE:attn> ATTN_NUM_THREADS=2
+          ${_bind_tests}/run_python.sh ${ATTN_PYTHON} ${_bind_dir}/python)
+set_tests_properties(python_bindings PROPERTIES LABELS "bindings" SKIP_RETURN_CODE 77 TIMEOUT 300)
+
+# -- install layout + consumers ---------------------------------------------------
+add_test(NAME install_consumers
+  COMMAND ${_bind_tests}/consumer_test.sh ${PROJECT_BINARY_DIR} ${CMAKE_C_COMPILER})
+set_tests_properties(install_consumers PROPERTIES LABELS "packaging" TIMEOUT 300)
+
+# -- .deb (modifies the system: root + ATTN_TEST_DEB=1 only) ----------------------
+add_test(NAME deb_install
+  COMMAND ${_bind_tests}/deb_test.sh ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}/deb-test)
+set_tests_properties(deb_install PROPERTIES LABELS "packaging" SKIP_RETURN_CODE 77 TIMEOUT 900
+                     RUN_SERIAL TRUE)
