@@ -40,3 +40,9 @@ add_test(NAME deb_install
   COMMAND ${_bind_tests}/deb_test.sh ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}/deb-test)
 set_tests_properties(deb_install PROPERTIES LABELS "packaging" SKIP_RETURN_CODE 77 TIMEOUT 900
                      RUN_SERIAL TRUE)
+
+# -- Rust (cargo from $CARGO or PATH; offline, no dependencies) --------------------
+add_test(NAME rust_bindings
+  COMMAND ${_bind_tests}/run_rust.sh $<TARGET_FILE_DIR:attn> ${_bind_dir}/rust
+          ${PROJECT_BINARY_DIR}/cargo-target)
+set_tests_properties(rust_bindings PROPERTIES LABELS "bindings" SKIP_RETURN_CODE 77 TIMEOUT 900)
