@@ -46,3 +46,9 @@ add_test(NAME rust_bindings
   COMMAND ${_bind_tests}/run_rust.sh $<TARGET_FILE_DIR:attn> ${_bind_dir}/rust
           ${PROJECT_BINARY_DIR}/cargo-target)
 set_tests_properties(rust_bindings PROPERTIES LABELS "bindings" SKIP_RETURN_CODE 77 TIMEOUT 900)
+
+# -- Go (go from $GO or PATH; cgo through the build tree's attn-uninstalled.pc) ----
+add_test(NAME go_bindings
+  COMMAND ${_bind_tests}/run_go.sh ${PROJECT_BINARY_DIR}/bindings-pkgconfig
+          $<TARGET_FILE_DIR:attn> ${_bind_dir}/go ${PROJECT_BINARY_DIR}/go-work)
+set_tests_properties(go_bindings PROPERTIES LABELS "bindings" SKIP_RETURN_CODE 77 TIMEOUT 900)
