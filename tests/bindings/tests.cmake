@@ -52,3 +52,11 @@ add_test(NAME go_bindings
   COMMAND ${_bind_tests}/run_go.sh ${PROJECT_BINARY_DIR}/bindings-pkgconfig
           $<TARGET_FILE_DIR:attn> ${_bind_dir}/go ${PROJECT_BINARY_DIR}/go-work)
 set_tests_properties(go_bindings PROPERTIES LABELS "bindings" SKIP_RETURN_CODE 77 TIMEOUT 900)
+
+# -- Doxygen API reference (warnings are errors) -----------------------------------
+find_program(ATTN_DOXYGEN doxygen)
+if(ATTN_DOXYGEN)
+  add_test(NAME docs_doxygen
+    COMMAND ${PROJECT_SOURCE_DIR}/docs/build-docs.sh ${PROJECT_BINARY_DIR} ${PROJECT_BINARY_DIR}/docs)
+  set_tests_properties(docs_doxygen PROPERTIES LABELS "docs" TIMEOUT 300)
+endif()
