@@ -7,6 +7,12 @@
 #   deb_install       .deb build/install/purge; skipped unless root and ATTN_TEST_DEB=1
 #   docs_doxygen      doxygen with WARN_AS_ERROR (doxygen on PATH)
 # A tool that is missing makes its test skip (return code 77), never fail silently.
+# Sanitizer builds are skipped: a sanitized libattn.so cannot be loaded into
+# python/cargo/go test processes or unsanitized consumers (the ASan runtime
+# must come first), and the plain build already covers these tests.
+if(ATTN_SANITIZE)
+  return()
+endif()
 set(_bind_dir ${PROJECT_SOURCE_DIR}/bindings)
 set(_bind_tests ${CMAKE_CURRENT_LIST_DIR})
 
