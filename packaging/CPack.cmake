@@ -35,7 +35,8 @@ set(CPACK_DEBIAN_RUNTIME_PACKAGE_SECTION "libs")
 # libattn.so.0 links libopenblas.so.0 (any of Debian's pthread/openmp/serial
 # builds, which libopenblas0 pulls in) and glibc.
 set(CPACK_DEBIAN_RUNTIME_PACKAGE_DEPENDS "libc6 (>= 2.34), libopenblas0")
-# shlibs file, and postinst/postrm that run ldconfig for libattn.so.0.
+# shlibs file, and postinst/postrm that run ldconfig for libattn.so.0 (CPack
+# needs the `file` and `readelf` tools for this: apt packages file, binutils).
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS ON)
 set(CPACK_DEBIAN_PACKAGE_GENERATE_SHLIBS_POLICY ">=")
 
