@@ -61,7 +61,7 @@ def reference(q, k, v, causal=NONE, scale=None, dot=False, window=None, key_leng
     if bool_mask is not None:
         keep &= np.asarray(bool_mask) != 0
     if keep_extra is not None:
-        keep &= keep_extra
+        keep &= keep_extra.astype(bool)
     s = np.where(keep, s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
