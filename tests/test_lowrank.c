@@ -59,6 +59,10 @@ static void ref_linformer(const lr_case *c, const double *E, const double *F, co
   p.Dv = c->Dv;
   p.score = c->score;
   p.query_len = ql;
+  /* An item with no key at all keeps no projected key (out 0, lse −inf). */
+  int64_t plen[8];
+  for (int64_t b = 0; kl && b < c->B; b++) plen[b] = kl[b] > 0 ? c->k : 0;
+  if (kl) p.key_len = plen;
   ref_attention(&p, q, kp, vp, out, NULL, lse, bound);
   free(kp);
   free(vp);
@@ -96,6 +100,7 @@ static void check_case(attn_context *ctx, const lr_case *c, uint64_t seed, bool 
     kl[b] = (int64_t)tu_uniform(&seed, 0, (double)c->Sk + 0.99);
     ql[b] = (int64_t)tu_uniform(&seed, 0, (double)c->Sq + 0.99);
   }
+  if (c->klens && c->B > 1) kl[1] = 0; /* an all-padding item */
   const size_t nq = (size_t)(c->B * c->H * c->Sq * c->D), nk = (size_t)(c->B * c->Hkv * c->Sk * c->D);
   const size_t nv = (size_t)(c->B * c->Hkv * c->Sk * c->Dv), no = (size_t)(c->B * c->H * c->Sq * c->Dv);
   const size_t nl = (size_t)(c->B * c->H * c->Sq);

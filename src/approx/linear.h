@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 /* Rows per chunk of the causal prefix sums (and of the key/query passes). */
-#define ATTN_LINEAR_CHUNK 64
+#define ATTN_LINEAR_CHUNK 32
 
 /* Default Performer feature count when attn_desc_set_features() was not called. */
 #define ATTN_PERFORMER_DEFAULT_FEATURES 256

@@ -18,6 +18,8 @@ typedef struct lowrank_impl {
   int64_t k;
   bool seeded;               /* E, F live in the workspace (drawn at plan time) */
   size_t e_off, f_off;       /* seeded: byte offsets of E, F ([k, S_k] each) */
+  size_t len_off;            /* key lengths: [B] int64 for the inner plan */
+  int64_t *inner_len;        /* k, or 0 where the caller's length is 0 */
 } lowrank_impl;
 
 typedef struct lowrank_args {
@@ -80,6 +82,10 @@ static attn_status lowrank_execute(attn_plan *p, const attn_tensor *q, const att
   (void)weights;
   lowrank_impl *im = p->impl;
   lowrank_args a = {p, k, v};
+  /* An item whose keys are all padding keeps no projected key either, so its
+   * rows give out 0 and lse −inf like any row with no kept key. */
+  if (im->inner_len != NULL)
+    for (int64_t b = 0; b < p->B; b++) im->inner_len[b] = p->desc.key_lengths[b] > 0 ? im->k : 0;
   attn_status st = attn_parallel_for(p->ctx, p->B * p->Hkv, lowrank_task, &a);
   if (st != ATTN_OK) return st;
   return attn_plan_execute(im->inner, q, im->kp, im->vp, out, NULL, lse);
@@ -218,7 +224,8 @@ attn_status attn_lowrank_plan_init(struct attn_plan *p) {
       return attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: sizes exceed what BLAS takes (INT_MAX)",
                        (const char *const[]){"k", "v", "out"}[i]);
 
-  /* Workspace: K' [B, H_kv, k, d_k], V' [B, H_kv, k, d_v], then (seeded) E, F [k, S_k]. */
+  /* Workspace: K' [B, H_kv, k, d_k], V' [B, H_kv, k, d_v], (seeded) E, F [k, S_k],
+   * (key lengths) the inner plan's lengths [B]. */
   const size_t es = attn_dtype_size(p->dtype);
   int64_t kd[4] = {p->B, p->Hkv, k, p->Dk}, vd[4] = {p->B, p->Hkv, k, p->Dv}, ed[2] = {k, p->Sk};
   size_t kb, vb, eb = 0, total;
@@ -227,9 +234,11 @@ attn_status attn_lowrank_plan_init(struct attn_plan *p) {
       eb > SIZE_MAX / 4)
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "rank: the projected K', V' for k = %" PRId64
                      " overflow", k);
-  kb = (kb + 63) / 64 * 64;
+  kb = (kb + 63) / 64 * 64; /* keep every part 64-byte aligned */
+  eb = (eb + 63) / 64 * 64;
   vb = (vb + 63) / 64 * 64;
-  total = kb + vb + 2 * eb;
+  const size_t lb = p->desc.key_lengths ? (size_t)p->B * sizeof(int64_t) : 0;
+  total = kb + vb + 2 * eb + lb;
 
   lowrank_impl *im = attn_calloc(ctx, sizeof *im);
   if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
@@ -243,6 +252,9 @@ attn_status attn_lowrank_plan_init(struct attn_plan *p) {
   im->seeded = seeded;
   im->e_off = kb + vb;
   im->f_off = kb + vb + eb;
+  im->len_off = kb + vb + 2 * eb;
+  im->inner_len = lb ? (int64_t *)(void *)((char *)ws + im->len_off) : NULL;
+  for (int64_t b = 0; lb && b < p->B; b++) im->inner_len[b] = k;
   p->impl = im;
   p->impl_bytes = sizeof *im;
   p->workspace = ws;
@@ -253,8 +265,8 @@ attn_status attn_lowrank_plan_init(struct attn_plan *p) {
   attn_tensor *tq = NULL, *to = NULL, *lse_view = NULL;
   attn_desc inner = p->desc; /* score, scale, softcap, query lengths carry over */
   inner.variant = ATTN_VARIANT_EXACT;
-  inner.key_lengths = NULL; /* applied by the projection */
-  inner.n_key_lengths = 0;
+  inner.key_lengths = im->inner_len; /* the caller's are applied by the projection */
+  inner.n_key_lengths = im->inner_len ? p->B : 0;
   const attn_tmeta *mq = &p->meta[0], *mo = &p->meta[3];
   if ((st = wrap4(ctx, p->dtype, p->B, p->Hkv, k, p->Dk, NULL, ws, &im->kp)) != ATTN_OK ||
       (st = wrap4(ctx, p->dtype, p->B, p->Hkv, k, p->Dv, NULL, (char *)ws + kb, &im->vp)) != ATTN_OK ||
