@@ -118,22 +118,85 @@ ATTN_API attn_status attn_desc_set_block_layout(attn_desc *desc, const attn_tens
  *          for other variants (exact, Swin, linear, low-rank). @since 0.1.0 */
 ATTN_API attn_status attn_plan_block_layout(const attn_plan *plan, uint8_t *buf, size_t *size);
 
-/** Number of random features m (≥ 1) and their seed for ATTN_VARIANT_PERFORMER.
- *  Features are drawn in orthogonal blocks of d. @since 0.1.0 */
+/** Linear attention (ATTN_VARIANT_LINEAR_ELU, ATTN_VARIANT_PERFORMER) replaces
+ *  softmax by a feature map φ and associativity:
+ *
+ *      out_i = Σ_j (φ(q_i)·φ(k_j)) v_j / Σ_j φ(q_i)·φ(k_j)
+ *
+ *  over the keys row i keeps (key lengths; causal with either alignment),
+ *  computed as φ(Q)·(φ(K)ᵀ[V | 1]) in O(S·m·(d_k + d_v)) time; causal runs as
+ *  chunked prefix sums. Query lengths, GQA/MQA and both memory layouts are
+ *  supported. A row with no kept key — or, for FAVOR+, whose features all
+ *  underflow — gives out = 0, never NaN.
+ *   - LINEAR_ELU: φ(x) = elu(x) + 1 elementwise (m = d_k). No score scale:
+ *     setting one with attn_desc_set_scale() is ATTN_ERR_UNSUPPORTED.
+ *   - PERFORMER (FAVOR+): φ(x)_i = exp(ω_i·x' − |x'|²/2)/√m, x' = √scale·x, so
+ *     E[φ(q)·φ(k)] = exp(scale·q·k) and out estimates softmax attention with
+ *     the descriptor's scale (default 1/√d_k, i.e. d_k^(−1/4) on q and on k).
+ *     Stabilisers, which cancel exactly between numerator and normalizer:
+ *     a query row subtracts its own max of ω_i·x'; keys subtract one running
+ *     maximum M of ω_i·k' − |k'|²/2 over the keys summed so far, and the
+ *     partial sums are rescaled by e^{M_old − M_new} when M grows (non-causal:
+ *     M is the global max over the kept keys; causal: a query never loses
+ *     precision to keys after its chunk).
+ *  Not supported (ATTN_ERR_UNSUPPORTED at plan time, the message names the
+ *  option): ATTN_SCORE_GENERAL/ADDITIVE, bool and additive masks, ALiBi,
+ *  softcap, sliding windows, and the weights and lse outputs (the S_q×S_k
+ *  weights are never formed and there is no softmax log-sum-exp).
+ */
+
+/** Number of random features m and their seed for ATTN_VARIANT_PERFORMER.
+ *  Without this call a Performer plan uses m = 256 and seed 0.
+ *  The projection rows ω_1..ω_m ∈ R^{d_k} are drawn in blocks of d_k: each
+ *  block is the Gram–Schmidt orthonormalisation of d_k i.i.d. N(0, I) vectors
+ *  (the last block keeps its first m mod d_k rows), and each row is rescaled
+ *  to the norm of an independent N(0, I) vector (χ-distributed), so every ω_i
+ *  is marginally N(0, I). The generator (splitmix64-seeded xoshiro256**,
+ *  polar-method normals with a portable logarithm) gives the same features on
+ *  every machine for a given seed, m and d_k.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG for a NULL desc; ATTN_ERR_INVALID_ARG if
+ *          num_features < 1. A huge m fails later at plan creation with
+ *          ATTN_ERR_INVALID_ARG (m ≥ 2³⁰), ATTN_ERR_OVERFLOW or
+ *          ATTN_ERR_NO_MEMORY. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_features(attn_desc *desc, int64_t num_features, uint64_t seed);
 
-/** Redraw a Performer plan's random features from a new seed (no allocation).
- *  ATTN_ERR_UNSUPPORTED for other variants. @since 0.1.0 */
+/** Redraw a Performer plan's random features from a new seed, in place (no
+ *  allocation, O(m·d_k²)). Afterwards the plan computes exactly what a plan
+ *  created with this seed computes. Not to be called while the plan executes.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG for a NULL plan; ATTN_ERR_UNSUPPORTED for
+ *          plans of other variants (elu+1 has no random features). @since 0.1.0 */
 ATTN_API attn_status attn_plan_redraw_features(attn_plan *plan, uint64_t seed);
 
-/** Linformer (ATTN_VARIANT_LINFORMER) projected length k (≥ 1, ≤ S_k checked at
- *  plan time) and the seed used when no projections are given (entries drawn
- *  N(0, 1/k)). @since 0.1.0 */
+/** Linformer (ATTN_VARIANT_LINFORMER): exact attention of q on the projected
+ *  K' = E·K ([k, d_k]) and V' = F·V ([k, d_v]) per batch item and key/value
+ *  head, with E, F ∈ R^{k×S_k}. With key lengths, K' = E[:, :len_b]·K[:len_b]
+ *  (padded positions never enter the projection; len_b = 0 gives out = 0).
+ *  Score kind, scale, softcap, query lengths and lse apply to the attention on
+ *  (K', V') as for exact attention. Self and cross attention (S_q ≠ S_k).
+ *  Plan-time statuses: ATTN_ERR_UNSUPPORTED for causal (undefined: every
+ *  projected key mixes all positions), a window, bool/additive masks, ALiBi
+ *  and weights (they index S_k keys); ATTN_ERR_INVALID_ARG when neither this
+ *  call nor attn_desc_set_lowrank_proj() gave k, or when k > S_k.
+ *
+ *  This call sets the projected length k (≥ 1) and the seed used when no
+ *  projections are given: then E is drawn from the seed's stream 1 and F from
+ *  its stream 2 (the generator of attn_desc_set_features()), entries
+ *  N(0, 1/k), row-major [k, S_k], shared by all heads, at plan time.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG for a NULL desc; ATTN_ERR_INVALID_ARG if
+ *          rank < 1. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_lowrank(attn_desc *desc, int64_t rank, uint64_t seed);
 
 /** Linformer projections E (keys) and F (values): q's dtype, rank 2 [k, S_k]
- *  shared across heads or rank 3 [H_kv, k, S_k] per head. Both or neither.
- *  Borrowed. @since 0.1.0 */
+ *  shared across heads or rank 3 [H_kv, k, S_k] per key/value head, the same
+ *  shape for both, the S_k axis contiguous. Both or neither (NULL, NULL goes
+ *  back to seeded projections). Borrowed; their contents are read at every
+ *  execute. If attn_desc_set_lowrank() also set k, it must equal E's k.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG if exactly one is NULL;
+ *          ATTN_ERR_SHAPE if a rank is not 2 or 3 or the ranks differ. At plan
+ *          time: ATTN_ERR_DTYPE, ATTN_ERR_SHAPE (dims other than [k, S_k] /
+ *          [H_kv, k, S_k], E and F differ, k differs from the set rank),
+ *          ATTN_ERR_LAYOUT (S_k axis not contiguous), ATTN_ERR_INVALID_ARG
+ *          (k > S_k). @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_lowrank_proj(attn_desc *desc, const attn_tensor *e,
                                                 const attn_tensor *f);
 
