@@ -512,7 +512,7 @@ class TestVariants(Case):
         out = self.run_or_skip(lambda: attn.attention(q, k, v, variant="linear_elu"))
         phi = lambda x: np.where(x > 0, x + 1.0, np.exp(x))  # noqa: E731  elu(x) + 1
         fq, fk = phi(q), phi(k)
-        num = np.einsum("bhid,bhje,bhjf->bhif", fq, fk, v)
+        num = np.einsum("bhid,bhjd,bhjf->bhif", fq, fk, v)
         den = np.einsum("bhid,bhjd->bhi", fq, fk)[..., None]
         np.testing.assert_allclose(out, num / den, rtol=1e-10, atol=1e-12)
 
