@@ -1,11 +1,32 @@
-/* The case registry: one line per case. Cases live in bench/case_*.c. */
+/* The case registry: one line per case. Cases live in bench/case_*.c, either
+ * as a `const bench_case` object or as a bench_case_fn listed here. */
 #include "bench.h"
 
 extern const bench_case bench_case_sdpa, bench_case_naive, bench_case_mha;
 
+/* case_sparse.c */
+int bench_case_window(attn_context *, const bench_opts *, bench_result *);
+int bench_case_swin(attn_context *, const bench_opts *, bench_result *);
+int bench_case_longformer(attn_context *, const bench_opts *, bench_result *);
+int bench_case_bigbird(attn_context *, const bench_opts *, bench_result *);
+int bench_case_blocksparse(attn_context *, const bench_opts *, bench_result *);
+static const bench_case window_case = {"window", bench_case_window, "1-D sliding window +-w (exact kernel), --window w (default 256)"};
+static const bench_case swin_case = {"swin", bench_case_swin, "Swin shifted 2-D windows, squarest grid, M=--window if <=32 else 7"};
+static const bench_case longformer_case = {"longformer", bench_case_longformer, "Longformer band +-w plus 4 global tokens"};
+static const bench_case bigbird_case = {"bigbird", bench_case_bigbird, "BigBird block --block (64): 1 window, 1 global, 3 random"};
+static const bench_case blocksparse_case = {"blocksparse", bench_case_blocksparse, "block-sparse layout: diagonal +-1 and 2 scattered blocks per row"};
+
+/* case_linear.c */
+int bench_case_linear_elu(attn_context *, const bench_opts *, bench_result *);
+int bench_case_performer(attn_context *, const bench_opts *, bench_result *);
+int bench_case_linformer(attn_context *, const bench_opts *, bench_result *);
+static const bench_case linear_elu_case = {"linear_elu", bench_case_linear_elu, "linear attention, phi = elu+1, O(S)"};
+static const bench_case performer_case = {"performer", bench_case_performer, "Performer FAVOR+, m = --features (default 256)"};
+static const bench_case linformer_case = {"linformer", bench_case_linformer, "Linformer, k = --rank (default 256, capped at S_k), segment-mean E = F"};
+
 const bench_case *const bench_cases[] = {
-    &bench_case_sdpa,
-    &bench_case_naive,
-    &bench_case_mha,
+    &bench_case_sdpa,  &bench_case_naive, &bench_case_mha, &window_case,
+    &swin_case,        &longformer_case,  &bigbird_case,   &blocksparse_case,
+    &linear_elu_case,  &performer_case,   &linformer_case,
 };
 const int bench_ncases = (int)(sizeof bench_cases / sizeof bench_cases[0]);

@@ -42,18 +42,19 @@ build_and_test() { # build_and_test DIR CC [cmake args...]
     ctest --test-dir "$dir" --output-on-failure -j"$jobs"
 }
 
+# The .deb install test (root + ATTN_TEST_DEB=1, set by .ci/run) runs once, in the gcc stage.
 stage gcc-build-ctest build_and_test "$out/gcc" gcc
-stage clang-build-ctest build_and_test "$out/clang" clang -DATTN_BUILD_BENCH=ON
+deb_flag=${ATTN_TEST_DEB:-}
+unset ATTN_TEST_DEB
+stage clang-build-ctest build_and_test "$out/clang" clang
+[ -n "$deb_flag" ] && export ATTN_TEST_DEB=$deb_flag
 
 if [ -z "${ATTN_QUICK:-}" ]; then
-  # Further suites: each is a script that exits non-zero on failure.
+  # Further suites: each is a script that exits non-zero on failure. (Bindings,
+  # packaging, docs and the PyTorch oracles are ctest tests, run above.)
   for s in sanitize valgrind tsan fuzz abi coverage; do
     [ -x "tools/ci/$s.sh" ] && stage "$s" "tools/ci/$s.sh"
   done
-  for s in tests/bindings/*.sh; do
-    [ -x "$s" ] && stage "bindings-$(basename "$s" .sh)" "$s" "$out/gcc"
-  done
-  [ -x docs/build-docs.sh ] && stage docs docs/build-docs.sh
 fi
 
 echo

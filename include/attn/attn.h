@@ -106,9 +106,11 @@ typedef struct attn_context attn_context;
  *  that was asked for. Both are called only from the thread using the
  *  context, never from inside a compute call. */
 typedef struct attn_allocator {
+  /** Returns @p size bytes aligned to @p alignment, or NULL. */
   void *(*alloc)(void *user_data, size_t size, size_t alignment);
+  /** Releases @p ptr, which alloc returned for @p size bytes. */
   void (*free)(void *user_data, void *ptr, size_t size);
-  void *user_data;
+  void *user_data; /**< passed unchanged to alloc and free */
 } attn_allocator;
 
 /** Options for attn_context_create(). Always initialise with
@@ -167,8 +169,11 @@ typedef struct attn_tensor attn_tensor;
 
 /** Create an owned, zero-filled, C-contiguous tensor whose data is 64-byte
  *  aligned and allocated through @p ctx's allocator.
+ *  @param ctx    the context whose allocator provides the memory
+ *  @param dtype  element type
  *  @param rank   1..ATTN_MAX_RANK
  *  @param shape  rank dims, each ≥ 1; their product (in bytes) must not overflow.
+ *  @param out    receives the tensor; untouched on failure.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_DTYPE, ATTN_ERR_SHAPE,
  *          ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY. @since 0.1.0 */
 ATTN_API attn_status attn_tensor_create(attn_context *ctx, attn_dtype dtype, int32_t rank,
@@ -176,9 +181,15 @@ ATTN_API attn_status attn_tensor_create(attn_context *ctx, attn_dtype dtype, int
 
 /** Wrap caller memory without copying. The caller keeps @p data and must keep
  *  it alive while the tensor is used.
+ *  @param ctx     the context the tensor belongs to
+ *  @param dtype   element type
+ *  @param rank    1..ATTN_MAX_RANK
+ *  @param shape   rank dims, each ≥ 1
  *  @param strides rank strides in elements, each ≥ 0 (0 broadcasts), or NULL
  *                 for C-contiguous. Example, [B,S,H,D] memory seen as
  *                 [B,H,S,D]: shape {B,H,S,D}, strides {S*H*D, D, H*D, 1}.
+ *  @param data    the first element (non-NULL); not copied, not freed
+ *  @param out     receives the tensor; untouched on failure.
  *  @return as attn_tensor_create(), plus ATTN_ERR_LAYOUT for negative strides.
  *  @since 0.1.0 */
 ATTN_API attn_status attn_tensor_wrap(attn_context *ctx, attn_dtype dtype, int32_t rank,
@@ -191,10 +202,15 @@ ATTN_API void attn_tensor_destroy(attn_tensor *t);
 /** Accessors. On NULL or an out-of-range axis they return 0 (dtype/rank/numel),
  *  -1 (dim/stride) or NULL (data). @since 0.1.0 */
 ATTN_API attn_dtype attn_tensor_dtype(const attn_tensor *t);
+/** Rank (1..ATTN_MAX_RANK). @since 0.1.0 */
 ATTN_API int32_t attn_tensor_rank(const attn_tensor *t);
+/** Size of dimension @p axis. @since 0.1.0 */
 ATTN_API int64_t attn_tensor_dim(const attn_tensor *t, int32_t axis);
+/** Stride of dimension @p axis, in elements. @since 0.1.0 */
 ATTN_API int64_t attn_tensor_stride(const attn_tensor *t, int32_t axis);
+/** Number of elements (the product of the shape). @since 0.1.0 */
 ATTN_API int64_t attn_tensor_numel(const attn_tensor *t);
+/** Address of the first element. @since 0.1.0 */
 ATTN_API void *attn_tensor_data(const attn_tensor *t);
 
 /** Point a tensor at new memory of the same shape and strides (for example the

@@ -49,6 +49,7 @@ extern "C" {
  *  @{ */
 
 /** Zero-copy split: a new borrowed tensor viewing x's memory as heads.
+ *  @param ctx        context for errors and the view's allocation.
  *  @param x          rank 3 [B, S, H·D], f32 or f64, last dim contiguous
  *                    (any other strides; the caller keeps x's memory).
  *  @param num_heads  H ≥ 1, must divide x's last dim.
@@ -67,6 +68,8 @@ ATTN_API attn_status attn_heads_split_view(attn_context *ctx, const attn_tensor 
  *  the heads of one (b, s) row lie side by side: x.stride(3) = 1 and
  *  x.stride(1) = D (true for views made by attn_heads_split_view() and for
  *  [B, S, H, D] memory); otherwise ATTN_ERR_LAYOUT: use attn_heads_merge().
+ *  @param ctx  context for errors and the view's allocation.
+ *  @param x    rank 4 [B, H, S, D], f32 or f64 (the caller keeps its memory).
  *  @param out  receives the view [B, S, H·D] with strides
  *              {x.stride(0), x.stride(2), 1}; destroy with attn_tensor_destroy().
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_SHAPE, ATTN_ERR_DTYPE,
@@ -75,6 +78,7 @@ ATTN_API attn_status attn_heads_merge_view(attn_context *ctx, const attn_tensor 
                                            attn_tensor **out);
 
 /** Copying split: out[b, h, s, d] = x[b, s, h·D + d].
+ *  @param ctx  context for errors.
  *  @param x    rank 3 [B, S, H·D], any strides (≥ 0).
  *  @param out  rank 4 [B, H, S, D], same dtype (f32/f64), any strides; H and D
  *              are taken from out. x and out must not overlap.
@@ -84,6 +88,7 @@ ATTN_API attn_status attn_heads_merge_view(attn_context *ctx, const attn_tensor 
 ATTN_API attn_status attn_heads_split(attn_context *ctx, const attn_tensor *x, attn_tensor *out);
 
 /** Copying merge: out[b, s, h·D + d] = x[b, h, s, d].
+ *  @param ctx  context for errors.
  *  @param x    rank 4 [B, H, S, D], any strides.
  *  @param out  rank 3 [B, S, H·D], same dtype (f32/f64), any strides; must not
  *              overlap x.
@@ -137,21 +142,22 @@ ATTN_API void attn_mha_config_init(attn_mha_config *cfg);
  *  Unused fields must be NULL. Initialise with attn_mha_weights_init(). */
 typedef struct attn_mha_weights {
   size_t struct_size; /**< sizeof(attn_mha_weights), set by init */
-  const attn_tensor *in_proj_weight;
-  const attn_tensor *q_proj_weight;
-  const attn_tensor *k_proj_weight;
-  const attn_tensor *v_proj_weight;
-  const attn_tensor *in_proj_bias;
-  const attn_tensor *out_proj_weight;
-  const attn_tensor *out_proj_bias;
-  const attn_tensor *bias_k;
-  const attn_tensor *bias_v;
+  const attn_tensor *in_proj_weight; /**< [E + 2·E_kv, E] packed W_q, W_k, W_v, or NULL */
+  const attn_tensor *q_proj_weight; /**< [E, E], or NULL (with k/v_proj_weight instead of in_proj_weight) */
+  const attn_tensor *k_proj_weight; /**< [E_kv, kdim], or NULL */
+  const attn_tensor *v_proj_weight; /**< [E_kv, vdim], or NULL */
+  const attn_tensor *in_proj_bias; /**< [E + 2·E_kv] b_q, b_k, b_v; iff config.bias */
+  const attn_tensor *out_proj_weight; /**< [E, E]; required */
+  const attn_tensor *out_proj_bias; /**< [E]; iff config.bias */
+  const attn_tensor *bias_k; /**< [1, 1, E_kv]; iff config.add_bias_kv */
+  const attn_tensor *bias_v; /**< [1, 1, E_kv]; iff config.add_bias_kv */
 } attn_mha_weights;
 
 /** Set struct_size and every tensor to NULL. NULL is a no-op. @since 0.1.0 */
 ATTN_API void attn_mha_weights_init(attn_mha_weights *w);
 
 /** Create a multi-head attention layer.
+ *  @param ctx      context (threads, allocator, errors); must outlive the layer.
  *  @param cfg      configuration (copied).
  *  @param weights  parameters (the struct is copied; the tensors are borrowed
  *                  and must outlive the layer and its plans).

@@ -59,9 +59,9 @@ typedef struct exact_args {
 #define LOG log
 #include "kernels/exact_impl.inc"
 
-static attn_status exact_execute(attn_plan *p, const attn_tensor *q, const attn_tensor *k,
-                                 const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                 attn_tensor *lse) {
+attn_status attn_exact_execute(attn_plan *p, const attn_tensor *q, const attn_tensor *k,
+                               const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
+                               attn_tensor *lse) {
   attn_exact *im = p->impl;
   attn_mask_bind(&im->mask, &p->desc);
   exact_args a = {p, q, k, v, out, weights, lse};
@@ -79,7 +79,7 @@ static attn_status exact_execute(attn_plan *p, const attn_tensor *q, const attn_
                            f32 ? exact_task_f32 : exact_task_f64, &a);
 }
 
-static const attn_plan_ops exact_ops = {"exact", exact_execute, NULL, NULL, NULL};
+static const attn_plan_ops exact_ops = {"exact", attn_exact_execute, NULL, NULL, NULL};
 
 static attn_status check_score_params(attn_plan *p) {
   attn_context *ctx = p->ctx;
@@ -120,21 +120,17 @@ static attn_status check_score_params(attn_plan *p) {
   return ATTN_OK;
 }
 
-attn_status attn_exact_plan_init(attn_plan *p) {
+/* Tiles, workspace slot layout and the plan's workspace for im (mask ready). */
+static attn_status exact_setup(attn_plan *p, attn_exact *im, int64_t bq, int64_t bk) {
   attn_context *ctx = p->ctx;
-  attn_status st = check_score_params(p);
-  if (st != ATTN_OK) return st;
-  attn_exact *im = attn_calloc(ctx, sizeof *im);
-  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  if ((st = attn_mask_init(&im->mask, p)) != ATTN_OK) {
-    attn_free(ctx, im, sizeof *im);
-    return st;
-  }
   attn_exact_tiles(p->Sq, p->Sk, p->Dk, p->Dv, &im->bq, &im->bk);
+  if (bq > 0) im->bq = attn_min64(bq, p->Sq);
+  if (bk > 0) im->bk = attn_min64(bk, p->Sk);
   /* GQA: stack a group's query heads into one GEMM (each K/V tile read once
    * per group) unless masks or sparse layouts differ between heads. */
   im->gs = 1;
-  if (p->H > p->Hkv && !im->mask.has_dense && im->mask.max_ranges == 1) {
+  if (p->H > p->Hkv && !im->mask.has_dense && im->mask.sparse == ATTN_SPARSE_NONE &&
+      im->mask.max_ranges == 1) {
     im->gs = p->H / p->Hkv;
     im->bq = attn_max64(1, attn_min64(im->bq, attn_cdiv64(im->bq, im->gs)));
   }
@@ -157,25 +153,38 @@ attn_status attn_exact_plan_init(attn_plan *p) {
   if (A > 0) {
     int64_t kp;
     if (!attn_mul_ok(p->B * p->Hkv, p->Sk, &kp) || !attn_mul_ok(kp, A, &kp) ||
-        !attn_add_ok(total, kp, &total) || !attn_add_ok(total, 2 * A + 32, &total)) {
-      attn_free(ctx, im, sizeof *im);
+        !attn_add_ok(total, kp, &total) || !attn_add_ok(total, 2 * A + 32, &total))
       return attn_fail(ctx, ATTN_ERR_OVERFLOW, "additive score: K projection size overflows");
-    }
     im->kp_offset = (size_t)(slot * ctx->num_threads);
     im->vb_offset = im->kp_offset + (size_t)kp;
   }
   size_t bytes;
-  if (!attn_bytes_ok(&total, 1, attn_dtype_size(p->dtype), &bytes)) {
-    attn_free(ctx, im, sizeof *im);
+  if (!attn_bytes_ok(&total, 1, attn_dtype_size(p->dtype), &bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "workspace size overflows");
-  }
   p->workspace = attn_alloc(ctx, bytes);
-  if (p->workspace == NULL) {
-    attn_free(ctx, im, sizeof *im);
+  if (p->workspace == NULL)
     return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: cannot allocate %zu bytes of workspace",
                      bytes);
-  }
   p->workspace_bytes = bytes;
+  return ATTN_OK;
+}
+
+attn_status attn_exact_prepare(attn_plan *p, attn_exact *im, int64_t bq, int64_t bk) {
+  attn_status st = check_score_params(p);
+  if (st != ATTN_OK) return st;
+  return exact_setup(p, im, bq, bk);
+}
+
+attn_status attn_exact_plan_init(attn_plan *p) {
+  attn_context *ctx = p->ctx;
+  attn_status st = check_score_params(p);
+  if (st != ATTN_OK) return st;
+  attn_exact *im = attn_calloc(ctx, sizeof *im);
+  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+  if ((st = attn_mask_init(&im->mask, p)) != ATTN_OK || (st = exact_setup(p, im, 0, 0)) != ATTN_OK) {
+    attn_free(ctx, im, sizeof *im);
+    return st;
+  }
   p->impl = im;
   p->impl_bytes = sizeof *im;
   p->ops = &exact_ops;

@@ -22,4 +22,16 @@ typedef struct attn_exact {
  * chosen so a thread's tiles stay in L2. */
 void attn_exact_tiles(int64_t Sq, int64_t Sk, int64_t Dk, int64_t Dv, int64_t *bq, int64_t *bk);
 
+/* For variants built on this kernel (sparse): check the score options, pick
+ * the tiles (bq, bk > 0 override attn_exact_tiles, capped at S_q, S_k) and
+ * allocate the plan's workspace for im, whose mask the caller initialised.
+ * Sets neither plan->impl nor plan->ops; on failure allocates nothing. */
+attn_status attn_exact_prepare(attn_plan *p, attn_exact *im, int64_t bq, int64_t bk);
+
+/* The kernel's execute, for such variants' ops: plan->impl must start with
+ * an attn_exact (the state attn_exact_prepare filled). */
+attn_status attn_exact_execute(attn_plan *p, const attn_tensor *q, const attn_tensor *k,
+                               const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
+                               attn_tensor *lse);
+
 #endif

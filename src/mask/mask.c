@@ -94,6 +94,34 @@ void attn_mask_bind(attn_mask *m, const attn_desc *d) {
   m->alibi = d->alibi;
   m->has_dense = m->bool_mask != NULL || m->add_mask != NULL;
   m->has_transform = m->softcap > 0.0 || m->alibi != NULL || m->add_mask != NULL;
+  if (m->layout_from_desc && d->layout != NULL) m->layout = (const uint8_t *)d->layout->data;
+}
+
+void attn_mask_set_layout(attn_mask *m, const uint8_t *layout, int64_t block, int64_t nqb,
+                          int64_t nkb, const int64_t stride[3], bool from_desc) {
+  m->sparse = ATTN_SPARSE_LAYOUT;
+  m->layout = layout;
+  m->layout_from_desc = from_desc;
+  m->block = block;
+  m->lay_nqb = nqb;
+  m->lay_nkb = nkb;
+  for (int i = 0; i < 3; i++) m->lay_stride[i] = stride[i];
+  /* Runs of kept blocks are separated by at least one dropped block. */
+  m->max_ranges = attn_max64(m->max_ranges, (nkb + 1) / 2);
+}
+
+void attn_mask_set_longformer(attn_mask *m, bool causal, const int64_t *sorted, int64_t n,
+                              const uint8_t *flags) {
+  m->sparse = ATTN_SPARSE_LONGFORMER;
+  m->lf_left = m->left;
+  m->lf_right = m->right;
+  m->left = ATTN_WINDOW_UNBOUNDED;
+  m->right = causal ? 0 : ATTN_WINDOW_UNBOUNDED;
+  m->banded = causal;
+  m->globals = sorted;
+  m->n_globals = n;
+  m->is_global = flags;
+  m->max_ranges = attn_max64(m->max_ranges, n + 1); /* the band and each global key */
 }
 
 /* Per-batch alignment: i' = i + offset_b. */
@@ -130,20 +158,140 @@ void attn_mask_key_range(const attn_mask *m, int64_t b, int64_t i0, int64_t i1, 
   *j1 = hi;
 }
 
+/* ---- sparse structure ------------------------------------------------------ */
+
+/* Longformer's local band for aligned row ia (saturating). */
+static inline int64_t lf_lo(const attn_mask *m, int64_t ia) {
+  return m->lf_left == ATTN_WINDOW_UNBOUNDED ? INT64_MIN : ia - m->lf_left;
+}
+static inline int64_t lf_hi(const attn_mask *m, int64_t ia) {
+  return m->lf_right == ATTN_WINDOW_UNBOUNDED ? INT64_MAX : ia + m->lf_right;
+}
+
+/* Index of the first global token ≥ x. */
+static int64_t globals_lower_bound(const attn_mask *m, int64_t x) {
+  int64_t lo = 0, hi = m->n_globals;
+  while (lo < hi) {
+    int64_t mid = lo + (hi - lo) / 2;
+    if (m->globals[mid] < x)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+/* Number of global tokens in [x0, x1). */
+static int64_t globals_in(const attn_mask *m, int64_t x0, int64_t x1) {
+  if (x0 >= x1) return 0;
+  return globals_lower_bound(m, x1) - globals_lower_bound(m, x0);
+}
+
+static inline const uint8_t *layout_row(const attn_mask *m, int64_t h, int64_t r) {
+  return m->layout + h * m->lay_stride[0] + r * m->lay_stride[1];
+}
+
+/* Runs of key blocks kept by any of the layout rows of [i0, ilast], clipped to [j0, j1). */
+static int64_t layout_ranges(const attn_mask *m, int64_t h, int64_t i0, int64_t ilast, int64_t j0,
+                             int64_t j1, int64_t *ranges) {
+  const int64_t bs = m->block, s2 = m->lay_stride[2];
+  const int64_t r0 = i0 / bs, r1 = ilast / bs;
+  int64_t n = 0;
+  bool open = false;
+  for (int64_t c = j0 / bs; c <= (j1 - 1) / bs; c++) {
+    bool kept = false;
+    for (int64_t r = r0; r <= r1 && !kept; r++) kept = layout_row(m, h, r)[c * s2] != 0;
+    if (kept && !open) {
+      ranges[2 * n] = attn_max64(c * bs, j0);
+      open = true;
+    } else if (!kept && open) {
+      ranges[2 * n + 1] = c * bs;
+      n++;
+      open = false;
+    }
+  }
+  if (open) ranges[2 * n++ + 1] = j1;
+  return n;
+}
+
+/* Keys closer than this to the previous range join it (masked element-wise):
+ * fewer, larger GEMMs for scattered global keys. */
+#define LF_MERGE_GAP 16
+
+static int64_t lf_emit(int64_t *ranges, int64_t n, int64_t s, int64_t e) {
+  if (n > 0 && s <= ranges[2 * n - 1] + LF_MERGE_GAP) {
+    if (e > ranges[2 * n - 1]) ranges[2 * n - 1] = e;
+    return n;
+  }
+  ranges[2 * n] = s;
+  ranges[2 * n + 1] = e;
+  return n + 1;
+}
+
+/* Longformer: a block holding a global row sees all of [j0, j1); otherwise
+ * the rows' local band plus the global keys, ascending and merged. */
+static int64_t longformer_ranges(const attn_mask *m, int64_t b, int64_t i0, int64_t ilast,
+                                 int64_t j0, int64_t j1, int64_t *ranges) {
+  if (globals_in(m, i0, ilast + 1) > 0) {
+    ranges[0] = j0;
+    ranges[1] = j1;
+    return 1;
+  }
+  const int64_t off = attn_mask_offset(m, b);
+  int64_t lo = attn_max64(j0, lf_lo(m, i0 + off));
+  int64_t hi = lf_hi(m, ilast + off);
+  hi = hi >= j1 - 1 ? j1 : attn_max64(hi + 1, j0);
+  bool local = lo < hi;
+  int64_t n = 0;
+  for (int64_t g = globals_lower_bound(m, j0); g < m->n_globals && m->globals[g] < j1; g++) {
+    int64_t j = m->globals[g];
+    if (local && lo <= j) {
+      n = lf_emit(ranges, n, lo, hi);
+      local = false;
+    }
+    n = lf_emit(ranges, n, j, j + 1);
+  }
+  if (local) n = lf_emit(ranges, n, lo, hi);
+  return n;
+}
+
 int64_t attn_mask_key_ranges(const attn_mask *m, int64_t b, int64_t h, int64_t i0, int64_t i1,
                              int64_t *ranges) {
-  (void)h;
   int64_t j0, j1;
   attn_mask_key_range(m, b, i0, i1, &j0, &j1);
   if (j0 >= j1) return 0;
+  const int64_t ilast = attn_min64(i1, qlen(m, b)) - 1; /* i0 < qlen: the range is not empty */
+  if (m->sparse == ATTN_SPARSE_LAYOUT) return layout_ranges(m, h, i0, ilast, j0, j1, ranges);
+  if (m->sparse == ATTN_SPARSE_LONGFORMER) return longformer_ranges(m, b, i0, ilast, j0, j1, ranges);
   ranges[0] = j0;
   ranges[1] = j1;
   return 1;
 }
 
+/* Refine cls (not SKIP) by the sparse structure over rows [i0, ie) × keys [j0, je). */
+static attn_tile_class sparse_classify(const attn_mask *m, int64_t b, int64_t h, int64_t i0,
+                                       int64_t ie, int64_t j0, int64_t je, attn_tile_class cls) {
+  if (m->sparse == ATTN_SPARSE_LAYOUT) {
+    const int64_t bs = m->block, s2 = m->lay_stride[2];
+    int64_t kept = 0, total = 0;
+    for (int64_t r = i0 / bs; r <= (ie - 1) / bs; r++) {
+      const uint8_t *row = layout_row(m, h, r);
+      for (int64_t c = j0 / bs; c <= (je - 1) / bs; c++, total++) kept += row[c * s2] != 0;
+    }
+    return kept == 0 ? ATTN_TILE_SKIP : kept == total ? cls : ATTN_TILE_PARTIAL;
+  }
+  /* Longformer */
+  const int64_t grows = globals_in(m, i0, ie), gcols = globals_in(m, j0, je);
+  if (grows == ie - i0 || gcols == je - j0) return cls;
+  const int64_t off = attn_mask_offset(m, b);
+  if (je - 1 <= lf_hi(m, i0 + off) && j0 >= lf_lo(m, ie - 1 + off)) return cls;
+  if (grows == 0 && gcols == 0 && (j0 > lf_hi(m, ie - 1 + off) || je - 1 < lf_lo(m, i0 + off)))
+    return ATTN_TILE_SKIP;
+  return ATTN_TILE_PARTIAL;
+}
+
 attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int64_t i0,
                                    int64_t i1, int64_t j0, int64_t j1) {
-  (void)h;
   int64_t ql = qlen(m, b), kl = klen(m, b);
   if (i0 >= ql || j0 >= kl) return ATTN_TILE_SKIP;
   bool full = i1 <= ql && j1 <= kl && !m->has_dense;
@@ -155,7 +303,10 @@ attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int
     /* Inside for every row: the tightest row limits. */
     if (j1 - 1 > band_hi(m, i0 + off) || j0 < band_lo(m, ilast + off)) full = false;
   }
-  return full ? ATTN_TILE_FULL : ATTN_TILE_PARTIAL;
+  attn_tile_class cls = full ? ATTN_TILE_FULL : ATTN_TILE_PARTIAL;
+  if (m->sparse != ATTN_SPARSE_NONE)
+    cls = sparse_classify(m, b, h, i0, attn_min64(i1, ql), j0, attn_min64(j1, kl), cls);
+  return cls;
 }
 
 /* Additive values at or below −FLT_MAX (−inf included) remove the key, so a

@@ -12,6 +12,14 @@ typedef enum attn_tile_class {
   ATTN_TILE_PARTIAL = 2  /* mixed: apply the mask element-wise */
 } attn_tile_class;
 
+/* Sparse structure kept on top of the band, lengths and dense masks:
+ * keep(i, j) = (everything above) ∧ sparse(i, j). */
+typedef enum attn_sparse_kind {
+  ATTN_SPARSE_NONE = 0,
+  ATTN_SPARSE_LAYOUT = 1,    /* layout[h][i / block][j / block] != 0 (BigBird, block-sparse) */
+  ATTN_SPARSE_LONGFORMER = 2 /* local band(i', j) ∨ global(i) ∨ global(j) */
+} attn_sparse_kind;
+
 typedef struct attn_mask {
   int64_t B, H, Sq, Sk;
   /* Structured band in aligned coordinates: keep j with
@@ -35,12 +43,38 @@ typedef struct attn_mask {
   /* Most key ranges attn_mask_key_ranges() can return (1 for the structured
    * kinds; sparse layouts raise it). Kernels size a per-thread buffer by it. */
   int64_t max_ranges;
+  /* Sparse structure (set by attn_mask_set_layout / attn_mask_set_longformer). */
+  attn_sparse_kind sparse;
+  const uint8_t *layout;     /* U8 [heads][⌈S_q/block⌉][⌈S_k/block⌉] */
+  bool layout_from_desc;     /* re-read desc->layout's data at bind (user layout) */
+  int64_t block, lay_nqb, lay_nkb;
+  int64_t lay_stride[3];     /* element strides; [0] is 0 for a layout shared by heads */
+  int64_t lf_left, lf_right; /* Longformer local band (aligned; causal folded in) */
+  const int64_t *globals;    /* sorted global token indices */
+  int64_t n_globals;
+  const uint8_t *is_global;  /* [S] flags */
 } attn_mask;
 
 /* Resolve the descriptor's mask options for a plan (validates and names the
  * bad argument). Dense masks must have the plan's dtype (additive) or U8 (bool),
  * rank 4, dims equal or 1. */
 attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan);
+
+/* Restrict an initialised mask to a block layout (U8, element strides
+ * stride[0..2], stride[0] = 0 when shared by heads) of nqb × nkb blocks of
+ * `block` tokens. from_desc: the layout is the descriptor's (borrowed, its
+ * data re-read at every bind). Raises max_ranges. */
+void attn_mask_set_layout(attn_mask *m, const uint8_t *layout, int64_t block, int64_t nqb,
+                          int64_t nkb, const int64_t stride[3], bool from_desc);
+
+/* Turn an initialised mask (S_q = S_k) into Longformer's: the window it was
+ * initialised with becomes the local band, the band proper keeps only the
+ * causal limit (causal: whether the descriptor is causal), and the n sorted,
+ * distinct global indices (with their [S] flags; both borrowed, plan-owned)
+ * are added: global rows keep every key, every row keeps global keys.
+ * Raises max_ranges. */
+void attn_mask_set_longformer(attn_mask *m, bool causal, const int64_t *sorted, int64_t n,
+                              const uint8_t *flags);
 
 /* Re-read borrowed pointers (data may move between executes). */
 void attn_mask_bind(attn_mask *m, const attn_desc *desc);

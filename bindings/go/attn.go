@@ -1,0 +1,790 @@
+// Package attn is the Go binding of libattn: attention mechanisms as GEMM
+// calls into BLAS behind a stable C ABI.
+//
+//	ctx, _ := attn.NewContext(0)
+//	defer ctx.Close()
+//	desc, _ := attn.NewDesc(ctx)
+//	defer desc.Close()
+//	desc.SetCausal(attn.CausalTopLeft)
+//	dims := attn.Dims{Batch: 1, Heads: 2, SeqQ: 8, SeqK: 8, HeadDim: 4}
+//	out := make([]float32, dims.OutLen())
+//	err := attn.Attention(desc, dims, q, k, v, out)
+//
+// # Go memory and cgo's pointer rules
+//
+// C may not keep a Go pointer after a call returns. libattn tensors made with
+// attn_tensor_wrap remember their data pointer, so this package never wraps Go
+// memory in a handle that outlives a call. Instead:
+//
+//   - Plan.Execute and Attention take Go slices. One C helper call points the
+//     plan's own tensor handles at the slices, executes, and points them back
+//     at a static placeholder before returning: no copy, no allocation, and
+//     C holds no Go pointer afterwards. Each slice is a separate argument (a
+//     Go array of pointers may not be passed to C).
+//   - Tensor is memory allocated by libattn (C memory). Its Float32/Float64/
+//     Bytes views are Go slices over C memory, so masks, weights and reusable
+//     buffers can be held by descriptors and plans as long as needed.
+//   - Arrays given to descriptor setters (key lengths, ALiBi slopes, global
+//     tokens) are copied into C memory owned by the descriptor, freed when the
+//     descriptor and every plan made from it are closed.
+//
+// Every object has Close() and a finalizer as a safety net; runtime.KeepAlive
+// keeps an object alive across the C calls that use its handle. Objects made
+// from a Context must be used from one goroutine at a time (libattn's rule).
+package attn
+
+/*
+#cgo pkg-config: attn
+#include <stdlib.h>
+#include <string.h>
+#include <attn/attn.h>
+
+// A non-NULL address for plan tensors between executes (never dereferenced:
+// plan creation reads only metadata, and execute always sets real data first).
+static double attn_go_placeholder_[8];
+static void *attn_go_placeholder(void) { return attn_go_placeholder_; }
+
+// Run a plan on caller memory for the duration of this one call.
+static attn_status attn_go_execute(attn_plan *plan, attn_tensor *tq, attn_tensor *tk,
+                                   attn_tensor *tv, attn_tensor *to, attn_tensor *tw,
+                                   attn_tensor *tl, void *q, void *k, void *v, void *o,
+                                   void *w, void *l) {
+  attn_tensor *ts[6] = {tq, tk, tv, to, tw, tl};
+  void *ps[6] = {q, k, v, o, w, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 6 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_plan_execute(plan, tq, tk, tv, to, tw, tl);
+  for (int i = 0; i < 6; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"unsafe"
+)
+
+// ExpectedMajor is the libattn ABI major this package speaks (libattn.so.0).
+const ExpectedMajor = 0
+
+// WindowUnbounded: no limit on that side of SetWindow.
+const WindowUnbounded int64 = math.MaxInt64
+
+// Status is an attn_status code.
+type Status int
+
+const (
+	StatusOK          Status = C.ATTN_OK
+	StatusNullArg     Status = C.ATTN_ERR_NULL_ARG
+	StatusInvalidArg  Status = C.ATTN_ERR_INVALID_ARG
+	StatusShape       Status = C.ATTN_ERR_SHAPE
+	StatusDType       Status = C.ATTN_ERR_DTYPE
+	StatusLayout      Status = C.ATTN_ERR_LAYOUT
+	StatusOverflow    Status = C.ATTN_ERR_OVERFLOW
+	StatusNoMemory    Status = C.ATTN_ERR_NO_MEMORY
+	StatusUnsupported Status = C.ATTN_ERR_UNSUPPORTED
+	StatusCapacity    Status = C.ATTN_ERR_CAPACITY
+	StatusMismatch    Status = C.ATTN_ERR_MISMATCH
+	StatusThread      Status = C.ATTN_ERR_THREAD
+	StatusInternal    Status = C.ATTN_ERR_INTERNAL
+)
+
+// String is attn_status_string.
+func (s Status) String() string { return C.GoString(C.attn_status_string(C.attn_status(s))) }
+
+// Error is a failed call: status, function and the context's message naming
+// the bad argument (may be empty).
+type Error struct {
+	Status  Status
+	Func    string
+	Message string
+}
+
+func (e *Error) Error() string {
+	detail := e.Message
+	if detail == "" {
+		detail = e.Status.String()
+	}
+	return fmt.Sprintf("%s: %s (status %d: %s)", e.Func, detail, int(e.Status), e.Status.String())
+}
+
+// StatusOf returns the Status carried by err (StatusOK for nil, -1 for other errors).
+func StatusOf(err error) Status {
+	var e *Error
+	if err == nil {
+		return StatusOK
+	}
+	if errors.As(err, &e) {
+		return e.Status
+	}
+	return -1
+}
+
+// DType is an element type.
+type DType int
+
+const (
+	F32 DType = C.ATTN_DTYPE_F32
+	F64 DType = C.ATTN_DTYPE_F64
+	U8  DType = C.ATTN_DTYPE_U8
+)
+
+func (d DType) size() int64 {
+	switch d {
+	case F32:
+		return 4
+	case F64:
+		return 8
+	case U8:
+		return 1
+	}
+	return 0
+}
+
+// Variant selects the algorithm.
+type Variant int
+
+const (
+	VariantExact       Variant = C.ATTN_VARIANT_EXACT
+	VariantSwin        Variant = C.ATTN_VARIANT_SWIN
+	VariantLongformer  Variant = C.ATTN_VARIANT_LONGFORMER
+	VariantBigBird     Variant = C.ATTN_VARIANT_BIGBIRD
+	VariantBlockSparse Variant = C.ATTN_VARIANT_BLOCK_SPARSE
+	VariantLinearElu   Variant = C.ATTN_VARIANT_LINEAR_ELU
+	VariantPerformer   Variant = C.ATTN_VARIANT_PERFORMER
+	VariantLinformer   Variant = C.ATTN_VARIANT_LINFORMER
+)
+
+// Score selects the score function.
+type Score int
+
+const (
+	ScoreScaledDot Score = C.ATTN_SCORE_SCALED_DOT
+	ScoreDot       Score = C.ATTN_SCORE_DOT
+	ScoreGeneral   Score = C.ATTN_SCORE_GENERAL
+	ScoreAdditive  Score = C.ATTN_SCORE_ADDITIVE
+)
+
+// Causal selects causal masking and its alignment.
+type Causal int
+
+const (
+	CausalNone        Causal = C.ATTN_CAUSAL_NONE
+	CausalTopLeft     Causal = C.ATTN_CAUSAL_TOP_LEFT
+	CausalBottomRight Causal = C.ATTN_CAUSAL_BOTTOM_RIGHT
+)
+
+// Version is the loaded library's version string.
+func Version() string { return C.GoString(C.attn_version_string()) }
+
+// VersionNumber is MAJOR*10000 + MINOR*100 + PATCH of the loaded library.
+func VersionNumber() int { return int(C.attn_version_number()) }
+
+func checkMajor() error {
+	if n := VersionNumber(); n/10000 != ExpectedMajor {
+		return &Error{Status: StatusUnsupported, Func: "attn.NewContext",
+			Message: fmt.Sprintf("libattn %s has major %d; this package needs major %d", Version(), n/10000, ExpectedMajor)}
+	}
+	return nil
+}
+
+// ---------------------------------------------------------------------------
+
+// Context owns libattn's worker threads and last error message.
+type Context struct {
+	p *C.attn_context
+}
+
+// NewContext makes a context with `threads` threads (0: $ATTN_NUM_THREADS or the cores).
+func NewContext(threads int) (*Context, error) {
+	if err := checkMajor(); err != nil {
+		return nil, err
+	}
+	var opts C.attn_context_options
+	C.attn_context_options_init(&opts)
+	opts.num_threads = C.int32_t(threads)
+	var p *C.attn_context
+	if st := C.attn_context_create(&opts, &p); st != C.ATTN_OK {
+		return nil, &Error{Status: Status(st), Func: "attn_context_create"}
+	}
+	c := &Context{p: p}
+	runtime.SetFinalizer(c, (*Context).Close)
+	return c, nil
+}
+
+// Close destroys the context; objects made from it must be closed first.
+func (c *Context) Close() {
+	if c.p != nil {
+		C.attn_context_destroy(c.p)
+		c.p = nil
+	}
+}
+
+// NumThreads is the number of threads compute calls use.
+func (c *Context) NumThreads() int {
+	defer runtime.KeepAlive(c)
+	return int(C.attn_context_num_threads(c.p))
+}
+
+// LastError is the message of the last failing call ("" if none).
+func (c *Context) LastError() string {
+	defer runtime.KeepAlive(c)
+	return C.GoString(C.attn_context_last_error(c.p))
+}
+
+func (c *Context) check(st C.attn_status, fn string) error {
+	if st == C.ATTN_OK {
+		return nil
+	}
+	return &Error{Status: Status(st), Func: fn, Message: C.GoString(C.attn_context_last_error(c.p))}
+}
+
+func errClosed(what string) error {
+	return &Error{Status: StatusNullArg, Func: "attn", Message: what + ": already closed"}
+}
+
+// ---------------------------------------------------------------------------
+
+// Layout is a shape and strides in elements (logical [B, H, S, D] for attention operands).
+type Layout struct {
+	Shape   []int64
+	Strides []int64
+}
+
+// Contiguous is the row-major layout of shape.
+func Contiguous(shape ...int64) Layout {
+	strides := make([]int64, len(shape))
+	s := int64(1)
+	for i := len(shape) - 1; i >= 0; i-- {
+		strides[i] = s
+		s *= shape[i]
+	}
+	return Layout{Shape: append([]int64(nil), shape...), Strides: strides}
+}
+
+// BSHD is [B, S, H, D] memory seen as the logical [B, H, S, D].
+func BSHD(b, s, h, d int64) Layout {
+	return Layout{Shape: []int64{b, h, s, d}, Strides: []int64{s * h * d, d, h * d, 1}}
+}
+
+// extent: elements a slice needs for l (largest offset + 1), checked.
+func (l Layout) extent(what string) (int64, error) {
+	bad := func(st Status, msg string) (int64, error) {
+		return 0, &Error{Status: st, Func: "attn layout check", Message: what + ": " + msg}
+	}
+	if len(l.Shape) < 1 || len(l.Shape) > 4 || len(l.Strides) != len(l.Shape) {
+		return bad(StatusShape, fmt.Sprintf("rank %d with %d strides, expected 1..4 and one stride per dim", len(l.Shape), len(l.Strides)))
+	}
+	last := int64(0)
+	for i, n := range l.Shape {
+		s := l.Strides[i]
+		if n < 1 {
+			return bad(StatusShape, fmt.Sprintf("shape %v has a dim < 1", l.Shape))
+		}
+		if s < 0 {
+			return bad(StatusLayout, fmt.Sprintf("strides %v has a negative stride", l.Strides))
+		}
+		if s != 0 && n-1 > (math.MaxInt64-last)/s {
+			return bad(StatusOverflow, fmt.Sprintf("shape %v with strides %v overflows", l.Shape, l.Strides))
+		}
+		last += (n - 1) * s
+	}
+	return last + 1, nil
+}
+
+// handle is an attn_tensor the package owns.
+type handle struct {
+	p      *C.attn_tensor
+	extent int64
+}
+
+func wrap(ctx *Context, dt DType, l Layout, data unsafe.Pointer, what string) (*handle, error) {
+	ext, err := l.extent(what)
+	if err != nil {
+		return nil, err
+	}
+	var p *C.attn_tensor
+	st := C.attn_tensor_wrap(ctx.p, C.attn_dtype(dt), C.int32_t(len(l.Shape)),
+		(*C.int64_t)(unsafe.Pointer(&l.Shape[0])), (*C.int64_t)(unsafe.Pointer(&l.Strides[0])),
+		data, &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_tensor_wrap"); err != nil {
+		return nil, err
+	}
+	return &handle{p: p, extent: ext}, nil
+}
+
+func (h *handle) destroy() {
+	if h != nil && h.p != nil {
+		C.attn_tensor_destroy(h.p)
+		h.p = nil
+	}
+}
+
+// Tensor is a tensor whose memory libattn allocated (C memory, zero-filled,
+// 64-byte aligned, contiguous). Its slice views stay valid until Close.
+type Tensor struct {
+	ctx   *Context
+	h     *handle
+	dtype DType
+	shape []int64
+}
+
+// NewTensor allocates a zero-filled contiguous tensor.
+func NewTensor(ctx *Context, dtype DType, shape ...int64) (*Tensor, error) {
+	if len(shape) == 0 {
+		return nil, &Error{Status: StatusShape, Func: "attn.NewTensor", Message: "shape: rank 0, expected 1..4"}
+	}
+	var p *C.attn_tensor
+	st := C.attn_tensor_create(ctx.p, C.attn_dtype(dtype), C.int32_t(len(shape)),
+		(*C.int64_t)(unsafe.Pointer(&shape[0])), &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_tensor_create"); err != nil {
+		return nil, err
+	}
+	n := int64(C.attn_tensor_numel(p))
+	t := &Tensor{ctx: ctx, h: &handle{p: p, extent: n}, dtype: dtype, shape: append([]int64(nil), shape...)}
+	runtime.SetFinalizer(t, (*Tensor).Close)
+	return t, nil
+}
+
+// Shape returns a copy of the tensor's shape.
+func (t *Tensor) Shape() []int64 { return append([]int64(nil), t.shape...) }
+
+func (t *Tensor) view(dt DType) unsafe.Pointer {
+	if t.h == nil || t.h.p == nil {
+		panic("attn: Tensor used after Close")
+	}
+	if t.dtype != dt {
+		panic(fmt.Sprintf("attn: tensor has dtype %d, not %d", t.dtype, dt))
+	}
+	return unsafe.Pointer(C.attn_tensor_data(t.h.p))
+}
+
+// Float32 is the tensor's memory as a slice (F32 tensors; valid until Close).
+func (t *Tensor) Float32() []float32 {
+	return unsafe.Slice((*float32)(t.view(F32)), t.h.extent)
+}
+
+// Float64 is the tensor's memory as a slice (F64 tensors; valid until Close).
+func (t *Tensor) Float64() []float64 {
+	return unsafe.Slice((*float64)(t.view(F64)), t.h.extent)
+}
+
+// Bytes is the tensor's memory as a slice (U8 tensors, masks; valid until Close).
+func (t *Tensor) Bytes() []byte {
+	return unsafe.Slice((*byte)(t.view(U8)), t.h.extent)
+}
+
+// Close frees the tensor. Do not close a tensor a live descriptor uses.
+func (t *Tensor) Close() {
+	t.h.destroy()
+}
+
+// ---------------------------------------------------------------------------
+
+// borrowed holds what the C descriptor borrows: C copies of Go arrays and the
+// tensors given to setters. Shared by a Desc and its plans; freed when the
+// last of them is closed.
+type borrowed struct {
+	mu      sync.Mutex
+	refs    int
+	cmem    []unsafe.Pointer
+	tensors map[string][]*Tensor
+}
+
+func (b *borrowed) acquire() { b.mu.Lock(); b.refs++; b.mu.Unlock() }
+
+func (b *borrowed) release() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.refs--; b.refs == 0 {
+		for _, p := range b.cmem {
+			C.free(p)
+		}
+		b.cmem = nil
+		b.tensors = nil
+	}
+}
+
+// Desc says what to compute (default: exact scaled-dot attention). Setters
+// map 1:1 to attn_desc_set_*.
+type Desc struct {
+	ctx  *Context
+	p    *C.attn_desc
+	keep *borrowed
+}
+
+// NewDesc makes a descriptor with the defaults.
+func NewDesc(ctx *Context) (*Desc, error) {
+	var p *C.attn_desc
+	st := C.attn_desc_create(ctx.p, &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_desc_create"); err != nil {
+		return nil, err
+	}
+	d := &Desc{ctx: ctx, p: p, keep: &borrowed{refs: 1, tensors: map[string][]*Tensor{}}}
+	runtime.SetFinalizer(d, (*Desc).Close)
+	return d, nil
+}
+
+// Close destroys the descriptor. Plans made from it stay valid.
+func (d *Desc) Close() {
+	if d.p != nil {
+		C.attn_desc_destroy(d.p)
+		d.p = nil
+		d.keep.release()
+	}
+}
+
+func (d *Desc) done(st C.attn_status, fn string) error {
+	runtime.KeepAlive(d)
+	return d.ctx.check(st, fn)
+}
+
+// cArray copies a Go slice into C memory the descriptor keeps (NULL for empty).
+func cArray[T int64 | float64](d *Desc, xs []T) (unsafe.Pointer, C.int64_t) {
+	if len(xs) == 0 {
+		return nil, 0
+	}
+	var zero T
+	n := C.size_t(len(xs)) * C.size_t(unsafe.Sizeof(zero))
+	p := C.malloc(n)
+	C.memcpy(p, unsafe.Pointer(&xs[0]), n)
+	d.keep.mu.Lock()
+	d.keep.cmem = append(d.keep.cmem, p)
+	d.keep.mu.Unlock()
+	return p, C.int64_t(len(xs))
+}
+
+func (d *Desc) holdTensors(name string, ts ...*Tensor) {
+	d.keep.mu.Lock()
+	d.keep.tensors[name] = ts
+	d.keep.mu.Unlock()
+}
+
+func tp(t *Tensor) *C.attn_tensor {
+	if t == nil || t.h == nil {
+		return nil
+	}
+	return t.h.p
+}
+
+func (d *Desc) SetVariant(v Variant) error {
+	return d.done(C.attn_desc_set_variant(d.p, C.attn_variant(v)), "attn_desc_set_variant")
+}
+func (d *Desc) SetScore(s Score) error {
+	return d.done(C.attn_desc_set_score(d.p, C.attn_score(s)), "attn_desc_set_score")
+}
+func (d *Desc) SetScale(scale float64) error {
+	return d.done(C.attn_desc_set_scale(d.p, C.double(scale)), "attn_desc_set_scale")
+}
+func (d *Desc) SetCausal(c Causal) error {
+	return d.done(C.attn_desc_set_causal(d.p, C.attn_causal(c)), "attn_desc_set_causal")
+}
+
+// SetWindow keeps keys i'-left ≤ j ≤ i'+right (WindowUnbounded: no limit).
+func (d *Desc) SetWindow(left, right int64) error {
+	return d.done(C.attn_desc_set_window(d.p, C.int64_t(left), C.int64_t(right)), "attn_desc_set_window")
+}
+func (d *Desc) SetKeyLengths(lengths []int64) error {
+	p, n := cArray(d, lengths)
+	return d.done(C.attn_desc_set_key_lengths(d.p, (*C.int64_t)(p), n), "attn_desc_set_key_lengths")
+}
+func (d *Desc) SetQueryLengths(lengths []int64) error {
+	p, n := cArray(d, lengths)
+	return d.done(C.attn_desc_set_query_lengths(d.p, (*C.int64_t)(p), n), "attn_desc_set_query_lengths")
+}
+
+// SetBoolMask: U8 tensor [B|1, H|1, S_q, S_k], non-zero = attend; nil clears.
+func (d *Desc) SetBoolMask(mask *Tensor) error {
+	d.holdTensors("bool_mask", mask)
+	return d.done(C.attn_desc_set_bool_mask(d.p, tp(mask)), "attn_desc_set_bool_mask")
+}
+func (d *Desc) SetAdditiveMask(mask *Tensor) error {
+	d.holdTensors("additive_mask", mask)
+	return d.done(C.attn_desc_set_additive_mask(d.p, tp(mask)), "attn_desc_set_additive_mask")
+}
+func (d *Desc) SetAlibi(slopes []float64) error {
+	p, n := cArray(d, slopes)
+	return d.done(C.attn_desc_set_alibi(d.p, (*C.double)(p), n), "attn_desc_set_alibi")
+}
+func (d *Desc) SetSoftcap(c float64) error {
+	return d.done(C.attn_desc_set_softcap(d.p, C.double(c)), "attn_desc_set_softcap")
+}
+func (d *Desc) SetGeneralWeight(w *Tensor) error {
+	d.holdTensors("general_weight", w)
+	return d.done(C.attn_desc_set_general_weight(d.p, tp(w)), "attn_desc_set_general_weight")
+}
+func (d *Desc) SetAdditiveWeights(wq, wk, bias, v *Tensor) error {
+	d.holdTensors("additive_weights", wq, wk, bias, v)
+	return d.done(C.attn_desc_set_additive_weights(d.p, tp(wq), tp(wk), tp(bias), tp(v)), "attn_desc_set_additive_weights")
+}
+
+// Long-sequence variants (approx.h).
+
+func (d *Desc) SetSwin(gridH, gridW, window, shift int64) error {
+	return d.done(C.attn_desc_set_swin(d.p, C.int64_t(gridH), C.int64_t(gridW), C.int64_t(window), C.int64_t(shift)), "attn_desc_set_swin")
+}
+func (d *Desc) SetSwinBias(table *Tensor) error {
+	d.holdTensors("swin_bias", table)
+	return d.done(C.attn_desc_set_swin_bias(d.p, tp(table)), "attn_desc_set_swin_bias")
+}
+func (d *Desc) SetGlobalTokens(indices []int64) error {
+	p, n := cArray(d, indices)
+	return d.done(C.attn_desc_set_global_tokens(d.p, (*C.int64_t)(p), n), "attn_desc_set_global_tokens")
+}
+func (d *Desc) SetBlockSize(block int64) error {
+	return d.done(C.attn_desc_set_block_size(d.p, C.int64_t(block)), "attn_desc_set_block_size")
+}
+func (d *Desc) SetBigBird(windowBlocks, globalBlocks, randomBlocks int64, seed uint64) error {
+	return d.done(C.attn_desc_set_bigbird(d.p, C.int64_t(windowBlocks), C.int64_t(globalBlocks), C.int64_t(randomBlocks), C.uint64_t(seed)), "attn_desc_set_bigbird")
+}
+func (d *Desc) SetBlockLayout(layout *Tensor) error {
+	d.holdTensors("block_layout", layout)
+	return d.done(C.attn_desc_set_block_layout(d.p, tp(layout)), "attn_desc_set_block_layout")
+}
+func (d *Desc) SetFeatures(numFeatures int64, seed uint64) error {
+	return d.done(C.attn_desc_set_features(d.p, C.int64_t(numFeatures), C.uint64_t(seed)), "attn_desc_set_features")
+}
+func (d *Desc) SetLowrank(rank int64, seed uint64) error {
+	return d.done(C.attn_desc_set_lowrank(d.p, C.int64_t(rank), C.uint64_t(seed)), "attn_desc_set_lowrank")
+}
+func (d *Desc) SetLowrankProj(e, f *Tensor) error {
+	d.holdTensors("lowrank_proj", e, f)
+	return d.done(C.attn_desc_set_lowrank_proj(d.p, tp(e), tp(f)), "attn_desc_set_lowrank_proj")
+}
+
+// ---------------------------------------------------------------------------
+
+// Dims are attention dimensions; KVHeads and ValueDim default to Heads and
+// HeadDim when 0. BSHD: q, k, v, out are [B, S, H, D] in memory.
+type Dims struct {
+	Batch, Heads, KVHeads, SeqQ, SeqK, HeadDim, ValueDim int64
+	BSHD                                                 bool
+}
+
+func (d Dims) norm() Dims {
+	if d.KVHeads == 0 {
+		d.KVHeads = d.Heads
+	}
+	if d.ValueDim == 0 {
+		d.ValueDim = d.HeadDim
+	}
+	return d
+}
+
+func (d Dims) layout(h, s, x int64) Layout {
+	if d.BSHD {
+		return BSHD(d.Batch, s, h, x)
+	}
+	return Contiguous(d.Batch, h, s, x)
+}
+
+func (d Dims) QLayout() Layout   { d = d.norm(); return d.layout(d.Heads, d.SeqQ, d.HeadDim) }
+func (d Dims) KLayout() Layout   { d = d.norm(); return d.layout(d.KVHeads, d.SeqK, d.HeadDim) }
+func (d Dims) VLayout() Layout   { d = d.norm(); return d.layout(d.KVHeads, d.SeqK, d.ValueDim) }
+func (d Dims) OutLayout() Layout { d = d.norm(); return d.layout(d.Heads, d.SeqQ, d.ValueDim) }
+func (d Dims) WeightsLayout() Layout {
+	return Contiguous(d.Batch, d.Heads, d.SeqQ, d.SeqK)
+}
+func (d Dims) LseLayout() Layout { return Contiguous(d.Batch, d.Heads, d.SeqQ) }
+
+func (d Dims) QLen() int       { d = d.norm(); return int(d.Batch * d.Heads * d.SeqQ * d.HeadDim) }
+func (d Dims) KLen() int       { d = d.norm(); return int(d.Batch * d.KVHeads * d.SeqK * d.HeadDim) }
+func (d Dims) VLen() int       { d = d.norm(); return int(d.Batch * d.KVHeads * d.SeqK * d.ValueDim) }
+func (d Dims) OutLen() int     { d = d.norm(); return int(d.Batch * d.Heads * d.SeqQ * d.ValueDim) }
+func (d Dims) WeightsLen() int { return int(d.Batch * d.Heads * d.SeqQ * d.SeqK) }
+func (d Dims) LseLen() int     { return int(d.Batch * d.Heads * d.SeqQ) }
+
+var operandNames = [6]string{"q", "k", "v", "out", "weights", "lse"}
+
+// Plan is a descriptor bound to layouts and a dtype, with its workspace.
+type Plan struct {
+	desc    *Desc
+	keep    *borrowed
+	p       *C.attn_plan
+	dtype   DType
+	handles [6]*handle
+}
+
+// NewPlan makes a plan for dims' layouts, with optional weights/lse outputs.
+func NewPlan(desc *Desc, dtype DType, dims Dims, weights, lse bool) (*Plan, error) {
+	var w, l *Layout
+	if weights {
+		x := dims.WeightsLayout()
+		w = &x
+	}
+	if lse {
+		x := dims.LseLayout()
+		l = &x
+	}
+	return NewPlanLayouts(desc, dtype, [4]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout()}, w, l)
+}
+
+// NewPlanLayouts makes a plan for arbitrary layouts of q, k, v, out.
+func NewPlanLayouts(desc *Desc, dtype DType, qkvo [4]Layout, weights, lse *Layout) (*Plan, error) {
+	if desc.p == nil {
+		return nil, errClosed("desc")
+	}
+	layouts := [6]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], &qkvo[3], weights, lse}
+	pl := &Plan{desc: desc, keep: desc.keep, dtype: dtype}
+	var cp [6]*C.attn_tensor
+	for i, l := range layouts {
+		if l == nil {
+			continue
+		}
+		h, err := wrap(desc.ctx, dtype, *l, C.attn_go_placeholder(), operandNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			return nil, err
+		}
+		pl.handles[i] = h
+		cp[i] = h.p
+	}
+	st := C.attn_plan_create(desc.ctx.p, desc.p, cp[0], cp[1], cp[2], cp[3], cp[4], cp[5], &pl.p)
+	runtime.KeepAlive(desc)
+	if err := desc.ctx.check(st, "attn_plan_create"); err != nil {
+		pl.destroyHandles()
+		return nil, err
+	}
+	desc.keep.acquire()
+	runtime.SetFinalizer(pl, (*Plan).Close)
+	return pl, nil
+}
+
+func (pl *Plan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+}
+
+// Close destroys the plan.
+func (pl *Plan) Close() {
+	if pl.p != nil {
+		C.attn_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		pl.keep.release()
+	}
+}
+
+// WorkspaceSize is the bytes of workspace the plan holds.
+func (pl *Plan) WorkspaceSize() int {
+	defer runtime.KeepAlive(pl)
+	return int(C.attn_plan_workspace_size(pl.p))
+}
+
+// Float is the element type attention computes in.
+type Float interface{ ~float32 | ~float64 }
+
+func dtypeOf[T Float]() DType {
+	var z T
+	if unsafe.Sizeof(z) == 4 {
+		return F32
+	}
+	return F64
+}
+
+func ptrOf[T Float](xs []T) unsafe.Pointer {
+	if len(xs) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&xs[0])
+}
+
+// Execute runs the plan on Go slices (no copy; weights/lse nil exactly when
+// the plan was made without them). Each slice must hold its layout.
+func Execute[T Float](pl *Plan, q, k, v, out, weights, lse []T) error {
+	if pl.p == nil {
+		return errClosed("plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.dtype {
+		return &Error{Status: StatusDType, Func: "attn.Execute", Message: fmt.Sprintf("slices have dtype %d, the plan %d", dt, pl.dtype)}
+	}
+	slices := [6][]T{q, k, v, out, weights, lse}
+	for i, h := range pl.handles {
+		switch {
+		case h == nil && slices[i] != nil:
+			return &Error{Status: StatusMismatch, Func: "attn.Execute", Message: operandNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && slices[i] == nil:
+			return &Error{Status: StatusMismatch, Func: "attn.Execute", Message: operandNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && int64(len(slices[i])) < h.extent:
+			return &Error{Status: StatusShape, Func: "attn.Execute", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", operandNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	hp := func(i int) *C.attn_tensor {
+		if pl.handles[i] == nil {
+			return nil
+		}
+		return pl.handles[i].p
+	}
+	st := C.attn_go_execute(pl.p, hp(0), hp(1), hp(2), hp(3), hp(4), hp(5),
+		ptrOf(q), ptrOf(k), ptrOf(v), ptrOf(out), ptrOf(weights), ptrOf(lse))
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(slices)
+	return pl.desc.ctx.check(st, "attn_plan_execute")
+}
+
+// ExecuteTensors runs the plan on libattn-allocated tensors (weights/lse may be nil).
+func (pl *Plan) ExecuteTensors(q, k, v, out, weights, lse *Tensor) error {
+	if pl.p == nil {
+		return errClosed("plan")
+	}
+	st := C.attn_plan_execute(pl.p, tp(q), tp(k), tp(v), tp(out), tp(weights), tp(lse))
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive([]*Tensor{q, k, v, out, weights, lse})
+	return pl.desc.ctx.check(st, "attn_plan_execute")
+}
+
+// BlockLayout: the block layout of a sparse plan, U8 [H, ⌈S_q/b⌉, ⌈S_k/b⌉] flattened.
+func (pl *Plan) BlockLayout() ([]byte, error) {
+	defer runtime.KeepAlive(pl)
+	var size C.size_t
+	st := C.attn_plan_block_layout(pl.p, nil, &size)
+	if st != C.ATTN_OK && !(st == C.ATTN_ERR_INVALID_ARG && size > 0) {
+		return nil, pl.desc.ctx.check(st, "attn_plan_block_layout")
+	}
+	buf := C.malloc(size + 1)
+	defer C.free(buf)
+	st = C.attn_plan_block_layout(pl.p, (*C.uint8_t)(buf), &size)
+	if err := pl.desc.ctx.check(st, "attn_plan_block_layout"); err != nil {
+		return nil, err
+	}
+	return C.GoBytes(buf, C.int(size)), nil
+}
+
+// RedrawFeatures redraws a Performer plan's random features from seed.
+func (pl *Plan) RedrawFeatures(seed uint64) error {
+	st := C.attn_plan_redraw_features(pl.p, C.uint64_t(seed))
+	runtime.KeepAlive(pl)
+	return pl.desc.ctx.check(st, "attn_plan_redraw_features")
+}
+
+// Attention is one-shot attention on Go slices in dims' layouts.
+func Attention[T Float](desc *Desc, dims Dims, q, k, v, out []T) error {
+	pl, err := NewPlan(desc, dtypeOf[T](), dims, false, false)
+	if err != nil {
+		return err
+	}
+	defer pl.Close()
+	return Execute(pl, q, k, v, out, nil, nil)
+}
+
+// AttentionStats is Attention that also writes weights [B,H,S_q,S_k] and lse [B,H,S_q].
+func AttentionStats[T Float](desc *Desc, dims Dims, q, k, v, out, weights, lse []T) error {
+	pl, err := NewPlan(desc, dtypeOf[T](), dims, true, true)
+	if err != nil {
+		return err
+	}
+	defer pl.Close()
+	return Execute(pl, q, k, v, out, weights, lse)
+}

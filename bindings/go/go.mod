@@ -1,0 +1,3 @@
+module example.invalid/libattn/bindings/go
+
+go 1.19

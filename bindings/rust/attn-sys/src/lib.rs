@@ -1,0 +1,182 @@
+//! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`),
+//! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
+//! crate for a safe API. A new C function is one new line in the `extern` block.
+#![allow(non_camel_case_types)]
+
+use std::os::raw::{c_char, c_int, c_void};
+
+/// Opaque `attn_context`.
+#[repr(C)]
+pub struct attn_context {
+    _private: [u8; 0],
+}
+/// Opaque `attn_tensor`.
+#[repr(C)]
+pub struct attn_tensor {
+    _private: [u8; 0],
+}
+/// Opaque `attn_desc`.
+#[repr(C)]
+pub struct attn_desc {
+    _private: [u8; 0],
+}
+/// Opaque `attn_plan`.
+#[repr(C)]
+pub struct attn_plan {
+    _private: [u8; 0],
+}
+
+/// `attn_status` (C enum: int-sized). Values are ABI.
+pub type attn_status = c_int;
+pub const ATTN_OK: attn_status = 0;
+pub const ATTN_ERR_NULL_ARG: attn_status = 1;
+pub const ATTN_ERR_INVALID_ARG: attn_status = 2;
+pub const ATTN_ERR_SHAPE: attn_status = 3;
+pub const ATTN_ERR_DTYPE: attn_status = 4;
+pub const ATTN_ERR_LAYOUT: attn_status = 5;
+pub const ATTN_ERR_OVERFLOW: attn_status = 6;
+pub const ATTN_ERR_NO_MEMORY: attn_status = 7;
+pub const ATTN_ERR_UNSUPPORTED: attn_status = 8;
+pub const ATTN_ERR_CAPACITY: attn_status = 9;
+pub const ATTN_ERR_MISMATCH: attn_status = 10;
+pub const ATTN_ERR_THREAD: attn_status = 11;
+pub const ATTN_ERR_INTERNAL: attn_status = 12;
+
+pub type attn_dtype = c_int;
+pub const ATTN_DTYPE_F32: attn_dtype = 1;
+pub const ATTN_DTYPE_F64: attn_dtype = 2;
+pub const ATTN_DTYPE_U8: attn_dtype = 3;
+
+pub type attn_variant = c_int;
+pub const ATTN_VARIANT_EXACT: attn_variant = 0;
+pub const ATTN_VARIANT_SWIN: attn_variant = 1;
+pub const ATTN_VARIANT_LONGFORMER: attn_variant = 2;
+pub const ATTN_VARIANT_BIGBIRD: attn_variant = 3;
+pub const ATTN_VARIANT_BLOCK_SPARSE: attn_variant = 4;
+pub const ATTN_VARIANT_LINEAR_ELU: attn_variant = 5;
+pub const ATTN_VARIANT_PERFORMER: attn_variant = 6;
+pub const ATTN_VARIANT_LINFORMER: attn_variant = 7;
+
+pub type attn_score = c_int;
+pub const ATTN_SCORE_SCALED_DOT: attn_score = 0;
+pub const ATTN_SCORE_DOT: attn_score = 1;
+pub const ATTN_SCORE_GENERAL: attn_score = 2;
+pub const ATTN_SCORE_ADDITIVE: attn_score = 3;
+
+pub type attn_causal = c_int;
+pub const ATTN_CAUSAL_NONE: attn_causal = 0;
+pub const ATTN_CAUSAL_TOP_LEFT: attn_causal = 1;
+pub const ATTN_CAUSAL_BOTTOM_RIGHT: attn_causal = 2;
+
+pub const ATTN_MAX_RANK: i32 = 4;
+pub const ATTN_WINDOW_UNBOUNDED: i64 = i64::MAX;
+
+/// `attn_allocator`: optional allocation hooks.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct attn_allocator {
+    pub alloc: Option<unsafe extern "C" fn(*mut c_void, usize, usize) -> *mut c_void>,
+    pub free: Option<unsafe extern "C" fn(*mut c_void, *mut c_void, usize)>,
+    pub user_data: *mut c_void,
+}
+
+/// `attn_context_options`; initialise with `attn_context_options_init`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct attn_context_options {
+    pub struct_size: usize,
+    pub num_threads: i32,
+    pub allocator: attn_allocator,
+}
+
+extern "C" {
+    // version, status
+    pub fn attn_version_number() -> u32;
+    pub fn attn_version_string() -> *const c_char;
+    pub fn attn_status_string(status: attn_status) -> *const c_char;
+
+    // context
+    pub fn attn_context_options_init(opts: *mut attn_context_options);
+    pub fn attn_context_create(opts: *const attn_context_options, out: *mut *mut attn_context) -> attn_status;
+    pub fn attn_context_destroy(ctx: *mut attn_context);
+    pub fn attn_context_last_error(ctx: *const attn_context) -> *const c_char;
+    pub fn attn_context_num_threads(ctx: *const attn_context) -> i32;
+
+    // tensors
+    pub fn attn_tensor_create(ctx: *mut attn_context, dtype: attn_dtype, rank: i32, shape: *const i64, out: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_tensor_wrap(ctx: *mut attn_context, dtype: attn_dtype, rank: i32, shape: *const i64, strides: *const i64, data: *mut c_void, out: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_tensor_destroy(t: *mut attn_tensor);
+    pub fn attn_tensor_dtype(t: *const attn_tensor) -> attn_dtype;
+    pub fn attn_tensor_rank(t: *const attn_tensor) -> i32;
+    pub fn attn_tensor_dim(t: *const attn_tensor, axis: i32) -> i64;
+    pub fn attn_tensor_stride(t: *const attn_tensor, axis: i32) -> i64;
+    pub fn attn_tensor_numel(t: *const attn_tensor) -> i64;
+    pub fn attn_tensor_data(t: *const attn_tensor) -> *mut c_void;
+    pub fn attn_tensor_set_data(t: *mut attn_tensor, data: *mut c_void) -> attn_status;
+
+    // descriptor
+    pub fn attn_desc_create(ctx: *mut attn_context, out: *mut *mut attn_desc) -> attn_status;
+    pub fn attn_desc_destroy(desc: *mut attn_desc);
+    pub fn attn_desc_set_variant(desc: *mut attn_desc, variant: attn_variant) -> attn_status;
+    pub fn attn_desc_set_score(desc: *mut attn_desc, score: attn_score) -> attn_status;
+    pub fn attn_desc_set_scale(desc: *mut attn_desc, scale: f64) -> attn_status;
+    pub fn attn_desc_set_causal(desc: *mut attn_desc, causal: attn_causal) -> attn_status;
+    pub fn attn_desc_set_window(desc: *mut attn_desc, left: i64, right: i64) -> attn_status;
+    pub fn attn_desc_set_key_lengths(desc: *mut attn_desc, lengths: *const i64, count: i64) -> attn_status;
+    pub fn attn_desc_set_query_lengths(desc: *mut attn_desc, lengths: *const i64, count: i64) -> attn_status;
+    pub fn attn_desc_set_bool_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
+    pub fn attn_desc_set_additive_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
+    pub fn attn_desc_set_alibi(desc: *mut attn_desc, slopes: *const f64, count: i64) -> attn_status;
+    pub fn attn_desc_set_softcap(desc: *mut attn_desc, cap: f64) -> attn_status;
+    pub fn attn_desc_set_general_weight(desc: *mut attn_desc, w: *const attn_tensor) -> attn_status;
+    pub fn attn_desc_set_additive_weights(desc: *mut attn_desc, w_q: *const attn_tensor, w_k: *const attn_tensor, bias: *const attn_tensor, v: *const attn_tensor) -> attn_status;
+
+    // long-sequence variants (approx.h)
+    pub fn attn_desc_set_swin(desc: *mut attn_desc, grid_h: i64, grid_w: i64, window: i64, shift: i64) -> attn_status;
+    pub fn attn_desc_set_swin_bias(desc: *mut attn_desc, table: *const attn_tensor) -> attn_status;
+    pub fn attn_desc_set_global_tokens(desc: *mut attn_desc, indices: *const i64, count: i64) -> attn_status;
+    pub fn attn_desc_set_block_size(desc: *mut attn_desc, block: i64) -> attn_status;
+    pub fn attn_desc_set_bigbird(desc: *mut attn_desc, window_blocks: i64, global_blocks: i64, random_blocks: i64, seed: u64) -> attn_status;
+    pub fn attn_desc_set_block_layout(desc: *mut attn_desc, layout: *const attn_tensor) -> attn_status;
+    pub fn attn_plan_block_layout(plan: *const attn_plan, buf: *mut u8, size: *mut usize) -> attn_status;
+    pub fn attn_desc_set_features(desc: *mut attn_desc, num_features: i64, seed: u64) -> attn_status;
+    pub fn attn_plan_redraw_features(plan: *mut attn_plan, seed: u64) -> attn_status;
+    pub fn attn_desc_set_lowrank(desc: *mut attn_desc, rank: i64, seed: u64) -> attn_status;
+    pub fn attn_desc_set_lowrank_proj(desc: *mut attn_desc, e: *const attn_tensor, f: *const attn_tensor) -> attn_status;
+
+    // plans
+    pub fn attn_plan_create(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *const attn_tensor, weights: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_plan) -> attn_status;
+    pub fn attn_plan_execute(plan: *mut attn_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
+    pub fn attn_plan_workspace_size(plan: *const attn_plan) -> usize;
+    pub fn attn_plan_destroy(plan: *mut attn_plan);
+    pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
+
+    // multi-head (heads.h) and KV cache (kvcache.h): added here as they land.
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    #[test]
+    fn links_and_reports_a_version() {
+        let n = unsafe { attn_version_number() };
+        let s = unsafe { CStr::from_ptr(attn_version_string()) }.to_str().unwrap();
+        let want = format!("{}.{}.{}", n / 10000, n / 100 % 100, n % 100);
+        assert_eq!(s, want);
+    }
+
+    #[test]
+    fn options_struct_matches_the_c_layout() {
+        // init writes struct_size = sizeof(attn_context_options) as C sees it.
+        let mut o = std::mem::MaybeUninit::<attn_context_options>::zeroed();
+        let o = unsafe {
+            attn_context_options_init(o.as_mut_ptr());
+            o.assume_init()
+        };
+        assert_eq!(o.struct_size, std::mem::size_of::<attn_context_options>());
+        assert_eq!(o.num_threads, 0);
+        assert!(o.allocator.alloc.is_none() && o.allocator.free.is_none());
+    }
+}

@@ -1,0 +1,789 @@
+//! Safe Rust API for libattn: attention mechanisms as GEMM calls into BLAS.
+//!
+//! ```no_run
+//! use attn::{Causal, Context, Desc, Dims};
+//! # fn main() -> Result<(), attn::Error> {
+//! let ctx = Context::new()?;
+//! let mut desc = Desc::new(&ctx)?;
+//! desc.causal(Causal::TopLeft)?;
+//! let dims = Dims::new(1, 2, 8, 8, 4); // batch, heads, seq_q, seq_k, head_dim
+//! let q = vec![0.5f32; dims.q_len()];
+//! let mut out = vec![0.0f32; dims.out_len()];
+//! attn::attention(&desc, &dims, &q, &q, &q, &mut out)?;
+//! # Ok(()) }
+//! ```
+//!
+//! Ownership follows the C API and is enforced by lifetimes: a [`Desc`]
+//! borrows its [`Context`] and every slice given to a setter; a [`Plan`]
+//! borrows its `Desc`. Data is passed as slices (never copied) with a
+//! [`Layout`] (shape + strides in elements) checked against the slice length.
+//! Failures are [`Error`]s carrying the [`Status`] and the context's message.
+//!
+//! Compatible with Rust 1.63 (Debian 12).
+
+use attn_sys as sys;
+use std::ffi::CStr;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::raw::c_void;
+use std::ptr::{self, NonNull};
+
+pub use sys::ATTN_WINDOW_UNBOUNDED as WINDOW_UNBOUNDED;
+
+/// The libattn major version this crate speaks (libattn.so.0).
+pub const EXPECTED_MAJOR: u32 = 0;
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/// `attn_status` codes other than OK.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    NullArg,
+    InvalidArg,
+    Shape,
+    DType,
+    Layout,
+    Overflow,
+    NoMemory,
+    Unsupported,
+    Capacity,
+    Mismatch,
+    Thread,
+    Internal,
+    /// A code this crate does not know (a newer library).
+    Unknown(i32),
+}
+
+impl Status {
+    /// The C value.
+    pub fn code(self) -> i32 {
+        match self {
+            Status::NullArg => sys::ATTN_ERR_NULL_ARG,
+            Status::InvalidArg => sys::ATTN_ERR_INVALID_ARG,
+            Status::Shape => sys::ATTN_ERR_SHAPE,
+            Status::DType => sys::ATTN_ERR_DTYPE,
+            Status::Layout => sys::ATTN_ERR_LAYOUT,
+            Status::Overflow => sys::ATTN_ERR_OVERFLOW,
+            Status::NoMemory => sys::ATTN_ERR_NO_MEMORY,
+            Status::Unsupported => sys::ATTN_ERR_UNSUPPORTED,
+            Status::Capacity => sys::ATTN_ERR_CAPACITY,
+            Status::Mismatch => sys::ATTN_ERR_MISMATCH,
+            Status::Thread => sys::ATTN_ERR_THREAD,
+            Status::Internal => sys::ATTN_ERR_INTERNAL,
+            Status::Unknown(c) => c,
+        }
+    }
+
+    fn from_code(code: i32) -> Status {
+        match code {
+            sys::ATTN_ERR_NULL_ARG => Status::NullArg,
+            sys::ATTN_ERR_INVALID_ARG => Status::InvalidArg,
+            sys::ATTN_ERR_SHAPE => Status::Shape,
+            sys::ATTN_ERR_DTYPE => Status::DType,
+            sys::ATTN_ERR_LAYOUT => Status::Layout,
+            sys::ATTN_ERR_OVERFLOW => Status::Overflow,
+            sys::ATTN_ERR_NO_MEMORY => Status::NoMemory,
+            sys::ATTN_ERR_UNSUPPORTED => Status::Unsupported,
+            sys::ATTN_ERR_CAPACITY => Status::Capacity,
+            sys::ATTN_ERR_MISMATCH => Status::Mismatch,
+            sys::ATTN_ERR_THREAD => Status::Thread,
+            sys::ATTN_ERR_INTERNAL => Status::Internal,
+            c => Status::Unknown(c),
+        }
+    }
+
+    /// `attn_status_string`: the static description.
+    pub fn text(self) -> String {
+        unsafe { cstr(sys::attn_status_string(self.code())) }
+    }
+}
+
+/// A failed call: the status, the C function (or the binding's check) and
+/// the context's message naming the bad argument (may be empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error {
+    pub status: Status,
+    pub function: &'static str,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let detail = if self.message.is_empty() { self.status.text() } else { self.message.clone() };
+        write!(f, "{}: {} ({:?}: {})", self.function, detail, self.status, self.status.text())
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+unsafe fn cstr(p: *const std::os::raw::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    }
+}
+
+fn check(ctx: *const sys::attn_context, st: sys::attn_status, function: &'static str) -> Result<()> {
+    if st == sys::ATTN_OK {
+        return Ok(());
+    }
+    let message = if ctx.is_null() { String::new() } else { unsafe { cstr(sys::attn_context_last_error(ctx)) } };
+    Err(Error { status: Status::from_code(st), function, message })
+}
+
+fn binding_error(status: Status, function: &'static str, message: String) -> Error {
+    Error { status, function, message }
+}
+
+/// The loaded library's version, e.g. "0.1.0".
+pub fn version() -> String {
+    unsafe { cstr(sys::attn_version_string()) }
+}
+
+/// MAJOR*10000 + MINOR*100 + PATCH of the loaded library.
+pub fn version_number() -> u32 {
+    unsafe { sys::attn_version_number() }
+}
+
+fn check_major() -> Result<()> {
+    let n = version_number();
+    if n / 10000 != EXPECTED_MAJOR {
+        return Err(binding_error(
+            Status::Unsupported,
+            "attn::Context::new",
+            format!("libattn {} has major {}; this crate needs major {}", version(), n / 10000, EXPECTED_MAJOR),
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Enums
+
+macro_rules! c_enum {
+    ($(#[$m:meta])* $name:ident { $($variant:ident = $value:path),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name { $($variant),* }
+        impl $name {
+            fn code(self) -> std::os::raw::c_int { match self { $($name::$variant => $value),* } }
+        }
+    };
+}
+
+c_enum!(
+    /// Which algorithm (`attn_variant`).
+    Variant {
+        Exact = sys::ATTN_VARIANT_EXACT,
+        Swin = sys::ATTN_VARIANT_SWIN,
+        Longformer = sys::ATTN_VARIANT_LONGFORMER,
+        BigBird = sys::ATTN_VARIANT_BIGBIRD,
+        BlockSparse = sys::ATTN_VARIANT_BLOCK_SPARSE,
+        LinearElu = sys::ATTN_VARIANT_LINEAR_ELU,
+        Performer = sys::ATTN_VARIANT_PERFORMER,
+        Linformer = sys::ATTN_VARIANT_LINFORMER,
+    }
+);
+c_enum!(
+    /// Score function (`attn_score`).
+    Score {
+        ScaledDot = sys::ATTN_SCORE_SCALED_DOT,
+        Dot = sys::ATTN_SCORE_DOT,
+        General = sys::ATTN_SCORE_GENERAL,
+        Additive = sys::ATTN_SCORE_ADDITIVE,
+    }
+);
+c_enum!(
+    /// Causal masking and its alignment (`attn_causal`).
+    Causal {
+        None = sys::ATTN_CAUSAL_NONE,
+        TopLeft = sys::ATTN_CAUSAL_TOP_LEFT,
+        BottomRight = sys::ATTN_CAUSAL_BOTTOM_RIGHT,
+    }
+);
+
+/// Element types a tensor can hold. Sealed: f32, f64 (data) and u8 (masks).
+pub trait Element: Copy + private::Sealed {
+    #[doc(hidden)]
+    const DTYPE: sys::attn_dtype;
+}
+/// Element types attention computes in: f32 and f64.
+pub trait Float: Element {}
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for u8 {}
+}
+impl Element for f32 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F32;
+}
+impl Element for f64 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F64;
+}
+impl Element for u8 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_U8;
+}
+impl Float for f32 {}
+impl Float for f64 {}
+/// Element type of boolean masks and block layouts: u8 (non-zero = keep).
+pub trait Byte: Element {}
+impl Byte for u8 {}
+
+// ---------------------------------------------------------------------------
+// Context
+
+/// `attn_context`: worker threads, allocator, last error. Use it from one
+/// thread at a time (it is `Send`, not `Sync`).
+pub struct Context {
+    raw: NonNull<sys::attn_context>,
+}
+
+unsafe impl Send for Context {}
+
+impl Context {
+    /// A context with the default thread count ($ATTN_NUM_THREADS or the cores).
+    pub fn new() -> Result<Context> {
+        Context::with_threads(0)
+    }
+
+    /// A context with `threads` threads (0 = default; 1..=1024).
+    pub fn with_threads(threads: i32) -> Result<Context> {
+        check_major()?;
+        let mut opts = std::mem::MaybeUninit::<sys::attn_context_options>::zeroed();
+        let mut raw = ptr::null_mut();
+        let st = unsafe {
+            sys::attn_context_options_init(opts.as_mut_ptr());
+            let mut opts = opts.assume_init();
+            opts.num_threads = threads;
+            sys::attn_context_create(&opts, &mut raw)
+        };
+        check(ptr::null(), st, "attn_context_create")?;
+        Ok(Context { raw: NonNull::new(raw).expect("attn_context_create returned OK and NULL") })
+    }
+
+    /// Threads compute calls use.
+    pub fn num_threads(&self) -> i32 {
+        unsafe { sys::attn_context_num_threads(self.raw.as_ptr()) }
+    }
+
+    /// The message of the last failing call ("" if none).
+    pub fn last_error(&self) -> String {
+        unsafe { cstr(sys::attn_context_last_error(self.raw.as_ptr())) }
+    }
+
+    fn ptr(&self) -> *mut sys::attn_context {
+        self.raw.as_ptr()
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        unsafe { sys::attn_context_destroy(self.raw.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layouts and tensors
+
+/// Shape and strides (in elements) of a tensor over a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub shape: Vec<i64>,
+    pub strides: Vec<i64>,
+}
+
+impl Layout {
+    /// C-contiguous (row-major) layout of `shape`.
+    pub fn contiguous(shape: &[i64]) -> Layout {
+        let mut strides = vec![1i64; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1].saturating_mul(shape[i + 1]);
+        }
+        Layout { shape: shape.to_vec(), strides }
+    }
+
+    /// Any strides (elements, ≥ 0; 0 broadcasts).
+    pub fn strided(shape: &[i64], strides: &[i64]) -> Layout {
+        Layout { shape: shape.to_vec(), strides: strides.to_vec() }
+    }
+
+    /// [B, S, H, D] memory seen as the logical [B, H, S, D] (no copy).
+    pub fn bshd(b: i64, s: i64, h: i64, d: i64) -> Layout {
+        Layout::strided(&[b, h, s, d], &[s * h * d, d, h * d, 1])
+    }
+
+    /// Elements a slice needs to hold this layout (largest offset + 1).
+    /// Errors name `what` for bad ranks/dims/strides and for overflow.
+    fn extent(&self, what: &'static str) -> Result<usize> {
+        let bad = |status, msg: String| Err(binding_error(status, "attn layout check", format!("{}: {}", what, msg)));
+        if self.shape.is_empty() || self.shape.len() > sys::ATTN_MAX_RANK as usize || self.shape.len() != self.strides.len() {
+            return bad(Status::Shape, format!("rank {} (strides {}), expected 1..4 with one stride per dim", self.shape.len(), self.strides.len()));
+        }
+        let mut last: i64 = 0;
+        for (&n, &s) in self.shape.iter().zip(self.strides.iter()) {
+            if n < 1 {
+                return bad(Status::Shape, format!("shape {:?} has a dim < 1", self.shape));
+            }
+            if s < 0 {
+                return bad(Status::Layout, format!("strides {:?} has a negative stride", self.strides));
+            }
+            match (n - 1).checked_mul(s).and_then(|step| last.checked_add(step)) {
+                Some(v) => last = v,
+                None => return bad(Status::Overflow, format!("shape {:?} with strides {:?} overflows", self.shape, self.strides)),
+            }
+        }
+        usize::try_from(last).ok().and_then(|l| l.checked_add(1)).map_or_else(
+            || bad(Status::Overflow, format!("shape {:?} does not fit in memory", self.shape)),
+            Ok,
+        )
+    }
+}
+
+/// A C tensor handle (attn_tensor_wrap) whose data pointer the owner sets.
+struct Handle {
+    raw: NonNull<sys::attn_tensor>,
+    extent: usize,
+}
+
+impl Handle {
+    fn wrap<T: Element>(ctx: &Context, layout: &Layout, data: *mut T, what: &'static str) -> Result<Handle> {
+        let extent = layout.extent(what)?;
+        let mut raw = ptr::null_mut();
+        let st = unsafe {
+            sys::attn_tensor_wrap(
+                ctx.ptr(),
+                T::DTYPE,
+                layout.shape.len() as i32,
+                layout.shape.as_ptr(),
+                layout.strides.as_ptr(),
+                data as *mut c_void,
+                &mut raw,
+            )
+        };
+        check(ctx.ptr(), st, "attn_tensor_wrap")?;
+        Ok(Handle { raw: NonNull::new(raw).expect("attn_tensor_wrap returned OK and NULL"), extent })
+    }
+
+    /// A handle over a borrowed slice, checked to hold the layout.
+    fn over<T: Element>(ctx: &Context, data: &[T], layout: &Layout, what: &'static str) -> Result<Handle> {
+        let h = Handle::wrap(ctx, layout, data.as_ptr() as *mut T, what)?;
+        h.check_len(data.len(), what)?;
+        Ok(h)
+    }
+
+    fn check_len(&self, len: usize, what: &'static str) -> Result<()> {
+        if len < self.extent {
+            return Err(binding_error(
+                Status::Shape,
+                "attn slice check",
+                format!("{}: slice has {} elements, its layout needs {}", what, len, self.extent),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        unsafe { sys::attn_tensor_destroy(self.raw.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Descriptor
+
+/// `attn_desc`: what to compute (default: exact scaled-dot attention).
+///
+/// Setters map 1:1 to `attn_desc_set_*` and return `&mut Self` for chaining
+/// with `?`. Slices given to setters are borrowed for `'a` (the C side reads
+/// them at execute time); while a [`Plan`] borrows the descriptor it cannot
+/// be changed.
+pub struct Desc<'a> {
+    ctx: &'a Context,
+    raw: NonNull<sys::attn_desc>,
+    tensors: Vec<(&'static str, Handle)>,
+    _borrows: PhantomData<&'a [u8]>,
+}
+
+/// One scalar setter per line: name, C function, (arg: type as C type).
+macro_rules! scalar_setters {
+    ($($(#[$m:meta])* $name:ident => $cfn:ident($($arg:ident: $ty:ty => $conv:expr),*);)*) => {
+        $(
+            $(#[$m])*
+            pub fn $name(&mut self, $($arg: $ty),*) -> Result<&mut Self> {
+                let st = unsafe { sys::$cfn(self.raw.as_ptr(), $($conv),*) };
+                check(self.ctx.ptr(), st, stringify!($cfn))?;
+                Ok(self)
+            }
+        )*
+    };
+}
+
+/// One slice setter per line: name, C function, element type (pointer + count).
+macro_rules! slice_setters {
+    ($($(#[$m:meta])* $name:ident => $cfn:ident(&[$ty:ty]);)*) => {
+        $(
+            $(#[$m])*
+            pub fn $name(&mut self, values: &'a [$ty]) -> Result<&mut Self> {
+                let (p, n) = if values.is_empty() { (ptr::null(), 0) } else { (values.as_ptr(), values.len() as i64) };
+                let st = unsafe { sys::$cfn(self.raw.as_ptr(), p, n) };
+                check(self.ctx.ptr(), st, stringify!($cfn))?;
+                Ok(self)
+            }
+        )*
+    };
+}
+
+/// One tensor setter per line: name, C function, element trait.
+macro_rules! tensor_setters {
+    ($($(#[$m:meta])* $name:ident => $cfn:ident<$bound:path>;)*) => {
+        $(
+            $(#[$m])*
+            pub fn $name<T: $bound>(&mut self, data: &'a [T], layout: &Layout) -> Result<&mut Self> {
+                let h = Handle::over(self.ctx, data, layout, stringify!($name))?;
+                let st = unsafe { sys::$cfn(self.raw.as_ptr(), h.raw.as_ptr()) };
+                check(self.ctx.ptr(), st, stringify!($cfn))?;
+                self.keep(stringify!($name), vec![h]);
+                Ok(self)
+            }
+        )*
+    };
+}
+
+fn window_bound(v: Option<i64>) -> i64 {
+    v.unwrap_or(sys::ATTN_WINDOW_UNBOUNDED)
+}
+
+impl<'a> Desc<'a> {
+    pub fn new(ctx: &'a Context) -> Result<Desc<'a>> {
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_desc_create(ctx.ptr(), &mut raw) };
+        check(ctx.ptr(), st, "attn_desc_create")?;
+        Ok(Desc {
+            ctx,
+            raw: NonNull::new(raw).expect("attn_desc_create returned OK and NULL"),
+            tensors: Vec::new(),
+            _borrows: PhantomData,
+        })
+    }
+
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
+    fn keep(&mut self, name: &'static str, handles: Vec<Handle>) {
+        // No plan can be borrowing the descriptor here (&mut self), so the
+        // handles an earlier call of this setter gave C can go.
+        self.tensors.retain(|(n, _)| *n != name);
+        for h in handles {
+            self.tensors.push((name, h));
+        }
+    }
+
+    scalar_setters! {
+        /// Select the algorithm.
+        variant => attn_desc_set_variant(v: Variant => v.code());
+        /// Select the score function.
+        score => attn_desc_set_score(s: Score => s.code());
+        /// Score scale (finite, > 0).
+        scale => attn_desc_set_scale(scale: f64 => scale);
+        /// Causal masking and its alignment.
+        causal => attn_desc_set_causal(c: Causal => c.code());
+        /// Sliding window i'-left ≤ j ≤ i'+right; None = unbounded on that side.
+        window => attn_desc_set_window(left: Option<i64> => window_bound(left), right: Option<i64> => window_bound(right));
+        /// Logit softcap: s ← cap·tanh(s/cap).
+        softcap => attn_desc_set_softcap(cap: f64 => cap);
+        /// Swin grid, window and shift (ATTN_VARIANT_SWIN).
+        swin => attn_desc_set_swin(grid_h: i64 => grid_h, grid_w: i64 => grid_w, window: i64 => window, shift: i64 => shift);
+        /// Block size for BigBird and block-sparse.
+        block_size => attn_desc_set_block_size(block: i64 => block);
+        /// BigBird window/global/random blocks and the seed.
+        bigbird => attn_desc_set_bigbird(window_blocks: i64 => window_blocks, global_blocks: i64 => global_blocks, random_blocks: i64 => random_blocks, seed: u64 => seed);
+        /// Performer feature count and seed.
+        features => attn_desc_set_features(num_features: i64 => num_features, seed: u64 => seed);
+        /// Linformer projected length and seed.
+        lowrank => attn_desc_set_lowrank(rank: i64 => rank, seed: u64 => seed);
+    }
+
+    slice_setters! {
+        /// Per-batch key lengths (padding); empty clears.
+        key_lengths => attn_desc_set_key_lengths(&[i64]);
+        /// Per-batch query lengths; empty clears.
+        query_lengths => attn_desc_set_query_lengths(&[i64]);
+        /// ALiBi slopes, one per query head; empty clears.
+        alibi => attn_desc_set_alibi(&[f64]);
+        /// Longformer global token indices; empty clears.
+        global_tokens => attn_desc_set_global_tokens(&[i64]);
+    }
+
+    tensor_setters! {
+        /// Boolean mask, u8 [B|1, H|1, S_q, S_k]: non-zero = attend.
+        bool_mask => attn_desc_set_bool_mask<Byte>;
+        /// Additive float mask [B|1, H|1, S_q, S_k] in q's dtype.
+        additive_mask => attn_desc_set_additive_mask<Float>;
+        /// Luong general W [d_q, d_k].
+        general_weight => attn_desc_set_general_weight<Float>;
+        /// Swin relative position bias table [(2w-1)², H].
+        swin_bias => attn_desc_set_swin_bias<Float>;
+        /// Block-sparse layout, u8 [H|1, ⌈S_q/b⌉, ⌈S_k/b⌉].
+        block_layout => attn_desc_set_block_layout<Byte>;
+    }
+
+    /// Bahdanau parameters w_q [A, d_q], w_k [A, d_k], bias [A] (optional), v [A].
+    pub fn additive_weights<T: Float>(
+        &mut self,
+        w_q: (&'a [T], &Layout),
+        w_k: (&'a [T], &Layout),
+        bias: Option<(&'a [T], &Layout)>,
+        v: (&'a [T], &Layout),
+    ) -> Result<&mut Self> {
+        let hq = Handle::over(self.ctx, w_q.0, w_q.1, "w_q")?;
+        let hk = Handle::over(self.ctx, w_k.0, w_k.1, "w_k")?;
+        let hb = match bias {
+            Some((d, l)) => Some(Handle::over(self.ctx, d, l, "bias")?),
+            None => None,
+        };
+        let hv = Handle::over(self.ctx, v.0, v.1, "v")?;
+        let bp = hb.as_ref().map_or(ptr::null(), |h| h.raw.as_ptr() as *const _);
+        let st = unsafe { sys::attn_desc_set_additive_weights(self.raw.as_ptr(), hq.raw.as_ptr(), hk.raw.as_ptr(), bp, hv.raw.as_ptr()) };
+        check(self.ctx.ptr(), st, "attn_desc_set_additive_weights")?;
+        let mut hs = vec![hq, hk, hv];
+        hs.extend(hb);
+        self.keep("additive_weights", hs);
+        Ok(self)
+    }
+
+    /// Linformer projections E and F: [k, S_k] or [H_kv, k, S_k].
+    pub fn lowrank_proj<T: Float>(&mut self, e: (&'a [T], &Layout), f: (&'a [T], &Layout)) -> Result<&mut Self> {
+        let he = Handle::over(self.ctx, e.0, e.1, "e")?;
+        let hf = Handle::over(self.ctx, f.0, f.1, "f")?;
+        let st = unsafe { sys::attn_desc_set_lowrank_proj(self.raw.as_ptr(), he.raw.as_ptr(), hf.raw.as_ptr()) };
+        check(self.ctx.ptr(), st, "attn_desc_set_lowrank_proj")?;
+        self.keep("lowrank_proj", vec![he, hf]);
+        Ok(self)
+    }
+}
+
+impl Drop for Desc<'_> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_desc_destroy(self.raw.as_ptr()) }
+        // self.tensors drop after: the descriptor no longer refers to them.
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Plans
+
+/// Attention dimensions and the memory order of q, k, v and out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dims {
+    pub batch: i64,
+    pub heads: i64,
+    pub kv_heads: i64,
+    pub seq_q: i64,
+    pub seq_k: i64,
+    pub head_dim: i64,
+    pub value_dim: i64,
+    /// true: q, k, v, out are [B, S, H, D] in memory; false: [B, H, S, D].
+    pub bshd: bool,
+}
+
+impl Dims {
+    /// batch, heads (= kv heads), seq_q, seq_k, head_dim (= value dim), [B,H,S,D].
+    pub fn new(batch: i64, heads: i64, seq_q: i64, seq_k: i64, head_dim: i64) -> Dims {
+        Dims { batch, heads, kv_heads: heads, seq_q, seq_k, head_dim, value_dim: head_dim, bshd: false }
+    }
+    /// Grouped-query / multi-query: `kv_heads` divides `heads`.
+    pub fn kv_heads(mut self, kv_heads: i64) -> Dims {
+        self.kv_heads = kv_heads;
+        self
+    }
+    pub fn value_dim(mut self, value_dim: i64) -> Dims {
+        self.value_dim = value_dim;
+        self
+    }
+    /// Memory order [B, S, H, D] for q, k, v and out.
+    pub fn bshd(mut self) -> Dims {
+        self.bshd = true;
+        self
+    }
+
+    fn layout(&self, h: i64, s: i64, d: i64) -> Layout {
+        if self.bshd {
+            Layout::bshd(self.batch, s, h, d)
+        } else {
+            Layout::contiguous(&[self.batch, h, s, d])
+        }
+    }
+    pub fn q_layout(&self) -> Layout {
+        self.layout(self.heads, self.seq_q, self.head_dim)
+    }
+    pub fn k_layout(&self) -> Layout {
+        self.layout(self.kv_heads, self.seq_k, self.head_dim)
+    }
+    pub fn v_layout(&self) -> Layout {
+        self.layout(self.kv_heads, self.seq_k, self.value_dim)
+    }
+    pub fn out_layout(&self) -> Layout {
+        self.layout(self.heads, self.seq_q, self.value_dim)
+    }
+    /// weights: [B, H, S_q, S_k] contiguous.
+    pub fn weights_layout(&self) -> Layout {
+        Layout::contiguous(&[self.batch, self.heads, self.seq_q, self.seq_k])
+    }
+    /// lse: [B, H, S_q] contiguous.
+    pub fn lse_layout(&self) -> Layout {
+        Layout::contiguous(&[self.batch, self.heads, self.seq_q])
+    }
+    fn len(&self, dims: &[i64]) -> usize {
+        dims.iter().fold(1usize, |a, &d| a.saturating_mul(usize::try_from(d).unwrap_or(0)))
+    }
+    pub fn q_len(&self) -> usize {
+        self.len(&[self.batch, self.heads, self.seq_q, self.head_dim])
+    }
+    pub fn k_len(&self) -> usize {
+        self.len(&[self.batch, self.kv_heads, self.seq_k, self.head_dim])
+    }
+    pub fn v_len(&self) -> usize {
+        self.len(&[self.batch, self.kv_heads, self.seq_k, self.value_dim])
+    }
+    pub fn out_len(&self) -> usize {
+        self.len(&[self.batch, self.heads, self.seq_q, self.value_dim])
+    }
+    pub fn weights_len(&self) -> usize {
+        self.len(&[self.batch, self.heads, self.seq_q, self.seq_k])
+    }
+    pub fn lse_len(&self) -> usize {
+        self.len(&[self.batch, self.heads, self.seq_q])
+    }
+}
+
+const NAMES: [&str; 6] = ["q", "k", "v", "out", "weights", "lse"];
+
+/// `attn_plan`: a descriptor bound to layouts and a dtype, with its workspace.
+/// `execute` runs it on slices (no allocation in libattn, none here).
+pub struct Plan<'p, T: Float> {
+    desc: &'p Desc<'p>,
+    raw: NonNull<sys::attn_plan>,
+    handles: Vec<Option<Handle>>, // q, k, v, out, weights, lse
+    _t: PhantomData<T>,
+}
+
+impl<'p, T: Float> Plan<'p, T> {
+    /// A plan for the layouts in `dims`, with optional weights/lse outputs.
+    pub fn new(desc: &'p Desc<'p>, dims: &Dims, weights: bool, lse: bool) -> Result<Plan<'p, T>> {
+        let w = dims.weights_layout();
+        let l = dims.lse_layout();
+        Plan::with_layouts(
+            desc,
+            [&dims.q_layout(), &dims.k_layout(), &dims.v_layout(), &dims.out_layout()],
+            if weights { Some(&w) } else { None },
+            if lse { Some(&l) } else { None },
+        )
+    }
+
+    /// A plan for arbitrary layouts of q, k, v, out (logical [B, H, S, D]).
+    pub fn with_layouts(desc: &'p Desc<'p>, qkvo: [&Layout; 4], weights: Option<&Layout>, lse: Option<&Layout>) -> Result<Plan<'p, T>> {
+        let ctx = desc.ctx;
+        let layouts = [Some(qkvo[0]), Some(qkvo[1]), Some(qkvo[2]), Some(qkvo[3]), weights, lse];
+        let mut handles = Vec::with_capacity(6);
+        for (i, l) in layouts.iter().enumerate() {
+            handles.push(match l {
+                // The data pointer is set at execute; plan creation reads only metadata.
+                Some(l) => Some(Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), NAMES[i])?),
+                None => None,
+            });
+        }
+        let p = |i: usize| handles[i].as_ref().map_or(ptr::null(), |h: &Handle| h.raw.as_ptr() as *const _);
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_plan_create(ctx.ptr(), desc.raw.as_ptr(), p(0), p(1), p(2), p(3), p(4), p(5), &mut raw) };
+        check(ctx.ptr(), st, "attn_plan_create")?;
+        Ok(Plan { desc, raw: NonNull::new(raw).expect("attn_plan_create returned OK and NULL"), handles, _t: PhantomData })
+    }
+
+    /// Bytes of workspace the plan holds.
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// Run on these slices (each long enough for its layout; weights/lse
+    /// given exactly when the plan was made with them). On error nothing is
+    /// written.
+    pub fn execute(&mut self, q: &[T], k: &[T], v: &[T], out: &mut [T], weights: Option<&mut [T]>, lse: Option<&mut [T]>) -> Result<()> {
+        let ptrs: [Option<(*mut T, usize)>; 6] = [
+            Some((q.as_ptr() as *mut T, q.len())),
+            Some((k.as_ptr() as *mut T, k.len())),
+            Some((v.as_ptr() as *mut T, v.len())),
+            Some((out.as_mut_ptr(), out.len())),
+            weights.map(|w| (w.as_mut_ptr(), w.len())),
+            lse.map(|l| (l.as_mut_ptr(), l.len())),
+        ];
+        let ctx = self.desc.ctx;
+        for i in 0..6 {
+            match (&self.handles[i], ptrs[i]) {
+                (Some(h), Some((_, len))) => h.check_len(len, NAMES[i])?,
+                (None, None) => {}
+                (Some(_), None) => {
+                    return Err(binding_error(Status::Mismatch, "attn::Plan::execute", format!("{}: the plan was created with {}; pass it", NAMES[i], NAMES[i])))
+                }
+                (None, Some(_)) => {
+                    return Err(binding_error(Status::Mismatch, "attn::Plan::execute", format!("{}: the plan was created without {}; pass None", NAMES[i], NAMES[i])))
+                }
+            }
+        }
+        for i in 0..6 {
+            if let (Some(h), Some((p, _))) = (&self.handles[i], ptrs[i]) {
+                let st = unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), p as *mut c_void) };
+                check(ctx.ptr(), st, "attn_tensor_set_data")?;
+            }
+        }
+        let p = |i: usize| self.handles[i].as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+        let st = unsafe { sys::attn_plan_execute(self.raw.as_ptr(), p(0), p(1), p(2), p(3), p(4), p(5)) };
+        check(ctx.ptr(), st, "attn_plan_execute")
+    }
+
+    /// Sparse plans: the block layout, u8 [H, ⌈S_q/b⌉, ⌈S_k/b⌉] flattened.
+    pub fn block_layout(&self) -> Result<Vec<u8>> {
+        let ctx = self.desc.ctx;
+        let mut size = 0usize;
+        let st = unsafe { sys::attn_plan_block_layout(self.raw.as_ptr(), ptr::null_mut(), &mut size) };
+        if st != sys::ATTN_OK && !(st == sys::ATTN_ERR_INVALID_ARG && size > 0) {
+            check(ctx.ptr(), st, "attn_plan_block_layout")?;
+        }
+        let mut buf = vec![0u8; size];
+        let st = unsafe { sys::attn_plan_block_layout(self.raw.as_ptr(), buf.as_mut_ptr(), &mut size) };
+        check(ctx.ptr(), st, "attn_plan_block_layout")?;
+        buf.truncate(size);
+        Ok(buf)
+    }
+
+    /// Performer: redraw the random features from `seed`.
+    pub fn redraw_features(&mut self, seed: u64) -> Result<()> {
+        let st = unsafe { sys::attn_plan_redraw_features(self.raw.as_ptr(), seed) };
+        check(self.desc.ctx.ptr(), st, "attn_plan_redraw_features")
+    }
+}
+
+impl<T: Float> Drop for Plan<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
+/// One-shot attention: plan, execute, drop. `out` is written in `dims`' layout.
+pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
+    let mut plan = Plan::<T>::new(desc, dims, false, false)?;
+    plan.execute(q, k, v, out, None, None)
+}
+
+/// One-shot attention that also returns the weights [B,H,S_q,S_k] and lse [B,H,S_q].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_with_stats<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T], weights: &mut [T], lse: &mut [T]) -> Result<()> {
+    let mut plan = Plan::<T>::new(desc, dims, true, true)?;
+    plan.execute(q, k, v, out, Some(weights), Some(lse))
+}

@@ -1,0 +1,77 @@
+#!/bin/sh
+# Build the libattn0 / libattn-dev .debs with CPack, install them with dpkg -i,
+# build + run the pkg-config and CMake consumers against /usr (no
+# PKG_CONFIG_PATH, no LD_LIBRARY_PATH), then purge the packages again.
+#
+# It changes the system, so it runs only as root with ATTN_TEST_DEB=1
+# (.ci/run sets it); otherwise it exits 77, which CTest reports as skipped.
+# Usage: deb_test.sh SOURCE_DIR [WORK_DIR]
+set -eu
+if [ "${ATTN_TEST_DEB:-0}" != 1 ] || [ "$(id -u)" != 0 ]; then
+  echo "deb_test: skipped (needs root and ATTN_TEST_DEB=1; it installs and removes packages)"
+  exit 77
+fi
+src=$(cd "$1" && pwd)
+work=${2:-$(mktemp -d "${TMPDIR:-/tmp}/attn-deb.XXXXXX")}
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+here=$src/tests/bindings
+
+for p in libattn0 libattn-dev; do
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+    echo "deb_test: $p is already installed; refusing to replace and remove it" >&2
+    exit 1
+  fi
+done
+
+echo "== build the packages (prefix /usr)"
+rm -rf "$work/build"
+cmake -S "$src" -B "$work/build" -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_BUILD_TYPE=Release \
+  -DBUILD_TESTING=OFF -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_BENCH=OFF -DATTN_BUILD_EXAMPLES=OFF \
+  -DATTN_BUILD_TOOLS=OFF >"$work/configure.log"
+cmake --build "$work/build" -j2 >"$work/build.log"
+(cd "$work/build" && cpack -G DEB >"$work/cpack.log")
+runtime=$(ls "$work"/build/packages/libattn0_*.deb)
+dev=$(ls "$work"/build/packages/libattn-dev_*.deb)
+for d in "$runtime" "$dev"; do
+  echo "--- $(basename "$d")"
+  dpkg-deb -f "$d" Package Version Depends
+  dpkg-deb -c "$d" | awk '{print $6, $7, $8}'
+done
+
+cleanup() {
+  dpkg --purge libattn-dev libattn0 >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
+echo "== dpkg -i"
+dpkg -i "$runtime" "$dev"
+dpkg -s libattn0 libattn-dev | grep -E '^(Package|Status|Version)'
+
+echo "== pkg-config consumer against /usr"
+unset PKG_CONFIG_PATH LD_LIBRARY_PATH || true
+flags=$(pkg-config --cflags --libs attn)
+echo "pkg-config --cflags --libs attn: $flags"
+# shellcheck disable=SC2086
+cc -std=c11 -Wall -Wextra -Werror -o "$work/consumer_pc" "$here/consumer/consumer.c" $flags -lm
+ldd "$work/consumer_pc" | grep libattn
+"$work/consumer_pc"
+
+echo "== find_package(attn CONFIG) consumer against /usr"
+rm -rf "$work/consumer-build"
+cmake -S "$here/consumer" -B "$work/consumer-build" >"$work/consumer.log" 2>&1 ||
+  { cat "$work/consumer.log" >&2; exit 1; }
+cmake --build "$work/consumer-build" >>"$work/consumer.log" 2>&1 ||
+  { cat "$work/consumer.log" >&2; exit 1; }
+"$work/consumer-build/consumer"
+"$work/consumer-build/consumer_static"
+
+echo "== dpkg --purge"
+trap - EXIT
+dpkg --purge libattn-dev libattn0
+if dpkg-query -W libattn0 >/dev/null 2>&1 ||
+   pkg-config --exists attn; then
+  echo "deb_test: packages still present after dpkg --purge" >&2
+  exit 1
+fi
+echo "deb_test: OK"
