@@ -18,6 +18,11 @@ cat stdout.txt
 grep -Eq '^sdpa +1,8,256,64 +[0-9.]+ +[0-9.]+ +exact' stdout.txt || fail "no timed sdpa row"
 grep -Eq '^causal +1,8,256,64 +[0-9.]+' stdout.txt || fail "no timed causal row"
 grep -q 'Wrote [0-9]* pictures' stdout.txt || fail "does not say where the pictures went"
+# Sparse variants that ran must equal exact attention with a dense mask of
+# their pattern (the demo builds it independently): relative error < 1e-4.
+awk '$7 == "mask" { n++; if ($5 + 0 > 1e-4 || $5 == "-") { bad = bad " " $1 "=" $5 } }
+     END { print n + 0 " rows checked against their masks"; if (bad != "") { print "too large:" bad; exit 1 } }' \
+  stdout.txt || fail "a sparse variant differs from exact attention with its mask"
 [ -f attn-demo/index.html ] || fail "no attn-demo/index.html"
 
 # Every variant that ran (a row with a time) has its picture.

@@ -41,7 +41,15 @@ typedef attn_status (*setup_fn)(attn_context *ctx, attn_desc *d, const dims *dm,
 static int cmp_double(const void *a, const void *b);
 static void fmt_mib(char *buf, size_t n, double mib);
 
-enum { REF_NONE, REF_FULL, REF_CAUSAL };
+/* What an approximation's error is measured against: nothing (exact rows),
+ * full or causal exact attention, or exact attention with a dense bool mask
+ * of the same sparsity pattern built independently here (sparse variants:
+ * that checks them, where "vs full" would only measure the pattern). */
+enum { REF_NONE, REF_FULL, REF_CAUSAL, REF_MASK };
+
+/* Fill keep [H, S, S] (1 = query i attends key j) for the row's pattern on
+ * dims dm; plan is the row's plan (for layouts drawn by the library). */
+typedef attn_status (*mask_fn)(const dims *dm, const attn_plan *plan, uint8_t *keep);
 
 /* Rows that are not one attn_plan (the multi-head layer) run themselves:
  * with pic == NULL time `reps` executes on dm (secs, FLOPs, workspace bytes);
@@ -56,6 +64,7 @@ typedef struct demo_row {
   int64_t heads;      /* 0: the workload's H; else this many (for slow scores) */
   setup_fn setup;
   custom_fn custom;    /* instead of setup: a row that runs itself */
+  mask_fn mask;        /* REF_MASK: the pattern as a dense mask */
   const char *pending; /* non-NULL: API not in this build's headers yet */
 } demo_row;
 
@@ -386,33 +395,116 @@ out:
   return st;
 }
 
+/* ---- dense masks of the sparse patterns (REF_MASK), from approx.h's definitions ---- */
+
+static attn_status mask_longformer(const dims *dm, const attn_plan *plan, uint8_t *keep) {
+  (void)plan;
+  const int64_t S = dm->S, w = S / 16, g1 = 0, g2 = S / 2;
+  for (int64_t h = 0; h < dm->H; h++)
+    for (int64_t i = 0; i < S; i++)
+      for (int64_t j = 0; j < S; j++)
+        keep[(h * S + i) * S + j] =
+            llabs(i - j) <= w || i == g1 || i == g2 || j == g1 || j == g2;
+  return ATTN_OK;
+}
+
+/* BigBird's random blocks are drawn by the library: read its layout back. */
+static attn_status mask_from_layout(const dims *dm, const attn_plan *plan, uint8_t *keep) {
+  const int64_t S = dm->S, b = S / 16 > 0 ? S / 16 : 1, nb = (S + b - 1) / b;
+  size_t need = (size_t)(dm->H * nb * nb), size = need;
+  uint8_t *lay = malloc(need);
+  if (lay == NULL) return ATTN_ERR_NO_MEMORY;
+  attn_status st = attn_plan_block_layout(plan, lay, &size);
+  if (st == ATTN_OK && size != need) st = ATTN_ERR_INTERNAL;
+  if (st == ATTN_OK)
+    for (int64_t h = 0; h < dm->H; h++)
+      for (int64_t i = 0; i < S; i++)
+        for (int64_t j = 0; j < S; j++)
+          keep[(h * S + i) * S + j] = lay[(h * nb + i / b) * nb + j / b] != 0;
+  free(lay);
+  return st;
+}
+
+/* The block-sparse layout is ours (su_blocksparse): rebuild it. */
+static attn_status mask_blocksparse(const dims *dm, const attn_plan *plan, uint8_t *keep) {
+  (void)plan;
+  const int64_t S = dm->S, b = S / 16 > 0 ? S / 16 : 1;
+  for (int64_t h = 0; h < dm->H; h++)
+    for (int64_t i = 0; i < S; i++)
+      for (int64_t j = 0; j < S; j++) {
+        int64_t bi = i / b, bj = j / b;
+        keep[(h * S + i) * S + j] = (llabs(bi - bj) <= 1) || (bj % 4 == 3);
+      }
+  return ATTN_OK;
+}
+
+/* Swin: roll the (padded) grid by −shift, partition into M×M windows; with a
+ * shift, each axis of length P is cut into [0, P−M), [P−M, P−shift),
+ * [P−shift, P) and only tokens in the same cut on both axes attend. */
+static void swin_pos(int64_t y, int64_t x, int64_t Ph, int64_t Pw, int64_t M, int64_t sh,
+                     int64_t out[4]) {
+  int64_t yr = ((y - sh) % Ph + Ph) % Ph, xr = ((x - sh) % Pw + Pw) % Pw;
+  out[0] = yr / M;
+  out[1] = xr / M;
+  out[2] = sh == 0 ? 0 : yr < Ph - M ? 0 : yr < Ph - sh ? 1 : 2;
+  out[3] = sh == 0 ? 0 : xr < Pw - M ? 0 : xr < Pw - sh ? 1 : 2;
+}
+
+static attn_status mask_swin_common(const dims *dm, uint8_t *keep, bool shifted) {
+  int64_t gh, gw, M = dm->picture ? 4 : 8;
+  grid_of(dm->S, &gh, &gw);
+  const int64_t sh = shifted ? M / 2 : 0, S = dm->S;
+  const int64_t Ph = (gh + M - 1) / M * M, Pw = (gw + M - 1) / M * M;
+  for (int64_t i = 0; i < S; i++) {
+    int64_t a[4];
+    swin_pos(i / gw, i % gw, Ph, Pw, M, sh, a);
+    for (int64_t j = 0; j < S; j++) {
+      int64_t c[4];
+      swin_pos(j / gw, j % gw, Ph, Pw, M, sh, c);
+      keep[i * S + j] = a[0] == c[0] && a[1] == c[1] && a[2] == c[2] && a[3] == c[3];
+    }
+  }
+  for (int64_t h = 1; h < dm->H; h++) memcpy(keep + h * S * S, keep, (size_t)(S * S));
+  return ATTN_OK;
+}
+
+static attn_status mask_swin(const dims *dm, const attn_plan *plan, uint8_t *keep) {
+  (void)plan;
+  return mask_swin_common(dm, keep, false);
+}
+
+static attn_status mask_swin_shift(const dims *dm, const attn_plan *plan, uint8_t *keep) {
+  (void)plan;
+  return mask_swin_common(dm, keep, true);
+}
+
 /* Every variant and option family the headers declare. Rows with `pending`
  * name an API that is not in this build's headers yet (the KV cache): give
  * them a custom runner when kvcache.h declares it. */
 static const demo_row rows[] = {
-    {"sdpa", REF_NONE, 0, su_sdpa, NULL, NULL},
-    {"causal", REF_NONE, 0, su_causal, NULL, NULL},
-    {"window", REF_NONE, 0, su_window, NULL, NULL},
-    {"causal-window", REF_NONE, 0, su_causal_window, NULL, NULL},
-    {"padding", REF_NONE, 0, su_padding, NULL, NULL},
-    {"alibi", REF_NONE, 0, su_alibi, NULL, NULL},
-    {"softcap", REF_NONE, 0, su_softcap, NULL, NULL},
-    {"bool-mask", REF_NONE, 0, su_boolmask, NULL, NULL},
-    {"additive-mask", REF_NONE, 0, su_addmask, NULL, NULL},
-    {"luong-dot", REF_NONE, 0, su_dot, NULL, NULL},
-    {"luong-general", REF_NONE, 0, su_general, NULL, NULL},
-    {"bahdanau", REF_NONE, 1, su_additive, NULL, NULL},
-    {"longformer", REF_FULL, 0, su_longformer, NULL, NULL},
-    {"bigbird", REF_FULL, 0, su_bigbird, NULL, NULL},
-    {"blocksparse", REF_FULL, 0, su_blocksparse, NULL, NULL},
-    {"swin", REF_FULL, 0, su_swin, NULL, NULL},
-    {"swin-shifted", REF_FULL, 0, su_swin_shift, NULL, NULL},
-    {"linear_elu", REF_FULL, 0, su_linear, NULL, NULL},
-    {"linear_elu-causal", REF_CAUSAL, 0, su_linear_causal, NULL, NULL},
-    {"performer", REF_FULL, 0, su_performer, NULL, NULL},
-    {"linformer", REF_FULL, 0, su_linformer, NULL, NULL},
-    {"mha", REF_NONE, 0, NULL, mha_run, NULL},
-    {"kvcache", REF_NONE, 0, NULL, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
+    {"sdpa", REF_NONE, 0, su_sdpa, NULL, NULL, NULL},
+    {"causal", REF_NONE, 0, su_causal, NULL, NULL, NULL},
+    {"window", REF_NONE, 0, su_window, NULL, NULL, NULL},
+    {"causal-window", REF_NONE, 0, su_causal_window, NULL, NULL, NULL},
+    {"padding", REF_NONE, 0, su_padding, NULL, NULL, NULL},
+    {"alibi", REF_NONE, 0, su_alibi, NULL, NULL, NULL},
+    {"softcap", REF_NONE, 0, su_softcap, NULL, NULL, NULL},
+    {"bool-mask", REF_NONE, 0, su_boolmask, NULL, NULL, NULL},
+    {"additive-mask", REF_NONE, 0, su_addmask, NULL, NULL, NULL},
+    {"luong-dot", REF_NONE, 0, su_dot, NULL, NULL, NULL},
+    {"luong-general", REF_NONE, 0, su_general, NULL, NULL, NULL},
+    {"bahdanau", REF_NONE, 1, su_additive, NULL, NULL, NULL},
+    {"longformer", REF_MASK, 0, su_longformer, NULL, mask_longformer, NULL},
+    {"bigbird", REF_MASK, 0, su_bigbird, NULL, mask_from_layout, NULL},
+    {"blocksparse", REF_MASK, 0, su_blocksparse, NULL, mask_blocksparse, NULL},
+    {"swin", REF_MASK, 0, su_swin, NULL, mask_swin, NULL},
+    {"swin-shifted", REF_MASK, 0, su_swin_shift, NULL, mask_swin_shift, NULL},
+    {"linear_elu", REF_FULL, 0, su_linear, NULL, NULL, NULL},
+    {"linear_elu-causal", REF_CAUSAL, 0, su_linear_causal, NULL, NULL, NULL},
+    {"performer", REF_FULL, 0, su_performer, NULL, NULL, NULL},
+    {"linformer", REF_FULL, 0, su_linformer, NULL, NULL, NULL},
+    {"mha", REF_NONE, 0, NULL, mha_run, NULL, NULL},
+    {"kvcache", REF_NONE, 0, NULL, NULL, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
 };
 #define NROWS ((int)(sizeof rows / sizeof rows[0]))
 
@@ -496,6 +588,29 @@ static attn_status exact_ref(attn_context *ctx, problem *p, bool causal, attn_te
   if (st == ATTN_OK && causal) st = attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
   if (st == ATTN_OK) st = attn_forward(ctx, d, p->q, p->k, p->v, *ref, NULL, NULL);
   attn_desc_destroy(d);
+  if (st != ATTN_OK) {
+    attn_tensor_destroy(*ref);
+    *ref = NULL;
+  }
+  return st;
+}
+
+/* Exact attention of p with the dense bool mask keep [1, H, S, S]: the
+ * reference for a sparse variant's pattern. */
+static attn_status masked_ref(attn_context *ctx, problem *p, const demo_row *row,
+                              const attn_plan *plan, attn_tensor **ref) {
+  const int64_t S = p->dm.S, msh[4] = {1, p->dm.H, S, S};
+  const int64_t sh[4] = {p->dm.B, p->dm.H, S, p->dm.D};
+  attn_tensor *mask = NULL;
+  attn_desc *d = NULL;
+  attn_status st = attn_tensor_create(ctx, ATTN_DTYPE_U8, 4, msh, &mask);
+  if (st == ATTN_OK) st = row->mask(&p->dm, plan, attn_tensor_data(mask));
+  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sh, ref);
+  if (st == ATTN_OK) st = attn_desc_create(ctx, &d);
+  if (st == ATTN_OK) st = attn_desc_set_bool_mask(d, mask);
+  if (st == ATTN_OK) st = attn_forward(ctx, d, p->q, p->k, p->v, *ref, NULL, NULL);
+  attn_desc_destroy(d);
+  attn_tensor_destroy(mask);
   if (st != ATTN_OK) {
     attn_tensor_destroy(*ref);
     *ref = NULL;
@@ -594,7 +709,7 @@ out:
 }
 
 static void print_row(const char *name, const char *shape, double secs, double flops, double maxe,
-                      double meane, size_t ws_bytes, const char *what) {
+                      double meane, const char *vs, size_t ws_bytes, const char *what) {
   char e1[16], e2[16], ws[16], rss[16];
   if (maxe >= 0) {
     snprintf(e1, sizeof e1, "%.2e", maxe);
@@ -605,14 +720,14 @@ static void print_row(const char *name, const char *shape, double secs, double f
   }
   fmt_mib(ws, sizeof ws, (double)ws_bytes / (1024.0 * 1024.0));
   fmt_mib(rss, sizeof rss, cli_peak_rss_mib());
-  printf("%-18s %-16s %9.3f %9.1f %9s %9s %8s %8s  %s\n", name, shape, secs * 1e3,
-         flops / secs * 1e-9, e1, e2, ws, rss, what);
+  printf("%-18s %-16s %9.3f %9.1f %9s %9s %-6s %7s %7s  %s\n", name, shape, secs * 1e3,
+         flops / secs * 1e-9, e1, e2, vs, ws, rss, what);
   fflush(stdout);
 }
 
 static void print_dashes(const char *name, const char *shape, const char *note, const char *msg) {
-  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s%s\n", name, shape, "-", "-", "-", "-", "-", "-",
-         note, msg);
+  printf("%-18s %-16s %9s %9s %9s %9s %-6s %7s %7s  %s%s\n", name, shape, "-", "-", "-", "-", "-",
+         "-", "-", note, msg);
   fflush(stdout);
 }
 
@@ -730,13 +845,15 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
          attn_version_string(), (int)attn_context_num_threads(ctx),
          attn_context_num_threads(ctx) == 1 ? "" : "s", reps);
   printf("workload B=1 H=%" PRId64 " S=%" PRId64 " d=%" PRId64
-         "; approximations' errors are relative to exact attention on the same inputs\n"
-         "(unmasked, or causal for causal rows)\n\n",
+         "\nerrors: max|out-ref|/max|ref| and mean|out-ref|/mean|ref| against exact attention on\n"
+         "the same inputs: 'vs full' (unmasked) or 'vs causal' for the linear and low-rank\n"
+         "approximations, 'vs mask' (exact attention with a dense bool mask of the same\n"
+         "pattern, built here from approx.h's definitions) for the sparse variants\n\n",
          H, S, D);
-  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s\n", "variant", "shape [B,H,S,d]", "ms",
-         "GFLOP/s", "max err", "mean err", "ws MiB", "RSS MiB", "notes");
-  printf("%-18s %-16s %9s %9s %9s %9s %8s %8s  %s\n", "-------", "---------------", "--", "-------",
-         "-------", "--------", "------", "-------", "-----");
+  printf("%-18s %-16s %9s %9s %9s %9s %-6s %7s %7s  %s\n", "variant", "shape [B,H,S,d]", "ms",
+         "GFLOP/s", "max err", "mean err", "vs", "ws MiB", "RSS MiB", "notes");
+  printf("%-18s %-16s %9s %9s %9s %9s %-6s %7s %7s  %s\n", "-------", "---------------", "--",
+         "-------", "-------", "--------", "--", "------", "-------", "-----");
 
   int ran = 0, not_built = 0, pending = 0, failed = 0, npics = 0;
   char pic_names[NROWS][48];
@@ -772,7 +889,7 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
         failed++;
         continue;
       }
-      print_row(row->name, shape, secs, flops, -1, -1, wsb, what);
+      print_row(row->name, shape, secs, flops, -1, -1, "-", wsb, what);
       ran++;
       if (!pictures) continue;
       snprintf(pic_names[r], sizeof pic_names[r], "%02d-%s.png", r + 1, row->name);
@@ -809,7 +926,12 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     }
     double secs = 0, maxe = -1, meane = -1;
     if (st == ATTN_OK) st = time_plan(plan, p, (int)reps, &secs);
-    if (st == ATTN_OK && row->ref != REF_NONE) {
+    if (st == ATTN_OK && row->ref == REF_MASK) {
+      attn_tensor *mref = NULL;
+      st = masked_ref(ctx, p, row, plan, &mref);
+      if (st == ATTN_OK) rel_error(p->out, mref, &maxe, &meane);
+      attn_tensor_destroy(mref);
+    } else if (st == ATTN_OK && row->ref != REF_NONE) {
       attn_tensor **ref = row->ref == REF_CAUSAL ? &ref_causal : &ref_full;
       if (*ref == NULL) st = exact_ref(ctx, &big, row->ref == REF_CAUSAL, ref);
       if (st == ATTN_OK) {
@@ -829,7 +951,9 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     }
     double flops = 4.0 * (double)p->dm.B * (double)p->dm.H * (double)p->dm.S * (double)p->dm.S *
                    (double)p->dm.D;
-    print_row(row->name, shape, secs, flops, maxe, meane, attn_plan_workspace_size(plan), x.what);
+    static const char *const vs_names[] = {"-", "full", "causal", "mask"};
+    print_row(row->name, shape, secs, flops, maxe, meane, vs_names[row->ref],
+              attn_plan_workspace_size(plan), x.what);
     ran++;
     attn_plan_destroy(plan);
     attn_desc_destroy(d);
@@ -872,7 +996,11 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     printf(", %d not built yet (they light up when their module is merged)", not_built + pending);
   if (failed > 0) printf(", %d FAILED", failed);
   printf(".\nGFLOP/s counts dense attention's 4*B*H*S*S*d FLOPs for every row (mha adds its\n"
-         "projections' 8*B*S*E*E).\n");
+         "projections' 8*B*S*E*E).\n"
+         "'vs full' errors are large on this random N(0,1) data by nature, not by accident:\n"
+         "exact attention averages many random values (a small output), linear attention is\n"
+         "a different kernel, Linformer's projections are untrained and FAVOR+'s variance\n"
+         "grows with |q|^2 + |k|^2.\n");
 
   if (pictures) {
     char path[4096];
