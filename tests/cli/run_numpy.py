@@ -181,6 +181,26 @@ case("big_endian_input", np.float64, q, k, v, big_endian=True, extra=["--causal"
 q, k, v = data(1, 3, 1, 5, 7, 8)
 case("mqa_rank3_out_only", np.float32, q, k, v, rank3=True, weights=False, lse=False)
 
+# 6b. sparse variants through their options, against the same NumPy softmax
+# with the pattern as a dense mask
+S = 24
+i, j = np.arange(S)[:, None], np.arange(S)[None, :]
+g = np.array([0, 13])
+keep_lf = (np.abs(i - j) <= 2) | np.isin(i, g) | np.isin(j, g)
+q, k, v = data(1, 2, 2, S, S, 8)
+case("longformer", np.float64, q, k, v,
+     extra=["--variant", "longformer", "--window", 2, 2, "--global", "0,13"], bool_mask=keep_lf)
+lay = np.zeros((1, 3, 3), dtype=bool)
+lay[0, 0, 0] = lay[0, 1, 1] = lay[0, 2, 2] = lay[0, 2, 0] = lay[0, 1, 2] = True
+d = os.path.join(WORK, "layout")
+os.makedirs(d)
+np.save(os.path.join(d, "layout.npy"), lay)
+keep_bs = lay[0][i // 8, j // 8]
+q, k, v = data(1, 2, 2, S, S, 8)
+case("blocksparse_layout", np.float64, q, k, v,
+     extra=["--variant", "blocksparse", "--block", 8, "--layout", os.path.join(d, "layout.npy")],
+     bool_mask=keep_bs)
+
 # 7. shape mismatch passes the library's message through, exit 1, no output
 d = os.path.join(WORK, "mismatch")
 os.makedirs(d)
