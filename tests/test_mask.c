@@ -955,6 +955,52 @@ static void bad_window_alibi_softcap_are_rejected(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* Lengths and slopes are borrowed and may change between executes: execute
+ * re-checks them (a key length past S_k would read beyond K and V). */
+static void lengths_and_slopes_changed_after_plan_are_rechecked(void **state) {
+  (void)state;
+  attn_context *ctx = ctx_threads(2);
+  for (int t = 0; t < 2; t++) {
+    small s;
+    small_make(ctx, dtypes[t], &s);
+    attn_desc *d;
+    assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+    int64_t klen[2] = {13, 5}, qlen[2] = {9, 4};
+    double slopes[4] = {0.5, 0.25, 0.1, 0.0};
+    assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+    assert_int_equal(attn_desc_set_key_lengths(d, klen, 2), ATTN_OK);
+    assert_int_equal(attn_desc_set_query_lengths(d, qlen, 2), ATTN_OK);
+    assert_int_equal(attn_desc_set_alibi(d, slopes, 4), ATTN_OK);
+    attn_plan *plan;
+    assert_int_equal(attn_plan_create(ctx, d, s.q, s.k, s.v, s.out, s.w, s.lse, &plan), ATTN_OK);
+    static const struct { int which; int64_t value; const char *name; } bad[] = {
+        {0, 14, "key_lengths"}, {0, -1, "key_lengths"}, {1, 10, "query_lengths"},
+        {1, -3, "query_lengths"}};
+    for (int i = 0; i < 4; i++) {
+      int64_t *arr = bad[i].which == 0 ? klen : qlen, keep = arr[0];
+      arr[0] = bad[i].value;
+      assert_int_equal(attn_plan_execute(plan, s.q, s.k, s.v, s.out, s.w, s.lse),
+                       ATTN_ERR_INVALID_ARG);
+      assert_error_names(ctx, bad[i].name);
+      assert_canaries(&s);
+      arr[0] = keep;
+    }
+    slopes[2] = NAN;
+    assert_int_equal(attn_plan_execute(plan, s.q, s.k, s.v, s.out, s.w, s.lse),
+                     ATTN_ERR_INVALID_ARG);
+    assert_error_names(ctx, "slopes");
+    assert_canaries(&s);
+    slopes[2] = 0.1;
+    /* Valid new contents are used. */
+    klen[1] = 2;
+    assert_int_equal(attn_plan_execute(plan, s.q, s.k, s.v, s.out, s.w, s.lse), ATTN_OK);
+    attn_plan_destroy(plan);
+    attn_desc_destroy(d);
+    small_free(&s);
+  }
+  attn_context_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(causal_alignments_match_reference),
@@ -974,6 +1020,7 @@ int main(void) {
       cmocka_unit_test(mask_dtypes_are_checked),
       cmocka_unit_test(bad_lengths_are_rejected),
       cmocka_unit_test(bad_window_alibi_softcap_are_rejected),
+      cmocka_unit_test(lengths_and_slopes_changed_after_plan_are_rechecked),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -365,8 +365,12 @@ ATTN_API attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc,
  *  were at plan time. Allocates nothing. Uses the context's threads; OpenBLAS
  *  runs single-threaded inside and the caller's OpenBLAS thread count is
  *  restored before returning. Results are bitwise identical for any thread
- *  count. On error, outputs are not written.
- *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_THREAD. @since 0.1.0 */
+ *  count. On error, outputs are not written. Borrowed lengths and ALiBi
+ *  slopes are re-read and re-checked here (their contents may change between
+ *  executes): a length outside [0, S] or a non-finite slope gives
+ *  ATTN_ERR_INVALID_ARG naming the array.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_INVALID_ARG,
+ *          ATTN_ERR_THREAD. @since 0.1.0 */
 ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,
                                        const attn_tensor *k, const attn_tensor *v,
                                        attn_tensor *out, attn_tensor *weights, attn_tensor *lse);

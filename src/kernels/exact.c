@@ -61,8 +61,9 @@ static attn_status exact_execute(attn_plan *p, const attn_tensor *q, const attn_
                                  attn_tensor *lse) {
   attn_exact *im = p->impl;
   attn_mask_bind(&im->mask, &p->desc);
+  attn_status st = attn_mask_check(&im->mask, p->ctx);
+  if (st != ATTN_OK) return st;
   exact_args a = {p, q, k, v, out, weights, lse};
-  attn_status st;
   bool f32 = p->dtype == ATTN_DTYPE_F32;
   if (p->desc.score == ATTN_SCORE_ADDITIVE) {
     if (f32)
