@@ -145,14 +145,16 @@ attn_status attn_exact_plan_init(attn_plan *p) {
   attn_exact_tiles(p->Sq, p->Sk, p->Dk, p->Dv, &im->bq, &im->bk);
   im->nqb = attn_cdiv64(p->Sq, im->bq);
   /* Slot: S [bq×bk], O [bq×Dv], m, l [bq], Qg [bq×Dk] (general) or Qp [bq×A]
-   * (additive), Vz [bk×Dv], additive scratch [A], key ranges; each rounded to
-   * 16 elements. */
+   * (additive), Vz [bk×Dv], additive scratch [kc×A], key ranges; each rounded
+   * to 16 elements. kc: keys per tanh chunk, so kc·A ≤ 16384 elements (64 KiB
+   * in f32) stays in L2; at least 1, at most bk. */
   int64_t A = p->desc.score == ATTN_SCORE_ADDITIVE ? p->desc.add_wq->shape[0] : 0;
+  im->add_kc = A > 0 ? attn_max64(1, attn_min64(im->bk, 16384 / A)) : 0;
   int64_t qx = p->desc.score == ATTN_SCORE_GENERAL ? im->bq * p->Dk : im->bq * A;
   /* The key-range list (int64 pairs) is sized in elements of the dtype. */
   int64_t range_elems = 2 * im->mask.max_ranges * 8 / (int64_t)attn_dtype_size(p->dtype);
-  int64_t parts[8] = {im->bq * im->bk, im->bq * p->Dv, im->bq, im->bq, qx, im->bk * p->Dv, A,
-                      range_elems};
+  int64_t parts[8] = {im->bq * im->bk, im->bq * p->Dv, im->bq, im->bq, qx, im->bk * p->Dv,
+                      im->add_kc * A, range_elems};
   int64_t slot = 0;
   for (int i = 0; i < 8; i++) slot += (parts[i] + 15) / 16 * 16;
   im->slot_elems = (size_t)slot;
