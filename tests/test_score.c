@@ -243,6 +243,12 @@ static void additive_score_matches_reference(void **state) {
     c.bias = true;
     run_scase(ctx, &c, 5);
     c = base(ATTN_SCORE_ADDITIVE, dtypes[t]);
+    c.A = 300; /* the tanh scratch holds 16384/A = 54 keys: tiles split in chunks */
+    c.B = 1; c.H = 2; c.Hkv = 1;
+    c.Sk = 130;
+    c.want_w = t == 0;
+    run_scase(ctx, &c, 7);
+    c = base(ATTN_SCORE_ADDITIVE, dtypes[t]);
     c.Hkv = 1; /* MQA */
     c.Sq = 1;
     c.Sk = 300;
