@@ -4,7 +4,8 @@
  *    extra = unmasked ms / masked ms (≥ 0.9 is the issue's "within 10%";
  *    the padding skips ~10% of the keys, so > 1 is expected).
  *  - "additive": Bahdanau s = vᵀ tanh(W_q q + W_k k + b) with A = D;
- *    extra = G (query, key, a) tanh terms per second, B·H·S_q·S_k·A / s.
+ *    extra = G (query, key, a) tanh terms per second, B·H·S_q·S_k·A / s
+ *    (dense count like the FLOPs: with --causal about half are computed).
  * FLOPs follow the contract: dense-equivalent 4·B·H·S_q·S_k·D. */
 #include <math.h>
 #include <stdio.h>
