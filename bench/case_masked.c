@@ -13,9 +13,6 @@
 
 #include "bench.h"
 
-int bench_case_masked(attn_context *ctx, const bench_opts *o, bench_result *r);
-int bench_case_additive(attn_context *ctx, const bench_opts *o, bench_result *r);
-
 typedef struct io {
   attn_tensor *q, *k, *v, *out;
 } io;
@@ -50,7 +47,7 @@ static double time_desc(attn_context *ctx, const char *what, const attn_desc *d,
   return ms;
 }
 
-int bench_case_masked(attn_context *ctx, const bench_opts *o, bench_result *r) {
+static int case_masked(attn_context *ctx, const bench_opts *o, bench_result *r) {
   io t;
   int rc = 1;
   int64_t *lens = malloc((size_t)o->B * sizeof *lens);
@@ -62,7 +59,9 @@ int bench_case_masked(attn_context *ctx, const bench_opts *o, bench_result *r) {
     lens[b] = len < 1 ? 1 : len;
   }
   for (int64_t h = 0; h < o->H; h++) slopes[h] = pow(2.0, -8.0 * (double)(h + 1) / (double)o->H);
-  attn_causal causal = o->causal ? ATTN_CAUSAL_BOTTOM_RIGHT : ATTN_CAUSAL_NONE;
+  /* --causal: top-left like `sdpa`, i.e. a right-padded causal batch; the
+   * baseline has the same diagonal, so only the padding and ALiBi differ. */
+  attn_causal causal = o->causal ? ATTN_CAUSAL_TOP_LEFT : ATTN_CAUSAL_NONE;
   if (attn_desc_create(ctx, &plain) != ATTN_OK || attn_desc_create(ctx, &masked) != ATTN_OK ||
       attn_desc_set_causal(plain, causal) != ATTN_OK ||
       attn_desc_set_causal(masked, causal) != ATTN_OK ||
@@ -88,7 +87,7 @@ done:
   return rc;
 }
 
-int bench_case_additive(attn_context *ctx, const bench_opts *o, bench_result *r) {
+static int case_additive(attn_context *ctx, const bench_opts *o, bench_result *r) {
   io t;
   int rc = 1;
   const int64_t A = o->D;
@@ -108,7 +107,7 @@ int bench_case_additive(attn_context *ctx, const bench_opts *o, bench_result *r)
       attn_desc_create(ctx, &d) != ATTN_OK ||
       attn_desc_set_score(d, ATTN_SCORE_ADDITIVE) != ATTN_OK ||
       attn_desc_set_additive_weights(d, wq2, wk2, bias1, v1) != ATTN_OK ||
-      attn_desc_set_causal(d, o->causal ? ATTN_CAUSAL_BOTTOM_RIGHT : ATTN_CAUSAL_NONE) != ATTN_OK) {
+      attn_desc_set_causal(d, o->causal ? ATTN_CAUSAL_TOP_LEFT : ATTN_CAUSAL_NONE) != ATTN_OK) {
     fprintf(stderr, "additive: setup: %s\n", attn_context_last_error(ctx));
     goto done;
   }
@@ -133,3 +132,8 @@ done:
   io_free(&t);
   return rc;
 }
+
+const bench_case bench_case_masked = {
+    "masked", case_masked, "padding (key lengths ~90% of S_k) + ALiBi; extra = unmasked/masked speed"};
+const bench_case bench_case_additive = {
+    "additive", case_additive, "Bahdanau additive score, A = D; extra = G tanh terms per second"};
