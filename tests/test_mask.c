@@ -612,10 +612,12 @@ static void nonfinite_in_masked_rows_never_reaches_output(void **state) {
 static void tile_edges_with_masks_match_reference(void **state) {
   (void)state;
   attn_context *ctx = ctx_threads(2);
-  /* bq = 128 (d ≤ 128) / 64, bk = 512 (d ≤ 64) / 256: one below, at and past. */
-  static const int64_t S[][2] = {{127, 511}, {129, 513}, {128, 512}, {65, 257}, {200, 1030}};
-  static const int64_t Ds[] = {16, 16, 16, 96, 16};
-  for (int s = 0; s < 5; s++) {
+  /* Around the tiles of attn_exact_tiles() (bq 128 or 256 / 64, bk 512 / 256):
+   * one below, at and past; the key length puts a partial tile mid-range. */
+  static const int64_t S[][2] = {{127, 511}, {129, 513}, {128, 512}, {65, 257},
+                                 {200, 1030}, {255, 300}, {257, 520}};
+  static const int64_t Ds[] = {16, 16, 16, 96, 16, 16, 128};
+  for (int s = 0; s < 7; s++) {
     int64_t bq, bk;
     attn_exact_tiles(S[s][0], S[s][1], Ds[s], Ds[s], &bq, &bk);
     int64_t klen[1] = {S[s][1] - bk / 2 + 1};
