@@ -3,6 +3,7 @@
 #include "bench.h"
 
 extern const bench_case bench_case_sdpa, bench_case_naive, bench_case_mha;
+extern const bench_case bench_case_masked, bench_case_additive; /* case_masked.c */
 
 /* case_sparse.c */
 int bench_case_window(attn_context *, const bench_opts *, bench_result *);
@@ -25,7 +26,8 @@ static const bench_case performer_case = {"performer", bench_case_performer, "Pe
 static const bench_case linformer_case = {"linformer", bench_case_linformer, "Linformer, k = --rank (default 256, capped at S_k), segment-mean E = F"};
 
 const bench_case *const bench_cases[] = {
-    &bench_case_sdpa,  &bench_case_naive, &bench_case_mha, &window_case,
+    &bench_case_sdpa,  &bench_case_naive, &bench_case_masked, &bench_case_additive,
+    &bench_case_mha,   &window_case,
     &swin_case,        &longformer_case,  &bigbird_case,   &blocksparse_case,
     &linear_elu_case,  &performer_case,   &linformer_case,
 };

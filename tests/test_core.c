@@ -240,6 +240,12 @@ static void bad_plans_are_rejected(void **state) {
   attn_tensor *qs;
   assert_int_equal(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, sh, st, mem, &qs), ATTN_OK);
   expect_plan_error(&f, qs, k, v, out, ATTN_ERR_LAYOUT, "q: last dim");
+  /* Overlapping rows (sequence stride 0, a broadcast key row). */
+  int64_t st0[4] = {4 * 8 * 16, 8 * 16, 0, 1};
+  attn_tensor *k0;
+  assert_int_equal(attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, sh, st0, mem, &k0), ATTN_OK);
+  expect_plan_error(&f, q, k0, k0, out, ATTN_ERR_LAYOUT, "k: row stride 0");
+  attn_tensor_destroy(k0);
   attn_tensor *u8 = mk(ctx, ATTN_DTYPE_U8, 2, 4, 8, 16);
   expect_plan_error(&f, u8, k, v, out, ATTN_ERR_DTYPE, "q: dtype u8");
   attn_plan *p = (attn_plan *)0x5EED;

@@ -11,7 +11,8 @@
  *    elements (not bytes). Attention operands use the logical layout
  *    [batch, heads, seq, dim]; the [batch, seq, heads, dim] memory layout is
  *    expressed through strides (see attn_tensor_wrap()) and never copied.
- *  - The last dimension of q, k, v and out must be contiguous (stride 1).
+ *  - The last dimension of q, k, v and out must be contiguous (stride 1), and
+ *    their rows must not overlap (sequence stride ≥ head dim).
  *  - Boolean masks: **true (non-zero) = attend**, false = masked out.
  *  - A query row that keeps no key at all produces out = 0, lse = -inf and
  *    weights = 0. Never NaN.
@@ -266,7 +267,10 @@ typedef enum attn_score {
 /** Causal alignment. Values are ABI.
  *  TOP_LEFT keeps j ≤ i. BOTTOM_RIGHT keeps j ≤ i + (S_k − S_q): the last
  *  query sees every key (the KV-cache case); with S_q > S_k the first
- *  S_q − S_k rows keep nothing and give 0. */
+ *  S_q − S_k rows keep nothing and give 0. With key and/or query lengths
+ *  set, S_k and S_q in that offset are batch item b's lengths (the ends of
+ *  the valid ranges line up: i' = i + key_len[b] − query_len[b]), so a
+ *  padded batch item behaves like the same item unpadded. */
 typedef enum attn_causal {
   ATTN_CAUSAL_NONE = 0,
   ATTN_CAUSAL_TOP_LEFT = 1,
@@ -288,7 +292,7 @@ ATTN_API attn_status attn_desc_set_variant(attn_desc *desc, attn_variant variant
 ATTN_API attn_status attn_desc_set_score(attn_desc *desc, attn_score score);
 
 /** Set the score scale (must be finite and > 0; ATTN_ERR_INVALID_ARG otherwise).
- *  @since 0.1.0 */
+ *  ATTN_SCORE_ADDITIVE has no scale and ignores it. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_scale(attn_desc *desc, double scale);
 
 /** Set causal masking and its alignment. @since 0.1.0 */
@@ -298,7 +302,9 @@ ATTN_API attn_status attn_desc_set_causal(attn_desc *desc, attn_causal causal);
  *  query position aligned like the causal setting (i' = i + S_k − S_q for
  *  BOTTOM_RIGHT, else i). left, right ≥ 0; ATTN_WINDOW_UNBOUNDED for no
  *  limit on a side. Composes with causal (which caps right at 0). For
- *  ATTN_VARIANT_LONGFORMER this is the local band. @since 0.1.0 */
+ *  ATTN_VARIANT_LONGFORMER this is the local band.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_INVALID_ARG (left or
+ *          right negative; the descriptor is unchanged). @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_window(attn_desc *desc, int64_t left, int64_t right);
 
 /** Value meaning "no limit" for attn_desc_set_window(). */
@@ -306,39 +312,73 @@ ATTN_API attn_status attn_desc_set_window(attn_desc *desc, int64_t left, int64_t
 
 /** Per-batch-item key lengths (padding): key j is kept only if j < lengths[b].
  *  @p count must equal the batch size at plan time; each length 0..S_k.
- *  NULL, 0 clears. Borrowed. @since 0.1.0 */
+ *  NULL, 0 clears. Borrowed: the contents are re-checked at every execute.
+ *  K/V rows at or past lengths[b] are never read into the result (they may
+ *  hold anything, NaN included).
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, or lengths NULL with count > 0),
+ *          ATTN_ERR_INVALID_ARG (count < 0, a negative length, or lengths with
+ *          count 0); on failure the descriptor is unchanged. Plan creation
+ *          then gives ATTN_ERR_SHAPE if count ≠ B and ATTN_ERR_INVALID_ARG if
+ *          a length exceeds S_k, naming "key_lengths". @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_key_lengths(attn_desc *desc, const int64_t *lengths,
                                                int64_t count);
 
-/** Per-batch-item query lengths: rows i ≥ lengths[b] give out 0, lse −inf.
- *  Same rules as attn_desc_set_key_lengths(). @since 0.1.0 */
+/** Per-batch-item query lengths: rows i ≥ lengths[b] give out 0, lse −inf
+ *  and weights 0 (whatever q holds there). Same rules and statuses as
+ *  attn_desc_set_key_lengths(), with S_q for S_k. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_query_lengths(attn_desc *desc, const int64_t *lengths,
                                                  int64_t count);
 
 /** Boolean mask, dtype U8, rank 4 [B or 1, H or 1, S_q, S_k] (dims of 1 or
- *  stride 0 broadcast). **Non-zero = attend.** NULL clears. Borrowed. @since 0.1.0 */
+ *  stride 0 broadcast; a stride of 0 also works on S_q, e.g. one key-padding
+ *  row shared by every query). **Non-zero = attend** — the opposite of
+ *  torch.nn.MultiheadAttention's bool attn_mask, where True means "masked".
+ *  NULL clears. Borrowed.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 4),
+ *          ATTN_ERR_DTYPE (not U8). Plan creation gives ATTN_ERR_SHAPE naming
+ *          "bool_mask" when the shape does not broadcast. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_bool_mask(attn_desc *desc, const attn_tensor *mask);
 
 /** Additive float mask, q's dtype, rank 4 [B or 1, H or 1, S_q, S_k], added
- *  to the scores; −inf (or −FLT_MAX) removes a key. NULL clears. Borrowed. @since 0.1.0 */
+ *  to the scores; values ≤ −FLT_MAX (−inf included) remove the key, so −inf
+ *  and −FLT_MAX masks give bit-identical results (rows where every key is
+ *  removed give 0 / −inf / 0). Broadcasts like the bool mask. NULL clears.
+ *  Borrowed.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 4),
+ *          ATTN_ERR_DTYPE (not F32/F64). Plan creation gives ATTN_ERR_DTYPE
+ *          (dtype ≠ q's) or ATTN_ERR_SHAPE (not broadcastable) naming
+ *          "additive_mask". @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_additive_mask(attn_desc *desc, const attn_tensor *mask);
 
 /** ALiBi: s_ij −= slopes[h]·|i' − j| (i' aligned as for the window). @p count must
  *  equal the number of query heads at plan time; slopes finite. NULL, 0 clears.
- *  Borrowed. @since 0.1.0 */
+ *  Borrowed: the contents are re-checked at every execute.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, or slopes NULL with count > 0),
+ *          ATTN_ERR_INVALID_ARG (count < 0, a non-finite slope); on failure the
+ *          descriptor is unchanged. Plan creation gives ATTN_ERR_SHAPE naming
+ *          "alibi" if count ≠ H. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_alibi(attn_desc *desc, const double *slopes, int64_t count);
 
-/** Logit softcap: s ← cap·tanh(s/cap). cap must be finite and > 0. @since 0.1.0 */
+/** Logit softcap: s ← cap·tanh(s/cap). cap must be finite and > 0
+ *  (ATTN_ERR_INVALID_ARG otherwise, descriptor unchanged). @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_softcap(attn_desc *desc, double cap);
 
 /** Luong general score matrix W: rank 2 [d_q, d_k] (q's dim, k's dim), q's
- *  dtype. Required for ATTN_SCORE_GENERAL (then q may have d_q ≠ d_k). Borrowed.
- *  @since 0.1.0 */
+ *  dtype, last dim contiguous and rows not overlapping (row stride ≥ d_k).
+ *  Required for ATTN_SCORE_GENERAL (then q may have d_q ≠ d_k). Borrowed.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 2).
+ *          Plan creation names "general_w": ATTN_ERR_NULL_ARG (not set),
+ *          ATTN_ERR_SHAPE, ATTN_ERR_DTYPE, ATTN_ERR_LAYOUT. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_general_weight(attn_desc *desc, const attn_tensor *w);
 
 /** Bahdanau additive score parameters, q's dtype: w_q [A, d_q], w_k [A, d_k],
- *  bias [A] (may be NULL), v [A]. Required for ATTN_SCORE_ADDITIVE. Borrowed.
- *  @since 0.1.0 */
+ *  bias [A] (may be NULL), v [A]. w_q and w_k: last dim contiguous, rows not
+ *  overlapping; bias and v any stride. Required for ATTN_SCORE_ADDITIVE.
+ *  Borrowed. Costs O(B·H·S_q·S_k·A) tanh evaluations (vectorized).
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, w_q, w_k, v), ATTN_ERR_SHAPE
+ *          (ranks, or A differing between them). Plan creation: ATTN_ERR_NULL_ARG
+ *          (not set), ATTN_ERR_SHAPE (d_q/d_k), ATTN_ERR_DTYPE, ATTN_ERR_LAYOUT,
+ *          naming the tensor. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_additive_weights(attn_desc *desc, const attn_tensor *w_q,
                                                     const attn_tensor *w_k,
                                                     const attn_tensor *bias,
@@ -381,8 +421,12 @@ ATTN_API attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc,
  *  were at plan time. Allocates nothing. Uses the context's threads; OpenBLAS
  *  runs single-threaded inside and the caller's OpenBLAS thread count is
  *  restored before returning. Results are bitwise identical for any thread
- *  count. On error, outputs are not written.
- *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_THREAD. @since 0.1.0 */
+ *  count. On error, outputs are not written. Borrowed lengths and ALiBi
+ *  slopes are re-read and re-checked here (their contents may change between
+ *  executes): a length outside [0, S] or a non-finite slope gives
+ *  ATTN_ERR_INVALID_ARG naming the array.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_INVALID_ARG,
+ *          ATTN_ERR_THREAD. @since 0.1.0 */
 ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,
                                        const attn_tensor *k, const attn_tensor *v,
                                        attn_tensor *out, attn_tensor *weights, attn_tensor *lse);

@@ -123,6 +123,8 @@ static attn_status linear_execute(attn_plan *p, const attn_tensor *q, const attn
   (void)lse;
   linear_impl *im = p->impl;
   attn_mask_bind(&im->mask, &p->desc);
+  attn_status st = attn_mask_check(&im->mask, p->ctx); /* borrowed lengths may have changed */
+  if (st != ATTN_OK) return st;
   linear_args a = {p, q, k, v, out};
   return attn_parallel_for(p->ctx, p->B * p->H,
                            p->dtype == ATTN_DTYPE_F32 ? linear_task_f32 : linear_task_f64, &a);

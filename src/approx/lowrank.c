@@ -84,8 +84,15 @@ static attn_status lowrank_execute(attn_plan *p, const attn_tensor *q, const att
   lowrank_args a = {p, k, v};
   /* An item whose keys are all padding keeps no projected key either, so its
    * rows give out 0 and lse −inf like any row with no kept key. */
-  if (im->inner_len != NULL)
+  /* Borrowed lengths may have changed since the plan: re-check before reading K/V. */
+  if (im->inner_len != NULL) {
+    for (int64_t b = 0; b < p->B; b++)
+      if (p->desc.key_lengths[b] < 0 || p->desc.key_lengths[b] > p->Sk)
+        return attn_fail(p->ctx, ATTN_ERR_INVALID_ARG,
+                         "key_lengths: lengths[%" PRId64 "] = %" PRId64 " is outside [0, S_k = %" PRId64 "]",
+                         b, p->desc.key_lengths[b], p->Sk);
     for (int64_t b = 0; b < p->B; b++) im->inner_len[b] = p->desc.key_lengths[b] > 0 ? im->k : 0;
+  }
   attn_status st = attn_parallel_for(p->ctx, p->B * p->Hkv, lowrank_task, &a);
   if (st != ATTN_OK) return st;
   return attn_plan_execute(im->inner, q, im->kp, im->vp, out, NULL, lse);

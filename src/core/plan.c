@@ -41,11 +41,20 @@ static attn_status expect_dims(attn_context *ctx, const char *name, const attn_t
   return ATTN_OK;
 }
 
+/* Rows go to GEMM as (pointer, leading dimension): the last dim must be
+ * contiguous and, for rank ≥ 2, rows must not overlap (BLAS rejects a leading
+ * dimension below the row length; OpenBLAS would print and skip the product). */
 static attn_status expect_unit_last(attn_context *ctx, const char *name, const attn_tensor *t) {
-  if (t->strides[t->rank - 1] != 1 && t->shape[t->rank - 1] != 1)
+  const int32_t r = t->rank;
+  if (t->strides[r - 1] != 1 && t->shape[r - 1] != 1)
     return attn_fail(ctx, ATTN_ERR_LAYOUT,
                      "%s: last dim stride is %" PRId64 "; the last dim must be contiguous (stride 1)",
-                     name, t->strides[t->rank - 1]);
+                     name, t->strides[r - 1]);
+  if (r >= 2 && t->strides[r - 2] < t->shape[r - 1])
+    return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                     "%s: row stride %" PRId64 " is below the row length %" PRId64
+                     " (rows must not overlap)",
+                     name, t->strides[r - 2], t->shape[r - 1]);
   return ATTN_OK;
 }
 

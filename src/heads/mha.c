@@ -712,6 +712,8 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
 
   if (p->materialize) {
     attn_mask_bind(&p->mask, &p->udesc);
+    attn_status cst = attn_mask_check(&p->mask, ctx);
+    if (cst != ATTN_OK) return cst;
     p->mask.has_transform = p->mask.alibi != NULL || p->mask.add_mask != NULL;
     if (dt == ATTN_DTYPE_F32)
       materialize_f32(p, key_padding_mask);

@@ -64,8 +64,9 @@ attn_status attn_exact_execute(attn_plan *p, const attn_tensor *q, const attn_te
                                attn_tensor *lse) {
   attn_exact *im = p->impl;
   attn_mask_bind(&im->mask, &p->desc);
+  attn_status st = attn_mask_check(&im->mask, p->ctx);
+  if (st != ATTN_OK) return st;
   exact_args a = {p, q, k, v, out, weights, lse};
-  attn_status st;
   bool f32 = p->dtype == ATTN_DTYPE_F32;
   if (p->desc.score == ATTN_SCORE_ADDITIVE) {
     if (f32)
@@ -81,6 +82,21 @@ attn_status attn_exact_execute(attn_plan *p, const attn_tensor *q, const attn_te
 
 static const attn_plan_ops exact_ops = {"exact", attn_exact_execute, NULL, NULL, NULL};
 
+/* Weight matrices go to GEMM as (pointer, leading dimension): the last dim
+ * must be contiguous and rows must not overlap (BLAS rejects ld < row length,
+ * and OpenBLAS then prints and skips the product). */
+static attn_status check_weight_layout(attn_context *ctx, const char *name, const attn_tensor *w) {
+  if (w->strides[1] != 1)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "%s: last dim stride is %" PRId64 ", must be 1", name,
+                     w->strides[1]);
+  if (w->strides[0] < w->shape[1])
+    return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                     "%s: row stride %" PRId64 " is below the row length %" PRId64
+                     " (rows must not overlap)",
+                     name, w->strides[0], w->shape[1]);
+  return ATTN_OK;
+}
+
 static attn_status check_score_params(attn_plan *p) {
   attn_context *ctx = p->ctx;
   const attn_desc *d = &p->desc;
@@ -95,8 +111,7 @@ static attn_status check_score_params(attn_plan *p) {
       return attn_fail(ctx, ATTN_ERR_SHAPE,
                        "general_w: shape %s, expected [d_q, d_k] = [%" PRId64 ",%" PRId64 "]",
                        attn_shape_str(d->general_w, buf, sizeof buf), p->Dq, p->Dk);
-    if (d->general_w->strides[1] != 1)
-      return attn_fail(ctx, ATTN_ERR_LAYOUT, "general_w: last dim must be contiguous");
+    if ((st = check_weight_layout(ctx, "general_w", d->general_w)) != ATTN_OK) return st;
   }
   if (d->score == ATTN_SCORE_ADDITIVE) {
     if (d->add_wq == NULL)
@@ -114,8 +129,8 @@ static attn_status check_score_params(attn_plan *p) {
     if (d->add_wk->shape[1] != p->Dk)
       return attn_fail(ctx, ATTN_ERR_SHAPE, "w_k: shape %s, expected [A, d_k = %" PRId64 "]",
                        attn_shape_str(d->add_wk, buf, sizeof buf), p->Dk);
-    if (d->add_wq->strides[1] != 1 || d->add_wk->strides[1] != 1)
-      return attn_fail(ctx, ATTN_ERR_LAYOUT, "w_q/w_k: last dim must be contiguous");
+    if ((st = check_weight_layout(ctx, "w_q", d->add_wq)) != ATTN_OK) return st;
+    if ((st = check_weight_layout(ctx, "w_k", d->add_wk)) != ATTN_OK) return st;
   }
   return ATTN_OK;
 }
@@ -137,14 +152,17 @@ static attn_status exact_setup(attn_plan *p, attn_exact *im, int64_t bq, int64_t
   im->nqb = attn_cdiv64(p->Sq, im->bq);
   /* Slot: S [rq×bk], O [rq×Dv], m, l [rq], stacked Q [rq×Dq] (GQA), projected
    * queries [rq×Dk] (general) or [rq×A] (additive), Vz [bk×Dv], additive
-   * scratch [A], key ranges; rq = gs·bq rows; each part rounded to 16 elements. */
+   * scratch [kc×A], key ranges; rq = gs·bq rows; each part rounded to 16
+   * elements. kc: keys per tanh chunk, so kc·A ≤ 16384 elements (64 KiB in
+   * f32) stays in L2; at least 1, at most bk. */
   int64_t A = p->desc.score == ATTN_SCORE_ADDITIVE ? p->desc.add_wq->shape[0] : 0;
+  im->add_kc = A > 0 ? attn_max64(1, attn_min64(im->bk, 16384 / A)) : 0;
   im->qx_cols = p->desc.score == ATTN_SCORE_GENERAL ? p->Dk : A;
   int64_t rq = im->gs * im->bq;
   /* The key-range list (int64 pairs) is sized in elements of the dtype. */
   int64_t range_elems = 2 * im->mask.max_ranges * 8 / (int64_t)attn_dtype_size(p->dtype);
   int64_t parts[9] = {rq * im->bk, rq * p->Dv, rq, rq, im->gs > 1 ? rq * p->Dq : 0,
-                      rq * im->qx_cols, im->bk * p->Dv, A, range_elems};
+                      rq * im->qx_cols, im->bk * p->Dv, im->add_kc * A, range_elems};
   int64_t slot = 0;
   for (int i = 0; i < 9; i++) slot += (parts[i] + 15) / 16 * 16;
   im->slot_elems = (size_t)slot;

@@ -14,6 +14,7 @@ typedef struct attn_exact {
   int64_t qx_cols;     /* columns of the projected-query scratch (d_k or A, or 0) */
   size_t slot_elems;   /* per-thread workspace, in elements of the dtype */
   int64_t A;           /* additive score: attention dim (0 otherwise) */
+  int64_t add_kc;      /* additive: keys per tanh chunk (scratch kc × A per thread) */
   size_t kp_offset;    /* additive: element offset of K·W_kᵀ [B, Hkv, S_k, A] */
   size_t vb_offset;    /* additive: element offset of v [A] then bias [A] */
 } attn_exact;

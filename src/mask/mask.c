@@ -124,6 +124,20 @@ void attn_mask_set_longformer(attn_mask *m, bool causal, const int64_t *sorted, 
   m->max_ranges = attn_max64(m->max_ranges, n + 1); /* the band and each global key */
 }
 
+attn_status attn_mask_check(const attn_mask *m, attn_context *ctx) {
+  attn_status st;
+  if ((st = check_lengths(ctx, "key_lengths", m->key_len, m->B, m->B, m->Sk, "S_k")) != ATTN_OK)
+    return st;
+  if ((st = check_lengths(ctx, "query_lengths", m->query_len, m->B, m->B, m->Sq, "S_q")) != ATTN_OK)
+    return st;
+  if (m->alibi != NULL)
+    for (int64_t h = 0; h < m->H; h++)
+      if (!isfinite(m->alibi[h]))
+        return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "alibi: slopes[%" PRId64 "] = %g is not finite",
+                         h, m->alibi[h]);
+  return ATTN_OK;
+}
+
 /* Per-batch alignment: i' = i + offset_b. */
 static inline int64_t klen(const attn_mask *m, int64_t b) { return m->key_len ? m->key_len[b] : m->Sk; }
 static inline int64_t qlen(const attn_mask *m, int64_t b) { return m->query_len ? m->query_len[b] : m->Sq; }

@@ -79,6 +79,12 @@ void attn_mask_set_longformer(attn_mask *m, bool causal, const int64_t *sorted, 
 /* Re-read borrowed pointers (data may move between executes). */
 void attn_mask_bind(attn_mask *m, const attn_desc *desc);
 
+/* Re-check the borrowed arrays' contents after attn_mask_bind(): the caller
+ * may change lengths and slopes between executes, and a key length past S_k
+ * would make kernels read beyond K and V. Call before writing any output;
+ * ATTN_ERR_INVALID_ARG names the array. O(B + H). */
+attn_status attn_mask_check(const attn_mask *m, attn_context *ctx);
+
 /* Alignment offset of batch item b: aligned position i' = i + offset. */
 int64_t attn_mask_offset(const attn_mask *m, int64_t b);
 
