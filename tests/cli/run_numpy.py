@@ -38,21 +38,24 @@ def reference(q, k, v, causal=None, window=None, scale=None, softcap=None, alibi
     s = scale * np.einsum("bhid,bhjd->bhij", q, k)
     if softcap is not None:
         s = softcap * np.tanh(s / softcap)
-    i = np.arange(Sq)[:, None]
-    j = np.arange(Sk)[None, :]
-    ia = i + (Sk - Sq) if causal == "bottom-right" else i  # aligned query position
+    i = np.arange(Sq)[None, None, :, None]
+    j = np.arange(Sk)[None, None, None, :]
+    # aligned query position; bottom-right lines up the ends of the valid
+    # ranges: i' = i + key_len[b] - S_q (attn.h)
+    klen = np.asarray(key_lengths if key_lengths is not None else [Sk] * B)[:, None, None, None]
+    ia = i + (klen - Sq) if causal == "bottom-right" else i + 0 * klen
     if alibi is not None:
-        s = s - np.asarray(alibi)[None, :, None, None] * np.abs(ia - j)[None, None]
+        s = s - np.asarray(alibi)[None, :, None, None] * np.abs(ia - j)
     if add_mask is not None:
         s = s + np.broadcast_to(np.asarray(add_mask, np.float64), s.shape)
     keep = np.ones((B, H, Sq, Sk), dtype=bool)
     if causal is not None:
-        keep &= (j <= ia)[None, None]
+        keep &= j <= ia
     if window is not None:
         left, right = window
-        keep &= ((j >= ia - left) & (j <= ia + right))[None, None]
+        keep &= (j >= ia - left) & (j <= ia + right)
     if key_lengths is not None:
-        keep &= (j[None, None] < np.asarray(key_lengths)[:, None, None, None])
+        keep &= j < klen
     if bool_mask is not None:
         keep &= np.broadcast_to(np.asarray(bool_mask, bool), keep.shape)
     s = np.where(keep, s, -np.inf)
@@ -147,12 +150,14 @@ case("bottom_right_window_alibi", np.float64, q, k, v,
             "--alibi", "0.5,0.25,0.125"],
      causal="bottom-right", window=(6, np.inf), alibi=[0.5, 0.25, 0.125])
 
-# 2b. key lengths (padding) with top-left causal. (Bottom-right alignment with
-# key lengths is left out: the library aligns to each item's length, which
-# attn.h does not say yet.)
+# 2b. key lengths (padding) with top-left and with bottom-right causal (whose
+# offset then uses each item's key length)
 case("causal_key_lengths", np.float64, q, k, v,
      extra=["--causal", "top-left", "--key-lengths", "30,17"],
      causal="top-left", key_lengths=[30, 17])
+case("bottom_right_key_lengths", np.float64, q, k, v,
+     extra=["--causal", "bottom-right", "--key-lengths", "30,17", "--alibi", "0.5,0.25,0.125"],
+     causal="bottom-right", key_lengths=[30, 17], alibi=[0.5, 0.25, 0.125])
 
 # 3. rank-3 input [H,S,D], softcap and scale, symmetric window
 q, k, v = data(1, 2, 2, 40, 40, 32)
