@@ -3,10 +3,11 @@
 #   libattn0     component "runtime": lib/libattn.so.0 and libattn.so.0.x
 #   libattn-dev  component "dev":     headers, libattn.so link, libattn.a,
 #                                     attn.pc, the CMake package
+#   attn-tools   component "tools":   the attn command and attn-bench
 #
 # Configure with -DCMAKE_INSTALL_PREFIX=/usr so GNUInstallDirs picks Debian's
 # multiarch libdir (lib/x86_64-linux-gnu); the packages always install under
-# /usr. Components other than runtime/dev (none today) are not packaged.
+# /usr.
 # tests/bindings/deb_test.sh builds, installs and removes them.
 
 set(CPACK_PACKAGE_NAME "libattn")
@@ -19,7 +20,7 @@ set(CPACK_PACKAGING_INSTALL_PREFIX "/usr")
 set(CPACK_GENERATOR "DEB")
 set(CPACK_OUTPUT_FILE_PREFIX "${PROJECT_BINARY_DIR}/packages")
 
-set(CPACK_COMPONENTS_ALL runtime dev)
+set(CPACK_COMPONENTS_ALL runtime dev tools)
 set(CPACK_DEB_COMPONENT_INSTALL ON)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT) # libattn0_0.1.0_amd64.deb
 set(CPACK_DEBIAN_PACKAGE_RELEASE 1)
@@ -47,5 +48,15 @@ set(CPACK_DEBIAN_DEV_PACKAGE_SECTION "libdevel")
 # attn.pc has Requires.private: openblas, so pkg-config needs openblas.pc.
 set(CPACK_DEBIAN_DEV_PACKAGE_DEPENDS
     "libattn${ATTN_SOVERSION} (= ${_attn_debver}), libopenblas-dev")
+
+set(CPACK_DEBIAN_TOOLS_DESCRIPTION
+    "The attn command (a demo of every variant with pictures, benchmark sweeps\nwith plots, attention on .npy files) and attn-bench.")
+set(CPACK_DEBIAN_TOOLS_PACKAGE_NAME "attn-tools")
+set(CPACK_DEBIAN_TOOLS_PACKAGE_SECTION "science")
+# attn links libattn and libpng; attn-bench also links OpenBLAS directly.
+# gnuplot is used at run time for plots when present.
+set(CPACK_DEBIAN_TOOLS_PACKAGE_DEPENDS
+    "libattn${ATTN_SOVERSION} (= ${_attn_debver}), libpng16-16, libopenblas0, libc6 (>= 2.34)")
+set(CPACK_DEBIAN_TOOLS_PACKAGE_SUGGESTS "gnuplot-nox")
 
 include(CPack)

@@ -27,26 +27,34 @@ done
 echo "== build the packages (prefix /usr)"
 rm -rf "$work/build"
 cmake -S "$src" -B "$work/build" -DCMAKE_INSTALL_PREFIX=/usr -DCMAKE_BUILD_TYPE=Release \
-  -DBUILD_TESTING=OFF -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_BENCH=OFF -DATTN_BUILD_EXAMPLES=OFF \
-  -DATTN_BUILD_TOOLS=OFF >"$work/configure.log"
+  -DBUILD_TESTING=OFF -DATTN_BUILD_TESTS=OFF -DATTN_BUILD_BENCH=ON -DATTN_BUILD_EXAMPLES=OFF \
+  -DATTN_BUILD_TOOLS=ON >"$work/configure.log"
 cmake --build "$work/build" -j2 >"$work/build.log"
 (cd "$work/build" && cpack -G DEB >"$work/cpack.log")
 runtime=$(ls "$work"/build/packages/libattn0_*.deb)
 dev=$(ls "$work"/build/packages/libattn-dev_*.deb)
-for d in "$runtime" "$dev"; do
+tools=$(ls "$work"/build/packages/attn-tools_*.deb)
+for d in "$runtime" "$dev" "$tools"; do
   echo "--- $(basename "$d")"
   dpkg-deb -f "$d" Package Version Depends
   dpkg-deb -c "$d" | awk '{print $6, $7, $8}'
 done
 
 cleanup() {
-  dpkg --purge libattn-dev libattn0 >/dev/null 2>&1 || true
+  dpkg --purge attn-tools libattn-dev libattn0 >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
 echo "== dpkg -i"
-dpkg -i "$runtime" "$dev"
-dpkg -s libattn0 libattn-dev | grep -E '^(Package|Status|Version)'
+dpkg -i "$runtime" "$dev" "$tools"
+dpkg -s libattn0 libattn-dev attn-tools | grep -E '^(Package|Status|Version)'
+
+echo "== the attn command from /usr/bin"
+/usr/bin/attn --version
+(cd "$work" && /usr/bin/attn demo --quick --out "$work/demo" >"$work/demo.log") ||
+  { cat "$work/demo.log" >&2; exit 1; }
+ls "$work/demo"/*.png >/dev/null
+/usr/bin/attn-bench --list >/dev/null
 
 echo "== pkg-config consumer against /usr"
 unset PKG_CONFIG_PATH LD_LIBRARY_PATH || true
@@ -68,8 +76,8 @@ cmake --build "$work/consumer-build" >>"$work/consumer.log" 2>&1 ||
 
 echo "== dpkg --purge"
 trap - EXIT
-dpkg --purge libattn-dev libattn0
-if dpkg-query -W libattn0 >/dev/null 2>&1 ||
+dpkg --purge attn-tools libattn-dev libattn0
+if dpkg-query -W libattn0 >/dev/null 2>&1 || dpkg-query -W attn-tools >/dev/null 2>&1 ||
    pkg-config --exists attn; then
   echo "deb_test: packages still present after dpkg --purge" >&2
   exit 1
