@@ -17,15 +17,6 @@ typedef struct exact_case {
   bool want_w, want_lse;
 } exact_case;
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 /* Runs one case and checks it; returns the max error. */
 static double run_case(attn_context *ctx, const exact_case *c, uint64_t seed) {
   ref_problem p;
@@ -115,7 +106,7 @@ static double run_case(attn_context *ctx, const exact_case *c, uint64_t seed) {
 
 static void random_shapes_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   uint64_t seed = 0x9E3779B97F4A7C15ULL;
   static const int64_t S[] = {1, 2, 7, 33, 64, 129, 200, 600};
   static const int64_t D[] = {1, 3, 16, 64, 65, 128, 256};
@@ -146,7 +137,7 @@ static void random_shapes_match_reference(void **state) {
 
 static void tile_edges_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   /* Around the tile sizes (bq 128, bk 512/256): below, at, one past; S_q = 1; odd d. */
   static const int64_t S[] = {1, 127, 128, 129, 255, 257, 511, 513};
   for (int a = 0; a < 8; a++)
@@ -163,7 +154,7 @@ static void tile_edges_match_reference(void **state) {
 
 static void luong_general_matches_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   exact_case c = {2, 2, 2, 37, 70, 24, 24, 0, false, ATTN_DTYPE_F64, ATTN_SCORE_GENERAL, 0, true, true};
   run_case(ctx, &c, 5);
   c.dt = ATTN_DTYPE_F32;
@@ -176,7 +167,7 @@ static void luong_general_matches_reference(void **state) {
  * (ALiBi), weights and lse must still land on the right head. */
 static void gqa_groups_with_per_head_bias_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t B = 2, H = 6, Hkv = 2, Sq = 70, Sk = 300, D = 24, A = 16;
   for (int score = 0; score < 4; score++)
     for (int dt = 1; dt <= 2; dt++) {
@@ -244,7 +235,7 @@ static void gqa_groups_with_per_head_bias_match_reference(void **state) {
 /* Bottom-right causal with S_q > S_k: the first S_q − S_k rows keep nothing. */
 static void fully_masked_rows_give_zero_not_nan(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int dt = 1; dt <= 2; dt++) {
     exact_case c = {1, 2, 2, 300, 100, 32, 32, 2, false, (attn_dtype)dt, 0, 0, true, true};
     run_case(ctx, &c, 11); /* the reference says out 0, lse −inf, weights 0 there */
@@ -286,7 +277,7 @@ static void results_bitwise_identical_across_thread_counts(void **state) {
   size_t no = (size_t)(B * H * Sq * D), nl = (size_t)(B * H * Sq);
   for (int causal = 0; causal < 2; causal++)
     for (int32_t th = 1; th <= 4; th++) {
-      attn_context *ctx = ctx_threads(th);
+      attn_context *ctx = tu_context(th);
       attn_tensor *tq = tu_tensor4(ctx, ATTN_DTYPE_F32, q, B, H, Sq, D, false);
       attn_tensor *tk = tu_tensor4(ctx, ATTN_DTYPE_F32, k, B, H, Sk, D, false);
       attn_tensor *tv = tu_tensor4(ctx, ATTN_DTYPE_F32, v, B, H, Sk, D, false);
@@ -355,7 +346,7 @@ extern void openblas_set_num_threads(int);
 static void caller_blas_threads_restored(void **state) {
   (void)state;
   openblas_set_num_threads(2);
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   exact_case c = {1, 2, 2, 100, 100, 16, 16, 1, false, ATTN_DTYPE_F32, 0, 0, false, false};
   run_case(ctx, &c, 1);
   assert_int_equal(openblas_get_num_threads(), 2);

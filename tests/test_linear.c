@@ -11,15 +11,6 @@
 #include "approx/rng.h"
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 static double elu1(double x) { return x > 0 ? x + 1 : exp(x); }
 
 /* out_i = Σ_j w_ij v_j / Σ_j w_ij, w_ij = φ(q_i)·φ(k_j) over the keys ref_kept()
@@ -135,7 +126,7 @@ static void check_elu_case(attn_context *ctx, const lin_case *c, uint64_t seed) 
  * padding, GQA, both layouts, lengths around the chunk size. */
 static void elu_matches_explicit_definition(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t C = ATTN_LINEAR_CHUNK;
   const int64_t S[] = {1, 2, 7, C - 1, C, C + 1, 2 * C + 3, 3 * C - 5, 200};
   uint64_t seed = 12345;
@@ -234,7 +225,7 @@ static void ref_performer(const ref_problem *p, int64_t m, uint64_t fseed, const
  * padding, GQA, custom scale, m not a multiple of d, lengths around the chunk. */
 static void performer_matches_explicit_estimator(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t C = ATTN_LINEAR_CHUNK;
   uint64_t seed = 4242;
   const int64_t S[] = {1, C - 1, C + 1, 2 * C + 5, 150};
@@ -308,7 +299,7 @@ static double performer_error(attn_context *ctx, int64_t m, uint64_t fseed, int 
 /* FAVOR+ approximates softmax(q·k/√d) attention, better with more features. */
 static void performer_error_decreases_with_features(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   lin_case c = {1, 2, 2, 96, 96, 16, 16, 0, false, ATTN_DTYPE_F64, false, false};
   uint64_t seed = 777;
   size_t nq = (size_t)(c.B * c.H * c.Sq * c.D), no = nq;
@@ -479,7 +470,7 @@ static void redraw_is_deterministic_per_seed(void **state) {
  * item with no key gives 0 and never NaN (FAVOR+ too). */
 static void performer_gqa_and_padding(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t B = 2, H = 4, S = 77, D = 8;
   uint64_t seed = 8;
   double *q = tu_random((size_t)(B * H * S * D), &seed);
@@ -514,7 +505,7 @@ static void performer_gqa_and_padding(void **state) {
  * overflows, and the result stays a convex combination of values. */
 static void performer_stabilizer_keeps_large_inputs_finite(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   const int64_t S = 130, D = 16;
   uint64_t seed = 21;
   double *q = tu_random((size_t)(S * D), &seed), *k = tu_random((size_t)(S * D), &seed);
@@ -543,7 +534,7 @@ static void results_identical_across_thread_counts(void **state) {
   for (int variant = 0; variant < 2; variant++)
     for (int causal = 0; causal < 2; causal++)
       for (int32_t th = 1; th <= 3; th++) {
-        attn_context *ctx = ctx_threads(th);
+        attn_context *ctx = tu_context(th);
         attn_tensor *t = tu_tensor4(ctx, ATTN_DTYPE_F32, x, B, H, S, D, false);
         attn_tensor *to = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, B, H, S, D, false);
         attn_desc *d = performer_desc(ctx, 50, 6, causal);
@@ -613,7 +604,7 @@ static void expect_fail(attn_context *ctx, attn_status got, attn_status want, co
  * outputs untouched. */
 static void bad_input_is_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   const int64_t B = 1, H = 2, S = 10, D = 4;
   uint64_t seed = 4;
   double *x = tu_random((size_t)(B * H * S * D), &seed);

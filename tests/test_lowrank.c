@@ -8,15 +8,6 @@
 #include "approx/rng.h"
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 typedef struct lr_case {
   int64_t B, H, Hkv, Sq, Sk, D, Dv, k;
   bool per_head;   /* E, F [H_kv, k, S_k] instead of [k, S_k] */
@@ -173,7 +164,7 @@ static void check_case(attn_context *ctx, const lr_case *c, uint64_t seed, bool 
  * and per-head projections, GQA, padding, query lengths, lse, both layouts. */
 static void linformer_equals_exact_on_projected_kv(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   uint64_t seed = 2024;
   int n = 0;
   for (int it = 0; it < 24; it++) {
@@ -203,7 +194,7 @@ static void linformer_equals_exact_on_projected_kv(void **state) {
 /* k = S and E = F = I: Linformer is exact attention. */
 static void identity_projection_is_exact_attention(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int dt = 1; dt <= 2; dt++)
     for (int ph = 0; ph < 2; ph++) {
       lr_case c = {2, 4, 2, 70, 150, 16, 16, 150, ph == 1, ph == 0, (attn_dtype)dt, false, true, true,
@@ -221,7 +212,7 @@ static void identity_projection_is_exact_attention(void **state) {
  * through the reference; same seed → same bits, other seed → other output. */
 static void seeded_projections_follow_their_definition(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   lr_case c = {2, 2, 2, 40, 90, 8, 8, 20, false, false, ATTN_DTYPE_F64, true, false, false,
                ATTN_SCORE_SCALED_DOT};
   const uint64_t pseed = 31337;
@@ -324,7 +315,7 @@ static void results_identical_across_thread_counts(void **state) {
   double *x = tu_random(n, &seed);
   float *first = malloc(n * 4);
   for (int32_t th = 1; th <= 3; th++) {
-    attn_context *ctx = ctx_threads(th);
+    attn_context *ctx = tu_context(th);
     attn_tensor *t = tu_tensor4(ctx, ATTN_DTYPE_F32, x, B, H, S, D, false);
     attn_tensor *to = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, B, H, S, D, false);
     attn_desc *d = NULL;
@@ -357,7 +348,7 @@ static void expect_fail(attn_context *ctx, attn_status got, attn_status want, co
  * outputs untouched. */
 static void bad_input_is_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   const int64_t B = 1, H = 2, S = 10, D = 4, K = 3;
   uint64_t seed = 4;
   double *x = tu_random((size_t)(B * H * S * D), &seed);

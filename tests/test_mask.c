@@ -53,15 +53,6 @@ static void raw_free(raw_out *r) {
   memset(r, 0, sizeof *r);
 }
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 static size_t esize(attn_dtype dt) { return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_F32 ? 4 : 1; }
 
 /* ---- dense masks ------------------------------------------------------------- */
@@ -309,7 +300,7 @@ static const attn_dtype dtypes[2] = {ATTN_DTYPE_F32, ATTN_DTYPE_F64};
 
 static void causal_alignments_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t sizes[][2] = {{37, 37}, {37, 70}, {70, 37}, {130, 600}, {1, 45}};
   for (int t = 0; t < 2; t++)
     for (int s = 0; s < 5; s++)
@@ -324,7 +315,7 @@ static void causal_alignments_match_reference(void **state) {
 
 static void window_left_right_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t win[][2] = {{0, 0}, {3, -1}, {-1, 5}, {7, 2}, {20, 0}, {0, 9}, {1000, 1000}};
   for (int t = 0; t < 2; t++)
     for (int w = 0; w < 7; w++)
@@ -347,7 +338,7 @@ static void window_left_right_match_reference(void **state) {
 
 static void key_and_query_lengths_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[2] = {0, 61}, klen2[2] = {70, 1}, qlen[2] = {33, 0}, qlen2[2] = {1, 40};
   for (int t = 0; t < 2; t++) {
     mcase c = base_case(dtypes[t], 40, 70, 12);
@@ -368,7 +359,7 @@ static void key_and_query_lengths_match_reference(void **state) {
 
 static void bool_mask_true_means_attend(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     mcase c = base_case(dtypes[t], 45, 77, 16);
     c.bm = (dmask){.on = true, .p_keep = 0.6, .dead_row_every = 7};
@@ -407,7 +398,7 @@ static void bool_mask_true_means_attend(void **state) {
 
 static void additive_mask_matches_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     mcase c = base_case(dtypes[t], 45, 77, 16);
     c.am = (dmask){.on = true, .p_keep = 1.0, .neg = -INFINITY}; /* finite biases only */
@@ -422,7 +413,7 @@ static void additive_mask_matches_reference(void **state) {
 
 static void alibi_and_softcap_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const double odd[4] = {0.0, 1.5, -0.25, 0.01}; /* zero and negative slopes are legal */
   for (int t = 0; t < 2; t++) {
     mcase c = base_case(dtypes[t], 45, 300, 16);
@@ -448,7 +439,7 @@ static void alibi_and_softcap_match_reference(void **state) {
 
 static void combinations_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[2] = {55, 13}, qlen[2] = {29, 40};
   for (int t = 0; t < 2; t++) {
     /* causal + padding + ALiBi */
@@ -498,7 +489,7 @@ static void combinations_match_reference(void **state) {
 
 static void dense_masks_broadcast_over_batch_and_heads(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   /* dims of 1 (B, H, both) and stride 0 (B, H, both, and S_q: one
    * key-padding row shared by all queries, torch's [B,1,1,S_k] style). */
   static const struct { int bc; bool s0; } modes[] = {
@@ -530,7 +521,7 @@ static void dense_masks_broadcast_over_batch_and_heads(void **state) {
 
 static void minus_inf_and_minus_flt_max_are_bitwise_identical(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++)
     for (int variant = 0; variant < 3; variant++) {
       mcase c = base_case(dtypes[t], 50, 600, 16);
@@ -565,7 +556,7 @@ static void minus_inf_and_minus_flt_max_are_bitwise_identical(void **state) {
 
 static void nonfinite_in_masked_rows_never_reaches_output(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[2] = {37, 300}, klen_small[2] = {5, 1}, qlen[2] = {20, 3};
   for (int t = 0; t < 2; t++) {
     /* padding beyond key length (the tile past it is never visited, the one
@@ -611,7 +602,7 @@ static void nonfinite_in_masked_rows_never_reaches_output(void **state) {
 
 static void tile_edges_with_masks_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   /* Around the tiles of attn_exact_tiles() (bq 128 or 256 / 64, bk 512 / 256):
    * one below, at and past; the key length puts a partial tile mid-range. */
   static const int64_t S[][2] = {{127, 511}, {129, 513}, {128, 512}, {65, 257},
@@ -641,7 +632,7 @@ static void tile_edges_with_masks_match_reference(void **state) {
 
 static void random_combinations_match_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   uint64_t seed = 0xA5A5F00DULL;
   static const int64_t S[] = {1, 5, 31, 64, 129, 300};
   int n = 0;
@@ -693,7 +684,7 @@ static void masked_results_bitwise_identical_across_thread_counts(void **state) 
   static const int64_t klen[2] = {500, 230};
   raw_out first = {0};
   for (int32_t th = 1; th <= 3; th++) {
-    attn_context *ctx = ctx_threads(th);
+    attn_context *ctx = tu_context(th);
     mcase c = base_case(ATTN_DTYPE_F32, 300, 600, 16);
     c.causal = 2;
     c.key_len = klen;
@@ -815,7 +806,7 @@ static attn_tensor *mask_tensor(attn_context *ctx, attn_dtype dt, int64_t a, int
 
 static void mask_shape_not_broadcastable_is_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     small s;
     small_make(ctx, dtypes[t], &s);
@@ -851,7 +842,7 @@ static void mask_shape_not_broadcastable_is_rejected(void **state) {
 
 static void mask_dtypes_are_checked(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     small s;
     small_make(ctx, dtypes[t], &s);
@@ -880,7 +871,7 @@ static void mask_dtypes_are_checked(void **state) {
 
 static void bad_lengths_are_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     small s;
     small_make(ctx, dtypes[t], &s);
@@ -923,7 +914,7 @@ static void bad_lengths_are_rejected(void **state) {
 
 static void bad_window_alibi_softcap_are_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     small s;
     small_make(ctx, dtypes[t], &s);
@@ -961,7 +952,7 @@ static void bad_window_alibi_softcap_are_rejected(void **state) {
  * re-checks them (a key length past S_k would read beyond K and V). */
 static void lengths_and_slopes_changed_after_plan_are_rechecked(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     small s;
     small_make(ctx, dtypes[t], &s);

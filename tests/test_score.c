@@ -28,15 +28,6 @@ typedef struct scase {
   bool poison;         /* NaN/Inf in K/V rows past the key lengths */
 } scase;
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 static size_t esize(attn_dtype dt) { return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_F32 ? 4 : 1; }
 
 /* A rank-1/2 tensor holding src (dense C order) in dtype; with `pad`, rows
@@ -226,7 +217,7 @@ static const double slopes4[4] = {0.5, 0.25, 0.125, 0.0625};
 
 static void additive_score_matches_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int t = 0; t < 2; t++) {
     scase c = base(ATTN_SCORE_ADDITIVE, dtypes[t]);
     run_scase(ctx, &c, 1); /* d_q 12 ≠ d_k 20 ≠ d_v 9, GQA 4/2 */
@@ -259,7 +250,7 @@ static void additive_score_matches_reference(void **state) {
 
 static void additive_score_with_masks_matches_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[2] = {50, 9};
   for (int t = 0; t < 2; t++) {
     scase c = base(ATTN_SCORE_ADDITIVE, dtypes[t]);
@@ -280,7 +271,7 @@ static void additive_score_with_masks_matches_reference(void **state) {
 /* Query/key blocks past one tile: bq 128, bk 512 (d ≤ 64). */
 static void additive_score_across_tiles(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[1] = {1000};
   scase c = base(ATTN_SCORE_ADDITIVE, ATTN_DTYPE_F32);
   c.B = 1; c.H = 2; c.Hkv = 1; c.Sq = 130; c.Sk = 1030; c.A = 24;
@@ -299,7 +290,7 @@ static void additive_score_across_tiles(void **state) {
 
 static void general_score_matches_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   static const int64_t klen[2] = {61, 3};
   for (int t = 0; t < 2; t++) {
     scase c = base(ATTN_SCORE_GENERAL, dtypes[t]);
@@ -329,7 +320,7 @@ static void general_score_matches_reference(void **state) {
 /* The general score with W = I is the dot score: same result up to rounding. */
 static void general_with_identity_equals_dot(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   int64_t B = 1, H = 2, S = 40, D = 16;
   uint64_t seed = 9;
   double *q = tu_random((size_t)(B * H * S * D), &seed);
@@ -416,7 +407,7 @@ static attn_tensor *vec(attn_context *ctx, attn_dtype dt, int64_t n) {
 
 static void general_weight_bad_input(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   for (int t = 0; t < 2; t++) {
     attn_dtype dt = dtypes[t], other = dtypes[1 - t];
     small s;
@@ -464,7 +455,7 @@ static void general_weight_bad_input(void **state) {
 
 static void additive_weights_bad_input(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   for (int t = 0; t < 2; t++) {
     attn_dtype dt = dtypes[t], other = dtypes[1 - t];
     small s;

@@ -10,15 +10,6 @@
 #include "kernels/exact.h"
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 typedef struct run_opts {
   attn_dtype dt;
   bool bshd, want_w, want_lse;
@@ -131,7 +122,7 @@ static void longformer_case(attn_context *ctx, int64_t B, int64_t H, int64_t Hkv
 
 static void longformer_matches_dense_mask(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t g1[] = {0, 77, 78, 140, 301};   /* adjacent, scattered, last */
   const int64_t g2[] = {250, 3, 131};           /* unsorted */
   const int64_t klen[] = {302, 190};
@@ -242,7 +233,7 @@ static void blocksparse_case(attn_context *ctx, int64_t B, int64_t H, int64_t Sq
 
 static void blocksparse_matches_dense_mask(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   for (int causal = 0; causal < 3; causal++)
     for (int dt = 1; dt <= 2; dt++) {
       run_opts o = {(attn_dtype)dt, dt == 2, causal == 0, true, NULL};
@@ -260,7 +251,7 @@ static void blocksparse_matches_dense_mask(void **state) {
 /* The same contents read at execute: change the layout between executes of one plan. */
 static void blocksparse_layout_contents_read_at_execute(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   int64_t S = 96, D = 8, b = 32, n = 3;
   uint64_t seed = 3;
   double *x = tu_random((size_t)(S * D), &seed);
@@ -363,7 +354,7 @@ static uint8_t *bigbird_readback(attn_context *ctx, int64_t H, int64_t S, int64_
 
 static void bigbird_layout_follows_documented_prng(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const struct { int64_t H, S, b, w, g, r; uint64_t seed; } cs[] = {
       {2, 1000, 64, 1, 1, 3, 42}, {3, 333, 16, 2, 2, 5, 7}, {1, 100, 10, 0, 0, 4, 1},
       {2, 130, 64, 0, 1, 9, 99} /* more randoms than free blocks */};
@@ -396,7 +387,7 @@ static void bigbird_layout_follows_documented_prng(void **state) {
 
 static void bigbird_layout_reproducible_and_seed_dependent(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   size_t s1, s2, s3;
   uint8_t *a = bigbird_readback(ctx, 4, 2048, 64, 1, 1, 3, 1234, &s1);
   uint8_t *b = bigbird_readback(ctx, 4, 2048, 64, 1, 1, 3, 1234, &s2);
@@ -413,7 +404,7 @@ static void bigbird_layout_reproducible_and_seed_dependent(void **state) {
 
 static void bigbird_matches_dense_mask(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const struct { int64_t B, H, Hkv, Sq, Sk, D, b, w, g, r; int causal; } cs[] = {
       {1, 2, 2, 300, 300, 16, 32, 1, 1, 2, 0}, {2, 4, 2, 250, 250, 8, 24, 0, 2, 3, 1},
       {1, 2, 1, 170, 230, 16, 16, 2, 1, 1, 2}, {1, 1, 1, 500, 500, 32, 64, 1, 1, 2, 0},
@@ -558,7 +549,7 @@ static void expect_plan_fails(attn_context *ctx, attn_desc *d, attn_tensor *q, a
 
 static void bad_input_gives_documented_status(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   int64_t S = 100;
   attn_tensor *q = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 2, S, 8, false);
   attn_tensor *k2 = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 2, S + 5, 8, false);
@@ -656,7 +647,7 @@ static void bad_input_gives_documented_status(void **state) {
 /* Longformer's blocked form: a block is 1 iff some (i, j) in it is kept. */
 static void longformer_block_layout_covers_kept_pairs(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   int64_t S = 203, b = 16, nb = (S + b - 1) / b;
   const int64_t gidx[] = {40, 150, 151};
   uint8_t g[203] = {0};

@@ -9,15 +9,6 @@
 
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 typedef struct swin_case {
   int64_t B, H, Hkv, gh, gw, M, shift, Dk, Dv;
   bool bias, bshd, want_w;
@@ -155,7 +146,7 @@ static void run_swin(attn_context *ctx, const swin_case *c, uint64_t seed) {
 
 static void swin_matches_direct_reference(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   /* B, H, Hkv, gh, gw, M, shift, Dk, Dv */
   const int64_t shapes[][9] = {
       {1, 2, 2, 8, 8, 4, 0, 16, 16},  {1, 2, 2, 8, 8, 4, 2, 16, 16},
@@ -201,7 +192,7 @@ static bool swin_pred(void *user, int64_t b, int64_t h, int64_t i, int64_t j) {
 
 static void swin_matches_exact_with_window_mask(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(3);
+  attn_context *ctx = tu_context(3);
   const int64_t g[][4] = {{12, 12, 4, 2}, {10, 7, 3, 1}, {16, 9, 5, 2}, {6, 6, 6, 3}};
   for (int t = 0; t < 4; t++) {
     int64_t gh = g[t][0], gw = g[t][1], M = g[t][2], sh = g[t][3], S = gh * gw, D = 16, H = 2;
@@ -292,7 +283,7 @@ static void expect_fail(attn_context *ctx, attn_desc *d, attn_tensor *q, attn_te
 
 static void swin_bad_input_gives_documented_status(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   attn_tensor *q = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 2, 64, 8, false);
   attn_tensor *o = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 2, 64, 8, false);
   attn_desc *d;

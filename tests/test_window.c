@@ -10,15 +10,6 @@
 #include "kernels/exact.h"
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 typedef struct win_case {
   int64_t B, H, Hkv, Sq, Sk, D;
   int64_t left, right; /* −1 = unbounded */
@@ -98,7 +89,7 @@ static void run_window(attn_context *ctx, const win_case *c, uint64_t seed) {
 
 static void window_matches_reference_with_window_mask(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   /* Sizes off the tile grid (bq 128, bk 512/256); windows narrower and wider
    * than a tile; one-sided; S_q ≠ S_k for the bottom-right alignment. */
   const int64_t sizes[][2] = {{700, 700}, {333, 1001}, {1001, 333}, {129, 513}, {1, 777}};
@@ -129,7 +120,7 @@ static void window_matches_reference_with_window_mask(void **state) {
  * and far below S_q·S_k. */
 static void window_visits_only_the_band(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   const int64_t S = 20000, w = 256;
   int64_t shape[4] = {1, 1, S, 64};
   attn_tensor *t;

@@ -144,3 +144,12 @@ attn_context *tu_counting_context(tu_counter *c, int32_t threads) {
   if (attn_context_create(&o, &ctx) != ATTN_OK) return NULL;
   return ctx;
 }
+
+attn_context *tu_context(int32_t n) {
+  attn_context_options o;
+  attn_context_options_init(&o);
+  o.num_threads = n;
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
+  return ctx;
+}

@@ -34,6 +34,9 @@ void tu_read(const attn_tensor *t, double *dst);
 size_t tu_violations(const double *got, const double *ref, const double *bound, size_t n,
                      double rtol, double atol, double *max_err);
 
+/* A context with n threads (fails the test if it cannot be created). */
+attn_context *tu_context(int32_t n);
+
 /* Counting allocator: counts calls; fails the fail_at-th allocation (1-based,
  * 0 = never). Tracks outstanding bytes to detect leaks. */
 typedef struct tu_counter {

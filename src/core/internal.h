@@ -160,6 +160,11 @@ typedef struct attn_tmeta {
   int64_t strides[ATTN_MAX_RANK];
 } attn_tmeta;
 
+/* Record t's metadata (t may be NULL: not present); does it still match? A
+ * match also needs non-NULL data. */
+void attn_tmeta_record(attn_tmeta *m, const attn_tensor *t);
+bool attn_tmeta_matches(const attn_tmeta *m, const attn_tensor *t);
+
 struct attn_plan {
   attn_context *ctx;
   attn_desc desc; /* a copy; borrowed arrays/tensors stay the caller's */

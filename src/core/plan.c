@@ -9,25 +9,6 @@
 enum { META_Q, META_K, META_V, META_OUT, META_W, META_LSE };
 static const char *const meta_names[6] = {"q", "k", "v", "out", "weights", "lse"};
 
-static void record_meta(attn_tmeta *m, const attn_tensor *t) {
-  memset(m, 0, sizeof *m);
-  if (t == NULL) return;
-  m->present = true;
-  m->dtype = t->dtype;
-  m->rank = t->rank;
-  memcpy(m->shape, t->shape, sizeof m->shape);
-  memcpy(m->strides, t->strides, sizeof m->strides);
-}
-
-static bool meta_equal(const attn_tmeta *m, const attn_tensor *t) {
-  if (!m->present) return t == NULL;
-  if (t == NULL || t->data == NULL) return false;
-  if (t->dtype != m->dtype || t->rank != m->rank) return false;
-  for (int32_t i = 0; i < t->rank; i++)
-    if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
-  return true;
-}
-
 static attn_status expect_dims(attn_context *ctx, const char *name, const attn_tensor *t,
                                const int64_t *want, const char *what) {
   for (int32_t i = 0; i < t->rank; i++) {
@@ -125,12 +106,12 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   } else {
     p->scale = desc->score == ATTN_SCORE_SCALED_DOT ? 1.0 / sqrt((double)p->Dk) : 1.0;
   }
-  record_meta(&p->meta[META_Q], q);
-  record_meta(&p->meta[META_K], k);
-  record_meta(&p->meta[META_V], v);
-  record_meta(&p->meta[META_OUT], out);
-  record_meta(&p->meta[META_W], weights);
-  record_meta(&p->meta[META_LSE], lse);
+  attn_tmeta_record(&p->meta[META_Q], q);
+  attn_tmeta_record(&p->meta[META_K], k);
+  attn_tmeta_record(&p->meta[META_V], v);
+  attn_tmeta_record(&p->meta[META_OUT], out);
+  attn_tmeta_record(&p->meta[META_W], weights);
+  attn_tmeta_record(&p->meta[META_LSE], lse);
   return ATTN_OK;
 }
 
@@ -182,7 +163,7 @@ attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q, const attn_
   for (int i = 0; i < 6; i++) {
     if (i < 4 && ts[i] == NULL)
       return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", meta_names[i]);
-    if (!meta_equal(&plan->meta[i], ts[i])) {
+    if (!attn_tmeta_matches(&plan->meta[i], ts[i])) {
       if (!plan->meta[i].present)
         return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without %s; pass NULL",
                          meta_names[i], meta_names[i]);
@@ -197,6 +178,25 @@ attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q, const attn_
     }
   }
   return plan->ops->execute(plan, q, k, v, out, weights, lse);
+}
+
+void attn_tmeta_record(attn_tmeta *m, const attn_tensor *t) {
+  memset(m, 0, sizeof *m);
+  if (t == NULL) return;
+  m->present = true;
+  m->dtype = t->dtype;
+  m->rank = t->rank;
+  memcpy(m->shape, t->shape, sizeof m->shape);
+  memcpy(m->strides, t->strides, sizeof m->strides);
+}
+
+bool attn_tmeta_matches(const attn_tmeta *m, const attn_tensor *t) {
+  if (!m->present) return t == NULL;
+  if (t == NULL || t->data == NULL) return false;
+  if (t->dtype != m->dtype || t->rank != m->rank) return false;
+  for (int32_t i = 0; i < t->rank; i++)
+    if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
+  return true;
 }
 
 size_t attn_plan_workspace_size(const attn_plan *plan) {

@@ -292,24 +292,6 @@ static void project(attn_dtype dt, int64_t B, int64_t S, row_order order, const 
 
 /* ---- plan ---------------------------------------------------------------- */
 
-static void record_meta(attn_tmeta *m, const attn_tensor *t) {
-  memset(m, 0, sizeof *m);
-  if (t == NULL) return;
-  m->present = true;
-  m->dtype = t->dtype;
-  m->rank = t->rank;
-  memcpy(m->shape, t->shape, sizeof m->shape);
-  memcpy(m->strides, t->strides, sizeof m->strides);
-}
-
-static bool meta_equal(const attn_tmeta *m, const attn_tensor *t) {
-  if (!m->present) return t == NULL;
-  if (t == NULL || t->data == NULL) return false;
-  if (t->dtype != m->dtype || t->rank != m->rank) return false;
-  for (int32_t i = 0; i < t->rank; i++)
-    if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
-  return true;
-}
 
 /* A [B, S, F] operand given sequence-first or batch-first: dtype, rank,
  * shape, contiguous features, rows that do not overlap. */
@@ -560,12 +542,12 @@ static attn_status build(attn_mha_plan *p, const attn_desc *desc, const attn_ten
   if ((st = attn_plan_create(ctx, id, p->tq, p->tk, p->tv, p->to, aw, NULL, &p->aplan)) != ATTN_OK)
     return st;
 
-  record_meta(&p->meta[M_QUERY], query);
-  record_meta(&p->meta[M_KEY], key);
-  record_meta(&p->meta[M_VALUE], value);
-  record_meta(&p->meta[M_KPM], kpm);
-  record_meta(&p->meta[M_OUT], out);
-  record_meta(&p->meta[M_WEIGHTS], weights);
+  attn_tmeta_record(&p->meta[M_QUERY], query);
+  attn_tmeta_record(&p->meta[M_KEY], key);
+  attn_tmeta_record(&p->meta[M_VALUE], value);
+  attn_tmeta_record(&p->meta[M_KPM], kpm);
+  attn_tmeta_record(&p->meta[M_OUT], out);
+  attn_tmeta_record(&p->meta[M_WEIGHTS], weights);
   return ATTN_OK;
 }
 
@@ -649,7 +631,7 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
     bool required = i == M_QUERY || i == M_KEY || i == M_VALUE || i == M_OUT;
     if (required && ts[i] == NULL)
       return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", meta_names[i]);
-    if (meta_equal(&p->meta[i], ts[i])) continue;
+    if (attn_tmeta_matches(&p->meta[i], ts[i])) continue;
     if (!p->meta[i].present)
       return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without it; pass NULL",
                        meta_names[i]);
