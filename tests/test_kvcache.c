@@ -285,6 +285,9 @@ static void decode_steps_equal_full_causal_attention(void **state) {
   c.bshd = true;
   c.Dk = 48; c.Dv = 24; /* d_v ≠ d_k, strided q/out/k_new */
   run_seq(&c, 3);
+  c.Dk = 19; c.Dv = 7; c.H = 6; c.Hkv = 2; c.T[0] = 120; /* dims off the vector width */
+  c.step = 2;
+  run_seq(&c, 4);
 }
 
 static void gqa_decode_equals_reference(void **state) {

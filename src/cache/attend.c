@@ -22,6 +22,7 @@
 
 #include "blas/gemm.h"
 #include "cache/attend.h"
+#include "cache/attend_simd.h"
 #include "kernels/vmath.h"
 
 /* Bytes of partial states one wave may hold. */
@@ -48,7 +49,11 @@ void attn_kv_key_range(const struct attn_kvcache_plan *p, int64_t b, int64_t i0,
 #define MASK_APPLY attn_mask_apply_f32
 #define EXP expf
 #define LOG logf
+#define SIMD_SCORES attn_kv_scores_avx512
+#define SIMD_VALUES attn_kv_values_avx512
 #include "cache/attend_impl.inc"
+#undef SIMD_SCORES
+#undef SIMD_VALUES
 #undef T
 #undef SUFFIX
 #undef GEMM
@@ -271,6 +276,10 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   if (!size_workspace(&tmp, ctx->num_threads, &tmp.workspace_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "q: workspace size for %" PRId64 " heads × %" PRId64
                      " queries overflows", tmp.H, tmp.n);
+  /* Few stacked rows in f32: the hand-vectorised loops, if the CPU (and
+   * $ATTN_CPU, through the vector-math dispatch) allows AVX-512. */
+  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && tmp.R <= ATTN_KV_SIMD_ROWS &&
+             strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_kvcache_plan *p = attn_alloc(ctx, sizeof *p);
   void *ws = attn_alloc(ctx, tmp.workspace_bytes);

@@ -27,6 +27,7 @@ struct attn_kvcache_plan {
   double scale;
   attn_tmeta meta[3]; /* q, out, lse */
   bool split;
+  bool simd;     /* f32, R ≤ ATTN_KV_SIMD_ROWS, AVX-512: attend_simd.c loops */
   int64_t bq;    /* queries per task: n (split) or a block */
   int64_t R;     /* stacked rows per task: G · bq */
   int64_t bk;    /* key tile */
