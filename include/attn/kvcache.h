@@ -57,6 +57,16 @@ typedef enum attn_kvcache_mode {
   ATTN_KVCACHE_RING = 1    /**< the last capacity positions; older ones are overwritten */
 } attn_kvcache_mode;
 
+/** How K and V rows are stored. Values are ABI. */
+typedef enum attn_kvcache_storage {
+  ATTN_KVCACHE_STORE_NATIVE = 0, /**< in the cache's dtype */
+  ATTN_KVCACHE_STORE_BF16 = 1    /**< f32 caches only: bfloat16 (8-bit mantissa), half the
+                                      bytes to store and to read per decode step. Appends
+                                      round to nearest even, so every stored element is
+                                      within a relative 2^-9 of what was appended; the
+                                      attention itself runs in f32. */
+} attn_kvcache_storage;
+
 /** Options for attn_kvcache_create(). Always initialise with
  *  attn_kvcache_config_init(): the struct may grow at the end, and
  *  @c struct_size tells the library which fields the caller knows. */
@@ -71,6 +81,7 @@ typedef struct attn_kvcache_config {
   attn_kvcache_mode mode; /**< default ATTN_KVCACHE_LINEAR */
   int32_t grow;           /**< linear mode only: non-zero = appends past capacity
                                reallocate instead of failing (default 0) */
+  attn_kvcache_storage storage; /**< default ATTN_KVCACHE_STORE_NATIVE */
 } attn_kvcache_config;
 
 /** Fill @p cfg with the defaults above. NULL is a no-op. @since 0.1.0 */
@@ -82,8 +93,9 @@ ATTN_API void attn_kvcache_config_init(attn_kvcache_config *cfg);
  *  @param cfg  from attn_kvcache_config_init(), then filled in.
  *  @param out  receives the cache; untouched on failure.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (bad struct_size,
- *          non-positive dims, unknown mode, grow with ring mode),
- *          ATTN_ERR_DTYPE (not f32/f64), ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
+ *          non-positive dims, unknown mode or storage, grow with ring mode),
+ *          ATTN_ERR_DTYPE (not f32/f64; bf16 storage with f64),
+ *          ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
  *  @since 0.1.0 */
 ATTN_API attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
                                          attn_kvcache **out);
@@ -150,8 +162,9 @@ ATTN_API size_t attn_kvcache_memory_size(const attn_kvcache *cache);
  *  data. The views must not be written through; they show later appends and
  *  truncations, and become invalid when the cache grows or is destroyed.
  *  Destroy them with attn_tensor_destroy().
- *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_NO_MEMORY; on failure *k and
- *          *v are untouched. @since 0.1.0 */
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_NO_MEMORY, ATTN_ERR_UNSUPPORTED
+ *          (bf16 storage: attn_dtype has no bf16); on failure *k and *v are
+ *          untouched. @since 0.1.0 */
 ATTN_API attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor **v);
 
 /** Opaque attend plan: a descriptor bound to a cache and query shapes. */

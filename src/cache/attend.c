@@ -49,9 +49,11 @@ void attn_kv_key_range(const struct attn_kvcache_plan *p, int64_t b, int64_t i0,
 #define MASK_APPLY attn_mask_apply_f32
 #define EXP expf
 #define LOG logf
+#define BF16_ROWS 1
 #define SIMD_SCORES attn_kv_scores_avx512
 #define SIMD_VALUES attn_kv_values_avx512
 #include "cache/attend_impl.inc"
+#undef BF16_ROWS
 #undef SIMD_SCORES
 #undef SIMD_VALUES
 #undef T
@@ -114,6 +116,16 @@ static attn_status expect_shape(attn_context *ctx, const char *name, const attn_
                        attn_shape_str(t, buf, sizeof buf), what, (int)i, want[i]);
     }
   return ATTN_OK;
+}
+
+static void widen_bf16(const uint16_t *src, float *dst, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    union {
+      uint32_t u;
+      float f;
+    } x = {(uint32_t)src[i] << 16};
+    dst[i] = x.f;
+  }
 }
 
 static attn_status check_desc(attn_context *ctx, const attn_desc *d) {
@@ -190,15 +202,19 @@ static bool size_workspace(attn_kvcache_plan *p, int32_t threads, size_t *bytes)
   p->bq = p->split ? p->n : attn_max64(1, ATTN_KV_BLOCK_ROWS / p->G);
   p->bq = attn_min64(p->bq, p->n);
   p->bk = ATTN_KV_CHUNK;
-  int64_t R, parts[5], slot = 0, part = 0;
+  int64_t R, parts[7], slot = 0, part = 0;
   if (!attn_mul_ok(p->G, p->bq, &R)) return false;
   p->R = R;
   if (!attn_mul_ok(R, p->Dk, &parts[0]) || !attn_mul_ok(R, p->bk, &parts[1]) ||
       !attn_mul_ok(R, p->Dv, &parts[2]))
     return false;
   parts[3] = parts[4] = R;
-  for (int i = 0; i < 5; i++)
+  parts[5] = p->cache->bf16 ? p->bk * p->Dk : 0; /* bounded by the cache's own sizes */
+  parts[6] = p->cache->bf16 ? p->bk * p->Dv : 0;
+  for (int i = 0; i < 7; i++) {
+    if (i == 5) p->kvf_offset = (size_t)slot;
     if (!attn_add_ok(slot, (parts[i] + 15) / 16 * 16, &slot)) return false;
+  }
   for (int i = 2; i < 5; i++)
     if (!attn_add_ok(part, (parts[i] + 15) / 16 * 16, &part)) return false;
   int64_t total;
@@ -280,6 +296,8 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
    * $ATTN_CPU, through the vector-math dispatch) allows AVX-512. */
   tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && tmp.R <= ATTN_KV_SIMD_ROWS &&
              strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
+  const bool avx512 = strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
+  tmp.widen = avx512 ? attn_kv_widen_bf16_avx512 : widen_bf16;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_kvcache_plan *p = attn_alloc(ctx, sizeof *p);
   void *ws = attn_alloc(ctx, tmp.workspace_bytes);

@@ -32,7 +32,10 @@ struct attn_kvcache_plan {
   int64_t R;     /* stacked rows per task: G · bq */
   int64_t bk;    /* key tile */
   int64_t wave;  /* split: chunks per (b, kv head) whose partials fit at once */
-  size_t slot_elems;    /* per-thread scratch: Qs [R·Dk], S [R·bk], O [R·Dv], M, L [R] */
+  size_t slot_elems;    /* per-thread scratch: Qs [R·Dk], S [R·bk], O [R·Dv], M, L [R],
+                           bf16 storage: K, V tiles widened to f32 [bk·Dk], [bk·Dv] */
+  size_t kvf_offset;    /* elements from the slot's start to the widened K tile */
+  void (*widen)(const uint16_t *src, float *dst, int64_t n); /* bf16 → f32 */
   size_t part_elems;    /* one partial state: O [R·Dv], M [R], L [R] */
   size_t part_offset;   /* split: partials [B·Hkv·wave], then accumulators [B·Hkv] */
   size_t acc_offset;

@@ -142,6 +142,21 @@ AVX512 void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const 
   }
 }
 
+AVX512 void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(src + i)));
+    _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+  }
+  for (; i < n; i++) { /* masked 16-bit loads would need AVX-512BW */
+    union {
+      uint32_t u;
+      float f;
+    } x = {(uint32_t)src[i] << 16};
+    dst[i] = x.f;
+  }
+}
+
 bool attn_kv_simd_available(void) { return __builtin_cpu_supports("avx512f"); }
 
 #else
@@ -153,6 +168,9 @@ void attn_kv_scores_avx512(const float *Q, int64_t R, const float *K, int64_t nj
 void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const float *V, int64_t nj,
                            int64_t D, float *O) {
   (void)P; (void)R; (void)lds; (void)V; (void)nj; (void)D; (void)O;
+}
+void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n) {
+  (void)src; (void)dst; (void)n;
 }
 bool attn_kv_simd_available(void) { return false; }
 

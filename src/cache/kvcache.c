@@ -21,7 +21,7 @@ void attn_kvcache_config_init(attn_kvcache_config *cfg) {
 /* Bytes of one of K/V storage for `cap` rows of `d` elements; false on overflow. */
 static bool storage_bytes(const attn_kvcache *c, int64_t cap, int64_t d, size_t *bytes) {
   const int64_t dims[4] = {c->B, c->Hkv, cap, d};
-  return attn_bytes_ok(dims, 4, attn_dtype_size(c->dtype), bytes);
+  return attn_bytes_ok(dims, 4, c->es, bytes);
 }
 
 attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
@@ -30,8 +30,8 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   attn_clear_error(ctx);
   ATTN_CHECK_NULL(ctx, cfg);
   ATTN_CHECK_NULL(ctx, out);
-  /* v0.1 callers know every field up to `grow`. */
-  const size_t known = offsetof(attn_kvcache_config, grow) + sizeof cfg->grow;
+  /* v0.1 callers know every field up to `storage`. */
+  const size_t known = offsetof(attn_kvcache_config, storage) + sizeof cfg->storage;
   if (cfg->struct_size < known || cfg->struct_size > sizeof *cfg)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.struct_size: %zu is not a size this library knows (%zu); call "
@@ -63,6 +63,12 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   if (c.mode != ATTN_KVCACHE_LINEAR && c.mode != ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.mode: %d is not an attn_kvcache_mode",
                      (int)c.mode);
+  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.storage != ATTN_KVCACHE_STORE_BF16)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.storage: %d is not an attn_kvcache_storage",
+                     (int)c.storage);
+  if (c.storage == ATTN_KVCACHE_STORE_BF16 && c.dtype != ATTN_DTYPE_F32)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: bf16 storage needs dtype f32 (got %s)",
+                     attn_dtype_name(c.dtype));
   if (c.grow && c.mode == ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.grow: a ring cache has a fixed window and cannot grow");
@@ -71,6 +77,8 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   memset(&tmp, 0, sizeof tmp);
   tmp.ctx = ctx;
   tmp.dtype = c.dtype;
+  tmp.bf16 = c.storage == ATTN_KVCACHE_STORE_BF16;
+  tmp.es = tmp.bf16 ? 2 : attn_dtype_size(c.dtype);
   tmp.mode = c.mode;
   tmp.grow = c.grow != 0;
   tmp.B = c.batch;
@@ -138,12 +146,15 @@ static attn_status check_new(const attn_kvcache *c, const char *name, const attn
 static void copy_rows(const attn_kvcache *c, void *dst_base, int64_t d, const attn_tensor *src,
                       int64_t b, int64_t h, int64_t r0, int64_t nr, int64_t p) {
   const size_t es = attn_dtype_size(c->dtype);
-  char *dst = (char *)dst_base + (size_t)((b * c->Hkv + h) * c->cap * d) * es;
+  char *dst = (char *)dst_base + (size_t)((b * c->Hkv + h) * c->cap * d) * c->es;
   const char *s = (const char *)src->data;
   for (int64_t r = 0; r < nr; r++) {
-    char *row = dst + (size_t)(attn_kv_row(c, p + r) * d) * es;
+    char *row = dst + (size_t)(attn_kv_row(c, p + r) * d) * c->es;
     const char *srow = s + (size_t)attn_off4(src, b, h, r0 + r, 0) * es;
-    if (src->strides[3] == 1 || d == 1) {
+    if (c->bf16) {
+      const float *f = (const float *)(const void *)srow;
+      for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)row)[x] = attn_f32_to_bf16(f[x * src->strides[3]]);
+    } else if (src->strides[3] == 1 || d == 1) {
       memmove(row, srow, (size_t)d * es);
     } else if (es == 4) {
       for (int64_t x = 0; x < d; x++)
@@ -177,7 +188,7 @@ static attn_status grow_to(attn_kvcache *c, int64_t need) {
                      "k_new: cannot grow the cache to %" PRId64 " positions (%zu bytes)", new_cap,
                      kb + vb);
   }
-  const size_t es = attn_dtype_size(c->dtype);
+  const size_t es = c->es;
   for (int64_t b = 0; b < c->B; b++)
     for (int64_t h = 0; h < c->Hkv; h++) {
       size_t bh = (size_t)(b * c->Hkv + h);
@@ -293,6 +304,9 @@ attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor 
   attn_clear_error(ctx);
   ATTN_CHECK_NULL(ctx, k);
   ATTN_CHECK_NULL(ctx, v);
+  if (cache->bf16)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "cache: stores bf16, which attn_tensor cannot describe; no views");
   const int64_t ks[4] = {cache->B, cache->Hkv, cache->cap, cache->Dk};
   const int64_t vs[4] = {cache->B, cache->Hkv, cache->cap, cache->Dv};
   attn_tensor *tk = NULL, *tv = NULL;
