@@ -8,12 +8,13 @@
 /* Stacked rows up to which the plan uses these loops instead of GEMM. */
 #define ATTN_KV_SIMD_ROWS 8
 
-/* S[r][j] = alpha · Q[r]·K[j] for r < R, j < nj (Q [R×D], K [nj×D] rows contiguous). */
-void attn_kv_scores_avx512(const float *Q, int64_t R, const float *K, int64_t nj, int64_t D,
-                           float alpha, float *S, int64_t lds);
-/* O[r] += Σ_j P[r][j]·V[j] (P row stride lds, V [nj×D], O [R×D]). */
-void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const float *V, int64_t nj,
-                           int64_t D, float *O);
+/* S[r][j] = alpha · Q[r]·K[j] for r < R, j < nj (Q [R×D] f32, K [nj×D] rows
+ * contiguous, f32 or, with bf16, bfloat16). */
+void attn_kv_scores_avx512(const float *Q, int64_t R, const void *K, int64_t nj, int64_t D,
+                           float alpha, float *S, int64_t lds, bool bf16);
+/* O[r] += Σ_j P[r][j]·V[j] (P row stride lds, V [nj×D] f32 or bfloat16, O [R×D]). */
+void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const void *V, int64_t nj,
+                           int64_t D, float *O, bool bf16);
 /* dst[i] = src[i] as f32 (bfloat16 bits are the top half of an f32). */
 void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n);
 /* The CPU runs the loops above. */
