@@ -55,14 +55,6 @@ AVX512 static inline __m512 row16_mask(const void *row, int64_t x, __mmask16 m, 
   return _mm512_maskz_loadu_ps(m, (const float *)row + x);
 }
 
-/* Software prefetch of the rows PF keys ahead: a decode step streams K and V
- * once, and the hardware prefetchers alone keep too few lines in flight
- * (they stop at page boundaries). */
-#define PF_KEYS 16
-static inline void prefetch_bytes(const char *p, int64_t bytes) {
-  if (PF_KEYS) for (int64_t o = 0; o < bytes; o += 64) _mm_prefetch(p + o, _MM_HINT_T0);
-}
-
 /* Dot products of NR query rows with NK keys at once: NR·NK independent FMA
  * chains hide the FMA latency, and each K (and Q) vector load feeds several
  * of them. Lanes are reduced four dots at a time with hsum4. */
@@ -110,7 +102,6 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     float *S0 = S + r * lds, *S1 = S0 + lds, *S2 = S1 + lds, *S3 = S2 + lds;
     int64_t j = 0;
     for (; j + 2 <= nj; j += 2) {
-      if (r == 0) prefetch_bytes(K + (size_t)((j + PF_KEYS) * D) * es, 2 * D * (int64_t)es);
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 4, 2, BF);
       for (int k = 0; k < 2; k++) {
         _mm_storeu_ps(s, _mm_mul_ps(hsum4(acc[0][k], acc[1][k], acc[2][k], acc[3][k]), va));
@@ -134,7 +125,6 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     float *S0 = S + r * lds;
     int64_t j = 0;
     for (; j + 4 <= nj; j += 4) {
-      if (r == 0) prefetch_bytes(K + (size_t)((j + PF_KEYS) * D) * es, 4 * D * (int64_t)es);
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 1, 4, BF);
       _mm_storeu_ps(S0 + j, _mm_mul_ps(hsum4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]), va));
     }
@@ -173,7 +163,6 @@ AVX512 static inline __attribute__((always_inline)) void values_rows(
       for (int c = 0; c < NC; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], O + r * D + x0 + 16 * c);
     for (int64_t j = 0; j < nj; j++) {
       const char *v = (const char *)V + (size_t)(j * D) * es;
-      if (x0 == 0) prefetch_bytes(v + (size_t)(PF_KEYS * D) * es, D * (int64_t)es);
       __m512 vv[8];
       for (int c = 0; c < NC; c++)
         vv[c] = m[c] == (__mmask16)0xFFFF ? row16(v, x0 + 16 * c, BF)
