@@ -207,11 +207,16 @@ ATTN_API attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_de
  *               i ≥ n_b give out 0, lse −inf), or NULL for n each. Pass the
  *               counts given to attn_kvcache_append().
  *  q/out/lse must have the plan's dtype, shapes and strides (data pointers
- *  may differ). Allocates nothing. With one query per item (n = 1) the key
- *  range is split into fixed chunks of positions, spread over the context's
- *  threads, and the partial softmax states are merged in chunk order: the
- *  result is bitwise identical for any thread count. Uses OpenBLAS
- *  single-threaded inside (the caller's setting is restored).
+ *  may differ). Allocates nothing. Decode (n ≤ 16): the stored key range is
+ *  split into chunks at fixed multiples of 512 positions, spread over the
+ *  context's threads, and the partial softmax states (max, sum, output) are
+ *  merged in chunk order; each K/V row is read once for all H/H_kv query
+ *  heads that share it. Larger n: tasks are (query block, batch item, kv
+ *  head) walking their keys in order. Either way the result is bitwise
+ *  identical for any thread count. f32 with at most 8 stacked query rows
+ *  (H/H_kv · n) uses AVX-512 loops when the CPU has them (and $ATTN_CPU does
+ *  not lower the choice), otherwise OpenBLAS, which runs single-threaded
+ *  inside (the caller's setting is restored).
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH,
  *          ATTN_ERR_INVALID_ARG (query_counts), ATTN_ERR_THREAD; on failure
  *          out and lse are not written. @since 0.1.0 */
