@@ -1,0 +1,120 @@
+/* attn-bench case "decode": one new query per batch item (S_q = 1) against a
+ * KV cache holding S_k positions: B·H query heads, H_kv key/value heads
+ * (GQA when H_kv < H), head dim D. Memory-bound: the time is set by reading
+ * K and V once, so the case reports bytes = B·H_kv·S_k·2·D·sizeof(dtype)
+ * and the framework turns them into GB/s and a fraction of the measured read
+ * bandwidth. max_err is against the exact kernel on the same cache contents
+ * (a view of the cache), so every run also checks the decode path.
+ * For f32 the same step is timed with bf16 K/V storage too; extra reports
+ * its speed-up (half the bytes to read). */
+#include <stdio.h>
+
+#include "attn/attn.h"
+#include "bench.h"
+
+typedef struct decode_run {
+  attn_kvcache *cache;
+  attn_kvcache_plan *plan;
+  attn_desc *desc;
+  attn_tensor *q, *out;
+} decode_run;
+
+static int decode_once(void *arg) {
+  decode_run *d = arg;
+  return attn_kvcache_plan_execute(d->plan, d->q, d->out, NULL, NULL) == ATTN_OK ? 0 : 1;
+}
+
+static void decode_free(decode_run *d) {
+  attn_kvcache_plan_destroy(d->plan);
+  attn_desc_destroy(d->desc);
+  attn_tensor_destroy(d->out);
+  attn_kvcache_destroy(d->cache);
+}
+
+/* A cache of L positions filled from kn/vn (repeated), and a decode plan. */
+static int decode_setup(attn_context *ctx, const bench_opts *o, attn_kvcache_storage storage,
+                        const attn_tensor *kn, const attn_tensor *vn, attn_tensor *q,
+                        decode_run *d) {
+  const int64_t B = o->B, Hkv = o->Hkv > 0 ? o->Hkv : o->H, L = o->Sk, D = o->D;
+  const int64_t chunk = attn_tensor_dim(kn, 2);
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.batch = B;
+  cfg.heads_kv = Hkv;
+  cfg.capacity = L;
+  cfg.d_k = D;
+  cfg.dtype = o->dtype;
+  cfg.storage = storage;
+  d->q = q;
+  if (attn_kvcache_create(ctx, &cfg, &d->cache) != ATTN_OK) return 1;
+  int64_t counts[64];
+  if (B > 64) {
+    fprintf(stderr, "decode: --B up to 64\n");
+    return 1;
+  }
+  for (int64_t p = 0; p < L; p += chunk) {
+    for (int64_t b = 0; b < B; b++) counts[b] = L - p < chunk ? L - p : chunk;
+    if (attn_kvcache_append(d->cache, kn, vn, counts) != ATTN_OK) return 1;
+  }
+  d->out = bench_tensor(ctx, o->dtype, B, o->H, 1, D, 14);
+  if (d->out == NULL || attn_desc_create(ctx, &d->desc) != ATTN_OK ||
+      attn_desc_set_causal(d->desc, ATTN_CAUSAL_BOTTOM_RIGHT) != ATTN_OK ||
+      attn_kvcache_plan_create(d->cache, d->desc, q, d->out, NULL, &d->plan) != ATTN_OK)
+    return 1;
+  return 0;
+}
+
+int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r);
+
+int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
+  const int64_t B = o->B, H = o->H, Hkv = o->Hkv > 0 ? o->Hkv : o->H, L = o->Sk, D = o->D;
+  const size_t es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;
+  const int64_t chunk = L < 4096 ? L : 4096; /* staging rows per append */
+  int rc = 1;
+  decode_run f = {0}, h = {0};
+  attn_tensor *kn = bench_tensor(ctx, o->dtype, B, Hkv, chunk, D, 11);
+  attn_tensor *vn = bench_tensor(ctx, o->dtype, B, Hkv, chunk, D, 12);
+  attn_tensor *q = bench_tensor(ctx, o->dtype, B, H, 1, D, 13);
+  attn_tensor *want = bench_tensor(ctx, o->dtype, B, H, 1, D, 15);
+  attn_tensor *kv_k = NULL, *kv_v = NULL;
+  if (kn == NULL || vn == NULL || q == NULL || want == NULL) goto done;
+  if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_NATIVE, kn, vn, q, &f) != 0) goto done;
+  r->ms = bench_time_ms(decode_once, &f, o->reps);
+  r->bytes = (double)B * (double)Hkv * (double)L * 2.0 * (double)D * (double)es;
+  r->flops = 4.0 * (double)B * (double)H * (double)L * (double)D;
+
+  /* The newest query sees every stored key: plain attention over the views. */
+  if (attn_kvcache_view(f.cache, &kv_k, &kv_v) != ATTN_OK ||
+      bench_exact_into(ctx, false, q, kv_k, kv_v, want) != 0)
+    goto done;
+  r->has_err = true;
+  bench_rel_error(f.out, want, &r->max_err, &r->mean_err);
+  attn_tensor_destroy(kv_k); /* views go before their cache */
+  attn_tensor_destroy(kv_v);
+  kv_k = kv_v = NULL;
+
+  if (o->dtype == ATTN_DTYPE_F32) {
+    decode_free(&f); /* keep one cache in memory at a time */
+    f = (decode_run){0};
+    if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_BF16, kn, vn, q, &h) != 0) goto done;
+    double ms = bench_time_ms(decode_once, &h, o->reps);
+    double max_err, mean_err;
+    bench_rel_error(h.out, want, &max_err, &mean_err);
+    r->extra = r->ms / ms;
+    r->extra_name = "bf16_speedup";
+    fprintf(stderr, "decode: bf16 K/V storage %.3f ms, rel. error vs f32 exact max %.2e mean %.2e\n",
+            ms, max_err, mean_err);
+  }
+  rc = 0;
+done:
+  if (rc != 0) fprintf(stderr, "decode: %s\n", attn_context_last_error(ctx));
+  attn_tensor_destroy(kv_k);
+  attn_tensor_destroy(kv_v);
+  decode_free(&f);
+  decode_free(&h);
+  attn_tensor_destroy(kn);
+  attn_tensor_destroy(vn);
+  attn_tensor_destroy(q);
+  attn_tensor_destroy(want);
+  return rc;
+}

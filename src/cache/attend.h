@@ -1,0 +1,59 @@
+/* Attention of new queries against a KV cache: the plan's state, shared by
+ * attend.c and the kernel templates in attend_impl.inc. */
+#ifndef ATTN_KV_ATTEND_H
+#define ATTN_KV_ATTEND_H
+
+#include "cache/kvcache_internal.h"
+#include "mask/mask.h"
+
+/* Key positions per chunk of the split (decode) path and per tile of the
+ * blocked path. Chunks are aligned to absolute multiples of ATTN_KV_CHUNK,
+ * so their boundaries depend on nothing but the positions. */
+#define ATTN_KV_CHUNK 512
+/* Up to this many queries per item, a task holds all n queries of a head
+ * group and the key range is split into chunks (flash-decoding); beyond,
+ * tasks are query blocks that walk their keys in order (flash-attention). */
+#define ATTN_KV_SPLIT_MAX_N 16
+/* Stacked query rows (G heads × queries) per task of the blocked path. */
+#define ATTN_KV_BLOCK_ROWS 128
+
+struct attn_kvcache_plan {
+  attn_context *ctx;
+  attn_kvcache *cache;
+  attn_desc desc; /* copy; lengths are pointed at the cache's per execute */
+  attn_mask mask;
+  attn_dtype dtype;
+  int64_t B, H, Hkv, G, n, Dk, Dv;
+  double scale;
+  attn_tmeta meta[3]; /* q, out, lse */
+  bool split;
+  bool simd;     /* f32, R ≤ ATTN_KV_SIMD_ROWS, AVX-512: attend_simd.c loops */
+  int64_t bq;    /* queries per task: n (split) or a block */
+  int64_t R;     /* stacked rows per task: G · bq */
+  int64_t bk;    /* key tile */
+  int64_t wave;  /* split: chunks per (b, kv head) whose partials fit at once */
+  size_t slot_elems;    /* per-thread scratch: Qs [R·Dk], S [R·bk], O [R·Dv], M, L [R],
+                           bf16 storage: K, V tiles widened to f32 [bk·Dk], [bk·Dv] */
+  size_t kvf_offset;    /* elements from the slot's start to the widened K tile */
+  void (*widen)(const uint16_t *src, float *dst, int64_t n); /* bf16 → f32 */
+  size_t part_elems;    /* one partial state: O [R·Dv], M [R], L [R] */
+  size_t part_offset;   /* split: partials [B·Hkv·wave], then accumulators [B·Hkv] */
+  size_t acc_offset;
+  void *workspace;
+  size_t workspace_bytes;
+};
+
+typedef struct kv_args {
+  struct attn_kvcache_plan *plan;
+  const attn_tensor *q;
+  attn_tensor *out, *lse;
+  int64_t w;   /* split: current wave */
+  int64_t wn;  /* split: chunks in this wave */
+  bool last_wave;
+} kv_args;
+
+/* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */
+void attn_kv_key_range(const struct attn_kvcache_plan *p, int64_t b, int64_t i0, int64_t i1,
+                       int64_t *lo, int64_t *hi);
+
+#endif

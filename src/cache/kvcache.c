@@ -1,0 +1,322 @@
+/* The KV store: per batch item a run of absolute positions [first, len),
+ * rows in [B][H_kv][capacity][d] storage (ring mode: position p in row
+ * p mod capacity). Every mutating call validates everything first and only
+ * then writes, so a failing call leaves the cache as it was. */
+#include <inttypes.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "cache/kvcache_internal.h"
+
+void attn_kvcache_config_init(attn_kvcache_config *cfg) {
+  if (cfg == NULL) return;
+  memset(cfg, 0, sizeof *cfg);
+  cfg->struct_size = sizeof *cfg;
+  cfg->batch = 1;
+  cfg->heads_kv = 1;
+  cfg->dtype = ATTN_DTYPE_F32;
+  cfg->mode = ATTN_KVCACHE_LINEAR;
+}
+
+/* Bytes of one of K/V storage for `cap` rows of `d` elements; false on overflow. */
+static bool storage_bytes(const attn_kvcache *c, int64_t cap, int64_t d, size_t *bytes) {
+  const int64_t dims[4] = {c->B, c->Hkv, cap, d};
+  return attn_bytes_ok(dims, 4, c->es, bytes);
+}
+
+attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
+                                attn_kvcache **out) {
+  ATTN_CHECK_NULL(ctx, ctx);
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, cfg);
+  ATTN_CHECK_NULL(ctx, out);
+  /* v0.1 callers know every field up to `storage`. */
+  const size_t known = offsetof(attn_kvcache_config, storage) + sizeof cfg->storage;
+  if (cfg->struct_size < known || cfg->struct_size > sizeof *cfg)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.struct_size: %zu is not a size this library knows (%zu); call "
+                     "attn_kvcache_config_init()",
+                     cfg->struct_size, sizeof *cfg);
+  attn_kvcache_config c;
+  attn_kvcache_config_init(&c);
+  memcpy(&c, cfg, cfg->struct_size);
+  if (c.batch < 1)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.batch: %" PRId64 " must be >= 1", c.batch);
+  if (c.heads_kv < 1)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.heads_kv: %" PRId64 " must be >= 1",
+                     c.heads_kv);
+  if (c.capacity < 1)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.capacity: %" PRId64 " must be >= 1",
+                     c.capacity);
+  if (c.capacity > ATTN_KV_MAX_POSITION)
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW, "cfg.capacity: %" PRId64 " exceeds 2^60",
+                     c.capacity);
+  if (c.d_k < 1)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.d_k: %" PRId64 " must be >= 1", c.d_k);
+  if (c.d_v < 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.d_v: %" PRId64 " must be >= 1 (0 = d_k)",
+                     c.d_v);
+  if (c.d_v == 0) c.d_v = c.d_k;
+  if (c.dtype != ATTN_DTYPE_F32 && c.dtype != ATTN_DTYPE_F64)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.dtype: %s, expected f32 or f64",
+                     attn_dtype_name(c.dtype));
+  if (c.mode != ATTN_KVCACHE_LINEAR && c.mode != ATTN_KVCACHE_RING)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.mode: %d is not an attn_kvcache_mode",
+                     (int)c.mode);
+  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.storage != ATTN_KVCACHE_STORE_BF16)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.storage: %d is not an attn_kvcache_storage",
+                     (int)c.storage);
+  if (c.storage == ATTN_KVCACHE_STORE_BF16 && c.dtype != ATTN_DTYPE_F32)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: bf16 storage needs dtype f32 (got %s)",
+                     attn_dtype_name(c.dtype));
+  if (c.grow && c.mode == ATTN_KVCACHE_RING)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.grow: a ring cache has a fixed window and cannot grow");
+
+  attn_kvcache tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.ctx = ctx;
+  tmp.dtype = c.dtype;
+  tmp.bf16 = c.storage == ATTN_KVCACHE_STORE_BF16;
+  tmp.es = tmp.bf16 ? 2 : attn_dtype_size(c.dtype);
+  tmp.mode = c.mode;
+  tmp.grow = c.grow != 0;
+  tmp.B = c.batch;
+  tmp.Hkv = c.heads_kv;
+  tmp.Dk = c.d_k;
+  tmp.Dv = c.d_v;
+  tmp.cap = c.capacity;
+  int64_t two_b;
+  if (!storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
+      !storage_bytes(&tmp, tmp.cap, tmp.Dv, &tmp.v_bytes) || !attn_mul_ok(2, tmp.B, &two_b) ||
+      !attn_bytes_ok(&two_b, 1, sizeof(int64_t), &tmp.meta_bytes))
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                     "cfg: batch·heads_kv·capacity·d (%" PRId64 "·%" PRId64 "·%" PRId64
+                     "·%" PRId64 ") bytes overflow",
+                     tmp.B, tmp.Hkv, tmp.cap, attn_max64(tmp.Dk, tmp.Dv));
+
+  attn_kvcache *cache = attn_alloc(ctx, sizeof *cache);
+  int64_t *meta = attn_calloc(ctx, tmp.meta_bytes);
+  void *k = attn_calloc(ctx, tmp.k_bytes), *v = attn_calloc(ctx, tmp.v_bytes);
+  if (cache == NULL || meta == NULL || k == NULL || v == NULL) {
+    attn_free(ctx, v, tmp.v_bytes);
+    attn_free(ctx, k, tmp.k_bytes);
+    attn_free(ctx, meta, tmp.meta_bytes);
+    attn_free(ctx, cache, sizeof *cache);
+    return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_kvcache_create: cannot allocate %zu bytes",
+                     tmp.k_bytes + tmp.v_bytes);
+  }
+  *cache = tmp;
+  cache->k = k;
+  cache->v = v;
+  cache->len = meta;
+  cache->first = meta + tmp.B;
+  *out = cache;
+  return ATTN_OK;
+}
+
+void attn_kvcache_destroy(attn_kvcache *cache) {
+  if (cache == NULL) return;
+  attn_context *ctx = cache->ctx;
+  attn_free(ctx, cache->k, cache->k_bytes);
+  attn_free(ctx, cache->v, cache->v_bytes);
+  attn_free(ctx, cache->len, cache->meta_bytes);
+  attn_free(ctx, cache, sizeof *cache);
+}
+
+/* ---- append ------------------------------------------------------------------ */
+
+static attn_status check_new(const attn_kvcache *c, const char *name, const attn_tensor *t,
+                             int64_t d, int64_t n) {
+  attn_status st = attn_check_tensor(c->ctx, name, t, 4, c->dtype);
+  if (st != ATTN_OK) return st;
+  const int64_t want[4] = {c->B, c->Hkv, n < 0 ? t->shape[2] : n, d};
+  if (t->shape[0] != want[0] || t->shape[1] != want[1] || t->shape[2] != want[2] ||
+      t->shape[3] != want[3]) {
+    char buf[96];
+    return attn_fail(c->ctx, ATTN_ERR_SHAPE,
+                     "%s: shape %s, expected [B, H_kv, n, d] = [%" PRId64 ",%" PRId64 ",%" PRId64
+                     ",%" PRId64 "]",
+                     name, attn_shape_str(t, buf, sizeof buf), want[0], want[1], want[2], want[3]);
+  }
+  return ATTN_OK;
+}
+
+/* Copy rows [r0, r0 + nr) of src[b, h] to storage rows starting at position p. */
+static void copy_rows(const attn_kvcache *c, void *dst_base, int64_t d, const attn_tensor *src,
+                      int64_t b, int64_t h, int64_t r0, int64_t nr, int64_t p) {
+  const size_t es = attn_dtype_size(c->dtype);
+  char *dst = (char *)dst_base + (size_t)((b * c->Hkv + h) * c->cap * d) * c->es;
+  const char *s = (const char *)src->data;
+  for (int64_t r = 0; r < nr; r++) {
+    char *row = dst + (size_t)(attn_kv_row(c, p + r) * d) * c->es;
+    const char *srow = s + (size_t)attn_off4(src, b, h, r0 + r, 0) * es;
+    if (c->bf16) {
+      const float *f = (const float *)(const void *)srow;
+      for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)row)[x] = attn_f32_to_bf16(f[x * src->strides[3]]);
+    } else if (src->strides[3] == 1 || d == 1) {
+      memmove(row, srow, (size_t)d * es);
+    } else if (es == 4) {
+      for (int64_t x = 0; x < d; x++)
+        ((float *)(void *)row)[x] = ((const float *)(const void *)srow)[x * src->strides[3]];
+    } else {
+      for (int64_t x = 0; x < d; x++)
+        ((double *)(void *)row)[x] = ((const double *)(const void *)srow)[x * src->strides[3]];
+    }
+  }
+}
+
+/* Linear mode with growth: reallocate K and V to at least `need` rows,
+ * keeping rows [0, len_b). */
+static attn_status grow_to(attn_kvcache *c, int64_t need) {
+  attn_context *ctx = c->ctx;
+  int64_t cap = c->cap;
+  int64_t doubled = cap <= ATTN_KV_MAX_POSITION / 2 ? 2 * cap : ATTN_KV_MAX_POSITION;
+  int64_t new_cap = need > doubled ? need : doubled;
+  size_t kb, vb;
+  if (!storage_bytes(c, new_cap, c->Dk, &kb) || !storage_bytes(c, new_cap, c->Dv, &vb)) {
+    new_cap = need; /* doubling overflows: try exactly what is needed */
+    if (!storage_bytes(c, new_cap, c->Dk, &kb) || !storage_bytes(c, new_cap, c->Dv, &vb))
+      return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                       "k_new: growing the cache to %" PRId64 " positions overflows", need);
+  }
+  char *k = attn_alloc(ctx, kb), *v = attn_alloc(ctx, vb);
+  if (k == NULL || v == NULL) {
+    attn_free(ctx, k, kb);
+    attn_free(ctx, v, vb);
+    return attn_fail(ctx, ATTN_ERR_NO_MEMORY,
+                     "k_new: cannot grow the cache to %" PRId64 " positions (%zu bytes)", new_cap,
+                     kb + vb);
+  }
+  const size_t es = c->es;
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t h = 0; h < c->Hkv; h++) {
+      size_t bh = (size_t)(b * c->Hkv + h);
+      memcpy(k + bh * (size_t)(new_cap * c->Dk) * es,
+             (const char *)c->k + bh * (size_t)(cap * c->Dk) * es,
+             (size_t)(c->len[b] * c->Dk) * es);
+      memcpy(v + bh * (size_t)(new_cap * c->Dv) * es,
+             (const char *)c->v + bh * (size_t)(cap * c->Dv) * es,
+             (size_t)(c->len[b] * c->Dv) * es);
+    }
+  attn_free(ctx, c->k, c->k_bytes);
+  attn_free(ctx, c->v, c->v_bytes);
+  c->k = k;
+  c->v = v;
+  c->k_bytes = kb;
+  c->v_bytes = vb;
+  c->cap = new_cap;
+  return ATTN_OK;
+}
+
+attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor *k_new,
+                                const attn_tensor *v_new, const int64_t *counts) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, k_new);
+  ATTN_CHECK_NULL(ctx, v_new);
+  attn_status st;
+  if ((st = check_new(cache, "k_new", k_new, cache->Dk, -1)) != ATTN_OK) return st;
+  const int64_t n = k_new->shape[2];
+  if ((st = check_new(cache, "v_new", v_new, cache->Dv, n)) != ATTN_OK) return st;
+
+  /* Every length after the append, checked before anything is written. */
+  int64_t need = 0;
+  for (int64_t b = 0; b < cache->B; b++) {
+    int64_t nb = counts ? counts[b] : n, end;
+    if (nb < 0 || nb > n)
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "counts[%" PRId64 "]: %" PRId64 " is outside [0, n = %" PRId64 "]", b, nb, n);
+    if (!attn_add_ok(cache->len[b], nb, &end) || end > ATTN_KV_MAX_POSITION)
+      return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                       "counts[%" PRId64 "]: position %" PRId64 " + %" PRId64 " exceeds 2^60", b,
+                       cache->len[b], nb);
+    if (cache->mode == ATTN_KVCACHE_LINEAR && end > cache->cap && !cache->grow)
+      return attn_fail(ctx, ATTN_ERR_CAPACITY,
+                       "k_new: batch item %" PRId64 " holds %" PRId64 " of %" PRId64
+                       " positions; %" PRId64 " more do not fit (linear cache without growth)",
+                       b, cache->len[b], cache->cap, nb);
+    need = attn_max64(need, end);
+  }
+  if (cache->mode == ATTN_KVCACHE_LINEAR && need > cache->cap &&
+      (st = grow_to(cache, need)) != ATTN_OK)
+    return st;
+
+  for (int64_t b = 0; b < cache->B; b++) {
+    int64_t nb = counts ? counts[b] : n;
+    if (nb == 0) continue;
+    /* Ring: of more rows than fit, only the last cap are stored. */
+    int64_t skip = nb > cache->cap ? nb - cache->cap : 0;
+    int64_t p = cache->len[b] + skip;
+    for (int64_t h = 0; h < cache->Hkv; h++) {
+      copy_rows(cache, cache->k, cache->Dk, k_new, b, h, skip, nb - skip, p);
+      copy_rows(cache, cache->v, cache->Dv, v_new, b, h, skip, nb - skip, p);
+    }
+    cache->len[b] += nb;
+    if (cache->mode == ATTN_KVCACHE_RING)
+      cache->first[b] = attn_max64(cache->first[b], cache->len[b] - cache->cap);
+  }
+  return ATTN_OK;
+}
+
+/* ---- rollback and queries ------------------------------------------------------ */
+
+attn_status attn_kvcache_truncate(attn_kvcache *cache, const int64_t *lengths) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, lengths);
+  for (int64_t b = 0; b < cache->B; b++) {
+    if (lengths[b] < 0 || lengths[b] > cache->len[b])
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "lengths[%" PRId64 "]: %" PRId64 " is outside [0, current length %" PRId64
+                       "] (truncate only shortens)",
+                       b, lengths[b], cache->len[b]);
+    if (lengths[b] < cache->first[b])
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "lengths[%" PRId64 "]: %" PRId64 " is below the oldest stored position %"
+                       PRId64 " (the ring cache has overwritten older rows)",
+                       b, lengths[b], cache->first[b]);
+  }
+  for (int64_t b = 0; b < cache->B; b++) cache->len[b] = lengths[b];
+  return ATTN_OK;
+}
+
+int64_t attn_kvcache_length(const attn_kvcache *cache, int64_t b) {
+  return (cache && b >= 0 && b < cache->B) ? cache->len[b] : -1;
+}
+
+int64_t attn_kvcache_first(const attn_kvcache *cache, int64_t b) {
+  return (cache && b >= 0 && b < cache->B) ? cache->first[b] : -1;
+}
+
+int64_t attn_kvcache_capacity(const attn_kvcache *cache) { return cache ? cache->cap : 0; }
+
+size_t attn_kvcache_memory_size(const attn_kvcache *cache) {
+  if (cache == NULL) return 0;
+  return cache->k_bytes + cache->v_bytes + cache->meta_bytes + sizeof *cache;
+}
+
+attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor **v) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, k);
+  ATTN_CHECK_NULL(ctx, v);
+  if (cache->bf16)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "cache: stores bf16, which attn_tensor cannot describe; no views");
+  const int64_t ks[4] = {cache->B, cache->Hkv, cache->cap, cache->Dk};
+  const int64_t vs[4] = {cache->B, cache->Hkv, cache->cap, cache->Dv};
+  attn_tensor *tk = NULL, *tv = NULL;
+  attn_status st = attn_tensor_wrap(ctx, cache->dtype, 4, ks, NULL, cache->k, &tk);
+  if (st != ATTN_OK) return st;
+  if ((st = attn_tensor_wrap(ctx, cache->dtype, 4, vs, NULL, cache->v, &tv)) != ATTN_OK) {
+    attn_tensor_destroy(tk);
+    return st;
+  }
+  *k = tk;
+  *v = tv;
+  return ATTN_OK;
+}
