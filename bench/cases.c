@@ -25,9 +25,13 @@ static const bench_case linear_elu_case = {"linear_elu", bench_case_linear_elu, 
 static const bench_case performer_case = {"performer", bench_case_performer, "Performer FAVOR+, m = --features (default 256)"};
 static const bench_case linformer_case = {"linformer", bench_case_linformer, "Linformer, k = --rank (default 256, capped at S_k), segment-mean E = F"};
 
+/* case_decode.c */
+int bench_case_decode(attn_context *, const bench_opts *, bench_result *);
+static const bench_case decode_case = {"decode", bench_case_decode, "S_q = 1 vs a KV cache of S_k keys: GB/s of K/V read (extra: bf16-storage speed-up)"};
+
 const bench_case *const bench_cases[] = {
     &bench_case_sdpa,  &bench_case_naive, &bench_case_masked, &bench_case_additive,
-    &bench_case_mha,   &window_case,
+    &bench_case_mha,   &decode_case,      &window_case,
     &swin_case,        &longformer_case,  &bigbird_case,   &blocksparse_case,
     &linear_elu_case,  &performer_case,   &linformer_case,
 };

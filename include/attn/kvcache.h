@@ -90,6 +90,7 @@ ATTN_API void attn_kvcache_config_init(attn_kvcache_config *cfg);
 /** Create an empty cache (every length 0). Storage for
  *  B·H_kv·capacity·(d_k + d_v) elements is allocated now, 64-byte aligned,
  *  through @p ctx's allocator (contents are zero until written).
+ *  @param ctx  context (allocator, threads, errors); must outlive the cache.
  *  @param cfg  from attn_kvcache_config_init(), then filled in.
  *  @param out  receives the cache; untouched on failure.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (bad struct_size,
@@ -106,6 +107,7 @@ ATTN_API void attn_kvcache_destroy(attn_kvcache *cache);
 
 /** Append new positions: for each batch item b, rows 0..n_b−1 of
  *  k_new[b] / v_new[b] become positions len_b .. len_b + n_b − 1.
+ *  @param cache   the cache to append to.
  *  @param k_new   [B, H_kv, n, d_k], the cache's dtype, any non-negative
  *                 strides (e.g. [B, n, H_kv, d] memory seen through strides).
  *                 Copied; the caller keeps it.
@@ -129,6 +131,7 @@ ATTN_API attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor 
  *  rows are not cleared. Ring mode: lengths[b] must be ≥ the oldest stored
  *  position (attn_kvcache_first()); evicted rows do not come back.
  *  Truncating every item to 0 resets the cache.
+ *  @param cache   the cache to roll back.
  *  @param lengths [B] new lengths. Borrowed for the call only.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (a length beyond
  *          the current one, negative, or below the oldest stored position);
@@ -179,6 +182,7 @@ typedef struct attn_kvcache_plan attn_kvcache_plan;
  *  s −= slope_h·|t − p|; out = softmax-weighted sum of v_p, lse = log Σ e^s.
  *  A query that keeps no key gives out 0, lse −inf.
  *
+ *  @param cache the cache the plan reads (must outlive the plan).
  *  @param desc  variant ATTN_VARIANT_EXACT; score ATTN_SCORE_SCALED_DOT
  *               (scale default 1/√d_k) or ATTN_SCORE_DOT (default 1); causal
  *               ATTN_CAUSAL_BOTTOM_RIGHT (the usual decoder) or ATTN_CAUSAL_NONE
@@ -192,6 +196,7 @@ typedef struct attn_kvcache_plan attn_kvcache_plan;
  *               or a speculative batch. Only its metadata is used here.
  *  @param out   [B, H, n, d_v], last dim contiguous.
  *  @param lse   optional [B, H, n].
+ *  @param plan  receives the plan; untouched on failure.
  *  All workspace is allocated now; execute allocates nothing, also after the
  *  cache grows. The plan borrows @p cache (destroy the plan first).
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_SHAPE, ATTN_ERR_DTYPE,
@@ -203,6 +208,10 @@ ATTN_API attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_de
 
 /** Attend: out (and lse) for the queries, against the cache's current
  *  contents. Usually called right after appending the same step's keys.
+ *  @param plan  from attn_kvcache_plan_create().
+ *  @param q     the plan's q shape, dtype and strides (data may differ).
+ *  @param out   the plan's out shape; written only on success.
+ *  @param lse   non-NULL exactly when the plan was created with lse.
  *  @param query_counts [B] queries per batch item (n_b, each 0..n; rows
  *               i ≥ n_b give out 0, lse −inf), or NULL for n each. Pass the
  *               counts given to attn_kvcache_append().
