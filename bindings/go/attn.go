@@ -21,12 +21,17 @@
 //     at a static placeholder before returning: no copy, no allocation, and
 //     C holds no Go pointer afterwards. Each slice is a separate argument (a
 //     Go array of pointers may not be passed to C).
+//
 //   - Tensor is memory allocated by libattn (C memory). Its Float32/Float64/
 //     Bytes views are Go slices over C memory, so masks, weights and reusable
 //     buffers can be held by descriptors and plans as long as needed.
+//
 //   - Arrays given to descriptor setters (key lengths, ALiBi slopes, global
 //     tokens) are copied into C memory owned by the descriptor, freed when the
 //     descriptor and every plan made from it are closed.
+//
+//   - Mha weights are Tensors (C memory): the layer borrows them for its
+//     whole life. MhaPlan execution takes Go slices like Plan.Execute.
 //
 // Every object has Close() and a finalizer as a safety net; runtime.KeepAlive
 // keeps an object alive across the C calls that use its handle. Objects made
@@ -57,6 +62,35 @@ static attn_status attn_go_execute(attn_plan *plan, attn_tensor *tq, attn_tensor
   if (st == ATTN_OK) st = attn_plan_execute(plan, tq, tk, tv, to, tw, tl);
   for (int i = 0; i < 6; i++)
     if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
+// Run an MHA plan on caller memory for the duration of this one call
+// (query, key, value, key_padding_mask, out, weights; NULL handles skipped).
+static attn_status attn_go_mha_execute(attn_mha_plan *plan, attn_tensor *tq, attn_tensor *tk,
+                                       attn_tensor *tv, attn_tensor *tm, attn_tensor *to,
+                                       attn_tensor *tw, void *q, void *k, void *v, void *m,
+                                       void *o, void *w) {
+  attn_tensor *ts[6] = {tq, tk, tv, tm, to, tw};
+  void *ps[6] = {q, k, v, m, o, w};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 6 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_mha_plan_execute(plan, tq, tk, tv, tm, to, tw);
+  for (int i = 0; i < 6; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
+// attn_heads_split (merge = 0) or attn_heads_merge (merge = 1) on caller
+// memory for the duration of this one call.
+static attn_status attn_go_heads_copy(int merge, attn_context *ctx, attn_tensor *tx,
+                                      attn_tensor *to, void *x, void *o) {
+  attn_status st = attn_tensor_set_data(tx, x);
+  if (st == ATTN_OK) st = attn_tensor_set_data(to, o);
+  if (st == ATTN_OK) st = merge ? attn_heads_merge(ctx, tx, to) : attn_heads_split(ctx, tx, to);
+  attn_tensor_set_data(tx, attn_go_placeholder_);
+  attn_tensor_set_data(to, attn_go_placeholder_);
   return st;
 }
 */
@@ -788,3 +822,409 @@ func AttentionStats[T Float](desc *Desc, dims Dims, q, k, v, out, weights, lse [
 	defer pl.Close()
 	return Execute(pl, q, k, v, out, weights, lse)
 }
+
+// ---------------------------------------------------------------------------
+// Multi-head attention (heads.h)
+
+// layoutOf reads a C tensor's shape and strides.
+func layoutOf(t *C.attn_tensor) Layout {
+	rank := int(C.attn_tensor_rank(t))
+	l := Layout{Shape: make([]int64, rank), Strides: make([]int64, rank)}
+	for a := 0; a < rank; a++ {
+		l.Shape[a] = int64(C.attn_tensor_dim(t, C.int32_t(a)))
+		l.Strides[a] = int64(C.attn_tensor_stride(t, C.int32_t(a)))
+	}
+	return l
+}
+
+func viewCall(ctx *Context, dtype DType, x Layout, fn string, call func(*C.attn_tensor, **C.attn_tensor) C.attn_status) (Layout, error) {
+	h, err := wrap(ctx, dtype, x, C.attn_go_placeholder(), "x")
+	if err != nil {
+		return Layout{}, err
+	}
+	defer h.destroy()
+	var v *C.attn_tensor
+	st := call(h.p, &v)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, fn); err != nil {
+		return Layout{}, err
+	}
+	defer C.attn_tensor_destroy(v)
+	return layoutOf(v), nil
+}
+
+// HeadsSplitView (attn_heads_split_view) is the layout under which memory
+// laid out as x ([B, S, H·D], last dim contiguous) reads as [B, H, S, D]: the
+// same slice or Tensor, no copy. Use it as a q/k/v layout in NewPlanLayouts.
+func HeadsSplitView(ctx *Context, dtype DType, x Layout, numHeads int64) (Layout, error) {
+	return viewCall(ctx, dtype, x, "attn_heads_split_view", func(t *C.attn_tensor, out **C.attn_tensor) C.attn_status {
+		return C.attn_heads_split_view(ctx.p, t, C.int64_t(numHeads), out)
+	})
+}
+
+// HeadsMergeView (attn_heads_merge_view) is the layout under which x
+// ([B, H, S, D], heads of a row side by side) reads as [B, S, H·D];
+// StatusLayout otherwise (copy with HeadsMerge).
+func HeadsMergeView(ctx *Context, dtype DType, x Layout) (Layout, error) {
+	return viewCall(ctx, dtype, x, "attn_heads_merge_view", func(t *C.attn_tensor, out **C.attn_tensor) C.attn_status {
+		return C.attn_heads_merge_view(ctx.p, t, out)
+	})
+}
+
+func headsCopy[T Float](merge int, fn string, ctx *Context, x []T, xl Layout, out []T, ol Layout) error {
+	dt := dtypeOf[T]()
+	hx, err := wrap(ctx, dt, xl, C.attn_go_placeholder(), "x")
+	if err != nil {
+		return err
+	}
+	defer hx.destroy()
+	ho, err := wrap(ctx, dt, ol, C.attn_go_placeholder(), "out")
+	if err != nil {
+		return err
+	}
+	defer ho.destroy()
+	for _, c := range []struct {
+		name string
+		n    int
+		h    *handle
+	}{{"x", len(x), hx}, {"out", len(out), ho}} {
+		if int64(c.n) < c.h.extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", c.name, c.n, c.h.extent)}
+		}
+	}
+	st := C.attn_go_heads_copy(C.int(merge), ctx.p, hx.p, ho.p, ptrOf(x), ptrOf(out))
+	runtime.KeepAlive(ctx)
+	runtime.KeepAlive(x)
+	runtime.KeepAlive(out)
+	return ctx.check(st, fn)
+}
+
+// HeadsSplit (attn_heads_split) copies x [B, S, H·D] into out [B, H, S, D] (any strides).
+func HeadsSplit[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) error {
+	return headsCopy(0, "attn_heads_split", ctx, x, xl, out, ol)
+}
+
+// HeadsMerge (attn_heads_merge) copies x [B, H, S, D] into out [B, S, H·D] (any strides).
+func HeadsMerge[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) error {
+	return headsCopy(1, "attn_heads_merge", ctx, x, xl, out, ol)
+}
+
+// MhaConfig is attn_mha_config. Start from NewMhaConfig (the library's defaults).
+type MhaConfig struct {
+	EmbedDim, NumHeads int64
+	NumKVHeads         int64 // 0 = NumHeads; 1 = multi-query
+	KDim, VDim         int64 // 0 = EmbedDim
+	Bias               bool  // in_proj_bias and out_proj_bias exist (default true)
+	AddBiasKV          bool
+	AddZeroAttn        bool
+	BatchFirst         bool // [B, S, ·] inputs/outputs; false: [S, B, ·] (PyTorch's default)
+	DType              DType
+}
+
+// NewMhaConfig is attn_mha_config_init's defaults with E and H set.
+func NewMhaConfig(embedDim, numHeads int64) MhaConfig {
+	var c C.attn_mha_config
+	C.attn_mha_config_init(&c)
+	return MhaConfig{EmbedDim: embedDim, NumHeads: numHeads, NumKVHeads: int64(c.num_kv_heads),
+		KDim: int64(c.kdim), VDim: int64(c.vdim), Bias: c.bias != 0, AddBiasKV: c.add_bias_kv != 0,
+		AddZeroAttn: c.add_zero_attn != 0, BatchFirst: c.batch_first != 0, DType: DType(c.dtype)}
+}
+
+// AttendedKeys is S' = seqK plus the appended bias/zero keys.
+func (c MhaConfig) AttendedKeys(seqK int64) int64 {
+	if c.AddBiasKV {
+		seqK++
+	}
+	if c.AddZeroAttn {
+		seqK++
+	}
+	return seqK
+}
+
+func b32(b bool) C.int32_t {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// MhaWeights are the layer's parameters, PyTorch names and layouts
+// ([out_features, in_features]), as Tensors of the layer's dtype (C memory:
+// the layer borrows them for its life; do not Close them before the layer).
+// Unused ones stay nil.
+type MhaWeights struct {
+	InProjWeight, QProjWeight, KProjWeight, VProjWeight  *Tensor
+	InProjBias, OutProjWeight, OutProjBias, BiasK, BiasV *Tensor
+}
+
+// Mha is attn_mha: nn.MultiheadAttention (dropout 0) with grouped K/V heads.
+type Mha struct {
+	ctx     *Context
+	p       *C.attn_mha
+	cfg     MhaConfig
+	weights MhaWeights // keeps the borrowed tensors reachable
+	mu      sync.Mutex
+	refs    int  // the Mha itself + open plans: C's layer outlives its plans
+	closed  bool // Close was called (its reference is gone)
+}
+
+// NewMha makes a layer.
+func NewMha(ctx *Context, cfg MhaConfig, w MhaWeights) (*Mha, error) {
+	var c C.attn_mha_config
+	C.attn_mha_config_init(&c)
+	c.embed_dim, c.num_heads, c.num_kv_heads = C.int64_t(cfg.EmbedDim), C.int64_t(cfg.NumHeads), C.int64_t(cfg.NumKVHeads)
+	c.kdim, c.vdim = C.int64_t(cfg.KDim), C.int64_t(cfg.VDim)
+	c.bias, c.add_bias_kv, c.add_zero_attn, c.batch_first = b32(cfg.Bias), b32(cfg.AddBiasKV), b32(cfg.AddZeroAttn), b32(cfg.BatchFirst)
+	c.dtype = C.attn_dtype(cfg.DType)
+	var cw C.attn_mha_weights
+	C.attn_mha_weights_init(&cw)
+	// One row per weight: the Tensor and the C field it goes to.
+	for _, row := range []struct {
+		t     *Tensor
+		field **C.attn_tensor
+	}{
+		{w.InProjWeight, &cw.in_proj_weight}, {w.QProjWeight, &cw.q_proj_weight},
+		{w.KProjWeight, &cw.k_proj_weight}, {w.VProjWeight, &cw.v_proj_weight},
+		{w.InProjBias, &cw.in_proj_bias}, {w.OutProjWeight, &cw.out_proj_weight},
+		{w.OutProjBias, &cw.out_proj_bias}, {w.BiasK, &cw.bias_k}, {w.BiasV, &cw.bias_v},
+	} {
+		*row.field = tp(row.t)
+	}
+	var p *C.attn_mha
+	st := C.attn_mha_create(ctx.p, &c, &cw, &p)
+	runtime.KeepAlive(ctx)
+	runtime.KeepAlive(w)
+	if err := ctx.check(st, "attn_mha_create"); err != nil {
+		return nil, err
+	}
+	m := &Mha{ctx: ctx, p: p, cfg: cfg, weights: w, refs: 1}
+	runtime.SetFinalizer(m, (*Mha).Close)
+	return m, nil
+}
+
+// Config is the layer's configuration.
+func (m *Mha) Config() MhaConfig { return m.cfg }
+
+func (m *Mha) release() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.refs--; m.refs == 0 {
+		C.attn_mha_destroy(m.p)
+		m.p = nil
+	}
+}
+
+// Close releases the layer (freed once its plans are closed too).
+func (m *Mha) Close() {
+	m.mu.Lock()
+	already := m.closed
+	m.closed = true
+	m.mu.Unlock()
+	if !already {
+		runtime.SetFinalizer(m, nil)
+		m.release()
+	}
+}
+
+// SeqLayout is a contiguous [B, S, F] (BatchFirst) or [S, B, F] layout.
+func (m *Mha) SeqLayout(batch, seq, features int64) Layout {
+	if m.cfg.BatchFirst {
+		return Contiguous(batch, seq, features)
+	}
+	return Contiguous(seq, batch, features)
+}
+
+// MhaDims: batch, query length L and key length S (before appended keys).
+type MhaDims struct{ Batch, SeqQ, SeqK int64 }
+
+// NeedWeights selects the weights an MhaPlan writes (PyTorch's need_weights /
+// average_attn_weights).
+type NeedWeights int
+
+const (
+	WeightsNone     NeedWeights = iota // no weights output
+	WeightsAveraged                    // [B, L, S'] averaged over heads
+	WeightsPerHead                     // [B, H, L, S']
+)
+
+var mhaNames = [6]string{"query", "key", "value", "key_padding_mask", "out", "weights"}
+
+// MhaPlan is attn_mha_plan: the layer bound to layouts, with its workspace.
+type MhaPlan struct {
+	mha     *Mha
+	keep    *borrowed // the descriptor's borrowed arrays/tensors, or nil
+	p       *C.attn_mha_plan
+	handles [6]*handle
+}
+
+// NewMhaPlan plans the layer for contiguous inputs of these sizes. desc may
+// be nil (plain scaled-dot attention). keyPaddingMask: a U8 [B, S] mask will
+// be passed (NON-ZERO = ATTEND, the opposite of PyTorch).
+func NewMhaPlan(m *Mha, desc *Desc, dims MhaDims, keyPaddingMask bool, need NeedWeights) (*MhaPlan, error) {
+	e, kd, vd := m.cfg.EmbedDim, m.cfg.KDim, m.cfg.VDim
+	if kd == 0 {
+		kd = e
+	}
+	if vd == 0 {
+		vd = e
+	}
+	q := m.SeqLayout(dims.Batch, dims.SeqQ, e)
+	var kpm, w *Layout
+	if keyPaddingMask {
+		l := Contiguous(dims.Batch, dims.SeqK)
+		kpm = &l
+	}
+	sx := m.cfg.AttendedKeys(dims.SeqK)
+	switch need {
+	case WeightsAveraged:
+		l := Contiguous(dims.Batch, dims.SeqQ, sx)
+		w = &l
+	case WeightsPerHead:
+		l := Contiguous(dims.Batch, m.cfg.NumHeads, dims.SeqQ, sx)
+		w = &l
+	}
+	return NewMhaPlanLayouts(m, desc, [4]Layout{q, m.SeqLayout(dims.Batch, dims.SeqK, kd), m.SeqLayout(dims.Batch, dims.SeqK, vd), q}, kpm, w)
+}
+
+// NewMhaPlanLayouts plans for any layouts of query, key, value, out (rank 3,
+// last dim contiguous), the key padding mask (U8 [B, S]) and weights.
+func NewMhaPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask, weights *Layout) (*MhaPlan, error) {
+	if m.p == nil || m.closed {
+		return nil, errClosed("mha")
+	}
+	var dp *C.attn_desc
+	pl := &MhaPlan{mha: m}
+	if desc != nil {
+		if desc.p == nil {
+			return nil, errClosed("desc")
+		}
+		dp, pl.keep = desc.p, desc.keep
+	}
+	layouts := [6]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], keyPaddingMask, &qkvo[3], weights}
+	var cp [6]*C.attn_tensor
+	for i, l := range layouts {
+		if l == nil {
+			continue
+		}
+		dt := m.cfg.DType
+		if i == 3 {
+			dt = U8
+		}
+		h, err := wrap(m.ctx, dt, *l, C.attn_go_placeholder(), mhaNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			return nil, err
+		}
+		pl.handles[i] = h
+		cp[i] = h.p
+	}
+	st := C.attn_mha_plan_create(m.p, dp, cp[0], cp[1], cp[2], cp[3], cp[4], cp[5], &pl.p)
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(desc)
+	if err := m.ctx.check(st, "attn_mha_plan_create"); err != nil {
+		pl.destroyHandles()
+		return nil, err
+	}
+	m.mu.Lock()
+	m.refs++
+	m.mu.Unlock()
+	if pl.keep != nil {
+		pl.keep.acquire()
+	}
+	runtime.SetFinalizer(pl, (*MhaPlan).Close)
+	return pl, nil
+}
+
+func (pl *MhaPlan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+}
+
+// Close destroys the plan.
+func (pl *MhaPlan) Close() {
+	if pl.p != nil {
+		C.attn_mha_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		if pl.keep != nil {
+			pl.keep.release()
+		}
+		pl.mha.release()
+	}
+}
+
+// WorkspaceSize is the bytes of workspace the plan holds.
+func (pl *MhaPlan) WorkspaceSize() int {
+	defer runtime.KeepAlive(pl)
+	return int(C.attn_mha_plan_workspace_size(pl.p))
+}
+
+// ExecuteMha runs the plan on Go slices (no copy). Self-attention: pass the
+// same slice as query, key and value. keyPaddingMask (NON-ZERO = ATTEND) and
+// weights are nil exactly when the plan was made without them.
+func ExecuteMha[T Float](pl *MhaPlan, query, key, value []T, keyPaddingMask []byte, out, weights []T) error {
+	if pl.p == nil {
+		return errClosed("mha plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.mha.cfg.DType {
+		return &Error{Status: StatusDType, Func: "attn.ExecuteMha", Message: fmt.Sprintf("slices have dtype %d, the layer %d", dt, pl.mha.cfg.DType)}
+	}
+	lens := [6]int{len(query), len(key), len(value), len(keyPaddingMask), len(out), len(weights)}
+	given := [6]bool{query != nil, key != nil, value != nil, keyPaddingMask != nil, out != nil, weights != nil}
+	for i, h := range pl.handles {
+		switch {
+		case h == nil && given[i]:
+			return &Error{Status: StatusMismatch, Func: "attn.ExecuteMha", Message: mhaNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && !given[i]:
+			return &Error{Status: StatusMismatch, Func: "attn.ExecuteMha", Message: mhaNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && int64(lens[i]) < h.extent:
+			return &Error{Status: StatusShape, Func: "attn.ExecuteMha", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", mhaNames[i], lens[i], h.extent)}
+		}
+	}
+	hp := func(i int) *C.attn_tensor {
+		if pl.handles[i] == nil {
+			return nil
+		}
+		return pl.handles[i].p
+	}
+	var mp unsafe.Pointer
+	if len(keyPaddingMask) > 0 {
+		mp = unsafe.Pointer(&keyPaddingMask[0])
+	}
+	st := C.attn_go_mha_execute(pl.p, hp(0), hp(1), hp(2), hp(3), hp(4), hp(5),
+		ptrOf(query), ptrOf(key), ptrOf(value), mp, ptrOf(out), ptrOf(weights))
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(query)
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+	runtime.KeepAlive(keyPaddingMask)
+	runtime.KeepAlive(out)
+	runtime.KeepAlive(weights)
+	return pl.mha.ctx.check(st, "attn_mha_plan_execute")
+}
+
+// MhaForward is a one-shot forward like nn.MultiheadAttention's: weights
+// (nil for none) gets the probabilities averaged over heads [B, L, S'], or
+// per head [B, H, L, S'] when perHead.
+func MhaForward[T Float](m *Mha, desc *Desc, dims MhaDims, query, key, value []T, keyPaddingMask []byte, out, weights []T, perHead bool) error {
+	need := WeightsNone
+	if weights != nil {
+		need = WeightsAveraged
+		if perHead {
+			need = WeightsPerHead
+		}
+	}
+	pl, err := NewMhaPlan(m, desc, dims, keyPaddingMask != nil, need)
+	if err != nil {
+		return err
+	}
+	defer pl.Close()
+	return ExecuteMha(pl, query, key, value, keyPaddingMask, out, weights)
+}
+
+// ---------------------------------------------------------------------------
+// KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its
+// wrapper goes here (a handle with Close + finalizer; Go slices handed to C
+// only for one call through a helper in the cgo preamble, as above).

@@ -3,8 +3,8 @@ package attn
 // Tests against a naive float64 reference written here. Run against a build
 // tree: PKG_CONFIG_PATH=build/bindings-pkgconfig LD_LIBRARY_PATH=build go test
 // (CTest: go_bindings, with GODEBUG=cgocheck=2 to check the pointer rules).
-// Variants the library does not build yet report StatusUnsupported: their
-// tests t.Skip("NOT BUILT YET ...") and check results once the variant lands.
+// Every long-sequence variant on main is checked against a reference written
+// here from approx.h's definitions (StatusUnsupported is a failure).
 
 import (
 	"math"
@@ -36,6 +36,8 @@ type refOpts struct {
 	scale      float64 // 0: 1/sqrt(d)
 	keyLengths []int64
 	keep       func(i, j int) bool
+	keepH      func(h, i, j int) bool    // per-head keep (BigBird, block layouts)
+	bias       func(h, i, j int) float64 // added to the score (Swin's table)
 }
 
 // reference: out, lse, bound (Σ p|v|) as logical [B,H,Sq,Dv] / [B,H,Sq].
@@ -76,6 +78,9 @@ func reference(d Dims, q, k, v []float64, o refOpts) (out, lse, bound []float64)
 					if o.keep != nil && !o.keep(i, j) {
 						keep = false
 					}
+					if o.keepH != nil && !o.keepH(h, i, j) {
+						keep = false
+					}
 					s[j] = math.Inf(-1)
 					if keep {
 						dot := 0.0
@@ -83,6 +88,9 @@ func reference(d Dims, q, k, v []float64, o refOpts) (out, lse, bound []float64)
 							dot += at(ql, q, b, h, i, x) * at(kl, k, b, h/g, j, x)
 						}
 						s[j] = dot * scale
+						if o.bias != nil {
+							s[j] += o.bias(h, i, j)
+						}
 						m = math.Max(m, s[j])
 					}
 				}
@@ -440,55 +448,314 @@ func TestFinalizersReleaseForgottenObjects(t *testing.T) {
 func runVariant(t *testing.T, desc *Desc, dims Dims, q, k, v []float64) []float64 {
 	t.Helper()
 	out := make([]float64, dims.OutLen())
-	err := Attention(desc, dims, q, k, v, out)
-	if StatusOf(err) == StatusUnsupported {
-		t.Skipf("NOT BUILT YET (libattn reports UNSUPPORTED: %v)", err)
-	}
-	if err != nil {
-		t.Fatal(err)
+	if err := Attention(desc, dims, q, k, v, out); err != nil {
+		t.Fatal(err) // StatusUnsupported included: every variant is on main
 	}
 	return out
 }
 
-func TestVariantLongformerOnceBuilt(t *testing.T) {
-	ctx := newCtx(t)
-	desc := newDesc(t, ctx)
-	global := []int64{0, 9}
-	for _, err := range []error{desc.SetVariant(VariantLongformer), desc.SetWindow(2, 2), desc.SetGlobalTokens(global)} {
+func must(t *testing.T, errs ...error) {
+	t.Helper()
+	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	dims := Dims{Batch: 1, Heads: 2, SeqQ: 16, SeqK: 16, HeadDim: 4}
-	r := rng(23)
-	q, k, v := r.vec(dims.QLen()), r.vec(dims.KLen()), r.vec(dims.VLen())
-	out := runVariant(t, desc, dims, q, k, v)
-	g := func(x int) bool { return x == 0 || x == 9 }
-	want, _, bound := reference(dims, q, k, v, refOpts{keep: func(i, j int) bool {
-		return (i-j <= 2 && j-i <= 2) || g(i) || g(j)
-	}})
-	assertClose(t, "longformer out", out, want, bound, 1e-12, 1e-13)
 }
 
-func TestVariantBlockSparseOnceBuilt(t *testing.T) {
+func inputs(dims Dims, seed uint64) (q, k, v []float64) {
+	r := rng(seed)
+	return r.vec(dims.QLen()), r.vec(dims.KLen()), r.vec(dims.VLen())
+}
+
+func TestVariantLongformer(t *testing.T) {
 	ctx := newCtx(t)
-	desc := newDesc(t, ctx)
-	lay, err := NewTensor(ctx, U8, 1, 3, 3)
+	global := []int64{0, 9}
+	dims := Dims{Batch: 1, Heads: 2, SeqQ: 16, SeqK: 16, HeadDim: 4}
+	q, k, v := inputs(dims, 23)
+	for _, causal := range []Causal{CausalNone, CausalTopLeft} {
+		desc := newDesc(t, ctx)
+		must(t, desc.SetVariant(VariantLongformer), desc.SetWindow(2, 1), desc.SetGlobalTokens(global), desc.SetCausal(causal))
+		out := runVariant(t, desc, dims, q, k, v)
+		g := func(x int) bool { return x == 0 || x == 9 }
+		want, _, bound := reference(dims, q, k, v, refOpts{causal: causal, keep: func(i, j int) bool {
+			return (j >= i-2 && j <= i+1) || g(i) || g(j)
+		}})
+		assertClose(t, "longformer out", out, want, bound, 1e-12, 1e-13)
+	}
+}
+
+func TestVariantBlockSparse(t *testing.T) {
+	ctx := newCtx(t)
+	lay, err := NewTensor(ctx, U8, 2, 3, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer lay.Close()
-	copy(lay.Bytes(), []byte{1, 0, 1, 1, 1, 0, 0, 1, 1})
-	for _, err := range []error{desc.SetVariant(VariantBlockSparse), desc.SetBlockSize(4), desc.SetBlockLayout(lay)} {
+	copy(lay.Bytes(), []byte{1, 0, 1, 1, 1, 0, 0, 1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 1})
+	dims := Dims{Batch: 1, Heads: 2, SeqQ: 11, SeqK: 11, HeadDim: 4}
+	q, k, v := inputs(dims, 19)
+	for _, causal := range []Causal{CausalNone, CausalTopLeft} {
+		desc := newDesc(t, ctx)
+		must(t, desc.SetVariant(VariantBlockSparse), desc.SetBlockSize(4), desc.SetBlockLayout(lay), desc.SetCausal(causal))
+		out := runVariant(t, desc, dims, q, k, v)
+		lb := lay.Bytes()
+		want, _, bound := reference(dims, q, k, v, refOpts{causal: causal, keepH: func(h, i, j int) bool { return lb[h*9+(i/4)*3+j/4] != 0 }})
+		assertClose(t, "block-sparse out", out, want, bound, 1e-12, 1e-13)
+	}
+}
+
+func mix(z uint64) uint64 {
+	z ^= z >> 30
+	z *= 0xBF58476D1CE4E5B9
+	z ^= z >> 27
+	z *= 0x94D049BB133111EB
+	return z ^ (z >> 31)
+}
+
+// bigbirdLayout is BigBird's layout [H][nq][nk] as approx.h defines it.
+func bigbirdLayout(H, nq, nk, wb, gb, rb int, seed uint64) []byte {
+	lay := make([]byte, H*nq*nk)
+	for h := 0; h < H; h++ {
+		for r := 0; r < nq; r++ {
+			row := lay[(h*nq+r)*nk : (h*nq+r+1)*nk]
+			for c := range row {
+				if r < gb || c < gb || (c-r <= wb && r-c <= wb) {
+					row[c] = 1
+				}
+			}
+			if r < gb {
+				continue
+			}
+			s := mix(seed ^ mix(uint64(h*nq+r)+1))
+			for t := 0; t < rb; t++ {
+				var free []int
+				for c := range row {
+					if row[c] == 0 {
+						free = append(free, c)
+					}
+				}
+				n := uint64(len(free))
+				if n == 0 {
+					break
+				}
+				threshold := -n % n // 2^64 mod n
+				var u uint64
+				for {
+					s += 0x9E3779B97F4A7C15
+					if u = mix(s); u >= threshold {
+						break
+					}
+				}
+				row[free[u%n]] = 1
+			}
+		}
+	}
+	return lay
+}
+
+func TestVariantBigBirdLayoutAndOutput(t *testing.T) {
+	ctx := newCtx(t)
+	const b, S, H = 4, 30, 3
+	dims := Dims{Batch: 1, Heads: H, SeqQ: S, SeqK: S, HeadDim: 4}
+	q, k, v := inputs(dims, 29)
+	for _, c := range []struct {
+		wb, gb, rb int
+		seed       uint64
+	}{{1, 1, 2, 42}, {0, 0, 1, 7}, {1, 2, 10, 1 << 63}} {
+		desc := newDesc(t, ctx)
+		must(t, desc.SetVariant(VariantBigBird), desc.SetBlockSize(b), desc.SetBigBird(int64(c.wb), int64(c.gb), int64(c.rb), c.seed))
+		pl, err := NewPlan(desc, F64, dims, false, false)
 		if err != nil {
 			t.Fatal(err)
 		}
+		lay, err := pl.BlockLayout()
+		if err != nil {
+			t.Fatal(err)
+		}
+		nb := (S + b - 1) / b
+		want := bigbirdLayout(H, nb, nb, c.wb, c.gb, c.rb, c.seed)
+		if string(lay) != string(want) {
+			t.Fatalf("layout for %+v:\n got %v\nwant %v", c, lay, want)
+		}
+		out := make([]float64, dims.OutLen())
+		must(t, Execute(pl, q, k, v, out, nil, nil))
+		pl.Close()
+		ref, _, bound := reference(dims, q, k, v, refOpts{keepH: func(h, i, j int) bool { return lay[(h*nb+i/b)*nb+j/b] != 0 }})
+		assertClose(t, "bigbird out", out, ref, bound, 1e-12, 1e-13)
 	}
-	dims := Dims{Batch: 1, Heads: 1, SeqQ: 12, SeqK: 12, HeadDim: 4}
-	r := rng(19)
-	q, k, v := r.vec(dims.QLen()), r.vec(dims.KLen()), r.vec(dims.VLen())
+}
+
+func TestVariantSwinShiftPaddingBias(t *testing.T) {
+	ctx := newCtx(t)
+	for _, c := range [][4]int{{4, 6, 2, 0}, {4, 6, 2, 1}, {5, 7, 3, 1}, {8, 8, 4, 2}} {
+		gh, gw, w, shift := c[0], c[1], c[2], c[3]
+		for _, withBias := range []bool{false, true} {
+			const H = 2
+			S := gh * gw
+			dims := Dims{Batch: 1, Heads: H, SeqQ: int64(S), SeqK: int64(S), HeadDim: 4}
+			q, k, v := inputs(dims, uint64(gh*100+gw*10+shift))
+			desc := newDesc(t, ctx)
+			must(t, desc.SetVariant(VariantSwin), desc.SetSwin(int64(gh), int64(gw), int64(w), int64(shift)))
+			n := (2*w - 1) * (2*w - 1)
+			table, err := NewTensor(ctx, F64, int64(n), H)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := rng(uint64(w) + 3)
+			copy(table.Float64(), r.vec(n*H))
+			if withBias {
+				must(t, desc.SetSwinBias(table))
+			}
+			out := runVariant(t, desc, dims, q, k, v)
+			// The definition: pad to multiples of w, roll by -shift, w×w windows,
+			// three cuts per axis when shifted, bias by in-window offsets.
+			ph, pw := (gh+w-1)/w*w, (gw+w-1)/w*w
+			pos := func(x int) (int, int) { return (x/gw + ph - shift) % ph, (x%gw + pw - shift) % pw }
+			cut := func(r, p int) int {
+				switch {
+				case shift == 0 || r < p-w:
+					return 0
+				case r < p-shift:
+					return 1
+				}
+				return 2
+			}
+			tag := func(x int) [4]int { y, xx := pos(x); return [4]int{y / w, xx / w, cut(y, ph), cut(xx, pw)} }
+			opts := refOpts{keep: func(i, j int) bool { return tag(i) == tag(j) }}
+			if withBias {
+				tb := table.Float64()
+				opts.bias = func(h, i, j int) float64 {
+					yi, xi := pos(i)
+					yj, xj := pos(j)
+					return tb[((yi%w-yj%w+w-1)*(2*w-1)+(xi%w-xj%w+w-1))*H+h]
+				}
+			}
+			want, _, bound := reference(dims, q, k, v, opts)
+			assertClose(t, "swin out", out, want, bound, 1e-12, 1e-13)
+			desc.Close()
+			table.Close()
+		}
+	}
+}
+
+func TestVariantLinearEluFormula(t *testing.T) {
+	ctx := newCtx(t)
+	dims := Dims{Batch: 2, Heads: 2, KVHeads: 1, SeqQ: 12, SeqK: 12, HeadDim: 4}
+	q, k, v := inputs(dims, 31)
+	phi := func(x float64) float64 {
+		if x > 0 {
+			return x + 1
+		}
+		return math.Exp(x)
+	}
+	for _, causal := range []Causal{CausalNone, CausalTopLeft} {
+		desc := newDesc(t, ctx)
+		must(t, desc.SetVariant(VariantLinearElu), desc.SetCausal(causal))
+		out := runVariant(t, desc, dims, q, k, v)
+		// The dense quadratic form, no associativity.
+		for b := 0; b < 2; b++ {
+			for h := 0; h < 2; h++ {
+				for i := 0; i < 12; i++ {
+					num, den := make([]float64, 4), 0.0
+					for j := 0; j < 12; j++ {
+						if causal == CausalTopLeft && j > i {
+							continue
+						}
+						a := 0.0
+						for x := 0; x < 4; x++ {
+							a += phi(q[((b*2+h)*12+i)*4+x]) * phi(k[(b*12+j)*4+x])
+						}
+						den += a
+						for x := 0; x < 4; x++ {
+							num[x] += a * v[(b*12+j)*4+x]
+						}
+					}
+					for x := 0; x < 4; x++ {
+						got, want := out[((b*2+h)*12+i)*4+x], num[x]/den
+						if math.Abs(got-want) > 1e-10*math.Abs(want)+1e-12 {
+							t.Fatalf("linear elu [%d,%d,%d,%d]: %g want %g", b, h, i, x, got, want)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func TestVariantPerformerRedraw(t *testing.T) {
+	ctx := newCtx(t)
+	dims := Dims{Batch: 1, Heads: 1, SeqQ: 8, SeqK: 8, HeadDim: 4}
+	q, k, v := inputs(dims, 37)
+	fresh := func(seed uint64) []float64 {
+		desc := newDesc(t, ctx)
+		must(t, desc.SetVariant(VariantPerformer), desc.SetFeatures(32, seed))
+		return runVariant(t, desc, dims, q, k, v)
+	}
+	same := func(a, b []float64) bool {
+		for i := range a {
+			if a[i] != b[i] {
+				return false
+			}
+		}
+		return true
+	}
+	a, b := fresh(5), fresh(6)
+	if !same(a, fresh(5)) || same(a, b) {
+		t.Fatal("performer: same seed must give the same output, another seed another one")
+	}
+	desc := newDesc(t, ctx)
+	must(t, desc.SetVariant(VariantPerformer), desc.SetFeatures(32, 5))
+	pl, err := NewPlan(desc, F64, dims, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	out := make([]float64, dims.OutLen())
+	must(t, pl.RedrawFeatures(6), Execute(pl, q, k, v, out, nil, nil))
+	if !same(out, b) {
+		t.Fatal("redraw(6) differs from a plan created with seed 6")
+	}
+	must(t, pl.RedrawFeatures(5), Execute(pl, q, k, v, out, nil, nil))
+	if !same(out, a) {
+		t.Fatal("redraw(5) differs from a plan created with seed 5")
+	}
+	_, err = NewPlan(desc, F64, dims, true, false)
+	expectErr(t, err, StatusUnsupported, "weights")
+}
+
+func TestVariantLinformerIsExactAttentionOnProjections(t *testing.T) {
+	ctx := newCtx(t)
+	const Sq, Sk, R = 6, 10, 3
+	dims := Dims{Batch: 2, Heads: 2, SeqQ: Sq, SeqK: Sk, HeadDim: 4}
+	q, k, v := inputs(dims, 41)
+	var ef [2]*Tensor
+	r := rng(43)
+	for i := range ef {
+		var err error
+		if ef[i], err = NewTensor(ctx, F64, R, Sk); err != nil {
+			t.Fatal(err)
+		}
+		defer ef[i].Close()
+		copy(ef[i].Float64(), r.vec(R*Sk))
+	}
+	desc := newDesc(t, ctx)
+	must(t, desc.SetVariant(VariantLinformer), desc.SetLowrankProj(ef[0], ef[1]))
 	out := runVariant(t, desc, dims, q, k, v)
-	lb := lay.Bytes()
-	want, _, bound := reference(dims, q, k, v, refOpts{keep: func(i, j int) bool { return lb[(i/4)*3+j/4] != 0 }})
-	assertClose(t, "block-sparse out", out, want, bound, 1e-12, 1e-13)
+	proj := func(p, x []float64) []float64 {
+		y := make([]float64, 4*R*4)
+		for bh := 0; bh < 4; bh++ {
+			for rr := 0; rr < R; rr++ {
+				for d := 0; d < 4; d++ {
+					for s := 0; s < Sk; s++ {
+						y[(bh*R+rr)*4+d] += p[rr*Sk+s] * x[(bh*Sk+s)*4+d]
+					}
+				}
+			}
+		}
+		return y
+	}
+	pd := Dims{Batch: 2, Heads: 2, SeqQ: Sq, SeqK: R, HeadDim: 4}
+	want, _, bound := reference(pd, q, proj(ef[0].Float64(), k), proj(ef[1].Float64(), v), refOpts{})
+	assertClose(t, "linformer out", out, want, bound, 1e-12, 1e-13)
 }

@@ -18,16 +18,19 @@ viewed without a copy.
 import ctypes
 import enum
 import threading
+import weakref
 from ctypes import POINTER, byref, c_double, c_int, c_int64, c_uint64, c_void_p
 
 import numpy as np
 
-from ._lib import (EXPECTED_MAJOR, AttnError, ContextOptions, Status, UnsupportedError,
-                   load, register_handle, unregister_handle)
+from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions, MhaConfig,
+                   MhaWeights, Status, UnsupportedError, load, register_handle,
+                   unregister_handle)
 
 __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score", "Causal",
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
-           "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR"]
+           "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
+           "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan"]
 
 _lib = load()
 
@@ -402,6 +405,29 @@ def _view(array, layout, name):
 
 
 _OPERANDS = ("q", "k", "v", "out", "weights", "lse")
+_OUTPUTS = ("out", "weights", "lse")
+
+
+def _bind(plan, names, arrays):
+    """Handles for execute: the plan's own tensors re-pointed at the new arrays
+    (same layout: no new C object), else temporary tensors so the library can
+    name the mismatch. Returns (handles, temporaries to keep until the call ends)."""
+    handles, temps = [], []
+    for name, t, a in zip(names, plan._tensors, arrays):
+        if a is None:
+            handles.append(None)
+        elif isinstance(a, Tensor):
+            handles.append(a.handle)
+        elif t is not None and t.matches(a):
+            if name in _OUTPUTS and not a.flags.writeable:
+                raise ValueError("%s: the array is read-only" % name)
+            t.set_data(a)
+            handles.append(t.handle)
+        else:
+            tmp = plan._tensor(name, a)
+            temps.append(tmp)
+            handles.append(tmp.handle)
+    return handles, temps
 
 
 class Plan:
@@ -431,7 +457,7 @@ class Plan:
                 for i, a in enumerate(arrays)]
 
     def _tensor(self, name, array):
-        return _as_tensor(self.ctx, array, name, writeable=name in ("out", "weights", "lse"),
+        return _as_tensor(self.ctx, array, name, writeable=name in _OUTPUTS,
                           contiguous_last=name != "lse")
 
     @property
@@ -446,22 +472,7 @@ class Plan:
         """Run on new arrays (same dtype/shapes/strides as at plan time; else
         AttnError ERR_MISMATCH). Writes out (and weights, lse) in place."""
         arrays = self._views(q, k, v, out, weights, lse)
-        handles = []
-        temps = []
-        for name, t, a in zip(_OPERANDS, self._tensors, arrays):
-            if a is None:
-                handles.append(None)
-            elif isinstance(a, Tensor):
-                handles.append(a.handle)
-            elif t is not None and t.matches(a):
-                if name in ("out", "weights", "lse") and not a.flags.writeable:
-                    raise ValueError("%s: the array is read-only" % name)
-                t.set_data(a)
-                handles.append(t.handle)
-            else:   # different layout: let the library name the mismatch
-                tmp = self._tensor(name, a)
-                temps.append(tmp)
-                handles.append(tmp.handle)
+        handles, _temps = _bind(self, _OPERANDS, arrays)
         _lib.attn_plan_execute(self._handle, *handles)
         return out
 
@@ -545,3 +556,281 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
     if return_lse:
         result += (lse,)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Multi-head attention (heads.h)
+
+def _ctx(ctx):
+    return ctx if ctx is not None else default_context()
+
+
+def _numpy_view(array, handle):
+    """The C tensor ``handle`` (a view of ``array``'s memory) as a numpy view."""
+    rank = _lib.attn_tensor_rank(handle)
+    shape = tuple(_lib.attn_tensor_dim(handle, a) for a in range(rank))
+    strides = tuple(_lib.attn_tensor_stride(handle, a) * array.itemsize for a in range(rank))
+    if _lib.attn_tensor_data(handle) != array.ctypes.data:   # heads.h: views start at x
+        raise AttnError(Status.ERR_INTERNAL, "attn view", "view does not start at x", "")
+    return np.lib.stride_tricks.as_strided(array, shape=shape, strides=strides,
+                                           writeable=array.flags.writeable)
+
+
+def _view_call(cfn, x, ctx, *args):
+    ctx = _ctx(ctx)
+    t = Tensor(ctx, x, name="x")
+    out = c_void_p()
+    try:
+        getattr(_lib, cfn)(ctx.handle, t.handle, *args, byref(out))
+        try:
+            return _numpy_view(x, out.value)
+        finally:
+            _lib.attn_tensor_destroy(out.value)
+    finally:
+        t.close()
+
+
+def heads_split_view(x, num_heads, ctx=None):
+    """attn_heads_split_view: x [B, S, H·D] (last axis contiguous) as a
+    [B, H, S, D] numpy view of the same memory, strides as the library gives."""
+    return _view_call("attn_heads_split_view", x, ctx, int(num_heads))
+
+
+def heads_merge_view(x, ctx=None):
+    """attn_heads_merge_view: x [B, H, S, D] whose heads lie side by side as a
+    [B, S, H·D] numpy view; AttnError ERR_LAYOUT otherwise (use heads_merge)."""
+    return _view_call("attn_heads_merge_view", x, ctx)
+
+
+def _copy_call(cfn, x, out, ctx):
+    ctx = _ctx(ctx)
+    tx = Tensor(ctx, x, name="x")
+    to = Tensor(ctx, out, name="out", writeable=True)
+    try:
+        getattr(_lib, cfn)(ctx.handle, tx.handle, to.handle)
+    finally:
+        tx.close()
+        to.close()
+    return out
+
+
+def heads_split(x, num_heads=None, out=None, ctx=None):
+    """attn_heads_split: copy x [B, S, H·D] into out [B, H, S, D] (allocated
+    when None, then num_heads is required). Any strides. Returns out."""
+    if out is None:
+        if num_heads is None:
+            raise TypeError("heads_split: give num_heads or out")
+        B, S, E = x.shape
+        out = np.empty((B, int(num_heads), S, E // int(num_heads)), dtype=x.dtype)
+    return _copy_call("attn_heads_split", x, out, ctx)
+
+
+def heads_merge(x, out=None, ctx=None):
+    """attn_heads_merge: copy x [B, H, S, D] into out [B, S, H·D] (allocated
+    when None). Any strides. Returns out."""
+    if out is None:
+        B, H, S, D = x.shape
+        out = np.empty((B, S, H * D), dtype=x.dtype)
+    return _copy_call("attn_heads_merge", x, out, ctx)
+
+
+# attn_mha_config fields: keyword -> (field, convert). MHA(...) accepts each
+# keyword; a new config field in the C struct is one new row (and one field
+# in _lib.MhaConfig).
+_MHA_CONFIG = {
+    "embed_dim": ("embed_dim", int),
+    "num_heads": ("num_heads", int),
+    "num_kv_heads": ("num_kv_heads", lambda v: 0 if v is None else int(v)),
+    "kdim": ("kdim", lambda v: 0 if v is None else int(v)),
+    "vdim": ("vdim", lambda v: 0 if v is None else int(v)),
+    "bias": ("bias", lambda v: int(bool(v))),
+    "add_bias_kv": ("add_bias_kv", lambda v: int(bool(v))),
+    "add_zero_attn": ("add_zero_attn", lambda v: int(bool(v))),
+    "batch_first": ("batch_first", lambda v: int(bool(v))),
+    "dtype": ("dtype", lambda v: int(_NP_DTYPES[np.dtype(v)]) if not isinstance(v, int)
+              else int(v)),
+}
+
+# PyTorch state_dict names that differ from the attn_mha_weights fields.
+_TORCH_WEIGHT_NAMES = {"out_proj.weight": "out_proj_weight", "out_proj.bias": "out_proj_bias"}
+
+_MHA_OPERANDS = ("query", "key", "value", "key_padding_mask", "out", "weights")
+
+
+class MHA:
+    """attn_mha: PyTorch's nn.MultiheadAttention (dropout 0) with grouped K/V heads.
+
+        layer = attn.MHA(embed_dim=64, num_heads=8, batch_first=True,
+                         weights={"in_proj_weight": w, "in_proj_bias": b,
+                                  "out_proj.weight": wo, "out_proj.bias": bo})
+        out, w = layer(x, x, x, key_padding_mask=keep)   # keep: NON-ZERO = ATTEND
+
+    Config keywords are the attn_mha_config fields (see _MHA_CONFIG; dtype is
+    np.float32 or np.float64). ``weights`` maps attn_mha_weights field names
+    (PyTorch's parameter names; "out_proj.weight"/"out_proj.bias" also work)
+    to numpy arrays of the layer's dtype in PyTorch's layout [out, in]. They
+    are borrowed without copying: the layer keeps them alive, and changing
+    their contents changes the layer. ``MHA.from_torch(module)`` copies a
+    torch module's parameters.
+
+    key_padding_mask: uint8/bool [B, S], **non-zero = attend** (the library
+    convention) -- the opposite of PyTorch, pass ``~torch_mask`` to get
+    PyTorch's result.
+    """
+
+    def __init__(self, weights, ctx=None, **config):
+        self.ctx = _ctx(ctx)
+        cfg = MhaConfig()
+        _lib.attn_mha_config_init(byref(cfg))
+        for key, value in config.items():
+            if key not in _MHA_CONFIG:
+                raise TypeError("unknown MHA setting %r (known: %s)"
+                                % (key, ", ".join(sorted(_MHA_CONFIG))))
+            field, conv = _MHA_CONFIG[key]
+            setattr(cfg, field, conv(value))
+        w = MhaWeights()
+        _lib.attn_mha_weights_init(byref(w))
+        self._weights = {}
+        for name, array in weights.items():
+            field = _TORCH_WEIGHT_NAMES.get(name, name)
+            if field not in MHA_WEIGHT_FIELDS:
+                raise TypeError("unknown MHA weight %r (known: %s)"
+                                % (name, ", ".join(MHA_WEIGHT_FIELDS)))
+            if array is None:
+                continue
+            t = _as_tensor(self.ctx, array, field, contiguous_last=True)
+            setattr(w, field, t.handle)
+            self._weights[field] = t
+        self.config = {f: getattr(cfg, f) for f, _t in MhaConfig._fields_ if f != "struct_size"}
+        self.embed_dim, self.num_heads = cfg.embed_dim, cfg.num_heads
+        self.batch_first = bool(cfg.batch_first)
+        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self._extra_keys = int(bool(cfg.add_bias_kv)) + int(bool(cfg.add_zero_attn))
+        handle = c_void_p()
+        _lib.attn_mha_create(self.ctx.handle, byref(cfg), byref(w), byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        self._plans = weakref.WeakSet()
+
+    @classmethod
+    def from_torch(cls, module, ctx=None, dtype=None):
+        """A layer with copies of a torch.nn.MultiheadAttention's parameters."""
+        params = {n: p.detach().cpu().numpy() for n, p in module.named_parameters()}
+        dtype = np.dtype(dtype) if dtype is not None else next(iter(params.values())).dtype
+        weights = {n: np.ascontiguousarray(p, dtype=dtype) for n, p in params.items()}
+        return cls(weights, ctx=ctx, embed_dim=module.embed_dim, num_heads=module.num_heads,
+                   kdim=module.kdim, vdim=module.vdim, batch_first=module.batch_first,
+                   bias=module.in_proj_bias is not None, add_bias_kv=module.bias_k is not None,
+                   add_zero_attn=module.add_zero_attn, dtype=dtype)
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("attn: the MHA layer is closed")
+        return self._handle
+
+    def _shapes(self, query, key):
+        b, s = (0, 1) if self.batch_first else (1, 0)
+        B, L, S = query.shape[b], query.shape[s], key.shape[s]
+        return B, L, S + self._extra_keys
+
+    def plan(self, query, key, value, out, key_padding_mask=None, weights=None, desc=None,
+             **settings):
+        """An MHAPlan for arrays laid out like these (see MHAPlan)."""
+        return MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
+
+    def __call__(self, query, key=None, value=None, key_padding_mask=None, need_weights=True,
+                 average_attn_weights=True, out=None, desc=None, **settings):
+        """One-shot forward like nn.MultiheadAttention.forward: returns
+        (out, weights or None). key/value default to query (self-attention).
+        weights: [B, L, S'] averaged over heads, or [B, H, L, S'] with
+        average_attn_weights=False (always batch-first; S' counts appended
+        bias/zero keys). Other keywords are descriptor settings (causal=...,
+        bool_mask=..., additive_mask=...: see attn_mha_plan_create)."""
+        key = query if key is None else key
+        value = key if value is None else value
+        if out is None:
+            out = np.empty(tuple(query.shape[:2]) + (self.embed_dim,), dtype=query.dtype)
+        weights = None
+        if need_weights:
+            B, L, Sx = self._shapes(query, key)
+            shape = (B, L, Sx) if average_attn_weights else (B, self.num_heads, L, Sx)
+            weights = np.empty(shape, dtype=query.dtype)
+        plan = MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
+        try:
+            plan.execute(query, key, value, out, key_padding_mask, weights)
+        finally:
+            plan.close()
+        return out, weights
+
+    def close(self):
+        """Destroy the layer (and any plan of it still open)."""
+        if getattr(self, "_handle", None):
+            for p in list(self._plans):
+                p.close()
+            unregister_handle(self._handle)
+            _lib.attn_mha_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+
+class MHAPlan:
+    """attn_mha_plan: the layer planned for these arrays' dtype/shapes/strides;
+    execute() any number of times on arrays laid out the same way.
+
+    query/key/value/out: [B, S, ·] if the layer is batch_first, else [S, B, ·]
+    (any strides, last axis contiguous). weights: None, [B, L, S'] (averaged)
+    or [B, H, L, S'] (per head). desc: a Desc, or descriptor settings as
+    keywords (causal=..., bool_mask=...); None = plain scaled-dot attention.
+    """
+
+    def __init__(self, mha, query, key, value, out, key_padding_mask=None, weights=None,
+                 desc=None, **settings):
+        self.mha = mha
+        self.ctx = mha.ctx
+        if settings:
+            if desc is not None:
+                raise TypeError("give desc or descriptor settings, not both")
+            desc = Desc(self.ctx, **settings)
+        self.desc = desc
+        self._borrowed = list(desc._keep.values()) if desc is not None else []
+        arrays = (query, key, value, key_padding_mask, out, weights)
+        self._tensors = [self._tensor(n, a) for n, a in zip(_MHA_OPERANDS, arrays)]
+        handles = [t.handle if t is not None else None for t in self._tensors]
+        handle = c_void_p()
+        _lib.attn_mha_plan_create(mha.handle, desc.handle if desc is not None else None,
+                                  *handles, byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        mha._plans.add(self)
+
+    def _tensor(self, name, array):
+        return _as_tensor(self.ctx, array, name, writeable=name in _OUTPUTS,
+                          contiguous_last=name != "key_padding_mask")
+
+    @property
+    def workspace_size(self):
+        return int(_lib.attn_mha_plan_workspace_size(self._handle))
+
+    def execute(self, query, key, value, out, key_padding_mask=None, weights=None):
+        """Run on new arrays (same dtype/shapes/strides as at plan time, else
+        AttnError ERR_MISMATCH). Writes out (and weights) in place; returns out."""
+        arrays = (query, key, value, key_padding_mask, out, weights)
+        handles, _temps = _bind(self, _MHA_OPERANDS, arrays)
+        _lib.attn_mha_plan_execute(self._handle, *handles)
+        return out
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            unregister_handle(self._handle)
+            _lib.attn_mha_plan_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+
+# ---------------------------------------------------------------------------
+# KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its C rows
+# go into _lib._FUNCTIONS (section "KV cache") and its class here, in the same
+# style as MHA/MHAPlan (config struct, borrowed tensors, errcheck statuses).

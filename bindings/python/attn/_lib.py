@@ -73,6 +73,31 @@ class ContextOptions(ctypes.Structure):
                 ("user_data", c_void_p)]
 
 
+class MhaConfig(ctypes.Structure):
+    """attn_mha_config (heads.h); fill with attn_mha_config_init."""
+    _fields_ = [("struct_size", c_size_t),
+                ("embed_dim", c_int64),
+                ("num_heads", c_int64),
+                ("num_kv_heads", c_int64),
+                ("kdim", c_int64),
+                ("vdim", c_int64),
+                ("bias", c_int32),
+                ("add_bias_kv", c_int32),
+                ("add_zero_attn", c_int32),
+                ("batch_first", c_int32),
+                ("dtype", c_int)]
+
+
+#: attn_mha_weights fields after struct_size, in C order (PyTorch's names).
+MHA_WEIGHT_FIELDS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+                     "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k", "bias_v")
+
+
+class MhaWeights(ctypes.Structure):
+    """attn_mha_weights (heads.h): borrowed tensor handles; fill with attn_mha_weights_init."""
+    _fields_ = [("struct_size", c_size_t)] + [(n, c_void_p) for n in MHA_WEIGHT_FIELDS]
+
+
 STATUS = "status"   # restype marker: returns attn_status, checked
 _P = c_void_p        # every opaque handle
 _PP = POINTER(c_void_p)
@@ -110,12 +135,29 @@ _FUNCTIONS = [
     ("attn_plan_block_layout", STATUS, [_P, POINTER(ctypes.c_uint8), POINTER(c_size_t)]),
     ("attn_plan_redraw_features", STATUS, [_P, c_uint64]),
     ("attn_forward", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P]),
+    # multi-head (heads.h)
+    ("attn_heads_split_view", STATUS, [_P, _P, c_int64, _PP]),
+    ("attn_heads_merge_view", STATUS, [_P, _P, _PP]),
+    ("attn_heads_split", STATUS, [_P, _P, _P]),
+    ("attn_heads_merge", STATUS, [_P, _P, _P]),
+    ("attn_mha_config_init", None, [POINTER(MhaConfig)]),
+    ("attn_mha_weights_init", None, [POINTER(MhaWeights)]),
+    ("attn_mha_create", STATUS, [_P, POINTER(MhaConfig), POINTER(MhaWeights), _PP]),
+    ("attn_mha_destroy", None, [_P]),
+    ("attn_mha_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_mha_plan_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
+    ("attn_mha_plan_workspace_size", c_size_t, [_P]),
+    ("attn_mha_plan_destroy", None, [_P]),
+    # KV cache (kvcache.h): its rows go here when attn_kvcache_* lands on main
+    # (context-first functions also go into _CTX_FIRST).
 ]
 
 # Status-returning functions whose first argument is the context; for the
 # others the first argument is a handle whose context _owner knows.
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
-              "attn_plan_create", "attn_forward"}
+              "attn_plan_create", "attn_forward", "attn_heads_split_view",
+              "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
+              "attn_mha_create"}
 
 # Which context a handle belongs to, so an errcheck can fetch the context's
 # message for calls whose first argument is a tensor/descriptor/plan.

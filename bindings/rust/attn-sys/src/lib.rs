@@ -1,4 +1,5 @@
-//! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`),
+//! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
+//! `attn/heads.h`; `attn/kvcache.h` once it lands),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -25,6 +26,18 @@ pub struct attn_desc {
 pub struct attn_plan {
     _private: [u8; 0],
 }
+
+/// Opaque `attn_mha` (heads.h).
+#[repr(C)]
+pub struct attn_mha {
+    _private: [u8; 0],
+}
+/// Opaque `attn_mha_plan` (heads.h).
+#[repr(C)]
+pub struct attn_mha_plan {
+    _private: [u8; 0],
+}
+// KV cache (kvcache.h): its opaque handle types go here when it lands.
 
 /// `attn_status` (C enum: int-sized). Values are ABI.
 pub type attn_status = c_int;
@@ -89,6 +102,39 @@ pub struct attn_context_options {
     pub allocator: attn_allocator,
 }
 
+/// `attn_mha_config` (heads.h); initialise with `attn_mha_config_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_mha_config {
+    pub struct_size: usize,
+    pub embed_dim: i64,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub kdim: i64,
+    pub vdim: i64,
+    pub bias: i32,
+    pub add_bias_kv: i32,
+    pub add_zero_attn: i32,
+    pub batch_first: i32,
+    pub dtype: attn_dtype,
+}
+
+/// `attn_mha_weights` (heads.h): borrowed tensors; initialise with `attn_mha_weights_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_mha_weights {
+    pub struct_size: usize,
+    pub in_proj_weight: *const attn_tensor,
+    pub q_proj_weight: *const attn_tensor,
+    pub k_proj_weight: *const attn_tensor,
+    pub v_proj_weight: *const attn_tensor,
+    pub in_proj_bias: *const attn_tensor,
+    pub out_proj_weight: *const attn_tensor,
+    pub out_proj_bias: *const attn_tensor,
+    pub bias_k: *const attn_tensor,
+    pub bias_v: *const attn_tensor,
+}
+
 extern "C" {
     // version, status
     pub fn attn_version_number() -> u32;
@@ -151,7 +197,21 @@ extern "C" {
     pub fn attn_plan_destroy(plan: *mut attn_plan);
     pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
 
-    // multi-head (heads.h) and KV cache (kvcache.h): added here as they land.
+    // multi-head (heads.h)
+    pub fn attn_heads_split_view(ctx: *mut attn_context, x: *const attn_tensor, num_heads: i64, out: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_heads_merge_view(ctx: *mut attn_context, x: *const attn_tensor, out: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_heads_split(ctx: *mut attn_context, x: *const attn_tensor, out: *mut attn_tensor) -> attn_status;
+    pub fn attn_heads_merge(ctx: *mut attn_context, x: *const attn_tensor, out: *mut attn_tensor) -> attn_status;
+    pub fn attn_mha_config_init(cfg: *mut attn_mha_config);
+    pub fn attn_mha_weights_init(w: *mut attn_mha_weights);
+    pub fn attn_mha_create(ctx: *mut attn_context, cfg: *const attn_mha_config, weights: *const attn_mha_weights, out: *mut *mut attn_mha) -> attn_status;
+    pub fn attn_mha_destroy(mha: *mut attn_mha);
+    pub fn attn_mha_plan_create(mha: *mut attn_mha, desc: *const attn_desc, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, out: *const attn_tensor, weights: *const attn_tensor, plan: *mut *mut attn_mha_plan) -> attn_status;
+    pub fn attn_mha_plan_execute(plan: *mut attn_mha_plan, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor) -> attn_status;
+    pub fn attn_mha_plan_workspace_size(plan: *const attn_mha_plan) -> usize;
+    pub fn attn_mha_plan_destroy(plan: *mut attn_mha_plan);
+
+    // KV cache (kvcache.h): the attn_kvcache_* declarations go here when it lands on main.
 }
 
 #[cfg(test)]
@@ -178,5 +238,23 @@ mod tests {
         assert_eq!(o.struct_size, std::mem::size_of::<attn_context_options>());
         assert_eq!(o.num_threads, 0);
         assert!(o.allocator.alloc.is_none() && o.allocator.free.is_none());
+    }
+
+    #[test]
+    fn mha_structs_match_the_c_layout() {
+        let mut c = std::mem::MaybeUninit::<attn_mha_config>::zeroed();
+        let c = unsafe {
+            attn_mha_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        assert_eq!(c.struct_size, std::mem::size_of::<attn_mha_config>());
+        assert_eq!((c.num_kv_heads, c.kdim, c.vdim, c.bias, c.batch_first, c.dtype), (0, 0, 0, 1, 0, ATTN_DTYPE_F32));
+        let mut w = std::mem::MaybeUninit::<attn_mha_weights>::zeroed();
+        let w = unsafe {
+            attn_mha_weights_init(w.as_mut_ptr());
+            w.assume_init()
+        };
+        assert_eq!(w.struct_size, std::mem::size_of::<attn_mha_weights>());
+        assert!(w.in_proj_weight.is_null() && w.bias_v.is_null());
     }
 }

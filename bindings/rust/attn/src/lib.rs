@@ -787,3 +787,406 @@ pub fn attention_with_stats<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: 
     let mut plan = Plan::<T>::new(desc, dims, true, true)?;
     plan.execute(q, k, v, out, Some(weights), Some(lse))
 }
+
+// ---------------------------------------------------------------------------
+// Multi-head attention (heads.h)
+
+/// Read a C tensor's shape and strides back into a [`Layout`].
+fn layout_of(t: *const sys::attn_tensor) -> Layout {
+    let rank = unsafe { sys::attn_tensor_rank(t) };
+    let shape = (0..rank).map(|a| unsafe { sys::attn_tensor_dim(t, a) }).collect::<Vec<_>>();
+    let strides = (0..rank).map(|a| unsafe { sys::attn_tensor_stride(t, a) }).collect::<Vec<_>>();
+    Layout { shape, strides }
+}
+
+/// A heads.h view call: wrap x, let C make the view, read its layout back.
+fn view_call<T: Float>(ctx: &Context, x: &[T], layout: &Layout, function: &'static str, call: impl FnOnce(*const sys::attn_tensor, *mut *mut sys::attn_tensor) -> sys::attn_status) -> Result<Layout> {
+    let h = Handle::over(ctx, x, layout, "x")?;
+    let mut view = ptr::null_mut();
+    check(ctx.ptr(), call(h.raw.as_ptr(), &mut view), function)?;
+    let l = layout_of(view);
+    unsafe { sys::attn_tensor_destroy(view) };
+    Ok(l)
+}
+
+/// `attn_heads_split_view`: the layout under which `x` ([B, S, H·D], last dim
+/// contiguous) reads as [B, H, S, D] — the same slice, no copy. Use it as
+/// q/k/v layout of a [`Plan`].
+pub fn heads_split_view<T: Float>(ctx: &Context, x: &[T], layout: &Layout, num_heads: i64) -> Result<Layout> {
+    view_call(ctx, x, layout, "attn_heads_split_view", |t, out| unsafe { sys::attn_heads_split_view(ctx.ptr(), t, num_heads, out) })
+}
+
+/// `attn_heads_merge_view`: the layout under which `x` ([B, H, S, D] with the
+/// heads of a row side by side) reads as [B, S, H·D]; `Status::Layout`
+/// otherwise (copy with [`heads_merge`]).
+pub fn heads_merge_view<T: Float>(ctx: &Context, x: &[T], layout: &Layout) -> Result<Layout> {
+    view_call(ctx, x, layout, "attn_heads_merge_view", |t, out| unsafe { sys::attn_heads_merge_view(ctx.ptr(), t, out) })
+}
+
+fn copy_call<T: Float>(ctx: &Context, x: (&[T], &Layout), out: (&mut [T], &Layout), function: &'static str, call: unsafe extern "C" fn(*mut sys::attn_context, *const sys::attn_tensor, *mut sys::attn_tensor) -> sys::attn_status) -> Result<()> {
+    let hx = Handle::over(ctx, x.0, x.1, "x")?;
+    let ho = Handle::wrap(ctx, out.1, out.0.as_mut_ptr(), "out")?;
+    ho.check_len(out.0.len(), "out")?;
+    check(ctx.ptr(), unsafe { call(ctx.ptr(), hx.raw.as_ptr(), ho.raw.as_ptr()) }, function)
+}
+
+/// `attn_heads_split`: copy x [B, S, H·D] into out [B, H, S, D] (any strides).
+pub fn heads_split<T: Float>(ctx: &Context, x: &[T], x_layout: &Layout, out: &mut [T], out_layout: &Layout) -> Result<()> {
+    copy_call(ctx, (x, x_layout), (out, out_layout), "attn_heads_split", sys::attn_heads_split)
+}
+
+/// `attn_heads_merge`: copy x [B, H, S, D] into out [B, S, H·D] (any strides).
+pub fn heads_merge<T: Float>(ctx: &Context, x: &[T], x_layout: &Layout, out: &mut [T], out_layout: &Layout) -> Result<()> {
+    copy_call(ctx, (x, x_layout), (out, out_layout), "attn_heads_merge", sys::attn_heads_merge)
+}
+
+/// Configuration of an [`Mha`] layer (`attn_mha_config`, minus the dtype,
+/// which is the layer's element type). [`MhaConfig::new`] starts from the
+/// library's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MhaConfig {
+    pub embed_dim: i64,
+    pub num_heads: i64,
+    /// 0 = num_heads; 1 = multi-query.
+    pub num_kv_heads: i64,
+    /// Key input features; 0 = embed_dim.
+    pub kdim: i64,
+    /// Value input features; 0 = embed_dim.
+    pub vdim: i64,
+    pub bias: bool,
+    pub add_bias_kv: bool,
+    pub add_zero_attn: bool,
+    /// Inputs/outputs [B, S, ·] (true) or [S, B, ·] (false, PyTorch's default).
+    pub batch_first: bool,
+}
+
+impl MhaConfig {
+    /// `attn_mha_config_init`'s defaults with E and H set.
+    pub fn new(embed_dim: i64, num_heads: i64) -> MhaConfig {
+        let c = raw_config();
+        MhaConfig {
+            embed_dim,
+            num_heads,
+            num_kv_heads: c.num_kv_heads,
+            kdim: c.kdim,
+            vdim: c.vdim,
+            bias: c.bias != 0,
+            add_bias_kv: c.add_bias_kv != 0,
+            add_zero_attn: c.add_zero_attn != 0,
+            batch_first: c.batch_first != 0,
+        }
+    }
+
+    fn kv_features(&self) -> i64 {
+        let hkv = if self.num_kv_heads == 0 { self.num_heads } else { self.num_kv_heads };
+        if self.num_heads > 0 {
+            hkv.saturating_mul(self.embed_dim / self.num_heads)
+        } else {
+            0
+        }
+    }
+    fn kdim_or_e(&self) -> i64 {
+        if self.kdim == 0 { self.embed_dim } else { self.kdim }
+    }
+    fn vdim_or_e(&self) -> i64 {
+        if self.vdim == 0 { self.embed_dim } else { self.vdim }
+    }
+    /// Keys attention sees for `seq_k` input keys (+1 per appended bias/zero row).
+    pub fn attended_keys(&self, seq_k: i64) -> i64 {
+        seq_k + self.add_bias_kv as i64 + self.add_zero_attn as i64
+    }
+}
+
+fn raw_config() -> sys::attn_mha_config {
+    let mut c = std::mem::MaybeUninit::<sys::attn_mha_config>::zeroed();
+    unsafe {
+        sys::attn_mha_config_init(c.as_mut_ptr());
+        c.assume_init()
+    }
+}
+
+/// The layer's parameters: borrowed slices in PyTorch's layout (row-major
+/// [out_features, in_features]), named as in nn.MultiheadAttention. Unused
+/// ones stay `None`. With E_kv = H_kv·E/H: in_proj_weight [E + 2·E_kv, E] or
+/// q/k/v_proj_weight [E, E] / [E_kv, kdim] / [E_kv, vdim]; in_proj_bias
+/// [E + 2·E_kv]; out_proj_weight [E, E]; out_proj_bias [E]; bias_k, bias_v
+/// [1, 1, E_kv].
+#[derive(Clone, Copy, Debug)]
+pub struct MhaWeights<'a, T> {
+    pub in_proj_weight: Option<&'a [T]>,
+    pub q_proj_weight: Option<&'a [T]>,
+    pub k_proj_weight: Option<&'a [T]>,
+    pub v_proj_weight: Option<&'a [T]>,
+    pub in_proj_bias: Option<&'a [T]>,
+    pub out_proj_weight: Option<&'a [T]>,
+    pub out_proj_bias: Option<&'a [T]>,
+    pub bias_k: Option<&'a [T]>,
+    pub bias_v: Option<&'a [T]>,
+}
+
+impl<'a, T> Default for MhaWeights<'a, T> {
+    fn default() -> Self {
+        MhaWeights { in_proj_weight: None, q_proj_weight: None, k_proj_weight: None, v_proj_weight: None, in_proj_bias: None, out_proj_weight: None, out_proj_bias: None, bias_k: None, bias_v: None }
+    }
+}
+
+/// One weight: its slice, the C struct field it goes to, its name and PyTorch shape.
+type WeightRow<'a, 'f, T> = (Option<&'a [T]>, &'f mut *const sys::attn_tensor, &'static str, Vec<i64>);
+
+/// `attn_mha`: PyTorch's nn.MultiheadAttention (dropout 0) with grouped K/V
+/// heads. Borrows its context and its weight slices for `'a` (the C layer
+/// reads them at every execute, so they cannot change while it exists).
+///
+/// ```no_run
+/// use attn::{Context, Mha, MhaConfig, MhaDims, MhaWeights, WeightsOut};
+/// # fn main() -> Result<(), attn::Error> {
+/// let ctx = Context::new()?;
+/// let cfg = MhaConfig { batch_first: true, ..MhaConfig::new(4, 2) };
+/// let (w_in, b_in, w_out, b_out) = (vec![0.1f32; 48], vec![0.0f32; 12], vec![0.1f32; 16], vec![0.0f32; 4]);
+/// let weights = MhaWeights { in_proj_weight: Some(&w_in), in_proj_bias: Some(&b_in), out_proj_weight: Some(&w_out), out_proj_bias: Some(&b_out), ..Default::default() };
+/// let layer = Mha::<f32>::new(&ctx, &cfg, &weights)?;
+/// let x = vec![0.5f32; 2 * 3 * 4]; // [B=2, S=3, E=4]
+/// let keep = vec![1u8, 1, 0, 1, 1, 1]; // key_padding_mask: NON-ZERO = ATTEND
+/// let mut out = vec![0.0f32; x.len()];
+/// let mut avg = vec![0.0f32; 2 * 3 * 3];
+/// layer.forward(None, &MhaDims { batch: 2, seq_q: 3, seq_k: 3 }, &x, &x, &x, Some(&keep), &mut out, WeightsOut::Averaged(&mut avg))?;
+/// # Ok(()) }
+/// ```
+///
+/// The weights must outlive the layer:
+/// ```compile_fail
+/// use attn::{Context, Mha, MhaConfig, MhaWeights};
+/// let ctx = Context::new().unwrap();
+/// let layer;
+/// {
+///     let w = vec![0.1f32; 16];
+///     layer = Mha::<f32>::new(&ctx, &MhaConfig::new(4, 2), &MhaWeights { out_proj_weight: Some(&w), ..Default::default() });
+/// }
+/// drop(layer);
+/// ```
+pub struct Mha<'a, T: Float> {
+    ctx: &'a Context,
+    raw: NonNull<sys::attn_mha>,
+    cfg: MhaConfig,
+    _weights: Vec<Handle>, // destroyed after the layer (see Drop)
+    _borrows: PhantomData<&'a [T]>,
+}
+
+impl<'a, T: Float> Mha<'a, T> {
+    pub fn new(ctx: &'a Context, cfg: &MhaConfig, weights: &MhaWeights<'a, T>) -> Result<Mha<'a, T>> {
+        let mut c = raw_config();
+        c.embed_dim = cfg.embed_dim;
+        c.num_heads = cfg.num_heads;
+        c.num_kv_heads = cfg.num_kv_heads;
+        c.kdim = cfg.kdim;
+        c.vdim = cfg.vdim;
+        c.bias = cfg.bias as i32;
+        c.add_bias_kv = cfg.add_bias_kv as i32;
+        c.add_zero_attn = cfg.add_zero_attn as i32;
+        c.batch_first = cfg.batch_first as i32;
+        c.dtype = T::DTYPE;
+        let mut w = std::mem::MaybeUninit::<sys::attn_mha_weights>::zeroed();
+        let mut w = unsafe {
+            sys::attn_mha_weights_init(w.as_mut_ptr());
+            w.assume_init()
+        };
+        let (e, ekv) = (cfg.embed_dim, cfg.kv_features());
+        let hkv = if cfg.num_kv_heads == 0 { cfg.num_heads } else { cfg.num_kv_heads };
+        let valid = e >= 1 && cfg.num_heads >= 1 && e % cfg.num_heads == 0 && hkv >= 1 && cfg.num_heads % hkv == 0 && cfg.kdim >= 0 && cfg.vdim >= 0;
+        let mut handles = Vec::new();
+        if valid {
+            // One row per weight: slice, its field, PyTorch shape. (An invalid
+            // configuration passes none and lets the library name the problem.)
+            let table: [WeightRow<'a, '_, T>; 9] = [
+                (weights.in_proj_weight, &mut w.in_proj_weight, "in_proj_weight", vec![e + 2 * ekv, e]),
+                (weights.q_proj_weight, &mut w.q_proj_weight, "q_proj_weight", vec![e, e]),
+                (weights.k_proj_weight, &mut w.k_proj_weight, "k_proj_weight", vec![ekv, cfg.kdim_or_e()]),
+                (weights.v_proj_weight, &mut w.v_proj_weight, "v_proj_weight", vec![ekv, cfg.vdim_or_e()]),
+                (weights.in_proj_bias, &mut w.in_proj_bias, "in_proj_bias", vec![e + 2 * ekv]),
+                (weights.out_proj_weight, &mut w.out_proj_weight, "out_proj_weight", vec![e, e]),
+                (weights.out_proj_bias, &mut w.out_proj_bias, "out_proj_bias", vec![e]),
+                (weights.bias_k, &mut w.bias_k, "bias_k", vec![1, 1, ekv]),
+                (weights.bias_v, &mut w.bias_v, "bias_v", vec![1, 1, ekv]),
+            ];
+            for (slice, field, name, shape) in table {
+                if let Some(s) = slice {
+                    let l = Layout::contiguous(&shape);
+                    let h = Handle::over(ctx, s, &l, name)?;
+                    if s.len() != h.extent {
+                        return Err(binding_error(Status::Shape, "attn::Mha::new", format!("{}: slice has {} elements, shape {:?} needs {}", name, s.len(), shape, h.extent)));
+                    }
+                    *field = h.raw.as_ptr();
+                    handles.push(h);
+                }
+            }
+        }
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_mha_create(ctx.ptr(), &c, &w, &mut raw) };
+        check(ctx.ptr(), st, "attn_mha_create")?;
+        Ok(Mha { ctx, raw: NonNull::new(raw).expect("attn_mha_create returned OK and NULL"), cfg: *cfg, _weights: handles, _borrows: PhantomData })
+    }
+
+    pub fn config(&self) -> &MhaConfig {
+        &self.cfg
+    }
+
+    /// Layout of a [seq, feature] input/output for `batch` items: [B, S, F]
+    /// if batch_first, else [S, B, F] (contiguous).
+    pub fn seq_layout(&self, batch: i64, seq: i64, features: i64) -> Layout {
+        if self.cfg.batch_first {
+            Layout::contiguous(&[batch, seq, features])
+        } else {
+            Layout::contiguous(&[seq, batch, features])
+        }
+    }
+
+    /// Plan for contiguous inputs of these sizes (see [`MhaDims`]).
+    pub fn plan<'p>(&'p self, desc: Option<&'p Desc<'p>>, dims: &MhaDims, key_padding_mask: bool, weights: NeedWeights) -> Result<MhaPlan<'p, T>> {
+        let (b, l, s, e) = (dims.batch, dims.seq_q, dims.seq_k, self.cfg.embed_dim);
+        let sx = self.cfg.attended_keys(s);
+        let q = self.seq_layout(b, l, e);
+        let kpm = Layout::contiguous(&[b, s]);
+        let w = match weights {
+            NeedWeights::No => None,
+            NeedWeights::Averaged => Some(Layout::contiguous(&[b, l, sx])),
+            NeedWeights::PerHead => Some(Layout::contiguous(&[b, self.cfg.num_heads, l, sx])),
+        };
+        self.plan_with_layouts(
+            desc,
+            [&q, &self.seq_layout(b, s, self.cfg.kdim_or_e()), &self.seq_layout(b, s, self.cfg.vdim_or_e()), &q],
+            if key_padding_mask { Some(&kpm) } else { None },
+            w.as_ref(),
+        )
+    }
+
+    /// Plan for any layouts of query, key, value, out (rank 3, last dim
+    /// contiguous), key_padding_mask (u8 [B, S]) and weights ([B, L, S'] or
+    /// [B, H, L, S']).
+    pub fn plan_with_layouts<'p>(&'p self, desc: Option<&'p Desc<'p>>, qkvo: [&Layout; 4], key_padding_mask: Option<&Layout>, weights: Option<&Layout>) -> Result<MhaPlan<'p, T>> {
+        let ctx = self.ctx;
+        let mut handles: [Option<Handle>; 6] = Default::default();
+        let layouts = [Some(qkvo[0]), Some(qkvo[1]), Some(qkvo[2]), key_padding_mask, Some(qkvo[3]), weights];
+        for (i, l) in layouts.iter().enumerate() {
+            if let Some(l) = l {
+                // Data pointers are set at execute; plan creation reads only metadata.
+                handles[i] = Some(if i == 3 {
+                    Handle::wrap::<u8>(ctx, l, NonNull::<u8>::dangling().as_ptr(), MHA_NAMES[i])?
+                } else {
+                    Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), MHA_NAMES[i])?
+                });
+            }
+        }
+        let p = |i: usize| handles[i].as_ref().map_or(ptr::null(), |h: &Handle| h.raw.as_ptr() as *const _);
+        let d = desc.map_or(ptr::null(), |d| d.raw.as_ptr() as *const _);
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_mha_plan_create(self.raw.as_ptr(), d, p(0), p(1), p(2), p(3), p(4), p(5), &mut raw) };
+        check(ctx.ptr(), st, "attn_mha_plan_create")?;
+        Ok(MhaPlan { mha: self, raw: NonNull::new(raw).expect("attn_mha_plan_create returned OK and NULL"), handles, _desc: PhantomData })
+    }
+
+    /// One-shot forward (plan, execute, drop), like nn.MultiheadAttention's
+    /// forward: `weights` receives the averaged or per-head probabilities.
+    /// key_padding_mask: u8 [B, S], **non-zero = attend** (PyTorch: True = ignore).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(&self, desc: Option<&Desc<'_>>, dims: &MhaDims, query: &[T], key: &[T], value: &[T], key_padding_mask: Option<&[u8]>, out: &mut [T], weights: WeightsOut<'_, T>) -> Result<()> {
+        let (need, w) = match weights {
+            WeightsOut::None => (NeedWeights::No, None),
+            WeightsOut::Averaged(w) => (NeedWeights::Averaged, Some(w)),
+            WeightsOut::PerHead(w) => (NeedWeights::PerHead, Some(w)),
+        };
+        let mut plan = self.plan(desc, dims, key_padding_mask.is_some(), need)?;
+        plan.execute(query, key, value, key_padding_mask, out, w)
+    }
+}
+
+impl<T: Float> Drop for Mha<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_mha_destroy(self.raw.as_ptr()) }
+        // self._weights drop after: the layer no longer refers to them.
+    }
+}
+
+/// Sizes of an MHA problem: batch, query length L, key length S (before any
+/// appended bias/zero key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MhaDims {
+    pub batch: i64,
+    pub seq_q: i64,
+    pub seq_k: i64,
+}
+
+/// Which attention weights an [`MhaPlan`] writes (PyTorch's need_weights /
+/// average_attn_weights): none, [B, L, S'] averaged over heads, or [B, H, L, S'].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeedWeights {
+    No,
+    Averaged,
+    PerHead,
+}
+
+/// The weights output of [`Mha::forward`].
+pub enum WeightsOut<'w, T> {
+    None,
+    Averaged(&'w mut [T]),
+    PerHead(&'w mut [T]),
+}
+
+const MHA_NAMES: [&str; 6] = ["query", "key", "value", "key_padding_mask", "out", "weights"];
+
+/// `attn_mha_plan`: the layer bound to layouts, with its workspace. Borrows
+/// the layer and the descriptor it was made with.
+pub struct MhaPlan<'p, T: Float> {
+    mha: &'p Mha<'p, T>,
+    raw: NonNull<sys::attn_mha_plan>,
+    handles: [Option<Handle>; 6], // query, key, value, key_padding_mask, out, weights
+    _desc: PhantomData<&'p Desc<'p>>,
+}
+
+impl<'p, T: Float> MhaPlan<'p, T> {
+    /// Bytes of workspace the plan holds.
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_mha_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// Run on these slices (self-attention: pass the same slice three times).
+    /// key_padding_mask and weights exactly when the plan was made with them.
+    /// On error nothing is written.
+    pub fn execute(&mut self, query: &[T], key: &[T], value: &[T], key_padding_mask: Option<&[u8]>, out: &mut [T], weights: Option<&mut [T]>) -> Result<()> {
+        let ptrs: [Option<(*mut c_void, usize)>; 6] = [
+            Some((query.as_ptr() as *mut c_void, query.len())),
+            Some((key.as_ptr() as *mut c_void, key.len())),
+            Some((value.as_ptr() as *mut c_void, value.len())),
+            key_padding_mask.map(|m| (m.as_ptr() as *mut c_void, m.len())),
+            Some((out.as_mut_ptr() as *mut c_void, out.len())),
+            weights.map(|w| (w.as_mut_ptr() as *mut c_void, w.len())),
+        ];
+        let ctx = self.mha.ctx;
+        for i in 0..6 {
+            match (&self.handles[i], ptrs[i]) {
+                (Some(h), Some((_, len))) => h.check_len(len, MHA_NAMES[i])?,
+                (None, None) => {}
+                (Some(_), None) => return Err(binding_error(Status::Mismatch, "attn::MhaPlan::execute", format!("{}: the plan was created with it; pass it", MHA_NAMES[i]))),
+                (None, Some(_)) => return Err(binding_error(Status::Mismatch, "attn::MhaPlan::execute", format!("{}: the plan was created without it; pass None", MHA_NAMES[i]))),
+            }
+        }
+        for i in 0..6 {
+            if let (Some(h), Some((p, _))) = (&self.handles[i], ptrs[i]) {
+                check(ctx.ptr(), unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), p) }, "attn_tensor_set_data")?;
+            }
+        }
+        let p = |i: usize| self.handles[i].as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+        let st = unsafe { sys::attn_mha_plan_execute(self.raw.as_ptr(), p(0), p(1), p(2), p(3), p(4), p(5)) };
+        check(ctx.ptr(), st, "attn_mha_plan_execute")
+    }
+}
+
+impl<T: Float> Drop for MhaPlan<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_mha_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its safe
+// wrapper goes here (a handle type with Drop, borrowing its Context), and its
+// declarations in attn-sys's "KV cache" section.

@@ -1,9 +1,8 @@
 //! Tests of the safe crate against a naive f64 reference written here.
 //! Run with the built library: ATTN_LIB_DIR=build LD_LIBRARY_PATH=build cargo test --offline
 //!
-//! Variants the library does not build yet report Status::Unsupported: their
-//! tests print "NOT BUILT YET" and return early; they check the result
-//! automatically once the variant lands.
+//! Every long-sequence variant on main is checked against a reference
+//! computed here from approx.h's definitions (Unsupported is a failure).
 
 use attn::{Causal, Context, Desc, Dims, Error, Layout, Plan, Score, Status, Variant};
 
@@ -27,8 +26,10 @@ struct RefOpts {
     causal: Option<Causal>,
     scale: Option<f64>,
     key_lengths: Option<Vec<i64>>,
-    /// [S_q][S_k] keep matrix shared by all batches/heads.
+    /// Keep matrix [S_q][S_k] shared by all batches/heads, or [H][S_q][S_k].
     keep: Option<Vec<bool>>,
+    /// Additive score bias [H][S_q][S_k] (Swin's relative position bias).
+    bias: Option<Vec<f64>>,
 }
 
 struct RefOut {
@@ -65,11 +66,11 @@ fn reference(d: &Dims, q: &[f64], k: &[f64], v: &[f64], o: &RefOpts) -> RefOut {
                         keep &= (j as i64) < kl_[b];
                     }
                     if let Some(m) = &o.keep {
-                        keep &= m[i * sk + j];
+                        keep &= if m.len() == sq * sk { m[i * sk + j] } else { m[(h * sq + i) * sk + j] };
                     }
                     if keep {
                         let dot: f64 = (0..dk).map(|x| at(&ql, q, [b, h, i, x]) * at(&kl, k, [b, h / g, j, x])).sum();
-                        *sj = dot * scale;
+                        *sj = dot * scale + o.bias.as_ref().map_or(0.0, |t| t[(h * sq + i) * sk + j]);
                     }
                 }
                 let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -305,64 +306,272 @@ fn results_do_not_depend_on_thread_count() {
     assert_eq!(run(1), run(2));
 }
 
-/// Run a variant; None (and a NOT BUILT YET note) while the library reports Unsupported.
-fn run_variant(desc: &Desc<'_>, dims: &Dims, q: &[f64], k: &[f64], v: &[f64]) -> Option<Vec<f64>> {
+/// Run a variant (f64, dims' layouts); any error, Unsupported included, fails.
+fn run_variant(desc: &Desc<'_>, dims: &Dims, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
     let mut out = vec![0.0; dims.out_len()];
-    match attn::attention(desc, dims, q, k, v, &mut out) {
-        Ok(()) => Some(out),
-        Err(e) if e.status == Status::Unsupported => {
-            eprintln!("NOT BUILT YET (libattn reports Unsupported: {}) -- skipping", e.message);
-            None
+    attn::attention(desc, dims, q, k, v, &mut out).unwrap_or_else(|e| panic!("{}", e));
+    out
+}
+
+fn inputs(dims: &Dims, seed: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let mut rng = Rng(seed);
+    (rng.vec(dims.q_len()), rng.vec(dims.k_len()), rng.vec(dims.v_len()))
+}
+
+/// Dense keep [H][S_q][S_k] from a block layout [H][nq][nk] of block b.
+fn keep_from_blocks(layout: &[u8], h: usize, sq: usize, sk: usize, b: usize) -> Vec<bool> {
+    let (nq, nk) = ((sq + b - 1) / b, (sk + b - 1) / b);
+    let mut keep = Vec::with_capacity(h * sq * sk);
+    for hh in 0..h {
+        for i in 0..sq {
+            for j in 0..sk {
+                keep.push(layout[(hh * nq + i / b) * nk + j / b] != 0);
+            }
         }
-        Err(e) => panic!("{}", e),
     }
+    keep
 }
 
 #[test]
-fn variant_block_sparse_matches_masked_reference_once_built() {
+fn variant_block_sparse_matches_masked_reference() {
     let ctx = ctx();
-    let dims = Dims::new(1, 1, 12, 12, 4);
-    let mut rng = Rng(19);
-    let (q, k, v) = (rng.vec(dims.q_len()), rng.vec(dims.k_len()), rng.vec(dims.v_len()));
-    let layout: Vec<u8> = vec![1, 0, 1, 1, 1, 0, 0, 1, 1]; // [1, 3, 3] blocks of 4
-    let ll = Layout::contiguous(&[1, 3, 3]);
-    let mut desc = Desc::new(&ctx).unwrap();
-    desc.variant(Variant::BlockSparse).unwrap().block_size(4).unwrap().block_layout(&layout, &ll).unwrap();
-    if let Some(out) = run_variant(&desc, &dims, &q, &k, &v) {
-        let keep: Vec<bool> = (0..144).map(|x| layout[(x / 12 / 4) * 3 + (x % 12) / 4] != 0).collect();
-        let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep), ..Default::default() });
+    let layout: Vec<u8> = vec![1, 0, 1, 1, 1, 0, 0, 1, 1, /* head 1 */ 0, 1, 0, 0, 0, 0, 1, 1, 1]; // [2, 3, 3]
+    for &(heads, causal) in [(1i64, Causal::None), (2, Causal::TopLeft)].iter() {
+        let dims = Dims::new(1, 2, 11, 11, 4);
+        let (q, k, v) = inputs(&dims, 19 + heads as u64);
+        let ll = Layout::contiguous(&[heads, 3, 3]);
+        let lay = &layout[..(heads * 9) as usize];
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.variant(Variant::BlockSparse).unwrap().block_size(4).unwrap().block_layout(lay, &ll).unwrap().causal(causal).unwrap();
+        let out = run_variant(&desc, &dims, &q, &k, &v);
+        let per_head: Vec<u8> = if heads == 1 { layout[..9].repeat(2) } else { layout.clone() };
+        let keep = keep_from_blocks(&per_head, 2, 11, 11, 4);
+        let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep), causal: Some(causal), ..Default::default() });
         assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "block-sparse out");
     }
 }
 
 #[test]
-fn variant_longformer_matches_window_plus_global_once_built() {
+fn variant_longformer_matches_window_plus_global() {
     let ctx = ctx();
     let dims = Dims::new(1, 2, 16, 16, 4);
-    let mut rng = Rng(23);
-    let (q, k, v) = (rng.vec(dims.q_len()), rng.vec(dims.k_len()), rng.vec(dims.v_len()));
+    let (q, k, v) = inputs(&dims, 23);
     let global = [0i64, 9];
-    let mut desc = Desc::new(&ctx).unwrap();
-    desc.variant(Variant::Longformer).unwrap().window(Some(2), Some(2)).unwrap().global_tokens(&global).unwrap();
-    if let Some(out) = run_variant(&desc, &dims, &q, &k, &v) {
+    for &causal in [Causal::None, Causal::TopLeft].iter() {
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.variant(Variant::Longformer).unwrap().window(Some(2), Some(1)).unwrap().global_tokens(&global).unwrap().causal(causal).unwrap();
+        let out = run_variant(&desc, &dims, &q, &k, &v);
         let g = |x: usize| global.contains(&(x as i64));
-        let keep: Vec<bool> = (0..256).map(|x| (x / 16, x % 16)).map(|(i, j)| (i as i64 - j as i64).abs() <= 2 || g(i) || g(j)).collect();
-        let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep), ..Default::default() });
+        let keep: Vec<bool> = (0..256).map(|x| (x / 16, x % 16)).map(|(i, j)| (j + 2 >= i && j <= i + 1) || g(i) || g(j)).collect();
+        let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep), causal: Some(causal), ..Default::default() });
         assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "longformer out");
     }
 }
 
+fn mix(mut z: u64) -> u64 {
+    z ^= z >> 30;
+    z = z.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z ^= z >> 27;
+    z = z.wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// BigBird's layout [H][nq][nk] as approx.h defines it.
+fn bigbird_layout(h: usize, nq: usize, nk: usize, wb: usize, gb: usize, rb: usize, seed: u64) -> Vec<u8> {
+    let mut lay = vec![0u8; h * nq * nk];
+    for hh in 0..h {
+        for r in 0..nq {
+            let row = &mut lay[(hh * nq + r) * nk..(hh * nq + r + 1) * nk];
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = (r < gb || c < gb || (c as i64 - r as i64).abs() <= wb as i64) as u8;
+            }
+            if r < gb {
+                continue;
+            }
+            let mut s = mix(seed ^ mix((hh * nq + r) as u64 + 1));
+            for _ in 0..rb {
+                let free: Vec<usize> = (0..nk).filter(|&c| row[c] == 0).collect();
+                let n = free.len() as u64;
+                if n == 0 {
+                    break;
+                }
+                let threshold = n.wrapping_neg() % n; // 2^64 mod n
+                let u = loop {
+                    s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                    let u = mix(s);
+                    if u >= threshold {
+                        break u;
+                    }
+                };
+                row[free[(u % n) as usize]] = 1;
+            }
+        }
+    }
+    lay
+}
+
 #[test]
-fn variant_performer_is_deterministic_once_built() {
+fn variant_bigbird_layout_follows_the_documented_generator_and_output_matches() {
+    let ctx = ctx();
+    let (b, sq) = (4usize, 30usize);
+    let dims = Dims::new(1, 3, sq as i64, sq as i64, 4);
+    let (q, k, v) = inputs(&dims, 29);
+    for &(wb, gb, rb, seed) in [(1usize, 1usize, 2usize, 42u64), (0, 0, 1, 7), (1, 2, 10, 1 << 63)].iter() {
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.variant(Variant::BigBird).unwrap().block_size(b as i64).unwrap().bigbird(wb as i64, gb as i64, rb as i64, seed).unwrap();
+        let mut plan = Plan::<f64>::new(&desc, &dims, false, false).unwrap();
+        let layout = plan.block_layout().unwrap();
+        let nb = (sq + b - 1) / b;
+        assert_eq!(layout, bigbird_layout(3, nb, nb, wb, gb, rb, seed), "layout for {:?}", (wb, gb, rb, seed));
+        let mut out = vec![0.0; dims.out_len()];
+        plan.execute(&q, &k, &v, &mut out, None, None).unwrap();
+        let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep_from_blocks(&layout, 3, sq, sq, b)), ..Default::default() });
+        assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "bigbird out");
+    }
+}
+
+/// Swin keep [S][S] and bias [H][S][S] from the definition: pad to multiples
+/// of w, roll by -shift, w×w windows, three cuts per axis when shifted.
+fn swin_terms(gh: usize, gw: usize, w: usize, shift: usize, table: Option<&[f64]>, heads: usize) -> (Vec<bool>, Option<Vec<f64>>) {
+    let s = gh * gw;
+    let (ph, pw) = ((gh + w - 1) / w * w, (gw + w - 1) / w * w);
+    let cut = |r: usize, p: usize| if shift == 0 || r < p - w { 0 } else if r < p - shift { 1 } else { 2 };
+    let pos = |t: usize| ((t / gw + ph - shift) % ph, (t % gw + pw - shift) % pw);
+    let tag = |t: usize| {
+        let (y, x) = pos(t);
+        (y / w, x / w, cut(y, ph), cut(x, pw))
+    };
+    let keep: Vec<bool> = (0..s * s).map(|x| tag(x / s) == tag(x % s)).collect();
+    let bias = table.map(|t| {
+        let mut bias = vec![0.0; heads * s * s];
+        for h in 0..heads {
+            for i in 0..s {
+                for j in 0..s {
+                    let ((yi, xi), (yj, xj)) = (pos(i), pos(j));
+                    let dy = (yi % w) as i64 - (yj % w) as i64 + w as i64 - 1;
+                    let dx = (xi % w) as i64 - (xj % w) as i64 + w as i64 - 1;
+                    bias[(h * s + i) * s + j] = t[(dy as usize * (2 * w - 1) + dx as usize) * heads + h];
+                }
+            }
+        }
+        bias
+    });
+    (keep, bias)
+}
+
+#[test]
+fn variant_swin_matches_per_window_reference_with_shift_padding_and_bias() {
+    let ctx = ctx();
+    for &(gh, gw, w, shift) in [(4usize, 6usize, 2usize, 0usize), (4, 6, 2, 1), (5, 7, 3, 1), (8, 8, 4, 2)].iter() {
+        for &with_bias in [false, true].iter() {
+            let heads = 2usize;
+            let s = (gh * gw) as i64;
+            let dims = Dims::new(1, heads as i64, s, s, 4);
+            let (q, k, v) = inputs(&dims, (gh * 100 + gw * 10 + shift) as u64);
+            let table = Rng(w as u64 + 3).vec((2 * w - 1) * (2 * w - 1) * heads);
+            let tl = Layout::contiguous(&[((2 * w - 1) * (2 * w - 1)) as i64, heads as i64]);
+            let mut desc = Desc::new(&ctx).unwrap();
+            desc.variant(Variant::Swin).unwrap().swin(gh as i64, gw as i64, w as i64, shift as i64).unwrap();
+            if with_bias {
+                desc.swin_bias(&table, &tl).unwrap();
+            }
+            let out = run_variant(&desc, &dims, &q, &k, &v);
+            let (keep, bias) = swin_terms(gh, gw, w, shift, if with_bias { Some(&table) } else { None }, heads);
+            let want = reference(&dims, &q, &k, &v, &RefOpts { keep: Some(keep), bias, ..Default::default() });
+            assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "swin out");
+        }
+    }
+}
+
+#[test]
+fn variant_linear_elu_matches_the_feature_map_formula() {
+    let ctx = ctx();
+    let dims = Dims::new(2, 2, 12, 12, 4).kv_heads(1);
+    let (q, k, v) = inputs(&dims, 31);
+    let phi = |x: f64| if x > 0.0 { x + 1.0 } else { x.exp() };
+    for &causal in [Causal::None, Causal::TopLeft].iter() {
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.variant(Variant::LinearElu).unwrap().causal(causal).unwrap();
+        let out = run_variant(&desc, &dims, &q, &k, &v);
+        // Dense quadratic form Σ_j (φ(q_i)·φ(k_j)) v_j / Σ_j φ(q_i)·φ(k_j), no associativity.
+        for b in 0..2usize {
+            for h in 0..2usize {
+                for i in 0..12usize {
+                    let (mut num, mut den) = (vec![0.0; 4], 0.0);
+                    for j in 0..12usize {
+                        if causal == Causal::TopLeft && j > i {
+                            continue;
+                        }
+                        let a: f64 = (0..4).map(|x| phi(q[((b * 2 + h) * 12 + i) * 4 + x]) * phi(k[(b * 12 + j) * 4 + x])).sum();
+                        den += a;
+                        for x in 0..4 {
+                            num[x] += a * v[(b * 12 + j) * 4 + x];
+                        }
+                    }
+                    for x in 0..4 {
+                        let got = out[((b * 2 + h) * 12 + i) * 4 + x];
+                        assert!((got - num[x] / den).abs() <= 1e-10 * (num[x] / den).abs() + 1e-12, "linear elu [{},{},{},{}]: {} vs {}", b, h, i, x, got, num[x] / den);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn variant_performer_is_deterministic_and_redraw_equals_a_fresh_plan() {
     let ctx = ctx();
     let dims = Dims::new(1, 1, 8, 8, 4);
-    let mut rng = Rng(29);
-    let (q, k, v) = (rng.vec(dims.q_len()), rng.vec(dims.k_len()), rng.vec(dims.v_len()));
+    let (q, k, v) = inputs(&dims, 37);
+    let fresh = |seed: u64| {
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.variant(Variant::Performer).unwrap().features(32, seed).unwrap();
+        run_variant(&desc, &dims, &q, &k, &v)
+    };
+    let (a, b) = (fresh(5), fresh(6));
+    assert_eq!(a, fresh(5));
+    assert_ne!(a, b);
+    assert!(a.iter().all(|x| x.is_finite()));
     let mut desc = Desc::new(&ctx).unwrap();
     desc.variant(Variant::Performer).unwrap().features(32, 5).unwrap();
-    if let Some(a) = run_variant(&desc, &dims, &q, &k, &v) {
-        let b = run_variant(&desc, &dims, &q, &k, &v).unwrap();
-        assert_eq!(a, b);
-        assert!(a.iter().all(|x| x.is_finite()));
-    }
+    let mut plan = Plan::<f64>::new(&desc, &dims, false, false).unwrap();
+    let mut out = vec![0.0; dims.out_len()];
+    plan.redraw_features(6).unwrap();
+    plan.execute(&q, &k, &v, &mut out, None, None).unwrap();
+    assert_eq!(out, b);
+    plan.redraw_features(5).unwrap();
+    plan.execute(&q, &k, &v, &mut out, None, None).unwrap();
+    assert_eq!(out, a);
+    // Weights are never formed by linear attention.
+    let e = Plan::<f64>::new(&desc, &dims, true, false).err().expect("weights must be refused");
+    assert_eq!(e.status, Status::Unsupported);
+}
+
+#[test]
+fn variant_linformer_is_exact_attention_on_projected_keys_and_values() {
+    let ctx = ctx();
+    let (sq, sk, r) = (6usize, 10usize, 3usize);
+    let dims = Dims::new(2, 2, sq as i64, sk as i64, 4);
+    let (q, k, v) = inputs(&dims, 41);
+    let mut rng = Rng(43);
+    let (e, f) = (rng.vec(r * sk), rng.vec(r * sk));
+    let pl = Layout::contiguous(&[r as i64, sk as i64]);
+    let mut desc = Desc::new(&ctx).unwrap();
+    desc.variant(Variant::Linformer).unwrap().lowrank_proj((&e, &pl), (&f, &pl)).unwrap();
+    let out = run_variant(&desc, &dims, &q, &k, &v);
+    // K' = E·K, V' = F·V per (batch, head), then exact attention on them.
+    let proj = |p: &[f64], x: &[f64]| {
+        let mut y = vec![0.0; 2 * 2 * r * 4];
+        for bh in 0..4 {
+            for rr in 0..r {
+                for d in 0..4 {
+                    y[(bh * r + rr) * 4 + d] = (0..sk).map(|s| p[rr * sk + s] * x[(bh * sk + s) * 4 + d]).sum();
+                }
+            }
+        }
+        y
+    };
+    let pd = Dims::new(2, 2, sq as i64, r as i64, 4);
+    let want = reference(&pd, &q, &proj(&e, &k), &proj(&f, &v), &RefOpts::default());
+    assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "linformer out");
 }
