@@ -12,15 +12,6 @@
 
 #include "testutil.h"
 
-static attn_context *ctx_threads(int32_t n) {
-  attn_context_options o;
-  attn_context_options_init(&o);
-  o.num_threads = n;
-  attn_context *ctx = NULL;
-  assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
-  return ctx;
-}
-
 static attn_tensor *wrap(attn_context *ctx, int32_t rank, const int64_t *shape,
                          const int64_t *strides, void *data) {
   attn_tensor *t = NULL;
@@ -34,7 +25,7 @@ static attn_tensor *wrap(attn_context *ctx, int32_t rank, const int64_t *shape,
  * skips the product, and execute returns ATTN_OK with out = 0. */
 static void linformer_broadcast_projection_rows(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   enum { S = 8, D = 4, K = 2 };
   float q[S * D], k[S * D], v[S * D], out[S * D], erow[S];
   for (int i = 0; i < S * D; i++) {
@@ -80,7 +71,7 @@ static void linformer_broadcast_projection_rows(void **state) {
  * rejected at plan time. */
 static void aliased_output_rows_are_rejected(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(2);
+  attn_context *ctx = tu_context(2);
   enum { H = 4, S = 16, D = 8 };
   float *q = calloc(H * S * D, 4), *out = calloc(S * D, 4);
   const int64_t shp[4] = {1, H, S, D}, ost[4] = {S * D, 0, D, 1};
@@ -107,7 +98,7 @@ static void row_stride_beyond_int_max(void **state) {
   float *kmem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (kmem == MAP_FAILED) skip();
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   float q[8] = {1, 0, 0, 0, 0, 1, 0, 0}, v[8] = {1, 2, 3, 4, 5, 6, 7, 8}, out[8];
   for (int x = 0; x < 4; x++) kmem[stride + x] = 10; /* key 1 dominates, key 0 = 0 */
   const int64_t shp[4] = {1, 1, S, D}, kst[4] = {stride * S, stride * S, stride, 1};
@@ -140,7 +131,7 @@ static void row_stride_beyond_int_max(void **state) {
  * the 0-byte layout" (ATTN_ERR_NO_MEMORY). */
 static void huge_block_size_is_one_block(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   enum { S = 10, D = 2 };
   float q[S * D] = {0}, out[S * D];
   const int64_t shp[4] = {1, 1, S, D};
@@ -164,7 +155,7 @@ static void huge_block_size_is_one_block(void **state) {
  * inf·0 = NaN on the diagonal, and the row comes out 0 instead of v_i. */
 static void alibi_slope_beyond_float_range(void **state) {
   (void)state;
-  attn_context *ctx = ctx_threads(1);
+  attn_context *ctx = tu_context(1);
   enum { S = 4, D = 2 };
   float q[S * D] = {0}, v[S * D] = {1, 1, 2, 2, 3, 3, 4, 4}, out[S * D];
   const int64_t shp[4] = {1, 1, S, D};
