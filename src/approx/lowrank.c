@@ -166,11 +166,9 @@ static attn_status check_proj(attn_plan *p, int64_t *k_out) {
                        "%s: shape %s, expected [k, S_k = %" PRId64 "] or [H_kv = %" PRId64
                        ", k, S_k = %" PRId64 "]",
                        names[i], attn_shape_str(t, buf, sizeof buf), p->Sk, p->Hkv, p->Sk);
-    if (t->strides[r - 1] != 1 && p->Sk > 1)
-      return attn_fail(ctx, ATTN_ERR_LAYOUT, "%s: last dim stride %" PRId64
-                       " (the S_k axis must be contiguous)", names[i], t->strides[r - 1]);
-    if (t->strides[r - 2] > INT_MAX)
-      return attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: row stride exceeds INT_MAX", names[i]);
+    /* Each [k, S_k] slice is a BLAS operand: contiguous S_k axis, rows that
+     * do not overlap, everything within BLAS's int. */
+    if ((st = attn_check_matrix_rows(ctx, names[i], t)) != ATTN_OK) return st;
   }
   for (int32_t x = 0; x < e->rank; x++)
     if (f->shape[x] != e->shape[x]) {

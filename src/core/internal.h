@@ -64,7 +64,8 @@ bool attn_bytes_ok(const int64_t *dims, int n, size_t elem_size, size_t *bytes);
 
 static inline int64_t attn_min64(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t attn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
-static inline int64_t attn_cdiv64(int64_t a, int64_t b) { return (a + b - 1) / b; }
+/* ⌈a / b⌉ for a ≥ 0, b ≥ 1, without overflow near INT64_MAX. */
+static inline int64_t attn_cdiv64(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
 /* ---- tensors (core/tensor.c) ---------------------------------------------- */
 
@@ -87,6 +88,16 @@ const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len);
 /* Checks for a tensor argument named `name`: not NULL, rank, dtype. */
 attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_tensor *t,
                               int32_t rank, attn_dtype dtype);
+
+/* A matrix handed to BLAS as (pointer, leading dimension): the columns must
+ * be contiguous (col_stride 1, unless there is one column), rows must not
+ * overlap (row_stride ≥ cols; BLAS rejects a smaller leading dimension even
+ * for one row) → ATTN_ERR_LAYOUT; rows, cols and row_stride must fit BLAS's
+ * int → ATTN_ERR_UNSUPPORTED. The message names `name`. */
+attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows, int64_t cols,
+                              int64_t row_stride, int64_t col_stride);
+/* The same for the last two dims of a tensor of rank ≥ 2. */
+attn_status attn_check_matrix_rows(attn_context *ctx, const char *name, const attn_tensor *t);
 
 /* Element offset of index (i0..i3) for a rank-4 tensor. */
 static inline int64_t attn_off4(const attn_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d) {

@@ -22,23 +22,6 @@ static attn_status expect_dims(attn_context *ctx, const char *name, const attn_t
   return ATTN_OK;
 }
 
-/* Rows go to GEMM as (pointer, leading dimension): the last dim must be
- * contiguous and, for rank ≥ 2, rows must not overlap (BLAS rejects a leading
- * dimension below the row length; OpenBLAS would print and skip the product). */
-static attn_status expect_unit_last(attn_context *ctx, const char *name, const attn_tensor *t) {
-  const int32_t r = t->rank;
-  if (t->strides[r - 1] != 1 && t->shape[r - 1] != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT,
-                     "%s: last dim stride is %" PRId64 "; the last dim must be contiguous (stride 1)",
-                     name, t->strides[r - 1]);
-  if (r >= 2 && t->strides[r - 2] < t->shape[r - 1])
-    return attn_fail(ctx, ATTN_ERR_LAYOUT,
-                     "%s: row stride %" PRId64 " is below the row length %" PRId64
-                     " (rows must not overlap)",
-                     name, t->strides[r - 2], t->shape[r - 1]);
-  return ATTN_OK;
-}
-
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
@@ -84,16 +67,16 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   const int64_t owant[4] = {p->B, p->H, p->Sq, p->Dv};
   if ((st = expect_dims(ctx, "out", out, owant, "[B, H, S_q, d_v] of q and v")) != ATTN_OK)
     return st;
-  if ((st = expect_unit_last(ctx, "q", q)) != ATTN_OK) return st;
-  if ((st = expect_unit_last(ctx, "k", k)) != ATTN_OK) return st;
-  if ((st = expect_unit_last(ctx, "v", v)) != ATTN_OK) return st;
-  if ((st = expect_unit_last(ctx, "out", out)) != ATTN_OK) return st;
+  if ((st = attn_check_matrix_rows(ctx, "q", q)) != ATTN_OK) return st;
+  if ((st = attn_check_matrix_rows(ctx, "k", k)) != ATTN_OK) return st;
+  if ((st = attn_check_matrix_rows(ctx, "v", v)) != ATTN_OK) return st;
+  if ((st = attn_check_matrix_rows(ctx, "out", out)) != ATTN_OK) return st;
   if (weights != NULL) {
     if ((st = attn_check_tensor(ctx, "weights", weights, 4, dt)) != ATTN_OK) return st;
     const int64_t wwant[4] = {p->B, p->H, p->Sq, p->Sk};
     if ((st = expect_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
       return st;
-    if ((st = expect_unit_last(ctx, "weights", weights)) != ATTN_OK) return st;
+    if ((st = attn_check_matrix_rows(ctx, "weights", weights)) != ATTN_OK) return st;
   }
   if (lse != NULL) {
     if ((st = attn_check_tensor(ctx, "lse", lse, 3, dt)) != ATTN_OK) return st;

@@ -1,5 +1,6 @@
 /* Tensors: dtype, shape, strides (elements), data; owned or borrowed. */
 #include <inttypes.h>
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -178,4 +179,29 @@ attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_te
     return attn_fail(ctx, ATTN_ERR_DTYPE, "%s: dtype %s, expected %s", name,
                      attn_dtype_name(t->dtype), attn_dtype_name(dtype));
   return ATTN_OK;
+}
+
+attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows, int64_t cols,
+                              int64_t row_stride, int64_t col_stride) {
+  if (col_stride != 1 && cols != 1)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                     "%s: last dim stride is %" PRId64 "; the last dim must be contiguous (stride 1)",
+                     name, col_stride);
+  if (row_stride < cols)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                     "%s: row stride %" PRId64 " is below the row length %" PRId64
+                     " (rows must not overlap)",
+                     name, row_stride, cols);
+  if (rows > INT_MAX || cols > INT_MAX || row_stride > INT_MAX)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "%s: %" PRId64 " rows x %" PRId64 " columns with row stride %" PRId64
+                     " exceed BLAS's int range (%d)",
+                     name, rows, cols, row_stride, INT_MAX);
+  return ATTN_OK;
+}
+
+attn_status attn_check_matrix_rows(attn_context *ctx, const char *name, const attn_tensor *t) {
+  const int32_t r = t->rank;
+  return attn_check_matrix(ctx, name, t->shape[r - 2], t->shape[r - 1], t->strides[r - 2],
+                           t->strides[r - 1]);
 }

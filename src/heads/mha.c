@@ -12,6 +12,7 @@
  * matching strides. */
 #include <float.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -110,9 +111,7 @@ static attn_status check_weight(attn_context *ctx, const char *name, const attn_
   if (t->strides[rank - 1] != 1 && t->shape[rank - 1] != 1)
     return attn_fail(ctx, ATTN_ERR_LAYOUT, "%s: last dim stride is %" PRId64 ", must be 1", name,
                      t->strides[rank - 1]);
-  if (rank == 2 && t->shape[0] > 1 && t->strides[0] < t->shape[1])
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "%s: row stride %" PRId64 " is below the row length %"
-                     PRId64, name, t->strides[0], t->shape[1]);
+  if (rank == 2) return attn_check_matrix_rows(ctx, name, t); /* a GEMM operand */
   return ATTN_OK;
 }
 
@@ -321,6 +320,13 @@ static attn_status check_operand(attn_context *ctx, const char *name, const attn
     return attn_fail(ctx, ATTN_ERR_LAYOUT,
                      "%s: rows overlap (row stride %" PRId64 " < %" PRId64 " features)", name, rs,
                      F);
+  /* Rows reach BLAS as M (all B·S rows at once, or S per batch item) with
+   * leading dimension rs. */
+  int64_t m_rows = o == ROWS_PER_BATCH ? Sn : Bn * Sn;
+  if (m_rows > INT_MAX || rs > INT_MAX || F > INT_MAX)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "%s: %" PRId64 " rows of %" PRId64 " features with row stride %" PRId64
+                     " exceed BLAS's int range", name, m_rows, F, rs);
   return ATTN_OK;
 }
 

@@ -82,21 +82,6 @@ attn_status attn_exact_execute(attn_plan *p, const attn_tensor *q, const attn_te
 
 static const attn_plan_ops exact_ops = {"exact", attn_exact_execute, NULL, NULL, NULL};
 
-/* Weight matrices go to GEMM as (pointer, leading dimension): the last dim
- * must be contiguous and rows must not overlap (BLAS rejects ld < row length,
- * and OpenBLAS then prints and skips the product). */
-static attn_status check_weight_layout(attn_context *ctx, const char *name, const attn_tensor *w) {
-  if (w->strides[1] != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "%s: last dim stride is %" PRId64 ", must be 1", name,
-                     w->strides[1]);
-  if (w->strides[0] < w->shape[1])
-    return attn_fail(ctx, ATTN_ERR_LAYOUT,
-                     "%s: row stride %" PRId64 " is below the row length %" PRId64
-                     " (rows must not overlap)",
-                     name, w->strides[0], w->shape[1]);
-  return ATTN_OK;
-}
-
 static attn_status check_score_params(attn_plan *p) {
   attn_context *ctx = p->ctx;
   const attn_desc *d = &p->desc;
@@ -111,7 +96,7 @@ static attn_status check_score_params(attn_plan *p) {
       return attn_fail(ctx, ATTN_ERR_SHAPE,
                        "general_w: shape %s, expected [d_q, d_k] = [%" PRId64 ",%" PRId64 "]",
                        attn_shape_str(d->general_w, buf, sizeof buf), p->Dq, p->Dk);
-    if ((st = check_weight_layout(ctx, "general_w", d->general_w)) != ATTN_OK) return st;
+    if ((st = attn_check_matrix_rows(ctx, "general_w", d->general_w)) != ATTN_OK) return st;
   }
   if (d->score == ATTN_SCORE_ADDITIVE) {
     if (d->add_wq == NULL)
@@ -129,8 +114,8 @@ static attn_status check_score_params(attn_plan *p) {
     if (d->add_wk->shape[1] != p->Dk)
       return attn_fail(ctx, ATTN_ERR_SHAPE, "w_k: shape %s, expected [A, d_k = %" PRId64 "]",
                        attn_shape_str(d->add_wk, buf, sizeof buf), p->Dk);
-    if ((st = check_weight_layout(ctx, "w_q", d->add_wq)) != ATTN_OK) return st;
-    if ((st = check_weight_layout(ctx, "w_k", d->add_wk)) != ATTN_OK) return st;
+    if ((st = attn_check_matrix_rows(ctx, "w_q", d->add_wq)) != ATTN_OK) return st;
+    if ((st = attn_check_matrix_rows(ctx, "w_k", d->add_wk)) != ATTN_OK) return st;
   }
   return ATTN_OK;
 }

@@ -2,7 +2,8 @@
  * degree-6 polynomial of Cephes' expf (≈1 ulp), 2^k by exponent arithmetic.
  * Inputs below −87.33 (e^x below FLT_MIN), including −inf, give exactly 0,
  * so masked scores never leak; inputs are clamped at 88 on the top.
- * tanh(x) = sign(x)·(1 − 2/(e^{2|x|} + 1)), accurate to a few ulp. */
+ * tanh: for |x| < 0.625 Cephes' odd polynomial x + x³·p(x²) (1 − 2/(e^{2x}+1)
+ * would cancel there), else sign(x)·(1 − 2/(e^{2|x|} + 1)); a few ulp. */
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
@@ -22,6 +23,12 @@
 #define P3 4.1665795894e-2f
 #define P4 1.6666665459e-1f
 #define P5 5.0000001201e-1f
+#define TANH_SMALL 0.625f
+#define T0 (-5.70498872745e-3f)
+#define T1 2.06390887954e-2f
+#define T2 (-5.37397155531e-2f)
+#define T3 1.33314422036e-1f
+#define T4 (-3.33332819422e-1f)
 
 /* ---- portable ---------------------------------------------------------------- */
 
@@ -59,7 +66,11 @@ static float exp_sub_sum_generic(float *x, int64_t n, float m) {
 static inline float tanh_one(float x) {
   float a = fabsf(x);
   if (a > 9.0f) return copysignf(1.0f, x); /* tanh(9) rounds to 1 in f32 */
-  if (a < 0.0004f) return x;               /* tanh x ≈ x − x³/3: below f32 resolution */
+  if (a < TANH_SMALL) {
+    float z = x * x;
+    float p = ((((T0 * z + T1) * z + T2) * z + T3) * z + T4) * z;
+    return p * x + x;
+  }
   float e = exp_poly(2.0f * a);
   return copysignf(1.0f - 2.0f / (e + 1.0f), x);
 }
@@ -139,9 +150,16 @@ AVX2 static void tanh_avx2(float *x, int64_t n) {
     __m256 a = _mm256_andnot_ps(sign, v);
     __m256 e = exp8(_mm256_min_ps(_mm256_mul_ps(two, a), _mm256_set1_ps(18.0f)));
     __m256 t = _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)));
-    __m256 small = _mm256_cmp_ps(a, _mm256_set1_ps(0.0004f), _CMP_LT_OQ);
-    t = _mm256_blendv_ps(t, a, small);
-    _mm256_storeu_ps(x + i, _mm256_or_ps(t, _mm256_and_ps(sign, v)));
+    __m256 z = _mm256_mul_ps(a, a), p = _mm256_set1_ps(T0);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(T1));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(T2));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(T3));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(T4));
+    __m256 poly = _mm256_fmadd_ps(_mm256_mul_ps(p, z), a, a);
+    t = _mm256_blendv_ps(t, poly, _mm256_cmp_ps(a, _mm256_set1_ps(TANH_SMALL), _CMP_LT_OQ));
+    t = _mm256_or_ps(t, _mm256_and_ps(sign, v));
+    /* min(NaN, 18) is 18: put NaN back, as the scalar tail does. */
+    _mm256_storeu_ps(x + i, _mm256_blendv_ps(t, v, _mm256_cmp_ps(v, v, _CMP_UNORD_Q)));
   }
   for (; i < n; i++) x[i] = tanh_one(x[i]);
 }
@@ -202,11 +220,18 @@ AVX512 static void tanh_avx512(float *x, int64_t n) {
     __m512 a = _mm512_abs_ps(v);
     __m512 e = exp16(_mm512_min_ps(_mm512_mul_ps(two, a), _mm512_set1_ps(18.0f)));
     __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
-    __mmask16 small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.0004f), _CMP_LT_OQ);
-    t = _mm512_mask_mov_ps(t, small, a);
+    __m512 z = _mm512_mul_ps(a, a), p = _mm512_set1_ps(T0);
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(T1));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(T2));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(T3));
+    p = _mm512_fmadd_ps(p, z, _mm512_set1_ps(T4));
+    __m512 poly = _mm512_fmadd_ps(_mm512_mul_ps(p, z), a, a);
+    t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(a, _mm512_set1_ps(TANH_SMALL), _CMP_LT_OQ), poly);
     /* copy the sign of v onto t */
     __m512i sgn = _mm512_and_epi32(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u));
     t = _mm512_castsi512_ps(_mm512_or_epi32(_mm512_castps_si512(t), sgn));
+    /* min(NaN, 18) is 18: put NaN back, as the scalar tail does. */
+    t = _mm512_mask_mov_ps(t, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v);
     _mm512_mask_storeu_ps(x + i, k, t);
   }
 }
@@ -214,29 +239,41 @@ AVX512 static void tanh_avx512(float *x, int64_t n) {
 
 /* ---- dispatch ----------------------------------------------------------------- */
 
-static attn_vmath g_vmath; /* written once under pthread_once, then read-only */
+static const attn_vmath vm_generic = {"generic", max_generic, exp_sub_sum_generic, tanh_generic};
+#if defined(__x86_64__) || defined(__i386__)
+static const attn_vmath vm_avx2 = {"avx2", max_avx2, exp_sub_sum_avx2, tanh_avx2};
+static const attn_vmath vm_avx512 = {"avx512", max_avx512, exp_sub_sum_avx512, tanh_avx512};
+#endif
+
+const attn_vmath *attn_vmath_isa(const char *isa) {
+  if (strcmp(isa, "generic") == 0) return &vm_generic;
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (strcmp(isa, "avx2") == 0 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    return &vm_avx2;
+  if (strcmp(isa, "avx512") == 0 && __builtin_cpu_supports("avx512f") &&
+      __builtin_cpu_supports("avx512dq"))
+    return &vm_avx512;
+#endif
+  return NULL;
+}
+
+static const attn_vmath *g_vmath; /* set once under pthread_once, then read-only */
 static pthread_once_t g_vmath_once = PTHREAD_ONCE_INIT;
 
+/* The best ISA this CPU runs, lowered (never raised) by $ATTN_CPU. */
 static void vmath_init(void) {
-  attn_vmath v = {"generic", max_generic, exp_sub_sum_generic, tanh_generic};
-#if defined(__x86_64__) || defined(__i386__)
   const char *want = getenv("ATTN_CPU");
-  int cap = 2; /* 0 generic, 1 avx2, 2 avx512 */
-  if (want != NULL && strcmp(want, "generic") == 0) cap = 0;
-  if (want != NULL && strcmp(want, "avx2") == 0) cap = 1;
-  __builtin_cpu_init();
-  if (cap >= 2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) {
-    v = (attn_vmath){"avx512", max_avx512, exp_sub_sum_avx512, tanh_avx512};
-  } else if (cap >= 1 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-    v = (attn_vmath){"avx2", max_avx2, exp_sub_sum_avx2, tanh_avx2};
-  }
-#endif
-  g_vmath = v;
+  static const char *const order[] = {"avx512", "avx2", "generic"};
+  int start = 0;
+  if (want != NULL && strcmp(want, "avx2") == 0) start = 1;
+  if (want != NULL && strcmp(want, "generic") == 0) start = 2;
+  for (int i = start; i < 3 && g_vmath == NULL; i++) g_vmath = attn_vmath_isa(order[i]);
 }
 
 const attn_vmath *attn_vmath_get(void) {
   pthread_once(&g_vmath_once, vmath_init);
-  return &g_vmath;
+  return g_vmath;
 }
 
 /* ---- f64: libm is accurate and f64 is not the hot path ------------------------ */

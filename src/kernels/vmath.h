@@ -17,6 +17,10 @@ typedef struct attn_vmath {
 /* The dispatch table (initialised once, thread-safe). */
 const attn_vmath *attn_vmath_get(void);
 
+/* The table of one ISA ("generic", "avx2", "avx512") if this CPU runs it,
+ * else NULL — for tests that compare every path. */
+const attn_vmath *attn_vmath_isa(const char *isa);
+
 double attn_max_f64(const double *x, int64_t n);
 double attn_exp_sub_sum_f64(double *x, int64_t n, double m);
 void attn_tanh_f64(double *x, int64_t n);

@@ -55,6 +55,7 @@ attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
   m->H = plan->H;
   m->Sq = plan->Sq;
   m->Sk = plan->Sk;
+  m->dtype = plan->dtype;
   /* A window wider than both sequences is no window (keeps arithmetic in range). */
   m->left = d->win_left >= m->Sq + m->Sk ? ATTN_WINDOW_UNBOUNDED : d->win_left;
   m->right = d->win_right >= m->Sq + m->Sk ? ATTN_WINDOW_UNBOUNDED : d->win_right;
@@ -81,9 +82,12 @@ attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
     if ((st = bind_dense(ctx, "additive_mask", d->add_mask, m, m->am_stride)) != ATTN_OK) return st;
   }
   m->softcap = d->softcap;
+  if (m->dtype == ATTN_DTYPE_F32 && m->softcap > FLT_MAX)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "softcap: %g exceeds the f32 range of the plan",
+                     m->softcap);
   m->max_ranges = 1;
   attn_mask_bind(m, d);
-  return ATTN_OK;
+  return attn_mask_check(m, ctx); /* slopes in the plan's dtype range */
 }
 
 void attn_mask_bind(attn_mask *m, const attn_desc *d) {
@@ -130,11 +134,14 @@ attn_status attn_mask_check(const attn_mask *m, attn_context *ctx) {
     return st;
   if ((st = check_lengths(ctx, "query_lengths", m->query_len, m->B, m->B, m->Sq, "S_q")) != ATTN_OK)
     return st;
+  /* Slopes are applied in the scores' dtype: an f32 plan needs |slope| ≤ FLT_MAX. */
+  const double lim = m->dtype == ATTN_DTYPE_F32 ? FLT_MAX : DBL_MAX;
   if (m->alibi != NULL)
     for (int64_t h = 0; h < m->H; h++)
-      if (!isfinite(m->alibi[h]))
-        return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "alibi: slopes[%" PRId64 "] = %g is not finite",
-                         h, m->alibi[h]);
+      if (!(fabs(m->alibi[h]) <= lim))
+        return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                         "alibi: slopes[%" PRId64 "] = %g is not finite in the plan's dtype %s", h,
+                         m->alibi[h], attn_dtype_name(m->dtype));
   return ATTN_OK;
 }
 

@@ -22,6 +22,7 @@ typedef enum attn_sparse_kind {
 
 typedef struct attn_mask {
   int64_t B, H, Sq, Sk;
+  attn_dtype dtype; /* of the scores: slopes and softcap must fit it */
   /* Structured band in aligned coordinates: keep j with
    *   i' − left ≤ j ≤ i' + right   (causal folded in: right ≤ 0), where
    * i' = i + attn_mask_offset(b). With BOTTOM_RIGHT and key/query lengths the
