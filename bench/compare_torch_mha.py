@@ -31,6 +31,7 @@ ap.add_argument("--B", type=int, default=1)
 ap.add_argument("--threads", type=int, default=os.cpu_count())
 ap.add_argument("--reps", type=int, default=5)
 ap.add_argument("--causal", action="store_true")
+ap.add_argument("--json", action="store_true", help="also print one JSON line")
 a = ap.parse_args()
 E, S, B, H = a.H * a.D, a.S, a.B, a.H
 torch.set_num_threads(a.threads)
@@ -146,3 +147,8 @@ err = float(np.max(np.abs(out - want.numpy())))
 print(f"mha E={E} H={H} S={S} B={B} causal={a.causal} threads={a.threads}: "
       f"torch {t_torch:.1f} ms, libattn {t_attn:.1f} ms, speed-up x{t_torch / t_attn:.2f} "
       f"(max|diff| {err:.2g})")
+if a.json:
+    import json
+    print(json.dumps({"case": "mha_vs_torch", "E": E, "H": H, "S": S, "B": B, "causal": a.causal,
+                      "threads": a.threads, "torch_ms": t_torch, "attn_ms": t_attn,
+                      "speedup": t_torch / t_attn, "max_abs_diff": err}))
