@@ -719,14 +719,15 @@ static void bad_append_and_truncate_leave_cache_unchanged(void **state) {
   assert_int_equal(attn_kvcache_length(cache, 0), 2);
   free(s.k); free(s.v);
 
-  /* Ring: cannot roll back below the oldest stored position. */
+  /* Ring: cannot roll back below the oldest stored position (other than
+   * to 0, a reset: ring_truncate_to_zero_resets). */
   attn_kvcache *ring;
   cfg.mode = ATTN_KVCACHE_RING;
-  cfg.capacity = 3;
+  cfg.capacity = 2;
   assert_int_equal(attn_kvcache_create(ctx, &cfg, &ring), ATTN_OK);
-  assert_int_equal(attn_kvcache_append(ring, k4, v4, c41), ATTN_OK); /* item 0: positions 1..3 */
+  assert_int_equal(attn_kvcache_append(ring, k4, v4, c41), ATTN_OK); /* item 0: positions 2..3 */
   snap(ring, &s);
-  int64_t below[2] = {0, 1};
+  int64_t below[2] = {1, 1};
   EXPECT_FAIL(ctx, attn_kvcache_truncate(ring, below), ATTN_ERR_INVALID_ARG, "lengths[0]");
   assert_unchanged(ring, &s);
   free(s.k); free(s.v);
