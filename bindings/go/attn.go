@@ -1539,7 +1539,10 @@ func NewKVPlanLayouts(c *KVCache, desc *Desc, q, out Layout, lse *Layout) (*KVPl
 	if err := c.open(); err != nil {
 		return nil, err
 	}
-	if desc == nil || desc.p == nil {
+	if desc == nil {
+		return nil, &Error{Status: StatusNullArg, Func: "attn_kvcache_plan_create", Message: "desc: nil (use NewDesc; SetCausal(CausalBottomRight) for a decoder)"}
+	}
+	if desc.p == nil {
 		return nil, errClosed("desc")
 	}
 	pl := &KVPlan{cache: c, keep: desc.keep}
