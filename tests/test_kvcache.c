@@ -719,14 +719,15 @@ static void bad_append_and_truncate_leave_cache_unchanged(void **state) {
   assert_int_equal(attn_kvcache_length(cache, 0), 2);
   free(s.k); free(s.v);
 
-  /* Ring: cannot roll back below the oldest stored position. */
+  /* Ring: cannot roll back below the oldest stored position (other than
+   * to 0, a reset: ring_truncate_to_zero_resets). */
   attn_kvcache *ring;
   cfg.mode = ATTN_KVCACHE_RING;
-  cfg.capacity = 3;
+  cfg.capacity = 2;
   assert_int_equal(attn_kvcache_create(ctx, &cfg, &ring), ATTN_OK);
-  assert_int_equal(attn_kvcache_append(ring, k4, v4, c41), ATTN_OK); /* item 0: positions 1..3 */
+  assert_int_equal(attn_kvcache_append(ring, k4, v4, c41), ATTN_OK); /* item 0: positions 2..3 */
   snap(ring, &s);
-  int64_t below[2] = {0, 1};
+  int64_t below[2] = {1, 1};
   EXPECT_FAIL(ctx, attn_kvcache_truncate(ring, below), ATTN_ERR_INVALID_ARG, "lengths[0]");
   assert_unchanged(ring, &s);
   free(s.k); free(s.v);
@@ -927,6 +928,59 @@ static void empty_cache_gives_zero(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* kvcache.h: "truncating every item to 0 resets the cache" — also a ring
+ * that has wrapped (its first stored position is > 0): an empty cache needs
+ * no evicted row. Afterwards only the new rows are attended. A rollback to
+ * a length between 0 and the first stored position still fails. */
+static void ring_truncate_to_zero_resets(void **state) {
+  (void)state;
+  attn_context *ctx = ctx_threads(1);
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.batch = 2; cfg.capacity = 4; cfg.d_k = 1; cfg.mode = ATTN_KVCACHE_RING;
+  attn_kvcache *cache;
+  assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  double old[12] = {5, 5, 5, 5, 5, 5, 7, 7, 7, 7, 7, 7};
+  attn_tensor *k6 = tu_tensor4(ctx, ATTN_DTYPE_F32, old, 2, 1, 6, 1, false);
+  int64_t counts[2] = {6, 3};
+  assert_int_equal(attn_kvcache_append(cache, k6, k6, counts), ATTN_OK);
+  assert_int_equal(attn_kvcache_first(cache, 0), 2);
+  int64_t bad[2] = {1, 0};
+  assert_int_equal(attn_kvcache_truncate(cache, bad), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "lengths[0]"));
+  assert_int_equal(attn_kvcache_length(cache, 0), 6);
+  int64_t zero[2] = {0, 0};
+  assert_int_equal(attn_kvcache_truncate(cache, zero), ATTN_OK);
+  for (int64_t b = 0; b < 2; b++) {
+    assert_int_equal(attn_kvcache_length(cache, b), 0);
+    assert_int_equal(attn_kvcache_first(cache, b), 0);
+  }
+  /* Two new rows, values 1 and 3; q = 0 weighs the stored keys equally:
+   * out = 2, lse = log 2 exactly when nothing old is attended. */
+  double fresh[4] = {1, 3, 1, 3}, zq[2] = {0, 0};
+  attn_tensor *k2 = tu_tensor4(ctx, ATTN_DTYPE_F32, fresh, 2, 1, 2, 1, false);
+  attn_tensor *q = tu_tensor4(ctx, ATTN_DTYPE_F32, zq, 2, 1, 1, 1, false);
+  attn_tensor *out = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 2, 1, 1, 1, false);
+  int64_t ls[3] = {2, 1, 1};
+  attn_tensor *lse = tu_tensor(ctx, ATTN_DTYPE_F32, NULL, 3, ls);
+  assert_int_equal(attn_kvcache_append(cache, k2, k2, NULL), ATTN_OK);
+  attn_desc *d;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  attn_kvcache_plan *plan;
+  assert_int_equal(attn_kvcache_plan_create(cache, d, q, out, lse, &plan), ATTN_OK);
+  assert_int_equal(attn_kvcache_plan_execute(plan, q, out, lse, NULL), ATTN_OK);
+  const float *o = attn_tensor_data(out), *l = attn_tensor_data(lse);
+  for (int b = 0; b < 2; b++) {
+    assert_true(fabs(o[b] - 2.0) < 1e-6);
+    assert_true(fabs(l[b] - log(2.0)) < 1e-6);
+  }
+  attn_kvcache_plan_destroy(plan);
+  attn_desc_destroy(d);
+  tu_tensor_free(k6); tu_tensor_free(k2); tu_tensor_free(q); tu_tensor_free(out); tu_tensor_free(lse);
+  attn_kvcache_destroy(cache);
+  attn_context_destroy(ctx);
+}
+
 /* bf16 storage: half the bytes, within the rounding bound of the reference. */
 static void bf16_storage_within_rounding_bound(void **state) {
   (void)state;
@@ -987,6 +1041,7 @@ int main(void) {
       cmocka_unit_test(growth_failure_leaves_cache_unchanged),
       cmocka_unit_test(bad_plan_and_execute_are_rejected),
       cmocka_unit_test(empty_cache_gives_zero),
+      cmocka_unit_test(ring_truncate_to_zero_resets),
       cmocka_unit_test(bf16_storage_within_rounding_bound),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

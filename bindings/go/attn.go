@@ -33,6 +33,10 @@
 //   - Mha weights are Tensors (C memory): the layer borrows them for its
 //     whole life. MhaPlan execution takes Go slices like Plan.Execute.
 //
+//   - KVCache appends copy Go slices into the cache (C memory) in one helper
+//     call, like Plan.Execute; KVView returns Go slices over the cache's C
+//     memory. Per-item counts and lengths are passed as plain call arguments.
+//
 // Every object has Close() and a finalizer as a safety net; runtime.KeepAlive
 // keeps an object alive across the C calls that use its handle. Objects made
 // from a Context must be used from one goroutine at a time (libattn's rule).
@@ -91,6 +95,32 @@ static attn_status attn_go_heads_copy(int merge, attn_context *ctx, attn_tensor 
   if (st == ATTN_OK) st = merge ? attn_heads_merge(ctx, tx, to) : attn_heads_split(ctx, tx, to);
   attn_tensor_set_data(tx, attn_go_placeholder_);
   attn_tensor_set_data(to, attn_go_placeholder_);
+  return st;
+}
+// Append caller memory to a KV cache for the duration of this one call.
+static attn_status attn_go_kv_append(attn_kvcache *cache, attn_tensor *tk, attn_tensor *tv,
+                                     void *k, void *v, const int64_t *counts) {
+  attn_status st = attn_tensor_set_data(tk, k);
+  if (st == ATTN_OK) st = attn_tensor_set_data(tv, v);
+  if (st == ATTN_OK) st = attn_kvcache_append(cache, tk, tv, counts);
+  attn_tensor_set_data(tk, attn_go_placeholder_);
+  attn_tensor_set_data(tv, attn_go_placeholder_);
+  return st;
+}
+
+// Run a KV-cache plan on caller memory for the duration of this one call
+// (lse handle may be NULL).
+static attn_status attn_go_kv_execute(attn_kvcache_plan *plan, attn_tensor *tq, attn_tensor *to,
+                                      attn_tensor *tl, void *q, void *o, void *l,
+                                      const int64_t *counts) {
+  attn_tensor *ts[3] = {tq, to, tl};
+  void *ps[3] = {q, o, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 3 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_kvcache_plan_execute(plan, tq, to, tl, counts);
+  for (int i = 0; i < 3; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
   return st;
 }
 */
@@ -1225,6 +1255,383 @@ func MhaForward[T Float](m *Mha, desc *Desc, dims MhaDims, query, key, value []T
 }
 
 // ---------------------------------------------------------------------------
-// KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its
-// wrapper goes here (a handle with Close + finalizer; Go slices handed to C
-// only for one call through a helper in the cgo preamble, as above).
+// KV cache (kvcache.h)
+
+// KVCacheMode is the storage mode of a KVCache.
+type KVCacheMode int
+
+const (
+	KVCacheLinear KVCacheMode = C.ATTN_KVCACHE_LINEAR // positions 0..capacity-1 (StatusCapacity when full, unless Grow)
+	KVCacheRing   KVCacheMode = C.ATTN_KVCACHE_RING   // the last capacity positions
+)
+
+// KVStorage is how a KVCache stores K and V rows.
+type KVStorage int
+
+const (
+	KVStoreNative KVStorage = C.ATTN_KVCACHE_STORE_NATIVE // the cache's dtype
+	KVStoreBF16   KVStorage = C.ATTN_KVCACHE_STORE_BF16   // bfloat16 (F32 caches; no views)
+)
+
+// KVCacheConfig is attn_kvcache_config. Start from NewKVCacheConfig.
+type KVCacheConfig struct {
+	Batch, HeadsKV, Capacity int64
+	DK, DV                   int64 // DV 0 = DK
+	DType                    DType // F32 (default) or F64
+	Mode                     KVCacheMode
+	Grow                     bool // linear mode: reallocate instead of StatusCapacity
+	Storage                  KVStorage
+}
+
+// NewKVCacheConfig is attn_kvcache_config_init's defaults with capacity and d_k set.
+func NewKVCacheConfig(capacity, dk int64) KVCacheConfig {
+	var c C.attn_kvcache_config
+	C.attn_kvcache_config_init(&c)
+	return KVCacheConfig{Batch: int64(c.batch), HeadsKV: int64(c.heads_kv), Capacity: capacity,
+		DK: dk, DV: int64(c.d_v), DType: DType(c.dtype), Mode: KVCacheMode(c.mode),
+		Grow: c.grow != 0, Storage: KVStorage(c.storage)}
+}
+
+// KVCache is attn_kvcache: the keys and values of every position a batch of
+// sequences has produced, for step-by-step decoding. A failing call leaves
+// it unchanged. Closing it before its plans is safe (the C cache is
+// destroyed with its last plan).
+type KVCache struct {
+	ctx    *Context
+	p      *C.attn_kvcache
+	cfg    KVCacheConfig
+	mu     sync.Mutex
+	refs   int  // the cache itself + open plans
+	closed bool // Close was called
+}
+
+// NewKVCache makes an empty cache.
+func NewKVCache(ctx *Context, cfg KVCacheConfig) (*KVCache, error) {
+	var c C.attn_kvcache_config
+	C.attn_kvcache_config_init(&c)
+	c.batch, c.heads_kv, c.capacity = C.int64_t(cfg.Batch), C.int64_t(cfg.HeadsKV), C.int64_t(cfg.Capacity)
+	c.d_k, c.d_v = C.int64_t(cfg.DK), C.int64_t(cfg.DV)
+	c.dtype, c.mode, c.grow = C.attn_dtype(cfg.DType), C.attn_kvcache_mode(cfg.Mode), b32(cfg.Grow)
+	c.storage = C.attn_kvcache_storage(cfg.Storage)
+	var p *C.attn_kvcache
+	st := C.attn_kvcache_create(ctx.p, &c, &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_kvcache_create"); err != nil {
+		return nil, err
+	}
+	if cfg.DV == 0 {
+		cfg.DV = cfg.DK
+	}
+	kc := &KVCache{ctx: ctx, p: p, cfg: cfg, refs: 1}
+	runtime.SetFinalizer(kc, (*KVCache).Close)
+	return kc, nil
+}
+
+// Config is the cache's configuration (DV resolved).
+func (c *KVCache) Config() KVCacheConfig { return c.cfg }
+
+func (c *KVCache) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refs--; c.refs == 0 {
+		C.attn_kvcache_destroy(c.p)
+		c.p = nil
+	}
+}
+
+// Close releases the cache (freed once its plans are closed too). Views
+// become invalid.
+func (c *KVCache) Close() {
+	c.mu.Lock()
+	already := c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if !already {
+		runtime.SetFinalizer(c, nil)
+		c.release()
+	}
+}
+
+func (c *KVCache) open() error {
+	if c.p == nil || c.closed {
+		return errClosed("kv cache")
+	}
+	return nil
+}
+
+// perItem checks a per-batch-item array (C reads exactly Batch values).
+func (c *KVCache) perItem(xs []int64, what, fn string) (*C.int64_t, error) {
+	if xs == nil {
+		return nil, nil
+	}
+	if int64(len(xs)) != c.cfg.Batch {
+		return nil, &Error{Status: StatusInvalidArg, Func: fn, Message: fmt.Sprintf("%s: %d values, the cache has batch %d", what, len(xs), c.cfg.Batch)}
+	}
+	return (*C.int64_t)(unsafe.Pointer(&xs[0])), nil
+}
+
+// RowsLayout is the contiguous [B, H_kv, n, d] layout of n new rows of width d.
+func (c *KVCache) RowsLayout(n, d int64) Layout { return Contiguous(c.cfg.Batch, c.cfg.HeadsKV, n, d) }
+
+// KVAppend appends contiguous kNew [B, H_kv, n, d_k] and vNew [B, H_kv, n, d_v]
+// (copied into the cache). counts: rows per batch item (0..n), nil = n each.
+func KVAppend[T Float](c *KVCache, kNew, vNew []T, n int64, counts []int64) error {
+	return KVAppendLayouts(c, kNew, c.RowsLayout(n, c.cfg.DK), vNew, c.RowsLayout(n, c.cfg.DV), counts)
+}
+
+// KVAppendLayouts is KVAppend with any layouts (logical [B, H_kv, n, d]).
+func KVAppendLayouts[T Float](c *KVCache, kNew []T, kl Layout, vNew []T, vl Layout, counts []int64) error {
+	const fn = "attn_kvcache_append"
+	if err := c.open(); err != nil {
+		return err
+	}
+	cp, err := c.perItem(counts, "counts", fn)
+	if err != nil {
+		return err
+	}
+	dt := dtypeOf[T]()
+	hk, err := wrap(c.ctx, dt, kl, C.attn_go_placeholder(), "k_new")
+	if err != nil {
+		return err
+	}
+	defer hk.destroy()
+	hv, err := wrap(c.ctx, dt, vl, C.attn_go_placeholder(), "v_new")
+	if err != nil {
+		return err
+	}
+	defer hv.destroy()
+	for _, x := range []struct {
+		name string
+		n    int
+		h    *handle
+	}{{"k_new", len(kNew), hk}, {"v_new", len(vNew), hv}} {
+		if int64(x.n) < x.h.extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", x.name, x.n, x.h.extent)}
+		}
+	}
+	st := C.attn_go_kv_append(c.p, hk.p, hv.p, ptrOf(kNew), ptrOf(vNew), cp)
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(kNew)
+	runtime.KeepAlive(vNew)
+	runtime.KeepAlive(counts)
+	return c.ctx.check(st, fn)
+}
+
+// Truncate rolls item b back to lengths[b] positions (attn_kvcache_truncate).
+func (c *KVCache) Truncate(lengths []int64) error {
+	if err := c.open(); err != nil {
+		return err
+	}
+	if lengths == nil {
+		return &Error{Status: StatusNullArg, Func: "attn_kvcache_truncate", Message: "lengths: nil"}
+	}
+	lp, err := c.perItem(lengths, "lengths", "attn_kvcache_truncate")
+	if err != nil {
+		return err
+	}
+	st := C.attn_kvcache_truncate(c.p, lp)
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(lengths)
+	return c.ctx.check(st, "attn_kvcache_truncate")
+}
+
+// Reset empties the cache.
+func (c *KVCache) Reset() error { return c.Truncate(make([]int64, c.cfg.Batch)) }
+
+// Length is the number of positions item b has received (-1 if b is out of range).
+func (c *KVCache) Length(b int64) int64 {
+	defer runtime.KeepAlive(c)
+	return int64(C.attn_kvcache_length(c.p, C.int64_t(b)))
+}
+
+// First is the oldest position item b still stores (-1 if b is out of range).
+func (c *KVCache) First(b int64) int64 {
+	defer runtime.KeepAlive(c)
+	return int64(C.attn_kvcache_first(c.p, C.int64_t(b)))
+}
+
+// Lengths is every item's length.
+func (c *KVCache) Lengths() []int64 {
+	r := make([]int64, c.cfg.Batch)
+	for b := range r {
+		r[b] = c.Length(int64(b))
+	}
+	return r
+}
+
+// Firsts is every item's oldest stored position.
+func (c *KVCache) Firsts() []int64 {
+	r := make([]int64, c.cfg.Batch)
+	for b := range r {
+		r[b] = c.First(int64(b))
+	}
+	return r
+}
+
+// Capacity is the positions per item the storage holds now.
+func (c *KVCache) Capacity() int64 {
+	defer runtime.KeepAlive(c)
+	return int64(C.attn_kvcache_capacity(c.p))
+}
+
+// MemorySize is the bytes the cache holds.
+func (c *KVCache) MemorySize() int {
+	defer runtime.KeepAlive(c)
+	return int(C.attn_kvcache_memory_size(c.p))
+}
+
+// KVView returns the storage as Go slices over the cache's C memory (no
+// copy): k [B, H_kv, capacity, d_k] and v [B, H_kv, capacity, d_v],
+// contiguous. Row r of item b holds position r (linear) or the position p
+// with p % capacity == r (ring); valid for p in [First(b), Length(b)). Read
+// only; they show later appends and are invalid once the cache grows or is
+// closed. StatusUnsupported for bf16 storage.
+func KVView[T Float](c *KVCache) (k, v []T, kl, vl Layout, err error) {
+	if err = c.open(); err != nil {
+		return
+	}
+	if dt := dtypeOf[T](); dt != c.cfg.DType {
+		err = &Error{Status: StatusDType, Func: "attn.KVView", Message: fmt.Sprintf("slices of dtype %d, the cache has %d", dt, c.cfg.DType)}
+		return
+	}
+	var tk, tv *C.attn_tensor
+	st := C.attn_kvcache_view(c.p, &tk, &tv)
+	runtime.KeepAlive(c)
+	if err = c.ctx.check(st, "attn_kvcache_view"); err != nil {
+		return
+	}
+	kl, vl = layoutOf(tk), layoutOf(tv)
+	numel := func(l Layout) int64 { return l.Shape[0] * l.Shape[1] * l.Shape[2] * l.Shape[3] }
+	k = unsafe.Slice((*T)(C.attn_tensor_data(tk)), numel(kl))
+	v = unsafe.Slice((*T)(C.attn_tensor_data(tv)), numel(vl))
+	C.attn_tensor_destroy(tk)
+	C.attn_tensor_destroy(tv)
+	return
+}
+
+var kvNames = [3]string{"q", "out", "lse"}
+
+// KVPlan is attn_kvcache_plan: new queries attending to a cache, with its
+// workspace. It keeps the cache (and the descriptor's borrowed arrays) alive.
+type KVPlan struct {
+	cache   *KVCache
+	keep    *borrowed
+	p       *C.attn_kvcache_plan
+	handles [3]*handle // q, out, lse
+}
+
+// NewKVPlan plans n new queries of `heads` heads in contiguous [B, H, n, d]
+// q/out (and [B, H, n] lse when lse). desc: causal CausalBottomRight for a
+// decoder, window/ALiBi/softcap in the cache's absolute positions.
+func NewKVPlan(c *KVCache, desc *Desc, heads, n int64, lse bool) (*KVPlan, error) {
+	b := c.cfg.Batch
+	var l *Layout
+	if lse {
+		x := Contiguous(b, heads, n)
+		l = &x
+	}
+	return NewKVPlanLayouts(c, desc, Contiguous(b, heads, n, c.cfg.DK), Contiguous(b, heads, n, c.cfg.DV), l)
+}
+
+// NewKVPlanLayouts plans for any layouts of q [B, H, n, d_k], out [B, H, n, d_v]
+// (last dims contiguous) and lse [B, H, n] (nil: none).
+func NewKVPlanLayouts(c *KVCache, desc *Desc, q, out Layout, lse *Layout) (*KVPlan, error) {
+	if err := c.open(); err != nil {
+		return nil, err
+	}
+	if desc == nil {
+		return nil, &Error{Status: StatusNullArg, Func: "attn_kvcache_plan_create", Message: "desc: nil (use NewDesc; SetCausal(CausalBottomRight) for a decoder)"}
+	}
+	if desc.p == nil {
+		return nil, errClosed("desc")
+	}
+	pl := &KVPlan{cache: c, keep: desc.keep}
+	layouts := [3]*Layout{&q, &out, lse}
+	var cp [3]*C.attn_tensor
+	for i, l := range layouts {
+		if l == nil {
+			continue
+		}
+		h, err := wrap(c.ctx, c.cfg.DType, *l, C.attn_go_placeholder(), kvNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			return nil, err
+		}
+		pl.handles[i] = h
+		cp[i] = h.p
+	}
+	st := C.attn_kvcache_plan_create(c.p, desc.p, cp[0], cp[1], cp[2], &pl.p)
+	runtime.KeepAlive(c)
+	runtime.KeepAlive(desc)
+	if err := c.ctx.check(st, "attn_kvcache_plan_create"); err != nil {
+		pl.destroyHandles()
+		return nil, err
+	}
+	c.mu.Lock()
+	c.refs++
+	c.mu.Unlock()
+	pl.keep.acquire()
+	runtime.SetFinalizer(pl, (*KVPlan).Close)
+	return pl, nil
+}
+
+func (pl *KVPlan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+}
+
+// Close destroys the plan.
+func (pl *KVPlan) Close() {
+	if pl.p != nil {
+		C.attn_kvcache_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		pl.keep.release()
+		pl.cache.release()
+	}
+}
+
+// WorkspaceSize is the bytes of workspace the plan holds.
+func (pl *KVPlan) WorkspaceSize() int {
+	defer runtime.KeepAlive(pl)
+	return int(C.attn_kvcache_plan_workspace_size(pl.p))
+}
+
+// KVExecute attends the queries q to the cache's current contents, writing
+// out (and lse: nil exactly when the plan has none). queryCounts: queries per
+// item (pass the append's counts), nil = n each. On error nothing is written.
+func KVExecute[T Float](pl *KVPlan, q, out, lse []T, queryCounts []int64) error {
+	const fn = "attn_kvcache_plan_execute"
+	if pl.p == nil {
+		return errClosed("kv plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.cache.cfg.DType {
+		return &Error{Status: StatusDType, Func: "attn.KVExecute", Message: fmt.Sprintf("slices have dtype %d, the cache %d", dt, pl.cache.cfg.DType)}
+	}
+	slices := [3][]T{q, out, lse}
+	for i, h := range pl.handles {
+		switch {
+		case h == nil && slices[i] != nil:
+			return &Error{Status: StatusMismatch, Func: "attn.KVExecute", Message: kvNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && slices[i] == nil:
+			return &Error{Status: StatusMismatch, Func: "attn.KVExecute", Message: kvNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && int64(len(slices[i])) < h.extent:
+			return &Error{Status: StatusShape, Func: "attn.KVExecute", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", kvNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	cp, err := pl.cache.perItem(queryCounts, "query_counts", fn)
+	if err != nil {
+		return err
+	}
+	var tl *C.attn_tensor
+	if pl.handles[2] != nil {
+		tl = pl.handles[2].p
+	}
+	st := C.attn_go_kv_execute(pl.p, pl.handles[0].p, pl.handles[1].p, tl, ptrOf(q), ptrOf(out), ptrOf(lse), cp)
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(slices)
+	runtime.KeepAlive(queryCounts)
+	return pl.cache.ctx.check(st, fn)
+}

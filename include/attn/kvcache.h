@@ -128,9 +128,9 @@ ATTN_API attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor 
 
 /** Roll back: set item b's length to lengths[b] (≤ its current length),
  *  dropping the newest positions (e.g. rejected speculative tokens). Stored
- *  rows are not cleared. Ring mode: lengths[b] must be ≥ the oldest stored
- *  position (attn_kvcache_first()); evicted rows do not come back.
- *  Truncating every item to 0 resets the cache.
+ *  rows are not cleared. Ring mode: lengths[b] must be 0 or ≥ the oldest
+ *  stored position (attn_kvcache_first()); evicted rows do not come back.
+ *  Truncating every item to 0 resets the cache (also a ring that wrapped).
  *  @param cache   the cache to roll back.
  *  @param lengths [B] new lengths. Borrowed for the call only.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (a length beyond

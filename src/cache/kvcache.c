@@ -273,13 +273,16 @@ attn_status attn_kvcache_truncate(attn_kvcache *cache, const int64_t *lengths) {
                        "lengths[%" PRId64 "]: %" PRId64 " is outside [0, current length %" PRId64
                        "] (truncate only shortens)",
                        b, lengths[b], cache->len[b]);
-    if (lengths[b] < cache->first[b])
+    if (lengths[b] > 0 && lengths[b] < cache->first[b])
       return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                        "lengths[%" PRId64 "]: %" PRId64 " is below the oldest stored position %"
                        PRId64 " (the ring cache has overwritten older rows)",
                        b, lengths[b], cache->first[b]);
   }
-  for (int64_t b = 0; b < cache->B; b++) cache->len[b] = lengths[b];
+  for (int64_t b = 0; b < cache->B; b++) {
+    cache->len[b] = lengths[b];
+    if (lengths[b] == 0) cache->first[b] = 0; /* empty: nothing evicted is needed */
+  }
   return ATTN_OK;
 }
 

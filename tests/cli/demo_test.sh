@@ -23,6 +23,12 @@ grep -q 'Wrote [0-9]* pictures' stdout.txt || fail "does not say where the pictu
 awk '$7 == "mask" { n++; if ($5 + 0 > 1e-4 || $5 == "-") { bad = bad " " $1 "=" $5 } }
      END { print n + 0 " rows checked against their masks"; if (bad != "") { print "too large:" bad; exit 1 } }' \
   stdout.txt || fail "a sparse variant differs from exact attention with its mask"
+# The KV cache rows (prefill + decode one token at a time; GQA; ring) must
+# equal exact causal (ring: window) attention over the whole sequence, and
+# report GB/s of K/V read per decode step.
+awk '$1 ~ /^kvcache/ { n++; if ($5 == "-" || $5 + 0 > 1e-5 || $4 !~ /GB\/s$/) bad = bad " " $1 "=" $5 }
+     END { print n + 0 " kvcache rows"; if (n < 3 || bad != "") { print "bad:" bad; exit 1 } }' \
+  stdout.txt || fail "the KV cache rows are missing or differ from exact attention"
 [ -f attn-demo/index.html ] || fail "no attn-demo/index.html"
 
 # Every variant that ran (a row with a time) has its picture.

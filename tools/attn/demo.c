@@ -40,6 +40,7 @@ typedef attn_status (*setup_fn)(attn_context *ctx, attn_desc *d, const dims *dm,
 
 static int cmp_double(const void *a, const void *b);
 static void fmt_mib(char *buf, size_t n, double mib);
+static void rel_error(const attn_tensor *got, const attn_tensor *want, double *maxe, double *meane);
 
 /* What an approximation's error is measured against: nothing (exact rows),
  * full or causal exact attention, or exact attention with a dense bool mask
@@ -51,12 +52,34 @@ enum { REF_NONE, REF_FULL, REF_CAUSAL, REF_MASK };
  * dims dm; plan is the row's plan (for layouts drawn by the library). */
 typedef attn_status (*mask_fn)(const dims *dm, const attn_plan *plan, uint8_t *keep);
 
-/* Rows that are not one attn_plan (the multi-head layer) run themselves:
- * with pic == NULL time `reps` executes on dm (secs, FLOPs, workspace bytes);
- * with pic != NULL run once on the picture problem and put the S×S weights
- * in pic. `what` receives the description. */
-typedef attn_status (*custom_fn)(attn_context *ctx, const dims *dm, int reps, double *secs,
-                                 double *flops, size_t *ws, double *pic, char *what, size_t wl);
+/* What a row that runs itself reports (fields it does not set stay as
+ * custom_out_init leaves them). */
+typedef struct custom_out {
+  double secs;        /* median seconds per timed unit (an execute, a decode step) */
+  double flops;       /* FLOPs per unit: the rate column shows GFLOP/s ... */
+  double bytes;       /* ... or, when > 0, bytes read per unit: GB/s */
+  double maxe, meane; /* error against `vs`; < 0: exact, not measured */
+  const char *vs;     /* the error's reference ("-" none) */
+  size_t ws;          /* plan workspace bytes */
+  int64_t pic_rows, pic_cols; /* picture size (pic != NULL) */
+  const char *pic_note;       /* what the picture shows */
+} custom_out;
+
+static void custom_out_init(custom_out *o) {
+  memset(o, 0, sizeof *o);
+  o->maxe = o->meane = -1.0;
+  o->vs = "-";
+  o->pic_rows = o->pic_cols = 64;
+  o->pic_note = "64 tokens, weights";
+}
+
+/* Rows that are not one attn_plan (the multi-head layer, the KV cache) run
+ * themselves: with pic == NULL time `reps` units on dm and fill o; with
+ * pic != NULL run once on the picture problem and put the
+ * o->pic_rows × o->pic_cols weights in pic (at most 64×64). `what` receives
+ * the description. */
+typedef attn_status (*custom_fn)(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                                 double *pic, char *what, size_t wl);
 
 typedef struct demo_row {
   const char *name;
@@ -321,8 +344,8 @@ static attn_status su_linformer(attn_context *c, attn_desc *d, const dims *m, au
 /* nn.MultiheadAttention-style self-attention layer (heads.h): x [B, S, E]
  * with E = H·d, packed in-projection [3E, E], out-projection [E, E], biases,
  * causal. FLOPs: attention's 4·B·H·S²·d plus the four projections 8·B·S·E². */
-static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, double *secs,
-                           double *flops, size_t *ws, double *pic, char *what, size_t wl) {
+static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                           double *pic, char *what, size_t wl) {
   const int64_t E = dm->H * dm->D, B = dm->B, S = dm->S;
   const int64_t s_in[2] = {3 * E, E}, s_inb[1] = {3 * E}, s_out[2] = {E, E}, s_outb[1] = {E};
   const int64_t s_x[3] = {B, S, E}, s_w[3] = {B, S, S};
@@ -361,7 +384,7 @@ static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, double *
   if ((st = attn_desc_create(ctx, &d)) != ATTN_OK) goto out;
   if ((st = attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT)) != ATTN_OK) goto out;
   if ((st = attn_mha_plan_create(mha, d, x, x, x, NULL, y, wt, &plan)) != ATTN_OK) goto out;
-  *ws = attn_mha_plan_workspace_size(plan);
+  o->ws = attn_mha_plan_workspace_size(plan);
   if (pic != NULL) {
     if ((st = attn_mha_plan_execute(plan, x, x, x, NULL, y, wt)) != ATTN_OK) goto out;
     const float *src = attn_tensor_data(wt);
@@ -378,9 +401,9 @@ static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, double *
   }
   if (st != ATTN_OK) goto out;
   qsort(t, (size_t)reps, sizeof t[0], cmp_double);
-  *secs = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
-  *flops = 4.0 * (double)(B * dm->H) * (double)S * (double)S * (double)dm->D +
-           8.0 * (double)(B * S) * (double)E * (double)E;
+  o->secs = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+  o->flops = 4.0 * (double)(B * dm->H) * (double)S * (double)S * (double)dm->D +
+             8.0 * (double)(B * S) * (double)E * (double)E;
 out:
   attn_mha_plan_destroy(plan);
   attn_desc_destroy(d);
@@ -393,6 +416,184 @@ out:
   attn_tensor_destroy(y);
   attn_tensor_destroy(wt);
   return st;
+}
+
+/* ---- the KV cache (kvcache.h): prefill, then decode one token at a time ---------- */
+
+/* A view of rows [r0, r0 + n) (axis 2) of a [B, H, S, d] f32 tensor, no copy. */
+static attn_status rows_view(attn_context *ctx, const attn_tensor *t, int64_t r0, int64_t n,
+                             attn_tensor **out) {
+  int64_t shape[4], strides[4];
+  for (int32_t a = 0; a < 4; a++) {
+    shape[a] = attn_tensor_dim(t, a);
+    strides[a] = attn_tensor_stride(t, a);
+  }
+  shape[2] = n;
+  return attn_tensor_wrap(ctx, ATTN_DTYPE_F32, 4, shape, strides,
+                          (float *)attn_tensor_data(t) + r0 * strides[2], out);
+}
+
+/* Point a one-row view at row r of the full tensor. */
+static attn_status point_row(attn_tensor *view, const attn_tensor *full, int64_t r) {
+  return attn_tensor_set_data(view, (float *)attn_tensor_data(full) + r * attn_tensor_stride(full, 2));
+}
+
+static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+/* A decoder over a whole sequence of S positions: q [1, H, S, d],
+ * k/v [1, H/group, S, d]. Linear cache: append and attend the first S − n
+ * positions in one prefill call, then decode the last n (≤ 32) one token at
+ * a time (append 1 row, attend 1 query). Ring cache of W = S/8 positions:
+ * every position is decoded one token at a time (a ring holds too little
+ * for a long prefill). Times the last n decode steps; the rate is the K/V
+ * bytes each step reads. Every output position is then compared with exact
+ * causal attention over the whole sequence (ring: with the window W).
+ * Picture: v = identity (d_v = S) so out rows are the weights; the last n
+ * decode steps against every cached key. */
+static attn_status kv_run_common(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                                 double *pic, char *what, size_t wl, int64_t group, bool ring) {
+  const bool picture = pic != NULL;
+  const int64_t S = picture ? 64 : dm->S, D = picture ? 16 : dm->D, Dv = picture ? S : D;
+  const int64_t H = picture ? (group > 1 ? 2 : 1) : dm->H;
+  while (group > 1 && H % group != 0) group--;
+  const int64_t Hkv = H / group, ndec = min64(32, S / 2), npre = S - ndec;
+  const int64_t W = ring ? (picture ? 16 : (S / 8 > 1 ? S / 8 : 2)) : S;
+  const int64_t sq[4] = {1, H, S, D}, sk[4] = {1, Hkv, S, D}, sv[4] = {1, Hkv, S, Dv};
+  const int64_t so[4] = {1, H, S, Dv};
+  attn_tensor *q = NULL, *k = NULL, *v = NULL, *out = NULL, *ref = NULL;
+  attn_tensor *qp = NULL, *kp = NULL, *vp = NULL, *op = NULL, *q1 = NULL, *k1 = NULL, *v1 = NULL,
+              *o1 = NULL;
+  attn_kvcache *cache = NULL;
+  attn_kvcache_plan *pre = NULL, *dec = NULL;
+  attn_desc *d = NULL;
+  double *times = NULL;
+  attn_status st = ATTN_OK;
+#define KV_TRY(expr) \
+  if ((st = (expr)) != ATTN_OK) goto out
+  KV_TRY(attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sq, &q));
+  KV_TRY(attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sk, &k));
+  KV_TRY(attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, sv, &v));
+  KV_TRY(attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, so, &out));
+  fill_normal(q, 41, 1.0);
+  fill_normal(k, 42, 1.0);
+  if (picture) { /* one-hot values: out[t] = the weights of query t */
+    float *pv = attn_tensor_data(v);
+    for (int64_t h = 0; h < Hkv; h++)
+      for (int64_t j = 0; j < S; j++) pv[(h * S + j) * Dv + j] = 1.0f;
+  } else {
+    fill_normal(v, 43, 1.0);
+  }
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.heads_kv = Hkv;
+  cfg.capacity = W;
+  cfg.d_k = D;
+  cfg.d_v = Dv;
+  cfg.mode = ring ? ATTN_KVCACHE_RING : ATTN_KVCACHE_LINEAR;
+  KV_TRY(attn_kvcache_create(ctx, &cfg, &cache));
+  KV_TRY(attn_desc_create(ctx, &d));
+  KV_TRY(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT));
+  KV_TRY(rows_view(ctx, q, 0, 1, &q1));
+  KV_TRY(rows_view(ctx, k, 0, 1, &k1));
+  KV_TRY(rows_view(ctx, v, 0, 1, &v1));
+  KV_TRY(rows_view(ctx, out, 0, 1, &o1));
+  KV_TRY(attn_kvcache_plan_create(cache, d, q1, o1, NULL, &dec));
+  if (!ring) {
+    KV_TRY(rows_view(ctx, q, 0, npre, &qp));
+    KV_TRY(rows_view(ctx, k, 0, npre, &kp));
+    KV_TRY(rows_view(ctx, v, 0, npre, &vp));
+    KV_TRY(rows_view(ctx, out, 0, npre, &op));
+    KV_TRY(attn_kvcache_plan_create(cache, d, qp, op, NULL, &pre));
+  }
+  if (reps > 64) reps = 64;
+  times = malloc(sizeof(double) * (size_t)(ndec * (reps > 0 ? reps : 1)));
+  if (times == NULL) {
+    st = ATTN_ERR_NO_MEMORY;
+    goto out;
+  }
+  for (int r = -1; r < reps; r++) { /* r = −1: warm-up (and the picture's only pass) */
+    const int64_t zero = 0;
+    KV_TRY(attn_kvcache_truncate(cache, &zero));
+    int64_t t = 0;
+    if (!ring) {
+      KV_TRY(attn_kvcache_append(cache, kp, vp, NULL));
+      KV_TRY(attn_kvcache_plan_execute(pre, qp, op, NULL, NULL));
+      t = npre;
+    }
+    for (; t < S; t++) {
+      KV_TRY(point_row(q1, q, t));
+      KV_TRY(point_row(k1, k, t));
+      KV_TRY(point_row(v1, v, t));
+      KV_TRY(point_row(o1, out, t));
+      double t0 = cli_now();
+      KV_TRY(attn_kvcache_append(cache, k1, v1, NULL));
+      KV_TRY(attn_kvcache_plan_execute(dec, q1, o1, NULL, NULL));
+      double t1 = cli_now();
+      if (r >= 0 && t >= npre) times[r * ndec + (t - npre)] = t1 - t0;
+    }
+  }
+  double cache_mib = (double)attn_kvcache_memory_size(cache) / (1024.0 * 1024.0);
+  if (ring)
+    snprintf(what, wl, "KV cache, ring of %" PRId64 " (sliding window), H_kv=%" PRId64
+             ": %" PRId64 " tokens decoded one at a time, cache %.2f MiB", W, Hkv, S, cache_mib);
+  else
+    snprintf(what, wl, "KV cache%s, H_kv=%" PRId64 ": prefill %" PRId64 ", then %" PRId64
+             " decode steps of 1 token, cache %.2f MiB", group > 1 ? " GQA" : "", Hkv, npre, ndec,
+             cache_mib);
+  if (picture) {
+    const float *src = attn_tensor_data(out);
+    for (int64_t i = 0; i < ndec; i++)
+      for (int64_t j = 0; j < S; j++) pic[i * S + j] = src[((H - 1) * S + npre + i) * Dv + j];
+    o->pic_rows = ndec;
+    o->pic_cols = S;
+    o->pic_note = ring ? "last 32 decode steps (rows) x 64 positions"
+                       : "last 32 decode steps (rows) x 64 cached positions";
+    goto out;
+  }
+  qsort(times, (size_t)(ndec * reps), sizeof times[0], cmp_double);
+  int64_t nt = ndec * reps;
+  o->secs = nt % 2 ? times[nt / 2] : 0.5 * (times[nt / 2 - 1] + times[nt / 2]);
+  double keys = 0.0; /* mean keys a timed step reads */
+  for (int64_t t = npre; t < S; t++) keys += (double)min64(t + 1, W) / (double)ndec;
+  o->bytes = (double)Hkv * keys * (double)(D + Dv) * sizeof(float);
+  o->flops = 2.0 * (double)H * keys * (double)(D + Dv);
+  o->ws = attn_kvcache_plan_workspace_size(dec);
+  /* Every output position against exact attention over the whole sequence. */
+  KV_TRY(attn_tensor_create(ctx, ATTN_DTYPE_F32, 4, so, &ref));
+  attn_desc_destroy(d);
+  d = NULL;
+  KV_TRY(attn_desc_create(ctx, &d));
+  KV_TRY(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  if (ring) KV_TRY(attn_desc_set_window(d, W - 1, 0));
+  KV_TRY(attn_forward(ctx, d, q, k, v, ref, NULL, NULL));
+  rel_error(out, ref, &o->maxe, &o->meane);
+  o->vs = ring ? "window" : "causal";
+#undef KV_TRY
+out:
+  free(times);
+  attn_kvcache_plan_destroy(pre);
+  attn_kvcache_plan_destroy(dec);
+  attn_kvcache_destroy(cache);
+  attn_desc_destroy(d);
+  attn_tensor *ts[] = {q, k, v, out, ref, qp, kp, vp, op, q1, k1, v1, o1};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) attn_tensor_destroy(ts[i]);
+  return st;
+}
+
+static attn_status kv_run(attn_context *ctx, const dims *dm, int reps, custom_out *o, double *pic,
+                          char *what, size_t wl) {
+  return kv_run_common(ctx, dm, reps, o, pic, what, wl, 1, false);
+}
+
+/* Grouped-query attention: 4 query heads per K/V head (or the largest group ≤ 4). */
+static attn_status kv_run_gqa(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                              double *pic, char *what, size_t wl) {
+  return kv_run_common(ctx, dm, reps, o, pic, what, wl, 4, false);
+}
+
+static attn_status kv_run_ring(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                               double *pic, char *what, size_t wl) {
+  return kv_run_common(ctx, dm, reps, o, pic, what, wl, 1, true);
 }
 
 /* ---- dense masks of the sparse patterns (REF_MASK), from approx.h's definitions ---- */
@@ -479,8 +680,8 @@ static attn_status mask_swin_shift(const dims *dm, const attn_plan *plan, uint8_
 }
 
 /* Every variant and option family the headers declare. Rows with `pending`
- * name an API that is not in this build's headers yet (the KV cache): give
- * them a custom runner when kvcache.h declares it. */
+ * name an API that is not in this build's headers yet: give them a custom
+ * runner when its header declares it. */
 static const demo_row rows[] = {
     {"sdpa", REF_NONE, 0, su_sdpa, NULL, NULL, NULL},
     {"causal", REF_NONE, 0, su_causal, NULL, NULL, NULL},
@@ -504,7 +705,9 @@ static const demo_row rows[] = {
     {"performer", REF_FULL, 0, su_performer, NULL, NULL, NULL},
     {"linformer", REF_FULL, 0, su_linformer, NULL, NULL, NULL},
     {"mha", REF_NONE, 0, NULL, mha_run, NULL, NULL},
-    {"kvcache", REF_NONE, 0, NULL, NULL, NULL, "attn_kvcache (kvcache.h) not in this build's headers yet"},
+    {"kvcache", REF_NONE, 0, NULL, kv_run, NULL, NULL},
+    {"kvcache-gqa", REF_NONE, 0, NULL, kv_run_gqa, NULL, NULL},
+    {"kvcache-ring", REF_NONE, 0, NULL, kv_run_ring, NULL, NULL},
 };
 #define NROWS ((int)(sizeof rows / sizeof rows[0]))
 
@@ -708,9 +911,12 @@ out:
   return st;
 }
 
-static void print_row(const char *name, const char *shape, double secs, double flops, double maxe,
-                      double meane, const char *vs, size_t ws_bytes, const char *what) {
-  char e1[16], e2[16], ws[16], rss[16];
+/* bytes > 0: the rate column shows GB/s of `bytes`, else GFLOP/s of `flops`. */
+static void print_row(const char *name, const char *shape, double secs, double flops, double bytes,
+                      double maxe, double meane, const char *vs, size_t ws_bytes, const char *what) {
+  char e1[16], e2[16], ws[16], rss[16], rate[24];
+  if (bytes > 0) snprintf(rate, sizeof rate, "%.1fGB/s", bytes / secs * 1e-9);
+  else snprintf(rate, sizeof rate, "%.1f", flops / secs * 1e-9);
   if (maxe >= 0) {
     snprintf(e1, sizeof e1, "%.2e", maxe);
     snprintf(e2, sizeof e2, "%.2e", meane);
@@ -720,8 +926,8 @@ static void print_row(const char *name, const char *shape, double secs, double f
   }
   fmt_mib(ws, sizeof ws, (double)ws_bytes / (1024.0 * 1024.0));
   fmt_mib(rss, sizeof rss, cli_peak_rss_mib());
-  printf("%-18s %-16s %9.3f %9.1f %9s %9s %-6s %7s %7s  %s\n", name, shape, secs * 1e3,
-         flops / secs * 1e-9, e1, e2, vs, ws, rss, what);
+  printf("%-18s %-16s %9.3f %9s %9s %9s %-6s %7s %7s  %s\n", name, shape, secs * 1e3, rate, e1,
+         e2, vs, ws, rss, what);
   fflush(stdout);
 }
 
@@ -743,6 +949,9 @@ static void demo_usage(FILE *f) {
           "per variant: shape, median time, GFLOP/s (dense-equivalent 4*B*H*S*S*d, so\n"
           "skipped work shows as a higher rate), error against exact attention for the\n"
           "approximations (max and mean relative), plan workspace and peak RSS.\n"
+          "The KV cache rows prefill S-32 positions and decode the last 32 one token\n"
+          "at a time (time per step, GB/s of K/V read, error against exact causal\n"
+          "attention over the whole sequence); with GQA and as a ring (sliding window).\n"
           "Variants whose module is not in this build show as \"not built\".\n"
           "Then writes a PNG picture of each variant's attention weights on a 64-token\n"
           "sequence into DIR (plus index.html) and prints where they went.\n"
@@ -874,9 +1083,9 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     snprintf(shape, sizeof shape, "1,%" PRId64 ",%" PRId64 ",%" PRId64, p->dm.H, p->dm.S, p->dm.D);
     if (row->custom != NULL) {
       char what[160] = "";
-      double secs = 0, flops = 0;
-      size_t wsb = 0;
-      st = row->custom(ctx, &p->dm, (int)reps, &secs, &flops, &wsb, NULL, what, sizeof what);
+      custom_out co;
+      custom_out_init(&co);
+      st = row->custom(ctx, &p->dm, (int)reps, &co, NULL, what, sizeof what);
       if (st == ATTN_ERR_UNSUPPORTED) {
         print_dashes(row->name, shape, "not built: ", attn_context_last_error(ctx));
         not_built++;
@@ -889,19 +1098,25 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
         failed++;
         continue;
       }
-      print_row(row->name, shape, secs, flops, -1, -1, "-", wsb, what);
+      print_row(row->name, shape, co.secs, co.flops, co.bytes, co.maxe, co.meane, co.vs, co.ws, what);
+      if (co.maxe >= 0 && !(co.maxe <= 1e-4)) {
+        printf("%-18s error against %s attention too large: FAILED\n", row->name, co.vs);
+        failed++;
+      }
       ran++;
       if (!pictures) continue;
       snprintf(pic_names[r], sizeof pic_names[r], "%02d-%s.png", r + 1, row->name);
-      st = row->custom(ctx, &pic.dm, 0, &secs, &flops, &wsb, wbuf, what, sizeof what);
+      custom_out_init(&co);
+      st = row->custom(ctx, &pic.dm, 0, &co, wbuf, what, sizeof what);
       if (st != ATTN_OK) {
         snprintf(pic_notes[r], sizeof pic_notes[r], "no picture: %.180s", attn_context_last_error(ctx));
         continue;
       }
       char path[4096], sub[300], err[512];
       snprintf(path, sizeof path, "%s/%s", outdir, pic_names[r]);
-      snprintf(sub, sizeof sub, "%s | 64 tokens, weights, rows scaled to max, grey = 0", what);
-      if (picture_heatmap_png(path, pic_names[r], sub, wbuf, 64, 64, err, sizeof err) != 0) {
+      snprintf(sub, sizeof sub, "%s | %s, rows scaled to max, grey = 0", what, co.pic_note);
+      if (picture_heatmap_png(path, pic_names[r], sub, wbuf, co.pic_rows, co.pic_cols, err,
+                              sizeof err) != 0) {
         cli_err(CMD, "%s", err);
         rc = CLI_EXIT_IO;
         continue;
@@ -952,7 +1167,7 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     double flops = 4.0 * (double)p->dm.B * (double)p->dm.H * (double)p->dm.S * (double)p->dm.S *
                    (double)p->dm.D;
     static const char *const vs_names[] = {"-", "full", "causal", "mask"};
-    print_row(row->name, shape, secs, flops, maxe, meane, vs_names[row->ref],
+    print_row(row->name, shape, secs, flops, 0.0, maxe, meane, vs_names[row->ref],
               attn_plan_workspace_size(plan), x.what);
     ran++;
     attn_plan_destroy(plan);
@@ -996,7 +1211,10 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     printf(", %d not built yet (they light up when their module is merged)", not_built + pending);
   if (failed > 0) printf(", %d FAILED", failed);
   printf(".\nGFLOP/s counts dense attention's 4*B*H*S*S*d FLOPs for every row (mha adds its\n"
-         "projections' 8*B*S*E*E).\n"
+         "projections' 8*B*S*E*E). kvcache rows: ms per decode step (append one token's K/V,\n"
+         "attend its query to the cache) and GB/s of cached K/V the step reads; their error is\n"
+         "every position the cache produced against exact causal (ring: window) attention\n"
+         "over the whole sequence.\n"
          "'vs full' errors are large on this random N(0,1) data by nature, not by accident:\n"
          "exact attention averages many random values (a small output), linear attention is\n"
          "a different kernel, Linformer's projections are untrained and FAVOR+'s variance\n"

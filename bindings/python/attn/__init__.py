@@ -23,14 +23,15 @@ from ctypes import POINTER, byref, c_double, c_int, c_int64, c_uint64, c_void_p
 
 import numpy as np
 
-from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions, MhaConfig,
-                   MhaWeights, Status, UnsupportedError, load, register_handle,
-                   unregister_handle)
+from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
+                   KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
+                   register_handle, unregister_handle)
 
 __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score", "Causal",
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
-           "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan"]
+           "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
+           "KVCachePlan", "KVCacheMode", "KVCacheStorage"]
 
 _lib = load()
 
@@ -142,6 +143,22 @@ def default_context():
     return ctx
 
 
+def _canonical_strides(shape, strides):
+    """Element strides with those of size-1 axes replaced by a fixed choice.
+
+    numpy gives size-1 axes arbitrary strides (e.g. np.ascontiguousarray of a
+    transposed [B, 1, H, D] array keeps the old ones), and the library
+    compares strides exactly when a plan executes on new arrays. A size-1
+    axis is never stepped along, so its stride does not matter: use
+    stride(next axis) * size(next axis) (1 for the last axis), so arrays that
+    address the same elements get the same strides."""
+    out = list(strides)
+    for a in range(len(out) - 1, -1, -1):
+        if shape[a] == 1:
+            out[a] = 1 if a == len(out) - 1 else out[a + 1] * shape[a + 1]
+    return tuple(out)
+
+
 class Tensor:
     """attn_tensor wrapping a numpy array's memory (no copy).
 
@@ -169,6 +186,7 @@ class Tensor:
                                  % (name, s, axis, "negative" if s < 0
                                     else "not a whole number of elements"))
             strides.append(s // item)
+        strides = _canonical_strides(array.shape, strides)
         if contiguous_last and strides[-1] != 1 and array.shape[-1] != 1:
             raise ValueError("%s: the last axis must be contiguous (stride 1 element), got "
                              "stride %d; use np.ascontiguousarray" % (name, strides[-1]))
@@ -202,7 +220,8 @@ class Tensor:
         return (isinstance(array, np.ndarray) and _NP_DTYPES.get(array.dtype) == self.dtype
                 and array.shape == self.shape
                 and all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
-                and tuple(s // array.itemsize for s in array.strides) == self.strides)
+                and _canonical_strides(array.shape, [s // array.itemsize for s in array.strides])
+                == self.strides)
 
     def set_data(self, array):
         """Point the tensor at ``array`` (same dtype/shape/strides: see matches())."""
@@ -831,6 +850,278 @@ class MHAPlan:
 
 
 # ---------------------------------------------------------------------------
-# KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its C rows
-# go into _lib._FUNCTIONS (section "KV cache") and its class here, in the same
-# style as MHA/MHAPlan (config struct, borrowed tensors, errcheck statuses).
+# KV cache (kvcache.h)
+
+class KVCacheMode(enum.IntEnum):
+    LINEAR = 0
+    RING = 1
+
+
+class KVCacheStorage(enum.IntEnum):
+    NATIVE = 0
+    BF16 = 1
+
+
+# attn_kvcache_config fields: keyword -> (field, convert). KVCache(...) accepts
+# each keyword; a new config field in the C struct is one new row (and one
+# field in _lib.KVCacheConfig).
+_KVCACHE_CONFIG = {
+    "batch": ("batch", int),
+    "heads_kv": ("heads_kv", int),
+    "capacity": ("capacity", int),
+    "d_k": ("d_k", int),
+    "d_v": ("d_v", lambda v: 0 if v is None else int(v)),
+    "dtype": _MHA_CONFIG["dtype"],
+    "mode": ("mode", lambda v: _enum(KVCacheMode, v)),
+    "grow": ("grow", lambda v: int(bool(v))),
+    "storage": ("storage", lambda v: _enum(KVCacheStorage, v)),
+}
+
+_KV_OPERANDS = ("q", "out", "lse")
+
+
+def _int64s(values, count, name):
+    """A C int64 array of exactly `count` values (C reads that many), or None."""
+    if values is None:
+        return None, None
+    arr = np.ascontiguousarray(values, dtype=np.int64)
+    if arr.shape != (count,):
+        raise ValueError("%s: expected %d values (one per batch item), got shape %s"
+                         % (name, count, arr.shape))
+    return arr, arr.ctypes.data_as(POINTER(c_int64))
+
+
+class _CMemory:
+    """Exposes C memory to numpy (read-only) and keeps its owner alive."""
+
+    def __init__(self, owner, address, shape, strides, dtype):
+        self.owner = owner
+        self.__array_interface__ = {"version": 3, "data": (address, True), "shape": shape,
+                                    "strides": strides, "typestr": np.dtype(dtype).str}
+
+
+class KVCache:
+    """attn_kvcache: the keys and values of every position decoded so far.
+
+        cache = attn.KVCache(batch=1, heads_kv=2, capacity=4096, d_k=64)
+        cache.append(k_new, v_new)            # [B, H_kv, n, d] numpy arrays (copied in)
+        out = cache.attend(q, causal=True)    # q [B, H, n, d] -> out [B, H, n, d_v]
+
+    Config keywords are the attn_kvcache_config fields (see _KVCACHE_CONFIG):
+    batch, heads_kv, capacity, d_k, d_v (None = d_k), dtype (np.float32 /
+    np.float64), mode ("linear" | "ring"), grow (linear mode: reallocate
+    instead of ERR_CAPACITY), storage ("native" | "bf16", f32 only).
+
+    Failing calls raise AttnError (status + the library's message) and leave
+    the cache unchanged. Plans made with plan() borrow the cache: close()
+    closes them first.
+    """
+
+    def __init__(self, ctx=None, **config):
+        self.ctx = _ctx(ctx)
+        cfg = KVCacheConfig()
+        _lib.attn_kvcache_config_init(byref(cfg))
+        for key, value in config.items():
+            if key not in _KVCACHE_CONFIG:
+                raise TypeError("unknown KVCache setting %r (known: %s)"
+                                % (key, ", ".join(sorted(_KVCACHE_CONFIG))))
+            field, conv = _KVCACHE_CONFIG[key]
+            setattr(cfg, field, conv(value))
+        handle = c_void_p()
+        _lib.attn_kvcache_create(self.ctx.handle, byref(cfg), byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        self.batch, self.heads_kv = int(cfg.batch), int(cfg.heads_kv)
+        self.d_k, self.d_v = int(cfg.d_k), int(cfg.d_v) or int(cfg.d_k)
+        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self.mode, self.storage = KVCacheMode(cfg.mode), KVCacheStorage(cfg.storage)
+        self._append_tensors = {}
+        self._plans = weakref.WeakSet()
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("attn: the KV cache is closed")
+        return self._handle
+
+    # -- contents ------------------------------------------------------------------
+    def append(self, k_new, v_new, counts=None, layout="bhsd"):
+        """attn_kvcache_append: k_new [B, H_kv, n, d_k], v_new [B, H_kv, n, d_v]
+        (or [B, n, H_kv, d] with layout="bshd"; any strides), copied into the
+        cache. counts: None (n each) or B values in 0..n (rows per item)."""
+        handles = []
+        for name, a in (("k_new", k_new), ("v_new", v_new)):
+            a = _view(a, layout, name)
+            t = self._append_tensors.get(name)
+            if isinstance(a, Tensor):
+                t = a
+            elif t is not None and t.matches(a):
+                t.set_data(a)
+            else:
+                t = self._append_tensors[name] = Tensor(self.ctx, a, name=name)
+            handles.append(t.handle)
+        _arr, cp = _int64s(counts, self.batch, "counts")
+        _lib.attn_kvcache_append(self.handle, handles[0], handles[1], cp)
+
+    def truncate(self, lengths):
+        """attn_kvcache_truncate: roll item b back to lengths[b] positions
+        (an int applies to every item)."""
+        if np.ndim(lengths) == 0:
+            lengths = [int(lengths)] * self.batch
+        _arr, lp = _int64s(lengths, self.batch, "lengths")
+        _lib.attn_kvcache_truncate(self.handle, lp)
+
+    def reset(self):
+        """Empty the cache (truncate every item to 0)."""
+        self.truncate(0)
+
+    @property
+    def lengths(self):
+        """int64 [B]: positions each item has received (its next position)."""
+        return np.array([_lib.attn_kvcache_length(self.handle, b) for b in range(self.batch)],
+                        dtype=np.int64)
+
+    @property
+    def firsts(self):
+        """int64 [B]: the oldest position each item still stores."""
+        return np.array([_lib.attn_kvcache_first(self.handle, b) for b in range(self.batch)],
+                        dtype=np.int64)
+
+    @property
+    def capacity(self):
+        return int(_lib.attn_kvcache_capacity(self.handle))
+
+    @property
+    def memory_size(self):
+        return int(_lib.attn_kvcache_memory_size(self.handle))
+
+    def view(self):
+        """(k, v): read-only numpy views of the storage, [B, H_kv, capacity, d_k]
+        and [B, H_kv, capacity, d_v], no copy. Row r of item b holds position r
+        (linear) or the stored position p with p % capacity == r (ring); only
+        positions in [firsts[b], lengths[b]) are valid. The views show later
+        appends; they keep this object alive but become invalid when the cache
+        grows or is closed. UnsupportedError for bf16 storage."""
+        k, v = c_void_p(), c_void_p()
+        _lib.attn_kvcache_view(self.handle, byref(k), byref(v))
+        try:
+            return tuple(self._numpy(t) for t in (k.value, v.value))
+        finally:
+            _lib.attn_tensor_destroy(k.value)
+            _lib.attn_tensor_destroy(v.value)
+
+    def _numpy(self, t):
+        rank = _lib.attn_tensor_rank(t)
+        item = np.dtype(self.dtype).itemsize
+        shape = tuple(_lib.attn_tensor_dim(t, a) for a in range(rank))
+        strides = tuple(_lib.attn_tensor_stride(t, a) * item for a in range(rank))
+        arr = np.asarray(_CMemory(self, _lib.attn_tensor_data(t), shape, strides, self.dtype))
+        assert not arr.flags.writeable
+        return arr
+
+    # -- attention -----------------------------------------------------------------
+    def plan(self, q, out, lse=None, desc=None, layout="bhsd", **settings):
+        """A KVCachePlan for arrays laid out like these (see KVCachePlan)."""
+        return KVCachePlan(self, q, out, lse, desc, layout, **settings)
+
+    def attend(self, q, out=None, return_lse=False, query_counts=None, layout="bhsd",
+               desc=None, **settings):
+        """One-shot attend (plan, execute, close): q [B, H, n, d_k] against the
+        cache's contents. Returns out [B, H, n, d_v] (in q's layout), or
+        (out, lse) with return_lse. Descriptor settings as keywords
+        (causal=True means bottom-right, the decoder's alignment)."""
+        qv = _view(q, layout, "q")
+        B, H, n, _ = qv.shape
+        if out is None:
+            shape = (B, H, n, self.d_v) if layout == "bhsd" else (B, n, H, self.d_v)
+            out = np.empty(shape, dtype=q.dtype)
+        lse = np.empty((B, H, n), dtype=q.dtype) if return_lse else None
+        plan = KVCachePlan(self, q, out, lse, desc, layout, **settings)
+        try:
+            plan.execute(q, out, lse, query_counts)
+        finally:
+            plan.close()
+        return (out, lse) if return_lse else out
+
+    def close(self):
+        """Destroy the cache (and any plan of it still open)."""
+        if getattr(self, "_handle", None):
+            for p in list(self._plans):
+                p.close()
+            for t in self._append_tensors.values():
+                t.close()
+            self._append_tensors = {}
+            unregister_handle(self._handle)
+            _lib.attn_kvcache_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class KVCachePlan:
+    """attn_kvcache_plan: new queries attending to a cache, planned for these
+    arrays' dtype/shapes/strides; execute() after each append.
+
+    q [B, H, n, d_k], out [B, H, n, d_v] (or [B, n, H, d] with layout="bshd"),
+    lse None or [B, H, n]. desc: a Desc, or descriptor settings as keywords
+    (causal=True or "bottom_right", window=(left, right), alibi=slopes,
+    softcap=c, scale=s, score="dot"); positions are the cache's absolute ones.
+    """
+
+    def __init__(self, cache, q, out, lse=None, desc=None, layout="bhsd", **settings):
+        self.cache = cache
+        self.ctx = cache.ctx
+        self.layout = layout
+        if settings:
+            if desc is not None:
+                raise TypeError("give desc or descriptor settings, not both")
+            if settings.get("causal") is True:
+                settings["causal"] = Causal.BOTTOM_RIGHT
+            desc = Desc(self.ctx, **settings)
+        elif desc is None:
+            desc = Desc(self.ctx)
+        self.desc = desc
+        self._borrowed = list(desc._keep.values())
+        arrays = self._views(q, out, lse)
+        self._tensors = [self._tensor(n, a) for n, a in zip(_KV_OPERANDS, arrays)]
+        handles = [t.handle if t is not None else None for t in self._tensors]
+        handle = c_void_p()
+        _lib.attn_kvcache_plan_create(cache.handle, desc.handle, *handles, byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        cache._plans.add(self)
+
+    def _views(self, q, out, lse):
+        return [_view(q, self.layout, "q"), _view(out, self.layout, "out"), lse]
+
+    def _tensor(self, name, array):
+        return _as_tensor(self.ctx, array, name, writeable=name in _OUTPUTS,
+                          contiguous_last=name != "lse")
+
+    @property
+    def workspace_size(self):
+        return int(_lib.attn_kvcache_plan_workspace_size(self._handle))
+
+    def execute(self, q, out, lse=None, query_counts=None):
+        """attn_kvcache_plan_execute: writes out (and lse) in place; returns out.
+        query_counts: None (n each) or B values (pass the append's counts)."""
+        if not getattr(self, "_handle", None):
+            raise ValueError("attn: the KV cache plan is closed")
+        handles, _temps = _bind(self, _KV_OPERANDS, self._views(q, out, lse))
+        _arr, cp = _int64s(query_counts, self.cache.batch, "query_counts")
+        _lib.attn_kvcache_plan_execute(self._handle, *handles, cp)
+        return out
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            unregister_handle(self._handle)
+            _lib.attn_kvcache_plan_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close

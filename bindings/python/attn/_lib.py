@@ -98,6 +98,20 @@ class MhaWeights(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t)] + [(n, c_void_p) for n in MHA_WEIGHT_FIELDS]
 
 
+class KVCacheConfig(ctypes.Structure):
+    """attn_kvcache_config (kvcache.h); fill with attn_kvcache_config_init."""
+    _fields_ = [("struct_size", c_size_t),
+                ("batch", c_int64),
+                ("heads_kv", c_int64),
+                ("capacity", c_int64),
+                ("d_k", c_int64),
+                ("d_v", c_int64),
+                ("dtype", c_int),
+                ("mode", c_int),
+                ("grow", c_int32),
+                ("storage", c_int)]
+
+
 STATUS = "status"   # restype marker: returns attn_status, checked
 _P = c_void_p        # every opaque handle
 _PP = POINTER(c_void_p)
@@ -148,8 +162,21 @@ _FUNCTIONS = [
     ("attn_mha_plan_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
     ("attn_mha_plan_workspace_size", c_size_t, [_P]),
     ("attn_mha_plan_destroy", None, [_P]),
-    # KV cache (kvcache.h): its rows go here when attn_kvcache_* lands on main
-    # (context-first functions also go into _CTX_FIRST).
+    # KV cache (kvcache.h)
+    ("attn_kvcache_config_init", None, [POINTER(KVCacheConfig)]),
+    ("attn_kvcache_create", STATUS, [_P, POINTER(KVCacheConfig), _PP]),
+    ("attn_kvcache_destroy", None, [_P]),
+    ("attn_kvcache_append", STATUS, [_P, _P, _P, _I64P]),
+    ("attn_kvcache_truncate", STATUS, [_P, _I64P]),
+    ("attn_kvcache_length", c_int64, [_P, c_int64]),
+    ("attn_kvcache_first", c_int64, [_P, c_int64]),
+    ("attn_kvcache_capacity", c_int64, [_P]),
+    ("attn_kvcache_memory_size", c_size_t, [_P]),
+    ("attn_kvcache_view", STATUS, [_P, _PP, _PP]),
+    ("attn_kvcache_plan_create", STATUS, [_P, _P, _P, _P, _P, _PP]),
+    ("attn_kvcache_plan_execute", STATUS, [_P, _P, _P, _P, _I64P]),
+    ("attn_kvcache_plan_workspace_size", c_size_t, [_P]),
+    ("attn_kvcache_plan_destroy", None, [_P]),
 ]
 
 # Status-returning functions whose first argument is the context; for the
@@ -157,7 +184,7 @@ _FUNCTIONS = [
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
               "attn_plan_create", "attn_forward", "attn_heads_split_view",
               "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
-              "attn_mha_create"}
+              "attn_mha_create", "attn_kvcache_create"}
 
 # Which context a handle belongs to, so an errcheck can fetch the context's
 # message for calls whose first argument is a tensor/descriptor/plan.

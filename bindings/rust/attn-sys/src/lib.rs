@@ -1,5 +1,5 @@
 //! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
-//! `attn/heads.h`; `attn/kvcache.h` once it lands),
+//! `attn/heads.h`, `attn/kvcache.h`),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -37,7 +37,16 @@ pub struct attn_mha {
 pub struct attn_mha_plan {
     _private: [u8; 0],
 }
-// KV cache (kvcache.h): its opaque handle types go here when it lands.
+/// Opaque `attn_kvcache` (kvcache.h).
+#[repr(C)]
+pub struct attn_kvcache {
+    _private: [u8; 0],
+}
+/// Opaque `attn_kvcache_plan` (kvcache.h).
+#[repr(C)]
+pub struct attn_kvcache_plan {
+    _private: [u8; 0],
+}
 
 /// `attn_status` (C enum: int-sized). Values are ABI.
 pub type attn_status = c_int;
@@ -83,6 +92,14 @@ pub const ATTN_CAUSAL_BOTTOM_RIGHT: attn_causal = 2;
 
 pub const ATTN_MAX_RANK: i32 = 4;
 pub const ATTN_WINDOW_UNBOUNDED: i64 = i64::MAX;
+
+pub type attn_kvcache_mode = c_int;
+pub const ATTN_KVCACHE_LINEAR: attn_kvcache_mode = 0;
+pub const ATTN_KVCACHE_RING: attn_kvcache_mode = 1;
+
+pub type attn_kvcache_storage = c_int;
+pub const ATTN_KVCACHE_STORE_NATIVE: attn_kvcache_storage = 0;
+pub const ATTN_KVCACHE_STORE_BF16: attn_kvcache_storage = 1;
 
 /// `attn_allocator`: optional allocation hooks.
 #[repr(C)]
@@ -133,6 +150,22 @@ pub struct attn_mha_weights {
     pub out_proj_bias: *const attn_tensor,
     pub bias_k: *const attn_tensor,
     pub bias_v: *const attn_tensor,
+}
+
+/// `attn_kvcache_config` (kvcache.h); initialise with `attn_kvcache_config_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_kvcache_config {
+    pub struct_size: usize,
+    pub batch: i64,
+    pub heads_kv: i64,
+    pub capacity: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+    pub dtype: attn_dtype,
+    pub mode: attn_kvcache_mode,
+    pub grow: i32,
+    pub storage: attn_kvcache_storage,
 }
 
 extern "C" {
@@ -211,7 +244,21 @@ extern "C" {
     pub fn attn_mha_plan_workspace_size(plan: *const attn_mha_plan) -> usize;
     pub fn attn_mha_plan_destroy(plan: *mut attn_mha_plan);
 
-    // KV cache (kvcache.h): the attn_kvcache_* declarations go here when it lands on main.
+    // KV cache (kvcache.h)
+    pub fn attn_kvcache_config_init(cfg: *mut attn_kvcache_config);
+    pub fn attn_kvcache_create(ctx: *mut attn_context, cfg: *const attn_kvcache_config, out: *mut *mut attn_kvcache) -> attn_status;
+    pub fn attn_kvcache_destroy(cache: *mut attn_kvcache);
+    pub fn attn_kvcache_append(cache: *mut attn_kvcache, k_new: *const attn_tensor, v_new: *const attn_tensor, counts: *const i64) -> attn_status;
+    pub fn attn_kvcache_truncate(cache: *mut attn_kvcache, lengths: *const i64) -> attn_status;
+    pub fn attn_kvcache_length(cache: *const attn_kvcache, b: i64) -> i64;
+    pub fn attn_kvcache_first(cache: *const attn_kvcache, b: i64) -> i64;
+    pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;
+    pub fn attn_kvcache_memory_size(cache: *const attn_kvcache) -> usize;
+    pub fn attn_kvcache_view(cache: *mut attn_kvcache, k: *mut *mut attn_tensor, v: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_kvcache_plan_create(cache: *mut attn_kvcache, desc: *const attn_desc, q: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_kvcache_plan) -> attn_status;
+    pub fn attn_kvcache_plan_execute(plan: *mut attn_kvcache_plan, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
+    pub fn attn_kvcache_plan_workspace_size(plan: *const attn_kvcache_plan) -> usize;
+    pub fn attn_kvcache_plan_destroy(plan: *mut attn_kvcache_plan);
 }
 
 #[cfg(test)]
@@ -256,5 +303,17 @@ mod tests {
         };
         assert_eq!(w.struct_size, std::mem::size_of::<attn_mha_weights>());
         assert!(w.in_proj_weight.is_null() && w.bias_v.is_null());
+    }
+
+    #[test]
+    fn kvcache_config_matches_the_c_layout() {
+        let mut c = std::mem::MaybeUninit::<attn_kvcache_config>::zeroed();
+        let c = unsafe {
+            attn_kvcache_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        assert_eq!(c.struct_size, std::mem::size_of::<attn_kvcache_config>());
+        assert_eq!((c.batch, c.heads_kv, c.capacity, c.d_k, c.d_v), (1, 1, 0, 0, 0));
+        assert_eq!((c.dtype, c.mode, c.grow, c.storage), (ATTN_DTYPE_F32, ATTN_KVCACHE_LINEAR, 0, ATTN_KVCACHE_STORE_NATIVE));
     }
 }

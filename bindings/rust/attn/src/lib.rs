@@ -1187,6 +1187,389 @@ impl<T: Float> Drop for MhaPlan<'_, T> {
 }
 
 // ---------------------------------------------------------------------------
-// KV cache (kvcache.h): not on main yet. When attn_kvcache_* lands, its safe
-// wrapper goes here (a handle type with Drop, borrowing its Context), and its
-// declarations in attn-sys's "KV cache" section.
+// KV cache (kvcache.h)
+
+c_enum!(
+    /// Storage mode of a [`KvCache`] (`attn_kvcache_mode`).
+    KvCacheMode {
+        Linear = sys::ATTN_KVCACHE_LINEAR,
+        Ring = sys::ATTN_KVCACHE_RING,
+    }
+);
+c_enum!(
+    /// How a [`KvCache`] stores K and V rows (`attn_kvcache_storage`).
+    KvStorage {
+        Native = sys::ATTN_KVCACHE_STORE_NATIVE,
+        Bf16 = sys::ATTN_KVCACHE_STORE_BF16,
+    }
+);
+
+/// Configuration of a [`KvCache`] (`attn_kvcache_config`, minus the dtype,
+/// which is the cache's element type). [`KvCacheConfig::new`] starts from the
+/// library's defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    pub batch: i64,
+    pub heads_kv: i64,
+    /// Positions stored per batch item.
+    pub capacity: i64,
+    pub d_k: i64,
+    /// 0 = d_k.
+    pub d_v: i64,
+    pub mode: KvCacheMode,
+    /// Linear mode: appends past capacity reallocate instead of failing.
+    pub grow: bool,
+    /// `Bf16`: f32 caches only; no views.
+    pub storage: KvStorage,
+}
+
+impl KvCacheConfig {
+    /// `attn_kvcache_config_init`'s defaults (B = 1, H_kv = 1, linear, native)
+    /// with capacity and d_k set.
+    pub fn new(capacity: i64, d_k: i64) -> KvCacheConfig {
+        let mut c = std::mem::MaybeUninit::<sys::attn_kvcache_config>::zeroed();
+        let c = unsafe {
+            sys::attn_kvcache_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        KvCacheConfig {
+            batch: c.batch,
+            heads_kv: c.heads_kv,
+            capacity,
+            d_k,
+            d_v: c.d_v,
+            mode: if c.mode == sys::ATTN_KVCACHE_RING { KvCacheMode::Ring } else { KvCacheMode::Linear },
+            grow: c.grow != 0,
+            storage: if c.storage == sys::ATTN_KVCACHE_STORE_BF16 { KvStorage::Bf16 } else { KvStorage::Native },
+        }
+    }
+    fn d_v_or_k(&self) -> i64 {
+        if self.d_v == 0 { self.d_k } else { self.d_v }
+    }
+}
+
+/// `attn_kvcache`: the keys and values of every position a batch of
+/// sequences has produced, for step-by-step decoding. Borrows its context.
+///
+/// Appending and rolling back take `&self`, so plans (which borrow the cache
+/// and cannot outlive it) stay usable between appends; while a [`KvView`] of
+/// the storage is alive they return `Status::InvalidArg` instead of changing
+/// memory the view's slices show. On any error the cache is unchanged.
+///
+/// ```no_run
+/// use attn::{Causal, Context, Desc, KvCache, KvCacheConfig};
+/// # fn main() -> Result<(), attn::Error> {
+/// let ctx = Context::new()?;
+/// let cache = KvCache::<f32>::new(&ctx, &KvCacheConfig { heads_kv: 2, ..KvCacheConfig::new(1024, 64) })?;
+/// let mut desc = Desc::new(&ctx)?;
+/// desc.causal(Causal::BottomRight)?;
+/// let mut step = cache.plan(&desc, 8, 1, false)?; // H = 8 query heads, 1 new token
+/// let (k, v, q) = (vec![0.1f32; 2 * 64], vec![0.2f32; 2 * 64], vec![0.3f32; 8 * 64]);
+/// let mut out = vec![0.0f32; 8 * 64];
+/// for _ in 0..10 {
+///     cache.append(&k, &v, 1, None)?;
+///     step.execute(&q, &mut out, None, None)?;
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// A plan cannot outlive its cache:
+/// ```compile_fail
+/// use attn::{Context, Desc, KvCache, KvCacheConfig};
+/// let ctx = Context::new().unwrap();
+/// let desc = Desc::new(&ctx).unwrap();
+/// let plan;
+/// {
+///     let cache = KvCache::<f32>::new(&ctx, &KvCacheConfig::new(16, 4)).unwrap();
+///     plan = cache.plan(&desc, 1, 1, false).unwrap();
+/// }
+/// drop(plan);
+/// ```
+pub struct KvCache<'c, T: Float> {
+    ctx: &'c Context,
+    raw: NonNull<sys::attn_kvcache>,
+    cfg: KvCacheConfig,
+    views: std::cell::Cell<usize>, // live KvViews
+    _t: PhantomData<T>,
+}
+
+impl<'c, T: Float> KvCache<'c, T> {
+    pub fn new(ctx: &'c Context, cfg: &KvCacheConfig) -> Result<KvCache<'c, T>> {
+        let mut c = std::mem::MaybeUninit::<sys::attn_kvcache_config>::zeroed();
+        let mut c = unsafe {
+            sys::attn_kvcache_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        c.batch = cfg.batch;
+        c.heads_kv = cfg.heads_kv;
+        c.capacity = cfg.capacity;
+        c.d_k = cfg.d_k;
+        c.d_v = cfg.d_v;
+        c.dtype = T::DTYPE;
+        c.mode = cfg.mode.code();
+        c.grow = cfg.grow as i32;
+        c.storage = cfg.storage.code();
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_kvcache_create(ctx.ptr(), &c, &mut raw) };
+        check(ctx.ptr(), st, "attn_kvcache_create")?;
+        let mut cfg = *cfg;
+        cfg.d_v = cfg.d_v_or_k();
+        Ok(KvCache { ctx, raw: NonNull::new(raw).expect("attn_kvcache_create returned OK and NULL"), cfg, views: std::cell::Cell::new(0), _t: PhantomData })
+    }
+
+    /// The configuration (d_v resolved).
+    pub fn config(&self) -> &KvCacheConfig {
+        &self.cfg
+    }
+
+    fn mutable(&self, function: &'static str) -> Result<()> {
+        if self.views.get() > 0 {
+            return Err(binding_error(Status::InvalidArg, function, "cache: a KvView of it is alive; drop the view before changing the cache".to_string()));
+        }
+        Ok(())
+    }
+
+    fn per_item<'a>(&self, values: Option<&'a [i64]>, what: &'static str, function: &'static str) -> Result<*const i64> {
+        match values {
+            None => Ok(ptr::null()),
+            Some(v) if v.len() as i64 == self.cfg.batch => Ok(v.as_ptr()),
+            Some(v) => Err(binding_error(Status::InvalidArg, function, format!("{}: {} values, the cache has batch {}", what, v.len(), self.cfg.batch))),
+        }
+    }
+
+    /// Contiguous [B, H_kv, n, d] layout of `n` new rows of width `d`.
+    pub fn rows_layout(&self, n: i64, d: i64) -> Layout {
+        Layout::contiguous(&[self.cfg.batch, self.cfg.heads_kv, n, d])
+    }
+
+    /// `attn_kvcache_append` of contiguous k_new [B, H_kv, n, d_k] and
+    /// v_new [B, H_kv, n, d_v]; `counts`: rows per batch item (0..=n), None = n each.
+    pub fn append(&self, k_new: &[T], v_new: &[T], n: i64, counts: Option<&[i64]>) -> Result<()> {
+        let (kl, vl) = (self.rows_layout(n, self.cfg.d_k), self.rows_layout(n, self.cfg.d_v));
+        self.append_with_layouts((k_new, &kl), (v_new, &vl), counts)
+    }
+
+    /// `attn_kvcache_append` with any layouts (logical [B, H_kv, n, d]).
+    pub fn append_with_layouts(&self, k_new: (&[T], &Layout), v_new: (&[T], &Layout), counts: Option<&[i64]>) -> Result<()> {
+        self.mutable("attn::KvCache::append")?;
+        let c = self.per_item(counts, "counts", "attn::KvCache::append")?;
+        let hk = Handle::over(self.ctx, k_new.0, k_new.1, "k_new")?;
+        let hv = Handle::over(self.ctx, v_new.0, v_new.1, "v_new")?;
+        let st = unsafe { sys::attn_kvcache_append(self.raw.as_ptr(), hk.raw.as_ptr(), hv.raw.as_ptr(), c) };
+        check(self.ctx.ptr(), st, "attn_kvcache_append")
+    }
+
+    /// `attn_kvcache_truncate`: roll item b back to `lengths[b]` positions.
+    pub fn truncate(&self, lengths: &[i64]) -> Result<()> {
+        self.mutable("attn::KvCache::truncate")?;
+        let l = self.per_item(Some(lengths), "lengths", "attn::KvCache::truncate")?;
+        check(self.ctx.ptr(), unsafe { sys::attn_kvcache_truncate(self.raw.as_ptr(), l) }, "attn_kvcache_truncate")
+    }
+
+    /// Empty the cache (every length 0).
+    pub fn reset(&self) -> Result<()> {
+        self.truncate(&vec![0; self.cfg.batch as usize])
+    }
+
+    /// Positions item `b` has received (its next position); None if b is out of range.
+    pub fn length(&self, b: i64) -> Option<i64> {
+        let n = unsafe { sys::attn_kvcache_length(self.raw.as_ptr(), b) };
+        if n < 0 { None } else { Some(n) }
+    }
+    /// The oldest position item `b` still stores; None if b is out of range.
+    pub fn first(&self, b: i64) -> Option<i64> {
+        let n = unsafe { sys::attn_kvcache_first(self.raw.as_ptr(), b) };
+        if n < 0 { None } else { Some(n) }
+    }
+    /// Every item's length.
+    pub fn lengths(&self) -> Vec<i64> {
+        (0..self.cfg.batch).map(|b| self.length(b).unwrap_or(-1)).collect()
+    }
+    /// Every item's oldest stored position.
+    pub fn firsts(&self) -> Vec<i64> {
+        (0..self.cfg.batch).map(|b| self.first(b).unwrap_or(-1)).collect()
+    }
+    /// Positions per item the storage holds now (grows with `grow`).
+    pub fn capacity(&self) -> i64 {
+        unsafe { sys::attn_kvcache_capacity(self.raw.as_ptr()) }
+    }
+    /// Bytes the cache holds.
+    pub fn memory_size(&self) -> usize {
+        unsafe { sys::attn_kvcache_memory_size(self.raw.as_ptr()) }
+    }
+
+    /// `attn_kvcache_view`: the storage as slices (no copy), K
+    /// [B, H_kv, capacity, d_k] and V [B, H_kv, capacity, d_v] contiguous.
+    /// While the view lives, append/truncate return an error. bf16 storage:
+    /// `Status::Unsupported`.
+    pub fn view(&self) -> Result<KvView<'_, 'c, T>> {
+        let (mut k, mut v) = (ptr::null_mut(), ptr::null_mut());
+        let st = unsafe { sys::attn_kvcache_view(self.raw.as_ptr(), &mut k, &mut v) };
+        check(self.ctx.ptr(), st, "attn_kvcache_view")?;
+        let (kl, vl) = (layout_of(k), layout_of(v));
+        let (kp, vp) = unsafe { (sys::attn_tensor_data(k) as *const T, sys::attn_tensor_data(v) as *const T) };
+        unsafe {
+            sys::attn_tensor_destroy(k);
+            sys::attn_tensor_destroy(v);
+        }
+        let n = |l: &Layout| l.shape.iter().product::<i64>() as usize;
+        // The cache owns this memory; it does not change while the view
+        // lives (mutation is refused) and the view cannot outlive the cache.
+        let (ks, vs) = unsafe { (std::slice::from_raw_parts(kp, n(&kl)), std::slice::from_raw_parts(vp, n(&vl))) };
+        self.views.set(self.views.get() + 1);
+        Ok(KvView { cache: self, k: ks, v: vs, k_layout: kl, v_layout: vl })
+    }
+
+    /// A plan for `n` new queries of `heads` heads in contiguous
+    /// [B, H, n, d] q/out (and [B, H, n] lse when `lse`).
+    pub fn plan<'p>(&'p self, desc: &'p Desc<'p>, heads: i64, n: i64, lse: bool) -> Result<KvPlan<'p, T>> {
+        let b = self.cfg.batch;
+        let l = Layout::contiguous(&[b, heads, n]);
+        self.plan_with_layouts(desc, &Layout::contiguous(&[b, heads, n, self.cfg.d_k]), &Layout::contiguous(&[b, heads, n, self.cfg.d_v]), if lse { Some(&l) } else { None })
+    }
+
+    /// `attn_kvcache_plan_create` for any layouts of q [B, H, n, d_k],
+    /// out [B, H, n, d_v] and lse [B, H, n] (last dims of q/out contiguous).
+    pub fn plan_with_layouts<'p>(&'p self, desc: &'p Desc<'p>, q: &Layout, out: &Layout, lse: Option<&Layout>) -> Result<KvPlan<'p, T>> {
+        let layouts = [Some(q), Some(out), lse];
+        let mut handles: [Option<Handle>; 3] = Default::default();
+        for (i, l) in layouts.iter().enumerate() {
+            if let Some(l) = l {
+                // The data pointer is set at execute; plan creation reads only metadata.
+                handles[i] = Some(Handle::wrap::<T>(self.ctx, l, NonNull::<T>::dangling().as_ptr(), KV_NAMES[i])?);
+            }
+        }
+        let p = |i: usize| handles[i].as_ref().map_or(ptr::null(), |h: &Handle| h.raw.as_ptr() as *const _);
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_kvcache_plan_create(self.raw.as_ptr(), desc.raw.as_ptr(), p(0), p(1), p(2), &mut raw) };
+        check(self.ctx.ptr(), st, "attn_kvcache_plan_create")?;
+        Ok(KvPlan { cache: self, raw: NonNull::new(raw).expect("attn_kvcache_plan_create returned OK and NULL"), handles, _desc: PhantomData })
+    }
+}
+
+impl<T: Float> Drop for KvCache<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_kvcache_destroy(self.raw.as_ptr()) }
+    }
+}
+
+/// Read-only slices of a [`KvCache`]'s storage (see [`KvCache::view`]).
+/// The slices borrow the view, so they cannot outlive it (and the cache
+/// refuses changes while it lives):
+/// ```compile_fail
+/// use attn::{Context, KvCache, KvCacheConfig};
+/// let ctx = Context::new().unwrap();
+/// let cache = KvCache::<f32>::new(&ctx, &KvCacheConfig::new(16, 4)).unwrap();
+/// let k = cache.view().unwrap().k();
+/// cache.append(&[0.0; 4], &[0.0; 4], 1, None).unwrap();
+/// println!("{}", k[0]);
+/// ```
+pub struct KvView<'v, 'c, T: Float> {
+    cache: &'v KvCache<'c, T>,
+    k: &'v [T],
+    v: &'v [T],
+    k_layout: Layout,
+    v_layout: Layout,
+}
+
+impl<'v, 'c, T: Float> KvView<'v, 'c, T> {
+    /// K storage, [B, H_kv, capacity, d_k] contiguous.
+    pub fn k(&self) -> &[T] {
+        self.k
+    }
+    /// V storage, [B, H_kv, capacity, d_v] contiguous.
+    pub fn v(&self) -> &[T] {
+        self.v
+    }
+    pub fn k_layout(&self) -> &Layout {
+        &self.k_layout
+    }
+    pub fn v_layout(&self) -> &Layout {
+        &self.v_layout
+    }
+    /// Storage row of position `pos` of item `b` (pos mod capacity), or None
+    /// if the item does not store that position ([first, length)).
+    pub fn row(&self, b: i64, pos: i64) -> Option<i64> {
+        let (first, len) = (self.cache.first(b)?, self.cache.length(b)?);
+        if pos < first || pos >= len {
+            return None;
+        }
+        Some(pos % self.k_layout.shape[2])
+    }
+    /// The key of position `pos` of item `b`, head `h` (None if not stored).
+    pub fn key(&self, b: i64, h: i64, pos: i64) -> Option<&[T]> {
+        self.row_of(self.k, &self.k_layout, b, h, pos)
+    }
+    /// The value of position `pos` of item `b`, head `h` (None if not stored).
+    pub fn value(&self, b: i64, h: i64, pos: i64) -> Option<&[T]> {
+        self.row_of(self.v, &self.v_layout, b, h, pos)
+    }
+    fn row_of<'s>(&'s self, data: &'s [T], l: &Layout, b: i64, h: i64, pos: i64) -> Option<&'s [T]> {
+        if h < 0 || h >= l.shape[1] {
+            return None;
+        }
+        let r = self.row(b, pos)?;
+        let off = (b * l.strides[0] + h * l.strides[1] + r * l.strides[2]) as usize;
+        Some(&data[off..off + l.shape[3] as usize])
+    }
+}
+
+impl<T: Float> Drop for KvView<'_, '_, T> {
+    fn drop(&mut self) {
+        self.cache.views.set(self.cache.views.get() - 1);
+    }
+}
+
+const KV_NAMES: [&str; 3] = ["q", "out", "lse"];
+
+/// `attn_kvcache_plan`: new queries attending to a cache. Borrows the cache
+/// and the descriptor it was made with.
+pub struct KvPlan<'p, T: Float> {
+    cache: &'p KvCache<'p, T>,
+    raw: NonNull<sys::attn_kvcache_plan>,
+    handles: [Option<Handle>; 3], // q, out, lse
+    _desc: PhantomData<&'p Desc<'p>>,
+}
+
+impl<'p, T: Float> KvPlan<'p, T> {
+    /// Bytes of workspace the plan holds.
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_kvcache_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// `attn_kvcache_plan_execute`: out (and lse, exactly when the plan has
+    /// it) for the queries against the cache's current contents.
+    /// `query_counts`: queries per item (pass the append's counts), None = n
+    /// each. On error nothing is written.
+    pub fn execute(&mut self, q: &[T], out: &mut [T], lse: Option<&mut [T]>, query_counts: Option<&[i64]>) -> Result<()> {
+        let ptrs: [Option<(*mut c_void, usize)>; 3] = [
+            Some((q.as_ptr() as *mut c_void, q.len())),
+            Some((out.as_mut_ptr() as *mut c_void, out.len())),
+            lse.map(|l| (l.as_mut_ptr() as *mut c_void, l.len())),
+        ];
+        let ctx = self.cache.ctx;
+        for i in 0..3 {
+            match (&self.handles[i], ptrs[i]) {
+                (Some(h), Some((_, len))) => h.check_len(len, KV_NAMES[i])?,
+                (None, None) => {}
+                (Some(_), None) => return Err(binding_error(Status::Mismatch, "attn::KvPlan::execute", format!("{}: the plan was created with it; pass it", KV_NAMES[i]))),
+                (None, Some(_)) => return Err(binding_error(Status::Mismatch, "attn::KvPlan::execute", format!("{}: the plan was created without it; pass None", KV_NAMES[i]))),
+            }
+        }
+        let c = self.cache.per_item(query_counts, "query_counts", "attn::KvPlan::execute")?;
+        for i in 0..3 {
+            if let (Some(h), Some((p, _))) = (&self.handles[i], ptrs[i]) {
+                check(ctx.ptr(), unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), p) }, "attn_tensor_set_data")?;
+            }
+        }
+        let p = |i: usize| self.handles[i].as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+        let st = unsafe { sys::attn_kvcache_plan_execute(self.raw.as_ptr(), p(0), p(1), p(2), c) };
+        check(ctx.ptr(), st, "attn_kvcache_plan_execute")
+    }
+}
+
+impl<T: Float> Drop for KvPlan<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_kvcache_plan_destroy(self.raw.as_ptr()) }
+    }
+}
