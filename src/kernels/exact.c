@@ -133,16 +133,27 @@ attn_status attn_exact_plan_init(attn_plan *p) {
    * (additive), Vz [bk×Dv], additive scratch [A], key ranges; each rounded to
    * 16 elements. */
   int64_t A = p->desc.score == ATTN_SCORE_ADDITIVE ? p->desc.add_wq->shape[0] : 0;
-  int64_t qx = p->desc.score == ATTN_SCORE_GENERAL ? im->bq * p->Dk : im->bq * A;
+  /* d_k (general) and A (additive) come from the weights and are not bounded
+   * by q/k/v's sizes, so every product and sum here is checked. */
+  int64_t qx = 0, bqbk = 0, bqdv = 0, bkdv = 0;
+  bool ok = attn_mul_ok(im->bq, p->desc.score == ATTN_SCORE_GENERAL ? p->Dk : A, &qx) &&
+            attn_mul_ok(im->bq, im->bk, &bqbk) && attn_mul_ok(im->bq, p->Dv, &bqdv) &&
+            attn_mul_ok(im->bk, p->Dv, &bkdv);
   /* The key-range list (int64 pairs) is sized in elements of the dtype. */
   int64_t range_elems = 2 * im->mask.max_ranges * 8 / (int64_t)attn_dtype_size(p->dtype);
-  int64_t parts[8] = {im->bq * im->bk, im->bq * p->Dv, im->bq, im->bq, qx, im->bk * p->Dv, A,
-                      range_elems};
-  int64_t slot = 0;
-  for (int i = 0; i < 8; i++) slot += (parts[i] + 15) / 16 * 16;
+  int64_t parts[8] = {bqbk, bqdv, im->bq, im->bq, qx, bkdv, A, range_elems};
+  int64_t slot = 0, total = 0;
+  for (int i = 0; i < 8 && ok; i++)
+    ok = attn_add_ok(parts[i], 15, &parts[i]) && attn_add_ok(slot, parts[i] / 16 * 16, &slot);
+  if (!ok || !attn_mul_ok(slot, ctx->num_threads, &total)) {
+    attn_free(ctx, im, sizeof *im);
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                     "%s: workspace size overflows (%s = %" PRId64 ")",
+                     A > 0 ? "w_q" : "general_w", A > 0 ? "attention dim A" : "d_k",
+                     A > 0 ? A : p->Dk);
+  }
   im->slot_elems = (size_t)slot;
   im->A = A;
-  int64_t total = slot * ctx->num_threads;
   if (A > 0) {
     int64_t kp;
     if (!attn_mul_ok(p->B * p->Hkv, p->Sk, &kp) || !attn_mul_ok(kp, A, &kp) ||
