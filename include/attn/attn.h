@@ -348,6 +348,9 @@ typedef struct attn_plan attn_plan;
  *   - weights (optional): [B, H, S_q, S_k], the softmax probabilities. Asking for
  *     them costs an extra pass over the scores and O(S_q·S_k) memory traffic.
  *   - lse (optional): rank 3 [B, H, S_q], log-sum-exp of the kept scores.
+ *  out, weights and lse are written by several threads at once, so their
+ *  strides must give every element its own memory (no stride 0 on a dim > 1,
+ *  no overlapping rows): ATTN_ERR_LAYOUT otherwise. Inputs may broadcast.
  *  The tensors' data pointers are not used here, only their metadata.
  *  The plan's workspace is allocated now; attn_plan_execute() allocates nothing.
  *
