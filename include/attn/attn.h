@@ -367,8 +367,9 @@ ATTN_API attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc,
  *  (data pointers may differ); weights/lse must be non-NULL exactly when they
  *  were at plan time. Allocates nothing. Uses the context's threads; OpenBLAS
  *  runs single-threaded inside and the caller's OpenBLAS thread count is
- *  restored before returning. Results are bitwise identical for any thread
- *  count. On error, outputs are not written.
+ *  restored before returning (when several threads execute at once, by the
+ *  last one to return: the count is process-wide). Results are bitwise
+ *  identical for any thread count. On error, outputs are not written.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_THREAD. @since 0.1.0 */
 ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,
                                        const attn_tensor *k, const attn_tensor *v,
