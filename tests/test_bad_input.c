@@ -10,6 +10,7 @@
  *    each row run through attn_plan_create(), attn_forward() and
  *    attn_plan_execute() (where it must give ATTN_ERR_MISMATCH).
  * A new variant or module adds rows; nothing else changes. */
+#define _POSIX_C_SOURCE 200809L /* setenv, strdup */
 #include <float.h>
 #include <limits.h>
 #include <math.h>
@@ -50,7 +51,7 @@ static void cap_free_fn(void *user, void *ptr, size_t size) {
   free(ptr);
 }
 
-#define MAX_EXTRA 32
+#define MAX_EXTRA 48
 
 typedef struct fx {
   cap_alloc alloc;
@@ -251,6 +252,19 @@ static attn_status additive_workspace_overflow(fx *f) {
   attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, 1, 128, D_);
   attn_tensor *k = T(f, ATTN_DTYPE_F32, 4, 1, 1, 8, D_);
   attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, 1, 128, D_);
+  return attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, &f->hp);
+}
+
+/* Additive score with a short query block (S_q = 1) but a long K projection
+ * B·H_kv·S_k·A: either the element count (kp) or its byte count overflows. */
+static attn_status additive_kproj_overflow(fx *f, int64_t A, int64_t Sk) {
+  must(attn_desc_set_score(f->desc, ATTN_SCORE_ADDITIVE));
+  must(attn_desc_set_additive_weights(f->desc, T(f, ATTN_DTYPE_F32, 2, A, D_, 0, 0),
+                                      T(f, ATTN_DTYPE_F32, 2, A, D_, 0, 0), NULL,
+                                      T(f, ATTN_DTYPE_F32, 1, A, 0, 0, 0)));
+  attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, 1, 1, D_);
+  attn_tensor *k = T(f, ATTN_DTYPE_F32, 4, 1, 1, Sk, D_);
+  attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, 1, 1, D_);
   return attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, &f->hp);
 }
 
@@ -533,6 +547,10 @@ static attn_status plan_with_out_strides(fx *f, int target, const int64_t *strid
      P(f)))                                                                                       \
   X(plan_additive_workspace_overflows, ATTN_ERR_OVERFLOW, "w_q", additive_workspace_overflow(f))  \
   X(plan_additive_workspace_too_big, ATTN_ERR_NO_MEMORY, "workspace", additive_workspace_too_big(f)) \
+  X(plan_additive_kproj_elements_overflow, ATTN_ERR_OVERFLOW, "overflow",                           \
+    additive_kproj_overflow(f, INT64_C(1) << 50, INT64_C(1) << 14))                                \
+  X(plan_additive_workspace_bytes_overflow, ATTN_ERR_OVERFLOW, "overflow",                          \
+    additive_kproj_overflow(f, INT64_C(1) << 55, 64))                                             \
   X(plan_out_batch_stride_zero, ATTN_ERR_LAYOUT, "out:",                                          \
     plan_with_out_strides(f, 3, STR(0, SQ * D_, D_, 1)))                                          \
   X(plan_out_rows_overlap, ATTN_ERR_LAYOUT, "out:",                                               \
@@ -800,6 +818,75 @@ static void null_handles_and_accessors_are_safe(void **state) {
   free(f);
 }
 
+/* The other side of the contract: valid values are accepted (a validator
+ * that rejects everything would pass the tables above), NULL clears, and
+ * the pure functions give what the header says. */
+static void valid_values_are_accepted(void **state) {
+  (void)state;
+  fx *f = malloc(sizeof *f);
+  fx_init(f);
+  attn_desc *d = f->desc;
+  int64_t shape1[1] = {4};
+  attn_tensor *owned = NULL;
+  assert_int_equal(attn_tensor_create(f->ctx, F32, 1, shape1, &owned), ATTN_OK);
+  attn_tensor_destroy(owned);
+  const attn_status ok[] = {
+      attn_desc_set_variant(d, ATTN_VARIANT_LINFORMER), attn_desc_set_variant(d, ATTN_VARIANT_EXACT),
+      attn_desc_set_score(d, ATTN_SCORE_ADDITIVE), attn_desc_set_score(d, ATTN_SCORE_SCALED_DOT),
+      attn_desc_set_scale(d, 1e-300), attn_desc_set_scale(d, 1e300),
+      attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), attn_desc_set_causal(d, ATTN_CAUSAL_NONE),
+      attn_desc_set_window(d, 0, 0), attn_desc_set_window(d, ATTN_WINDOW_UNBOUNDED, ATTN_WINDOW_UNBOUNDED),
+      attn_desc_set_key_lengths(d, f->len2, 2), attn_desc_set_key_lengths(d, NULL, 0),
+      attn_desc_set_query_lengths(d, f->len2, 2), attn_desc_set_query_lengths(d, NULL, 0),
+      attn_desc_set_bool_mask(d, T(f, U8, 4, 1, 1, SQ, SK)), attn_desc_set_bool_mask(d, NULL),
+      attn_desc_set_additive_mask(d, T(f, F64, 4, B_, H_, SQ, SK)), attn_desc_set_additive_mask(d, NULL),
+      attn_desc_set_alibi(d, f->slopes2, 2), attn_desc_set_alibi(d, NULL, 0),
+      attn_desc_set_softcap(d, 50.0), attn_desc_set_general_weight(d, T(f, F32, 2, D_, D_, 0, 0)),
+      attn_desc_set_general_weight(d, NULL),
+      attn_desc_set_additive_weights(d, T(f, F32, 2, 3, D_, 0, 0), T(f, F32, 2, 3, D_, 0, 0),
+                                     T(f, F32, 1, 3, 0, 0, 0), T(f, F32, 1, 3, 0, 0, 0)),
+      attn_desc_set_swin(d, 7, 5, 3, 1), attn_desc_set_swin_bias(d, T(f, F32, 2, 25, H_, 0, 0)),
+      attn_desc_set_swin_bias(d, NULL), attn_desc_set_global_tokens(d, f->idx2, 2),
+      attn_desc_set_global_tokens(d, NULL, 0), attn_desc_set_block_size(d, 1),
+      attn_desc_set_bigbird(d, 0, 0, 0, UINT64_MAX), attn_desc_set_block_layout(d, T(f, U8, 3, 1, 2, 2, 0)),
+      attn_desc_set_block_layout(d, NULL), attn_desc_set_features(d, 1, 0), attn_desc_set_lowrank(d, 1, 0),
+      attn_desc_set_lowrank_proj(d, T(f, F32, 2, 3, SK, 0, 0), T(f, F32, 2, 3, SK, 0, 0)),
+      attn_desc_set_lowrank_proj(d, NULL, NULL), attn_tensor_set_data(f->q, f->in_arena),
+  };
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+    if (ok[i] != ATTN_OK) fail_msg("valid call %zu rejected: %s", i, attn_context_last_error(f->ctx));
+  print_message("%zu valid calls accepted\n", sizeof ok / sizeof ok[0]);
+  fx_check_and_free(f, "valid values");
+  free(f);
+
+  /* Status strings: every code has its own text; versions agree. */
+  for (int a = 0; a <= ATTN_ERR_INTERNAL; a++) {
+    assert_string_not_equal(attn_status_string((attn_status)a), "unknown status");
+    for (int b = 0; b < a; b++)
+      assert_string_not_equal(attn_status_string((attn_status)a), attn_status_string((attn_status)b));
+  }
+  assert_int_equal(attn_version_number(), ATTN_VERSION_NUMBER);
+  assert_string_equal(attn_version_string(), ATTN_VERSION_STRING);
+
+  /* num_threads 0: $ATTN_NUM_THREADS if it is a number in 1..1024, else the cores. */
+  const char *old = getenv("ATTN_NUM_THREADS");
+  char *saved = old ? strdup(old) : NULL;
+  static const struct { const char *env; int32_t want; } envs[] = {
+      {"3", 3}, {"1024", 1024}, {"0", -1}, {"1025", -1}, {"2x", -1}, {"", -1}};
+  for (size_t i = 0; i < sizeof envs / sizeof envs[0]; i++) {
+    setenv("ATTN_NUM_THREADS", envs[i].env, 1);
+    attn_context *ctx = NULL;
+    assert_int_equal(attn_context_create(NULL, &ctx), ATTN_OK);
+    int32_t n = attn_context_num_threads(ctx);
+    if (envs[i].want > 0) assert_int_equal(n, envs[i].want);
+    else assert_true(n >= 1 && n <= 1024);
+    attn_context_destroy(ctx);
+  }
+  if (saved) setenv("ATTN_NUM_THREADS", saved, 1);
+  else unsetenv("ATTN_NUM_THREADS");
+  free(saved);
+}
+
 static int print_count(void **state) {
   (void)state;
   print_message("%d bad-input cases checked\n", n_cases);
@@ -812,6 +899,7 @@ int main(void) {
       cmocka_unit_test(every_bad_tensor_is_rejected),
       cmocka_unit_test(every_wrong_tensor_is_rejected_by_plan_forward_and_execute),
       cmocka_unit_test(null_handles_and_accessors_are_safe),
+      cmocka_unit_test(valid_values_are_accepted),
   };
   return cmocka_run_group_tests(tests, NULL, print_count);
 }
