@@ -37,7 +37,8 @@ if(ATTN_FUZZ)
     if(IS_DIRECTORY ${corpus})
       # -runs=0: execute every seed once, no fuzzing, nothing written.
       add_test(NAME ${ATTN_FUZZ_TARGET}_seeds COMMAND ${ATTN_FUZZ_TARGET} -runs=0 ${corpus})
-      set_tests_properties(${ATTN_FUZZ_TARGET}_seeds PROPERTIES LABELS "fuzz")
+      set_tests_properties(${ATTN_FUZZ_TARGET}_seeds PROPERTIES LABELS "fuzz"
+        ENVIRONMENT "ASAN_OPTIONS=allocator_may_return_null=1:detect_leaks=1")
     endif()
   endforeach()
 endif()
