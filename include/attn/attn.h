@@ -404,6 +404,9 @@ typedef struct attn_plan attn_plan;
  *   - weights (optional): [B, H, S_q, S_k], the softmax probabilities. Asking for
  *     them costs an extra pass over the scores and O(S_q·S_k) memory traffic.
  *   - lse (optional): rank 3 [B, H, S_q], log-sum-exp of the kept scores.
+ *  out, weights and lse are written by several threads at once, so their
+ *  strides must give every element its own memory (no stride 0 on a dim > 1,
+ *  no overlapping rows): ATTN_ERR_LAYOUT otherwise. Inputs may broadcast.
  *  The tensors' data pointers are not used here, only their metadata.
  *  The plan's workspace is allocated now; attn_plan_execute() allocates nothing.
  *
@@ -420,11 +423,12 @@ ATTN_API attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc,
  *  (data pointers may differ); weights/lse must be non-NULL exactly when they
  *  were at plan time. Allocates nothing. Uses the context's threads; OpenBLAS
  *  runs single-threaded inside and the caller's OpenBLAS thread count is
- *  restored before returning. Results are bitwise identical for any thread
- *  count. On error, outputs are not written. Borrowed lengths and ALiBi
- *  slopes are re-read and re-checked here (their contents may change between
- *  executes): a length outside [0, S] or a non-finite slope gives
- *  ATTN_ERR_INVALID_ARG naming the array.
+ *  restored before returning (when several threads execute at once, by the
+ *  last one to return: the count is process-wide). Results are bitwise
+ *  identical for any thread count. On error, outputs are not written.
+ *  Borrowed lengths and ALiBi slopes are re-read and re-checked here (their
+ *  contents may change between executes): a length outside [0, S] or a slope
+ *  outside the plan dtype's range gives ATTN_ERR_INVALID_ARG naming the array.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_INVALID_ARG,
  *          ATTN_ERR_THREAD. @since 0.1.0 */
 ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,

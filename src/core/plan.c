@@ -22,6 +22,34 @@ static attn_status expect_dims(attn_context *ctx, const char *name, const attn_t
   return ATTN_OK;
 }
 
+/* Outputs are written by several tasks at once, so no two indices may reach
+ * the same element (a stride of 0 or overlapping rows would make the result
+ * depend on which task writes last). Sufficient test: taking the dims of
+ * size > 1 by increasing stride, each stride is at least the span (largest
+ * offset + 1) of the dims before it. Every dense or padded layout passes. */
+static attn_status expect_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  int32_t idx[ATTN_MAX_RANK], n = 0;
+  for (int32_t i = 0; i < t->rank; i++)
+    if (t->shape[i] > 1) idx[n++] = i;
+  for (int32_t a = 1; a < n; a++)
+    for (int32_t b = a; b > 0 && t->strides[idx[b - 1]] > t->strides[idx[b]]; b--) {
+      int32_t x = idx[b];
+      idx[b] = idx[b - 1];
+      idx[b - 1] = x;
+    }
+  int64_t span = 1; /* the extent was overflow-checked when t was made */
+  for (int32_t a = 0; a < n; a++) {
+    int64_t s = t->strides[idx[a]];
+    if (s < span)
+      return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                       "%s: stride %" PRId64 " of dim %d makes elements overlap; an output "
+                       "needs distinct memory for every element",
+                       name, s, (int)idx[a]);
+    span += (t->shape[idx[a]] - 1) * s;
+  }
+  return ATTN_OK;
+}
+
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
@@ -71,17 +99,20 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   if ((st = attn_check_matrix_rows(ctx, "k", k)) != ATTN_OK) return st;
   if ((st = attn_check_matrix_rows(ctx, "v", v)) != ATTN_OK) return st;
   if ((st = attn_check_matrix_rows(ctx, "out", out)) != ATTN_OK) return st;
+  if ((st = expect_distinct(ctx, "out", out)) != ATTN_OK) return st;
   if (weights != NULL) {
     if ((st = attn_check_tensor(ctx, "weights", weights, 4, dt)) != ATTN_OK) return st;
     const int64_t wwant[4] = {p->B, p->H, p->Sq, p->Sk};
     if ((st = expect_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
       return st;
     if ((st = attn_check_matrix_rows(ctx, "weights", weights)) != ATTN_OK) return st;
+    if ((st = expect_distinct(ctx, "weights", weights)) != ATTN_OK) return st;
   }
   if (lse != NULL) {
     if ((st = attn_check_tensor(ctx, "lse", lse, 3, dt)) != ATTN_OK) return st;
     const int64_t lwant[3] = {p->B, p->H, p->Sq};
     if ((st = expect_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
+    if ((st = expect_distinct(ctx, "lse", lse)) != ATTN_OK) return st;
   }
 
   if (desc->scale > 0.0) {

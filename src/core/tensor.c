@@ -69,8 +69,9 @@ static attn_status check_meta(attn_context *ctx, const char *fn, attn_dtype dtyp
       if (!attn_mul_ok(shape[i] - 1, strides[i], &step) || !attn_add_ok(last, step, &last))
         return attn_fail(ctx, ATTN_ERR_OVERFLOW, "%s: strides reach past int64", fn);
     }
-    int64_t span_bytes;
-    if (!attn_mul_ok(last + 1, (int64_t)attn_dtype_size(dtype), &span_bytes))
+    int64_t span, span_bytes;
+    if (!attn_add_ok(last, 1, &span) ||
+        !attn_mul_ok(span, (int64_t)attn_dtype_size(dtype), &span_bytes))
       return attn_fail(ctx, ATTN_ERR_OVERFLOW, "%s: strides' byte extent overflows", fn);
   }
   return ATTN_OK;

@@ -116,6 +116,34 @@ attn_status attn_threadpool_ensure(attn_context *ctx) {
   return ctx->pool == NULL ? pool_start(ctx) : ATTN_OK;
 }
 
+/* OpenBLAS's thread count is process-wide, and several contexts may be inside
+ * a parallel region at once (one per caller thread). The first to enter
+ * saves the caller's count and sets 1; the last to leave restores it. With a
+ * plain save/set/restore per call, one caller restored the count while
+ * another was still inside, whose GEMMs then ran on OpenBLAS's threads:
+ * oversubscription, and different bits with OpenBLAS's AVX2 kernels (their
+ * threaded sgemm does not round like the single-threaded one), breaking the
+ * thread-count-independent results (tests/test_threads.c under valgrind).
+ * This counter is the library's only process-wide state; it mirrors the
+ * process-wide setting it guards. */
+static pthread_mutex_t blas_mu = PTHREAD_MUTEX_INITIALIZER;
+static int blas_refs, blas_saved;
+
+static void blas_enter(void) {
+  pthread_mutex_lock(&blas_mu);
+  if (blas_refs++ == 0) {
+    blas_saved = attn_blas_get_threads();
+    if (blas_saved != 1) attn_blas_set_threads(1);
+  }
+  pthread_mutex_unlock(&blas_mu);
+}
+
+static void blas_leave(void) {
+  pthread_mutex_lock(&blas_mu);
+  if (--blas_refs == 0 && blas_saved != 1) attn_blas_set_threads(blas_saved);
+  pthread_mutex_unlock(&blas_mu);
+}
+
 attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn, void *arg) {
   if (ntasks <= 0) return ATTN_OK;
   if (ctx->num_threads > 1 && ntasks > 1) {
@@ -123,8 +151,7 @@ attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn
     attn_status st = attn_threadpool_ensure(ctx);
     if (st != ATTN_OK) return st;
   }
-  int blas_threads = attn_blas_get_threads();
-  if (blas_threads != 1) attn_blas_set_threads(1);
+  blas_enter();
 
   if (ctx->num_threads <= 1 || ntasks == 1) {
     for (int64_t t = 0; t < ntasks; t++) fn(arg, t, 0);
@@ -144,6 +171,6 @@ attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn
     while (pool->active > 0) pthread_cond_wait(&pool->done, &pool->mu);
     pthread_mutex_unlock(&pool->mu);
   }
-  if (blas_threads != 1) attn_blas_set_threads(blas_threads);
+  blas_leave();
   return ATTN_OK;
 }

@@ -146,18 +146,28 @@ static attn_status exact_setup(attn_plan *p, attn_exact *im, int64_t bq, int64_t
   int64_t rq = im->gs * im->bq;
   /* The key-range list (int64 pairs) is sized in elements of the dtype. */
   int64_t range_elems = 2 * im->mask.max_ranges * 8 / (int64_t)attn_dtype_size(p->dtype);
-  int64_t parts[9] = {rq * im->bk, rq * p->Dv, rq, rq, im->gs > 1 ? rq * p->Dq : 0,
-                      rq * im->qx_cols, im->bk * p->Dv, im->add_kc * A, range_elems};
-  int64_t slot = 0;
-  for (int i = 0; i < 9; i++) slot += (parts[i] + 15) / 16 * 16;
+  /* d_k (general) and A (additive) come from the weights, not from q/k/v's
+   * sizes, so every product and sum here is checked. */
+  int64_t parts[9] = {0, 0, rq, rq, 0, 0, 0, 0, range_elems};
+  bool ok = attn_mul_ok(rq, im->bk, &parts[0]) && attn_mul_ok(rq, p->Dv, &parts[1]) &&
+            (im->gs == 1 || attn_mul_ok(rq, p->Dq, &parts[4])) &&
+            attn_mul_ok(rq, im->qx_cols, &parts[5]) && attn_mul_ok(im->bk, p->Dv, &parts[6]) &&
+            attn_mul_ok(im->add_kc, A, &parts[7]);
+  int64_t slot = 0, total = 0;
+  for (int i = 0; i < 9 && ok; i++)
+    ok = attn_add_ok(parts[i], 15, &parts[i]) && attn_add_ok(slot, parts[i] / 16 * 16, &slot);
+  if (!ok || !attn_mul_ok(slot, ctx->num_threads, &total))
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows (%s = %" PRId64 ")",
+                     A > 0 ? "w_q" : "general_w", A > 0 ? "attention dim A" : "d_k",
+                     A > 0 ? A : p->Dk);
   im->slot_elems = (size_t)slot;
   im->A = A;
-  int64_t total = slot * ctx->num_threads;
   if (A > 0) {
     int64_t kp;
     if (!attn_mul_ok(p->B * p->Hkv, p->Sk, &kp) || !attn_mul_ok(kp, A, &kp) ||
         !attn_add_ok(total, kp, &total) || !attn_add_ok(total, 2 * A + 32, &total))
-      return attn_fail(ctx, ATTN_ERR_OVERFLOW, "additive score: K projection size overflows");
+      return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                       "w_k: the K projection [B, H_kv, S_k, A = %" PRId64 "] size overflows", A);
     im->kp_offset = (size_t)(slot * ctx->num_threads);
     im->vb_offset = im->kp_offset + (size_t)kp;
   }

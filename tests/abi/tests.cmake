@@ -1,0 +1,18 @@
+# ABI guard (tests/abi/): the shared library's exports equal src/attn.map,
+# and, when abidiff is installed and the build has debug info, the ABI is a
+# superset of the committed baseline abi/attn.abi. tools/ci/abi.sh runs both.
+find_program(ATTN_NM nm)
+if(ATTN_NM)
+  add_test(NAME abi_exports_match_map
+           COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/check_symbols.sh $<TARGET_FILE:attn>
+                   ${PROJECT_SOURCE_DIR}/src/attn.map)
+  set_tests_properties(abi_exports_match_map PROPERTIES LABELS "abi")
+endif()
+find_program(ATTN_ABIDIFF abidiff)
+if(ATTN_ABIDIFF AND CMAKE_BUILD_TYPE MATCHES "Deb" AND NOT ATTN_SANITIZE AND NOT ATTN_COVERAGE)
+  add_test(NAME abi_no_removed_or_changed_interfaces
+           COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/check_abi.sh $<TARGET_FILE:attn>
+                   ${PROJECT_SOURCE_DIR}/abi/attn.abi ${PROJECT_SOURCE_DIR}/include
+                   ${PROJECT_BINARY_DIR}/include)
+  set_tests_properties(abi_no_removed_or_changed_interfaces PROPERTIES LABELS "abi")
+endif()

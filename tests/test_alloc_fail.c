@@ -1,0 +1,305 @@
+/* Allocation-failure injection (SQLite's loop): for every function that
+ * allocates, fail its k-th allocation for k = 1, 2, ... until the call
+ * succeeds without a failure. Each failing run must return
+ * ATTN_ERR_NO_MEMORY with a message, leave the *out handle alone, leak
+ * nothing (the counting allocator's outstanding bytes return to 0 once the
+ * fixture is destroyed) and leave the context usable: the same call made
+ * again right after, with no failure, succeeds and its result executes
+ * without allocating.
+ *
+ * One row per operation. A new create function or variant adds one row:
+ * OP_ROW for anything with a create/destroy pair, PLAN_ROW for a plan whose
+ * descriptor a small function configures. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+enum { B_ = 2, H_ = 4, HKV = 2, SQ = 70, SK = 90, D_ = 16 };
+
+typedef struct af_fx {
+  tu_counter *cnt;
+  attn_context *ctx;
+  attn_desc *desc;
+  attn_dtype dt;
+  attn_tensor *q, *k, *v, *out, *w, *lse;
+  attn_tensor *bool_mask, *add_mask, *gw, *wq, *wk, *ab, *av;
+  int64_t key_len[B_], query_len[B_];
+  double slopes[H_];
+  bool want_w, want_lse;
+} af_fx;
+
+typedef struct af_row {
+  const char *name;
+  int32_t threads;
+  attn_dtype dt;
+  /* Plan rows: configure the descriptor (may be NULL). */
+  void (*configure)(af_fx *f);
+  /* The call under test: creates one object into *handle. */
+  attn_status (*op)(af_fx *f, void **handle);
+  void (*destroy)(void *handle);
+  /* Optional: use the object once (must not allocate). */
+  void (*use)(af_fx *f, void *handle);
+} af_row;
+
+/* ---- the failing allocator ------------------------------------------------- */
+
+/* tu_counter's fields, with hooks of our own so contexts can be created with
+ * attn_context_create() here (and their creation fail-injected too). */
+static void *af_alloc(void *user, size_t size, size_t alignment) {
+  tu_counter *c = user;
+  c->allocs++;
+  if (c->fail_at > 0 && c->allocs == c->fail_at) return NULL;
+  void *p = aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
+  if (p) c->outstanding_bytes += (int64_t)size;
+  return p;
+}
+
+static void af_free(void *user, void *ptr, size_t size) {
+  tu_counter *c = user;
+  c->frees++;
+  c->outstanding_bytes -= (int64_t)size;
+  free(ptr);
+}
+
+static attn_status af_context(tu_counter *c, int32_t threads, attn_context **out) {
+  attn_context_options o;
+  attn_context_options_init(&o);
+  o.num_threads = threads;
+  o.allocator.alloc = af_alloc;
+  o.allocator.free = af_free;
+  o.allocator.user_data = c;
+  return attn_context_create(&o, out);
+}
+
+/* ---- fixture ------------------------------------------------------------- */
+
+static attn_tensor *rand4(af_fx *f, int64_t a, int64_t b, int64_t c, int64_t d, uint64_t seed) {
+  double *x = tu_random((size_t)(a * b * c * d), &seed);
+  attn_tensor *t = tu_tensor4(f->ctx, f->dt, x, a, b, c, d, false);
+  free(x);
+  assert_non_null(t);
+  return t;
+}
+
+static attn_tensor *rand_n(af_fx *f, int32_t rank, const int64_t *shape, uint64_t seed) {
+  int64_t n = 1;
+  for (int32_t i = 0; i < rank; i++) n *= shape[i];
+  double *x = tu_random((size_t)n, &seed);
+  attn_tensor *t = tu_tensor(f->ctx, f->dt, x, rank, shape);
+  free(x);
+  assert_non_null(t);
+  return t;
+}
+
+static void fx_setup(af_fx *f, tu_counter *cnt, const af_row *row) {
+  memset(f, 0, sizeof *f);
+  f->cnt = cnt;
+  f->dt = row->dt ? row->dt : ATTN_DTYPE_F32;
+  assert_int_equal(af_context(cnt, row->threads, &f->ctx), ATTN_OK);
+  assert_int_equal(attn_desc_create(f->ctx, &f->desc), ATTN_OK);
+  f->q = rand4(f, B_, H_, SQ, D_, 1);
+  f->k = rand4(f, B_, HKV, SK, D_, 2);
+  f->v = rand4(f, B_, HKV, SK, D_, 3);
+  f->out = rand4(f, B_, H_, SQ, D_, 4);
+  if (row->configure) row->configure(f);
+}
+
+static void fx_teardown(af_fx *f) {
+  attn_tensor *ts[] = {f->q, f->k, f->v, f->out, f->w, f->lse, f->bool_mask, f->add_mask,
+                       f->gw, f->wq, f->wk, f->ab, f->av};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  attn_desc_destroy(f->desc);
+  attn_context_destroy(f->ctx);
+}
+
+/* ---- descriptor configurations (plan rows) --------------------------------- */
+
+static void cfg_weights_lse(af_fx *f) {
+  f->w = rand4(f, B_, H_, SQ, SK, 5);
+  int64_t ls[3] = {B_, H_, SQ};
+  f->lse = rand_n(f, 3, ls, 6);
+}
+static void cfg_causal(af_fx *f) {
+  assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+}
+static void cfg_window_lengths(af_fx *f) {
+  f->key_len[0] = 50, f->key_len[1] = SK;
+  f->query_len[0] = SQ, f->query_len[1] = 33;
+  assert_int_equal(attn_desc_set_window(f->desc, 8, 3), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_lengths(f->desc, f->key_len, B_), ATTN_OK);
+  assert_int_equal(attn_desc_set_query_lengths(f->desc, f->query_len, B_), ATTN_OK);
+}
+static void cfg_masks(af_fx *f) {
+  int64_t bs[4] = {1, H_, SQ, SK}, as[4] = {B_, 1, SQ, SK};
+  attn_dtype keep = f->dt;
+  f->dt = ATTN_DTYPE_U8;
+  f->bool_mask = rand_n(f, 4, bs, 7); /* non-zero almost everywhere */
+  f->dt = keep;
+  f->add_mask = rand_n(f, 4, as, 8);
+  assert_int_equal(attn_desc_set_bool_mask(f->desc, f->bool_mask), ATTN_OK);
+  assert_int_equal(attn_desc_set_additive_mask(f->desc, f->add_mask), ATTN_OK);
+}
+static void cfg_alibi_softcap(af_fx *f) {
+  for (int h = 0; h < H_; h++) f->slopes[h] = 1.0 / (1 << h);
+  assert_int_equal(attn_desc_set_alibi(f->desc, f->slopes, H_), ATTN_OK);
+  assert_int_equal(attn_desc_set_softcap(f->desc, 20.0), ATTN_OK);
+}
+static void cfg_general(af_fx *f) {
+  int64_t s[2] = {D_, D_};
+  f->gw = rand_n(f, 2, s, 9);
+  assert_int_equal(attn_desc_set_score(f->desc, ATTN_SCORE_GENERAL), ATTN_OK);
+  assert_int_equal(attn_desc_set_general_weight(f->desc, f->gw), ATTN_OK);
+}
+static void cfg_additive(af_fx *f) {
+  int64_t s2[2] = {8, D_}, s1[1] = {8};
+  f->wq = rand_n(f, 2, s2, 10);
+  f->wk = rand_n(f, 2, s2, 11);
+  f->ab = rand_n(f, 1, s1, 12);
+  f->av = rand_n(f, 1, s1, 13);
+  assert_int_equal(attn_desc_set_score(f->desc, ATTN_SCORE_ADDITIVE), ATTN_OK);
+  assert_int_equal(attn_desc_set_additive_weights(f->desc, f->wq, f->wk, f->ab, f->av), ATTN_OK);
+}
+static void cfg_everything(af_fx *f) {
+  cfg_weights_lse(f);
+  cfg_causal(f);
+  cfg_window_lengths(f);
+  cfg_masks(f);
+  cfg_alibi_softcap(f);
+}
+
+/* ---- operations ---------------------------------------------------------------- */
+
+static attn_status op_context(af_fx *f, void **h) {
+  return af_context(f->cnt, 3, (attn_context **)h);
+}
+static void destroy_context(void *h) { attn_context_destroy(h); }
+
+static attn_status op_tensor_create(af_fx *f, void **h) {
+  int64_t s[4] = {B_, H_, SQ, D_};
+  return attn_tensor_create(f->ctx, f->dt, 4, s, (attn_tensor **)h);
+}
+static attn_status op_tensor_wrap(af_fx *f, void **h) {
+  int64_t s[4] = {B_, H_, SQ, D_};
+  return attn_tensor_wrap(f->ctx, f->dt, 4, s, NULL, attn_tensor_data(f->out), (attn_tensor **)h);
+}
+static void destroy_tensor(void *h) { attn_tensor_destroy(h); }
+
+static attn_status op_desc(af_fx *f, void **h) { return attn_desc_create(f->ctx, (attn_desc **)h); }
+static void destroy_desc(void *h) { attn_desc_destroy(h); }
+
+static attn_status op_plan(af_fx *f, void **h) {
+  return attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, f->w, f->lse,
+                          (attn_plan **)h);
+}
+static void destroy_plan(void *h) { attn_plan_destroy(h); }
+static void use_plan(af_fx *f, void *h) {
+  int64_t before = f->cnt->allocs;
+  assert_int_equal(attn_plan_execute(h, f->q, f->k, f->v, f->out, f->w, f->lse), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
+}
+
+/* attn_forward allocates and frees its plan: it creates nothing that lasts. */
+static attn_status op_forward(af_fx *f, void **h) {
+  attn_status st = attn_forward(f->ctx, f->desc, f->q, f->k, f->v, f->out, f->w, f->lse);
+  if (st == ATTN_OK) *h = f; /* a non-canary marker: nothing to destroy */
+  return st;
+}
+
+#define OP_ROW(name, threads, dt, op, destroy) {name, threads, dt, NULL, op, destroy, NULL}
+#define PLAN_ROW(name, threads, dt, cfg) {name, threads, dt, cfg, op_plan, destroy_plan, use_plan}
+
+static const af_row rows[] = {
+    OP_ROW("context_create", 1, 0, op_context, destroy_context),
+    OP_ROW("tensor_create", 1, ATTN_DTYPE_F32, op_tensor_create, destroy_tensor),
+    OP_ROW("tensor_create_f64", 1, ATTN_DTYPE_F64, op_tensor_create, destroy_tensor),
+    OP_ROW("tensor_wrap", 1, ATTN_DTYPE_F32, op_tensor_wrap, destroy_tensor),
+    OP_ROW("desc_create", 1, 0, op_desc, destroy_desc),
+    PLAN_ROW("plan_exact", 1, ATTN_DTYPE_F32, NULL),
+    PLAN_ROW("plan_exact_threads3", 3, ATTN_DTYPE_F32, NULL), /* starts the pool */
+    PLAN_ROW("plan_exact_f64_threads2", 2, ATTN_DTYPE_F64, NULL),
+    PLAN_ROW("plan_weights_lse", 1, ATTN_DTYPE_F32, cfg_weights_lse),
+    PLAN_ROW("plan_causal_bottom_right", 2, ATTN_DTYPE_F32, cfg_causal),
+    PLAN_ROW("plan_window_lengths", 1, ATTN_DTYPE_F64, cfg_window_lengths),
+    PLAN_ROW("plan_masks", 2, ATTN_DTYPE_F32, cfg_masks),
+    PLAN_ROW("plan_alibi_softcap", 1, ATTN_DTYPE_F32, cfg_alibi_softcap),
+    PLAN_ROW("plan_general", 2, ATTN_DTYPE_F64, cfg_general),
+    PLAN_ROW("plan_additive", 2, ATTN_DTYPE_F32, cfg_additive),
+    PLAN_ROW("plan_everything", 3, ATTN_DTYPE_F32, cfg_everything),
+    {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
+    {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
+};
+
+static void *const HANDLE_CANARY = (void *)(uintptr_t)0xC0FFEE00u;
+
+/* One row: k = 1, 2, ... until the call succeeds with no injected failure. */
+static int run_row(const af_row *row) {
+  int failures_seen = 0;
+  for (int64_t k = 1;; k++) {
+    if (k > 10000) fail_msg("%s: still failing after 10000 allocations", row->name);
+    tu_counter cnt = {0};
+    af_fx f;
+    fx_setup(&f, &cnt, row);
+    int64_t base = cnt.allocs;
+    cnt.fail_at = base + k;
+    void *h = HANDLE_CANARY;
+    attn_status st = row->op(&f, &h);
+    int64_t made = cnt.allocs - base; /* allocation attempts during the call */
+    cnt.fail_at = 0;
+    bool injected = k <= made;
+    if (st == ATTN_OK) {
+      if (injected)
+        fail_msg("%s: allocation %lld of %lld failed but the call returned ATTN_OK", row->name,
+                 (long long)k, (long long)made);
+      if (h == HANDLE_CANARY) fail_msg("%s: ATTN_OK but *out not set", row->name);
+      if (row->use) row->use(&f, h);
+      if (row->destroy) row->destroy(h);
+    } else {
+      if (st != ATTN_ERR_NO_MEMORY)
+        fail_msg("%s: allocation %lld failed: status %d (%s), expected ATTN_ERR_NO_MEMORY (%s)",
+                 row->name, (long long)k, (int)st, attn_status_string(st),
+                 attn_context_last_error(f.ctx));
+      if (!injected) fail_msg("%s: failed with no allocation failure injected", row->name);
+      if (h != HANDLE_CANARY) fail_msg("%s: *out written on failure (k = %lld)", row->name, (long long)k);
+      if (row->op != op_context && attn_context_last_error(f.ctx)[0] == '\0')
+        fail_msg("%s: no message after ATTN_ERR_NO_MEMORY (k = %lld)", row->name, (long long)k);
+      /* The context is still good: the same call now succeeds. */
+      h = HANDLE_CANARY;
+      st = row->op(&f, &h);
+      if (st != ATTN_OK)
+        fail_msg("%s: retry after failure %lld: %s", row->name, (long long)k,
+                 attn_context_last_error(f.ctx));
+      if (row->use) row->use(&f, h);
+      if (row->destroy) row->destroy(h);
+      failures_seen++;
+    }
+    fx_teardown(&f);
+    if (cnt.outstanding_bytes != 0)
+      fail_msg("%s: %lld bytes leaked with allocation %lld failed", row->name,
+               (long long)cnt.outstanding_bytes, (long long)k);
+    if (cnt.allocs - (injected ? 1 : 0) != cnt.frees)
+      fail_msg("%s: %lld allocations, %lld frees (k = %lld)", row->name, (long long)cnt.allocs,
+               (long long)cnt.frees, (long long)k);
+    if (!injected) break;
+  }
+  if (failures_seen == 0) fail_msg("%s: the call never allocates: nothing was tested", row->name);
+  return failures_seen;
+}
+
+static void every_allocation_failure_is_clean(void **state) {
+  (void)state;
+  int total = 0;
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    int n = run_row(&rows[i]);
+    print_message("%-26s %d allocation points failed cleanly\n", rows[i].name, n);
+    total += n;
+  }
+  print_message("%zu operations, %d injected failures\n", sizeof rows / sizeof rows[0], total);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(every_allocation_failure_is_clean),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

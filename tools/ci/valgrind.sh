@@ -1,0 +1,48 @@
+#!/bin/sh
+# Every unit test executable (ctest label "unit") under valgrind memcheck:
+# any invalid access, use of uninitialised memory or definite/possible leak
+# fails. gcc, -O2 -g. Runs $ATTN_CI_JOBS tests at a time.
+#   usage: tools/ci/valgrind.sh [name-regex]      (default: every unit test)
+. "$(dirname "$0")/lib.sh"
+
+command -v valgrind >/dev/null || ci_die "valgrind not installed (apt-get install valgrind)"
+ci_build valgrind -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=RelWithDebInfo
+LOGDIR=$BUILD/valgrind-logs
+rm -rf "$LOGDIR"
+mkdir -p "$LOGDIR"
+FILTER=${1:-.}
+
+/usr/bin/python3 tools/ci/list_tests.py "$BUILD" unit | grep -E "$FILTER" >"$LOGDIR/tests.tsv" || true
+[ -s "$LOGDIR/tests.tsv" ] || ci_die "no unit tests found in $BUILD"
+ci_log "$(wc -l <"$LOGDIR/tests.tsv") test executables, $JOBS at a time"
+
+# One test: cd to its working directory, run under memcheck, keep the log.
+cat >"$LOGDIR/run1.sh" <<'RUN1'
+#!/bin/sh
+line=$1 logdir=$2 supp=$3
+wd=$(printf '%s' "$line" | cut -f1)
+cmd=$(printf '%s' "$line" | cut -f2-)
+name=$(basename "$(printf '%s' "$cmd" | cut -f1)")
+log=$logdir/$name.log
+t0=$(date +%s)
+# Test command lines have no spaces inside arguments (cmocka executables).
+cd "$wd" && CMOCKA_MESSAGE_OUTPUT=stdout valgrind -q --error-exitcode=99 --leak-check=full \
+  --show-leak-kinds=definite,possible --errors-for-leak-kinds=definite,possible \
+  --suppressions="$supp" --gen-suppressions=all --num-callers=30 \
+  $(printf '%s' "$cmd" | tr '\t' ' ') >"$log" 2>&1
+rc=$?
+if [ $rc -eq 0 ]; then
+  echo "   ok   $name ($(($(date +%s) - t0)) s)"
+else
+  echo "   FAIL $name (exit $rc, log $log)"
+  tail -n 80 "$log"
+  exit 1
+fi
+RUN1
+chmod +x "$LOGDIR/run1.sh"
+
+status=0
+tr '\n' '\0' <"$LOGDIR/tests.tsv" |
+  xargs -0 -P "$JOBS" -I{} "$LOGDIR/run1.sh" {} "$LOGDIR" "$ATTN_ROOT/tools/ci/valgrind.supp" || status=1
+[ $status -eq 0 ] || ci_die "memcheck reported errors (logs in $LOGDIR)"
+ci_log "OK in $(ci_elapsed) s"
