@@ -11,8 +11,8 @@ import ctypes as C
 import os
 import sys
 
-if os.environ.get("ATTN_MHA_TORCH_SKIP"):
-    print(f"SKIP: {os.environ['ATTN_MHA_TORCH_SKIP']}")
+if os.environ.get("ATTN_TEST_SKIP_SANITIZED"):
+    print(f"SKIP: {os.environ['ATTN_TEST_SKIP_SANITIZED']}")
     sys.exit(77)
 
 try:

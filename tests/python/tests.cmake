@@ -13,7 +13,7 @@ if(EXISTS ${ATTN_TEST_PYTHON})
   set_tests_properties(torch_masks PROPERTIES
     SKIP_RETURN_CODE 77
     LABELS "python;oracle"
-    ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1;OMP_NUM_THREADS=1")
+    ENVIRONMENT "PYTHONDONTWRITEBYTECODE=1;OMP_NUM_THREADS=1;${ATTN_TEST_PRELOAD_ENV}")
 else()
   message(STATUS "torch_masks: ${ATTN_TEST_PYTHON} not found, PyTorch oracle test not registered")
 endif()
