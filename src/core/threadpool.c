@@ -1,10 +1,22 @@
 /* The context's own worker threads. One job at a time: the calling thread
- * publishes (fn, arg, ntasks), workers and the caller take task indices from
- * an atomic counter, and the caller waits until all are done. Which thread
- * runs a task never changes its result, so output is identical for any
- * thread count. OpenBLAS is held at one thread for the duration of a job. */
+ * writes (fn, arg, base, ntasks) and publishes the job by storing a new
+ * generation into `state` = (generation << 32) | next task index. Workers and
+ * the caller claim tasks by compare-and-swap on `state`, so a claim succeeds
+ * only for the live job; the caller returns when every *task* has completed,
+ * not when every worker has checked in, so a worker the OS (or hypervisor)
+ * has descheduled never holds the caller up — it wakes later, finds nothing
+ * to claim and goes back to waiting. Which thread runs a task never changes
+ * its result, so output is identical for any thread count. OpenBLAS is held
+ * at one thread for the duration of a job.
+ *
+ * Latency: small calls (a decode step, a control-loop tick) last a few
+ * microseconds, less than a futex wake-up. So workers spin on `state` for up
+ * to ATTN_SPIN_NS after a job before sleeping on `wake`, and the caller spins
+ * as long for the last task before sleeping on `done`. Idle workers burn at
+ * most that much CPU after each call. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "blas/gemm.h"
@@ -12,17 +24,22 @@
 
 struct attn_threadpool {
   pthread_mutex_t mu;
-  pthread_cond_t wake;  /* workers wait for a new generation */
-  pthread_cond_t done;  /* the caller waits for workers to finish */
+  pthread_cond_t wake;  /* sleeping workers wait for a new generation */
+  pthread_cond_t done;  /* a sleeping caller waits for the last task */
   int32_t nworkers;     /* started workers (threads 1..nworkers) */
   pid_t pid;            /* process that started them (a forked child has none) */
-  uint64_t generation;
-  int32_t active;       /* workers still inside the current job */
-  bool stop;
+  /* The job, written before `state` publishes it; fn, arg and base are read
+   * only after a successful claim, which pins the job (it cannot end while a
+   * claimed task runs, nor be replaced while a task is unclaimed). */
   attn_task_fn fn;
   void *arg;
-  int64_t ntasks;
-  atomic_int_fast64_t next;
+  int64_t base;                  /* task index offset of this batch */
+  atomic_uint_fast32_t ntasks;   /* tasks in this batch (≤ ATTN_BATCH) */
+  atomic_uint_fast64_t state;    /* (generation << 32) | next unclaimed task */
+  atomic_uint_fast32_t completed;
+  atomic_int sleepers;           /* workers asleep on `wake` */
+  atomic_bool caller_sleeping;   /* the caller is asleep on `done` */
+  atomic_bool stop;
   pthread_t *threads;
   size_t threads_bytes;
 };
@@ -32,11 +49,66 @@ typedef struct worker_arg {
   int32_t id;
 } worker_arg;
 
-static void run_tasks(struct attn_threadpool *pool, int32_t id) {
+#define ATTN_SPIN_NS 50000                /* 50 µs */
+#define ATTN_BATCH ((int64_t)1 << 31)     /* tasks per published job */
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+static int64_t now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+typedef bool (*pool_cond)(struct attn_threadpool *pool, uint64_t arg);
+
+/* Spin until cond holds or ATTN_SPIN_NS pass; true if it holds. */
+static bool spin_until(struct attn_threadpool *pool, pool_cond cond, uint64_t arg) {
+  int64_t deadline = 0;
+  for (uint32_t i = 0;; i++) {
+    if (cond(pool, arg)) return true;
+    if ((i & 63) == 63) {
+      int64_t t = now_ns();
+      if (deadline == 0)
+        deadline = t + ATTN_SPIN_NS;
+      else if (t > deadline)
+        return false;
+    }
+    cpu_relax();
+  }
+}
+
+static uint64_t generation_of(uint64_t state) { return state >> 32; }
+
+static bool new_job_or_stop(struct attn_threadpool *pool, uint64_t seen) {
+  return generation_of(atomic_load(&pool->state)) != seen || atomic_load(&pool->stop);
+}
+
+static bool all_tasks_done(struct attn_threadpool *pool, uint64_t n) {
+  return atomic_load_explicit(&pool->completed, memory_order_acquire) == n;
+}
+
+/* Claim and run tasks of generation gen until none is left. */
+static void run_tasks(struct attn_threadpool *pool, uint64_t gen, int32_t id) {
   for (;;) {
-    int64_t t = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
-    if (t >= pool->ntasks) break;
-    pool->fn(pool->arg, t, id);
+    uint64_t s = atomic_load_explicit(&pool->state, memory_order_acquire);
+    if (generation_of(s) != gen) return; /* that job is over */
+    uint32_t n = (uint32_t)atomic_load_explicit(&pool->ntasks, memory_order_relaxed);
+    if ((uint32_t)s >= n) return;        /* every task is claimed */
+    if (!atomic_compare_exchange_weak_explicit(&pool->state, &s, s + 1, memory_order_acq_rel,
+                                               memory_order_acquire))
+      continue;
+    pool->fn(pool->arg, pool->base + (int64_t)(uint32_t)s, id);
+    /* seq_cst pairs with the caller's caller_sleeping store (no lost wake-up). */
+    if (atomic_fetch_add(&pool->completed, 1) + 1 == n && atomic_load(&pool->caller_sleeping)) {
+      pthread_mutex_lock(&pool->mu);
+      pthread_cond_signal(&pool->done);
+      pthread_mutex_unlock(&pool->mu);
+    }
   }
 }
 
@@ -44,17 +116,18 @@ static void *worker_main(void *p) {
   struct attn_threadpool *pool = ((worker_arg *)p)->pool;
   int32_t id = ((worker_arg *)p)->id;
   uint64_t seen = 0;
-  pthread_mutex_lock(&pool->mu);
   for (;;) {
-    while (!pool->stop && pool->generation == seen) pthread_cond_wait(&pool->wake, &pool->mu);
-    if (pool->stop) break;
-    seen = pool->generation;
-    pthread_mutex_unlock(&pool->mu);
-    run_tasks(pool, id);
-    pthread_mutex_lock(&pool->mu);
-    if (--pool->active == 0) pthread_cond_signal(&pool->done);
+    if (!spin_until(pool, new_job_or_stop, seen)) {
+      pthread_mutex_lock(&pool->mu);
+      atomic_fetch_add(&pool->sleepers, 1); /* seq_cst: the caller sees us or we see its job */
+      while (!new_job_or_stop(pool, seen)) pthread_cond_wait(&pool->wake, &pool->mu);
+      atomic_fetch_sub(&pool->sleepers, 1);
+      pthread_mutex_unlock(&pool->mu);
+    }
+    if (atomic_load(&pool->stop)) break;
+    seen = generation_of(atomic_load(&pool->state));
+    run_tasks(pool, seen, id);
   }
-  pthread_mutex_unlock(&pool->mu);
   return NULL;
 }
 
@@ -94,7 +167,7 @@ void attn_threadpool_destroy(struct attn_threadpool *pool, attn_context *ctx) {
   if (pool == NULL) return;
   if (pool->pid == getpid()) {
     pthread_mutex_lock(&pool->mu);
-    pool->stop = true;
+    atomic_store(&pool->stop, true);
     pthread_cond_broadcast(&pool->wake);
     pthread_mutex_unlock(&pool->mu);
     for (int32_t i = 0; i < pool->nworkers; i++) pthread_join(pool->threads[i], NULL);
@@ -157,19 +230,29 @@ attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn
     for (int64_t t = 0; t < ntasks; t++) fn(arg, t, 0);
   } else {
     struct attn_threadpool *pool = ctx->pool;
-    pthread_mutex_lock(&pool->mu);
-    pool->fn = fn;
-    pool->arg = arg;
-    pool->ntasks = ntasks;
-    atomic_store(&pool->next, 0);
-    pool->active = pool->nworkers;
-    pool->generation++;
-    pthread_cond_broadcast(&pool->wake);
-    pthread_mutex_unlock(&pool->mu);
-    run_tasks(pool, 0);
-    pthread_mutex_lock(&pool->mu);
-    while (pool->active > 0) pthread_cond_wait(&pool->done, &pool->mu);
-    pthread_mutex_unlock(&pool->mu);
+    for (int64_t base = 0; base < ntasks; base += ATTN_BATCH) {
+      uint32_t n = (uint32_t)attn_min64(ATTN_BATCH, ntasks - base);
+      pool->fn = fn;
+      pool->arg = arg;
+      pool->base = base;
+      atomic_store_explicit(&pool->ntasks, n, memory_order_relaxed);
+      atomic_store_explicit(&pool->completed, 0, memory_order_relaxed);
+      uint64_t gen = generation_of(atomic_load(&pool->state)) + 1;
+      atomic_store(&pool->state, gen << 32); /* publish (seq_cst, see sleepers) */
+      if (atomic_load(&pool->sleepers) > 0) {
+        pthread_mutex_lock(&pool->mu);
+        pthread_cond_broadcast(&pool->wake);
+        pthread_mutex_unlock(&pool->mu);
+      }
+      run_tasks(pool, gen, 0);
+      if (!spin_until(pool, all_tasks_done, n)) {
+        pthread_mutex_lock(&pool->mu);
+        atomic_store(&pool->caller_sleeping, true);
+        while (!all_tasks_done(pool, n)) pthread_cond_wait(&pool->done, &pool->mu);
+        atomic_store(&pool->caller_sleeping, false);
+        pthread_mutex_unlock(&pool->mu);
+      }
+    }
   }
   blas_leave();
   return ATTN_OK;
