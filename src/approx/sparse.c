@@ -200,7 +200,10 @@ static attn_status init_longformer(attn_plan *p, sparse_impl *im) {
     if (im->flags[i]) im->globals[k++] = i;
   attn_mask_set_longformer(&im->ex.mask, d->causal != ATTN_CAUSAL_NONE, im->globals, n, im->flags);
   p->ops = &longformer_ops;
-  return attn_exact_prepare(p, &im->ex, 0, 0);
+  /* A query tile holding a global row visits every key, so all its rows pay
+   * O(S): small query tiles bound that waste. Measured at S=16384, w=256 with
+   * 4 spread globals: 256-row tiles 7.0x faster than exact, 64-row 13.5x. */
+  return attn_exact_prepare(p, &im->ex, 64, 0);
 }
 
 static attn_status init_bigbird(attn_plan *p, sparse_impl *im) {
