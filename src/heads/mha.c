@@ -272,21 +272,39 @@ static row_order rows_of(int64_t B, int64_t S, int64_t sb, int64_t ss) {
   return ROWS_PER_BATCH;
 }
 
-/* dst(b, s) = src(b, s) · Wᵀ + bias for s < S (dst rows strided (dsb, dss)). */
-static void project(attn_dtype dt, int64_t B, int64_t S, row_order order, const void *src,
-                    int64_t sb, int64_t ss, const void *W, int64_t ldw, int64_t N, int64_t K,
-                    const void *bias, void *dst, int64_t dsb, int64_t dss, bool one_gemm) {
-  const size_t es = attn_dtype_size(dt);
-  if (one_gemm && order == ROWS_BATCH_MAJOR)
-    gemm_nt(dt, B * S, N, K, src, ss, W, ldw, dst, dss);
-  else if (one_gemm && order == ROWS_SEQ_MAJOR)
-    gemm_nt(dt, B * S, N, K, src, sb, W, ldw, dst, dsb);
-  else
-    for (int64_t b = 0; b < B; b++)
-      gemm_nt(dt, S, N, K, cat(src, b * sb, es), ss, W, ldw, at(dst, b * dsb, es), dss);
-  if (bias != NULL)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t s = 0; s < S; s++) add_row(dt, N, at(dst, b * dsb + s * dss, es), bias);
+/* dst(b, s) = src(b, s) · Wᵀ + bias for s < S (rows strided (sb, ss) and
+ * (dsb, dss)). Runs on the context's pool in fixed chunks of PROJ_ROWS rows
+ * per batch item, each a single-threaded GEMM: OpenBLAS's own threads stay
+ * asleep (they would spin on the cores the attention kernel needs next), and
+ * the result does not depend on the thread count. */
+#define PROJ_ROWS 64
+
+typedef struct proj_job {
+  attn_dtype dt;
+  int64_t S, N, K, chunks;
+  const void *src, *W, *bias;
+  int64_t sb, ss, ldw, dsb, dss;
+  void *dst;
+} proj_job;
+
+static void proj_task(void *arg, int64_t t, int32_t thread) {
+  (void)thread;
+  const proj_job *j = arg;
+  const size_t es = attn_dtype_size(j->dt);
+  const int64_t b = t / j->chunks, s0 = (t % j->chunks) * PROJ_ROWS;
+  const int64_t rows = attn_min64(PROJ_ROWS, j->S - s0);
+  void *dst = at(j->dst, b * j->dsb + s0 * j->dss, es);
+  gemm_nt(j->dt, rows, j->N, j->K, cat(j->src, b * j->sb + s0 * j->ss, es), j->ss, j->W, j->ldw,
+          dst, j->dss);
+  if (j->bias != NULL)
+    for (int64_t s = 0; s < rows; s++) add_row(j->dt, j->N, at(dst, s * j->dss, es), j->bias);
+}
+
+static attn_status project(attn_context *ctx, attn_dtype dt, int64_t B, int64_t S, const void *src,
+                           int64_t sb, int64_t ss, const void *W, int64_t ldw, int64_t N,
+                           int64_t K, const void *bias, void *dst, int64_t dsb, int64_t dss) {
+  proj_job j = {dt, S, N, K, attn_cdiv64(S, PROJ_ROWS), src, W, bias, sb, ss, ldw, dsb, dss, dst};
+  return attn_parallel_for(ctx, B * j.chunks, proj_task, &j);
 }
 
 /* ---- plan ---------------------------------------------------------------- */
@@ -682,11 +700,10 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
   const int64_t K[3] = {E, m->kdim, m->vdim}, N[3] = {E, Ekv, Ekv};
   for (int i = 0; i < 3; i++) {
     int64_t S = i == 0 ? p->Sq : p->Sk;
-    bool one = p->in_order[i] == ROWS_SEQ_MAJOR ||
-               (p->in_order[i] == ROWS_BATCH_MAJOR && (i == 0 || p->nx == 0));
     if (ldw[i] < K[i]) ldw[i] = K[i]; /* a single-row weight */
-    project(dt, B, S, p->in_order[i], in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i], N[i],
-            K[i], bias[i], p->buf[i], p->buf_sb[i], p->buf_ss[i], one);
+    attn_status pst = project(ctx, dt, B, S, in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i],
+                              N[i], K[i], bias[i], p->buf[i], p->buf_sb[i], p->buf_ss[i]);
+    if (pst != ATTN_OK) return pst;
   }
   if (m->bias_kv) {
     for (int64_t b = 0; b < B; b++) {
@@ -725,18 +742,6 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
   const attn_tensor *wo = w->out_proj_weight;
   int64_t ldo = E > 1 ? wo->strides[0] : E;
   const void *bo = w->out_proj_bias ? w->out_proj_bias->data : NULL;
-  bool one = p->out_order != ROWS_PER_BATCH;
-  if (one && p->out_order == ROWS_BATCH_MAJOR)
-    gemm_nt(dt, B * p->Sq, E, E, p->ao, p->ao_ss, wo->data, ldo, out->data, p->out_ss);
-  else if (one)
-    gemm_nt(dt, B * p->Sq, E, E, p->ao, p->ao_sb, wo->data, ldo, out->data, p->out_sb);
-  else
-    for (int64_t b = 0; b < B; b++)
-      gemm_nt(dt, p->Sq, E, E, cat(p->ao, b * p->ao_sb, es), p->ao_ss, wo->data, ldo,
-              at(out->data, b * p->out_sb, es), p->out_ss);
-  if (bo != NULL)
-    for (int64_t b = 0; b < B; b++)
-      for (int64_t s = 0; s < p->Sq; s++)
-        add_row(dt, E, at(out->data, b * p->out_sb + s * p->out_ss, es), bo);
-  return ATTN_OK;
+  return project(ctx, dt, B, p->Sq, p->ao, p->ao_sb, p->ao_ss, wo->data, ldo, E, E, bo, out->data,
+                 p->out_sb, p->out_ss);
 }
