@@ -88,23 +88,6 @@ void attn_kv_key_range(const struct attn_kvcache_plan *p, int64_t b, int64_t i0,
 enum { KV_META_Q, KV_META_OUT, KV_META_LSE };
 static const char *const kv_meta_names[3] = {"q", "out", "lse"};
 
-static void record_meta(attn_tmeta *m, const attn_tensor *t) {
-  memset(m, 0, sizeof *m);
-  if (t == NULL) return;
-  m->present = true;
-  m->dtype = t->dtype;
-  m->rank = t->rank;
-  memcpy(m->shape, t->shape, sizeof m->shape);
-  memcpy(m->strides, t->strides, sizeof m->strides);
-}
-
-static bool meta_equal(const attn_tmeta *m, const attn_tensor *t) {
-  if (!m->present) return t == NULL;
-  if (t == NULL || t->data == NULL || t->dtype != m->dtype || t->rank != m->rank) return false;
-  for (int32_t i = 0; i < t->rank; i++)
-    if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
-  return true;
-}
 
 static attn_status expect_shape(attn_context *ctx, const char *name, const attn_tensor *t,
                                 const int64_t *want, const char *what) {
@@ -285,9 +268,9 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
     tmp.mask.banded = tmp.mask.left != ATTN_WINDOW_UNBOUNDED ||
                       tmp.mask.right != ATTN_WINDOW_UNBOUNDED;
   }
-  record_meta(&tmp.meta[KV_META_Q], q);
-  record_meta(&tmp.meta[KV_META_OUT], out);
-  record_meta(&tmp.meta[KV_META_LSE], lse);
+  attn_tmeta_record(&tmp.meta[KV_META_Q], q);
+  attn_tmeta_record(&tmp.meta[KV_META_OUT], out);
+  attn_tmeta_record(&tmp.meta[KV_META_LSE], lse);
 
   if (!size_workspace(&tmp, ctx->num_threads, &tmp.workspace_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "q: workspace size for %" PRId64 " heads × %" PRId64
@@ -321,23 +304,9 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
   attn_context *ctx = plan->ctx;
   attn_clear_error(ctx);
   const attn_tensor *ts[3] = {q, out, lse};
-  for (int i = 0; i < 3; i++) {
-    if (i < 2 && ts[i] == NULL)
-      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", kv_meta_names[i]);
-    if (!meta_equal(&plan->meta[i], ts[i])) {
-      if (!plan->meta[i].present)
-        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without %s; pass NULL",
-                         kv_meta_names[i], kv_meta_names[i]);
-      if (ts[i] == NULL)
-        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created with %s; pass it",
-                         kv_meta_names[i], kv_meta_names[i]);
-      char buf[96];
-      return attn_fail(ctx, ATTN_ERR_MISMATCH,
-                       "%s: dtype/shape/strides (%s %s) differ from the tensor the plan was made for",
-                       kv_meta_names[i], attn_dtype_name(ts[i]->dtype),
-                       attn_shape_str(ts[i], buf, sizeof buf));
-    }
-  }
+  const bool required[3] = {true, true, false};
+  attn_status mst = attn_tmeta_check_all(ctx, plan->meta, ts, kv_meta_names, required, 3);
+  if (mst != ATTN_OK) return mst;
   if (query_counts != NULL)
     for (int64_t b = 0; b < plan->B; b++)
       if (query_counts[b] < 0 || query_counts[b] > plan->n)

@@ -175,6 +175,12 @@ typedef struct attn_tmeta {
  * match also needs non-NULL data. */
 void attn_tmeta_record(attn_tmeta *m, const attn_tensor *t);
 bool attn_tmeta_matches(const attn_tmeta *m, const attn_tensor *t);
+/* Execute-time check of n tensors against their plan-time metadata: a
+ * required one must be non-NULL (ATTN_ERR_NULL_ARG), each must be present
+ * exactly when it was and match it (ATTN_ERR_MISMATCH); names[i] in messages. */
+attn_status attn_tmeta_check_all(attn_context *ctx, const attn_tmeta *meta,
+                                 const attn_tensor *const *ts, const char *const *names,
+                                 const bool *required, int n);
 
 struct attn_plan {
   attn_context *ctx;

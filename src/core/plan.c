@@ -174,23 +174,9 @@ attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q, const attn_
   attn_context *ctx = plan->ctx;
   attn_clear_error(ctx);
   const attn_tensor *ts[6] = {q, k, v, out, weights, lse};
-  for (int i = 0; i < 6; i++) {
-    if (i < 4 && ts[i] == NULL)
-      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", meta_names[i]);
-    if (!attn_tmeta_matches(&plan->meta[i], ts[i])) {
-      if (!plan->meta[i].present)
-        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without %s; pass NULL",
-                         meta_names[i], meta_names[i]);
-      if (ts[i] == NULL)
-        return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created with %s; pass it",
-                         meta_names[i], meta_names[i]);
-      char buf[96];
-      return attn_fail(ctx, ATTN_ERR_MISMATCH,
-                       "%s: dtype/shape/strides (%s %s) differ from the tensor the plan was made for",
-                       meta_names[i], attn_dtype_name(ts[i]->dtype),
-                       attn_shape_str(ts[i], buf, sizeof buf));
-    }
-  }
+  const bool required[6] = {true, true, true, true, false, false};
+  attn_status st = attn_tmeta_check_all(ctx, plan->meta, ts, meta_names, required, 6);
+  if (st != ATTN_OK) return st;
   return plan->ops->execute(plan, q, k, v, out, weights, lse);
 }
 
@@ -211,6 +197,27 @@ bool attn_tmeta_matches(const attn_tmeta *m, const attn_tensor *t) {
   for (int32_t i = 0; i < t->rank; i++)
     if (t->shape[i] != m->shape[i] || t->strides[i] != m->strides[i]) return false;
   return true;
+}
+
+attn_status attn_tmeta_check_all(attn_context *ctx, const attn_tmeta *meta,
+                                 const attn_tensor *const *ts, const char *const *names,
+                                 const bool *required, int n) {
+  for (int i = 0; i < n; i++) {
+    if (required[i] && ts[i] == NULL)
+      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", names[i]);
+    if (attn_tmeta_matches(&meta[i], ts[i])) continue;
+    if (!meta[i].present)
+      return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without it; pass NULL",
+                       names[i]);
+    if (ts[i] == NULL)
+      return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created with it; pass it",
+                       names[i]);
+    char buf[96];
+    return attn_fail(ctx, ATTN_ERR_MISMATCH,
+                     "%s: dtype/shape/strides (%s %s) differ from the tensor the plan was made for",
+                     names[i], attn_dtype_name(ts[i]->dtype), attn_shape_str(ts[i], buf, sizeof buf));
+  }
+  return ATTN_OK;
 }
 
 size_t attn_plan_workspace_size(const attn_plan *plan) {

@@ -651,23 +651,10 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
   attn_context *ctx = p->ctx;
   attn_clear_error(ctx);
   const attn_tensor *ts[M_COUNT] = {query, key, value, key_padding_mask, out, weights};
-  for (int i = 0; i < M_COUNT; i++) {
-    bool required = i == M_QUERY || i == M_KEY || i == M_VALUE || i == M_OUT;
-    if (required && ts[i] == NULL)
-      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", meta_names[i]);
-    if (attn_tmeta_matches(&p->meta[i], ts[i])) continue;
-    if (!p->meta[i].present)
-      return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created without it; pass NULL",
-                       meta_names[i]);
-    if (ts[i] == NULL)
-      return attn_fail(ctx, ATTN_ERR_MISMATCH, "%s: the plan was created with it; pass it",
-                       meta_names[i]);
-    char buf[96];
-    return attn_fail(ctx, ATTN_ERR_MISMATCH,
-                     "%s: dtype/shape/strides (%s %s) differ from the tensor the plan was made for",
-                     meta_names[i], attn_dtype_name(ts[i]->dtype),
-                     attn_shape_str(ts[i], buf, sizeof buf));
-  }
+  bool required[M_COUNT] = {false};
+  required[M_QUERY] = required[M_KEY] = required[M_VALUE] = required[M_OUT] = true;
+  attn_status mst = attn_tmeta_check_all(ctx, p->meta, ts, meta_names, required, M_COUNT);
+  if (mst != ATTN_OK) return mst;
 
   const attn_mha *m = p->mha;
   const attn_dtype dt = m->dt;
