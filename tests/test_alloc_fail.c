@@ -44,30 +44,14 @@ typedef struct af_row {
 
 /* ---- the failing allocator ------------------------------------------------- */
 
-/* tu_counter's fields, with hooks of our own so contexts can be created with
- * attn_context_create() here (and their creation fail-injected too). */
-static void *af_alloc(void *user, size_t size, size_t alignment) {
-  tu_counter *c = user;
-  c->allocs++;
-  if (c->fail_at > 0 && c->allocs == c->fail_at) return NULL;
-  void *p = aligned_alloc(alignment, (size + alignment - 1) / alignment * alignment);
-  if (p) c->outstanding_bytes += (int64_t)size;
-  return p;
-}
-
-static void af_free(void *user, void *ptr, size_t size) {
-  tu_counter *c = user;
-  c->frees++;
-  c->outstanding_bytes -= (int64_t)size;
-  free(ptr);
-}
-
+/* testutil's counting hooks, so contexts can be created (and their creation
+ * fail-injected) with attn_context_create() here. */
 static attn_status af_context(tu_counter *c, int32_t threads, attn_context **out) {
   attn_context_options o;
   attn_context_options_init(&o);
   o.num_threads = threads;
-  o.allocator.alloc = af_alloc;
-  o.allocator.free = af_free;
+  o.allocator.alloc = tu_counting_alloc;
+  o.allocator.free = tu_counting_free;
   o.allocator.user_data = c;
   return attn_context_create(&o, out);
 }

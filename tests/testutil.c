@@ -117,7 +117,7 @@ size_t tu_violations(const double *got, const double *ref, const double *bound, 
   return bad;
 }
 
-static void *count_alloc(void *user, size_t size, size_t alignment) {
+void *tu_counting_alloc(void *user, size_t size, size_t alignment) {
   tu_counter *c = user;
   c->allocs++;
   if (c->fail_at > 0 && c->allocs == c->fail_at) return NULL;
@@ -126,7 +126,7 @@ static void *count_alloc(void *user, size_t size, size_t alignment) {
   return p;
 }
 
-static void count_free(void *user, void *ptr, size_t size) {
+void tu_counting_free(void *user, void *ptr, size_t size) {
   tu_counter *c = user;
   c->frees++;
   c->outstanding_bytes -= (int64_t)size;
@@ -137,8 +137,8 @@ attn_context *tu_counting_context(tu_counter *c, int32_t threads) {
   attn_context_options o;
   attn_context_options_init(&o);
   o.num_threads = threads;
-  o.allocator.alloc = count_alloc;
-  o.allocator.free = count_free;
+  o.allocator.alloc = tu_counting_alloc;
+  o.allocator.free = tu_counting_free;
   o.allocator.user_data = c;
   attn_context *ctx = NULL;
   if (attn_context_create(&o, &ctx) != ATTN_OK) return NULL;

@@ -43,5 +43,8 @@ typedef struct tu_counter {
   int64_t allocs, frees, fail_at, outstanding_bytes;
 } tu_counter;
 attn_context *tu_counting_context(tu_counter *c, int32_t threads);
+/* The hooks themselves (user_data = a tu_counter), for contexts made by hand. */
+void *tu_counting_alloc(void *user, size_t size, size_t alignment);
+void tu_counting_free(void *user, void *ptr, size_t size);
 
 #endif
