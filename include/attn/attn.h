@@ -23,7 +23,9 @@
  *
  * Thread-safety: an ::attn_context and everything created from it are used by
  * one thread at a time (create one context per caller thread). Distinct
- * contexts are fully independent. Pure functions (attn_status_string(),
+ * contexts are fully independent. One exception by design: a plan is never
+ * written by an execute, so several threads may run one ::attn_plan at once
+ * through attn_plan_execute_on(), each with its own context and workspace. Pure functions (attn_status_string(),
  * attn_version_*) are safe from any thread.
  */
 #ifndef ATTN_ATTN_H
@@ -437,6 +439,39 @@ ATTN_API attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q,
 
 /** Bytes of workspace the plan holds. 0 for NULL. @since 0.1.0 */
 ATTN_API size_t attn_plan_workspace_size(const attn_plan *plan);
+
+/** Bytes of workspace attn_plan_execute_on() needs to run @p plan on the
+ *  threads of @p ctx (NULL: the plan's own context). The size depends only on
+ *  the plan and the context's thread count. 0 for a NULL plan. @since 0.2.0 */
+ATTN_API size_t attn_plan_workspace_size_on(const attn_plan *plan, const attn_context *ctx);
+
+/** Run the plan on another context's threads with caller-owned workspace
+ *  (oneDNN's user scratchpad). The plan is only read, so any number of
+ *  threads may execute one plan at once, each with its own context and its
+ *  own workspace; results are bitwise identical to attn_plan_execute().
+ *
+ *  A plan is never written by any execute: attn_plan_execute() uses the
+ *  plan's workspace (so one thread at a time per plan), this function uses
+ *  yours. Performer's attn_plan_redraw_features() is the one call that
+ *  changes a plan; it must not run concurrently with executes of that plan.
+ *
+ *  @param plan      the plan (read-only here)
+ *  @param ctx       the calling thread's context: its threads run the call and
+ *                   it receives the error message. Contexts stay one thread at
+ *                   a time; ctx may be the plan's own when no other thread uses it.
+ *  @param workspace at least attn_plan_workspace_size_on(plan, ctx) bytes, any
+ *                   alignment; used only during the call, by no one else.
+ *  @param workspace_size  its size in bytes
+ *  @param q, k, v, out, weights, lse  as for attn_plan_execute(): the plan's
+ *                   dtype, shapes and strides; weights/lse present exactly
+ *                   when they were at plan time.
+ *  @return as attn_plan_execute(), plus ATTN_ERR_NULL_ARG (ctx, workspace) and
+ *          ATTN_ERR_INVALID_ARG (workspace_size too small). @since 0.2.0 */
+ATTN_API attn_status attn_plan_execute_on(const attn_plan *plan, attn_context *ctx,
+                                          void *workspace, size_t workspace_size,
+                                          const attn_tensor *q, const attn_tensor *k,
+                                          const attn_tensor *v, attn_tensor *out,
+                                          attn_tensor *weights, attn_tensor *lse);
 
 /** Destroy a plan. NULL is a no-op. @since 0.1.0 */
 ATTN_API void attn_plan_destroy(attn_plan *plan);

@@ -236,6 +236,31 @@ ATTN_API attn_status attn_mha_plan_execute(attn_mha_plan *plan, const attn_tenso
  *  @since 0.1.0 */
 ATTN_API size_t attn_mha_plan_workspace_size(const attn_mha_plan *plan);
 
+/** Bytes of workspace attn_mha_plan_execute_on() needs on @p ctx's threads
+ *  (NULL: the plan's context). 0 for a NULL plan. @since 0.2.0 */
+ATTN_API size_t attn_mha_plan_workspace_size_on(const attn_mha_plan *plan,
+                                                const attn_context *ctx);
+
+/** Run the layer plan on @p ctx's threads with caller-owned workspace of at
+ *  least attn_mha_plan_workspace_size_on(plan, ctx) bytes (any alignment).
+ *  The plan and the layer are only read, so several threads may run one plan
+ *  at once, each with its own context and workspace; results are bitwise
+ *  identical to attn_mha_plan_execute().
+ *  @param plan      the layer plan (read-only here)
+ *  @param ctx       the calling thread's context (threads, error message)
+ *  @param workspace caller memory, used only during the call
+ *  @param workspace_size  its size in bytes
+ *  @param query, key, value, key_padding_mask, out, weights  as for
+ *                   attn_mha_plan_execute()
+ *  @return as attn_mha_plan_execute(), plus ATTN_ERR_NULL_ARG (ctx, workspace)
+ *          and ATTN_ERR_INVALID_ARG (workspace_size too small). @since 0.2.0 */
+ATTN_API attn_status attn_mha_plan_execute_on(const attn_mha_plan *plan, attn_context *ctx,
+                                              void *workspace, size_t workspace_size,
+                                              const attn_tensor *query, const attn_tensor *key,
+                                              const attn_tensor *value,
+                                              const attn_tensor *key_padding_mask,
+                                              attn_tensor *out, attn_tensor *weights);
+
 /** Destroy a plan. NULL is a no-op. @since 0.1.0 */
 ATTN_API void attn_mha_plan_destroy(attn_mha_plan *plan);
 

@@ -72,7 +72,7 @@ static void bigbird_layout(uint8_t *lay, int64_t H, int64_t nqb, int64_t nkb, in
 
 static attn_status check_buf(const attn_plan *p, uint8_t *buf, size_t *size, size_t *need) {
   const sparse_impl *im = p->impl;
-  int64_t dims[3] = {p->H, im->nqb, im->nkb};
+  int64_t dims[3] = {p->dims.H, im->nqb, im->nkb};
   if (!attn_bytes_ok(dims, 3, 1, need))
     return attn_fail(p->ctx, ATTN_ERR_OVERFLOW, "size: the layout's byte count overflows");
   if (buf == NULL || *size < *need) {
@@ -93,7 +93,7 @@ static attn_status layout_readback(const attn_plan *p, uint8_t *buf, size_t *siz
   attn_status st = check_buf(p, buf, size, &need);
   if (st != ATTN_OK || buf == NULL) return st;
   const attn_mask *m = &im->ex.mask;
-  for (int64_t h = 0; h < p->H; h++)
+  for (int64_t h = 0; h < p->dims.H; h++)
     for (int64_t r = 0; r < im->nqb; r++) {
       const uint8_t *row = m->layout + h * m->lay_stride[0] + r * m->lay_stride[1];
       uint8_t *dst = buf + (h * im->nqb + r) * im->nkb;
@@ -110,8 +110,8 @@ static attn_status longformer_readback(const attn_plan *p, uint8_t *buf, size_t 
   attn_status st = check_buf(p, buf, size, &need);
   if (st != ATTN_OK || buf == NULL) return st;
   const attn_mask *m = &im->ex.mask;
-  const int64_t bs = im->block, S = p->Sq;
-  const bool causal = p->desc.causal != ATTN_CAUSAL_NONE; /* S_q = S_k: offset 0 */
+  const int64_t bs = im->block, S = p->dims.Sq;
+  const bool causal = p->desc.mask.causal != ATTN_CAUSAL_NONE; /* S_q = S_k: offset 0 */
   for (int64_t r = 0; r < im->nqb; r++) {
     const int64_t a0 = r * bs, a1 = attn_min64(S, a0 + bs);
     /* Largest global row in [a0, a1), or −1. */
@@ -131,13 +131,13 @@ static attn_status longformer_readback(const attn_plan *p, uint8_t *buf, size_t 
         if (grow >= 0 && (!causal || c0 <= grow)) kept = true;
         if (gcol >= 0 && (!causal || gcol <= a1 - 1)) kept = true;
       }
-      for (int64_t h = 0; h < p->H; h++) buf[(h * im->nqb + r) * im->nkb + c] = kept;
+      for (int64_t h = 0; h < p->dims.H; h++) buf[(h * im->nqb + r) * im->nkb + c] = kept;
     }
   }
   return ATTN_OK;
 }
 
-static void sparse_destroy(attn_plan *p) {
+void attn_sparse_plan_destroy(attn_plan *p) {
   sparse_impl *im = p->impl;
   if (im == NULL) return;
   attn_free(p->ctx, im->layout, im->layout_bytes);
@@ -145,12 +145,10 @@ static void sparse_destroy(attn_plan *p) {
   attn_free(p->ctx, im->flags, im->flags_bytes);
 }
 
-static const attn_plan_ops longformer_ops = {"longformer", attn_exact_execute, sparse_destroy,
-                                             longformer_readback, NULL};
-static const attn_plan_ops bigbird_ops = {"bigbird", attn_exact_execute, sparse_destroy,
-                                          layout_readback, NULL};
-static const attn_plan_ops blocksparse_ops = {"block_sparse", attn_exact_execute, sparse_destroy,
-                                              layout_readback, NULL};
+attn_status attn_sparse_block_layout(const attn_plan *p, uint8_t *buf, size_t *size) {
+  return p->desc.variant == ATTN_VARIANT_LONGFORMER ? longformer_readback(p, buf, size)
+                                                    : layout_readback(p, buf, size);
+}
 
 /* ---- plan ------------------------------------------------------------------ */
 
@@ -161,25 +159,33 @@ static int64_t layout_bq(int64_t bs) {
   return bs >= 16 ? bs : bs * attn_cdiv64(16, bs);
 }
 
+/* The exact kernel on the sparse mask, with query tiles of bq rows (0: default). */
+static attn_status prepare(attn_plan *p, sparse_impl *im, int64_t bq, int64_t bk) {
+  attn_status st = attn_exact_setup(&im->ex, p->ctx, &p->desc, &p->dims, p->scale, bq, bk);
+  p->ws_shared = im->ex.shared_bytes;
+  p->ws_slot = im->ex.slot_bytes;
+  return st;
+}
+
 static attn_status init_longformer(attn_plan *p, sparse_impl *im) {
   attn_context *ctx = p->ctx;
   const attn_desc *d = &p->desc;
-  if (p->Sq != p->Sk)
+  if (p->dims.Sq != p->dims.Sk)
     return attn_fail(ctx, ATTN_ERR_SHAPE,
                      "k: Longformer needs S_q = S_k (token positions), got S_q = %" PRId64
-                     ", S_k = %" PRId64, p->Sq, p->Sk);
-  if (d->win_left == ATTN_WINDOW_UNBOUNDED && d->win_right == ATTN_WINDOW_UNBOUNDED)
+                     ", S_k = %" PRId64, p->dims.Sq, p->dims.Sk);
+  if (d->mask.win_left == ATTN_WINDOW_UNBOUNDED && d->mask.win_right == ATTN_WINDOW_UNBOUNDED)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "window: Longformer needs a local band; call attn_desc_set_window()");
-  if (d->win_left == 0 && d->win_right == 0)
+  if (d->mask.win_left == 0 && d->mask.win_right == 0)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "window: Longformer's local band (left 0, right 0) must be >= 1 wide");
-  const int64_t S = p->Sq, n = d->n_global;
+  const int64_t S = p->dims.Sq, n = d->global.n;
   for (int64_t g = 0; g < n; g++)
-    if (d->global_idx[g] < 0 || d->global_idx[g] >= S)
+    if (d->global.idx[g] < 0 || d->global.idx[g] >= S)
       return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                        "global_tokens: indices[%" PRId64 "] = %" PRId64 " is not in [0, S = %" PRId64
-                       ")", g, d->global_idx[g], S);
+                       ")", g, d->global.idx[g], S);
   im->flags_bytes = (size_t)S;
   im->flags = attn_calloc(ctx, im->flags_bytes);
   if (n > 0) {
@@ -189,7 +195,7 @@ static attn_status init_longformer(attn_plan *p, sparse_impl *im) {
   if (im->flags == NULL || (n > 0 && im->globals == NULL))
     return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
   for (int64_t g = 0; g < n; g++) {
-    int64_t idx = d->global_idx[g];
+    int64_t idx = d->global.idx[g];
     if (im->flags[idx])
       return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                        "global_tokens: indices[%" PRId64 "] = %" PRId64 " is repeated", g, idx);
@@ -198,57 +204,54 @@ static attn_status init_longformer(attn_plan *p, sparse_impl *im) {
   int64_t k = 0;
   for (int64_t i = 0; i < S; i++)
     if (im->flags[i]) im->globals[k++] = i;
-  attn_mask_set_longformer(&im->ex.mask, d->causal != ATTN_CAUSAL_NONE, im->globals, n, im->flags);
-  p->ops = &longformer_ops;
+  attn_mask_set_longformer(&im->ex.mask, d->mask.causal != ATTN_CAUSAL_NONE, im->globals, n, im->flags);
   /* A query tile holding a global row visits every key, so all its rows pay
    * O(S): small query tiles bound that waste. Measured at S=16384, w=256 with
    * 4 spread globals: 256-row tiles 7.0x faster than exact, 64-row 13.5x. */
-  return attn_exact_prepare(p, &im->ex, 64, 0);
+  return prepare(p, im, 64, 0);
 }
 
 static attn_status init_bigbird(attn_plan *p, sparse_impl *im) {
   attn_context *ctx = p->ctx;
   const attn_desc *d = &p->desc;
-  if (d->bb_global > im->nkb || d->bb_global > im->nqb)
+  if (d->block.global > im->nkb || d->block.global > im->nqb)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "global_blocks: %" PRId64 " exceeds the %" PRId64 " query / %" PRId64
                      " key blocks of %" PRId64 " tokens",
-                     d->bb_global, im->nqb, im->nkb, im->block);
-  int64_t dims[3] = {p->H, im->nqb, im->nkb};
+                     d->block.global, im->nqb, im->nkb, im->block);
+  int64_t dims[3] = {p->dims.H, im->nqb, im->nkb};
   if (!attn_bytes_ok(dims, 3, 1, &im->layout_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "block: the layout [H, S_q/b, S_k/b] overflows");
   im->layout = attn_alloc(ctx, im->layout_bytes);
   if (im->layout == NULL)
     return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: cannot allocate the %zu-byte layout",
                      im->layout_bytes);
-  bigbird_layout(im->layout, p->H, im->nqb, im->nkb, attn_min64(d->bb_window, im->nkb),
-                 d->bb_global, d->bb_random, d->bb_seed);
+  bigbird_layout(im->layout, p->dims.H, im->nqb, im->nkb, attn_min64(d->block.window, im->nkb),
+                 d->block.global, d->block.random, d->block.seed);
   const int64_t stride[3] = {im->nqb * im->nkb, im->nkb, 1};
   attn_mask_set_layout(&im->ex.mask, im->layout, im->block, im->nqb, im->nkb, stride, false);
-  p->ops = &bigbird_ops;
-  return attn_exact_prepare(p, &im->ex, layout_bq(im->block), 0);
+  return prepare(p, im, layout_bq(im->block), 0);
 }
 
 static attn_status init_blocksparse(attn_plan *p, sparse_impl *im) {
   attn_context *ctx = p->ctx;
-  const attn_tensor *t = p->desc.layout;
+  const attn_tensor *t = p->desc.block.layout;
   char buf[96];
   if (t == NULL)
     return attn_fail(ctx, ATTN_ERR_NULL_ARG,
                      "layout: ATTN_VARIANT_BLOCK_SPARSE needs attn_desc_set_block_layout()");
   attn_status st = attn_check_tensor(ctx, "layout", t, 3, ATTN_DTYPE_U8);
   if (st != ATTN_OK) return st;
-  if ((t->shape[0] != 1 && t->shape[0] != p->H) || t->shape[1] != im->nqb ||
+  if ((t->shape[0] != 1 && t->shape[0] != p->dims.H) || t->shape[1] != im->nqb ||
       t->shape[2] != im->nkb)
     return attn_fail(ctx, ATTN_ERR_SHAPE,
                      "layout: shape %s does not match [H or 1, ceil(S_q/b), ceil(S_k/b)] = "
                      "[%" PRId64 " or 1,%" PRId64 ",%" PRId64 "] for block b = %" PRId64,
-                     attn_shape_str(t, buf, sizeof buf), p->H, im->nqb, im->nkb, im->block);
+                     attn_shape_str(t, buf, sizeof buf), p->dims.H, im->nqb, im->nkb, im->block);
   const int64_t stride[3] = {t->shape[0] == 1 ? 0 : t->strides[0], t->strides[1], t->strides[2]};
   attn_mask_set_layout(&im->ex.mask, (const uint8_t *)t->data, im->block, im->nqb, im->nkb,
                        stride, true);
-  p->ops = &blocksparse_ops;
-  return attn_exact_prepare(p, &im->ex, layout_bq(im->block), 0);
+  return prepare(p, im, layout_bq(im->block), 0);
 }
 
 attn_status attn_sparse_plan_init(attn_plan *p) {
@@ -257,25 +260,16 @@ attn_status attn_sparse_plan_init(attn_plan *p) {
   if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
   p->impl = im;
   p->impl_bytes = sizeof *im;
-  im->block = p->desc.block;
-  im->nqb = attn_cdiv64(p->Sq, im->block);
-  im->nkb = attn_cdiv64(p->Sk, im->block);
-  attn_status st = attn_mask_init(&im->ex.mask, p);
-  if (st == ATTN_OK) {
-    switch (p->desc.variant) {
-      case ATTN_VARIANT_LONGFORMER: st = init_longformer(p, im); break;
-      case ATTN_VARIANT_BIGBIRD: st = init_bigbird(p, im); break;
-      default: st = init_blocksparse(p, im); break;
-    }
+  const attn_dims *d = &p->dims;
+  im->block = p->desc.block.size;
+  im->nqb = attn_cdiv64(d->Sq, im->block);
+  im->nkb = attn_cdiv64(d->Sk, im->block);
+  const attn_mask_geom g = attn_mask_geom_of(&p->desc, d->dtype, d->B, d->H, d->Sq, d->Sk);
+  attn_status st = attn_mask_init(&im->ex.mask, ctx, &p->desc, &g);
+  if (st != ATTN_OK) return st;
+  switch (p->desc.variant) {
+    case ATTN_VARIANT_LONGFORMER: return init_longformer(p, im);
+    case ATTN_VARIANT_BIGBIRD: return init_bigbird(p, im);
+    default: return init_blocksparse(p, im);
   }
-  if (st != ATTN_OK) {
-    attn_free(ctx, p->workspace, p->workspace_bytes);
-    sparse_destroy(p);
-    attn_free(ctx, im, sizeof *im);
-    p->impl = NULL;
-    p->workspace = NULL;
-    p->ops = NULL;
-    return st;
-  }
-  return ATTN_OK;
 }

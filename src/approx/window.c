@@ -24,11 +24,14 @@ typedef struct swin_impl {
   int64_t gh, gw, M, shift;
   int64_t Hp, Wp, nwx, nwin; /* padded grid, windows per row, windows */
   int64_t n;                 /* M² tokens per window (at most) */
-  size_t slot_elems;         /* per-thread slot, in elements of the dtype */
+  struct {                   /* byte offsets in a thread's slot */
+    size_t Q, K, V, O, S, ML, tok;
+  } at;
 } swin_impl;
 
 typedef struct swin_args {
-  attn_plan *plan;
+  const attn_plan *plan;
+  attn_ws ws;
   const attn_tensor *q, *k, *v;
   attn_tensor *out, *weights, *lse;
   const void *bias; /* table data or NULL */
@@ -59,132 +62,74 @@ static int64_t swin_window_tokens(const swin_impl *im, int64_t win, int64_t *tok
   return n;
 }
 
-#define T float
-#define SUFFIX f32
-#define GEMM attn_sgemm
-#define VMAX(x, n) vm->max_f32((x), (n))
-#define VEXPSUM(x, n, m) vm->exp_sub_sum_f32((x), (n), (m))
-#define LOG logf
-#include "approx/swin_impl.inc"
-#undef T
-#undef SUFFIX
-#undef GEMM
-#undef VMAX
-#undef VEXPSUM
-#undef LOG
+#define ATTN_TMPL_FILE "approx/swin_impl.inc"
+#include "core/tmpl.h"
 
-#define T double
-#define SUFFIX f64
-#define GEMM attn_dgemm
-#define VMAX(x, n) attn_max_f64((x), (n))
-#define VEXPSUM(x, n, m) attn_exp_sub_sum_f64((x), (n), (m))
-#define LOG log
-#include "approx/swin_impl.inc"
-#undef T
-#undef SUFFIX
-#undef GEMM
-#undef VMAX
-#undef VEXPSUM
-#undef LOG
-
-static attn_status swin_execute(attn_plan *p, const attn_tensor *q, const attn_tensor *k,
-                                const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                attn_tensor *lse) {
+attn_status attn_swin_plan_execute(const attn_plan *p, const attn_run *run, const attn_tensor *q,
+                                   const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                                   attn_tensor *weights, attn_tensor *lse) {
   const swin_impl *im = p->impl;
-  const attn_tensor *bt = p->desc.swin_bias;
-  swin_args a = {p, q, k, v, out, weights, lse, bt ? bt->data : NULL, bt ? bt->strides[0] : 0,
-                 bt ? bt->strides[1] : 0};
-  return attn_parallel_for(p->ctx, p->B * p->H * im->nwin,
-                           p->dtype == ATTN_DTYPE_F32 ? swin_task_f32 : swin_task_f64, &a);
-}
-
-static const attn_plan_ops swin_ops = {"swin", swin_execute, NULL, NULL, NULL};
-
-/* Options the Swin path does not implement. */
-static attn_status swin_reject_options(attn_plan *p) {
-  attn_context *ctx = p->ctx;
-  const attn_desc *d = &p->desc;
-  const char *what = NULL;
-  if (d->score != ATTN_SCORE_SCALED_DOT && d->score != ATTN_SCORE_DOT)
-    what = "score: Swin supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT only";
-  else if (d->causal != ATTN_CAUSAL_NONE)
-    what = "causal: Swin window attention is not causal";
-  else if (d->win_left != ATTN_WINDOW_UNBOUNDED || d->win_right != ATTN_WINDOW_UNBOUNDED)
-    what = "window: Swin uses attn_desc_set_swin(), not a 1-D window";
-  else if (d->key_lengths != NULL || d->query_lengths != NULL)
-    what = "key_lengths/query_lengths: not supported with Swin";
-  else if (d->bool_mask != NULL || d->add_mask != NULL)
-    what = "bool_mask/additive_mask: not supported with Swin";
-  else if (d->alibi != NULL || d->softcap > 0.0)
-    what = "alibi/softcap: not supported with Swin";
-  return what ? attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "%s", what) : ATTN_OK;
+  const attn_tensor *bt = p->desc.swin.bias;
+  swin_args a = {p, run->ws, q, k, v, out, weights, lse, bt ? bt->data : NULL,
+                 bt ? bt->strides[0] : 0, bt ? bt->strides[1] : 0};
+  return attn_parallel_for(run->ctx, p->dims.B * p->dims.H * im->nwin,
+                           p->dims.dtype == ATTN_DTYPE_F32 ? swin_task_f32 : swin_task_f64, &a);
 }
 
 attn_status attn_swin_plan_init(attn_plan *p) {
   attn_context *ctx = p->ctx;
   const attn_desc *d = &p->desc;
+  const attn_dims *dm = &p->dims;
   attn_status st;
   char buf[96];
-  if (d->swin_window < 1)
+  if (d->swin.window < 1)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "swin: ATTN_VARIANT_SWIN needs attn_desc_set_swin() (grid and window)");
-  if ((st = swin_reject_options(p)) != ATTN_OK) return st;
-  const int64_t S = d->swin_h * d->swin_w, M = d->swin_window;
-  if (p->Sq != S || p->Sk != S)
+  const int64_t S = d->swin.h * d->swin.w, M = d->swin.window;
+  if (dm->Sq != S || dm->Sk != S)
     return attn_fail(ctx, ATTN_ERR_SHAPE,
                      "q: S_q = %" PRId64 ", S_k = %" PRId64 " must both equal grid_h*grid_w = %"
-                     PRId64 "*%" PRId64 " = %" PRId64, p->Sq, p->Sk, d->swin_h, d->swin_w, S);
-  if (d->swin_bias != NULL) {
-    const attn_tensor *t = d->swin_bias;
-    if ((st = attn_check_tensor(ctx, "table", t, 2, p->dtype)) != ATTN_OK) return st;
+                     PRId64 "*%" PRId64 " = %" PRId64, dm->Sq, dm->Sk, d->swin.h, d->swin.w, S);
+  if (d->swin.bias != NULL) {
+    const attn_tensor *t = d->swin.bias;
+    if ((st = attn_check_tensor(ctx, "table", t, 2, dm->dtype)) != ATTN_OK) return st;
     int64_t rows = (2 * M - 1) * (2 * M - 1);
-    if (t->shape[0] != rows || t->shape[1] != p->H)
+    if (t->shape[0] != rows || t->shape[1] != dm->H)
       return attn_fail(ctx, ATTN_ERR_SHAPE,
                        "table: shape %s, expected [(2*window-1)^2, H] = [%" PRId64 ",%" PRId64 "]",
-                       attn_shape_str(t, buf, sizeof buf), rows, p->H);
+                       attn_shape_str(t, buf, sizeof buf), rows, dm->H);
   }
-  swin_impl tmp = {0};
-  tmp.gh = d->swin_h;
-  tmp.gw = d->swin_w;
+  swin_impl tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.gh = d->swin.h;
+  tmp.gw = d->swin.w;
   tmp.M = M;
-  tmp.shift = d->swin_shift;
-  /* Slot: Q, K [n×d_k], V, O [n×d_v], S [n×n] for n = M² tokens, then the
-   * token / position / region lists (3n int64); parts rounded to 16 elements. */
-  const int64_t es = (int64_t)attn_dtype_size(p->dtype);
-  int64_t parts[6], slot = 0, total;
-  bool ok = attn_mul_ok(M, M, &tmp.n) && attn_mul_ok(tmp.n, tmp.n, &parts[4]) &&
-            attn_mul_ok(tmp.n, p->Dk, &parts[0]) && attn_mul_ok(tmp.n, p->Dv, &parts[2]) &&
-            attn_mul_ok(tmp.n, 24, &parts[5]);
-  for (int i = 0; ok && i < 6; i++) {
-    if (i == 1) parts[1] = parts[0];
-    if (i == 3) parts[3] = parts[2];
-    if (i == 5) parts[5] = attn_cdiv64(parts[5], es);
-    ok = attn_add_ok(slot, (parts[i] + 15) / 16 * 16, &slot);
-  }
-  if (!ok)
+  tmp.shift = d->swin.shift;
+  /* Slot: Q, K [n×d_k], V, O [n×d_v], S [n×n] for n = M² tokens, the rows'
+   * softmax state (2n), the token / position / region lists (3n int64). */
+  const size_t es = attn_dtype_size(dm->dtype);
+  attn_carver c = attn_carver_start();
+  if (!attn_mul_ok(M, M, &tmp.n)) c.ok = false;
+  tmp.at.Q = attn_carve(&c, es, tmp.n, dm->Dk, 1);
+  tmp.at.K = attn_carve(&c, es, tmp.n, dm->Dk, 1);
+  tmp.at.V = attn_carve(&c, es, tmp.n, dm->Dv, 1);
+  tmp.at.O = attn_carve(&c, es, tmp.n, dm->Dv, 1);
+  tmp.at.S = attn_carve(&c, es, tmp.n, tmp.n, 1);
+  tmp.at.ML = attn_carve(&c, es, 2, tmp.n, 1);
+  tmp.at.tok = attn_carve(&c, sizeof(int64_t), 3, tmp.n, 1);
+  int64_t total;
+  if (!c.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "window: workspace for %" PRId64 "x%" PRId64
                      " windows overflows", M, M);
   tmp.Hp = attn_cdiv64(tmp.gh, M) * M;
   tmp.Wp = attn_cdiv64(tmp.gw, M) * M;
   tmp.nwx = tmp.Wp / M;
   tmp.nwin = (tmp.Hp / M) * tmp.nwx;
-  tmp.slot_elems = (size_t)slot;
-  size_t bytes;
-  if (!attn_mul_ok(slot, ctx->num_threads, &total) || !attn_bytes_ok(&total, 1, (size_t)es, &bytes))
-    return attn_fail(ctx, ATTN_ERR_OVERFLOW, "workspace size overflows");
   swin_impl *im = attn_alloc(ctx, sizeof *im);
-  void *ws = attn_alloc(ctx, bytes);
-  if (im == NULL || ws == NULL) {
-    attn_free(ctx, im, sizeof *im);
-    attn_free(ctx, ws, bytes);
-    return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: cannot allocate %zu bytes of workspace",
-                     bytes);
-  }
+  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
   *im = tmp;
   p->impl = im;
   p->impl_bytes = sizeof *im;
-  p->workspace = ws;
-  p->workspace_bytes = bytes;
-  p->ops = &swin_ops;
+  p->ws_slot = (size_t)c.bytes;
   return ATTN_OK;
 }

@@ -20,8 +20,8 @@
 struct attn_kvcache_plan {
   attn_context *ctx;
   attn_kvcache *cache;
-  attn_desc desc; /* copy; lengths are pointed at the cache's per execute */
-  attn_mask mask;
+  attn_desc desc; /* copy */
+  attn_mask mask; /* resolved at plan time; executes bind a copy */
   attn_dtype dtype;
   int64_t B, H, Hkv, G, n, Dk, Dv;
   double scale;
@@ -32,19 +32,27 @@ struct attn_kvcache_plan {
   int64_t R;     /* stacked rows per task: G · bq */
   int64_t bk;    /* key tile */
   int64_t wave;  /* split: chunks per (b, kv head) whose partials fit at once */
-  size_t slot_elems;    /* per-thread scratch: Qs [R·Dk], S [R·bk], O [R·Dv], M, L [R],
-                           bf16 storage: K, V tiles widened to f32 [bk·Dk], [bk·Dv] */
-  size_t kvf_offset;    /* elements from the slot's start to the widened K tile */
-  void (*widen)(const uint16_t *src, float *dst, int64_t n); /* bf16 → f32 */
-  size_t part_elems;    /* one partial state: O [R·Dv], M [R], L [R] */
-  size_t part_offset;   /* split: partials [B·Hkv·wave], then accumulators [B·Hkv] */
-  size_t acc_offset;
+  attn_to_f32_fn widen; /* bf16 → f32: the storage row's converter, or its AVX-512 form */
+  /* Workspace (byte offsets): a thread's slot holds Qs [R·Dk], S [R·bk],
+   * O [R·Dv], M, L [R] and, for bf16 storage, K and V tiles widened to f32;
+   * the shared area holds the split path's partial states (O, M, L each)
+   * [B·Hkv·wave] then its accumulators [B·Hkv]. */
+  struct {
+    size_t Qs, S, O, M, L, Kf, Vf;
+  } at;
+  size_t slot_bytes;
+  struct {
+    size_t M, L; /* within one partial state (O at 0) */
+  } pat;
+  size_t part_bytes, part_at, acc_at, shared_bytes;
   void *workspace;
   size_t workspace_bytes;
 };
 
 typedef struct kv_args {
-  struct attn_kvcache_plan *plan;
+  const struct attn_kvcache_plan *plan;
+  const attn_mask *mask; /* bound for this execute */
+  attn_ws ws;
   const attn_tensor *q;
   attn_tensor *out, *lse;
   int64_t w;   /* split: current wave */
@@ -53,7 +61,7 @@ typedef struct kv_args {
 } kv_args;
 
 /* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */
-void attn_kv_key_range(const struct attn_kvcache_plan *p, int64_t b, int64_t i0, int64_t i1,
-                       int64_t *lo, int64_t *hi);
+void attn_kv_key_range(const struct attn_kvcache_plan *p, const attn_mask *mask, int64_t b,
+                       int64_t i0, int64_t i1, int64_t *lo, int64_t *hi);
 
 #endif

@@ -199,7 +199,8 @@ AVX512 void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const 
     values(P, R, lds, V, nj, D, O, 0);
 }
 
-AVX512 void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n) {
+AVX512 void attn_kv_widen_bf16_avx512(const void *from, float *dst, int64_t n) {
+  const uint16_t *src = from;
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) {
     __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(const void *)(src + i)));
@@ -226,7 +227,7 @@ void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const void *V
                            int64_t D, float *O, bool bf16) {
   (void)P; (void)R; (void)lds; (void)V; (void)nj; (void)D; (void)O; (void)bf16;
 }
-void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n) {
+void attn_kv_widen_bf16_avx512(const void *src, float *dst, int64_t n) {
   (void)src; (void)dst; (void)n;
 }
 bool attn_kv_simd_available(void) { return false; }

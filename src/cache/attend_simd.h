@@ -16,7 +16,7 @@ void attn_kv_scores_avx512(const float *Q, int64_t R, const void *K, int64_t nj,
 void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const void *V, int64_t nj,
                            int64_t D, float *O, bool bf16);
 /* dst[i] = src[i] as f32 (bfloat16 bits are the top half of an f32). */
-void attn_kv_widen_bf16_avx512(const uint16_t *src, float *dst, int64_t n);
+void attn_kv_widen_bf16_avx512(const void *src, float *dst, int64_t n);
 /* The CPU runs the loops above. */
 bool attn_kv_simd_available(void);
 

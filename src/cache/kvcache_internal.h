@@ -30,15 +30,4 @@ static inline int64_t attn_kv_row(const struct attn_kvcache *c, int64_t p) {
   return c->mode == ATTN_KVCACHE_RING ? p % c->cap : p;
 }
 
-/* f32 → bfloat16, round to nearest even (NaN stays a quiet NaN). */
-static inline uint16_t attn_f32_to_bf16(float f) {
-  union {
-    float f;
-    uint32_t u;
-  } x = {f};
-  if ((x.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x.u >> 16) | 0x40u);
-  x.u += 0x7fffu + ((x.u >> 16) & 1u);
-  return (uint16_t)(x.u >> 16);
-}
-
 #endif

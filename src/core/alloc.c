@@ -39,3 +39,16 @@ bool attn_bytes_ok(const int64_t *dims, int n, size_t elem_size, size_t *bytes) 
   *bytes = (size_t)total;
   return true;
 }
+
+size_t attn_carve(attn_carver *c, size_t elem, int64_t a, int64_t b, int64_t cnt) {
+  const size_t at = (size_t)c->bytes;
+  int64_t n = (int64_t)elem;
+  if (!c->ok || a < 0 || b < 0 || cnt < 0 || !attn_mul_ok(n, a, &n) || !attn_mul_ok(n, b, &n) ||
+      !attn_mul_ok(n, cnt, &n) || !attn_add_ok(n, ATTN_ALIGN - 1, &n) ||
+      !attn_add_ok(c->bytes, n / ATTN_ALIGN * ATTN_ALIGN, &c->bytes) ||
+      (uint64_t)c->bytes > (uint64_t)SIZE_MAX / 2) {
+    c->ok = false;
+    return 0;
+  }
+  return at;
+}

@@ -13,11 +13,11 @@ attn_status attn_desc_create(attn_context *ctx, attn_desc **out) {
   if (d == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_desc_create: out of memory");
   d->ctx = ctx;
   d->variant = ATTN_VARIANT_EXACT;
-  d->score = ATTN_SCORE_SCALED_DOT;
-  d->causal = ATTN_CAUSAL_NONE;
-  d->win_left = ATTN_WINDOW_UNBOUNDED;
-  d->win_right = ATTN_WINDOW_UNBOUNDED;
-  d->block = 64;
+  d->score.kind = ATTN_SCORE_SCALED_DOT;
+  d->mask.causal = ATTN_CAUSAL_NONE;
+  d->mask.win_left = ATTN_WINDOW_UNBOUNDED;
+  d->mask.win_right = ATTN_WINDOW_UNBOUNDED;
+  d->block.size = 64;
   *out = d;
   return ATTN_OK;
 }
@@ -46,7 +46,7 @@ attn_status attn_desc_set_score(attn_desc *desc, attn_score score) {
   if ((int)score < ATTN_SCORE_SCALED_DOT || (int)score > ATTN_SCORE_ADDITIVE)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "score: %d is not an attn_score",
                      (int)score);
-  desc->score = score;
+  desc->score.kind = score;
   return ATTN_OK;
 }
 
@@ -54,7 +54,7 @@ attn_status attn_desc_set_scale(attn_desc *desc, double scale) {
   DESC_GUARD(desc);
   if (!isfinite(scale) || scale <= 0.0)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "scale: %g must be finite and > 0", scale);
-  desc->scale = scale;
+  desc->score.scale = scale;
   return ATTN_OK;
 }
 
@@ -63,7 +63,7 @@ attn_status attn_desc_set_causal(attn_desc *desc, attn_causal causal) {
   if ((int)causal < ATTN_CAUSAL_NONE || (int)causal > ATTN_CAUSAL_BOTTOM_RIGHT)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "causal: %d is not an attn_causal",
                      (int)causal);
-  desc->causal = causal;
+  desc->mask.causal = causal;
   return ATTN_OK;
 }
 
@@ -73,8 +73,8 @@ attn_status attn_desc_set_window(attn_desc *desc, int64_t left, int64_t right) {
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "left: %" PRId64 " must be >= 0", left);
   if (right < 0)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "right: %" PRId64 " must be >= 0", right);
-  desc->win_left = left;
-  desc->win_right = right;
+  desc->mask.win_left = left;
+  desc->mask.win_right = right;
   return ATTN_OK;
 }
 
@@ -97,14 +97,14 @@ static attn_status set_lengths(attn_desc *desc, const char *name, const int64_t 
 
 attn_status attn_desc_set_key_lengths(attn_desc *desc, const int64_t *lengths, int64_t count) {
   DESC_GUARD(desc);
-  return set_lengths(desc, "key_lengths", lengths, count, &desc->key_lengths,
-                     &desc->n_key_lengths);
+  return set_lengths(desc, "key_lengths", lengths, count, &desc->mask.key_lengths,
+                     &desc->mask.n_key_lengths);
 }
 
 attn_status attn_desc_set_query_lengths(attn_desc *desc, const int64_t *lengths, int64_t count) {
   DESC_GUARD(desc);
-  return set_lengths(desc, "query_lengths", lengths, count, &desc->query_lengths,
-                     &desc->n_query_lengths);
+  return set_lengths(desc, "query_lengths", lengths, count, &desc->mask.query_lengths,
+                     &desc->mask.n_query_lengths);
 }
 
 static attn_status check_mask_tensor(attn_desc *desc, const char *name, const attn_tensor *m,
@@ -125,14 +125,14 @@ static attn_status check_mask_tensor(attn_desc *desc, const char *name, const at
 attn_status attn_desc_set_bool_mask(attn_desc *desc, const attn_tensor *mask) {
   DESC_GUARD(desc);
   attn_status st = check_mask_tensor(desc, "bool_mask", mask, true);
-  if (st == ATTN_OK) desc->bool_mask = mask;
+  if (st == ATTN_OK) desc->mask.bool_mask = mask;
   return st;
 }
 
 attn_status attn_desc_set_additive_mask(attn_desc *desc, const attn_tensor *mask) {
   DESC_GUARD(desc);
   attn_status st = check_mask_tensor(desc, "additive_mask", mask, false);
-  if (st == ATTN_OK) desc->add_mask = mask;
+  if (st == ATTN_OK) desc->mask.add_mask = mask;
   return st;
 }
 
@@ -147,8 +147,8 @@ attn_status attn_desc_set_alibi(attn_desc *desc, const double *slopes, int64_t c
     if (!isfinite(slopes[i]))
       return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "slopes[%" PRId64 "]: %g is not finite",
                        i, slopes[i]);
-  desc->alibi = slopes;
-  desc->n_alibi = count;
+  desc->mask.alibi = slopes;
+  desc->mask.n_alibi = count;
   return ATTN_OK;
 }
 
@@ -156,7 +156,7 @@ attn_status attn_desc_set_softcap(attn_desc *desc, double cap) {
   DESC_GUARD(desc);
   if (!isfinite(cap) || cap <= 0.0)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "cap: %g must be finite and > 0", cap);
-  desc->softcap = cap;
+  desc->mask.softcap = cap;
   return ATTN_OK;
 }
 
@@ -164,7 +164,7 @@ attn_status attn_desc_set_general_weight(attn_desc *desc, const attn_tensor *w) 
   DESC_GUARD(desc);
   if (w != NULL && w->rank != 2)
     return attn_fail(desc->ctx, ATTN_ERR_SHAPE, "w: rank %d, expected 2 [d_q, d_k]", (int)w->rank);
-  desc->general_w = w;
+  desc->score.general_w = w;
   return ATTN_OK;
 }
 
@@ -187,10 +187,10 @@ attn_status attn_desc_set_additive_weights(attn_desc *desc, const attn_tensor *w
   if (w_k->shape[0] != a || v->shape[0] != a || (bias != NULL && bias->shape[0] != a))
     return attn_fail(desc->ctx, ATTN_ERR_SHAPE,
                      "w_k/bias/v: attention dim must equal w_q's A = %" PRId64, a);
-  desc->add_wq = w_q;
-  desc->add_wk = w_k;
-  desc->add_bias = bias;
-  desc->add_v = v;
+  desc->score.wq = w_q;
+  desc->score.wk = w_k;
+  desc->score.bias = bias;
+  desc->score.v = v;
   return ATTN_OK;
 }
 
@@ -211,10 +211,10 @@ attn_status attn_desc_set_swin(attn_desc *desc, int64_t grid_h, int64_t grid_w, 
   int64_t s;
   if (!attn_mul_ok(grid_h, grid_w, &s))
     return attn_fail(desc->ctx, ATTN_ERR_OVERFLOW, "grid_h * grid_w overflows");
-  desc->swin_h = grid_h;
-  desc->swin_w = grid_w;
-  desc->swin_window = window;
-  desc->swin_shift = shift;
+  desc->swin.h = grid_h;
+  desc->swin.w = grid_w;
+  desc->swin.window = window;
+  desc->swin.shift = shift;
   return ATTN_OK;
 }
 
@@ -223,7 +223,7 @@ attn_status attn_desc_set_swin_bias(attn_desc *desc, const attn_tensor *table) {
   if (table != NULL && table->rank != 2)
     return attn_fail(desc->ctx, ATTN_ERR_SHAPE, "table: rank %d, expected 2 [(2M-1)^2, H]",
                      (int)table->rank);
-  desc->swin_bias = table;
+  desc->swin.bias = table;
   return ATTN_OK;
 }
 
@@ -238,8 +238,8 @@ attn_status attn_desc_set_global_tokens(attn_desc *desc, const int64_t *indices,
     if (indices[i] < 0)
       return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "indices[%" PRId64 "]: %" PRId64
                        " is negative", i, indices[i]);
-  desc->global_idx = indices;
-  desc->n_global = count;
+  desc->global.idx = indices;
+  desc->global.n = count;
   return ATTN_OK;
 }
 
@@ -247,7 +247,7 @@ attn_status attn_desc_set_block_size(attn_desc *desc, int64_t block) {
   DESC_GUARD(desc);
   if (block < 1)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "block: %" PRId64 " must be >= 1", block);
-  desc->block = block;
+  desc->block.size = block;
   return ATTN_OK;
 }
 
@@ -263,10 +263,10 @@ attn_status attn_desc_set_bigbird(attn_desc *desc, int64_t window_blocks, int64_
   if (random_blocks < 0)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "random_blocks: %" PRId64 " is negative",
                      random_blocks);
-  desc->bb_window = window_blocks;
-  desc->bb_global = global_blocks;
-  desc->bb_random = random_blocks;
-  desc->bb_seed = seed;
+  desc->block.window = window_blocks;
+  desc->block.global = global_blocks;
+  desc->block.random = random_blocks;
+  desc->block.seed = seed;
   return ATTN_OK;
 }
 
@@ -275,7 +275,7 @@ attn_status attn_desc_set_block_layout(attn_desc *desc, const attn_tensor *layou
   if (layout != NULL && (layout->rank != 3 || layout->dtype != ATTN_DTYPE_U8))
     return attn_fail(desc->ctx, ATTN_ERR_SHAPE,
                      "layout: expected a u8 tensor of rank 3 [H|1, ceil(S_q/b), ceil(S_k/b)]");
-  desc->layout = layout;
+  desc->block.layout = layout;
   return ATTN_OK;
 }
 
@@ -284,8 +284,8 @@ attn_status attn_desc_set_features(attn_desc *desc, int64_t num_features, uint64
   if (num_features < 1)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "num_features: %" PRId64 " must be >= 1",
                      num_features);
-  desc->features = num_features;
-  desc->feature_seed = seed;
+  desc->features.count = num_features;
+  desc->features.seed = seed;
   return ATTN_OK;
 }
 
@@ -293,8 +293,8 @@ attn_status attn_desc_set_lowrank(attn_desc *desc, int64_t rank, uint64_t seed) 
   DESC_GUARD(desc);
   if (rank < 1)
     return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "rank: %" PRId64 " must be >= 1", rank);
-  desc->rank = rank;
-  desc->rank_seed = seed;
+  desc->lowrank.rank = rank;
+  desc->lowrank.seed = seed;
   return ATTN_OK;
 }
 
@@ -312,7 +312,11 @@ attn_status attn_desc_set_lowrank_proj(attn_desc *desc, const attn_tensor *e,
       return attn_fail(desc->ctx, ATTN_ERR_SHAPE, "f: rank %d differs from e's rank %d",
                        (int)f->rank, (int)e->rank);
   }
-  desc->lr_e = e;
-  desc->lr_f = f;
+  desc->lowrank.e = e;
+  desc->lowrank.f = f;
   return ATTN_OK;
+}
+
+double attn_default_scale(attn_score score, int64_t d_k) {
+  return score == ATTN_SCORE_SCALED_DOT ? 1.0 / sqrt((double)d_k) : 1.0;
 }

@@ -67,6 +67,66 @@ static inline int64_t attn_max64(int64_t a, int64_t b) { return a > b ? a : b; }
 /* ⌈a / b⌉ for a ≥ 0, b ≥ 1, without overflow near INT64_MAX. */
 static inline int64_t attn_cdiv64(int64_t a, int64_t b) { return a / b + (a % b != 0); }
 
+/* ---- dtypes: one traits row per element type (core/dtype.c) ---------------
+ *
+ * The one way libattn is generic over types:
+ *  - data that differs per type (size, name, the type kernels compute in,
+ *    converters between a storage type and f32, the BLAS GEMM) is a row of
+ *    this table, ggml-style, so type-agnostic code asks the row instead of
+ *    branching on the dtype;
+ *  - loops that must run in the compute type are written once in a
+ *    template file (*_impl.inc) and stamped out for f32 and f64 by
+ *    core/tmpl.h (see there). A storage type that is not a compute type
+ *    (bf16 today, f16/int8 next) adds a row with converters, not a copy of
+ *    a loop. */
+typedef void (*attn_to_f32_fn)(const void *src, float *dst, int64_t n);
+typedef void (*attn_from_f32_fn)(const float *src, void *dst, int64_t n);
+/* C = alpha·op(A)·op(B) + beta·C on elements of the row's compute type. */
+typedef void (*attn_gemm_fn)(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha,
+                             const void *A, int64_t lda, const void *B, int64_t ldb,
+                             double beta, void *C, int64_t ldc);
+
+typedef struct attn_dtype_traits {
+  const char *name;     /* "f32" */
+  size_t size;          /* bytes per stored element; 0: not a valid dtype */
+  attn_dtype compute;   /* the type kernels compute in (0: not computable) */
+  attn_to_f32_fn to_f32;     /* storage → f32 (storage-only types) */
+  attn_from_f32_fn from_f32; /* f32 → storage, round to nearest even */
+  attn_gemm_fn gemm;    /* compute types only */
+} attn_dtype_traits;
+
+/* The row of a public dtype; a row of size 0 for values outside the enum. */
+const attn_dtype_traits *attn_dtype_info(attn_dtype dtype);
+/* bfloat16 storage (the KV cache's; not yet a tensor dtype). */
+extern const attn_dtype_traits attn_bf16_traits;
+
+size_t attn_dtype_size(attn_dtype dtype); /* 0 for unknown */
+const char *attn_dtype_name(attn_dtype dtype);
+
+/* f32 → bfloat16, round to nearest even (NaN stays a quiet NaN). */
+static inline uint16_t attn_f32_to_bf16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } x = {f};
+  if ((x.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x.u >> 16) | 0x40u);
+  x.u += 0x7fffu + ((x.u >> 16) & 1u);
+  return (uint16_t)(x.u >> 16);
+}
+
+/* ---- workspace carving (core/alloc.c) ---------------------------------------
+ * Every plan lays its scratch out with a carver: each part is a product of
+ * up to three counts times an element size, placed at a 64-byte aligned byte
+ * offset; any overflow leaves ok false (and the caller reports it). */
+typedef struct attn_carver {
+  int64_t bytes; /* end of the last part (a multiple of 64) */
+  bool ok;
+} attn_carver;
+
+static inline attn_carver attn_carver_start(void) { return (attn_carver){0, true}; }
+/* Reserve a·b·c elements of elem bytes; returns the part's byte offset. */
+size_t attn_carve(attn_carver *c, size_t elem, int64_t a, int64_t b, int64_t cnt);
+
 /* ---- tensors (core/tensor.c) ---------------------------------------------- */
 
 struct attn_tensor {
@@ -79,8 +139,10 @@ struct attn_tensor {
   size_t owned_bytes; /* > 0 when data is owned */
 };
 
-size_t attn_dtype_size(attn_dtype dtype); /* 0 for unknown */
-const char *attn_dtype_name(attn_dtype dtype);
+/* A borrowed rank-4 view built on the stack (no allocation): for kernels that
+ * hand slices of their workspace to other kernels. strides NULL: contiguous. */
+attn_tensor attn_tensor_view4(attn_dtype dtype, const int64_t shape[4], const int64_t *strides,
+                              void *data);
 
 /* Formats "[2,8,128,64]" into buf. */
 const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len);
@@ -88,6 +150,11 @@ const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len);
 /* Checks for a tensor argument named `name`: not NULL, rank, dtype. */
 attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_tensor *t,
                               int32_t rank, attn_dtype dtype);
+
+/* t's dims against want[] (−1: any); ATTN_ERR_SHAPE naming t, its shape and
+ * `what` it should match. The one shape checker. */
+attn_status attn_check_dims(attn_context *ctx, const char *name, const attn_tensor *t,
+                            const int64_t *want, const char *what);
 
 /* A matrix handed to BLAS as (pointer, leading dimension): the columns must
  * be contiguous (col_stride 1, unless there is one column), rows must not
@@ -107,60 +174,101 @@ static inline int64_t attn_off4(const attn_tensor *t, int64_t a, int64_t b, int6
 /* Largest element offset + 1 (checked for overflow at create/wrap). */
 bool attn_tensor_extent(const attn_tensor *t, int64_t *extent);
 
-/* ---- descriptor (core/desc.c) --------------------------------------------- */
+/* ---- descriptor (core/desc.c) ---------------------------------------------
+ * Grouped by concern: how scores are formed, which keys each query keeps
+ * (the mask module reads only `mask`), and each variant's own knobs. */
 
 struct attn_desc {
   attn_context *ctx;
   attn_variant variant;
-  attn_score score;
-  double scale; /* 0 = default for the score kind */
-  attn_causal causal;
-  int64_t win_left, win_right; /* ATTN_WINDOW_UNBOUNDED = none */
-  const int64_t *key_lengths;
-  int64_t n_key_lengths;
-  const int64_t *query_lengths;
-  int64_t n_query_lengths;
-  const attn_tensor *bool_mask;
-  const attn_tensor *add_mask;
-  const double *alibi;
-  int64_t n_alibi;
-  double softcap; /* 0 = off */
-  const attn_tensor *general_w;
-  const attn_tensor *add_wq, *add_wk, *add_bias, *add_v;
-  /* Swin */
-  int64_t swin_h, swin_w, swin_window, swin_shift;
-  const attn_tensor *swin_bias;
-  /* Longformer */
-  const int64_t *global_idx;
-  int64_t n_global;
-  /* BigBird / block-sparse */
-  int64_t block;
-  int64_t bb_window, bb_global, bb_random;
-  uint64_t bb_seed;
-  const attn_tensor *layout;
-  /* Performer */
-  int64_t features;
-  uint64_t feature_seed;
-  /* Linformer */
-  int64_t rank;
-  uint64_t rank_seed;
-  const attn_tensor *lr_e, *lr_f;
+  struct attn_desc_score {
+    attn_score kind;
+    double scale; /* 0 = the kind's default (attn_default_scale) */
+    const attn_tensor *general_w;             /* Luong general: W [d_q, d_k] */
+    const attn_tensor *wq, *wk, *bias, *v;    /* Bahdanau additive */
+  } score;
+  struct attn_desc_mask {
+    attn_causal causal;
+    int64_t win_left, win_right; /* ATTN_WINDOW_UNBOUNDED = none */
+    const int64_t *key_lengths;
+    int64_t n_key_lengths;
+    const int64_t *query_lengths;
+    int64_t n_query_lengths;
+    const attn_tensor *bool_mask;
+    const attn_tensor *add_mask;
+    const double *alibi;
+    int64_t n_alibi;
+    double softcap; /* 0 = off */
+  } mask;
+  struct {
+    int64_t h, w, window, shift;
+    const attn_tensor *bias;
+  } swin;
+  struct { /* Longformer */
+    const int64_t *idx;
+    int64_t n;
+  } global;
+  struct { /* BigBird / block-sparse */
+    int64_t size;
+    int64_t window, global, random;
+    uint64_t seed;
+    const attn_tensor *layout;
+  } block;
+  struct { /* Performer */
+    int64_t count;
+    uint64_t seed;
+  } features;
+  struct { /* Linformer */
+    int64_t rank;
+    uint64_t seed;
+    const attn_tensor *e, *f;
+  } lowrank;
 };
+
+/* 1/√d_k for the scaled dot product, 1 for every other score. */
+double attn_default_scale(attn_score score, int64_t d_k);
+
+/* ---- options and the variant table (core/variants.c) -----------------------
+ * What a call asks for, as bits; each consumer (a plan variant, the KV cache)
+ * states what it supports, and attn_options_check() rejects the rest in one
+ * place, naming the option and the consumer. */
+typedef enum attn_option {
+  ATTN_OPT_CAUSAL_TL,      /* causal, top-left */
+  ATTN_OPT_CAUSAL_BR,      /* causal, bottom-right */
+  ATTN_OPT_WINDOW,
+  ATTN_OPT_KEY_LENGTHS,
+  ATTN_OPT_QUERY_LENGTHS,
+  ATTN_OPT_BOOL_MASK,
+  ATTN_OPT_ADD_MASK,
+  ATTN_OPT_ALIBI,
+  ATTN_OPT_SOFTCAP,
+  ATTN_OPT_SCALE,          /* an explicit score scale */
+  ATTN_OPT_SCORE_GENERAL,
+  ATTN_OPT_SCORE_ADDITIVE,
+  ATTN_OPT_WEIGHTS,
+  ATTN_OPT_LSE,
+  ATTN_OPT_COUNT
+} attn_option;
+#define ATTN_OPT(o) (1u << (o))
+#define ATTN_OPT_ALL ((1u << ATTN_OPT_COUNT) - 1u)
+
+/* A consumer's support row: the options it takes, and for options it
+ * rejects an optional reason (the message is "<option>: <reason>", or
+ * "<option>: not supported by <name>"). */
+typedef struct attn_support {
+  const char *name;
+  uint32_t supported;
+  const char *why[ATTN_OPT_COUNT];
+} attn_support;
+
+/* The options desc asks for (with a weights / lse output or not). */
+uint32_t attn_options_used(const attn_desc *desc, bool weights, bool lse);
+/* ATTN_ERR_UNSUPPORTED for the first used option s does not support. */
+attn_status attn_options_check(attn_context *ctx, const attn_support *s, uint32_t used);
 
 /* ---- plans (core/plan.c) -------------------------------------------------- */
 
 struct attn_plan;
-
-typedef struct attn_plan_ops {
-  const char *name;
-  attn_status (*execute)(struct attn_plan *plan, const attn_tensor *q, const attn_tensor *k,
-                         const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                         attn_tensor *lse);
-  void (*destroy)(struct attn_plan *plan); /* frees impl; may be NULL */
-  /* Optional: sparse variants' block layout, Performer's feature redraw. */
-  attn_status (*block_layout)(const struct attn_plan *plan, uint8_t *buf, size_t *size);
-  attn_status (*redraw)(struct attn_plan *plan, uint64_t seed);
-} attn_plan_ops;
 
 /* Metadata of a tensor bound to a plan, for execute-time matching. */
 typedef struct attn_tmeta {
@@ -182,28 +290,105 @@ attn_status attn_tmeta_check_all(attn_context *ctx, const attn_tmeta *meta,
                                  const attn_tensor *const *ts, const char *const *names,
                                  const bool *required, int n);
 
+/* Shapes of one attention call. */
+typedef struct attn_dims {
+  attn_dtype dtype;
+  int64_t B, H, Hkv, Sq, Sk, Dq, Dk, Dv;
+} attn_dims;
+
+/* One call's scratch: a region shared by the call's tasks, then one slot per
+ * thread of the executing context. Plans size both at creation; execute
+ * carves nothing and allocates nothing. */
+typedef struct attn_ws {
+  char *shared;
+  char *slots;
+  size_t slot_bytes;
+} attn_ws;
+static inline char *attn_ws_slot(const attn_ws *w, int32_t thread) {
+  return w->slots + (size_t)thread * w->slot_bytes;
+}
+
+/* One execute: the context whose threads run it (and which receives the
+ * error message) and its workspace. The plan itself is read-only. */
+typedef struct attn_run {
+  attn_context *ctx;
+  attn_ws ws;
+} attn_run;
+
+typedef attn_status (*attn_execute_fn)(const struct attn_plan *plan, const attn_run *run,
+                                       const attn_tensor *q, const attn_tensor *k,
+                                       const attn_tensor *v, attn_tensor *out,
+                                       attn_tensor *weights, attn_tensor *lse);
+
+/* A row of the variant table: how to build, run and tear down a plan of this
+ * variant, and the options it supports (checked before init). */
+typedef struct attn_variant_ops {
+  attn_variant id;
+  attn_support support;
+  /* Validate the variant's own options against p's shapes and set p->impl,
+   * p->ws_shared, p->ws_slot (and p->consts); on failure free what was
+   * allocated and return the status (message set). */
+  attn_status (*init)(struct attn_plan *p);
+  attn_execute_fn execute;
+  void (*destroy)(struct attn_plan *p); /* frees what init allocated beyond impl */
+  /* Optional: sparse variants' block layout, Performer's feature redraw. */
+  attn_status (*block_layout)(const struct attn_plan *plan, uint8_t *buf, size_t *size);
+  attn_status (*redraw)(struct attn_plan *plan, uint64_t seed);
+} attn_variant_ops;
+
+/* The table row of a variant (NULL for values outside the enum). */
+const attn_variant_ops *attn_variant_find(attn_variant v);
+
 struct attn_plan {
   attn_context *ctx;
   attn_desc desc; /* a copy; borrowed arrays/tensors stay the caller's */
-  attn_dtype dtype;
-  int64_t B, H, Hkv, Sq, Sk, Dq, Dk, Dv;
+  const attn_variant_ops *ops;
+  attn_dims dims;
   double scale; /* resolved */
   attn_tmeta meta[6]; /* q, k, v, out, weights, lse */
-  const attn_plan_ops *ops;
-  void *impl;        /* variant state */
-  void *workspace;   /* allocated at plan time */
-  size_t workspace_bytes;
+  void *impl;        /* variant state, read-only once made (but by redraw) */
   size_t impl_bytes; /* for the allocator's free() */
+  size_t ws_shared, ws_slot; /* workspace layout (bytes; multiples of 64) */
+  void *workspace;   /* the plan's own, for attn_plan_execute() */
+  size_t workspace_bytes;
 };
 
-/* Variant initialisers: validate the variant's options against the plan's
- * shapes, allocate workspace/impl through plan->ctx and set plan->ops.
- * On failure they free what they allocated and return the status (message set). */
-attn_status attn_exact_plan_init(struct attn_plan *plan);
-attn_status attn_swin_plan_init(struct attn_plan *plan);
-attn_status attn_sparse_plan_init(struct attn_plan *plan);  /* Longformer, BigBird, block-sparse */
-attn_status attn_linear_plan_init(struct attn_plan *plan);  /* elu+1, Performer */
-attn_status attn_lowrank_plan_init(struct attn_plan *plan); /* Linformer */
+/* The kernels' entry for plans built on other plans (multi-head): execute on
+ * an explicit run (context + workspace of attn_plan_ws_bytes(p, threads)). */
+size_t attn_plan_ws_bytes(const struct attn_plan *p, int32_t threads);
+attn_ws attn_plan_ws_at(const struct attn_plan *p, void *base);
+
+/* Each variant's functions; core/variants.c lists them in the table with
+ * what each supports. */
+attn_status attn_exact_plan_init(struct attn_plan *p);
+attn_status attn_exact_plan_execute(const struct attn_plan *p, const attn_run *run,
+                                    const attn_tensor *q, const attn_tensor *k,
+                                    const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
+                                    attn_tensor *lse);
+attn_status attn_swin_plan_init(struct attn_plan *p);
+attn_status attn_swin_plan_execute(const struct attn_plan *p, const attn_run *run,
+                                   const attn_tensor *q, const attn_tensor *k,
+                                   const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
+                                   attn_tensor *lse);
+/* Longformer, BigBird, block-sparse: the exact kernel with a sparse mask. */
+attn_status attn_sparse_plan_init(struct attn_plan *p);
+void attn_sparse_plan_destroy(struct attn_plan *p);
+attn_status attn_sparse_block_layout(const struct attn_plan *p, uint8_t *buf, size_t *size);
+/* elu+1 and Performer. */
+attn_status attn_linear_plan_init(struct attn_plan *p);
+attn_status attn_linear_plan_execute(const struct attn_plan *p, const attn_run *run,
+                                     const attn_tensor *q, const attn_tensor *k,
+                                     const attn_tensor *v, attn_tensor *out,
+                                     attn_tensor *weights, attn_tensor *lse);
+void attn_linear_plan_destroy(struct attn_plan *p);
+attn_status attn_performer_redraw(struct attn_plan *p, uint64_t seed);
+/* Linformer. */
+attn_status attn_lowrank_plan_init(struct attn_plan *p);
+attn_status attn_lowrank_plan_execute(const struct attn_plan *p, const attn_run *run,
+                                      const attn_tensor *q, const attn_tensor *k,
+                                      const attn_tensor *v, attn_tensor *out,
+                                      attn_tensor *weights, attn_tensor *lse);
+void attn_lowrank_plan_destroy(struct attn_plan *p);
 
 /* ---- threads (core/threadpool.c) ------------------------------------------ */
 

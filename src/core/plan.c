@@ -1,5 +1,7 @@
-/* Plans: shape validation common to every variant, then the variant's own
- * initialiser; execute checks the tensors against the plan and dispatches. */
+/* Plans: shape validation common to every variant, the variant table's
+ * options check, then the variant's own initialiser. Execute checks the
+ * tensors against the plan and runs the variant on a workspace: the plan's
+ * own, or the caller's (attn_plan_execute_on), never touching the plan. */
 #include <inttypes.h>
 #include <math.h>
 #include <string.h>
@@ -8,19 +10,6 @@
 
 enum { META_Q, META_K, META_V, META_OUT, META_W, META_LSE };
 static const char *const meta_names[6] = {"q", "k", "v", "out", "weights", "lse"};
-
-static attn_status expect_dims(attn_context *ctx, const char *name, const attn_tensor *t,
-                               const int64_t *want, const char *what) {
-  for (int32_t i = 0; i < t->rank; i++) {
-    if (want[i] >= 0 && t->shape[i] != want[i]) {
-      char got[96];
-      return attn_fail(ctx, ATTN_ERR_SHAPE,
-                       "%s: shape %s does not match %s (dim %d should be %" PRId64 ")", name,
-                       attn_shape_str(t, got, sizeof got), what, (int)i, want[i]);
-    }
-  }
-  return ATTN_OK;
-}
 
 /* Outputs are written by several tasks at once, so no two indices may reach
  * the same element (a stride of 0 or overlapping rows would make the result
@@ -64,36 +53,38 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   if ((st = attn_check_tensor(ctx, "v", v, 4, dt)) != ATTN_OK) return st;
   if ((st = attn_check_tensor(ctx, "out", out, 4, dt)) != ATTN_OK) return st;
 
-  p->dtype = dt;
-  p->B = q->shape[0];
-  p->H = q->shape[1];
-  p->Sq = q->shape[2];
-  p->Dq = q->shape[3];
-  p->Hkv = k->shape[1];
-  p->Sk = k->shape[2];
-  p->Dk = k->shape[3];
-  p->Dv = v->shape[3];
+  attn_dims *d = &p->dims;
+  d->dtype = dt;
+  d->B = q->shape[0];
+  d->H = q->shape[1];
+  d->Sq = q->shape[2];
+  d->Dq = q->shape[3];
+  d->Hkv = k->shape[1];
+  d->Sk = k->shape[2];
+  d->Dk = k->shape[3];
+  d->Dv = v->shape[3];
 
-  const int64_t kwant[4] = {p->B, -1, -1, -1};
-  if ((st = expect_dims(ctx, "k", k, kwant, "q's batch")) != ATTN_OK) return st;
-  const int64_t vwant[4] = {p->B, p->Hkv, p->Sk, -1};
-  if ((st = expect_dims(ctx, "v", v, vwant, "k's [B, H_kv, S_k]")) != ATTN_OK) return st;
-  if (p->H % p->Hkv != 0) {
+  const int64_t kwant[4] = {d->B, -1, -1, -1};
+  if ((st = attn_check_dims(ctx, "k", k, kwant, "q's batch")) != ATTN_OK) return st;
+  const int64_t vwant[4] = {d->B, d->Hkv, d->Sk, -1};
+  if ((st = attn_check_dims(ctx, "v", v, vwant, "k's [B, H_kv, S_k]")) != ATTN_OK) return st;
+  if (d->H % d->Hkv != 0) {
     char a[96], b[96];
     return attn_fail(ctx, ATTN_ERR_SHAPE,
                      "k: %" PRId64 " key/value heads (shape %s) do not divide q's %" PRId64
                      " heads (shape %s)",
-                     p->Hkv, attn_shape_str(k, a, sizeof a), p->H, attn_shape_str(q, b, sizeof b));
+                     d->Hkv, attn_shape_str(k, a, sizeof a), d->H, attn_shape_str(q, b, sizeof b));
   }
-  bool projected_score = desc->score == ATTN_SCORE_GENERAL || desc->score == ATTN_SCORE_ADDITIVE;
-  if (!projected_score && p->Dk != p->Dq) {
+  bool projected_score =
+      desc->score.kind == ATTN_SCORE_GENERAL || desc->score.kind == ATTN_SCORE_ADDITIVE;
+  if (!projected_score && d->Dk != d->Dq) {
     char a[96], b[96];
     return attn_fail(ctx, ATTN_ERR_SHAPE, "k: head dim %" PRId64 " (shape %s) differs from q's %"
-                     PRId64 " (shape %s)", p->Dk, attn_shape_str(k, a, sizeof a), p->Dq,
+                     PRId64 " (shape %s)", d->Dk, attn_shape_str(k, a, sizeof a), d->Dq,
                      attn_shape_str(q, b, sizeof b));
   }
-  const int64_t owant[4] = {p->B, p->H, p->Sq, p->Dv};
-  if ((st = expect_dims(ctx, "out", out, owant, "[B, H, S_q, d_v] of q and v")) != ATTN_OK)
+  const int64_t owant[4] = {d->B, d->H, d->Sq, d->Dv};
+  if ((st = attn_check_dims(ctx, "out", out, owant, "[B, H, S_q, d_v] of q and v")) != ATTN_OK)
     return st;
   if ((st = attn_check_matrix_rows(ctx, "q", q)) != ATTN_OK) return st;
   if ((st = attn_check_matrix_rows(ctx, "k", k)) != ATTN_OK) return st;
@@ -102,24 +93,21 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   if ((st = expect_distinct(ctx, "out", out)) != ATTN_OK) return st;
   if (weights != NULL) {
     if ((st = attn_check_tensor(ctx, "weights", weights, 4, dt)) != ATTN_OK) return st;
-    const int64_t wwant[4] = {p->B, p->H, p->Sq, p->Sk};
-    if ((st = expect_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
+    const int64_t wwant[4] = {d->B, d->H, d->Sq, d->Sk};
+    if ((st = attn_check_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
       return st;
     if ((st = attn_check_matrix_rows(ctx, "weights", weights)) != ATTN_OK) return st;
     if ((st = expect_distinct(ctx, "weights", weights)) != ATTN_OK) return st;
   }
   if (lse != NULL) {
     if ((st = attn_check_tensor(ctx, "lse", lse, 3, dt)) != ATTN_OK) return st;
-    const int64_t lwant[3] = {p->B, p->H, p->Sq};
-    if ((st = expect_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
+    const int64_t lwant[3] = {d->B, d->H, d->Sq};
+    if ((st = attn_check_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
     if ((st = expect_distinct(ctx, "lse", lse)) != ATTN_OK) return st;
   }
 
-  if (desc->scale > 0.0) {
-    p->scale = desc->scale;
-  } else {
-    p->scale = desc->score == ATTN_SCORE_SCALED_DOT ? 1.0 / sqrt((double)p->Dk) : 1.0;
-  }
+  p->scale = desc->score.scale > 0.0 ? desc->score.scale
+                                     : attn_default_scale(desc->score.kind, d->Dk);
   attn_tmeta_record(&p->meta[META_Q], q);
   attn_tmeta_record(&p->meta[META_K], k);
   attn_tmeta_record(&p->meta[META_V], v);
@@ -127,6 +115,15 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   attn_tmeta_record(&p->meta[META_W], weights);
   attn_tmeta_record(&p->meta[META_LSE], lse);
   return ATTN_OK;
+}
+
+size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
+  return p->ws_shared + p->ws_slot * (size_t)threads;
+}
+
+attn_ws attn_plan_ws_at(const attn_plan *p, void *base) {
+  attn_ws w = {(char *)base, (char *)base + p->ws_shared, p->ws_slot};
+  return w;
 }
 
 attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
@@ -143,41 +140,82 @@ attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const att
   tmp.desc = *desc;
   attn_status st = validate(ctx, desc, q, k, v, out, weights, lse, &tmp);
   if (st != ATTN_OK) return st;
+  tmp.ops = attn_variant_find(desc->variant);
+  if (tmp.ops == NULL)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "desc: unknown variant %d", (int)desc->variant);
+  if ((st = attn_options_check(ctx, &tmp.ops->support,
+                               attn_options_used(desc, weights != NULL, lse != NULL))) != ATTN_OK)
+    return st;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
 
   attn_plan *p = attn_alloc(ctx, sizeof *p);
   if (p == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
   *p = tmp;
-  switch (desc->variant) {
-    case ATTN_VARIANT_EXACT: st = attn_exact_plan_init(p); break;
-    case ATTN_VARIANT_SWIN: st = attn_swin_plan_init(p); break;
-    case ATTN_VARIANT_LONGFORMER:
-    case ATTN_VARIANT_BIGBIRD:
-    case ATTN_VARIANT_BLOCK_SPARSE: st = attn_sparse_plan_init(p); break;
-    case ATTN_VARIANT_LINEAR_ELU:
-    case ATTN_VARIANT_PERFORMER: st = attn_linear_plan_init(p); break;
-    case ATTN_VARIANT_LINFORMER: st = attn_lowrank_plan_init(p); break;
-    default: st = attn_fail(ctx, ATTN_ERR_INVALID_ARG, "desc: unknown variant %d", (int)desc->variant);
+  st = p->ops->init(p);
+  if (st == ATTN_OK) {
+    p->workspace_bytes = attn_plan_ws_bytes(p, ctx->num_threads);
+    if (p->workspace_bytes > 0 && (p->workspace = attn_alloc(ctx, p->workspace_bytes)) == NULL)
+      st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
+                     "attn_plan_create: cannot allocate %zu bytes of workspace", p->workspace_bytes);
   }
   if (st != ATTN_OK) {
-    attn_free(ctx, p, sizeof *p);
+    p->workspace_bytes = 0;
+    attn_plan_destroy(p);
     return st;
   }
   *plan = p;
   return ATTN_OK;
 }
 
+static attn_status run_checked(const attn_plan *plan, const attn_run *run, const attn_tensor *q,
+                               const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                               attn_tensor *weights, attn_tensor *lse) {
+  const attn_tensor *ts[6] = {q, k, v, out, weights, lse};
+  const bool required[6] = {true, true, true, true, false, false};
+  attn_status st = attn_tmeta_check_all(run->ctx, plan->meta, ts, meta_names, required, 6);
+  if (st != ATTN_OK) return st;
+  return plan->ops->execute(plan, run, q, k, v, out, weights, lse);
+}
+
 attn_status attn_plan_execute(attn_plan *plan, const attn_tensor *q, const attn_tensor *k,
                               const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
                               attn_tensor *lse) {
   if (plan == NULL) return ATTN_ERR_NULL_ARG;
-  attn_context *ctx = plan->ctx;
+  attn_clear_error(plan->ctx);
+  const attn_run run = {plan->ctx, attn_plan_ws_at(plan, plan->workspace)};
+  return run_checked(plan, &run, q, k, v, out, weights, lse);
+}
+
+size_t attn_plan_workspace_size_on(const attn_plan *plan, const attn_context *ctx) {
+  if (plan == NULL) return 0;
+  const attn_context *c = ctx != NULL ? ctx : plan->ctx;
+  return attn_plan_ws_bytes(plan, c->num_threads) + ATTN_ALIGN;
+}
+
+attn_status attn_plan_execute_on(const attn_plan *plan, attn_context *ctx, void *workspace,
+                                 size_t workspace_size, const attn_tensor *q,
+                                 const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
+                                 attn_tensor *weights, attn_tensor *lse) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  if (ctx == NULL) return ATTN_ERR_NULL_ARG;
   attn_clear_error(ctx);
-  const attn_tensor *ts[6] = {q, k, v, out, weights, lse};
-  const bool required[6] = {true, true, true, true, false, false};
-  attn_status st = attn_tmeta_check_all(ctx, plan->meta, ts, meta_names, required, 6);
-  if (st != ATTN_OK) return st;
-  return plan->ops->execute(plan, q, k, v, out, weights, lse);
+  const size_t need = attn_plan_workspace_size_on(plan, ctx);
+  if (workspace == NULL && need > ATTN_ALIGN)
+    return attn_fail(ctx, ATTN_ERR_NULL_ARG, "workspace: must not be NULL (%zu bytes needed)", need);
+  if (workspace_size < need)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "workspace_size: %zu bytes given, this plan on a context of %d threads "
+                     "needs %zu (attn_plan_workspace_size_on())",
+                     workspace_size, (int)ctx->num_threads, need);
+  if (ctx->num_threads > 1 && ctx->pool == NULL) {
+    attn_status st = attn_threadpool_ensure(ctx);
+    if (st != ATTN_OK) return st;
+  }
+  /* Align the caller's buffer: every part of a layout is 64-byte aligned. */
+  uintptr_t a = (uintptr_t)workspace;
+  char *base = (char *)workspace + ((ATTN_ALIGN - a % ATTN_ALIGN) % ATTN_ALIGN);
+  const attn_run run = {ctx, attn_plan_ws_at(plan, base)};
+  return run_checked(plan, &run, q, k, v, out, weights, lse);
 }
 
 void attn_tmeta_record(attn_tmeta *m, const attn_tensor *t) {
@@ -227,7 +265,8 @@ size_t attn_plan_workspace_size(const attn_plan *plan) {
 void attn_plan_destroy(attn_plan *plan) {
   if (plan == NULL) return;
   attn_context *ctx = plan->ctx;
-  if (plan->ops != NULL && plan->ops->destroy != NULL) plan->ops->destroy(plan);
+  if (plan->ops != NULL && plan->ops->destroy != NULL && plan->impl != NULL)
+    plan->ops->destroy(plan);
   attn_free(ctx, plan->workspace, plan->workspace_bytes);
   attn_free(ctx, plan->impl, plan->impl_bytes);
   attn_free(ctx, plan, sizeof *plan);
@@ -249,7 +288,7 @@ attn_status attn_plan_block_layout(const attn_plan *plan, uint8_t *buf, size_t *
   ATTN_CHECK_NULL(plan->ctx, size);
   if (plan->ops->block_layout == NULL)
     return attn_fail(plan->ctx, ATTN_ERR_UNSUPPORTED,
-                     "plan: variant '%s' has no block layout", plan->ops->name);
+                     "plan: variant '%s' has no block layout", plan->ops->support.name);
   return plan->ops->block_layout(plan, buf, size);
 }
 
@@ -257,6 +296,7 @@ attn_status attn_plan_redraw_features(attn_plan *plan, uint64_t seed) {
   if (plan == NULL) return ATTN_ERR_NULL_ARG;
   if (plan->ops->redraw == NULL)
     return attn_fail(plan->ctx, ATTN_ERR_UNSUPPORTED,
-                     "plan: variant '%s' has no random features to redraw", plan->ops->name);
+                     "plan: variant '%s' has no random features to redraw",
+                     plan->ops->support.name);
   return plan->ops->redraw(plan, seed);
 }

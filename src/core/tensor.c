@@ -6,24 +6,6 @@
 
 #include "core/internal.h"
 
-size_t attn_dtype_size(attn_dtype dtype) {
-  switch (dtype) {
-    case ATTN_DTYPE_F32: return 4;
-    case ATTN_DTYPE_F64: return 8;
-    case ATTN_DTYPE_U8: return 1;
-  }
-  return 0;
-}
-
-const char *attn_dtype_name(attn_dtype dtype) {
-  switch (dtype) {
-    case ATTN_DTYPE_F32: return "f32";
-    case ATTN_DTYPE_F64: return "f64";
-    case ATTN_DTYPE_U8: return "u8";
-  }
-  return "unknown";
-}
-
 const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len) {
   size_t used = 0;
   used += (size_t)snprintf(buf, len, "[");
@@ -31,6 +13,38 @@ const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len) {
     used += (size_t)snprintf(buf + used, len - used, "%s%" PRId64, i ? "," : "", t->shape[i]);
   if (used < len) snprintf(buf + used, len - used, "]");
   return buf;
+}
+
+attn_tensor attn_tensor_view4(attn_dtype dtype, const int64_t shape[4], const int64_t *strides,
+                              void *data) {
+  attn_tensor t;
+  memset(&t, 0, sizeof t);
+  t.dtype = dtype;
+  t.rank = 4;
+  memcpy(t.shape, shape, sizeof t.shape);
+  if (strides != NULL) {
+    memcpy(t.strides, strides, sizeof t.strides);
+  } else {
+    int64_t s = 1;
+    for (int i = 3; i >= 0; i--) {
+      t.strides[i] = s;
+      s *= shape[i];
+    }
+  }
+  t.data = data;
+  return t;
+}
+
+attn_status attn_check_dims(attn_context *ctx, const char *name, const attn_tensor *t,
+                            const int64_t *want, const char *what) {
+  for (int32_t i = 0; i < t->rank; i++)
+    if (want[i] >= 0 && t->shape[i] != want[i]) {
+      char got[96];
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "%s: shape %s does not match %s (dim %d should be %" PRId64 ")", name,
+                       attn_shape_str(t, got, sizeof got), what, (int)i, want[i]);
+    }
+  return ATTN_OK;
 }
 
 bool attn_tensor_extent(const attn_tensor *t, int64_t *extent) {

@@ -46,23 +46,31 @@ static attn_status check_lengths(attn_context *ctx, const char *name, const int6
   return ATTN_OK;
 }
 
-attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
-  attn_context *ctx = plan->ctx;
-  const attn_desc *d = &plan->desc;
+attn_mask_geom attn_mask_geom_of(const attn_desc *d, attn_dtype dtype, int64_t B, int64_t H,
+                                 int64_t Sq, int64_t Sk) {
+  attn_mask_geom g = {dtype, B, H, Sq, Sk, d->mask.causal != ATTN_CAUSAL_NONE,
+                      d->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT};
+  return g;
+}
+
+attn_status attn_mask_init(attn_mask *m, attn_context *ctx, const attn_desc *desc,
+                           const attn_mask_geom *g) {
+  const struct attn_desc_mask *d = &desc->mask;
   attn_status st;
   memset(m, 0, sizeof *m);
-  m->B = plan->B;
-  m->H = plan->H;
-  m->Sq = plan->Sq;
-  m->Sk = plan->Sk;
-  m->dtype = plan->dtype;
-  /* A window wider than both sequences is no window (keeps arithmetic in range). */
-  m->left = d->win_left >= m->Sq + m->Sk ? ATTN_WINDOW_UNBOUNDED : d->win_left;
-  m->right = d->win_right >= m->Sq + m->Sk ? ATTN_WINDOW_UNBOUNDED : d->win_right;
-  if (d->causal != ATTN_CAUSAL_NONE) m->right = 0 < m->right ? 0 : m->right;
-  m->banded = d->causal != ATTN_CAUSAL_NONE || m->left != ATTN_WINDOW_UNBOUNDED ||
-              m->right != ATTN_WINDOW_UNBOUNDED;
-  m->bottom_right = d->causal == ATTN_CAUSAL_BOTTOM_RIGHT;
+  m->B = g->B;
+  m->H = g->H;
+  m->Sq = g->Sq;
+  m->Sk = g->Sk;
+  m->dtype = g->dtype;
+  /* A window wider than both sequences is no window (keeps arithmetic in
+   * range; the sum cannot overflow: shapes and positions stay below 2^62). */
+  const int64_t span = m->Sq + m->Sk;
+  m->left = d->win_left >= span ? ATTN_WINDOW_UNBOUNDED : d->win_left;
+  m->right = d->win_right >= span ? ATTN_WINDOW_UNBOUNDED : d->win_right;
+  if (g->causal) m->right = 0 < m->right ? 0 : m->right;
+  m->banded = g->causal || m->left != ATTN_WINDOW_UNBOUNDED || m->right != ATTN_WINDOW_UNBOUNDED;
+  m->bottom_right = g->bottom_right;
   if ((st = check_lengths(ctx, "key_lengths", d->key_lengths, d->n_key_lengths, m->B, m->Sk,
                           "S_k")) != ATTN_OK)
     return st;
@@ -76,9 +84,9 @@ attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
       (st = bind_dense(ctx, "bool_mask", d->bool_mask, m, m->bm_stride)) != ATTN_OK)
     return st;
   if (d->add_mask != NULL) {
-    if (d->add_mask->dtype != plan->dtype)
+    if (d->add_mask->dtype != g->dtype)
       return attn_fail(ctx, ATTN_ERR_DTYPE, "additive_mask: dtype %s differs from q's %s",
-                       attn_dtype_name(d->add_mask->dtype), attn_dtype_name(plan->dtype));
+                       attn_dtype_name(d->add_mask->dtype), attn_dtype_name(g->dtype));
     if ((st = bind_dense(ctx, "additive_mask", d->add_mask, m, m->am_stride)) != ATTN_OK) return st;
   }
   m->softcap = d->softcap;
@@ -86,11 +94,12 @@ attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan) {
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "softcap: %g exceeds the f32 range of the plan",
                      m->softcap);
   m->max_ranges = 1;
-  attn_mask_bind(m, d);
+  attn_mask_bind(m, desc);
   return attn_mask_check(m, ctx); /* slopes in the plan's dtype range */
 }
 
-void attn_mask_bind(attn_mask *m, const attn_desc *d) {
+void attn_mask_bind(attn_mask *m, const attn_desc *desc) {
+  const struct attn_desc_mask *d = &desc->mask;
   m->key_len = d->key_lengths;
   m->query_len = d->query_lengths;
   m->bool_mask = d->bool_mask ? (const uint8_t *)d->bool_mask->data : NULL;
@@ -98,7 +107,8 @@ void attn_mask_bind(attn_mask *m, const attn_desc *d) {
   m->alibi = d->alibi;
   m->has_dense = m->bool_mask != NULL || m->add_mask != NULL;
   m->has_transform = m->softcap > 0.0 || m->alibi != NULL || m->add_mask != NULL;
-  if (m->layout_from_desc && d->layout != NULL) m->layout = (const uint8_t *)d->layout->data;
+  if (m->layout_from_desc && desc->block.layout != NULL)
+    m->layout = (const uint8_t *)desc->block.layout->data;
 }
 
 void attn_mask_set_layout(attn_mask *m, const uint8_t *layout, int64_t block, int64_t nqb,
@@ -335,18 +345,5 @@ attn_tile_class attn_mask_classify(const attn_mask *m, int64_t b, int64_t h, int
  * every key is masked. */
 #define ATTN_MASKED_ADD (-FLT_MAX)
 
-#define T float
-#define SUFFIX f32
-#define TANH_VEC(x, n) attn_vmath_get()->tanh_f32((x), (n))
-#include "mask/mask_apply.inc"
-#undef T
-#undef SUFFIX
-#undef TANH_VEC
-
-#define T double
-#define SUFFIX f64
-#define TANH_VEC(x, n) attn_tanh_f64((x), (n))
-#include "mask/mask_apply.inc"
-#undef T
-#undef SUFFIX
-#undef TANH_VEC
+#define ATTN_TMPL_FILE "mask/mask_apply.inc"
+#include "core/tmpl.h"

@@ -56,10 +56,25 @@ typedef struct attn_mask {
   const uint8_t *is_global;  /* [S] flags */
 } attn_mask;
 
-/* Resolve the descriptor's mask options for a plan (validates and names the
- * bad argument). Dense masks must have the plan's dtype (additive) or U8 (bool),
- * rank 4, dims equal or 1. */
-attn_status attn_mask_init(attn_mask *m, struct attn_plan *plan);
+/* What the mask is resolved against: the scores' dtype and shape, and how
+ * query rows align with keys. */
+typedef struct attn_mask_geom {
+  attn_dtype dtype; /* of the scores: slopes and softcap must fit it */
+  int64_t B, H, Sq, Sk;
+  bool causal;       /* keep j ≤ i' (folded into the band) */
+  bool bottom_right; /* i' = i + (key_len_b − query_len_b), else i' = i */
+} attn_mask_geom;
+
+/* The geometry of a plan over [B, H, S_q, ·] × [·, ·, S_k, ·] scores with
+ * the descriptor's causal setting. */
+attn_mask_geom attn_mask_geom_of(const attn_desc *d, attn_dtype dtype, int64_t B, int64_t H,
+                                 int64_t Sq, int64_t Sk);
+
+/* Resolve the descriptor's mask options (d->mask; validates and names the
+ * bad argument) for geometry g. Dense masks must have g's dtype (additive)
+ * or U8 (bool), rank 4, dims equal or 1. */
+attn_status attn_mask_init(attn_mask *m, attn_context *ctx, const attn_desc *d,
+                           const attn_mask_geom *g);
 
 /* Restrict an initialised mask to a block layout (U8, element strides
  * stride[0..2], stride[0] = 0 when shared by heads) of nqb × nkb blocks of
@@ -77,7 +92,9 @@ void attn_mask_set_layout(attn_mask *m, const uint8_t *layout, int64_t block, in
 void attn_mask_set_longformer(attn_mask *m, bool causal, const int64_t *sorted, int64_t n,
                               const uint8_t *flags);
 
-/* Re-read borrowed pointers (data may move between executes). */
+/* Point a copy of a plan's mask at the descriptor's borrowed arrays for one
+ * execute (their data may move between executes). Kernels bind a local copy:
+ * the plan's own mask is never written after plan creation. */
 void attn_mask_bind(attn_mask *m, const attn_desc *desc);
 
 /* Re-check the borrowed arrays' contents after attn_mask_bind(): the caller

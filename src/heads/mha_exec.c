@@ -1,0 +1,213 @@
+/* Multi-head execute: three projection GEMMs into the workspace, the
+ * appended bias/zero key rows, the combined mask if any, the inner attention
+ * on head views of the workspace, then one GEMM for the out-projection
+ * reading the merged heads in place. The plan is only read: every buffer is
+ * in the run's workspace (the plan's own, or the caller's). */
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+
+#include "heads/mha_internal.h"
+#include "kernels/vmath.h"
+
+static const char *const meta_names[M_COUNT] = {"query", "key", "value", "key_padding_mask",
+                                                "out", "weights"};
+
+static inline void *at(void *base, int64_t off, size_t es) { return (char *)base + off * (int64_t)es; }
+static inline const void *cat(const void *base, int64_t off, size_t es) {
+  return (const char *)base + off * (int64_t)es;
+}
+
+#define ATTN_TMPL_FILE "heads/mha_impl.inc"
+#include "core/tmpl.h"
+
+/* C[M×N] = A[M×K] · W[N×K]ᵀ */
+static void gemm_nt(attn_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
+                    const void *W, int64_t ldw, void *C, int64_t ldc) {
+  if (M == 1) { /* a single row: any leading dimensions will do, BLAS checks them */
+    lda = K;
+    ldc = N;
+  }
+  attn_dtype_info(dt)->gemm(false, true, M, N, K, 1.0, A, lda, W, ldw, 0.0, C, ldc);
+}
+
+/* dst(b, s) = src(b, s) · Wᵀ + bias for s < S (rows strided (sb, ss) and
+ * (dsb, dss)). Runs on the context's pool in fixed chunks of PROJ_ROWS rows
+ * per batch item, each a single-threaded GEMM: OpenBLAS's own threads stay
+ * asleep (they would spin on the cores the attention kernel needs next), and
+ * the result does not depend on the thread count. */
+#define PROJ_ROWS 64
+
+typedef struct proj_job {
+  attn_dtype dt;
+  int64_t S, N, K, chunks;
+  const void *src, *W, *bias;
+  int64_t sb, ss, ldw, dsb, dss;
+  void *dst;
+} proj_job;
+
+static void proj_task(void *arg, int64_t t, int32_t thread) {
+  (void)thread;
+  const proj_job *j = arg;
+  const size_t es = attn_dtype_size(j->dt);
+  const int64_t b = t / j->chunks, s0 = (t % j->chunks) * PROJ_ROWS;
+  const int64_t rows = attn_min64(PROJ_ROWS, j->S - s0);
+  void *dst = at(j->dst, b * j->dsb + s0 * j->dss, es);
+  gemm_nt(j->dt, rows, j->N, j->K, cat(j->src, b * j->sb + s0 * j->ss, es), j->ss, j->W, j->ldw,
+          dst, j->dss);
+  if (j->bias != NULL)
+    for (int64_t s = 0; s < rows; s++) {
+      if (j->dt == ATTN_DTYPE_F32)
+        mha_add_row_f32(j->N, at(dst, s * j->dss, es), j->bias);
+      else
+        mha_add_row_f64(j->N, at(dst, s * j->dss, es), j->bias);
+    }
+}
+
+static attn_status project(attn_context *ctx, attn_dtype dt, int64_t B, int64_t S, const void *src,
+                           int64_t sb, int64_t ss, const void *W, int64_t ldw, int64_t N,
+                           int64_t K, const void *bias, void *dst, int64_t dsb, int64_t dss) {
+  proj_job j = {dt, S, N, K, attn_cdiv64(S, PROJ_ROWS), src, W, bias, sb, ss, ldw, dsb, dss, dst};
+  return attn_parallel_for(ctx, B * j.chunks, proj_task, &j);
+}
+
+static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
+                       const attn_tensor *query, const attn_tensor *key, const attn_tensor *value,
+                       const attn_tensor *key_padding_mask, attn_tensor *out,
+                       attn_tensor *weights) {
+  const attn_tensor *ts[M_COUNT] = {query, key, value, key_padding_mask, out, weights};
+  bool required[M_COUNT] = {false};
+  required[M_QUERY] = required[M_KEY] = required[M_VALUE] = required[M_OUT] = true;
+  attn_status st = attn_tmeta_check_all(ctx, p->meta, ts, meta_names, required, M_COUNT);
+  if (st != ATTN_OK) return st;
+
+  const attn_mha *m = p->mha;
+  const attn_dtype dt = m->dt;
+  const bool f32 = dt == ATTN_DTYPE_F32;
+  const size_t es = attn_dtype_size(dt);
+  const int64_t B = p->B, E = m->E, Ekv = m->Ekv;
+  const attn_mha_weights *w = &m->w;
+  void *buf[3] = {ws + p->buf_at[0], ws + p->buf_at[1], ws + p->buf_at[2]};
+
+  /* The combined mask first: borrowed lengths/slopes are re-checked before
+   * anything is written. */
+  attn_mask mask;
+  if (p->materialize) {
+    mask = p->mask;
+    attn_mask_bind(&mask, &p->udesc);
+    if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
+    mask.has_transform = mask.alibi != NULL || mask.add_mask != NULL; /* softcap: the kernel's */
+  }
+
+  /* Projection weights (row-major [out, in]) and biases. */
+  const void *W[3];
+  int64_t ldw[3];
+  if (w->in_proj_weight != NULL) {
+    const attn_tensor *t = w->in_proj_weight;
+    for (int i = 0; i < 3; i++) {
+      W[i] = cat(t->data, (i == 0 ? 0 : E + (i - 1) * Ekv) * t->strides[0], es);
+      ldw[i] = t->strides[0];
+    }
+  } else {
+    const attn_tensor *t[3] = {w->q_proj_weight, w->k_proj_weight, w->v_proj_weight};
+    for (int i = 0; i < 3; i++) {
+      W[i] = t[i]->data;
+      ldw[i] = t[i]->shape[0] > 1 ? t[i]->strides[0] : t[i]->shape[1];
+    }
+  }
+  const void *bias[3] = {NULL, NULL, NULL};
+  if (w->in_proj_bias != NULL)
+    for (int i = 0; i < 3; i++)
+      bias[i] = cat(w->in_proj_bias->data, i == 0 ? 0 : E + (i - 1) * Ekv, es);
+
+  const attn_tensor *in[3] = {query, key, value};
+  const int64_t K[3] = {E, m->kdim, m->vdim}, N[3] = {E, Ekv, Ekv};
+  for (int i = 0; i < 3; i++) {
+    int64_t S = i == 0 ? p->Sq : p->Sk;
+    if (ldw[i] < K[i]) ldw[i] = K[i]; /* a single-row weight */
+    st = project(ctx, dt, B, S, in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i], N[i], K[i],
+                 bias[i], buf[i], p->buf_sb[i], p->buf_ss[i]);
+    if (st != ATTN_OK) return st;
+  }
+  /* Appended keys: bias_k/bias_v, then the add_zero_attn zero row. */
+  for (int64_t b = 0; b < B && p->nx > 0; b++)
+    for (int i = 1; i < 3; i++) {
+      int64_t row = p->Sk;
+      if (m->bias_kv) {
+        const attn_tensor *bt = i == 1 ? w->bias_k : w->bias_v;
+        memcpy(at(buf[i], b * p->buf_sb[i] + row * p->buf_ss[i], es), bt->data, (size_t)Ekv * es);
+        row++;
+      }
+      if (m->zero_attn)
+        memset(at(buf[i], b * p->buf_sb[i] + row * p->buf_ss[i], es), 0, (size_t)Ekv * es);
+    }
+
+  /* The inner attention on views of this run's workspace: a local copy of
+   * its plan whose descriptor points at this run's mask buffers. */
+  attn_plan ip = *p->aplan;
+  attn_tensor tmask, tkpm;
+  if (p->materialize) {
+    void *mm = ws + p->mm_at;
+    if (f32)
+      mha_materialize_f32(p, &mask, key_padding_mask, mm);
+    else
+      mha_materialize_f64(p, &mask, key_padding_mask, mm);
+    tmask = attn_tensor_view4(dt, p->mdims, NULL, mm);
+    ip.desc.mask.add_mask = &tmask;
+  } else if (key_padding_mask != NULL) {
+    const int64_t str[4] = {key_padding_mask->strides[0], 0, 0, key_padding_mask->strides[1]};
+    tkpm = attn_tensor_view4(ATTN_DTYPE_U8, p->kpm_shape, str, key_padding_mask->data);
+    ip.desc.mask.bool_mask = &tkpm;
+  }
+  const attn_tensor tq = attn_tensor_view4(dt, p->qshape, p->qstr, buf[0]);
+  const attn_tensor tk = attn_tensor_view4(dt, p->kshape, p->kstr, buf[1]);
+  const attn_tensor tv = attn_tensor_view4(dt, p->kshape, p->vstr, buf[2]);
+  attn_tensor to = attn_tensor_view4(dt, p->qshape, p->ostr, ws + p->ao_at);
+  attn_tensor tw = attn_tensor_view4(dt, p->wdims, NULL, ws + p->wh_at);
+  attn_tensor *aw = weights == NULL ? NULL : p->avg_weights ? &tw : weights;
+  const attn_run irun = {ctx, attn_plan_ws_at(p->aplan, ws + p->inner_at)};
+  if ((st = ip.ops->execute(&ip, &irun, &tq, &tk, &tv, &to, aw, NULL)) != ATTN_OK) return st;
+  if (p->avg_weights) {
+    if (f32)
+      mha_average_f32(p, ws + p->wh_at, weights);
+    else
+      mha_average_f64(p, ws + p->wh_at, weights);
+  }
+
+  /* out = merge(O) · W_oᵀ + b_o, reading the merged heads in place. */
+  const attn_tensor *wo = w->out_proj_weight;
+  int64_t ldo = E > 1 ? wo->strides[0] : E;
+  const void *bo = w->out_proj_bias ? w->out_proj_bias->data : NULL;
+  return project(ctx, dt, B, p->Sq, ws + p->ao_at, p->ao_sb, p->ao_ss, wo->data, ldo, E, E, bo,
+                 out->data, p->out_sb, p->out_ss);
+}
+
+attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
+                                  const attn_tensor *key, const attn_tensor *value,
+                                  const attn_tensor *key_padding_mask, attn_tensor *out,
+                                  attn_tensor *weights) {
+  if (p == NULL) return ATTN_ERR_NULL_ARG;
+  attn_clear_error(p->ctx);
+  return run(p, p->ctx, p->ws, query, key, value, key_padding_mask, out, weights);
+}
+
+attn_status attn_mha_plan_execute_on(const attn_mha_plan *p, attn_context *ctx, void *workspace,
+                                     size_t workspace_size, const attn_tensor *query,
+                                     const attn_tensor *key, const attn_tensor *value,
+                                     const attn_tensor *key_padding_mask, attn_tensor *out,
+                                     attn_tensor *weights) {
+  if (p == NULL || ctx == NULL) return ATTN_ERR_NULL_ARG;
+  attn_clear_error(ctx);
+  const size_t need = attn_mha_plan_workspace_size_on(p, ctx);
+  ATTN_CHECK_NULL(ctx, workspace);
+  if (workspace_size < need)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "workspace_size: %zu bytes given, this plan on a context of %d threads "
+                     "needs %zu (attn_mha_plan_workspace_size_on())",
+                     workspace_size, (int)ctx->num_threads, need);
+  attn_status st = attn_threadpool_ensure(ctx);
+  if (st != ATTN_OK) return st;
+  const uintptr_t a = (uintptr_t)workspace;
+  char *base = (char *)workspace + ((ATTN_ALIGN - a % ATTN_ALIGN) % ATTN_ALIGN);
+  return run(p, ctx, base, query, key, value, key_padding_mask, out, weights);
+}
