@@ -4,7 +4,7 @@
  * tests/common/reference.c for the attention itself. Also: zero allocations in
  * execute, no leaks under allocation failure, bad input → documented status,
  * argument named, outputs untouched. (Equality with PyTorch itself is
- * tests/python/test_mha_torch.py.) */
+ * tests/oracle/test_mha_torch.py.) */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
