@@ -26,7 +26,7 @@
 #define MAX_CASES 32
 #define MAX_SIZES 32
 
-/* The JSON fields of the benchmark contract (design.md), in CSV column order. */
+/* The JSON fields of the benchmark contract (bench/README.md), in CSV column order. */
 static const char *const num_fields[] = {"B",     "H",         "Hkv",          "Sq",
                                          "Sk",    "D",         "threads",      "ms",
                                          "gflops", "sgemm_gflops", "frac_sgemm", "gbps",
