@@ -556,7 +556,7 @@ static void bench_usage(FILE *f) {
           "blocksparse, linear_elu, performer, linformer) at S = 256..4096.\n"
           "--quick: sdpa, sdpa causal, window, swin, longformer, bigbird, linear_elu,\n"
           "performer, linformer at S = 256, 512, 1024.\n"
-          "Cases missing from `attn-bench --list` (variants not built yet) are listed\n"
+          "Cases missing from `attn-bench --list` (e.g. an older attn-bench) are listed\n"
           "as skipped; a case that fails or crashes makes the exit status 1.\n"
           "\n"
           "Options:\n"
