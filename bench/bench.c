@@ -1,6 +1,6 @@
 /* attn-bench: measures OpenBLAS GEMM peak and memory read bandwidth, then
  * each requested case, in one run; prints a table and, with --json, one JSON
- * object per line (contract: ../shared/design.md, "Benchmark contract"). */
+ * object per line (contract: bench/README.md, "The benchmark contract"). */
 #define _GNU_SOURCE
 #include <cblas.h>
 #include <errno.h>

@@ -1,5 +1,5 @@
 /* attn-bench: shared types. Each case lives in its own bench/case_*.c and is
- * listed once in bench/cases.c. Contract: ../shared/design.md ("Benchmark
+ * listed once in bench/cases.c. Contract: bench/README.md ("The benchmark
  * contract"): case names, flags and JSON fields are fixed there. */
 #ifndef ATTN_BENCH_H
 #define ATTN_BENCH_H

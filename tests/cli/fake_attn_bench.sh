@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stand-in for attn-bench (its contract: ../shared/design.md "Benchmark
+# Stand-in for attn-bench (its contract: bench/README.md "The benchmark
 # contract") used to test `attn bench` without running real benchmarks.
 # --list prints the cases (all of the contract's, minus FAKE_NOT_BUILT);
 # otherwise one JSON object per line for each --case at --S, after a human

@@ -1,10 +1,5 @@
 # Tests of the attn command (tools/). Included by tests/CMakeLists.txt.
-
-# The .npy parser's unit test (tests/test_npy.c) links the parser itself.
-if(TARGET test_npy)
-  target_sources(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c)
-  target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
-endif()
+# (The .npy parser's unit test is tests/unit/test_npy.c.)
 
 if(TARGET attn_cli)
   set(_cli ${CMAKE_CURRENT_LIST_DIR})

@@ -1,5 +1,5 @@
 /* libFuzzer target: small executes (every dim ≤ 64) compared with the naive
- * f64 reference of tests/reference.c. The input picks dtype, shapes, GQA,
+ * f64 reference of tests/common/reference.c. The input picks dtype, shapes, GQA,
  * [B,S,H,D] layout, score kind and scale, causal alignment, window, key and
  * query lengths, bool/additive masks (with −inf and −FLT_MAX), ALiBi,
  * softcap, weights/lse, thread count and the data. Traps when:

@@ -31,6 +31,7 @@ typedef struct cli_global {
   const char *argv0;
 } cli_global;
 
+/* The subcommands: `attn <name>` is cmd_<name>() in cmd_<name>.c. */
 int cmd_demo(const cli_global *g, int argc, char **argv);
 int cmd_bench(const cli_global *g, int argc, char **argv);
 int cmd_run(const cli_global *g, int argc, char **argv);

@@ -1,6 +1,6 @@
 /* Linear attention (elu+1, Performer FAVOR+) against definitions written
  * here in f64: the explicit O(S²) form of elu+1 attention, softmax attention
- * (tests/reference.c) for FAVOR+, the unbiasedness of the FAVOR+ kernel
+ * (tests/common/reference.c) for FAVOR+, the unbiasedness of the FAVOR+ kernel
  * estimate, the reproducible random numbers, and the plan's contract (bad
  * input, redraw, zero allocations in execute, thread-count independence). */
 #include <math.h>

@@ -307,7 +307,7 @@ static void subnormal_inputs_and_caller_fp_state(void **state) {
 /* ---- S_q·S_k > 2^31 --------------------------------------------------------- */
 
 /* Row i of causal attention in f64 from the f32 inputs: independent of
- * tests/reference.c's loops (which would take hours here). */
+ * tests/common/reference.c's loops (which would take hours here). */
 static void ref_causal_row(const float *q, const float *k, const float *v, int64_t S, int64_t D,
                            int64_t i, double *out, double *lse) {
   const double scale = 1 / sqrt((double)D);

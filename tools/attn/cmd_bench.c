@@ -26,7 +26,7 @@
 #define MAX_CASES 32
 #define MAX_SIZES 32
 
-/* The JSON fields of the benchmark contract (design.md), in CSV column order. */
+/* The JSON fields of the benchmark contract (bench/README.md), in CSV column order. */
 static const char *const num_fields[] = {"B",     "H",         "Hkv",          "Sq",
                                          "Sk",    "D",         "threads",      "ms",
                                          "gflops", "sgemm_gflops", "frac_sgemm", "gbps",
@@ -556,7 +556,7 @@ static void bench_usage(FILE *f) {
           "blocksparse, linear_elu, performer, linformer) at S = 256..4096.\n"
           "--quick: sdpa, sdpa causal, window, swin, longformer, bigbird, linear_elu,\n"
           "performer, linformer at S = 256, 512, 1024.\n"
-          "Cases missing from `attn-bench --list` (variants not built yet) are listed\n"
+          "Cases missing from `attn-bench --list` (e.g. an older attn-bench) are listed\n"
           "as skipped; a case that fails or crashes makes the exit status 1.\n"
           "\n"
           "Options:\n"

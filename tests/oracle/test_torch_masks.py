@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """PyTorch as an external oracle for libattn's masks.
 
-Calls the built libattn.so (path in argv[1]) through ctypes on numpy
-buffers and compares against attention written with torch ops in float64:
+Calls the built libattn.so (path in argv[1]) through the shipped Python
+package (bindings/python/attn, on PYTHONPATH; CTest sets it) on numpy buffers
+and compares against attention written with torch ops in float64:
 
     out = softmax(mask(−ALiBi(softcap(scale·Q Kᵀ)) + additive)) @ V
 
@@ -19,6 +20,7 @@ the un-negated one gives a different answer.
 Exit 77 (CTest SKIP_RETURN_CODE) when numpy or torch is missing.
 """
 
+import gc
 import os
 import sys
 import unittest
@@ -36,10 +38,17 @@ except ImportError as exc:  # pragma: no cover
           "python3-torch): %s" % (sys.executable, exc))
     sys.exit(SKIP)
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _attn_ctypes as A  # noqa: E402
+if len(sys.argv) < 2:
+    print("usage: %s /path/to/libattn.so [unittest args]" % sys.argv[0])
+    sys.exit(2)
+os.environ["ATTN_LIBRARY"] = sys.argv[1]  # the library the package loads on import
+try:
+    import attn  # noqa: E402
+except ImportError as exc:
+    print("FAIL: cannot import the attn package (bindings/python on PYTHONPATH) "
+          "with ATTN_LIBRARY=%s: %s" % (sys.argv[1], exc))
+    sys.exit(1)
 
-LIB = None  # set in main
 FLT_MAX = float(np.finfo(np.float32).max)
 DTYPES = (np.float32, np.float64)
 # |ours − torch| ≤ atol + rtol·|torch| (torch in f64 on the same rounded inputs)
@@ -66,7 +75,7 @@ def torch_reference(q, k, v, scale=None, causal=0, left=None, right=None, key_le
     ql = torch.tensor(query_len if query_len is not None else [Sq] * B, dtype=torch.int64).view(B, 1, 1, 1)
     i = torch.arange(Sq).view(1, 1, Sq, 1)
     j = torch.arange(Sk).view(1, 1, 1, Sk)
-    ia = i + (kl - ql if causal == A.CAUSAL_BOTTOM_RIGHT else 0)  # aligned query position
+    ia = i + (kl - ql if causal == attn.Causal.BOTTOM_RIGHT else 0)  # aligned query position
     if alibi is not None:
         s = s - torch.tensor(alibi, dtype=torch.float64).view(1, H, 1, 1) * (ia - j).abs().double()
     keep = torch.ones(B, H, Sq, Sk, dtype=torch.bool)
@@ -133,14 +142,14 @@ def random_case(rng, kind, dtype):
         rng.choice(["causal_tl", "causal_br", "window", "key_len", "query_len", "bool",
                     "additive", "alibi", "softcap"], size=3, replace=False))
     if "causal_tl" in kinds:
-        opt["causal"] = A.CAUSAL_TOP_LEFT
+        opt["causal"] = attn.Causal.TOP_LEFT
     if "causal_br" in kinds:
-        opt["causal"] = A.CAUSAL_BOTTOM_RIGHT
+        opt["causal"] = attn.Causal.BOTTOM_RIGHT
     if "window" in kinds:
         opt["left"] = int(rng.integers(0, 40)) if rng.integers(0, 4) else None
         opt["right"] = int(rng.integers(0, 40)) if rng.integers(0, 4) or opt["left"] is None else None
         if rng.integers(0, 2):
-            opt["causal"] = int(rng.choice([A.CAUSAL_NONE, A.CAUSAL_BOTTOM_RIGHT]))
+            opt["causal"] = int(rng.choice([attn.Causal.NONE, attn.Causal.BOTTOM_RIGHT]))
     if "key_len" in kinds:
         opt["key_len"] = [int(x) for x in rng.integers(0, Sk + 1, B)]
     if "query_len" in kinds:
@@ -165,9 +174,28 @@ def random_case(rng, kind, dtype):
     return c
 
 
+def forward(desc, q, k, v, out=None, weights=False, lse=False):
+    """attn_plan_create + execute on numpy arrays q [B,H,Sq,Dq], k [B,Hkv,Sk,Dk],
+    v [B,Hkv,Sk,Dv] (any strides with a contiguous last dim). Returns
+    (out, weights or None, lse or None) as new arrays of q's dtype (out may be
+    passed in, e.g. a strided view, to be written)."""
+    B, H, Sq, _ = q.shape
+    Sk, Dv = k.shape[2], v.shape[3]
+    if out is None:
+        out = np.zeros((B, H, Sq, Dv), dtype=q.dtype)
+    w = np.zeros((B, H, Sq, Sk), dtype=q.dtype) if weights else None
+    l = np.zeros((B, H, Sq), dtype=q.dtype) if lse else None
+    plan = attn.Plan(desc, q, k, v, out, w, l)
+    try:
+        plan.execute(q, k, v, out, w, l)
+    finally:
+        plan.close()
+    return out, w, l
+
+
 def run_ours(ctx, case, dtype):
     o = case["opt"]
-    d = ctx.desc()
+    d = attn.Desc(ctx)
     try:
         if "causal" in o:
             d.set_causal(o["causal"])
@@ -188,7 +216,7 @@ def run_ours(ctx, case, dtype):
         q, k, v = (as_layout(case[n].astype(dtype), case["bshd"]) for n in ("q", "k", "v"))
         B, H, Sq, _ = q.shape
         out = as_layout(np.zeros((B, H, Sq, v.shape[3]), dtype=dtype), case["bshd"])
-        return ctx.forward(d, q, k, v, out=out, weights=True, lse=True)
+        return forward(d, q, k, v, out=out, weights=True, lse=True)
     finally:
         d.close()
 
@@ -196,11 +224,11 @@ def run_ours(ctx, case, dtype):
 class OracleTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.lib = A.Lib(LIB)
-        cls.ctx = cls.lib.context(threads=2)
+        cls.ctx = attn.Context(threads=2)
 
     @classmethod
     def tearDownClass(cls):
+        gc.collect()  # tensors and descriptors go before their context
         cls.ctx.close()
 
     def check(self, case, dtype, what):
@@ -238,7 +266,7 @@ class OracleTest(unittest.TestCase):
                 self.check(random_case(rng, "combo", dtype), dtype, "combo")
                 n += 1
         # the issue's named combination: causal + padding + ALiBi, also as bottom-right
-        for causal in (A.CAUSAL_TOP_LEFT, A.CAUSAL_BOTTOM_RIGHT):
+        for causal in (attn.Causal.TOP_LEFT, attn.Causal.BOTTOM_RIGHT):
             for dtype in DTYPES:
                 c = random_case(rng, "none", dtype)
                 B, H, Sk = c["q"].shape[0], c["q"].shape[1], c["k"].shape[2]
@@ -258,15 +286,15 @@ class OracleTest(unittest.TestCase):
         pick = rng.integers(0, Sk, (B, H, Sq))
         allow = np.zeros((B, H, Sq, Sk), dtype=bool)
         np.put_along_axis(allow, pick[..., None], True, axis=-1)
-        d = self.ctx.desc()
+        d = attn.Desc(self.ctx)
         d.set_bool_mask(allow.astype(np.uint8))  # ours: True = attend
-        out, _, _ = self.ctx.forward(d, q, k, v)
+        out, _, _ = forward(d, q, k, v)
         want = np.take_along_axis(v, np.broadcast_to(pick[..., None], (B, H, Sq, D)), axis=2)
         self.assertTrue(np.array_equal(out, want))
         # Handing libattn torch.nn.MultiheadAttention's convention (True = NOT
         # allowed) without negating it attends to everything else instead.
         d.set_bool_mask((~allow).astype(np.uint8))
-        flipped, _, _ = self.ctx.forward(d, q, k, v)
+        flipped, _, _ = forward(d, q, k, v)
         self.assertFalse(np.allclose(flipped, want))
         d.close()
 
@@ -280,10 +308,10 @@ class OracleTest(unittest.TestCase):
         key_len = [Sk, 15]
         ours = rng.random((B, H, Sq, Sk)) < 0.5  # True = attend
         ours[..., 0] = True  # every row keeps key 0 (< key_len): torch gives NaN otherwise
-        d = self.ctx.desc()
+        d = attn.Desc(self.ctx)
         d.set_bool_mask(ours.astype(np.uint8))
         d.set_key_lengths(key_len)
-        out, w, _ = self.ctx.forward(d, q, k, v, weights=True)
+        out, w, _ = forward(d, q, k, v, weights=True)
         d.close()
 
         mha = torch.nn.MultiheadAttention(E, H, bias=False, batch_first=True, dtype=torch.float64)
@@ -320,9 +348,9 @@ class OracleTest(unittest.TestCase):
             res = []
             for neg in (-np.inf, -FLT_MAX):
                 m = np.where(masked, dtype(neg), base)
-                d = self.ctx.desc()
+                d = attn.Desc(self.ctx)
                 d.set_additive_mask(np.broadcast_to(m, (B, H, Sq, Sk)))  # stride 0 over heads
-                res.append(self.ctx.forward(d, q, k, v, weights=True, lse=True))
+                res.append(forward(d, q, k, v, weights=True, lse=True))
                 d.close()
             for a, b in zip(res[0], res[1]):
                 self.assertEqual(a.tobytes(), b.tobytes())
@@ -332,26 +360,22 @@ class OracleTest(unittest.TestCase):
 
     def test_bad_mask_shape_raises_with_message(self):
         q = np.zeros((2, 2, 5, 4))
-        d = self.ctx.desc()
+        d = attn.Desc(self.ctx)
         d.set_bool_mask(np.ones((2, 2, 5, 6), dtype=np.uint8))  # S_k 6 ≠ 7
-        with self.assertRaises(A.AttnError) as cm:
-            self.ctx.forward(d, q, np.zeros((2, 2, 7, 4)), np.zeros((2, 2, 7, 4)))
-        self.assertEqual(cm.exception.name, "ATTN_ERR_SHAPE")
+        with self.assertRaises(attn.AttnError) as cm:
+            forward(d, q, np.zeros((2, 2, 7, 4)), np.zeros((2, 2, 7, 4)))
+        self.assertEqual(cm.exception.status, attn.Status.ERR_SHAPE)
         self.assertIn("bool_mask", cm.exception.message)
-        with self.assertRaises(A.AttnError) as cm:
+        with self.assertRaises(attn.AttnError) as cm:
             d.set_key_lengths([3, -1])
-        self.assertEqual(cm.exception.name, "ATTN_ERR_INVALID_ARG")
+        self.assertEqual(cm.exception.status, attn.Status.ERR_INVALID_ARG)
         self.assertIn("key_lengths", cm.exception.message)
         d.close()
 
 
 def main():
-    global LIB
-    if len(sys.argv) < 2:
-        print("usage: %s /path/to/libattn.so [unittest args]" % sys.argv[0])
-        return 2
-    LIB = sys.argv[1]
-    print("libattn %s, torch %s, numpy %s" % (A.Lib(LIB).version(), torch.__version__, np.__version__))
+    print("libattn %s (%s), torch %s, numpy %s" % (attn.version(), attn.library_path(),
+                                                  torch.__version__, np.__version__))
     torch.set_num_threads(1)
     prog = unittest.main(argv=[sys.argv[0]] + sys.argv[2:], exit=False, verbosity=2)
     return 0 if prog.result.wasSuccessful() else 1

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """attn_mha against PyTorch's nn.MultiheadAttention with identical weights.
 
-Run by CTest as `/usr/bin/python3 test_mha_torch.py path/to/libattn.so`.
+Run by CTest as `/usr/bin/python3 test_mha_torch.py path/to/libattn.so` with
+bindings/python on PYTHONPATH: our side is the shipped Python package
+(attn.MHA, attn.MHAPlan) on that library.
 Exits 77 (CTest SKIP_RETURN_CODE) when torch or numpy is missing.
 Every case builds an nn.MultiheadAttention, copies its parameters into
 attn_mha (no copies on our side: the numpy arrays are wrapped), runs both and
 requires max |ours - torch| <= 1e-5 in f32 for the output and the weights.
 """
-import ctypes as C
+import gc
 import os
 import sys
 
@@ -25,83 +27,15 @@ except ImportError as e:  # pragma: no cover
 if len(sys.argv) != 2:
     print("usage: test_mha_torch.py LIBATTN.so")
     sys.exit(2)
-lib = C.CDLL(sys.argv[1])
+os.environ["ATTN_LIBRARY"] = sys.argv[1]  # the library the package loads on import
+try:
+    import attn  # noqa: E402
+except ImportError as e:
+    print(f"FAIL: cannot import the attn package (bindings/python on PYTHONPATH) "
+          f"with ATTN_LIBRARY={sys.argv[1]}: {e}")
+    sys.exit(1)
 
-F32, F64, U8 = 1, 2, 3
-CAUSAL_TOP_LEFT, CAUSAL_BOTTOM_RIGHT = 1, 2
-P = C.c_void_p
-
-
-class Config(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t), ("embed_dim", C.c_int64), ("num_heads", C.c_int64),
-                ("num_kv_heads", C.c_int64), ("kdim", C.c_int64), ("vdim", C.c_int64),
-                ("bias", C.c_int32), ("add_bias_kv", C.c_int32), ("add_zero_attn", C.c_int32),
-                ("batch_first", C.c_int32), ("dtype", C.c_int)]
-
-
-WEIGHT_NAMES = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
-                "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k", "bias_v"]
-
-
-class Weights(C.Structure):
-    _fields_ = [("struct_size", C.c_size_t)] + [(n, P) for n in WEIGHT_NAMES]
-
-
-class AttnError(RuntimeError):
-    pass
-
-
-def _errcheck(status, func, args):
-    if status != 0:
-        raise AttnError(f"{func.__name__}: status {status}: {lib.attn_context_last_error(CTX).decode()}")
-    return status
-
-
-for name, argtypes, restype in [
-    ("attn_context_create", [P, C.POINTER(P)], C.c_int),
-    ("attn_context_destroy", [P], None),
-    ("attn_context_last_error", [P], C.c_char_p),
-    ("attn_tensor_wrap", [P, C.c_int, C.c_int32, C.POINTER(C.c_int64), C.POINTER(C.c_int64), P,
-                          C.POINTER(P)], C.c_int),
-    ("attn_tensor_destroy", [P], None),
-    ("attn_desc_create", [P, C.POINTER(P)], C.c_int),
-    ("attn_desc_destroy", [P], None),
-    ("attn_desc_set_causal", [P, C.c_int], C.c_int),
-    ("attn_desc_set_bool_mask", [P, P], C.c_int),
-    ("attn_desc_set_additive_mask", [P, P], C.c_int),
-    ("attn_mha_config_init", [C.POINTER(Config)], None),
-    ("attn_mha_weights_init", [C.POINTER(Weights)], None),
-    ("attn_mha_create", [P, C.POINTER(Config), C.POINTER(Weights), C.POINTER(P)], C.c_int),
-    ("attn_mha_destroy", [P], None),
-    ("attn_mha_plan_create", [P, P, P, P, P, P, P, P, C.POINTER(P)], C.c_int),
-    ("attn_mha_plan_execute", [P, P, P, P, P, P, P], C.c_int),
-    ("attn_mha_plan_destroy", [P], None),
-]:
-    f = getattr(lib, name)
-    f.argtypes, f.restype = argtypes, restype
-    if restype is C.c_int and name != "attn_mha_plan_create":
-        f.errcheck = _errcheck
-lib.attn_mha_plan_create.errcheck = _errcheck
-
-CTX = P()
-if lib.attn_context_create(None, C.byref(CTX)) != 0:
-    raise SystemExit("cannot create a context")
-
-
-class Tensor:
-    """A borrowed attn_tensor over a numpy array (kept alive here), any strides."""
-
-    def __init__(self, arr):
-        self.arr = arr
-        dt = {np.float32: F32, np.float64: F64, np.uint8: U8}[arr.dtype.type]
-        es = arr.itemsize
-        shape = (C.c_int64 * arr.ndim)(*arr.shape)
-        strides = (C.c_int64 * arr.ndim)(*[s // es for s in arr.strides])
-        self.h = P()
-        lib.attn_tensor_wrap(CTX, dt, arr.ndim, shape, strides, arr.ctypes.data, C.byref(self.h))
-
-    def __del__(self):
-        lib.attn_tensor_destroy(self.h)
+CTX = attn.Context()  # default thread count ($ATTN_NUM_THREADS or all cores)
 
 
 def np_of(t, dtype):
@@ -166,65 +100,42 @@ def run_case(name, *, E=32, H=4, B=3, L=6, S=6, kdim=None, vdim=None, bias=True,
                            need_weights=need_weights is not None,
                            average_attn_weights=need_weights == "avg")
 
-    # ---- ours
-    cfg = Config()
-    lib.attn_mha_config_init(C.byref(cfg))
-    cfg.embed_dim, cfg.num_heads = E, H
-    cfg.kdim, cfg.vdim = kdim or 0, vdim or 0
-    cfg.bias, cfg.add_bias_kv, cfg.add_zero_attn = int(bias), int(add_bias_kv), int(add_zero_attn)
-    cfg.batch_first = int(batch_first)
-    cfg.dtype = F32 if dtype == np.float32 else F64
-    w = Weights()
-    lib.attn_mha_weights_init(C.byref(w))
-    keep = []
-    params = dict(mha.named_parameters())
-    for n in WEIGHT_NAMES:
-        key_n = {"out_proj_weight": "out_proj.weight", "out_proj_bias": "out_proj.bias"}.get(n, n)
-        if key_n in params and params[key_n] is not None:
-            t = Tensor(np_of(params[key_n], dtype))
-            keep.append(t)
-            setattr(w, n, t.h)
-    layer = P()
-    lib.attn_mha_create(CTX, C.byref(cfg), C.byref(w), C.byref(layer))
-
-    tq = Tensor(np_of(query, dtype))
-    tk = tq if self_attn else Tensor(np_of(key, dtype))
-    tv = tq if self_attn else Tensor(np_of(value, dtype))
+    # ---- ours: the numpy arrays are wrapped, not copied
+    weights = {n: np_of(p, dtype) for n, p in mha.named_parameters()}  # torch's names
+    layer = attn.MHA(weights, ctx=CTX, embed_dim=E, num_heads=H, kdim=kdim, vdim=vdim, bias=bias,
+                     add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn,
+                     batch_first=batch_first, dtype=dtype)
+    q_np = np_of(query, dtype)
+    k_np = q_np if self_attn else np_of(key, dtype)
+    v_np = q_np if self_attn else np_of(value, dtype)
     out_np = np.full(tuple(want.shape), np.nan, dtype=dtype)
-    to = Tensor(out_np)
-    tkpm = Tensor((~t_kpm).numpy().astype(np.uint8)) if kpm else None
-    tw = None
+    kpm_np = (~t_kpm).numpy().astype(np.uint8) if kpm else None
+    w_np = None
     if need_weights is not None:
         w_np = np.full(tuple(want_w.shape), np.nan, dtype=dtype)
-        tw = Tensor(w_np)
-    desc = P()
-    lib.attn_desc_create(CTX, C.byref(desc))
-    tm = None
+    desc = attn.Desc(CTX)
     if ours_mask is not None:
-        tm = Tensor(np.ascontiguousarray(ours_mask[1]))
+        m = np.ascontiguousarray(ours_mask[1])
         if ours_mask[0] == "bool":
-            lib.attn_desc_set_bool_mask(desc, tm.h)
+            desc.set_bool_mask(m)
         else:
-            lib.attn_desc_set_additive_mask(desc, tm.h)
+            desc.set_additive_mask(m)
     if causal:
-        lib.attn_desc_set_causal(desc, CAUSAL_TOP_LEFT)
-    plan = P()
-    lib.attn_mha_plan_create(layer, desc, tq.h, tk.h, tv.h, tkpm.h if tkpm else None, to.h,
-                             tw.h if tw else None, C.byref(plan))
+        desc.set_causal(attn.Causal.TOP_LEFT)
+    plan = layer.plan(q_np, k_np, v_np, out_np, kpm_np, w_np, desc=desc)
     for _ in range(2):  # a plan runs many times with the same result
-        lib.attn_mha_plan_execute(plan, tq.h, tk.h, tv.h, tkpm.h if tkpm else None, to.h,
-                                  tw.h if tw else None)
-    lib.attn_mha_plan_destroy(plan)
-    lib.attn_desc_destroy(desc)
-    lib.attn_mha_destroy(layer)
+        plan.execute(q_np, k_np, v_np, out_np, kpm_np, w_np)
+    plan.close()
+    desc.close()
+    layer.close()
 
     err = float(np.max(np.abs(out_np - want.numpy())))
     werr = 0.0
-    if tw is not None:
+    if w_np is not None:
         werr = float(np.max(np.abs(w_np - want_w.numpy())))
     ok = err <= tol and werr <= tol and np.isfinite(out_np).all()
     print(f"{'ok  ' if ok else 'FAIL'} {name}: max|out diff| {err:.3g}"
-          + (f", max|weights diff| {werr:.3g}" if tw is not None else ""))
+          + (f", max|weights diff| {werr:.3g}" if w_np is not None else ""))
     return ok
 
 
@@ -261,11 +172,12 @@ def main():
         try:
             if not run_case(name, seed=i + 1, **kw):
                 failures += 1
-        except AttnError as e:
+        except attn.AttnError as e:
             print(f"FAIL {name}: {e}")
             failures += 1
     print(f"{len(CASES) - failures}/{len(CASES)} cases equal to nn.MultiheadAttention")
-    lib.attn_context_destroy(CTX)
+    gc.collect()  # layers, plans and tensors go before their context
+    CTX.close()
     return 1 if failures else 0
 
 

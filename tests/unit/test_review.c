@@ -1,7 +1,8 @@
-/* Review findings as failing tests (branch review). Each test accepts either
- * fix: the library may reject the input with a clear status, or compute the
- * documented result; what it must not do is return ATTN_OK with a wrong
- * (or thread-count-dependent) answer. */
+/* Regression tests for code-review findings: inputs for which the library
+ * once returned ATTN_OK with a wrong (or thread-count-dependent) answer. Each
+ * comment says what used to happen. Each test accepts either fix: the library
+ * may reject the input with a clear status, or compute the documented result;
+ * what it must not do is return ATTN_OK with a wrong answer. */
 #define _GNU_SOURCE
 #include <float.h>
 #include <math.h>
@@ -21,8 +22,8 @@ static attn_tensor *wrap(attn_context *ctx, int32_t rank, const int64_t *shape,
 
 /* Linformer projections with row stride 0 (every row of E and F is the same
  * vector; approx.h only asks for a contiguous S_k axis). The projection GEMM
- * gets lda = 0 < K: OpenBLAS prints "parameter ... had an illegal value",
- * skips the product, and execute returns ATTN_OK with out = 0. */
+ * got lda = 0 < K: OpenBLAS printed "parameter ... had an illegal value",
+ * skipped the product, and execute returned ATTN_OK with out = 0. */
 static void linformer_broadcast_projection_rows(void **state) {
   (void)state;
   attn_context *ctx = tu_context(1);
@@ -66,8 +67,8 @@ static void linformer_broadcast_projection_rows(void **state) {
 }
 
 /* out with a head stride of 0 (wrap accepts stride 0 as broadcast): every
- * head's task writes the same rows, concurrently with > 1 thread, so the
- * result depends on scheduling. An output whose elements alias must be
+ * head's task wrote the same rows, concurrently with > 1 thread, so the
+ * result depended on scheduling. An output whose elements alias must be
  * rejected at plan time. */
 static void aliased_output_rows_are_rejected(void **state) {
   (void)state;
@@ -89,8 +90,8 @@ static void aliased_output_rows_are_rejected(void **state) {
 }
 
 /* k's row stride 2^32 + 4 (memory reserved with MAP_NORESERVE, two rows
- * touched). BLAS takes int: the stride is truncated to 4, the GEMM reads the
- * wrong second row, and execute returns ATTN_OK with a wrong answer. */
+ * touched). BLAS takes int: the stride was truncated to 4, the GEMM read the
+ * wrong second row, and execute returned ATTN_OK with a wrong answer. */
 static void row_stride_beyond_int_max(void **state) {
   (void)state;
   const int64_t D = 4, S = 2, stride = ((int64_t)1 << 32) + 4;
@@ -126,9 +127,9 @@ static void row_stride_beyond_int_max(void **state) {
   munmap(kmem, bytes);
 }
 
-/* A block size larger than the sequence is one block; INT64_MAX overflows
- * attn_cdiv64 (signed overflow, UB) and the plan fails with "cannot allocate
- * the 0-byte layout" (ATTN_ERR_NO_MEMORY). */
+/* A block size larger than the sequence is one block. INT64_MAX used to
+ * overflow attn_cdiv64 (signed overflow, UB) and the plan failed with "cannot
+ * allocate the 0-byte layout" (ATTN_ERR_NO_MEMORY). */
 static void huge_block_size_is_one_block(void **state) {
   (void)state;
   attn_context *ctx = tu_context(1);
@@ -151,8 +152,8 @@ static void huge_block_size_is_one_block(void **state) {
   attn_context_destroy(ctx);
 }
 
-/* ALiBi slope finite in double but above FLT_MAX: in f32 it becomes +inf,
- * inf·0 = NaN on the diagonal, and the row comes out 0 instead of v_i. */
+/* ALiBi slope finite in double but above FLT_MAX: in f32 it became +inf,
+ * inf·0 = NaN on the diagonal, and the row came out 0 instead of v_i. */
 static void alibi_slope_beyond_float_range(void **state) {
   (void)state;
   attn_context *ctx = tu_context(1);

@@ -1,10 +1,10 @@
 /* attn_mha against an independent f64 reference written here: projections
  * and out-projection by plain loops, GQA by *repeating* K/V heads into a
  * full-H problem, masks expanded to dense [B][H][S_q][S_k'] arrays, then
- * tests/reference.c for the attention itself. Also: zero allocations in
+ * tests/common/reference.c for the attention itself. Also: zero allocations in
  * execute, no leaks under allocation failure, bad input → documented status,
  * argument named, outputs untouched. (Equality with PyTorch itself is
- * tests/python/test_mha_torch.py.) */
+ * tests/oracle/test_mha_torch.py.) */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>

@@ -1,4 +1,4 @@
-/* Linformer against the naive f64 reference (tests/reference.c) run on
+/* Linformer against the naive f64 reference (tests/common/reference.c) run on
  * (E·K, F·V) computed here with plain loops; identity projections give exact
  * attention; seeded projections follow their documented draw; bad input. */
 #include <math.h>

@@ -1,0 +1,24 @@
+# cmocka unit tests: one executable per tests/unit/test_*.c, linked with
+# attn_testutil (tests/common/: the naive f64 reference and helpers, plus the
+# library's objects, so tests reach internals). ctest name = file name, label
+# "unit". Included by tests/CMakeLists.txt.
+file(GLOB ATTN_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/test_*.c)
+foreach(src ${ATTN_TEST_SOURCES})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_link_libraries(${name} PRIVATE attn_testutil)
+  target_compile_options(${name} PRIVATE ${ATTN_WARN} -Wno-missing-prototypes)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout" LABELS "unit")
+endforeach()
+
+# test_npy tests the attn command's .npy reader/writer (tools/npy.c).
+target_sources(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c)
+target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+
+# The KV-cache tests again with the vector-math dispatch lowered to AVX2, so
+# the f32 decode path goes through GEMM instead of the AVX-512 loops (both
+# paths then meet the reference on machines that have AVX-512).
+add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
+set_tests_properties(test_kvcache_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
