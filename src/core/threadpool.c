@@ -196,7 +196,7 @@ attn_status attn_threadpool_ensure(attn_context *ctx) {
  * another was still inside, whose GEMMs then ran on OpenBLAS's threads:
  * oversubscription, and different bits with OpenBLAS's AVX2 kernels (their
  * threaded sgemm does not round like the single-threaded one), breaking the
- * thread-count-independent results (tests/test_threads.c under valgrind).
+ * thread-count-independent results (tests/unit/test_threads.c under valgrind).
  * This counter is the library's only process-wide state; it mirrors the
  * process-wide setting it guards. */
 static pthread_mutex_t blas_mu = PTHREAD_MUTEX_INITIALIZER;
