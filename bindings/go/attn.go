@@ -44,6 +44,7 @@ package attn
 
 /*
 #cgo pkg-config: attn
+#cgo CFLAGS: -DATTN_EXPERIMENTAL
 #include <stdlib.h>
 #include <string.h>
 #include <attn/attn.h>

@@ -106,17 +106,8 @@ ATTN_API attn_status attn_desc_set_bigbird(attn_desc *desc, int64_t window_block
  *  @return ATTN_ERR_SHAPE here unless rank 3 and U8. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_block_layout(attn_desc *desc, const attn_tensor *layout);
 
-/** Read back the block layout a sparse plan uses (BigBird, block-sparse,
- *  and Longformer in its blocked form: block (r, c) is 1 when the band,
- *  global tokens and causal setting keep some (i, j) in it; lengths and dense
- *  masks are not reflected) into @p buf as U8 0/1 [H, ⌈S_q/b⌉, ⌈S_k/b⌉].
- *  @p *size gives the buffer's bytes on entry and the bytes needed on return;
- *  buf = NULL with *size = 0 only asks for the size (ATTN_OK). A too-small
- *  buffer gives ATTN_ERR_INVALID_ARG (NULL with *size > 0: ATTN_ERR_NULL_ARG)
- *  and writes nothing else.
- *  @return also ATTN_ERR_NULL_ARG (plan or size NULL), ATTN_ERR_UNSUPPORTED
- *          for other variants (exact, Swin, linear, low-rank). @since 0.1.0 */
-ATTN_API attn_status attn_plan_block_layout(const attn_plan *plan, uint8_t *buf, size_t *size);
+/* attn_plan_block_layout() (read a sparse plan's layout back) is experimental:
+ * see attn/experimental.h. */
 
 /** Linear attention (ATTN_VARIANT_LINEAR_ELU, ATTN_VARIANT_PERFORMER) replaces
  *  softmax by a feature map φ and associativity:
@@ -160,12 +151,7 @@ ATTN_API attn_status attn_plan_block_layout(const attn_plan *plan, uint8_t *buf,
  *          ATTN_ERR_NO_MEMORY. @since 0.1.0 */
 ATTN_API attn_status attn_desc_set_features(attn_desc *desc, int64_t num_features, uint64_t seed);
 
-/** Redraw a Performer plan's random features from a new seed, in place (no
- *  allocation, O(m·d_k²)). Afterwards the plan computes exactly what a plan
- *  created with this seed computes. Not to be called while the plan executes.
- *  @return ATTN_OK; ATTN_ERR_NULL_ARG for a NULL plan; ATTN_ERR_UNSUPPORTED for
- *          plans of other variants (elu+1 has no random features). @since 0.1.0 */
-ATTN_API attn_status attn_plan_redraw_features(attn_plan *plan, uint64_t seed);
+/* attn_plan_redraw_features() is experimental: see attn/experimental.h. */
 
 /** Linformer (ATTN_VARIANT_LINFORMER): exact attention of q on the projected
  *  K' = E·K ([k, d_k]) and V' = F·V ([k, d_v]) per batch item and key/value

@@ -21,6 +21,11 @@
  *    offending argument is available from attn_context_last_error().
  *  - The library never prints, aborts or exits.
  *
+ * Stability: everything declared through this header is stable (versioned
+ * symbols, checked against an ABI baseline). A few calls whose shape may still
+ * change live in attn/experimental.h and are visible only with
+ * ATTN_EXPERIMENTAL defined before this include.
+ *
  * Thread-safety: an ::attn_context and everything created from it are used by
  * one thread at a time (create one context per caller thread). Distinct
  * contexts are fully independent. One exception by design: a plan is never
@@ -493,5 +498,9 @@ ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, cons
 #include "attn/approx.h"
 #include "attn/heads.h"
 #include "attn/kvcache.h"
+/* Declarations that may still change: only with ATTN_EXPERIMENTAL defined. */
+#ifdef ATTN_EXPERIMENTAL
+#include "attn/experimental.h"
+#endif
 
 #endif /* ATTN_ATTN_H */

@@ -15,8 +15,11 @@ command -v abidiff >/dev/null || { echo "abidiff not found (apt-get install abig
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 set +e
-# shellcheck disable=SC2086 # $hd is a list of options
-abidiff --drop-private-types --fail-no-debug-info $hd "$base" "$lib" >"$out" 2>&1
+# The experimental API is exempt (abi/experimental.supp beside the baseline).
+supp=
+[ -f "$(dirname "$base")/experimental.supp" ] && supp="--suppressions $(dirname "$base")/experimental.supp"
+# shellcheck disable=SC2086 # $hd and $supp are lists of options
+abidiff --drop-private-types --fail-no-debug-info $supp $hd "$base" "$lib" >"$out" 2>&1
 rc=$?
 set -e
 cat "$out"
