@@ -166,7 +166,15 @@ ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
 typedef enum attn_dtype {
   ATTN_DTYPE_F32 = 1, /**< IEEE float */
   ATTN_DTYPE_F64 = 2, /**< IEEE double */
-  ATTN_DTYPE_U8 = 3   /**< uint8_t: boolean masks and block layouts only */
+  ATTN_DTYPE_U8 = 3,  /**< uint8_t: boolean masks and block layouts only */
+  /** bfloat16 (the top 16 bits of an IEEE float: 8-bit significand, f32's
+   *  range), as uint16_t. A storage type for q, k, v and out of exact,
+   *  Longformer, BigBird and block-sparse plans (dot / scaled-dot scores);
+   *  computed in f32 (see attn_plan_create()). @since 0.2.0 */
+  ATTN_DTYPE_BF16 = 4,
+  /** IEEE binary16 (11-bit significand, max 65504), as uint16_t; the same
+   *  uses as ATTN_DTYPE_BF16. @since 0.2.0 */
+  ATTN_DTYPE_F16 = 5
 } attn_dtype;
 
 /** Largest tensor rank. */
@@ -403,7 +411,22 @@ typedef struct attn_plan attn_plan;
 
 /** Validate and prepare attention for these tensors.
  *
- *  Shapes (all rank 4, one dtype F32 or F64 for q, k, v, out, weights, lse):
+ *  Dtypes: q, k, v, out, weights and lse all F32 or all F64; or 16-bit
+ *  inputs (since 0.2.0): q, k and v all ATTN_DTYPE_BF16 or all ATTN_DTYPE_F16,
+ *  out the same 16-bit type or F32, weights and lse F32, an additive mask
+ *  F32 (the compute type). 16-bit plans compute in f32: scores and the
+ *  online softmax in f32; on CPUs with AVX512_BF16, bf16 products run on the
+ *  bf16 dot-product unit with the probabilities P rounded to bf16 for P·V
+ *  (f16 is widened exactly to f32 and uses the f32 path); the result is
+ *  rounded once to out's dtype. Error of a bf16 plan against f64 attention
+ *  on the same (bf16) inputs: |out − ref| ≤ 2·2⁻⁸·Σ_j p_ij·|v_j| per
+ *  element (P rounding plus the output rounding); f16: the f32 bounds plus
+ *  the output rounding (2⁻¹¹·|out|). 16-bit plans accept the dot and
+ *  scaled-dot scores and the exact, Longformer, BigBird and block-sparse
+ *  variants (others: ATTN_ERR_UNSUPPORTED); any other dtype combination
+ *  gives ATTN_ERR_DTYPE naming both tensors.
+ *
+ *  Shapes (all rank 4):
  *   - q:   [B, H,    S_q, d_q]
  *   - k:   [B, H_kv, S_k, d_k]   (d_k = d_q except for ATTN_SCORE_GENERAL/ADDITIVE)
  *   - v:   [B, H_kv, S_k, d_v]   H_kv divides H (GQA; H_kv = 1 is MQA)

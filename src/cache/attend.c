@@ -66,7 +66,8 @@ static const attn_support kv_support = {
      [ATTN_OPT_BOOL_MASK] = "not supported with a KV cache (use window/ALiBi/softcap)",
      [ATTN_OPT_ADD_MASK] = "not supported with a KV cache (use window/ALiBi/softcap)",
      [ATTN_OPT_SCORE_GENERAL] = "the KV cache supports the scaled-dot and dot scores",
-     [ATTN_OPT_SCORE_ADDITIVE] = "the KV cache supports the scaled-dot and dot scores"}};
+     [ATTN_OPT_SCORE_ADDITIVE] = "the KV cache supports the scaled-dot and dot scores"},
+    NULL /* the cache's own dtype rules: kvcache.c */};
 
 static attn_status check_desc(attn_context *ctx, const attn_desc *d, bool lse) {
   if (d->variant != ATTN_VARIANT_EXACT)

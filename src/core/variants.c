@@ -52,6 +52,21 @@ attn_status attn_options_check(attn_context *ctx, const attn_support *s, uint32_
   return attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: not supported by %s", option_names[o], s->name);
 }
 
+attn_status attn_dtype_check(attn_context *ctx, const attn_support *s, const attn_desc *desc,
+                             attn_dtype dtype) {
+  if (!attn_dtype_is_16bit(dtype)) return ATTN_OK;
+  if (s->no_16bit != NULL)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "q: dtype %s is not supported by %s: %s",
+                     attn_dtype_name(dtype), s->name, s->no_16bit);
+  if (desc->score.kind != ATTN_SCORE_DOT && desc->score.kind != ATTN_SCORE_SCALED_DOT)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "score: %s plans support ATTN_SCORE_DOT and ATTN_SCORE_SCALED_DOT only "
+                     "(the general and additive scores project q or k in the storage dtype; "
+                     "use f32)",
+                     attn_dtype_name(dtype));
+  return ATTN_OK;
+}
+
 /* ---- the support matrix ------------------------------------------------------
  * One row per variant. Options a row lacks are rejected before its init runs;
  * the reasons say why an option has no meaning there. */
@@ -77,7 +92,9 @@ static const attn_variant_ops table[] = {
            [ATTN_OPT_ALIBI] = "not supported with Swin",
            [ATTN_OPT_SOFTCAP] = "not supported with Swin",
            [ATTN_OPT_SCORE_GENERAL] = "Swin supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT only",
-           [ATTN_OPT_SCORE_ADDITIVE] = "Swin supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT only"}},
+           [ATTN_OPT_SCORE_ADDITIVE] = "Swin supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT only"},
+          "Swin window attention runs f32 and f64 only (convert, or use the exact variant "
+          "with a mask)"},
          attn_swin_plan_init, attn_swin_plan_execute, NULL, NULL, NULL},
     [ATTN_VARIANT_LONGFORMER] = {ATTN_VARIANT_LONGFORMER, {"longformer", ATTN_OPT_ALL, {NULL}},
                                  attn_sparse_plan_init, attn_exact_plan_execute,
@@ -106,14 +123,16 @@ static const attn_variant_ops table[] = {
               OPT(ATTN_OPT_QUERY_LENGTHS),
           {LINEAR_WHY("linear elu+1 attention"),
            [ATTN_OPT_SCALE] = "linear elu+1 attention uses φ(q)·φ(k) with φ = elu + 1 and no "
-                              "score scale"}},
+                              "score scale"},
+          "linear attention runs f32 and f64 only"},
          attn_linear_plan_init, attn_linear_plan_execute, attn_linear_plan_destroy, NULL, NULL},
     [ATTN_VARIANT_PERFORMER] =
         {ATTN_VARIANT_PERFORMER,
          {"performer",
           OPT(ATTN_OPT_CAUSAL_TL) | OPT(ATTN_OPT_CAUSAL_BR) | OPT(ATTN_OPT_KEY_LENGTHS) |
               OPT(ATTN_OPT_QUERY_LENGTHS) | OPT(ATTN_OPT_SCALE),
-          {LINEAR_WHY("Performer (FAVOR+) attention")}},
+          {LINEAR_WHY("Performer (FAVOR+) attention")},
+          "Performer runs f32 and f64 only"},
          attn_linear_plan_init, attn_linear_plan_execute, attn_linear_plan_destroy, NULL,
          attn_performer_redraw},
 #undef LINEAR_WHY
@@ -132,7 +151,8 @@ static const attn_variant_ops table[] = {
            [ATTN_OPT_ADD_MASK] = "Linformer has no S_q×S_k scores to add a mask to",
            [ATTN_OPT_ALIBI] = "projected keys have no positions for Linformer to bias by",
            [ATTN_OPT_WEIGHTS] = "Linformer's weights are over the k projected keys, not the S_k "
-                                "keys of the weights tensor (pass NULL)"}},
+                                "keys of the weights tensor (pass NULL)"},
+          "Linformer projects K and V in the storage dtype; it runs f32 and f64 only"},
          attn_lowrank_plan_init, attn_lowrank_plan_execute, attn_lowrank_plan_destroy, NULL,
          NULL},
 };

@@ -39,7 +39,7 @@ attn_status attn_exact_run(const attn_exact *ex, attn_context *ctx, const attn_w
                            attn_tensor *lse) {
   const attn_dims *d = &ex->dims;
   exact_args a = {ex, mask, *ws, q, k, v, out, weights, lse};
-  const bool f32 = d->dtype == ATTN_DTYPE_F32;
+  const bool f32 = attn_dtype_compute(d->dtype) == ATTN_DTYPE_F32;
   attn_status st;
   if (ex->score == ATTN_SCORE_ADDITIVE) {
     if (f32)
@@ -137,18 +137,31 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
    * [bk×Dv], additive scratch [kc×A], the key ranges; rq = gs·bq rows. d_k
    * (general) and A (additive) come from the weights, not from q/k/v's
    * sizes, so the carver checks every product. */
-  const size_t es = attn_dtype_size(d->dtype);
+  /* es: the compute type's size (scores, state); ss: the storage type's
+   * (copies of q/v rows). The engine's packed tiles follow (none for BLAS). */
+  const size_t es = attn_dtype_size(attn_dtype_compute(d->dtype));
+  const size_t ss = attn_dtype_size(d->dtype);
+  const bool dot = ex->score == ATTN_SCORE_DOT || ex->score == ATTN_SCORE_SCALED_DOT;
+  ex->eng = dot ? attn_tile_engine_for(d->dtype, d->Dk, d->Dv) : NULL;
+  const attn_tile_engine *eng = ex->eng;
   const int64_t rq = ex->gs * ex->bq;
   attn_carver c = attn_carver_start();
   ex->at.S = attn_carve(&c, es, rq, ex->bk, 1);
   ex->at.O = attn_carve(&c, es, rq, d->Dv, 1);
   ex->at.M = attn_carve(&c, es, rq, 1, 1);
   ex->at.L = attn_carve(&c, es, rq, 1, 1);
-  ex->at.QS = attn_carve(&c, es, ex->gs > 1 ? rq : 0, d->Dq, 1);
+  ex->at.QS = attn_carve(&c, ss, ex->gs > 1 && eng == NULL ? rq : 0, d->Dq, 1);
   ex->at.QX = attn_carve(&c, es, rq, ex->qx_cols, 1);
-  ex->at.Vz = attn_carve(&c, es, ex->bk, d->Dv, 1);
+  ex->at.Vz = attn_carve(&c, ss, ex->bk, d->Dv, 1);
   ex->at.X = attn_carve(&c, es, ex->add_kc, A, 1);
   ex->at.ranges = attn_carve(&c, sizeof(int64_t), 2, ex->mask.max_ranges, 1);
+  if (eng != NULL) {
+    ex->at.Qp = attn_carve(&c, eng->elem, rq, attn_tile_pad(eng, d->Dq), 1);
+    ex->at.Kp = attn_carve(&c, eng->elem, attn_tile_k_elems(eng, ex->bk, d->Dk), 1, 1);
+    ex->at.Vp = attn_carve(&c, eng->elem, attn_tile_v_elems(eng, ex->bk, d->Dv), 1, 1);
+    ex->at.Pb = attn_carve(&c, sizeof(uint16_t), eng->kpad > 1 ? rq : 0, attn_tile_pad(eng, ex->bk), 1);
+    ex->at.Ob = attn_carve(&c, es, d->Dv, 1, 1);
+  }
   attn_carver sh = attn_carver_start();
   if (A > 0) {
     ex->kp_at = attn_carve(&sh, es, d->B * d->Hkv, d->Sk, A);

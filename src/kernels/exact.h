@@ -7,6 +7,7 @@
 #define ATTN_EXACT_H
 
 #include "core/internal.h"
+#include "kernels/tile.h"
 #include "mask/mask.h"
 
 typedef struct attn_exact {
@@ -22,10 +23,14 @@ typedef struct attn_exact {
   int64_t qx_cols;     /* columns of the projected-query scratch (d_k or A, or 0) */
   int64_t A;           /* additive score: attention dim (0 otherwise) */
   int64_t add_kc;      /* additive: keys per tanh chunk (scratch kc × A per thread) */
+  /* The tile engine of the two GEMMs (NULL: BLAS on the tensors; always
+   * set for 16-bit storage), chosen at plan time (kernels/tile.h). */
+  const attn_tile_engine *eng;
   /* Workspace, as byte offsets: a thread's slot holds the tiles, the shared
    * area (additive only) K·W_kᵀ [B, H_kv, S_k, A] then v [A], bias [A]. */
   struct {
     size_t S, O, M, L, QS, QX, Vz, X, ranges;
+    size_t Qp, Kp, Vp, Pb, Ob; /* tile engine: packed Q, K, V; P in bf16; an out row */
   } at;
   size_t slot_bytes;
   size_t kp_at, vb_at, shared_bytes;

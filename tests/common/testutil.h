@@ -18,6 +18,13 @@ double tu_uniform(uint64_t *state, double lo, double hi);
 void tu_fill(double *x, size_t n, uint64_t *state, double lo, double hi);
 double *tu_random(size_t n, uint64_t *state); /* malloc'd, uniform in [-1, 1) */
 
+/* 16-bit storage dtypes, and rounding a double to them (nearest even). */
+static inline bool tu_is_16bit(attn_dtype dt) {
+  return dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16;
+}
+double tu_round_bf16(double x);
+double tu_round_f16(double x);
+
 /* A rank-4 tensor holding src ([B][H][S][D] dense doubles) converted to dtype,
  * stored as [B,H,S,D] or, with bshd, as [B,S,H,D] memory seen through strides.
  * The storage is freed by tu_tensor_free. */

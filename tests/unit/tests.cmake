@@ -22,3 +22,13 @@ target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
 add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
 set_tests_properties(test_kvcache_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+
+# The 16-bit tests again on the convert engines (no AVX-512: widen to f32,
+# then OpenBLAS), and the exact tests with f32 kept on OpenBLAS instead of
+# the AVX-512 tile engine: every engine meets the same bounds.
+add_test(NAME test_half_avx2 COMMAND test_half)
+set_tests_properties(test_half_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+add_test(NAME test_exact_blas COMMAND test_exact)
+set_tests_properties(test_exact_blas PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
