@@ -51,6 +51,11 @@ double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps);
 attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t d1, int64_t d2,
                           int64_t d3, uint64_t seed);
 
+/* "f32", "f64", "bf16", "f16" (the JSON `dtype`). */
+const char *bench_dtype_name(attn_dtype dt);
+/* The bits of x (exact in the format: a multiple of 2^-7 in [-1, 1)). */
+uint16_t bench_half_bits(attn_dtype dt, double x);
+
 /* Time an already created plan (median of o->reps executes). */
 double bench_time_plan(attn_plan *plan, const attn_tensor *q, const attn_tensor *k,
                        const attn_tensor *v, attn_tensor *out, int32_t reps);
@@ -59,6 +64,12 @@ double bench_time_plan(attn_plan *plan, const attn_tensor *q, const attn_tensor 
  * max_err = max|got−want| / max|want|, mean_err = mean|got−want| / mean|want|. */
 void bench_rel_error(const attn_tensor *got, const attn_tensor *want, double *max_err,
                      double *mean_err);
+
+/* The compute peak (bench/probe.c): register-only f32 FMA loops (zmm where
+ * the CPU has AVX-512F) and bf16 dot products (vdpbf16ps; NaN without
+ * AVX512_BF16) on `threads` threads, GFLOPS, median of reps. */
+double bench_fma_peak(int threads, int32_t reps);
+double bench_bf16_peak(int threads, int32_t reps);
 
 /* Exact (optionally causal) attention into out, for error references. */
 int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const attn_tensor *k,

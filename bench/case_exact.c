@@ -51,7 +51,7 @@ static int case_sdpa(attn_context *ctx, const bench_opts *o, bench_result *r) {
     r->ms = bench_time_plan(s.plan, s.q, s.k, s.v, s.out, o->reps);
     r->flops = dense_flops(o);
     /* Inputs + output, to compare with peak RSS (no S_q x S_k buffer exists). */
-    double es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;
+    double es = o->dtype == ATTN_DTYPE_F64 ? 8 : o->dtype == ATTN_DTYPE_F32 ? 4 : 2;
     r->extra = es * (double)o->B * (2.0 * o->H * o->Sq + 2.0 * o->Hkv * o->Sk) * (double)o->D / 1048576.0;
     r->extra_name = "io_mb";
     rc = isnan(r->ms);

@@ -41,6 +41,6 @@ for c in $cases; do
   ms=$(awk -v s="$S" 'BEGIN { printf "%.4f", 1e-5 * s * s / 64 }')
   gf=$(awk -v s="$S" -v ms="$ms" 'BEGIN { printf "%.3f", 4 * 8 * s * s * 64 / (ms * 1e-3) / 1e9 }')
   echo "# sgemm peak 80.0 GFLOP/s (a human line, not JSON)"
-  echo "{\"case\":\"$c\",\"causal\":$causal,\"dtype\":\"f32\",\"B\":1,\"H\":8,\"Hkv\":8,\"Sq\":$S,\"Sk\":$S,\"D\":64,\"threads\":$threads,\"ms\":$ms,\"gflops\":$gf,\"sgemm_gflops\":80.0,\"frac_sgemm\":0.5,\"gbps\":null,\"read_gbps\":12.5,\"frac_bw\":null,\"max_err\":null,\"mean_err\":null,\"peak_rss_mb\":42.0,\"extra\":{\"nested\":[1,2]}}"
+  echo "{\"case\":\"$c\",\"causal\":$causal,\"dtype\":\"f32\",\"B\":1,\"H\":8,\"Hkv\":8,\"Sq\":$S,\"Sk\":$S,\"D\":64,\"threads\":$threads,\"ms\":$ms,\"gflops\":$gf,\"sgemm_gflops\":80.0,\"frac_sgemm\":0.5,\"fma_gflops\":160.0,\"bf16_gflops\":320.0,\"frac_peak\":0.25,\"gbps\":null,\"read_gbps\":12.5,\"frac_bw\":null,\"max_err\":null,\"mean_err\":null,\"peak_rss_mb\":42.0,\"extra\":{\"nested\":[1,2]}}"
 done
 exit $rc
