@@ -320,12 +320,121 @@ static void test_sparse_bf16(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* Bad dtype combinations: the documented status, a message naming the
+ * argument (and the other tensor), outputs untouched, nothing leaked. */
+static void expect_bad(attn_context *ctx, attn_desc *d, attn_tensor *q, attn_tensor *k,
+                       attn_tensor *v, attn_tensor *o, attn_tensor *w, attn_tensor *l,
+                       attn_status want, const char *msg1, const char *msg2) {
+  attn_plan *plan = (attn_plan *)(uintptr_t)0xC0FFEE00u;
+  const size_t ob = (size_t)(attn_tensor_numel(o) * (attn_tensor_dtype(o) == ATTN_DTYPE_F32 ? 4 : 2));
+  memset(attn_tensor_data(o), 0xA5, ob);
+  assert_int_equal(attn_plan_create(ctx, d, q, k, v, o, w, l, &plan), want);
+  assert_ptr_equal(plan, (attn_plan *)(uintptr_t)0xC0FFEE00u);
+  const char *m = attn_context_last_error(ctx);
+  if (strstr(m, msg1) == NULL || (msg2 && strstr(m, msg2) == NULL))
+    fail_msg("message '%s' lacks '%s' / '%s'", m, msg1, msg2 ? msg2 : "");
+  assert_int_equal(attn_forward(ctx, d, q, k, v, o, w, l), want);
+  for (size_t i = 0; i < ob; i++) assert_int_equal(((uint8_t *)attn_tensor_data(o))[i], 0xA5);
+}
+
+static void test_bad_dtypes(void **state) {
+  (void)state;
+  tu_counter cnt = {0};
+  attn_context *ctx = tu_counting_context(&cnt, 2);
+  attn_desc *d = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  const attn_dtype B16 = ATTN_DTYPE_BF16, F16 = ATTN_DTYPE_F16, F32 = ATTN_DTYPE_F32;
+  attn_tensor *q = tu_tensor4(ctx, B16, NULL, 1, 2, 5, 8, false);
+  attn_tensor *k = tu_tensor4(ctx, B16, NULL, 1, 2, 6, 8, false);
+  attn_tensor *v = tu_tensor4(ctx, B16, NULL, 1, 2, 6, 8, false);
+  attn_tensor *o = tu_tensor4(ctx, B16, NULL, 1, 2, 5, 8, false);
+  attn_tensor *kf = tu_tensor4(ctx, F16, NULL, 1, 2, 6, 8, false);
+  attn_tensor *k32 = tu_tensor4(ctx, F32, NULL, 1, 2, 6, 8, false);
+  attn_tensor *q32 = tu_tensor4(ctx, F32, NULL, 1, 2, 5, 8, false);
+  attn_tensor *o32 = tu_tensor4(ctx, F32, NULL, 1, 2, 5, 8, false);
+  attn_tensor *of16 = tu_tensor4(ctx, F16, NULL, 1, 2, 5, 8, false);
+  attn_tensor *o64 = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 5, 8, false);
+  attn_tensor *w16 = tu_tensor4(ctx, B16, NULL, 1, 2, 5, 6, false);
+  const int64_t ls[3] = {1, 2, 5};
+  attn_tensor *l16 = tu_tensor(ctx, B16, NULL, 3, ls);
+  attn_tensor *am16 = tu_tensor4(ctx, B16, NULL, 1, 2, 5, 6, false);
+  expect_bad(ctx, d, q, kf, v, o, NULL, NULL, ATTN_ERR_DTYPE, "k: dtype f16", "q is bf16");
+  expect_bad(ctx, d, q, k32, v, o, NULL, NULL, ATTN_ERR_DTYPE, "k: dtype f32", "q is bf16");
+  expect_bad(ctx, d, q32, k, v, o32, NULL, NULL, ATTN_ERR_DTYPE, "k: dtype bf16", "q is f32");
+  expect_bad(ctx, d, q, k, v, of16, NULL, NULL, ATTN_ERR_DTYPE, "out: dtype f16", "q is bf16");
+  expect_bad(ctx, d, q, k, v, o64, NULL, NULL, ATTN_ERR_DTYPE, "out: dtype f64", NULL);
+  expect_bad(ctx, d, q32, k32, k32, o, NULL, NULL, ATTN_ERR_DTYPE, "out: dtype bf16", "q is f32");
+  expect_bad(ctx, d, q, k, v, o, w16, NULL, ATTN_ERR_DTYPE, "weights: dtype bf16", "f32");
+  expect_bad(ctx, d, q, k, v, o, NULL, l16, ATTN_ERR_DTYPE, "lse: dtype bf16", "f32");
+  /* Additive masks are in the compute type: f32 for 16-bit plans. */
+  assert_int_equal(attn_desc_set_additive_mask(d, am16), ATTN_ERR_DTYPE);
+  attn_tensor *am64 = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 5, 6, false);
+  assert_int_equal(attn_desc_set_additive_mask(d, am64), ATTN_OK);
+  expect_bad(ctx, d, q, k, v, o, NULL, NULL, ATTN_ERR_DTYPE, "additive_mask: dtype f64", "f32");
+  assert_int_equal(attn_desc_set_additive_mask(d, NULL), ATTN_OK);
+  assert_int_equal(attn_desc_set_score(d, ATTN_SCORE_GENERAL), ATTN_OK);
+  expect_bad(ctx, d, q, k, v, o, NULL, NULL, ATTN_ERR_UNSUPPORTED, "score: bf16", NULL);
+  assert_int_equal(attn_desc_set_score(d, ATTN_SCORE_SCALED_DOT), ATTN_OK);
+  const attn_variant no16[] = {ATTN_VARIANT_SWIN, ATTN_VARIANT_LINEAR_ELU, ATTN_VARIANT_PERFORMER,
+                               ATTN_VARIANT_LINFORMER};
+  for (size_t i = 0; i < sizeof no16 / sizeof no16[0]; i++) {
+    attn_desc *dv = NULL;
+    assert_int_equal(attn_desc_create(ctx, &dv), ATTN_OK);
+    assert_int_equal(attn_desc_set_variant(dv, no16[i]), ATTN_OK);
+    attn_plan *plan = NULL;
+    assert_int_not_equal(attn_plan_create(ctx, dv, q, k, v, o, NULL, NULL, &plan), ATTN_OK);
+    assert_null(plan);
+    attn_desc_destroy(dv);
+  }
+  /* The good combinations still work: 16-bit in, f32 out, f32 lse. */
+  attn_tensor *l32 = tu_tensor(ctx, F32, NULL, 3, ls);
+  assert_int_equal(attn_forward(ctx, d, q, k, v, o32, NULL, l32), ATTN_OK);
+  attn_tensor *ts[] = {q, k, v, o, kf, k32, q32, o32, of16, o64, w16, l16, am16, am64, l32};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  attn_desc_destroy(d);
+  attn_context_destroy(ctx);
+  assert_int_equal(cnt.outstanding_bytes, 0);
+}
+
+/* Allocation failure at every allocation of a bf16 plan's creation: the
+ * status is ATTN_ERR_NO_MEMORY, nothing leaks, and the next try works. */
+static void test_alloc_fail_bf16(void **state) {
+  (void)state;
+  for (int64_t fail = 1;; fail++) {
+    tu_counter cnt = {0};
+    attn_context *ctx = tu_counting_context(&cnt, 2);
+    half_case c = base(ATTN_DTYPE_BF16);
+    attn_desc *d = NULL;
+    attn_tensor *q = tu_tensor4(ctx, c.dt, NULL, 1, 2, 40, 16, false);
+    attn_tensor *k = tu_tensor4(ctx, c.dt, NULL, 1, 2, 50, 16, false);
+    attn_tensor *o = tu_tensor4(ctx, c.dt, NULL, 1, 2, 40, 16, false);
+    assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+    attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT);
+    cnt.fail_at = cnt.allocs + fail;
+    attn_plan *plan = NULL;
+    attn_status st = attn_plan_create(ctx, d, q, k, k, o, NULL, NULL, &plan);
+    cnt.fail_at = 0;
+    if (st == ATTN_OK) assert_int_equal(attn_plan_execute(plan, q, k, k, o, NULL, NULL), ATTN_OK);
+    else assert_int_equal(st, ATTN_ERR_NO_MEMORY);
+    attn_plan_destroy(plan);
+    attn_desc_destroy(d);
+    tu_tensor_free(q);
+    tu_tensor_free(k);
+    tu_tensor_free(o);
+    attn_context_destroy(ctx);
+    assert_int_equal(cnt.outstanding_bytes, 0);
+    if (st == ATTN_OK) break;
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_bf16_reference),
       cmocka_unit_test(test_f16_reference),
       cmocka_unit_test(test_threads),
       cmocka_unit_test(test_sparse_bf16),
+      cmocka_unit_test(test_bad_dtypes),
+      cmocka_unit_test(test_alloc_fail_bf16),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
