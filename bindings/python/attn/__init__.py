@@ -4,7 +4,10 @@ Thin by design: the objects mirror the C handles (Context, Tensor, Desc, Plan)
 and every descriptor setter is one row of ``_DESC_SETTERS``. numpy arrays are
 passed to C as views, never copied: q, k, v and out may be any float32/float64
 arrays whose last axis is contiguous, e.g. [B, S, H, D] arrays seen as
-[B, H, S, D] through strides (``layout="bshd"``).
+[B, H, S, D] through strides (``layout="bshd"``). 16-bit inputs: float16
+arrays, and bfloat16 as uint16 arrays tagged with :func:`as_bf16` (numpy has
+no bfloat16; :func:`to_bf16` / :func:`from_bf16` convert); out is the same
+16-bit type or float32, weights and lse are float32.
 
     import numpy as np, attn
     q = np.random.rand(2, 8, 128, 64).astype(np.float32)   # [B, H, S, D]
@@ -31,7 +34,8 @@ __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
            "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
-           "KVCachePlan", "KVCacheMode", "KVCacheStorage"]
+           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "BF16Array", "as_bf16", "to_bf16",
+           "from_bf16"]
 
 _lib = load()
 
@@ -42,6 +46,51 @@ class DType(enum.IntEnum):
     F32 = 1
     F64 = 2
     U8 = 3
+    BF16 = 4
+    F16 = 5
+
+
+class BF16Array(np.ndarray):
+    """A uint16 array whose elements are bfloat16 bit patterns (the top half
+    of an IEEE float32). A numpy view subclass: slicing and transposing keep
+    the tag; arithmetic on it is meaningless (use :func:`from_bf16`)."""
+
+
+def as_bf16(array):
+    """Tag a uint16 array as bfloat16 (a view, no copy)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint16:
+        raise TypeError("as_bf16: expected a uint16 array of bfloat16 bits, got %s (use to_bf16 "
+                        "to convert floats)" % array.dtype)
+    return array.view(BF16Array)
+
+
+def to_bf16(array):
+    """float → bfloat16 (round to nearest even; NaN stays NaN), as a tagged
+    uint16 array."""
+    f = np.ascontiguousarray(array, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f)
+    if nan.any():
+        r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r.view(BF16Array)
+
+
+def from_bf16(array):
+    """bfloat16 bits (a uint16 array) → float32 (exact)."""
+    a = np.ascontiguousarray(np.asarray(array).view(np.uint16))
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
+def _attn_dtype(array):
+    if isinstance(array, BF16Array):
+        return DType.BF16
+    return _NP_DTYPES.get(array.dtype)
+
+
+def _is_16bit(array):
+    return isinstance(array, np.ndarray) and _attn_dtype(array) in (DType.BF16, DType.F16)
 
 
 class Variant(enum.IntEnum):
@@ -84,7 +133,8 @@ def library_path():
 
 
 _NP_DTYPES = {np.dtype(np.float32): DType.F32, np.dtype(np.float64): DType.F64,
-              np.dtype(np.uint8): DType.U8, np.dtype(np.bool_): DType.U8}
+              np.dtype(np.uint8): DType.U8, np.dtype(np.bool_): DType.U8,
+              np.dtype(np.float16): DType.F16}
 
 
 class Context:
@@ -163,7 +213,8 @@ class Tensor:
     """attn_tensor wrapping a numpy array's memory (no copy).
 
     The Tensor keeps the array alive. Checks (before C sees the array): dtype
-    float32/float64 (uint8/bool for masks), rank 1..4, non-negative strides
+    float32/float64/float16, bfloat16 (a uint16 array tagged by as_bf16), or
+    uint8/bool for masks; rank 1..4, non-negative strides
     that are whole elements, the last axis contiguous when ``contiguous_last``,
     and the array writeable when ``writeable``.
     """
@@ -171,10 +222,11 @@ class Tensor:
     def __init__(self, ctx, array, name="tensor", writeable=False, contiguous_last=False):
         if not isinstance(array, np.ndarray):
             raise TypeError("%s: expected a numpy.ndarray, got %s" % (name, type(array).__name__))
-        dtype = _NP_DTYPES.get(array.dtype)
+        dtype = _attn_dtype(array)
         if dtype is None:
-            raise TypeError("%s: dtype %s is not supported (use float32 or float64%s)"
-                            % (name, array.dtype, ", or uint8/bool for masks"))
+            hint = " (bfloat16? tag it with attn.as_bf16)" if array.dtype == np.uint16 else ""
+            raise TypeError("%s: dtype %s is not supported (use float32, float64, float16 or "
+                            "bfloat16%s, or uint8/bool for masks)" % (name, array.dtype, hint))
         if not 1 <= array.ndim <= 4:
             raise ValueError("%s: rank %d (shape %s), expected 1..4"
                              % (name, array.ndim, array.shape))
@@ -217,7 +269,7 @@ class Tensor:
 
     def matches(self, array):
         """Same dtype, shape and strides as ``array`` (so set_data can reuse it)."""
-        return (isinstance(array, np.ndarray) and _NP_DTYPES.get(array.dtype) == self.dtype
+        return (isinstance(array, np.ndarray) and _attn_dtype(array) == self.dtype
                 and array.shape == self.shape
                 and all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
                 and _canonical_strides(array.shape, [s // array.itemsize for s in array.strides])
@@ -535,7 +587,9 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
     """One-shot attention on numpy arrays.
 
     q: [B, H, S_q, d], k: [B, H_kv, S_k, d], v: [B, H_kv, S_k, d_v] (or
-    [B, S, H, D] each with ``layout="bshd"``); all float32 or all float64.
+    [B, S, H, D] each with ``layout="bshd"``); all float32 or all float64, or
+    all float16 or all bfloat16 (:func:`as_bf16`), whose out has q's type
+    and weights/lse are float32.
     ``causal``: False, True (= "top_left") or "bottom_right". ``scale``:
     default 1/sqrt(d). Any descriptor setting is accepted by name, e.g.
     ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m``, ``alibi=s``,
@@ -559,8 +613,11 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
     if out is None:
         shape = (B, H, Sq, Dv) if layout == "bhsd" else (B, Sq, H, Dv)
         out = np.empty(shape, dtype=q.dtype)
-    weights = np.empty((B, H, Sq, Sk), dtype=q.dtype) if return_weights else None
-    lse = np.empty((B, H, Sq), dtype=q.dtype) if return_lse else None
+        if isinstance(q, BF16Array):
+            out = out.view(BF16Array)
+    fdt = np.float32 if _is_16bit(q) else q.dtype   # weights/lse: the compute type
+    weights = np.empty((B, H, Sq, Sk), dtype=fdt) if return_weights else None
+    lse = np.empty((B, H, Sq), dtype=fdt) if return_lse else None
     plan = Plan(desc, q, k, v, out, weights, lse, layout=layout)
     try:
         plan.execute(q, k, v, out, weights, lse)

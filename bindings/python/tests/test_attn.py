@@ -387,6 +387,77 @@ class TestErrors(unittest.TestCase):
                     out, np.zeros((1, 2, 5, 5), np.float32))
 
 
+class TestHalf(Case):
+    """float16 arrays and bfloat16 (uint16 tagged by attn.as_bf16) against the
+    float64 reference on the same rounded inputs: |out - ref| <= c*u*sum_j p|v|
+    with u = 2^-8, c = 2 (bf16: P rounded for P.V, out rounded once) and
+    u = 2^-11, c = 1 (f16: exact in f32, out rounded once), as in attn.h."""
+
+    def inputs(self, rng, shape_q, shape_k):
+        q = rng.uniform(-3, 3, shape_q).astype(np.float32)
+        k = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        v = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        return q, k, v
+
+    def check(self, got, ref, bound, tol):
+        err = np.abs(np.asarray(got, np.float64) - ref)
+        self.assertTrue(np.all(err <= tol * bound + 1e-6), "max err %g" % err.max())
+
+    def test_bf16_round_trip_is_round_to_nearest_even(self):
+        x = np.array([1.0, 1.00390625, 1.01171875, -2.5, 1.0048828125, np.inf, 0.0], np.float32)
+        # 1 + 2^-8 is a tie: even (1.0); 1 + 3*2^-8 is a tie: even (1 + 2^-6);
+        # 1 + 2^-8 + 2^-11 is above the tie: up (1 + 2^-7)
+        self.assertEqual(attn.from_bf16(attn.to_bf16(x)).tolist(),
+                         [1.0, 1.0, 1.015625, -2.5, 1.0078125, np.inf, 0.0])
+        self.assertTrue(np.isnan(attn.from_bf16(attn.to_bf16(np.float32(np.nan)))))
+        with self.assertRaises(TypeError):
+            attn.as_bf16(np.zeros(3, np.float32))
+
+    def test_bf16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(15)
+        for causal in (NONE, TOP_LEFT):
+            for (H, Hkv) in ((4, 4), (4, 2)):
+                q, k, v = self.inputs(rng, (2, H, 33, 16), (2, Hkv, 40, 16))
+                qb, kb, vb = attn.to_bf16(q), attn.to_bf16(k), attn.to_bf16(v)
+                ro, rw, rl, bound = reference(attn.from_bf16(qb), attn.from_bf16(kb),
+                                              attn.from_bf16(vb), causal=causal)
+                out, w, lse = attn.attention(qb, kb, vb, causal=causal, return_weights=True,
+                                             return_lse=True)
+                self.assertIsInstance(out, attn.BF16Array)
+                self.assertEqual(w.dtype, np.float32)
+                self.assertEqual(lse.dtype, np.float32)
+                self.check(attn.from_bf16(out), ro, bound, 2 * 2.0**-8)
+                self.check(w, rw, np.ones_like(rw), 1e-4)
+                # f32 out from bf16 inputs
+                o32 = np.empty(ro.shape, np.float32)
+                attn.attention(qb, kb, vb, causal=causal, out=o32)
+                self.check(o32, ro, bound, 2 * 2.0**-8)
+
+    def test_f16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(16)
+        q, k, v = (a.astype(np.float16) for a in self.inputs(rng, (1, 2, 20, 8), (1, 2, 30, 8)))
+        for layout in ("bhsd", "bshd"):
+            ro, _, _, bound = reference(q, k, v, causal=TOP_LEFT)
+            args = (q, k, v) if layout == "bhsd" else \
+                tuple(np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k, v))
+            out = attn.attention(*args, causal=True, layout=layout)
+            self.assertEqual(out.dtype, np.float16)
+            if layout == "bshd":
+                out = out.transpose(0, 2, 1, 3)
+            self.check(out, ro, bound, 2.0**-11)
+
+    def test_untagged_uint16_and_mixed_dtypes_are_rejected(self):
+        q = np.zeros((1, 1, 4, 8), np.uint16)
+        with self.assertRaisesRegex(TypeError, "as_bf16"):
+            attn.attention(q, q, q)
+        qb = attn.as_bf16(q)
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.attention(qb, q.astype(np.float16), qb)
+        self.assertEqual(cm.exception.status, attn.Status.ERR_DTYPE)
+        self.assertIn("k:", cm.exception.message)
+        self.assertIn("q is bf16", cm.exception.message)
+
+
 class TestTorch(Case):
     """Cross-check with PyTorch's attention (skipped when torch is missing)."""
 
