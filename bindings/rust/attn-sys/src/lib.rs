@@ -68,6 +68,8 @@ pub type attn_dtype = c_int;
 pub const ATTN_DTYPE_F32: attn_dtype = 1;
 pub const ATTN_DTYPE_F64: attn_dtype = 2;
 pub const ATTN_DTYPE_U8: attn_dtype = 3;
+pub const ATTN_DTYPE_BF16: attn_dtype = 4;
+pub const ATTN_DTYPE_F16: attn_dtype = 5;
 
 pub type attn_variant = c_int;
 pub const ATTN_VARIANT_EXACT: attn_variant = 0;

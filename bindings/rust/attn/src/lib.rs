@@ -206,7 +206,8 @@ c_enum!(
     }
 );
 
-/// Element types a tensor can hold. Sealed: f32, f64 (data) and u8 (masks).
+/// Element types a tensor can hold. Sealed: f32, f64 (data), [`Bf16`] and
+/// [`F16`] (16-bit storage of q, k, v, out) and u8 (masks).
 pub trait Element: Copy + private::Sealed {
     #[doc(hidden)]
     const DTYPE: sys::attn_dtype;
@@ -218,6 +219,8 @@ mod private {
     impl Sealed for f32 {}
     impl Sealed for f64 {}
     impl Sealed for u8 {}
+    impl Sealed for super::Bf16 {}
+    impl Sealed for super::F16 {}
 }
 impl Element for f32 {
     const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F32;
@@ -230,6 +233,91 @@ impl Element for u8 {
 }
 impl Float for f32 {}
 impl Float for f64 {}
+/// bfloat16: the top 16 bits of an IEEE f32 (8-bit significand, f32's range).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bf16(pub u16);
+impl Bf16 {
+    /// Round to nearest even (NaN stays a quiet NaN).
+    pub fn from_f32(x: f32) -> Bf16 {
+        let u = x.to_bits();
+        if (u & 0x7fff_ffff) > 0x7f80_0000 {
+            return Bf16(((u >> 16) | 0x40) as u16);
+        }
+        Bf16((u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16)
+    }
+    /// Exact.
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+/// IEEE binary16 (11-bit significand, largest finite 65504).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct F16(pub u16);
+impl F16 {
+    /// Round to nearest even; overflow gives ±inf, NaN a quiet NaN.
+    pub fn from_f32(x: f32) -> F16 {
+        let u = x.to_bits();
+        let sign = ((u >> 16) & 0x8000) as u16;
+        let a = u & 0x7fff_ffff;
+        if a > 0x7f80_0000 {
+            return F16(sign | 0x7e00 | ((a >> 13) & 0x3ff) as u16);
+        }
+        if a >= 0x477f_f000 {
+            return F16(sign | 0x7c00);
+        }
+        if a >= 0x3880_0000 {
+            let r = a - 0x3800_0000;
+            let r = r + 0xfff + ((r >> 13) & 1);
+            return F16(sign | (r >> 13) as u16);
+        }
+        if a < 0x3300_0000 {
+            return F16(sign);
+        }
+        let e = a >> 23;
+        let m = (a & 0x7f_ffff) | 0x80_0000;
+        let shift = 126 - e;
+        let mut q = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        let half = 1 << (shift - 1);
+        if rem > half || (rem == half && (q & 1) == 1) {
+            q += 1;
+        }
+        F16(sign | q as u16)
+    }
+    /// Exact.
+    pub fn to_f32(self) -> f32 {
+        let h = self.0 as u32;
+        let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+        let e = ((h >> 10) & 0x1f) as i32;
+        let m = (h & 0x3ff) as f32;
+        match e {
+            0 => sign * m * (2.0f32).powi(-24),
+            31 => {
+                if m == 0.0 {
+                    sign * f32::INFINITY
+                } else {
+                    f32::NAN
+                }
+            }
+            _ => sign * (1024.0 + m) * (2.0f32).powi(e - 25),
+        }
+    }
+}
+
+impl Element for Bf16 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_BF16;
+}
+impl Element for F16 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F16;
+}
+/// 16-bit storage types of q, k, v (and out): computed in f32 (attn.h).
+pub trait Half: Element {}
+impl Half for Bf16 {}
+impl Half for F16 {}
+
 /// Element type of boolean masks and block layouts: u8 (non-zero = keep).
 pub trait Byte: Element {}
 impl Byte for u8 {}
@@ -786,6 +874,34 @@ pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[
 pub fn attention_with_stats<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T], weights: &mut [T], lse: &mut [T]) -> Result<()> {
     let mut plan = Plan::<T>::new(desc, dims, true, true)?;
     plan.execute(q, k, v, out, Some(weights), Some(lse))
+}
+
+/// One-shot attention on 16-bit q, k, v (`T` = [`Bf16`] or [`F16`]) into
+/// `out` of type `O`, which must be `T` or `f32` (others: [`Status::DType`]
+/// from the library, naming out and q); optional weights and lse are f32.
+/// Accumulation is f32; error bounds in attn.h (attn_plan_create).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_half<T: Half, O: Element>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [O], weights: Option<&mut [f32]>, lse: Option<&mut [f32]>) -> Result<()> {
+    let ctx = desc.ctx;
+    let wl = dims.weights_layout();
+    let ll = dims.lse_layout();
+    let hq = Handle::over(ctx, q, &dims.q_layout(), "q")?;
+    let hk = Handle::over(ctx, k, &dims.k_layout(), "k")?;
+    let hv = Handle::over(ctx, v, &dims.v_layout(), "v")?;
+    let ho = Handle::over(ctx, &*out, &dims.out_layout(), "out")?;
+    let hw = match &weights {
+        Some(w) => Some(Handle::over(ctx, &**w, &wl, "weights")?),
+        None => None,
+    };
+    let hl = match &lse {
+        Some(l) => Some(Handle::over(ctx, &**l, &ll, "lse")?),
+        None => None,
+    };
+    let opt = |h: &Option<Handle>| h.as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+    let st = unsafe {
+        sys::attn_forward(ctx.ptr(), desc.raw.as_ptr(), hq.raw.as_ptr(), hk.raw.as_ptr(), hv.raw.as_ptr(), ho.raw.as_ptr(), opt(&hw), opt(&hl))
+    };
+    check(ctx.ptr(), st, "attn_forward")
 }
 
 // ---------------------------------------------------------------------------
