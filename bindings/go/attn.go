@@ -199,6 +199,10 @@ const (
 	F32 DType = C.ATTN_DTYPE_F32
 	F64 DType = C.ATTN_DTYPE_F64
 	U8  DType = C.ATTN_DTYPE_U8
+	// BF16 is bfloat16 storage (q, k, v, out): the top 16 bits of a float32.
+	BF16 DType = C.ATTN_DTYPE_BF16
+	// F16 is IEEE binary16 storage (q, k, v, out).
+	F16 DType = C.ATTN_DTYPE_F16
 )
 
 func (d DType) size() int64 {
@@ -209,6 +213,8 @@ func (d DType) size() int64 {
 		return 8
 	case U8:
 		return 1
+	case BF16, F16:
+		return 2
 	}
 	return 0
 }
@@ -852,6 +858,156 @@ func AttentionStats[T Float](desc *Desc, dims Dims, q, k, v, out, weights, lse [
 	}
 	defer pl.Close()
 	return Execute(pl, q, k, v, out, weights, lse)
+}
+
+// Bfloat16 is one bfloat16 value (bits). Computed in float32.
+type Bfloat16 uint16
+
+// Float16 is one IEEE binary16 value (bits). Computed in float32.
+type Float16 uint16
+
+// Half is a 16-bit storage type of q, k, v (and out).
+type Half interface{ Bfloat16 | Float16 }
+
+// ToBfloat16 rounds x to bfloat16 (nearest even; NaN stays a quiet NaN).
+func ToBfloat16(x float32) Bfloat16 {
+	u := math.Float32bits(x)
+	if u&0x7fffffff > 0x7f800000 {
+		return Bfloat16(u>>16 | 0x40)
+	}
+	return Bfloat16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// Float32 is b exactly.
+func (b Bfloat16) Float32() float32 { return math.Float32frombits(uint32(b) << 16) }
+
+// ToFloat16 rounds x to binary16 (nearest even; overflow gives ±inf).
+func ToFloat16(x float32) Float16 {
+	u := math.Float32bits(x)
+	sign := uint16(u>>16) & 0x8000
+	a := u & 0x7fffffff
+	switch {
+	case a > 0x7f800000:
+		return Float16(sign | 0x7e00 | uint16(a>>13)&0x3ff)
+	case a >= 0x477ff000:
+		return Float16(sign | 0x7c00)
+	case a >= 0x38800000:
+		r := a - 0x38000000
+		r += 0xfff + (r>>13)&1
+		return Float16(sign | uint16(r>>13))
+	case a < 0x33000000:
+		return Float16(sign)
+	}
+	e := a >> 23
+	m := a&0x7fffff | 0x800000
+	shift := 126 - e
+	q := m >> shift
+	rem, half := m&(1<<shift-1), uint32(1)<<(shift-1)
+	if rem > half || (rem == half && q&1 == 1) {
+		q++
+	}
+	return Float16(sign | uint16(q))
+}
+
+// Float32 is h exactly.
+func (h Float16) Float32() float32 {
+	sign := float32(1)
+	if h&0x8000 != 0 {
+		sign = -1
+	}
+	e, m := int(h>>10)&0x1f, float32(h&0x3ff)
+	switch e {
+	case 0:
+		return sign * m * float32(math.Ldexp(1, -24))
+	case 31:
+		if m == 0 {
+			return sign * float32(math.Inf(1))
+		}
+		return float32(math.NaN())
+	}
+	return sign * (1024 + m) * float32(math.Ldexp(1, e-25))
+}
+
+func halfDType[T Half]() DType {
+	var z T
+	if _, ok := any(z).(Bfloat16); ok {
+		return BF16
+	}
+	return F16
+}
+
+func ptrOfAny[T any](xs []T) unsafe.Pointer {
+	if len(xs) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&xs[0])
+}
+
+// attentionHalf: one plan over q, k, v of dtype dt, out of odt, f32 lse.
+func attentionHalf(desc *Desc, dims Dims, dt, odt DType, q, k, v, out unsafe.Pointer,
+	lens [4]int, lse []float32) error {
+	if desc.p == nil {
+		return errClosed("desc")
+	}
+	layouts := [5]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout(), dims.LseLayout()}
+	dts := [5]DType{dt, dt, dt, odt, F32}
+	var hs [5]*handle
+	defer func() {
+		for _, h := range hs {
+			h.destroy()
+		}
+	}()
+	var cp [6]*C.attn_tensor
+	for i := 0; i < 5; i++ {
+		if i == 4 && lse == nil {
+			break
+		}
+		h, err := wrap(desc.ctx, dts[i], layouts[i], C.attn_go_placeholder(), operandNames[[5]int{0, 1, 2, 3, 5}[i]])
+		if err != nil {
+			return err
+		}
+		hs[i] = h
+		n := int64(len(lse))
+		if i < 4 {
+			n = int64(lens[i])
+		}
+		if n < h.extent {
+			return &Error{Status: StatusShape, Func: "attn.AttentionHalf", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", operandNames[[5]int{0, 1, 2, 3, 5}[i]], n, h.extent)}
+		}
+		cp[[5]int{0, 1, 2, 3, 5}[i]] = h.p
+	}
+	var p *C.attn_plan
+	st := C.attn_plan_create(desc.ctx.p, desc.p, cp[0], cp[1], cp[2], cp[3], nil, cp[5], &p)
+	if err := desc.ctx.check(st, "attn_plan_create"); err != nil {
+		return err
+	}
+	defer C.attn_plan_destroy(p)
+	st = C.attn_go_execute(p, cp[0], cp[1], cp[2], cp[3], nil, cp[5], q, k, v, out, nil, ptrOfAny(lse))
+	runtime.KeepAlive(desc)
+	return desc.ctx.check(st, "attn_plan_execute")
+}
+
+// AttentionHalf is one-shot attention on 16-bit q, k, v (Bfloat16 or
+// Float16) into out of the same type, in dims' layouts; lse (float32
+// [B,H,S_q]) may be nil. Accumulation is float32 (bounds in attn.h).
+func AttentionHalf[T Half](desc *Desc, dims Dims, q, k, v, out []T, lse []float32) error {
+	dt := halfDType[T]()
+	err := attentionHalf(desc, dims, dt, dt, ptrOfAny(q), ptrOfAny(k), ptrOfAny(v), ptrOfAny(out),
+		[4]int{len(q), len(k), len(v), len(out)}, lse)
+	runtime.KeepAlive([][]T{q, k, v, out})
+	runtime.KeepAlive(lse)
+	return err
+}
+
+// AttentionHalfF32 is AttentionHalf writing a float32 out.
+func AttentionHalfF32[T Half](desc *Desc, dims Dims, q, k, v []T, out, lse []float32) error {
+	dt := halfDType[T]()
+	err := attentionHalf(desc, dims, dt, F32, ptrOfAny(q), ptrOfAny(k), ptrOfAny(v), ptrOfAny(out),
+		[4]int{len(q), len(k), len(v), len(out)}, lse)
+	runtime.KeepAlive([][]T{q, k, v})
+	runtime.KeepAlive(out)
+	runtime.KeepAlive(lse)
+	return err
 }
 
 // ---------------------------------------------------------------------------
