@@ -19,7 +19,10 @@
  *   |lse − ref| ≤ 3 δ_i + (S_k + 8) u · (1 + |ref|)
  *   |w − ref|   ≤ (3 δ_i + 8u) · ref + atol
  * (atol: 1e-37 for f32, 1e-300 for f64, i.e. only underflow), and a row the
- * reference leaves empty must give exactly 0 / −inf / 0. */
+ * reference leaves empty must give exactly 0 / −inf / 0.
+ * 16-bit storage (bf16, f16; dot scores only; q, k, v rounded to the format
+ * before the reference sees them): u is f32's, and out also gets attn.h's
+ * 16-bit term c·u₁₆·Σ_j p_ij|v_j| (bf16: 2·2⁻⁸, f16: 2⁻¹¹). */
 #include <float.h>
 #include <math.h>
 
@@ -87,6 +90,12 @@ static void parse(fz *f, prob *p) {
   p->want_lse = fz_bool(f);
   p->bshd = fz_bool(f);
   p->seed = fz_u64(f) | 1;
+  /* Read last so older corpus files keep their meaning (missing bytes read 0). */
+  const uint8_t h = fz_u8(f) % 4;
+  if (p->dt == ATTN_DTYPE_F32 && p->score <= 1 && (h == 1 || h == 2)) {
+    p->dt = h == 1 ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F16;
+    if (p->special == 3) p->special = 0; /* subnormal q: not representable in f16 */
+  }
 }
 
 static double *random_vec(size_t n, uint64_t *s, double mag) {
@@ -95,7 +104,9 @@ static double *random_vec(size_t n, uint64_t *s, double mag) {
   return x;
 }
 
-static size_t esz(attn_dtype dt) { return dt == ATTN_DTYPE_F64 ? 8 : 4; }
+static size_t esz(attn_dtype dt) {
+  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16 ? 2 : 4;
+}
 
 /* Raw bytes of out, weights, lse for bitwise comparisons. */
 static unsigned char *snapshot(attn_tensor *const *ts, size_t *n) {
@@ -149,7 +160,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int ci = (int)(P.seed >> 60) % N_CTX;
   attn_context *ctx = g_ctx[ci];
   const bool f64 = P.dt == ATTN_DTYPE_F64;
+  const bool half = P.dt == ATTN_DTYPE_BF16 || P.dt == ATTN_DTYPE_F16;
+  const attn_dtype ct = half ? ATTN_DTYPE_F32 : P.dt; /* compute type: weights, lse, masks */
   const double u = f64 ? DBL_EPSILON / 2 : FLT_EPSILON / 2;
+  const double u16 = P.dt == ATTN_DTYPE_BF16 ? 2 * ldexp(1, -8) : P.dt == ATTN_DTYPE_F16 ? ldexp(1, -11) : 0;
 
   /* ---- data ---- */
   uint64_t s = P.seed;
@@ -163,10 +177,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (P.special == 2) memset(q, 0, nq * sizeof *q);
   if (P.special == 3) /* subnormal queries */
     for (size_t i = 0; i < nq; i++) q[i] *= f64 ? 1e-310 : 1e-40;
-  if (!f64) { /* the reference sees exactly the f32 inputs */
-    for (size_t i = 0; i < nq; i++) q[i] = (float)q[i];
-    for (size_t i = 0; i < nk; i++) k[i] = (float)k[i];
-    for (size_t i = 0; i < nv; i++) v[i] = (float)v[i];
+  if (!f64) { /* the reference sees exactly the f32 (or 16-bit) inputs */
+    double (*rd)(double) = P.dt == ATTN_DTYPE_BF16 ? tu_round_bf16 : tu_round_f16;
+    for (size_t i = 0; i < nq; i++) q[i] = half ? rd(q[i]) : (float)q[i];
+    for (size_t i = 0; i < nk; i++) k[i] = half ? rd(k[i]) : (float)k[i];
+    for (size_t i = 0; i < nv; i++) v[i] = half ? rd(v[i]) : (float)v[i];
   }
   size_t nmask = nw;
   uint8_t *bool_dense = NULL;
@@ -274,12 +289,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   attn_tensor *tk = tu_tensor4(ctx, P.dt, k, P.B, P.Hkv, P.Sk, P.Dk, P.bshd);
   attn_tensor *tv = tu_tensor4(ctx, P.dt, v, P.B, P.Hkv, P.Sk, P.Dv, P.bshd);
   attn_tensor *to = tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Dv, P.bshd);
-  attn_tensor *tw = P.want_w ? tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Sk, false) : NULL;
+  attn_tensor *tw = P.want_w ? tu_tensor4(ctx, ct, NULL, P.B, P.H, P.Sq, P.Sk, false) : NULL;
   int64_t lshape[3] = {P.B, P.H, P.Sq};
-  attn_tensor *tl = P.want_lse ? tu_tensor(ctx, P.dt, NULL, 3, lshape) : NULL;
+  attn_tensor *tl = P.want_lse ? tu_tensor(ctx, ct, NULL, 3, lshape) : NULL;
   int64_t bshape[4] = {bB, bH, P.Sq, P.Sk}, ashape[4] = {aB, aH, P.Sq, P.Sk};
   attn_tensor *tbm = bool_small ? tu_tensor(ctx, ATTN_DTYPE_U8, bool_small, 4, bshape) : NULL;
-  attn_tensor *tam = add_small ? tu_tensor(ctx, P.dt, add_small, 4, ashape) : NULL;
+  attn_tensor *tam = add_small ? tu_tensor(ctx, ct, add_small, 4, ashape) : NULL;
   int64_t gshape[2] = {P.Dq, P.Dk}, wqs[2] = {P.A, P.Dq}, wks[2] = {P.A, P.Dk}, as1[1] = {P.A};
   attn_tensor *tgw = gw ? tu_tensor(ctx, P.dt, gw, 2, gshape) : NULL;
   attn_tensor *twq = wq ? tu_tensor(ctx, P.dt, wq, 2, wqs) : NULL;
@@ -346,7 +361,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double dl = delta[r];
     for (int64_t x = 0; x < P.Dv; x++) {
       size_t e = r * (size_t)P.Dv + (size_t)x;
-      double tol = (3 * dl + (double)(P.Sk + 8) * u) * rb[e] + 8 * u * fabs(ro[e]) + (f64 ? 1e-300 : 1e-37);
+      double tol = (3 * dl + (double)(P.Sk + 8) * u + u16) * rb[e] + 8 * u * fabs(ro[e]) + (f64 ? 1e-300 : 1e-37);
       if (isinf(rl[r])) tol = 0; /* empty row: exactly 0 */
       FZ_CHECK(fabs(go[e] - ro[e]) <= tol, "out[row %zu][%lld] = %.17g, reference %.17g (tol %.3g)", r,
                (long long)x, go[e], ro[e], tol);

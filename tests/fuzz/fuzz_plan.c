@@ -57,14 +57,19 @@ static int64_t pick_dim(iter *it) {
 
 static attn_dtype pick_dtype(fz *f) {
   uint8_t x = fz_u8(f);
-  if (x < 160) return ATTN_DTYPE_F32;
-  if (x < 230) return ATTN_DTYPE_F64;
+  if (x < 150) return ATTN_DTYPE_F32;
+  if (x < 210) return ATTN_DTYPE_F64;
+  if (x < 222) return ATTN_DTYPE_BF16;
+  if (x < 230) return ATTN_DTYPE_F16;
   if (x < 245) return ATTN_DTYPE_U8;
   return (attn_dtype)(int)(int8_t)fz_u8(f);
 }
 
 static size_t dsize(attn_dtype dt) {
-  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_U8 ? 1 : 4;
+  return dt == ATTN_DTYPE_F64                                ? 8
+         : dt == ATTN_DTYPE_U8                               ? 1
+         : dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16 ? 2
+                                                             : 4;
 }
 
 /* Wrap a tensor: shape given, strides contiguous / [B,S,H,D]-style / fuzzed.
@@ -321,6 +326,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int i = 0; i < 6; i++) {
     if (!present[i]) continue;
     attn_dtype tdt = dt;
+    /* 16-bit plans take f32 weights/lse (and, with a coin, an f32 out). */
+    if ((dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16) && (i >= 4 || (i == 3 && fz_bool(f))))
+      tdt = ATTN_DTYPE_F32;
     if (i == perturb) {
       uint8_t what = fz_u8(f) % 3;
       if (what == 0) shapes[i][fz_u8(f) % 4] = pick_dim(&it);

@@ -212,6 +212,11 @@ static const af_row rows[] = {
     PLAN_ROW("plan_everything", 3, ATTN_DTYPE_F32, cfg_everything),
     {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
     {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
+    /* 16-bit plans (their tile engine's scratch joins the workspace). */
+    OP_ROW("tensor_create_bf16", 1, ATTN_DTYPE_BF16, op_tensor_create, destroy_tensor),
+    PLAN_ROW("plan_exact_bf16_threads2", 2, ATTN_DTYPE_BF16, NULL),
+    PLAN_ROW("plan_causal_f16", 1, ATTN_DTYPE_F16, cfg_causal),
+    {"forward_bf16_causal", 3, ATTN_DTYPE_BF16, cfg_causal, op_forward, NULL, NULL},
 };
 
 static void *const HANDLE_CANARY = (void *)(uintptr_t)0xC0FFEE00u;

@@ -645,7 +645,7 @@ typedef struct meta_row {
 #define P40 (INT64_C(1) << 40)
 static const meta_row meta_rows[] = {
     {"dtype_zero", (attn_dtype)0, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
-    {"dtype_past_end", (attn_dtype)4, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
+    {"dtype_past_end", (attn_dtype)6, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"dtype_negative", (attn_dtype)-1, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"rank_zero", F32, 0, {4}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
     {"rank_five", F32, 5, {1, 1, 1, 1}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
@@ -758,6 +758,18 @@ static const mutation mutations[] = {
     {"lse_f64", TLSE, F64, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse:"},
     {"lse_sq6", TLSE, F32, 3, {B_, H_, SQ + 1}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
     {"lse_heads1", TLSE, F32, 3, {B_, 1, SQ}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
+    /* 16-bit dtypes (issue 15): only q, k, v of one 16-bit type, out in it
+     * or f32, weights/lse f32; anything else names the tensor and q. */
+    {"q_bf16_others_f32", TQ, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype f32, expected bf16 (q is bf16)"},
+    {"k_bf16", TK, ATTN_DTYPE_BF16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype bf16, expected f32 (q is f32)"},
+    {"v_f16", TV, ATTN_DTYPE_F16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE, "v: dtype f16"},
+    {"out_bf16_q_f32", TOUT, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "out: dtype bf16"},
+    {"weights_bf16", TW, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, SK}, false, {0}, ATTN_ERR_DTYPE,
+     "weights: dtype bf16"},
+    {"lse_f16", TLSE, ATTN_DTYPE_F16, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse: dtype f16"},
 };
 
 static void every_wrong_tensor_is_rejected_by_plan_forward_and_execute(void **state) {
