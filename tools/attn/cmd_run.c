@@ -21,10 +21,11 @@ static void run_usage(FILE *f) {
           "                [--weights W.npy] [--lse L.npy] [options]\n"
           "\n"
           "Computes attention on NumPy arrays with libattn and writes the result as\n"
-          ".npy, to compare with another framework. q, k, v: float32 or float64 (all\n"
-          "the same), C order, rank 4 [B, H, S, D] or rank 3 [H, S, D] (B = 1); k and\n"
-          "v may have fewer heads than q (GQA). OUT has q's dtype and rank:\n"
-          "[B, H, S_q, D_v]; weights [B, H, S_q, S_k]; lse [B, H, S_q].\n"
+          ".npy, to compare with another framework. q, k, v: float32, float64 or\n"
+          "float16 (all the same), C order, rank 4 [B, H, S, D] or rank 3 [H, S, D]\n"
+          "(B = 1); k and v may have fewer heads than q (GQA). OUT has q's dtype and\n"
+          "rank: [B, H, S_q, D_v]; weights [B, H, S_q, S_k]; lse [B, H, S_q] (float32\n"
+          "for float16 inputs, which compute in float32; masks are then float32).\n"
           "\n"
           "Variants (--variant):\n"
           "  exact (sdpa)   softmax attention; the mask options below apply\n"
@@ -309,10 +310,15 @@ static void loaded_free(loaded *l) {
 }
 
 static attn_dtype to_attn(npy_dtype d) {
-  return d == NPY_F32 ? ATTN_DTYPE_F32 : d == NPY_F64 ? ATTN_DTYPE_F64 : ATTN_DTYPE_U8;
+  return d == NPY_F32   ? ATTN_DTYPE_F32
+         : d == NPY_F64 ? ATTN_DTYPE_F64
+         : d == NPY_F16 ? ATTN_DTYPE_F16
+                        : ATTN_DTYPE_U8;
 }
 
-enum { KIND_FLOAT, KIND_BOOL };
+/* KIND_DATA: q, k, v (float32, float64 or float16); KIND_FLOAT: auxiliary
+ * float inputs (float32 or float64); KIND_BOOL: masks and layouts. */
+enum { KIND_FLOAT, KIND_BOOL, KIND_DATA };
 
 /* Load `path` and wrap it as a tensor of rank `want_rank`, padding the shape
  * with leading 1s from rank min_rank..want_rank. Returns CLI_EXIT_* or 0. */
@@ -329,6 +335,11 @@ static int load_as(attn_context *ctx, loaded *l, const char *what, const char *p
   npy_dtype dt = a->h.dtype;
   if (kind == KIND_FLOAT && dt != NPY_F32 && dt != NPY_F64) {
     cli_err(CMD, "%s: %s: dtype %s; expected float32 or float64", what, path, npy_dtype_name(dt));
+    return CLI_EXIT_IO;
+  }
+  if (kind == KIND_DATA && dt != NPY_F32 && dt != NPY_F64 && dt != NPY_F16) {
+    cli_err(CMD, "%s: %s: dtype %s; expected float32, float64 or float16", what, path,
+            npy_dtype_name(dt));
     return CLI_EXIT_IO;
   }
   if (kind == KIND_BOOL && dt != NPY_U8 && dt != NPY_BOOL) {
@@ -487,10 +498,12 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   attn_tensor *tmp = NULL;
   int32_t qrank = 4;
 
-  LOAD("--q", o->q, KIND_FLOAT, 3, 4, &q, &qrank);
-  LOAD("--k", o->k, KIND_FLOAT, 3, 4, &k, NULL);
-  LOAD("--v", o->v, KIND_FLOAT, 3, 4, &v, NULL);
-  const attn_dtype dt = attn_tensor_dtype(q);
+  LOAD("--q", o->q, KIND_DATA, 3, 4, &q, &qrank);
+  LOAD("--k", o->k, KIND_DATA, 3, 4, &k, NULL);
+  LOAD("--v", o->v, KIND_DATA, 3, 4, &v, NULL);
+  /* dt: q's (and out's) dtype; ct: the compute type (weights, lse, masks). */
+  const attn_dtype qdt = attn_tensor_dtype(q);
+  const attn_dtype dt = qdt == ATTN_DTYPE_F16 ? ATTN_DTYPE_F32 : qdt;
   const int64_t B = attn_tensor_dim(q, 0), H = attn_tensor_dim(q, 1), Sq = attn_tensor_dim(q, 2);
   const int64_t Sk = attn_tensor_dim(k, 2), Dv = attn_tensor_dim(v, 3);
 
@@ -567,7 +580,7 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   /* Outputs: the library validates every shape against q, k, v and names the
    * mismatch; the output tensors are only created when the shapes are sane. */
   const int64_t osh[4] = {B, H, Sq, Dv}, wsh[4] = {B, H, Sq, Sk}, lsh[3] = {B, H, Sq};
-  LIBCHECK(attn_tensor_create(ctx, dt, 4, osh, &out));
+  LIBCHECK(attn_tensor_create(ctx, qdt, 4, osh, &out));
   if (o->weights) LIBCHECK(attn_tensor_create(ctx, dt, 4, wsh, &w));
   if (o->lse) LIBCHECK(attn_tensor_create(ctx, dt, 3, lsh, &lse));
   LIBCHECK(attn_plan_create(ctx, d, q, k, v, out, w, lse, &plan));
@@ -576,6 +589,7 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   /* Write with q's rank: rank-3 input [H,S,D] gives rank-3 outputs. */
   {
     const npy_dtype nd = dt == ATTN_DTYPE_F32 ? NPY_F32 : NPY_F64;
+    const npy_dtype od = qdt == ATTN_DTYPE_F16 ? NPY_F16 : nd;
     const int drop = qrank == 3 ? 1 : 0;
     char err[512];
     struct {
@@ -586,7 +600,7 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
     } outs[3] = {{o->out, out, osh, 4}, {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}};
     for (int i = 0; i < 3; i++) {
       if (outs[i].path == NULL) continue;
-      if (npy_save(outs[i].path, nd, outs[i].rank - drop, outs[i].shape + drop,
+      if (npy_save(outs[i].path, i == 0 ? od : nd, outs[i].rank - drop, outs[i].shape + drop,
                    attn_tensor_data(outs[i].t), err, sizeof err) != 0) {
         cli_err(CMD, "%s", err);
         rc = CLI_EXIT_IO;
