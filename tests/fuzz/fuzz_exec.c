@@ -112,7 +112,8 @@ static size_t esz(attn_dtype dt) {
 static unsigned char *snapshot(attn_tensor *const *ts, size_t *n) {
   size_t total = 0;
   for (int i = 0; i < 3; i++)
-    if (ts[i]) total += (size_t)attn_tensor_numel(ts[i]) * esz(attn_tensor_dtype(ts[i]));
+    if (ts[i]) /* stored below as f64 or f32 (16-bit values are exact in f32) */
+      total += (size_t)attn_tensor_numel(ts[i]) * (attn_tensor_dtype(ts[i]) == ATTN_DTYPE_F64 ? 8 : 4);
   unsigned char *buf = malloc(total ? total : 1), *w = buf;
   for (int i = 0; i < 3; i++) {
     if (!ts[i]) continue;
