@@ -24,9 +24,11 @@
 #define ATTN_TILE_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
-static bool g_avx512, g_bf16;
+static bool g_avx512, g_bf16, g_amx;
 static pthread_once_t g_cpu_once = PTHREAD_ONCE_INIT;
 
 static void cpu_init(void) {
@@ -51,7 +53,19 @@ static void cpu_init(void) {
   const bool allowed = strcmp(attn_vmath_get()->isa, "avx512") == 0;
   g_avx512 = allowed && f && bw && vl;
   g_bf16 = g_avx512 && ((a1 >> 5) & 1u);
+  /* AMX: CPUID.7.0:EDX[24] (tiles) and [22] (bf16), the OS's XCR0 tile
+   * state (bits 17, 18), and Linux's per-process permission for the tile
+   * data (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA = 18). */
+  const bool amx_cpu = ((d >> 24) & 1u) && ((d >> 22) & 1u) && ((lo >> 17) & 3u) == 3u;
+  const char *t = getenv("ATTN_TILE");
+  const bool amx_allowed = t == NULL || (strcmp(t, "avx512") != 0 && strcmp(t, "blas") != 0);
+  g_amx = g_bf16 && amx_cpu && amx_allowed && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 #endif
+}
+
+bool attn_cpu_amx(void) {
+  pthread_once(&g_cpu_once, cpu_init);
+  return g_amx;
 }
 
 bool attn_cpu_avx512(void) {
@@ -347,12 +361,14 @@ AVX512 static void b_pack_a(const void *src, int64_t n, void *dst, int64_t npad)
   for (int64_t i = n; i < npad; i++) ((uint16_t *)dst)[i] = 0;
 }
 
-/* K [nj × D] → panels of 32 keys × D/2 pairs:
+/* K [nj × D] → panels of 32 keys × Dp/2 pairs (Dp: D padded to the
+ * engine's K multiple, zero pairs beyond D):
  * dst32[(p·np + t)·32 + c] = pair t of key 32p + c (32-bit words). */
-AVX512 static void b_pack_k(const void *Kv, int64_t ldk, int64_t nj, int64_t D, void *dstv) {
+AVX512 static void b_pack_k_pad(const void *Kv, int64_t ldk, int64_t nj, int64_t D, int64_t Dp,
+                                void *dstv) {
   const uint16_t *K = Kv;
   uint32_t *dst = dstv;
-  const int64_t Dp = D + (D & 1), np = Dp / 2;
+  const int64_t np = Dp / 2;
   for (int64_t j0 = 0; j0 < nj; j0 += NR) {
     uint32_t *P = dst + (j0 / NR) * np * NR;
     const int64_t nc = attn_min64(NR, nj - j0);
@@ -360,7 +376,8 @@ AVX512 static void b_pack_k(const void *Kv, int64_t ldk, int64_t nj, int64_t D, 
       if (c < nc) {
         const uint16_t *row = K + (j0 + c) * ldk;
         for (int64_t t = 0; t < D / 2; t++) P[t * NR + c] = (uint32_t)ld32(row + 2 * t);
-        if (D & 1) P[(np - 1) * NR + c] = row[D - 1];
+        if (D & 1) P[(D / 2) * NR + c] = row[D - 1];
+        for (int64_t t = (D + 1) / 2; t < np; t++) P[t * NR + c] = 0;
       } else {
         for (int64_t t = 0; t < np; t++) P[t * NR + c] = 0;
       }
@@ -368,12 +385,13 @@ AVX512 static void b_pack_k(const void *Kv, int64_t ldk, int64_t nj, int64_t D, 
   }
 }
 
-/* V [nj × Dv] → panels of 32 columns × ⌈nj/2⌉ key pairs: the words of a
- * pair interleave rows 2t and 2t + 1 (zero for a missing last row). */
-AVX512 static void b_pack_v(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, void *dstv) {
+/* V [nj × Dv] → panels of 32 columns × njp/2 key pairs (njp: nj padded to
+ * the engine's K multiple): the words of a pair interleave rows 2t and
+ * 2t + 1 (zero for missing rows). */
+AVX512 static void b_pack_v_pad(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, int64_t njp,
+                                void *dstv) {
   const uint16_t *V = Vv;
   uint16_t *dst = dstv;
-  const int64_t njp = nj + (nj & 1);
   const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
                                           40, 8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1,
                                           32, 0);
@@ -383,7 +401,8 @@ AVX512 static void b_pack_v(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv,
     const __mmask32 k = Dv - c0 >= 32 ? (__mmask32)0xFFFFFFFFu
                                       : (__mmask32)((1u << (Dv - c0)) - 1u);
     for (int64_t t = 0; t < njp / 2; t++) {
-      const __m512i r0 = _mm512_maskz_loadu_epi16(k, V + (2 * t) * ldv + c0);
+      const __m512i r0 = 2 * t < nj ? _mm512_maskz_loadu_epi16(k, V + (2 * t) * ldv + c0)
+                                     : _mm512_setzero_si512();
       const __m512i r1 = 2 * t + 1 < nj ? _mm512_maskz_loadu_epi16(k, V + (2 * t + 1) * ldv + c0)
                                         : _mm512_setzero_si512();
       /* columns 0..15 of both rows interleaved, then 16..31 */
@@ -391,6 +410,13 @@ AVX512 static void b_pack_v(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv,
       _mm512_storeu_si512((void *)(P + t * 2 * NR + NR), _mm512_permutex2var_epi16(r0, hi_idx, r1));
     }
   }
+}
+
+AVX512 static void b_pack_k(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst) {
+  b_pack_k_pad(K, ldk, nj, D, D + (D & 1), dst);
+}
+AVX512 static void b_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst) {
+  b_pack_v_pad(V, ldv, nj, Dv, nj + (nj & 1), dst);
 }
 
 AVX512BF16 static void b_qk(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
@@ -401,10 +427,8 @@ AVX512BF16 static void b_qk(int64_t rows, int64_t nj, int64_t D, float alpha, co
 
 /* P (f32) → bf16 rows of njp (round to nearest even; vcvtne2ps2bf16), then
  * O += Pb · V. */
-AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
-                            void *pscratch, const void *Vp, float *O, int64_t ldo) {
-  const int64_t njp = nj + (nj & 1);
-  uint16_t *Pb = pscratch;
+AVX512BF16 static void b_convert_p(int64_t rows, int64_t nj, int64_t njp, const float *P,
+                                   int64_t ldp, uint16_t *Pb) {
   for (int64_t r = 0; r < rows; r++) {
     const float *src = P + r * ldp;
     uint16_t *d = Pb + r * njp;
@@ -417,11 +441,147 @@ AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P
       _mm512_mask_storeu_epi16(d + j, k, y);
     }
   }
+}
+
+AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
+                            void *pscratch, const void *Vp, float *O, int64_t ldo) {
+  const int64_t njp = nj + (nj & 1);
+  uint16_t *Pb = pscratch;
+  b_convert_p(rows, nj, njp, P, ldp, Pb);
   bf16_gemm(rows, Dv, njp, Pb, njp, Vp, O, ldo, 1.0f, true);
 }
 
 static const attn_tile_engine eng_avx512_bf16 = {
     "avx512-bf16", 2, 2, NR, b_pack_a, b_pack_k, b_pack_v, b_qk, b_pv};
+
+/* -- AMX (AMX-TILE + AMX-BF16): the same packed operands, K padded to 32 --
+ * Tiles: C in tmm0..3 (2 × 2 blocks of 16 rows × 16 f32 columns), A in
+ * tmm4, tmm5 (16 rows × 32 bf16 each), B in tmm6, tmm7 (16 pairs × 16
+ * columns each, read from a 32-column panel with a 128-byte row stride).
+ * Column tails go through a 32 × 32 scratch block. */
+#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16,amx-tile,amx-bf16")))
+#define KP_AMX 32
+
+typedef struct amx_cfg {
+  uint8_t palette, start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+} amx_cfg;
+
+/* r1 rows in the first 16-row block (1..16), r2 in the second (0..16). */
+AMX static void amx_configure(int r1, int r2) {
+  amx_cfg c;
+  memset(&c, 0, sizeof c);
+  c.palette = 1;
+  for (int t = 0; t < 2; t++) { /* C blocks of the first rows, then of the second */
+    c.rows[t] = (uint8_t)r1, c.colsb[t] = 64;
+    c.rows[2 + t] = (uint8_t)r2, c.colsb[2 + t] = r2 ? 64 : 0;
+  }
+  c.rows[4] = (uint8_t)r1, c.colsb[4] = 64;
+  c.rows[5] = (uint8_t)r2, c.colsb[5] = r2 ? 64 : 0;
+  c.rows[6] = c.rows[7] = 16, c.colsb[6] = c.colsb[7] = 64;
+  _tile_loadconfig(&c);
+}
+
+/* C[rows × ncols] (+)= A[rows × Kp] · B (panels of 32 columns, Kp/2 pairs
+ * each); Kp a multiple of 32, A's row stride lda (elements). */
+AMX static void amx_gemm(int64_t rows, int64_t ncols, int64_t Kp, const uint16_t *A, int64_t lda,
+                         const uint16_t *Bp, float *C, int64_t ldc, bool accumulate) {
+  float scratch[32 * 32];
+  int cur1 = -1, cur2 = -1;
+  for (int64_t i0 = 0; i0 < rows; i0 += 32) {
+    const int r1 = (int)attn_min64(16, rows - i0), r2 = (int)attn_max64(0, attn_min64(16, rows - i0 - 16));
+    if (r1 != cur1 || r2 != cur2) {
+      amx_configure(r1, r2);
+      cur1 = r1, cur2 = r2;
+    }
+    const uint16_t *A0 = A + i0 * lda, *A1 = A + (i0 + 16) * lda;
+    for (int64_t j0 = 0; j0 < ncols; j0 += 32) {
+      const uint16_t *B = Bp + (j0 / 32) * Kp * 32;
+      const int64_t nc = attn_min64(32, ncols - j0);
+      float *Cd = C + i0 * ldc + j0;
+      int64_t ldd = ldc;
+      if (nc < 32) { /* column tail: work in scratch */
+        Cd = scratch, ldd = 32;
+        for (int r = 0; r < r1 + r2; r++)
+          for (int64_t c = 0; c < 32; c++)
+            scratch[r * 32 + c] = accumulate && c < nc ? C[(i0 + r) * ldc + j0 + c] : 0.0f;
+      }
+      const size_t sC = (size_t)ldd * sizeof(float);
+      if (accumulate || nc < 32) {
+        _tile_loadd(0, Cd, sC);
+        _tile_loadd(1, Cd + 16, sC);
+        if (r2) {
+          _tile_loadd(2, Cd + 16 * ldd, sC);
+          _tile_loadd(3, Cd + 16 * ldd + 16, sC);
+        }
+      } else {
+        _tile_zero(0);
+        _tile_zero(1);
+        if (r2) {
+          _tile_zero(2);
+          _tile_zero(3);
+        }
+      }
+      for (int64_t k0 = 0; k0 < Kp; k0 += KP_AMX) {
+        _tile_loadd(4, A0 + k0, (size_t)lda * 2);
+        _tile_loadd(6, B + k0 * 32, 128);
+        _tile_loadd(7, B + k0 * 32 + 32, 128);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_dpbf16ps(1, 4, 7);
+        if (r2) {
+          _tile_loadd(5, A1 + k0, (size_t)lda * 2);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, Cd, sC);
+      _tile_stored(1, Cd + 16, sC);
+      if (r2) {
+        _tile_stored(2, Cd + 16 * ldd, sC);
+        _tile_stored(3, Cd + 16 * ldd + 16, sC);
+      }
+      if (nc < 32)
+        for (int r = 0; r < r1 + r2; r++)
+          memcpy(C + (i0 + r) * ldc + j0, scratch + r * 32, (size_t)nc * sizeof(float));
+    }
+  }
+  _tile_release();
+}
+
+static inline int64_t pad32(int64_t n) { return (n + 31) / 32 * 32; }
+
+AVX512 static void a_pack_k(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst) {
+  b_pack_k_pad(K, ldk, nj, D, pad32(D), dst);
+}
+AVX512 static void a_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst) {
+  b_pack_v_pad(V, ldv, nj, Dv, pad32(nj), dst);
+}
+
+AMX static void a_qk(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
+                     const void *Kp, float *S, int64_t lds) {
+  const int64_t Dp = pad32(D);
+  amx_gemm(rows, nj, Dp, A, Dp, Kp, S, lds, false);
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t j = 0; j < nj; j += 16) {
+      const __mmask16 k = mask16(nj - j);
+      float *p = S + r * lds + j;
+      _mm512_mask_storeu_ps(p, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p), va));
+    }
+}
+
+AMX static void a_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
+                     void *pscratch, const void *Vp, float *O, int64_t ldo) {
+  const int64_t njp = pad32(nj);
+  uint16_t *Pb = pscratch;
+  b_convert_p(rows, nj, njp, P, ldp, Pb);
+  amx_gemm(rows, Dv, njp, Pb, njp, Vp, O, ldo, true);
+}
+
+static const attn_tile_engine eng_amx_bf16 = {
+    "amx-bf16", 2, KP_AMX, NR, b_pack_a, a_pack_k, a_pack_v, a_qk, a_pv};
 
 #endif /* ATTN_TILE_X86 */
 
@@ -442,6 +602,7 @@ const attn_tile_engine *attn_tile_engine_named(const char *name) {
   if (strcmp(name, "avx512-f32") == 0 && attn_cpu_avx512()) return &eng_avx512_f32;
   if (strcmp(name, "avx512-f32-f16") == 0 && attn_cpu_avx512()) return &eng_avx512_f32_f16;
   if (strcmp(name, "avx512-bf16") == 0 && attn_cpu_avx512_bf16()) return &eng_avx512_bf16;
+  if (strcmp(name, "amx-bf16") == 0 && attn_cpu_amx()) return &eng_amx_bf16;
 #endif
   return NULL;
 }
@@ -453,6 +614,7 @@ const attn_tile_engine *attn_tile_engine_for(attn_dtype storage, int64_t D, int6
   const bool avx512 = attn_cpu_avx512();
   switch (storage) {
     case ATTN_DTYPE_BF16:
+      if (attn_cpu_amx()) return attn_tile_engine_named("amx-bf16");
       return attn_cpu_avx512_bf16() ? attn_tile_engine_named("avx512-bf16") : &eng_convert_bf16;
     case ATTN_DTYPE_F16:
       return avx512 ? attn_tile_engine_named("avx512-f32-f16") : &eng_convert_f16;

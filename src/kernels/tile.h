@@ -5,6 +5,9 @@
  * streams. One engine per (storage dtype, CPU), chosen at plan time from the
  * dtype, the head dims and the CPU only (never the thread count), so results
  * stay bitwise identical for any thread count:
+ *   amx-bf16      bf16 q, k, v on CPUs with AMX (AMX-TILE + AMX-BF16, and
+ *                 Linux granting the tile state): TDPBF16PS on 16 × 32
+ *                 tiles, f32 accumulators; P rounded to bf16 for P·V.
  *   avx512-bf16   bf16 q, k, v: vdpbf16ps (AVX512_BF16) on bf16 pairs, f32
  *                 accumulators; P is rounded to bf16 for P·V.
  *   avx512-f32    f32 q, k, v (dot scores) and f16 (widened exactly to f32
@@ -14,7 +17,8 @@
  *                 then OpenBLAS sgemm.
  * f32 without AVX-512 (and f64 always) uses no engine: the kernel calls
  * OpenBLAS on the tensors directly, as before. $ATTN_TILE=blas keeps f32 on
- * OpenBLAS even where avx512-f32 is available (for comparisons). */
+ * OpenBLAS even where avx512-f32 is available, $ATTN_TILE=avx512 keeps bf16
+ * off AMX (both for tests and comparisons; read once per process). */
 #ifndef ATTN_TILE_H
 #define ATTN_TILE_H
 
@@ -46,15 +50,17 @@ typedef struct attn_tile_engine {
  * and $ATTN_TILE only; read once per process. */
 const attn_tile_engine *attn_tile_engine_for(attn_dtype storage, int64_t D, int64_t Dv);
 
-/* An engine by name ("avx512-bf16", "avx512-f32", "convert-bf16",
- * "convert-f16", "avx512-f32-f16") if this CPU runs it, else NULL: for
- * tests and the bench. */
+/* An engine by name ("amx-bf16", "avx512-bf16", "avx512-f32",
+ * "convert-bf16", "convert-f16", "avx512-f32-f16") if this CPU runs it,
+ * else NULL: for tests and the bench. */
 const attn_tile_engine *attn_tile_engine_named(const char *name);
 
 /* Does this CPU (and OS) run AVX512F+BW+VL / AVX512_BF16 code? ($ATTN_CPU
  * lowers both to false.) */
 bool attn_cpu_avx512(void);
 bool attn_cpu_avx512_bf16(void);
+/* ... and AMX-BF16 tiles (with the OS's permission; not with ATTN_TILE=avx512|blas). */
+bool attn_cpu_amx(void);
 
 static inline int64_t attn_tile_pad(const attn_tile_engine *e, int64_t n) {
   return attn_cdiv64(n, e->kpad) * e->kpad;

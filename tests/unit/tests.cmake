@@ -29,6 +29,11 @@ set_tests_properties(test_kvcache_avx2 PROPERTIES
 add_test(NAME test_half_avx2 COMMAND test_half)
 set_tests_properties(test_half_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+# On AMX CPUs test_half runs the AMX engine; this one keeps bf16 on the
+# AVX512_BF16 (vdpbf16ps) engine.
+add_test(NAME test_half_avx512 COMMAND test_half)
+set_tests_properties(test_half_avx512 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=avx512" LABELS "unit")
 add_test(NAME test_exact_blas COMMAND test_exact)
 set_tests_properties(test_exact_blas PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
