@@ -415,9 +415,11 @@ typedef struct attn_plan attn_plan;
  *  inputs (since 0.2.0): q, k and v all ATTN_DTYPE_BF16 or all ATTN_DTYPE_F16,
  *  out the same 16-bit type or F32, weights and lse F32, an additive mask
  *  F32 (the compute type). 16-bit plans compute in f32: scores and the
- *  online softmax in f32; on CPUs with AVX512_BF16, bf16 products run on the
- *  bf16 dot-product unit with the probabilities P rounded to bf16 for P·V
- *  (f16 is widened exactly to f32 and uses the f32 path); the result is
+ *  online softmax in f32; bf16 products run on the CPU's bf16 units (AMX
+ *  tiles, else AVX512_BF16 dot products, else widened to f32) with the
+ *  probabilities P rounded to bf16 for P·V in every case (f16 is widened
+ *  exactly to f32 and uses the f32 path); the unit is chosen from the CPU
+ *  alone, never the thread count; the result is
  *  rounded once to out's dtype. Error of a bf16 plan against f64 attention
  *  on the same (bf16) inputs: |out − ref| ≤ 2·2⁻⁸·Σ_j p_ij·|v_j| per
  *  element (P rounding plus the output rounding); f16: the f32 bounds plus
