@@ -416,8 +416,8 @@ typedef struct attn_plan attn_plan;
  *  out the same 16-bit type or F32, weights and lse F32, an additive mask
  *  F32 (the compute type). 16-bit plans compute in f32: scores and the
  *  online softmax in f32; bf16 products run on the CPU's bf16 units (AMX
- *  tiles, else AVX512_BF16 dot products, else widened to f32) with the
- *  probabilities P rounded to bf16 for P·V in every case (f16 is widened
+ *  tiles, else AVX512_BF16 dot products, with the probabilities P rounded
+ *  to bf16 for P·V; else widened to f32) (f16 is widened
  *  exactly to f32 and uses the f32 path); the unit is chosen from the CPU
  *  alone, never the thread count; the result is
  *  rounded once to out's dtype. Error of a bf16 plan against f64 attention
