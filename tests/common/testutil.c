@@ -78,7 +78,7 @@ static double f16_value(uint16_t h) {
   return s * ldexp(1024 + m, e - 25);
 }
 
-static void store(void *base, attn_dtype dt, int64_t off, double x) {
+void tu_store(void *base, attn_dtype dt, int64_t off, double x) {
   if (dt == ATTN_DTYPE_F64) ((double *)base)[off] = x;
   else if (dt == ATTN_DTYPE_F32) ((float *)base)[off] = (float)x;
   else if (dt == ATTN_DTYPE_BF16) ((uint16_t *)base)[off] = bf16_bits(x);
@@ -86,7 +86,7 @@ static void store(void *base, attn_dtype dt, int64_t off, double x) {
   else ((uint8_t *)base)[off] = (uint8_t)(x != 0);
 }
 
-static double load(const void *base, attn_dtype dt, int64_t off) {
+double tu_load(const void *base, attn_dtype dt, int64_t off) {
   if (dt == ATTN_DTYPE_F64) return ((const double *)base)[off];
   if (dt == ATTN_DTYPE_F32) return ((const float *)base)[off];
   if (dt == ATTN_DTYPE_BF16) return bf16_value(((const uint16_t *)base)[off]);
@@ -109,7 +109,7 @@ attn_tensor *tu_tensor4(attn_context *ctx, attn_dtype dt, const double *src, int
       for (int64_t s = 0; s < S; s++)
         for (int64_t d = 0; d < D; d++) {
           int64_t off = b * strides[0] + h * strides[1] + s * strides[2] + d;
-          store(mem, dt, off, src ? src[((b * H + h) * S + s) * D + d] : 0.0);
+          tu_store(mem, dt, off, src ? src[((b * H + h) * S + s) * D + d] : 0.0);
         }
   attn_tensor *t = NULL;
   if (attn_tensor_wrap(ctx, dt, 4, shape, strides, mem, &t) != ATTN_OK) {
@@ -124,7 +124,7 @@ attn_tensor *tu_tensor(attn_context *ctx, attn_dtype dt, const double *src, int3
   int64_t n = 1;
   for (int32_t i = 0; i < rank; i++) n *= shape[i];
   void *mem = calloc((size_t)n, esize(dt));
-  for (int64_t i = 0; i < n; i++) store(mem, dt, i, src ? src[i] : 0.0);
+  for (int64_t i = 0; i < n; i++) tu_store(mem, dt, i, src ? src[i] : 0.0);
   attn_tensor *t = NULL;
   if (attn_tensor_wrap(ctx, dt, rank, shape, NULL, mem, &t) != ATTN_OK) {
     free(mem);
@@ -152,7 +152,7 @@ void tu_read(const attn_tensor *t, double *dst) {
     for (int64_t b = 0; b < shape[1]; b++)
       for (int64_t c = 0; c < shape[2]; c++)
         for (int64_t d = 0; d < shape[3]; d++)
-          dst[n++] = load(attn_tensor_data(t), attn_tensor_dtype(t),
+          dst[n++] = tu_load(attn_tensor_data(t), attn_tensor_dtype(t),
                           a * strides[0] + b * strides[1] + c * strides[2] + d * strides[3]);
 }
 

@@ -345,76 +345,122 @@ static attn_status su_linformer(attn_context *c, attn_desc *d, const dims *m, au
 /* nn.MultiheadAttention-style self-attention layer (heads.h): x [B, S, E]
  * with E = H·d, packed in-projection [3E, E], out-projection [E, E], biases,
  * causal. FLOPs: attention's 4·B·H·S²·d plus the four projections 8·B·S·E². */
+/* The layer in dt (f32, or bf16: parameters and activations in bf16, f32
+ * inside); ref (bf16 only): the f32 layer's out on the same rounded values,
+ * to report the error of the bf16 layer's one output rounding. */
+static attn_status mha_run_dt(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                              double *pic, char *what, size_t wl, attn_dtype dt);
+
 static attn_status mha_run(attn_context *ctx, const dims *dm, int reps, custom_out *o,
                            double *pic, char *what, size_t wl) {
+  return mha_run_dt(ctx, dm, reps, o, pic, what, wl, ATTN_DTYPE_F32);
+}
+
+static attn_status mha_run_bf16(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                                double *pic, char *what, size_t wl) {
+  return mha_run_dt(ctx, dm, reps, o, pic, what, wl, ATTN_DTYPE_BF16);
+}
+
+/* Round an f32 tensor's values to bf16 in place and store the bf16 bits in
+ * h (same element count). */
+static void round_bf16(attn_tensor *f, attn_tensor *h);
+static float from_bf16(uint16_t h);
+
+static attn_status mha_run_dt(attn_context *ctx, const dims *dm, int reps, custom_out *o,
+                              double *pic, char *what, size_t wl, attn_dtype dt) {
   const int64_t E = dm->H * dm->D, B = dm->B, S = dm->S;
+  const bool bf = dt == ATTN_DTYPE_BF16;
   const int64_t s_in[2] = {3 * E, E}, s_inb[1] = {3 * E}, s_out[2] = {E, E}, s_outb[1] = {E};
   const int64_t s_x[3] = {B, S, E}, s_w[3] = {B, S, S};
-  attn_tensor *in_w = NULL, *in_b = NULL, *out_w = NULL, *out_b = NULL, *x = NULL, *y = NULL,
-              *wt = NULL;
-  attn_mha *mha = NULL;
-  attn_mha_plan *plan = NULL;
+  /* f[]: the f32 parameters, input and output; h[]: their bf16 copies (bf16 row) */
+  enum { IN_W, IN_B, OUT_W, OUT_B, X, Y, N_T };
+  const int64_t *shp[N_T] = {s_in, s_inb, s_out, s_outb, s_x, s_x};
+  const int32_t rk[N_T] = {2, 1, 2, 1, 3, 3};
+  attn_tensor *f[N_T] = {NULL}, *h[N_T] = {NULL}, *wt = NULL;
+  attn_mha *mha = NULL, *m32 = NULL;
+  attn_mha_plan *plan = NULL, *p32 = NULL;
   attn_desc *d = NULL;
-  snprintf(what, wl, "multi-head layer: E=%" PRId64 ", %" PRId64 " heads, causal, projections", E,
-           dm->H);
-  attn_status st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 2, s_in, &in_w);
-  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 1, s_inb, &in_b);
-  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 2, s_out, &out_w);
-  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 1, s_outb, &out_b);
-  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_x, &x);
-  if (st == ATTN_OK) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_x, &y);
+  snprintf(what, wl, "multi-head layer%s: E=%" PRId64 ", %" PRId64 " heads, causal, projections",
+           bf ? " in bf16 (f32 inside; vs the f32 layer)" : "", E, dm->H);
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < N_T && st == ATTN_OK; i++) {
+    st = attn_tensor_create(ctx, ATTN_DTYPE_F32, rk[i], shp[i], &f[i]);
+    if (st == ATTN_OK && bf) st = attn_tensor_create(ctx, ATTN_DTYPE_BF16, rk[i], shp[i], &h[i]);
+  }
   if (st == ATTN_OK && pic != NULL) st = attn_tensor_create(ctx, ATTN_DTYPE_F32, 3, s_w, &wt);
   if (st != ATTN_OK) goto out;
-  fill_normal(in_w, 31, 1.0 / sqrt((double)E));
-  fill_normal(in_b, 32, 0.02);
-  fill_normal(out_w, 33, 1.0 / sqrt((double)E));
-  fill_normal(out_b, 34, 0.02);
-  fill_normal(x, 35, 1.0);
+  fill_normal(f[IN_W], 31, 1.0 / sqrt((double)E));
+  fill_normal(f[IN_B], 32, 0.02);
+  fill_normal(f[OUT_W], 33, 1.0 / sqrt((double)E));
+  fill_normal(f[OUT_B], 34, 0.02);
+  fill_normal(f[X], 35, 1.0);
+  if (bf)
+    for (int i = 0; i < Y; i++) round_bf16(f[i], h[i]); /* both layers see the same values */
+  attn_tensor **t = bf ? h : f;
   attn_mha_config cfg;
   attn_mha_config_init(&cfg);
   cfg.embed_dim = E;
   cfg.num_heads = dm->H;
   cfg.batch_first = 1;
+  cfg.dtype = dt;
   attn_mha_weights w;
   attn_mha_weights_init(&w);
-  w.in_proj_weight = in_w;
-  w.in_proj_bias = in_b;
-  w.out_proj_weight = out_w;
-  w.out_proj_bias = out_b;
+  w.in_proj_weight = t[IN_W];
+  w.in_proj_bias = t[IN_B];
+  w.out_proj_weight = t[OUT_W];
+  w.out_proj_bias = t[OUT_B];
   if ((st = attn_mha_create(ctx, &cfg, &w, &mha)) != ATTN_OK) goto out;
   if ((st = attn_desc_create(ctx, &d)) != ATTN_OK) goto out;
   if ((st = attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT)) != ATTN_OK) goto out;
-  if ((st = attn_mha_plan_create(mha, d, x, x, x, NULL, y, wt, &plan)) != ATTN_OK) goto out;
+  if ((st = attn_mha_plan_create(mha, d, t[X], t[X], t[X], NULL, t[Y], wt, &plan)) != ATTN_OK)
+    goto out;
   o->ws = attn_mha_plan_workspace_size(plan);
   if (pic != NULL) {
-    if ((st = attn_mha_plan_execute(plan, x, x, x, NULL, y, wt)) != ATTN_OK) goto out;
+    if ((st = attn_mha_plan_execute(plan, t[X], t[X], t[X], NULL, t[Y], wt)) != ATTN_OK) goto out;
     const float *src = attn_tensor_data(wt);
     for (int64_t i = 0; i < S * S; i++) pic[i] = src[i];
     goto out;
   }
-  double t[64];
+  double tm[64];
   if (reps > 64) reps = 64;
-  st = attn_mha_plan_execute(plan, x, x, x, NULL, y, NULL);
+  st = attn_mha_plan_execute(plan, t[X], t[X], t[X], NULL, t[Y], NULL);
   for (int r = 0; st == ATTN_OK && r < reps; r++) {
     double t0 = cli_now();
-    st = attn_mha_plan_execute(plan, x, x, x, NULL, y, NULL);
-    t[r] = cli_now() - t0;
+    st = attn_mha_plan_execute(plan, t[X], t[X], t[X], NULL, t[Y], NULL);
+    tm[r] = cli_now() - t0;
   }
   if (st != ATTN_OK) goto out;
-  qsort(t, (size_t)reps, sizeof t[0], cmp_double);
-  o->secs = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
+  qsort(tm, (size_t)reps, sizeof tm[0], cmp_double);
+  o->secs = reps % 2 ? tm[reps / 2] : 0.5 * (tm[reps / 2 - 1] + tm[reps / 2]);
   o->flops = 4.0 * (double)(B * dm->H) * (double)S * (double)S * (double)dm->D +
              8.0 * (double)(B * S) * (double)E * (double)E;
+  if (bf) { /* the f32 layer on the same values; the bf16 out widened into f[X] */
+    cfg.dtype = ATTN_DTYPE_F32;
+    w.in_proj_weight = f[IN_W];
+    w.in_proj_bias = f[IN_B];
+    w.out_proj_weight = f[OUT_W];
+    w.out_proj_bias = f[OUT_B];
+    if ((st = attn_mha_create(ctx, &cfg, &w, &m32)) != ATTN_OK ||
+        (st = attn_mha_plan_create(m32, d, f[X], f[X], f[X], NULL, f[Y], NULL, &p32)) != ATTN_OK ||
+        (st = attn_mha_plan_execute(p32, f[X], f[X], f[X], NULL, f[Y], NULL)) != ATTN_OK)
+      goto out;
+    float *x = attn_tensor_data(f[X]);
+    const uint16_t *y = attn_tensor_data(h[Y]);
+    for (int64_t e = 0; e < attn_tensor_numel(f[X]); e++) x[e] = from_bf16(y[e]);
+    rel_error(f[X], f[Y], &o->maxe, &o->meane);
+    o->vs = "mha-f32";
+    o->tol = 2.0 / 256.0; /* the output rounding (2⁻⁸) plus the f32 differences */
+  }
 out:
   attn_mha_plan_destroy(plan);
-  attn_desc_destroy(d);
+  attn_mha_plan_destroy(p32);
   attn_mha_destroy(mha);
-  attn_tensor_destroy(in_w);
-  attn_tensor_destroy(in_b);
-  attn_tensor_destroy(out_w);
-  attn_tensor_destroy(out_b);
-  attn_tensor_destroy(x);
-  attn_tensor_destroy(y);
+  attn_mha_destroy(m32);
+  attn_desc_destroy(d);
+  for (int i = 0; i < N_T; i++) {
+    attn_tensor_destroy(f[i]);
+    attn_tensor_destroy(h[i]);
+  }
   attn_tensor_destroy(wt);
   return st;
 }
@@ -432,6 +478,12 @@ static float from_bf16(uint16_t h) {
   float f;
   memcpy(&f, &u, 4);
   return f;
+}
+
+static void round_bf16(attn_tensor *f, attn_tensor *h) {
+  float *x = attn_tensor_data(f);
+  uint16_t *y = attn_tensor_data(h);
+  for (int64_t e = 0; e < attn_tensor_numel(f); e++) x[e] = from_bf16(y[e] = to_bf16(x[e]));
 }
 
 /* The exact kernel on bf16 q, k, v, out: timed, and compared with f32
@@ -801,6 +853,7 @@ static const demo_row rows[] = {
     {"sdpa-bf16", REF_NONE, 0, NULL, bf16_run, NULL},
     {"causal-bf16", REF_NONE, 0, NULL, bf16_run_causal, NULL},
     {"mha", REF_NONE, 0, NULL, mha_run, NULL},
+    {"mha-bf16", REF_NONE, 0, NULL, mha_run_bf16, NULL},
     {"kvcache", REF_NONE, 0, NULL, kv_run, NULL},
     {"kvcache-gqa", REF_NONE, 0, NULL, kv_run_gqa, NULL},
     {"kvcache-ring", REF_NONE, 0, NULL, kv_run_ring, NULL},
