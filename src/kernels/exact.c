@@ -49,6 +49,10 @@ attn_status attn_exact_run(const attn_exact *ex, attn_context *ctx, const attn_w
     st = attn_parallel_for(ctx, d->B * d->Hkv, f32 ? exact_kproj_task_f32 : exact_kproj_task_f64, &a);
     if (st != ATTN_OK) return st;
   }
+  if (ex->prepack) {
+    st = attn_parallel_for(ctx, d->B * d->Hkv * ex->nkt, exact_prepack_task_f32, &a);
+    if (st != ATTN_OK) return st;
+  }
   return attn_parallel_for(ctx, d->B * (d->H / ex->gs) * ex->nqb,
                            f32 ? exact_task_f32 : exact_task_f64, &a);
 }
@@ -166,6 +170,19 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
   if (A > 0) {
     ex->kp_at = attn_carve(&sh, es, d->B * d->Hkv, d->Sk, A);
     ex->vb_at = attn_carve(&sh, es, 2, A, 1);
+  }
+  /* Prepacked K/V: worth it when several query blocks read the same tiles
+   * and tiles start at multiples of 32 keys (no left window, no sparse
+   * ranges); key tiles must then be whole multiples of 32 but the last. */
+  ex->nkt = attn_cdiv64(d->Sk, ex->bk);
+  ex->prepack = eng != NULL && eng->nr == 32 && ex->nqb > 1 &&
+                ex->mask.sparse == ATTN_SPARSE_NONE && ex->mask.left == ATTN_WINDOW_UNBOUNDED &&
+                (ex->bk % 32 == 0 || ex->nkt == 1);
+  if (ex->prepack) {
+    ex->pk_head = attn_tile_k_elems(eng, d->Sk, d->Dk);
+    ex->pv_head = attn_tile_v_elems(eng, d->Sk, d->Dv);
+    ex->pk_at = attn_carve(&sh, eng->elem, d->B * d->Hkv, ex->pk_head, 1);
+    ex->pv_at = attn_carve(&sh, eng->elem, d->B * d->Hkv, ex->pv_head, 1);
   }
   int64_t total;
   if (!c.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total))

@@ -26,6 +26,14 @@ typedef struct attn_exact {
   /* The tile engine of the two GEMMs (NULL: BLAS on the tensors; always
    * set for 16-bit storage), chosen at plan time (kernels/tile.h). */
   const attn_tile_engine *eng;
+  /* Packed once per execute (panel engines, unbanded-left masks, several
+   * query blocks): every head's K and V in the engine's panel layout in the
+   * shared workspace, so query blocks read slices instead of each packing
+   * the same tiles again. */
+  bool prepack;
+  int64_t nkt;                /* key tiles per head (prepack tasks per head) */
+  int64_t pk_head, pv_head;   /* elements of one head's packed K, V */
+  size_t pk_at, pv_at;        /* in the shared workspace */
   /* Workspace, as byte offsets: a thread's slot holds the tiles, the shared
    * area (additive only) K·W_kᵀ [B, H_kv, S_k, A] then v [A], bias [A]. */
   struct {

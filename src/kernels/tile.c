@@ -93,7 +93,9 @@ static void cv_pack_rows(attn_to_f32_fn cv, const void *src, int64_t ld, int64_t
   static void cv_pack_k_##tag(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst) {  \
     cv_pack_rows(attn_dtype_info(DT)->to_f32, K, ldk, nj, D, dst);                              \
   }                                                                                             \
-  static void cv_pack_v_##tag(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst) { \
+  static void cv_pack_v_##tag(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst,  \
+                              int64_t vps) {                                                    \
+    (void)vps;                                                                                  \
     cv_pack_rows(attn_dtype_info(DT)->to_f32, V, ldv, nj, Dv, dst);                             \
   }
 
@@ -106,8 +108,9 @@ static void cv_qk(int64_t rows, int64_t nj, int64_t D, float alpha, const void *
 }
 
 static void cv_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
-                  void *pscratch, const void *Vp, float *O, int64_t ldo) {
+                  void *pscratch, const void *Vp, int64_t vps, float *O, int64_t ldo) {
   (void)pscratch;
+  (void)vps;
   attn_sgemm(false, false, rows, Dv, nj, 1.0f, P, ldp, Vp, Dv, 1.0f, O, ldo);
 }
 
@@ -177,11 +180,12 @@ AVX512 static INLINE void f32_tile(const int mr, int64_t K, const float *A, int6
 }
 
 /* C (+)= A · Bp for a matrix: rows × ncols_total, B packed in panels of
- * NR columns × K. */
+ * NR columns × K, consecutive panels bps elements apart. */
 AVX512 static void f32_gemm(int64_t rows, int64_t ncols, int64_t K, const float *A, int64_t lda,
-                            const float *Bp, float *C, int64_t ldc, float alpha, bool accumulate) {
+                            const float *Bp, int64_t bps, float *C, int64_t ldc, float alpha,
+                            bool accumulate) {
   for (int64_t j = 0; j < ncols; j += NR) {
-    const float *B = Bp + (j / NR) * K * NR;
+    const float *B = Bp + (j / NR) * bps;
     const int64_t nc = attn_min64(NR, ncols - j);
     int64_t i = 0;
     for (; i + MR <= rows; i += MR)
@@ -260,12 +264,14 @@ AVX512 static void x_pack_k_f16(const void *Kv, int64_t ldk, int64_t nj, int64_t
   }
 }
 
-/* V [nj × Dv] → panels of 32 columns: dst[(p·nj + j)·32 + c] = V[j][32p + c]. */
-AVX512 static void x_pack_v_f32(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, void *dstv) {
+/* V [nj × Dv] → panels of 32 columns, vps elements apart:
+ * dst[p·vps + j·32 + c] = V[j][32p + c]. */
+AVX512 static void x_pack_v_f32(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, void *dstv,
+                                int64_t vps) {
   const float *V = Vv;
   float *dst = dstv;
   for (int64_t c0 = 0; c0 < Dv; c0 += NR) {
-    float *P = dst + (c0 / NR) * nj * NR;
+    float *P = dst + (c0 / NR) * vps;
     const __mmask16 k0 = mask16(Dv - c0), k1 = mask16(Dv - c0 - 16);
     for (int64_t j = 0; j < nj; j++) {
       const float *row = V + j * ldv + c0;
@@ -275,11 +281,12 @@ AVX512 static void x_pack_v_f32(const void *Vv, int64_t ldv, int64_t nj, int64_t
   }
 }
 
-AVX512 static void x_pack_v_f16(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, void *dstv) {
+AVX512 static void x_pack_v_f16(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, void *dstv,
+                                int64_t vps) {
   const uint16_t *V = Vv;
   float *dst = dstv;
   for (int64_t c0 = 0; c0 < Dv; c0 += NR) {
-    float *P = dst + (c0 / NR) * nj * NR;
+    float *P = dst + (c0 / NR) * vps;
     const __mmask16 k0 = mask16(Dv - c0), k1 = mask16(Dv - c0 - 16);
     for (int64_t j = 0; j < nj; j++) {
       const uint16_t *row = V + j * ldv + c0;
@@ -291,13 +298,13 @@ AVX512 static void x_pack_v_f16(const void *Vv, int64_t ldv, int64_t nj, int64_t
 
 AVX512 static void x_qk_f32(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
                             const void *Kp, float *S, int64_t lds) {
-  f32_gemm(rows, nj, D, A, D, Kp, S, lds, alpha, false);
+  f32_gemm(rows, nj, D, A, D, Kp, D * NR, S, lds, alpha, false);
 }
 
 AVX512 static void x_pv_f32(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
-                            void *pscratch, const void *Vp, float *O, int64_t ldo) {
+                            void *pscratch, const void *Vp, int64_t vps, float *O, int64_t ldo) {
   (void)pscratch;
-  f32_gemm(rows, Dv, nj, P, ldp, Vp, O, ldo, 1.0f, true);
+  f32_gemm(rows, Dv, nj, P, ldp, Vp, vps, O, ldo, 1.0f, true);
 }
 
 static const attn_tile_engine eng_avx512_f32 = {
@@ -332,13 +339,14 @@ AVX512BF16 static INLINE void bf16_tile(const int mr, int64_t np, const uint16_t
   STORE_TILE(mr, acc, C, ldc, ncols, alpha, !accumulate);
 }
 
-/* K-dim Kp (even) = 2·np; B panels of NR columns × np pairs. */
+/* K-dim Kp (even) = 2·np; B panels of NR columns × np pairs, bps elements
+ * (uint16) apart. */
 AVX512BF16 static void bf16_gemm(int64_t rows, int64_t ncols, int64_t Kp, const uint16_t *A,
-                                 int64_t lda, const uint16_t *Bp, float *C, int64_t ldc,
-                                 float alpha, bool accumulate) {
+                                 int64_t lda, const uint16_t *Bp, int64_t bps, float *C,
+                                 int64_t ldc, float alpha, bool accumulate) {
   const int64_t np = Kp / 2;
   for (int64_t j = 0; j < ncols; j += NR) {
-    const uint16_t *B = Bp + (j / NR) * Kp * NR;
+    const uint16_t *B = Bp + (j / NR) * bps;
     const int64_t nc = attn_min64(NR, ncols - j);
     int64_t i = 0;
     for (; i + MR <= rows; i += MR)
@@ -389,7 +397,7 @@ AVX512 static void b_pack_k_pad(const void *Kv, int64_t ldk, int64_t nj, int64_t
  * the engine's K multiple): the words of a pair interleave rows 2t and
  * 2t + 1 (zero for missing rows). */
 AVX512 static void b_pack_v_pad(const void *Vv, int64_t ldv, int64_t nj, int64_t Dv, int64_t njp,
-                                void *dstv) {
+                                void *dstv, int64_t vps) {
   const uint16_t *V = Vv;
   uint16_t *dst = dstv;
   const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9,
@@ -397,7 +405,7 @@ AVX512 static void b_pack_v_pad(const void *Vv, int64_t ldv, int64_t nj, int64_t
                                           32, 0);
   const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
   for (int64_t c0 = 0; c0 < Dv; c0 += NR) {
-    uint16_t *P = dst + (c0 / NR) * njp * NR;
+    uint16_t *P = dst + (c0 / NR) * vps;
     const __mmask32 k = Dv - c0 >= 32 ? (__mmask32)0xFFFFFFFFu
                                       : (__mmask32)((1u << (Dv - c0)) - 1u);
     for (int64_t t = 0; t < njp / 2; t++) {
@@ -415,14 +423,15 @@ AVX512 static void b_pack_v_pad(const void *Vv, int64_t ldv, int64_t nj, int64_t
 AVX512 static void b_pack_k(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst) {
   b_pack_k_pad(K, ldk, nj, D, D + (D & 1), dst);
 }
-AVX512 static void b_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst) {
-  b_pack_v_pad(V, ldv, nj, Dv, nj + (nj & 1), dst);
+AVX512 static void b_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst,
+                            int64_t vps) {
+  b_pack_v_pad(V, ldv, nj, Dv, nj + (nj & 1), dst, vps);
 }
 
 AVX512BF16 static void b_qk(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
                             const void *Kp, float *S, int64_t lds) {
   const int64_t Dp = D + (D & 1);
-  bf16_gemm(rows, nj, Dp, A, Dp, Kp, S, lds, alpha, false);
+  bf16_gemm(rows, nj, Dp, A, Dp, Kp, Dp * NR, S, lds, alpha, false);
 }
 
 /* P (f32) → bf16 rows of njp (round to nearest even; vcvtne2ps2bf16), then
@@ -444,11 +453,11 @@ AVX512BF16 static void b_convert_p(int64_t rows, int64_t nj, int64_t njp, const 
 }
 
 AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
-                            void *pscratch, const void *Vp, float *O, int64_t ldo) {
+                            void *pscratch, const void *Vp, int64_t vps, float *O, int64_t ldo) {
   const int64_t njp = nj + (nj & 1);
   uint16_t *Pb = pscratch;
   b_convert_p(rows, nj, njp, P, ldp, Pb);
-  bf16_gemm(rows, Dv, njp, Pb, njp, Vp, O, ldo, 1.0f, true);
+  bf16_gemm(rows, Dv, njp, Pb, njp, Vp, vps, O, ldo, 1.0f, true);
 }
 
 static const attn_tile_engine eng_avx512_bf16 = {
@@ -484,10 +493,22 @@ AMX static void amx_configure(int r1, int r2) {
   _tile_loadconfig(&c);
 }
 
-/* C[rows × ncols] (+)= A[rows × Kp] · B (panels of 32 columns, Kp/2 pairs
- * each); Kp a multiple of 32, A's row stride lda (elements). */
+/* Scale rows × 32 floats (row stride ld) by alpha, in L1 right after the
+ * tile store. */
+AMX static inline void amx_scale_block(float *C, int64_t ld, int rows, float alpha) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int r = 0; r < rows; r++) {
+    _mm512_storeu_ps(C + r * ld, _mm512_mul_ps(_mm512_loadu_ps(C + r * ld), va));
+    _mm512_storeu_ps(C + r * ld + 16, _mm512_mul_ps(_mm512_loadu_ps(C + r * ld + 16), va));
+  }
+}
+
+/* C[rows × ncols] = alpha · A B, or C += A B (accumulate; alpha unused):
+ * A[rows × Kp], B panels of 32 columns with Kp/2 pairs each; Kp a multiple
+ * of 32, A's row stride lda (elements). */
 AMX static void amx_gemm(int64_t rows, int64_t ncols, int64_t Kp, const uint16_t *A, int64_t lda,
-                         const uint16_t *Bp, float *C, int64_t ldc, bool accumulate) {
+                         const uint16_t *Bp, int64_t bps, float *C, int64_t ldc, bool accumulate,
+                         float alpha) {
   float scratch[32 * 32];
   int cur1 = -1, cur2 = -1;
   for (int64_t i0 = 0; i0 < rows; i0 += 32) {
@@ -498,7 +519,7 @@ AMX static void amx_gemm(int64_t rows, int64_t ncols, int64_t Kp, const uint16_t
     }
     const uint16_t *A0 = A + i0 * lda, *A1 = A + (i0 + 16) * lda;
     for (int64_t j0 = 0; j0 < ncols; j0 += 32) {
-      const uint16_t *B = Bp + (j0 / 32) * Kp * 32;
+      const uint16_t *B = Bp + (j0 / 32) * bps;
       const int64_t nc = attn_min64(32, ncols - j0);
       float *Cd = C + i0 * ldc + j0;
       int64_t ldd = ldc;
@@ -542,6 +563,7 @@ AMX static void amx_gemm(int64_t rows, int64_t ncols, int64_t Kp, const uint16_t
         _tile_stored(2, Cd + 16 * ldd, sC);
         _tile_stored(3, Cd + 16 * ldd + 16, sC);
       }
+      if (!accumulate && alpha != 1.0f) amx_scale_block(Cd, ldd, r1 + r2, alpha);
       if (nc < 32)
         for (int r = 0; r < r1 + r2; r++)
           memcpy(C + (i0 + r) * ldc + j0, scratch + r * 32, (size_t)nc * sizeof(float));
@@ -555,29 +577,23 @@ static inline int64_t pad32(int64_t n) { return (n + 31) / 32 * 32; }
 AVX512 static void a_pack_k(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst) {
   b_pack_k_pad(K, ldk, nj, D, pad32(D), dst);
 }
-AVX512 static void a_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst) {
-  b_pack_v_pad(V, ldv, nj, Dv, pad32(nj), dst);
+AVX512 static void a_pack_v(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst,
+                            int64_t vps) {
+  b_pack_v_pad(V, ldv, nj, Dv, pad32(nj), dst, vps);
 }
 
 AMX static void a_qk(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
                      const void *Kp, float *S, int64_t lds) {
   const int64_t Dp = pad32(D);
-  amx_gemm(rows, nj, Dp, A, Dp, Kp, S, lds, false);
-  const __m512 va = _mm512_set1_ps(alpha);
-  for (int64_t r = 0; r < rows; r++)
-    for (int64_t j = 0; j < nj; j += 16) {
-      const __mmask16 k = mask16(nj - j);
-      float *p = S + r * lds + j;
-      _mm512_mask_storeu_ps(p, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p), va));
-    }
+  amx_gemm(rows, nj, Dp, A, Dp, Kp, Dp * 32, S, lds, false, alpha);
 }
 
 AMX static void a_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
-                     void *pscratch, const void *Vp, float *O, int64_t ldo) {
+                     void *pscratch, const void *Vp, int64_t vps, float *O, int64_t ldo) {
   const int64_t njp = pad32(nj);
   uint16_t *Pb = pscratch;
   b_convert_p(rows, nj, njp, P, ldp, Pb);
-  amx_gemm(rows, Dv, njp, Pb, njp, Vp, O, ldo, true);
+  amx_gemm(rows, Dv, njp, Pb, njp, Vp, vps, O, ldo, true, 1.0f);
 }
 
 static const attn_tile_engine eng_amx_bf16 = {

@@ -34,14 +34,17 @@ typedef struct attn_tile_engine {
   void (*pack_a)(const void *src, int64_t n, void *dst, int64_t npad);
   /* K rows [nj × D] (row stride ldk, storage) → the packed B of S = Q Kᵀ. */
   void (*pack_k)(const void *K, int64_t ldk, int64_t nj, int64_t D, void *dst);
-  /* V rows [nj × Dv] (row stride ldv, storage) → the packed B of O += P V. */
-  void (*pack_v)(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst);
+  /* V rows [nj × Dv] (row stride ldv, storage) → the packed B of O += P V,
+   * its column panels vps elements apart (attn_tile_vps(); a whole head
+   * packed at once has a longer stride, and tiles then read slices of it). */
+  void (*pack_v)(const void *V, int64_t ldv, int64_t nj, int64_t Dv, void *dst, int64_t vps);
   /* S = alpha · A Kᵀ: A rows of attn_tile_pad(e, D) packed elements. */
   void (*qk)(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A, const void *Kp,
              float *S, int64_t lds);
-  /* O += P V with P f32 (row stride ldp); pscratch holds attn_tile_p_bytes(). */
+  /* O += P V with P f32 (row stride ldp); pscratch holds attn_tile_p_elems()
+   * uint16; V's column panels vps elements apart. */
   void (*pv)(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp, void *pscratch,
-             const void *Vp, float *O, int64_t ldo);
+             const void *Vp, int64_t vps, float *O, int64_t ldo);
 } attn_tile_engine;
 
 /* The engine for q/k/v of dtype `storage` and head dims D (q·k) and Dv, or
@@ -73,6 +76,10 @@ static inline int64_t attn_tile_k_elems(const attn_tile_engine *e, int64_t nj, i
 }
 static inline int64_t attn_tile_v_elems(const attn_tile_engine *e, int64_t nj, int64_t Dv) {
   return attn_cdiv64(Dv, e->nr) * e->nr * attn_tile_pad(e, nj);
+}
+/* The column-panel stride of V packed for nj keys. */
+static inline int64_t attn_tile_vps(const attn_tile_engine *e, int64_t nj) {
+  return e->nr * attn_tile_pad(e, nj);
 }
 static inline int64_t attn_tile_p_elems(const attn_tile_engine *e, int64_t rows, int64_t nj) {
   return e->kpad > 1 ? rows * attn_tile_pad(e, nj) : 0;

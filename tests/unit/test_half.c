@@ -208,6 +208,12 @@ static void check_dtype(attn_dtype dt) {
   c = base(dt), c.score = ATTN_SCORE_DOT, c.D = 64, c.Dv = 64, c.Sq = 300, c.Sk = 600, c.B = 1,
   c.causal = ATTN_CAUSAL_TOP_LEFT, cs[n++] = c; /* several tiles */
   c = base(dt), c.D = 128, c.Dv = 128, c.Sq = 70, c.Sk = 260, c.B = 1, cs[n++] = c;
+  /* several query blocks (K/V packed once per head), with key lengths whose
+   * last tile is not a multiple of 32 keys, and with a window (no prepack) */
+  c = base(dt), c.D = 32, c.Dv = 32, c.Sq = 300, c.Sk = 333, c.key_len = true,
+  c.causal = ATTN_CAUSAL_BOTTOM_RIGHT, c.want_lse = true, cs[n++] = c;
+  c = base(dt), c.D = 32, c.Dv = 48, c.Sq = 300, c.Sk = 300, c.left = 40, c.right = 7, c.H = 4,
+  c.Hkv = 2, cs[n++] = c;
   for (int i = 0; i < n; i++) free(run_case(ctx, &cs[i], 100 + (uint64_t)i, true));
   attn_context_destroy(ctx);
 }
