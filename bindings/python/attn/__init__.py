@@ -742,7 +742,9 @@ class MHA:
         out, w = layer(x, x, x, key_padding_mask=keep)   # keep: NON-ZERO = ATTEND
 
     Config keywords are the attn_mha_config fields (see _MHA_CONFIG; dtype is
-    np.float32 or np.float64). ``weights`` maps attn_mha_weights field names
+    np.float32, np.float64, np.float16 or attn.DType.BF16 — 16-bit layers take
+    16-bit weights and inputs (bf16: tagged uint16, see as_bf16), compute in
+    f32 and return float32 attention weights). ``weights`` maps attn_mha_weights field names
     (PyTorch's parameter names; "out_proj.weight"/"out_proj.bias" also work)
     to numpy arrays of the layer's dtype in PyTorch's layout [out, in]. They
     are borrowed without copying: the layer keeps them alive, and changing
@@ -780,7 +782,8 @@ class MHA:
         self.config = {f: getattr(cfg, f) for f, _t in MhaConfig._fields_ if f != "struct_size"}
         self.embed_dim, self.num_heads = cfg.embed_dim, cfg.num_heads
         self.batch_first = bool(cfg.batch_first)
-        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self.dtype = {DType.F64: np.float64, DType.F16: np.float16,
+                      DType.BF16: np.uint16}.get(cfg.dtype, np.float32)
         self._extra_keys = int(bool(cfg.add_bias_kv)) + int(bool(cfg.add_zero_attn))
         handle = c_void_p()
         _lib.attn_mha_create(self.ctx.handle, byref(cfg), byref(w), byref(handle))
@@ -827,11 +830,14 @@ class MHA:
         value = key if value is None else value
         if out is None:
             out = np.empty(tuple(query.shape[:2]) + (self.embed_dim,), dtype=query.dtype)
+            if isinstance(query, BF16Array):
+                out = out.view(BF16Array)
         weights = None
         if need_weights:
             B, L, Sx = self._shapes(query, key)
             shape = (B, L, Sx) if average_attn_weights else (B, self.num_heads, L, Sx)
-            weights = np.empty(shape, dtype=query.dtype)
+            # attention weights are in the compute type (f32 for 16-bit layers)
+            weights = np.empty(shape, dtype=np.float32 if _is_16bit(query) else query.dtype)
         plan = MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
         try:
             plan.execute(query, key, value, out, key_padding_mask, weights)

@@ -1043,6 +1043,32 @@ class TestMHA(Case):
          dict(kpm=True)),
     ]
 
+    def test_bf16_and_f16_layers_match_the_f32_layer_on_rounded_values(self):
+        # A 16-bit layer computes in f32 on its 16-bit parameters and inputs and
+        # rounds out once: within the format's unit roundoff of the f32 layer's
+        # out on the same (rounded) values, plus f32-level differences.
+        E, H, B, L = 16, 4, 2, 6
+        rng = np.random.default_rng(33)
+        w = make_mha_weights(rng, E, H, 2, None, None, True, False, packed=True,
+                             dtype=np.float32)
+        x = rand(rng, (B, L, E), np.float32)
+        for name, to16, back, dt, u in (
+                ("bf16", attn.to_bf16, attn.from_bf16, attn.DType.BF16, 2.0**-8),
+                ("f16", lambda a: np.asarray(a, np.float16), lambda a: a.astype(np.float32),
+                 attn.DType.F16, 2.0**-11)):
+            w16 = {n: to16(a) for n, a in w.items()}
+            w32 = {n: back(a) for n, a in w16.items()}
+            x16 = to16(x)
+            ref_layer = attn.MHA(w32, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True)
+            layer = attn.MHA(w16, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True,
+                             dtype=dt)
+            want, wwant = ref_layer(back(x16), causal="top_left")
+            got, wgot = layer(x16, causal="top_left")
+            self.assertEqual(wgot.dtype, np.float32, name)
+            got = back(got)
+            np.testing.assert_allclose(got, want, rtol=u + 1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(wgot, wwant, rtol=1e-5, atol=1e-6, err_msg=name)
+
     def run_case(self, seed, cfg, data):
         E, H, B, L = 16, 4, 3, 5
         S = L if data.get("self_attn") or data.get("same_len") else 7
