@@ -189,9 +189,13 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "%s: workspace size overflows (%s = %" PRId64 ")",
                      A > 0 ? "w_q" : "general_w", A > 0 ? "attention dim A" : "d_k",
                      A > 0 ? A : d->Dk);
-  if (!sh.ok || !attn_add_ok(total, sh.bytes, &total))
+  if (!sh.ok || !attn_add_ok(total, sh.bytes, &total)) {
+    if (A == 0)
+      return attn_fail(ctx, ATTN_ERR_OVERFLOW,
+                       "k: the packed K and V [B, H_kv, S_k, d] workspace size overflows");
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                      "w_k: the K projection [B, H_kv, S_k, A = %" PRId64 "] size overflows", A);
+  }
   ex->slot_bytes = (size_t)c.bytes;
   ex->shared_bytes = (size_t)sh.bytes;
   return ATTN_OK;
