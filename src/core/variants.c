@@ -76,7 +76,7 @@ attn_status attn_dtype_check(attn_context *ctx, const attn_support *s, const att
 static const attn_variant_ops table[] = {
     /* Exact attention takes every option; it is the engine the sparse
      * variants, Linformer, the multi-head layer and the KV cache reduce to. */
-    [ATTN_VARIANT_EXACT] = {ATTN_VARIANT_EXACT, {"exact", ATTN_OPT_ALL, {NULL}},
+    [ATTN_VARIANT_EXACT] = {ATTN_VARIANT_EXACT, {"exact", ATTN_OPT_ALL, {NULL}, NULL},
                             attn_exact_plan_init, attn_exact_plan_execute, NULL, NULL, NULL},
     [ATTN_VARIANT_SWIN] =
         {ATTN_VARIANT_SWIN,
@@ -96,13 +96,13 @@ static const attn_variant_ops table[] = {
           "Swin window attention runs f32 and f64 only (convert, or use the exact variant "
           "with a mask)"},
          attn_swin_plan_init, attn_swin_plan_execute, NULL, NULL, NULL},
-    [ATTN_VARIANT_LONGFORMER] = {ATTN_VARIANT_LONGFORMER, {"longformer", ATTN_OPT_ALL, {NULL}},
+    [ATTN_VARIANT_LONGFORMER] = {ATTN_VARIANT_LONGFORMER, {"longformer", ATTN_OPT_ALL, {NULL}, NULL},
                                  attn_sparse_plan_init, attn_exact_plan_execute,
                                  attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
-    [ATTN_VARIANT_BIGBIRD] = {ATTN_VARIANT_BIGBIRD, {"bigbird", ATTN_OPT_ALL, {NULL}},
+    [ATTN_VARIANT_BIGBIRD] = {ATTN_VARIANT_BIGBIRD, {"bigbird", ATTN_OPT_ALL, {NULL}, NULL},
                               attn_sparse_plan_init, attn_exact_plan_execute,
                               attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
-    [ATTN_VARIANT_BLOCK_SPARSE] = {ATTN_VARIANT_BLOCK_SPARSE, {"block_sparse", ATTN_OPT_ALL, {NULL}},
+    [ATTN_VARIANT_BLOCK_SPARSE] = {ATTN_VARIANT_BLOCK_SPARSE, {"block_sparse", ATTN_OPT_ALL, {NULL}, NULL},
                                    attn_sparse_plan_init, attn_exact_plan_execute,
                                    attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
 #define LINEAR_WHY(v)                                                                             \
