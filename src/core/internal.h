@@ -26,6 +26,7 @@ struct attn_threadpool;
 struct attn_context {
   attn_allocator allocator;
   int32_t num_threads;
+  int64_t spin_ns; /* pool spin policy: < 0 never, 0 adaptive, > 0 fixed (attn_context_options) */
   struct attn_threadpool *pool; /* started lazily by attn_parallel_for() */
   char last_error[ATTN_ERRMSG_LEN];
 };
@@ -399,6 +400,11 @@ void attn_lowrank_plan_destroy(struct attn_plan *p);
  * for the duration and restored afterwards. */
 typedef void (*attn_task_fn)(void *arg, int64_t task, int32_t thread);
 attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn, void *arg);
+/* The same with the job's estimated cost in FLOPs: a job too small to pay
+ * for waking the workers (or for any dispatch at all) runs on the calling
+ * thread alone. Results do not depend on it (tasks are independent). */
+attn_status attn_parallel_for_cost(attn_context *ctx, int64_t ntasks, double flops,
+                                   attn_task_fn fn, void *arg);
 /* Start the context's workers if not running (plans call this at creation so
  * execute never allocates). */
 attn_status attn_threadpool_ensure(attn_context *ctx);

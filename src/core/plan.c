@@ -154,7 +154,8 @@ attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const att
   st = p->ops->init(p);
   if (st == ATTN_OK) {
     p->workspace_bytes = attn_plan_ws_bytes(p, ctx->num_threads);
-    if (p->workspace_bytes > 0 && (p->workspace = attn_alloc(ctx, p->workspace_bytes)) == NULL)
+    /* Zeroed now, so the first execute takes no page faults on it. */
+    if (p->workspace_bytes > 0 && (p->workspace = attn_calloc(ctx, p->workspace_bytes)) == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_plan_create: cannot allocate %zu bytes of workspace", p->workspace_bytes);
   }
