@@ -117,6 +117,17 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   return ATTN_OK;
 }
 
+void *attn_plan_impl_alloc(attn_plan *p, size_t bytes) {
+  void *im = attn_calloc(p->ctx, bytes);
+  if (im == NULL) {
+    attn_fail(p->ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+    return NULL;
+  }
+  p->impl = im;
+  p->impl_bytes = bytes;
+  return im;
+}
+
 size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
   return p->ws_shared + p->ws_slot * (size_t)threads;
 }

@@ -172,10 +172,8 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
 
 attn_status attn_exact_plan_init(attn_plan *p) {
   attn_context *ctx = p->ctx;
-  attn_exact *ex = attn_calloc(ctx, sizeof *ex);
-  if (ex == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  p->impl = ex;
-  p->impl_bytes = sizeof *ex;
+  attn_exact *ex = attn_plan_impl_alloc(p, sizeof *ex);
+  if (ex == NULL) return ATTN_ERR_NO_MEMORY;
   const attn_dims *d = &p->dims;
   const attn_mask_geom g = attn_mask_geom_of(&p->desc, d->dtype, d->B, d->H, d->Sq, d->Sk);
   attn_status st;
