@@ -129,6 +129,9 @@ void *attn_plan_impl_alloc(attn_plan *p, size_t bytes) {
 }
 
 size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
+  /* Saturates: a size no caller can provide, rather than a wrapped small one. */
+  if (threads > 0 && p->ws_slot > (SIZE_MAX - ATTN_ALIGN - p->ws_shared) / (size_t)threads)
+    return SIZE_MAX - ATTN_ALIGN;
   return p->ws_shared + p->ws_slot * (size_t)threads;
 }
 
