@@ -2,7 +2,7 @@
 """Writes the hand-made .npz archives under bad_npz/ (committed; rerun to refresh).
 
 Each archive is broken in exactly one way. Built with the standard library
-(zipfile, zlib, struct) and make_bad_npy's .npy bytes; EXPECT lists file,
+(zipfile, struct) and make_bad_npy's .npy bytes; EXPECT lists file,
 expected exit status and a substring the error message must contain
 (`attn run --q FILE --k good --v good`)."""
 import io
@@ -10,7 +10,6 @@ import os
 import struct
 import sys
 import zipfile
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_bad_npy import dict_, f32, header  # noqa: E402

@@ -15,15 +15,18 @@ argument), :class:`TypeError` / :class:`ValueError` for arrays that cannot be
 viewed without a copy.
 """
 
+from __future__ import annotations
+
 import ctypes
 import enum
 import threading
 import weakref
 from ctypes import POINTER, byref, c_double, c_int, c_int64, c_uint64, c_void_p
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from ._arrays import as_numpy, empty_like_input, is_torch, like
+from ._arrays import as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
                    KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
                    register_handle, unregister_handle)
@@ -72,17 +75,22 @@ class Causal(enum.IntEnum):
     BOTTOM_RIGHT = 2
 
 
-def version():
+#: Anything attn accepts as an array: numpy.ndarray, a CPU torch.Tensor, or an
+#: object with __dlpack__ / __array_interface__ (viewed, never copied).
+ArrayLike = Any
+
+
+def version() -> str:
     """The loaded library's version string, e.g. "0.1.0"."""
     return _lib.attn_version_string().decode()
 
 
-def version_number():
+def version_number() -> int:
     """MAJOR*10000 + MINOR*100 + PATCH of the loaded library."""
     return int(_lib.attn_version_number())
 
 
-def library_path():
+def library_path() -> str:
     """The path (or soname) libattn was loaded from."""
     return _lib.path
 
@@ -139,7 +147,7 @@ class Context:
 _default = threading.local()
 
 
-def default_context():
+def default_context() -> "Context":
     """This thread's lazily created default Context."""
     ctx = getattr(_default, "ctx", None)
     if ctx is None:
@@ -557,8 +565,12 @@ def _causal(value):
     return value
 
 
-def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
-              return_weights=False, return_lse=False, ctx=None, **settings):
+def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
+              causal: Union[bool, str, int] = False, scale: Optional[float] = None,
+              layout: str = "bhsd", out: Optional[ArrayLike] = None,
+              return_weights: bool = False, return_lse: bool = False,
+              ctx: Optional["Context"] = None,
+              **settings: Any) -> Union[ArrayLike, Tuple[ArrayLike, ...]]:
     """Scaled-dot-product attention (one call: descriptor, plan, execute).
 
     ``out[b,h,i] = sum_j softmax_j(scale * q[b,h,i].k[b,h',j] + masks) v[b,h',j]``
@@ -668,13 +680,13 @@ def _view_call(cfn, x, ctx, *args):
         t.close()
 
 
-def heads_split_view(x, num_heads, ctx=None):
+def heads_split_view(x: np.ndarray, num_heads: int, ctx: Optional[Context] = None) -> np.ndarray:
     """attn_heads_split_view: x [B, S, H·D] (last axis contiguous) as a
     [B, H, S, D] numpy view of the same memory, strides as the library gives."""
     return _view_call("attn_heads_split_view", x, ctx, int(num_heads))
 
 
-def heads_merge_view(x, ctx=None):
+def heads_merge_view(x: np.ndarray, ctx: Optional[Context] = None) -> np.ndarray:
     """attn_heads_merge_view: x [B, H, S, D] whose heads lie side by side as a
     [B, S, H·D] numpy view; AttnError ERR_LAYOUT otherwise (use heads_merge)."""
     return _view_call("attn_heads_merge_view", x, ctx)

@@ -32,7 +32,7 @@ import numpy as np
 __all__ = ["as_numpy", "is_torch", "like", "empty_like_input"]
 
 
-def is_torch(x):
+def is_torch(x: object) -> bool:
     """True for a torch.Tensor (without importing torch)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
@@ -120,7 +120,7 @@ def _from_dlpack(x, name):
     return np.asarray(owner)
 
 
-def as_numpy(x, name="array", writeable=False):
+def as_numpy(x: object, name: str = "array", writeable: bool = False) -> np.ndarray:
     """A numpy array sharing ``x``'s memory (see the module docstring).
 
     ``writeable``: ``x`` is an output (torch: must not require grad). Raises
