@@ -169,6 +169,10 @@ class span {
   constexpr span(std::array<U, N> &a) noexcept : data_(a.data()), size_(N) {}  // NOLINT
   template <class U, class = std::enable_if_t<std::is_same<std::remove_const_t<T>, U>::value>>
   span(std::vector<U> &v) noexcept : data_(v.data()), size_(v.size()) {}  // NOLINT
+  /** A span of const elements over a const vector. */
+  template <class U, class = std::enable_if_t<std::is_const<T>::value &&
+                                              std::is_same<std::remove_const_t<T>, U>::value>>
+  span(const std::vector<U> &v) noexcept : data_(v.data()), size_(v.size()) {}  // NOLINT
   constexpr T *data() const noexcept { return data_; }
   constexpr std::size_t size() const noexcept { return size_; }
 

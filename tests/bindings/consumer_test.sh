@@ -51,6 +51,22 @@ LD_LIBRARY_PATH="$libdir" "$tmp/consumer_cpp_pc"
   "$here/../../examples/cpp/causal_attention.cpp" $flags
 LD_LIBRARY_PATH="$libdir" "$tmp/example_cpp_pc"
 
+# Without exceptions only the result<T> forms exist; they must compile alone.
+cat >"$tmp/noexc.cpp" <<'EOF2'
+#include <attn/attn.hpp>
+int main() {
+  auto ctx = attn::context::make(1);
+  if (!ctx) return 1;
+  const std::vector<std::int64_t> lengths{1};
+  auto d = attn::desc::make(ctx.value());
+  if (!d || !d.value().try_key_lengths(lengths)) return 1;
+  return d.value().try_window(-1, 0).error().status == ATTN_ERR_INVALID_ARG ? 0 : 1;
+}
+EOF2
+# shellcheck disable=SC2086
+"$cxx" -std=c++17 -fno-exceptions -Wall -Wextra -Werror -o "$tmp/noexc" "$tmp/noexc.cpp" $flags
+LD_LIBRARY_PATH="$libdir" "$tmp/noexc"
+
 echo "== find_package(attn CONFIG) consumer"
 CC="$cc" cmake -S "$here/consumer" -B "$tmp/cmake-build" -DCMAKE_PREFIX_PATH="$prefix" \
   -DCMAKE_BUILD_TYPE=Release >"$tmp/cmake.log" 2>&1 || { cat "$tmp/cmake.log" >&2; exit 1; }

@@ -390,8 +390,11 @@ class Desc:
             if name not in _DESC_SETTERS:
                 raise TypeError("unknown descriptor setting %r (known: %s)"
                                 % (name, ", ".join(sorted(_DESC_SETTERS))))
-            one = len(_DESC_SETTERS[name][1]) == 1   # then a tuple is the value itself
-            args = value if isinstance(value, tuple) and not one else (value,)
+            # A tuple is several values, except for a one-array setter
+            # (global_tokens=(0, 5), alibi=()), where it is the array itself.
+            kinds = _DESC_SETTERS[name][1]
+            array = len(kinds) == 1 and kinds[0] in (I64_ARRAY, F64_ARRAY)
+            args = value if isinstance(value, tuple) and not array else (value,)
             getattr(self, "set_" + name)(*args)
         return self
 
