@@ -2,9 +2,8 @@
  * tools/npy.c) on arbitrary bytes. It must never read outside the buffer,
  * overflow, or accept a member whose data does not match its header; every
  * failure explains itself. Seeds: tests/fuzz/corpus/npz/ (np.savez and
- * np.savez_compressed archives). Links zlib (fuzz_npz.cmake). */
-#include "../../tools/npy.c"
-#include "../../tools/npz.c"
+ * np.savez_compressed archives). fuzz_npz.cmake adds tools/npy.c and zlib. */
+#include "../../tools/npz.c" /* npy.c comes from fuzz_npz.cmake */
 
 #include <stddef.h>
 #include <stdint.h>
