@@ -103,7 +103,8 @@ static attn_status project(attn_context *ctx, attn_dtype dt, const proj_io *io, 
   proj_job j = {dt,  io->sdt, io->ddt, S,   N,   K,        attn_cdiv64(S, PROJ_ROWS),
                 src, W,       bias,    sb,  ss,  ldw,      dsb,
                 dss, dst,     io->conv, io->conv_slot, io->conv_y};
-  return attn_parallel_for(ctx, B * j.chunks, proj_task, &j);
+  return attn_parallel_for_cost(ctx, B * j.chunks, 2.0 * (double)B * (double)S * (double)N * (double)K,
+                                proj_task, &j);
 }
 
 /* A parameter (rows × cols, row stride ld, storage dt) widened into dense f32. */
@@ -195,7 +196,7 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
       widen(sdt, bo, 1, E, E, bo32);
       bo = bo32;
     }
-    char *conv = ws + attn_mha_ws_bytes(p, ctx->num_threads) - p->conv_slot * (size_t)ctx->num_threads;
+    char *conv = ws + p->inner_at + attn_plan_ws_bytes(p->aplan, ctx->num_threads);
     const int64_t Kmax = attn_max64(E, attn_max64(m->kdim, m->vdim));
     io_in = (proj_io){sdt, dt, conv, p->conv_slot, PROJ_ROWS * Kmax};
     io_out = (proj_io){dt, sdt, conv, p->conv_slot, PROJ_ROWS * Kmax};
