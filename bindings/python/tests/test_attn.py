@@ -447,6 +447,22 @@ class TestHalf(Case):
                 out = out.transpose(0, 2, 1, 3)
             self.check(out, ro, bound, 2.0**-11)
 
+    def test_torch_bfloat16_and_float16_tensors(self):
+        try:
+            import torch
+        except ImportError:
+            self.skipTest("torch does not import")
+        rng = np.random.default_rng(17)
+        q, k, v = self.inputs(rng, (1, 2, 12, 8), (1, 2, 20, 8))
+        for tdt, tol in ((torch.bfloat16, 2 * 2.0**-8), (torch.float16, 2.0**-11)):
+            tq, tk, tv = (torch.from_numpy(a).to(tdt) for a in (q, k, v))
+            ro, _, _, bound = reference(*(t.to(torch.float64).numpy() for t in (tq, tk, tv)),
+                                        causal=TOP_LEFT)
+            out = attn.attention(tq, tk, tv, causal=True)
+            self.assertIsInstance(out, torch.Tensor)
+            self.assertEqual(out.dtype, tdt)
+            self.check(out.to(torch.float64).numpy(), ro, bound, tol)
+
     def test_untagged_uint16_and_mixed_dtypes_are_rejected(self):
         q = np.zeros((1, 1, 4, 8), np.uint16)
         with self.assertRaisesRegex(TypeError, "as_bf16"):
