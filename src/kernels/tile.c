@@ -229,9 +229,8 @@ AVX512 static void x_pack_k_f32(const void *Kv, int64_t ldk, int64_t nj, int64_t
   for (int64_t j0 = 0; j0 < nj; j0 += NR) {
     float *P = dst + (j0 / NR) * D * NR;
     const int64_t nc = attn_min64(NR, nj - j0);
-    /* 16 keys × 16 dims at a time through a gather-free transpose: load
-     * each key row's 16 dims, scatter by the permutation-free route of
-     * stores with stride NR (L1-resident). */
+    /* A scalar transpose (the panel is L1-resident); with K packed once per
+     * head per execute (exact.c) it is off the hot path. */
     for (int64_t c = 0; c < NR; c++) {
       if (c < nc) {
         const float *row = K + (j0 + c) * ldk;
