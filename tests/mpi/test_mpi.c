@@ -35,6 +35,39 @@ static int g_rank, g_size, g_fail, g_cases;
     }                                                                      \
   } while (0)
 
+/* Every context of this test counts its allocator's bytes: a plan, tensor
+ * or descriptor that outlives its destroy shows as bytes outstanding when
+ * the context goes (our own leak check: MPI's internal allocations make
+ * LeakSanitizer useless under mpirun). */
+typedef struct counter {
+  int64_t outstanding, allocs;
+} counter;
+static void *count_alloc(void *user, size_t size, size_t align) {
+  counter *c = user;
+  void *p = aligned_alloc(align, (size + align - 1) / align * align);
+  if (p) c->outstanding += (int64_t)size, c->allocs++;
+  return p;
+}
+static void count_free(void *user, void *p, size_t size) {
+  counter *c = user;
+  c->outstanding -= (int64_t)size;
+  free(p);
+}
+static attn_context *counted_context(counter *c, int32_t threads) {
+  attn_context_options o;
+  attn_context_options_init(&o);
+  o.num_threads = threads;
+  o.allocator.alloc = count_alloc;
+  o.allocator.free = count_free;
+  o.allocator.user_data = c;
+  memset(c, 0, sizeof *c);
+  attn_context *ctx = NULL;
+  if (attn_context_create(&o, &ctx) != ATTN_OK) abort();
+  return ctx;
+}
+#define CHECK_NO_LEAK(c, what) \
+  CHECK((c)->outstanding == 0, "%s: %lld bytes never freed", (what), (long long)(c)->outstanding)
+
 static double rnd(uint64_t *s) {
   *s ^= *s >> 12, *s ^= *s << 25, *s ^= *s >> 27;
   return (double)((*s * 2685821657736338717ULL) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
@@ -160,11 +193,8 @@ static void run_case(const mcase *c) {
   unsigned char *first = NULL;
   size_t first_n = 0;
   for (int ti = 0; ti < 2; ti++) {
-    attn_context_options o;
-    attn_context_options_init(&o);
-    o.num_threads = threads[ti];
-    attn_context *ctx = NULL;
-    CHECK(attn_context_create(&o, &ctx) == ATTN_OK, "context");
+    counter cnt;
+    attn_context *ctx = counted_context(&cnt, threads[ti]);
     attn_tensor *tq = shard(ctx, c, q, H, D, st, ln, c->bshd), *tk = shard(ctx, c, k, G, D, st, ln, c->bshd);
     attn_tensor *tv = shard(ctx, c, v, G, Dv, st, ln, c->bshd), *to = shard(ctx, c, NULL, H, Dv, st, ln, c->bshd);
     const int64_t n = ln[0] + ln[1], lshape[3] = {B, H, n};
@@ -253,6 +283,7 @@ static void run_case(const mcase *c) {
     attn_tensor_destroy(tl);
     attn_tensor_destroy(tm);
     attn_context_destroy(ctx);
+    CHECK_NO_LEAK(&cnt, c->name);
   }
   free(first);
   free(q), free(k), free(v), free(ro), free(rb), free(rl), free(bm);
@@ -261,6 +292,7 @@ static void run_case(const mcase *c) {
 /* ---- faults ------------------------------------------------------------------------ */
 
 typedef struct fx {
+  counter cnt;
   attn_context *ctx;
   attn_desc *desc;
   attn_tensor *q, *k, *v, *out, *lse;
@@ -272,7 +304,7 @@ static void fx_init(fx *f, int64_t H, attn_dtype dt, attn_mpi_layout layout) {
   memset(f, 0, sizeof *f);
   f->c = (mcase){"fault", dt, 2, H, H, 4 * g_size + 3, 8, 8, 1, -1, -1, false, false, false, false,
                  false, false, false, layout, ATTN_MPI_MODE_RING, ATTN_MPI_MODE_AUTO};
-  attn_context_create(NULL, &f->ctx);
+  f->ctx = counted_context(&f->cnt, 2);
   attn_desc_create(f->ctx, &f->desc);
   my_runs(&f->c, f->st, f->ln);
   double *g = calloc((size_t)(2 * H * f->c.S * 8), sizeof(double));
@@ -288,6 +320,7 @@ static void fx_free(fx *f) {
   tfree(f->q), tfree(f->k), tfree(f->v), tfree(f->out), tfree(f->lse);
   attn_desc_destroy(f->desc);
   attn_context_destroy(f->ctx);
+  CHECK_NO_LEAK(&f->cnt, "fault fixture (failed creates must free everything)");
 }
 
 static bool out_untouched(const fx *f) {
