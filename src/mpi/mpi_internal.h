@@ -75,6 +75,7 @@ typedef struct uly_state {
   attn_desc desc;           /* the user's settings with per-head data sliced */
   attn_tensor *tq, *tk, *tv, *to, *tl; /* over qf.. (lf only with lse) */
   attn_tensor *mask_b, *mask_a, *swin_b, *layout; /* head slices of borrowed tensors (or NULL) */
+  const attn_tensor *src[4]; /* the borrowed tensors they slice (their data is re-read per execute) */
   attn_plan *plan;
 } uly_state;
 
@@ -86,7 +87,7 @@ struct attn_mpi_plan {
   attn_mpi_layout layout;
   attn_dims d;            /* B, H, Hkv, Dq, Dk, Dv, dtype; Sq = Sk = this rank's S_r */
   int64_t S;              /* global length */
-  const attn_desc *udesc; /* borrowed lengths live here (re-read per execute) */
+  const attn_desc *udesc; /* the caller's descriptor: read during creation only */
   const int64_t *key_len, *query_len; /* the user's global lengths ([B] or NULL) */
   int64_t *rows;          /* [N] every rank's S_r */
   mpi_seg *segs;          /* [N][2] every rank's runs */

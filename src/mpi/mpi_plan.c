@@ -118,7 +118,6 @@ attn_status mpi_agree(attn_mpi_plan *p, MPI_Comm comm, attn_context *ctx, attn_s
 
 static attn_status check4(attn_context *ctx, const char *name, const attn_tensor *t,
                           attn_dtype dt, bool output) {
-  char buf[96];
   if (t == NULL) return mpi_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", name);
   if (t->rank != 4) return mpi_fail(ctx, ATTN_ERR_SHAPE, "%s: rank %d, expected 4", name, (int)t->rank);
   if (t->dtype != dt)
@@ -132,7 +131,6 @@ static attn_status check4(attn_context *ctx, const char *name, const attn_tensor
                  (t->shape[0] > 1 && t->strides[0] == 0)))
     return mpi_fail(ctx, ATTN_ERR_LAYOUT, "%s: an output needs distinct memory for every element",
                     name);
-  (void)buf;
   return ATTN_OK;
 }
 
@@ -467,6 +465,7 @@ attn_status attn_mpi_plan_create(attn_context *ctx, MPI_Comm comm, const attn_de
     if (dup != MPI_COMM_NULL) MPI_Comm_free(&dup);
     return st;
   }
+  p->udesc = NULL; /* the caller may destroy the descriptor now, as for attn_plan_create() */
   p->stats.mode = p->mode;
   p->stats.ranks = p->N;
   p->stats.rank = p->rank;

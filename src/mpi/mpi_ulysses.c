@@ -32,8 +32,7 @@ static attn_status head_view(attn_mpi_plan *p, const attn_tensor *t, int dim, at
 /* Point the head views at the caller's tensors' current data. */
 static attn_status rebind(attn_mpi_plan *p) {
   uly_state *u = &p->uly;
-  const attn_desc *d = p->udesc;
-  const attn_tensor *src[4] = {d->mask.bool_mask, d->mask.add_mask, d->swin.bias, d->block.layout};
+  const attn_tensor *const *src = u->src;
   attn_tensor *dst[4] = {u->mask_b, u->mask_a, u->swin_b, u->layout};
   const int dims[4] = {1, 1, 1, 0};
   for (int i = 0; i < 4; i++) {
@@ -136,6 +135,8 @@ attn_status uly_setup(attn_mpi_plan *p, const attn_desc *desc) {
       (st = head_view(p, desc->swin.bias, 1, &u->swin_b)) != ATTN_OK ||
       (st = head_view(p, desc->block.layout, 0, &u->layout)) != ATTN_OK)
     return st;
+  u->src[0] = desc->mask.bool_mask, u->src[1] = desc->mask.add_mask;
+  u->src[2] = desc->swin.bias, u->src[3] = desc->block.layout;
   if (u->mask_b) u->desc.mask.bool_mask = u->mask_b;
   if (u->mask_a) u->desc.mask.add_mask = u->mask_a;
   if (u->swin_b) u->desc.swin.bias = u->swin_b;

@@ -222,6 +222,8 @@ static void run_case(const mcase *c) {
     attn_mpi_plan *plan = NULL;
     attn_status s = attn_mpi_plan_create(ctx, MPI_COMM_WORLD, desc, &cfg, tq, tk, tv, to, tl, &plan);
     CHECK(s == ATTN_OK, "%s: plan: %s", c->name, attn_context_last_error(ctx));
+    attn_desc_destroy(desc); /* plans keep what they need (borrowed arrays stay ours) */
+    desc = NULL;
     if (s == ATTN_OK) {
       attn_mpi_stats stats;
       stats.struct_size = sizeof stats;
@@ -237,8 +239,10 @@ static void run_case(const mcase *c) {
       unsigned char *snap = malloc(tbytes(to) + tbytes(tl));
       memcpy(snap, attn_tensor_data(to), tbytes(to));
       memcpy(snap + tbytes(to), attn_tensor_data(tl), tbytes(tl));
+      const int64_t allocs = cnt.allocs;
       s = attn_mpi_plan_execute(plan, tq, tk, tv, to, tl);
       CHECK(s == ATTN_OK, "%s: execute 2: %s", c->name, attn_context_last_error(ctx));
+      CHECK(cnt.allocs == allocs, "%s: execute allocated through the context", c->name);
       CHECK(memcmp(snap, attn_tensor_data(to), tbytes(to)) == 0 &&
                 memcmp(snap + tbytes(to), attn_tensor_data(tl), tbytes(tl)) == 0,
             "%s: a second execute differs", c->name);
