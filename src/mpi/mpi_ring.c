@@ -192,8 +192,10 @@ attn_status ring_setup(attn_mpi_plan *p) {
   int64_t nmax = 0;
   for (int32_t x = 0; x < N; x++) nmax = attn_max64(nmax, p->rows[x]);
   r->nmax = nmax;
-  /* At least four tiles per step for progress; whole 256-row query blocks. */
-  r->chunk = attn_min64(d->Sq, attn_max64(256, (attn_cdiv64(nmax, 4) + 255) / 256 * 256));
+  /* Query tiles of whole 256-row blocks, about eight per step: MPI moves the
+   * next block between tiles (MPI_Testall), so more tiles give it more
+   * chances when its transport needs the receiver's progress calls. */
+  r->chunk = attn_min64(d->Sq, attn_max64(256, (attn_cdiv64(nmax, 8) + 255) / 256 * 256));
   /* The schedule: the last step any rank needs; this rank's tiles. */
   int64_t last = 0, mine = 0;
   for (int64_t t = 0; t < N; t++)
