@@ -153,6 +153,26 @@ ATTN_API void attn_context_destroy(attn_context *ctx);
  *  @since 0.1.0 */
 ATTN_API const char *attn_context_last_error(const attn_context *ctx);
 
+/** Set how long @p ctx's idle worker threads spin (burning a core) before
+ *  they sleep, which decides what a call pays to wake them (≈ 50 µs here).
+ *  @param ctx the context (not computing at the moment)
+ *  @param spin_us
+ *   - 0 (the default, unless $ATTN_SPIN_US gives another at context
+ *     creation): adaptive — spin to cover the gap between the last two calls
+ *     when it is under 2.5 ms (at least 50 µs, at most 5 ms), else 50 µs. A
+ *     control loop calling every few ms finds its workers awake (and pays a
+ *     core's worth of spinning between calls); servers with back-to-back
+ *     calls and occasional callers spin ≤ 50 µs after each call.
+ *   - 1..1000000: spin exactly that many µs (e.g. a little more than a control
+ *     loop's period).
+ *   - −1: never spin; sleep at once (shared machines, batch jobs).
+ *  Calls too small to pay for waking the workers run on the calling thread
+ *  alone whatever the policy. Results never depend on it. Takes effect at the
+ *  next call; not to be called while @p ctx computes.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (outside
+ *          −1..1000000). @since 0.2.0 */
+ATTN_API attn_status attn_context_set_spin(attn_context *ctx, int32_t spin_us);
+
 /** Number of threads compute calls on @p ctx use (≥ 1; 0 for NULL). @since 0.1.0 */
 ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
 

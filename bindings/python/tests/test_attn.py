@@ -15,7 +15,8 @@ import unittest
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if not os.environ.get("ATTN_TEST_INSTALLED"):   # else: the pip-installed package
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import attn  # noqa: E402
 
 NONE, TOP_LEFT, BOTTOM_RIGHT = attn.Causal.NONE, attn.Causal.TOP_LEFT, attn.Causal.BOTTOM_RIGHT
@@ -113,7 +114,7 @@ class TestLoad(unittest.TestCase):
 
     def run_import(self, env):
         import subprocess
-        pkg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(attn.__file__)))
         code = "import sys; sys.path.insert(0, %r); import attn; print(attn.library_path())" % pkg
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
@@ -1112,7 +1113,9 @@ class TestMHATorch(Case):
                         for n, p in m.named_parameters():
                             if "bias" in n:
                                 p.uniform_(-0.5, 0.5)
+                    # PyTorch's polarity (from_torch's default) and libattn's.
                     layer = attn.MHA.from_torch(m)
+                    layer_keep = attn.MHA.from_torch(m, mask_convention="attn")
                     bf = cfg.get("batch_first", False)
                     rng = np.random.default_rng(i)
                     shape = (lambda n, F: (B, n, F)) if bf else (lambda n, F: (n, B, F))
@@ -1138,9 +1141,14 @@ class TestMHATorch(Case):
                         want, want_w = m(*(torch.from_numpy(a) for a in (q, k, v)),
                                          key_padding_mask=t_kpm, attn_mask=t_mask,
                                          need_weights=True, average_attn_weights=avg)
-                    out, w = layer(q, k, v, key_padding_mask=keep_kpm,
-                                   average_attn_weights=avg, **settings)
                     tol = 1e-5 if dtype == np.float32 else 1e-12
+                    out, w = layer_keep(q, k, v, key_padding_mask=keep_kpm,
+                                        average_attn_weights=avg, **settings)
+                    np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
+                    np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
+                    # The PyTorch call, unchanged: torch masks in torch's polarity.
+                    out, w = layer(q, k, v, key_padding_mask=t_kpm, attn_mask=t_mask,
+                                   average_attn_weights=avg)
                     np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
                     np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
 

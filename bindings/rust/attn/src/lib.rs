@@ -1,6 +1,6 @@
 //! Safe Rust API for libattn: attention mechanisms as GEMM calls into BLAS.
 //!
-//! ```no_run
+//! ```
 //! use attn::{Causal, Context, Desc, Dims};
 //! # fn main() -> Result<(), attn::Error> {
 //! let ctx = Context::new()?;
@@ -10,6 +10,8 @@
 //! let q = vec![0.5f32; dims.q_len()];
 //! let mut out = vec![0.0f32; dims.out_len()];
 //! attn::attention(&desc, &dims, &q, &q, &q, &mut out)?;
+//! // Every value is 0.5, so every convex combination of them is too.
+//! assert!(out.iter().all(|&o| (o - 0.5).abs() < 1e-6));
 //! # Ok(()) }
 //! ```
 //!
