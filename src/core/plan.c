@@ -39,6 +39,10 @@ static attn_status expect_distinct(attn_context *ctx, const char *name, const at
   return ATTN_OK;
 }
 
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  return expect_distinct(ctx, name, t);
+}
+
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {

@@ -38,7 +38,7 @@ __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
            "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
-           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__",
+           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states",
            "BF16Array", "as_bf16", "to_bf16", "from_bf16"]
 
 _lib = load()
@@ -698,6 +698,30 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     if return_lse:
         result += (lse_obj,)
     return result
+
+
+def merge_states(out_a, lse_a, out_b, lse_b, out=None, lse=None, ctx=None):
+    """attn_merge_states: merge attention results over two disjoint key sets.
+
+    out_a, out_b: [B, H, S, d_v]; lse_a, lse_b: [B, H, S] (the ``return_lse``
+    of attention()), all float32 or all float64, any strides. Returns
+    (out, lse) of the union: ``out``/``lse`` are allocated when None and may
+    be out_a/out_b and lse_a/lse_b themselves (in place). A side whose lse is
+    -inf kept no key; both -inf gives 0 and -inf."""
+    ctx = _ctx(ctx)
+    if out is None:
+        out = np.empty(np.shape(out_a), dtype=getattr(out_a, "dtype", None))
+    if lse is None:
+        lse = np.empty(np.shape(lse_a), dtype=getattr(lse_a, "dtype", None))
+    ts = [Tensor(ctx, a, name=n) for a, n in ((out_a, "out_a"), (lse_a, "lse_a"),
+                                               (out_b, "out_b"), (lse_b, "lse_b"))]
+    ts += [Tensor(ctx, out, name="out", writeable=True), Tensor(ctx, lse, name="lse", writeable=True)]
+    try:
+        _lib.attn_merge_states(ctx.handle, *(t.handle for t in ts))
+    finally:
+        for t in ts:
+            t.close()
+    return out, lse
 
 
 # ---------------------------------------------------------------------------

@@ -149,6 +149,7 @@ _FUNCTIONS = [
     ("attn_plan_block_layout", STATUS, [_P, POINTER(ctypes.c_uint8), POINTER(c_size_t)]),
     ("attn_plan_redraw_features", STATUS, [_P, c_uint64]),
     ("attn_forward", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P]),
+    ("attn_merge_states", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
     # multi-head (heads.h)
     ("attn_heads_split_view", STATUS, [_P, _P, c_int64, _PP]),
     ("attn_heads_merge_view", STATUS, [_P, _P, _PP]),
@@ -182,7 +183,7 @@ _FUNCTIONS = [
 # Status-returning functions whose first argument is the context; for the
 # others the first argument is a handle whose context _owner knows.
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
-              "attn_plan_create", "attn_forward", "attn_heads_split_view",
+              "attn_plan_create", "attn_forward", "attn_merge_states", "attn_heads_split_view",
               "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
               "attn_mha_create", "attn_kvcache_create"}
 

@@ -1266,5 +1266,43 @@ class TestMHATorch(Case):
                     np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
 
 
+class MergeStatesTest(unittest.TestCase):
+    """attn.merge_states: attention over two key halves merged equals the
+    numpy reference over all keys, in place too; empty sides are -inf."""
+
+    def test_split_everywhere_matches_reference(self):
+        rng = np.random.default_rng(7)
+        B, H, Sq, Sk, D = 2, 3, 5, 11, 8
+        for dt, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+            q = (rng.standard_normal((B, H, Sq, D)) * 2).astype(dt)
+            k = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            v = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            want, _w, want_lse, _b = reference(q, k, v)
+            for p in range(Sk + 1):
+                if p == 0 or p == Sk:
+                    oe = np.full((B, H, Sq, D), np.nan, dtype=dt)
+                    le = np.full((B, H, Sq), -np.inf, dtype=dt)
+                    oo, lo = attn.attention(q, k, v, return_lse=True)
+                    oa, la, ob, lb = (oe, le, oo, lo) if p == 0 else (oo, lo, oe, le)
+                else:
+                    oa, la = attn.attention(q, k[:, :, :p], v[:, :, :p], return_lse=True)
+                    ob, lb = attn.attention(q, k[:, :, p:], v[:, :, p:], return_lse=True)
+                out, lse = attn.merge_states(oa, la, ob, lb, out=oa if p % 2 else None,
+                                             lse=la if p % 2 else None)
+                np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+                np.testing.assert_allclose(lse, want_lse, rtol=tol, atol=tol)
+
+    def test_both_empty_and_bad_lse(self):
+        o = np.full((1, 1, 2, 3), np.nan)
+        l = np.full((1, 1, 2), -np.inf)
+        out, lse = attn.merge_states(o, l, o.copy(), l.copy())
+        self.assertTrue(np.all(out == 0) and np.all(np.isneginf(lse)))
+        l2 = l.copy()
+        l2[0, 0, 1] = np.nan
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.merge_states(o, l2, o, l)
+        self.assertIn("lse_a", str(cm.exception))
+
+
 if __name__ == "__main__":
     unittest.main()
