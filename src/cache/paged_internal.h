@@ -1,0 +1,52 @@
+/* The paged KV cache's internal state, shared by the store (paged.c) and the
+ * attend kernels (paged_attend.c, paged_impl.inc). */
+#ifndef ATTN_PAGED_INTERNAL_H
+#define ATTN_PAGED_INTERNAL_H
+
+#include "core/internal.h"
+
+/* Largest block size (positions per block). */
+#define ATTN_PAGED_MAX_BLOCK 65536
+
+struct attn_paged_cache {
+  attn_context *ctx;
+  attn_dtype dtype; /* of appended rows and of queries */
+  /* Row format: the one place a storage differs. bf16 today; the quantized
+   * storages of the contiguous cache (f16, int8, int4 with per-row scales)
+   * become further values here, with their row bytes and a converter used
+   * by the gather step of paged_impl.inc. */
+  attn_kvcache_storage storage;
+  bool bf16;
+  size_t es;           /* bytes per stored element */
+  int64_t Hkv, Dk, Dv;
+  int64_t bs;          /* positions per block */
+  int64_t nblocks;
+  int64_t max_seqs;
+  int64_t max_len;     /* positions per sequence at most */
+  int64_t max_bps;     /* blocks per sequence at most: ⌈max_len / bs⌉ */
+  size_t kbytes;       /* K part of a block: Hkv·bs·Dk·es */
+  size_t block_bytes;  /* K part + V part, rounded up to 64 */
+  char *pool;          /* nblocks · block_bytes */
+  size_t pool_bytes;
+  int32_t *ref;        /* [nblocks] reference counts */
+  int32_t *free_ids;   /* [nblocks] stack of free block ids, nfree on it */
+  int64_t nfree;
+  int64_t nlive;
+  int64_t *len;        /* [max_seqs] length; −1 = free id */
+  int32_t *table;      /* [max_seqs][max_bps] block ids */
+  size_t meta_bytes;   /* ref + free_ids + len + table, one allocation */
+};
+
+/* K rows of kv head h in block blk (bs rows of Dk elements). */
+static inline const char *attn_paged_k(const struct attn_paged_cache *c, int32_t blk, int64_t h) {
+  return c->pool + (size_t)blk * c->block_bytes + (size_t)(h * c->bs * c->Dk) * c->es;
+}
+/* V rows of kv head h in block blk (bs rows of Dv elements). */
+static inline const char *attn_paged_v(const struct attn_paged_cache *c, int32_t blk, int64_t h) {
+  return c->pool + (size_t)blk * c->block_bytes + c->kbytes + (size_t)(h * c->bs * c->Dv) * c->es;
+}
+static inline const int32_t *attn_paged_table(const struct attn_paged_cache *c, int64_t seq) {
+  return c->table + (size_t)(seq * c->max_bps);
+}
+
+#endif
