@@ -22,3 +22,8 @@ target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
 add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
 set_tests_properties(test_kvcache_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+
+# The paged-cache tests on the GEMM path too (AVX-512 lowered to AVX2).
+add_test(NAME test_paged_avx2 COMMAND test_paged)
+set_tests_properties(test_paged_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
