@@ -92,7 +92,7 @@ static int64_t blocks_needed(attn_paged_cache *pc, const shadow *s, int64_t id, 
 }
 
 static attn_status op_append(fz *f, attn_paged_cache *pc, shadow *s) {
-  const int64_t id = pick_id(f, s), n = fz_range(f, 0, 24);
+  const int64_t id = pick_id(f, s), n = fz_range(f, 1, 24); /* tensors have dims >= 1 */
   const int64_t ks[3] = {s->Hkv, n, s->Dk}, vs[3] = {s->Hkv, n, s->Dv};
   double k[3 * 24 * 9 + 1], v[3 * 24 * 9 + 1];
   for (int64_t i = 0; i < s->Hkv * n * s->Dk; i++) k[i] = (double)((int)fz_range(f, 0, 128) - 64) / 64.0;
@@ -223,6 +223,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     g_alloc.cap = (size_t)64 << 20;
     g_ctx = fz_context(&g_alloc, 1);
     g_ctx2 = fz_context(&g_alloc, 2);
+    /* Start both contexts' thread pools (kept for the context's life) with
+     * one throwaway plan each, so the leak baseline includes them. */
+    attn_paged_config c0;
+    attn_paged_config_init(&c0);
+    c0.d_k = 1;
+    c0.num_blocks = 1;
+    attn_paged_cache *pc0 = NULL;
+    attn_desc *d0 = NULL;
+    const int64_t one[4] = {1, 1, 1, 1};
+    attn_tensor *t0 = NULL;
+    if (attn_paged_create(g_ctx, &c0, &pc0) != ATTN_OK || attn_desc_create(g_ctx, &d0) != ATTN_OK ||
+        attn_tensor_create(g_ctx, ATTN_DTYPE_F32, 4, one, &t0) != ATTN_OK)
+      abort();
+    attn_context *cs[2] = {g_ctx, g_ctx2};
+    for (int i = 0; i < 2; i++) {
+      attn_paged_plan *p0 = NULL;
+      if (attn_paged_plan_create(cs[i], pc0, d0, t0, t0, NULL, &p0) != ATTN_OK) abort();
+      attn_paged_plan_destroy(p0);
+    }
+    attn_tensor_destroy(t0);
+    attn_desc_destroy(d0);
+    attn_paged_destroy(pc0);
   }
   fz f = {data, size};
   shadow *s = &g_sh;
