@@ -6,14 +6,18 @@
  * A ::attn_paged_cache (one per layer) owns a pool of num_blocks blocks of
  * block_size positions each. A block stores, for every key/value head, the
  * K rows [block_size, d_k] and the V rows [block_size, d_v] of block_size
- * consecutive positions. Each live sequence has a block table: position p of
+ * consecutive positions. The pool is laid out head-major (all heads' K
+ * segments [H_kv][num_blocks], then the V segments), so one head's rows of
+ * blocks with consecutive ids are adjacent in memory: a fresh pool hands
+ * out ascending ids, and a sequence appended in order is then read as one
+ * stream. Each live sequence has a block table: position p of
  * sequence s lives in row p mod block_size of block table_s[p / block_size].
  * Blocks carry reference counts: attn_paged_fork() makes a new sequence
  * that shares every block of its source (no copy); the first append that
  * would write into a shared block copies that block first (copy-on-write),
  * so a write to one sequence never changes another.
  *
- *     pool:     num_blocks × { K [H_kv, block_size, d_k], V [H_kv, block_size, d_v] }
+ *     pool:     K [H_kv, num_blocks, block_size, d_k], V [H_kv, num_blocks, block_size, d_v]
  *     sequence: length L, block table of ⌈L / block_size⌉ block ids
  *     step:     attn_paged_append(seq, k_new [H_kv, n, d_k], v_new [H_kv, n, d_v])
  *               attn_paged_plan_execute(count sequences, q [N, H, n, d_k] → out [N, H, n, d_v])

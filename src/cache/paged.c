@@ -81,30 +81,31 @@ attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
   t.max_seqs = c.max_seqs;
   t.max_len = c.max_seq_len;
   t.max_bps = attn_cdiv64(t.max_len, t.bs);
-  const int64_t kd[3] = {t.Hkv, t.bs, t.Dk}, vd[3] = {t.Hkv, t.bs, t.Dv};
-  size_t kb, vb;
-  attn_carver blk = attn_carver_start();
+  /* Head-major pool (paged_internal.h): K segments [Hkv][nblocks] of
+   * bs·Dk elements, then V segments [Hkv][nblocks] of bs·Dv. */
+  const int64_t kd[4] = {t.Hkv, t.nblocks, t.bs, t.Dk}, vd[4] = {t.Hkv, t.nblocks, t.bs, t.Dv};
+  size_t kall, vall, pool;
   attn_carver meta = attn_carver_start();
   int64_t tab;
-  bool ok = attn_bytes_ok(kd, 3, t.es, &kb) && attn_bytes_ok(vd, 3, t.es, &vb) &&
-            attn_mul_ok(t.max_seqs, t.max_bps, &tab);
+  bool ok = attn_bytes_ok(kd, 4, t.es, &kall) && attn_bytes_ok(vd, 4, t.es, &vall) &&
+            attn_mul_ok(t.max_seqs, t.max_bps, &tab) && kall <= SIZE_MAX - vall;
   if (ok) {
-    attn_carve(&blk, 1, (int64_t)kb, 1, 1);
-    attn_carve(&blk, 1, (int64_t)vb, 1, 1);
     attn_carve(&meta, sizeof(int32_t), t.nblocks, 1, 1);
     attn_carve(&meta, sizeof(int32_t), t.nblocks, 1, 1);
     attn_carve(&meta, sizeof(int64_t), t.max_seqs, 1, 1);
     attn_carve(&meta, sizeof(int32_t), tab, 1, 1);
   }
-  int64_t pool;
-  if (!ok || !blk.ok || !meta.ok || !attn_mul_ok(blk.bytes, t.nblocks, &pool))
+  if (!ok || !meta.ok || kall + vall > (size_t)INT64_MAX)
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                      "cfg: the pool of %" PRId64 " blocks of %" PRId64 " positions (H_kv %" PRId64
                      ", d %" PRId64 ") overflows",
                      t.nblocks, t.bs, t.Hkv, attn_max64(t.Dk, t.Dv));
-  t.kbytes = kb;
-  t.block_bytes = (size_t)blk.bytes;
-  t.pool_bytes = (size_t)pool;
+  pool = kall + vall;
+  t.kseg = (size_t)(t.bs * t.Dk) * t.es;
+  t.vseg = (size_t)(t.bs * t.Dv) * t.es;
+  t.vbase = kall;
+  t.block_bytes = (size_t)t.Hkv * (t.kseg + t.vseg);
+  t.pool_bytes = pool;
   t.meta_bytes = (size_t)meta.bytes;
 
   attn_paged_cache *cache = attn_alloc(ctx, sizeof *cache);

@@ -24,8 +24,9 @@ struct attn_paged_cache {
   int64_t max_seqs;
   int64_t max_len;     /* positions per sequence at most */
   int64_t max_bps;     /* blocks per sequence at most: ⌈max_len / bs⌉ */
-  size_t kbytes;       /* K part of a block: Hkv·bs·Dk·es */
-  size_t block_bytes;  /* K part + V part, rounded up to 64 */
+  size_t kseg, vseg;   /* one head's rows of one block: bs·Dk·es, bs·Dv·es */
+  size_t vbase;        /* byte offset of the V segments in the pool */
+  size_t block_bytes;  /* a block's bytes over all heads: Hkv·(kseg + vseg) */
   char *pool;          /* nblocks · block_bytes */
   size_t pool_bytes;
   int32_t *ref;        /* [nblocks] reference counts */
@@ -37,13 +38,17 @@ struct attn_paged_cache {
   size_t meta_bytes;   /* ref + free_ids + len + table, one allocation */
 };
 
-/* K rows of kv head h in block blk (bs rows of Dk elements). */
+/* Pool layout, head-major: all K segments, then all V segments,
+ *   K: [H_kv][num_blocks][bs][d_k],  V: [H_kv][num_blocks][bs][d_v]
+ * so one kv head's rows of consecutive blocks are adjacent in memory (a
+ * sequence whose blocks were handed out in order is read as one stream,
+ * as from the contiguous cache). K rows of kv head h in block blk: */
 static inline const char *attn_paged_k(const struct attn_paged_cache *c, int32_t blk, int64_t h) {
-  return c->pool + (size_t)blk * c->block_bytes + (size_t)(h * c->bs * c->Dk) * c->es;
+  return c->pool + ((size_t)h * (size_t)c->nblocks + (size_t)blk) * c->kseg;
 }
 /* V rows of kv head h in block blk (bs rows of Dv elements). */
 static inline const char *attn_paged_v(const struct attn_paged_cache *c, int32_t blk, int64_t h) {
-  return c->pool + (size_t)blk * c->block_bytes + c->kbytes + (size_t)(h * c->bs * c->Dv) * c->es;
+  return c->pool + c->vbase + ((size_t)h * (size_t)c->nblocks + (size_t)blk) * c->vseg;
 }
 static inline const int32_t *attn_paged_table(const struct attn_paged_cache *c, int64_t seq) {
   return c->table + (size_t)(seq * c->max_bps);
