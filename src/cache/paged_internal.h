@@ -50,6 +50,16 @@ static inline const char *attn_paged_k(const struct attn_paged_cache *c, int32_t
 static inline const char *attn_paged_v(const struct attn_paged_cache *c, int32_t blk, int64_t h) {
   return c->pool + c->vbase + ((size_t)h * (size_t)c->nblocks + (size_t)blk) * c->vseg;
 }
+/* Positions from q (< end) whose blocks follow each other in the pool
+ * (ids b, b+1, ...): with the head-major layout they are one run of rows
+ * for every head, readable at one base pointer. */
+static inline int64_t attn_paged_run(const struct attn_paged_cache *c, const int32_t *tab,
+                                     int64_t q, int64_t end) {
+  const int64_t b = q / c->bs;
+  int64_t stop = (b + 1) * c->bs;
+  while (stop < end && tab[stop / c->bs] == tab[b] + (int32_t)(stop / c->bs - b)) stop += c->bs;
+  return (stop < end ? stop : end) - q;
+}
 static inline const int32_t *attn_paged_table(const struct attn_paged_cache *c, int64_t seq) {
   return c->table + (size_t)(seq * c->max_bps);
 }
