@@ -46,7 +46,7 @@ class Model:
     def check(self, seqs, n=1, counts=None, window=None, tol=1e-9):
         q = rand(self.rng, (len(seqs), H, n, D), self.dtype)
         out = np.zeros((len(seqs), H, n, D), self.dtype)
-        settings = {"causal": True}
+        settings = {"causal": "bottom_right"}
         if window is not None:
             settings["window"] = (window, 0)
         plan = self.cache.plan(q, out, **settings)
@@ -114,12 +114,14 @@ class TestPaged(unittest.TestCase):
             m.cache.append(7, np.zeros((HKV, 1, D)), np.zeros((HKV, 1, D)))
         q = np.zeros((1, H, 1, D))
         out = np.full((1, H, 1, D), 5.0)
-        plan = m.cache.plan(q, out, causal=True)
+        plan = m.cache.plan(q, out, causal="bottom_right")
         with self.assertRaises(attn.AttnError) as e:
             plan.execute([1], q, out)
         self.assertIn("seq_ids[0]", str(e.exception))
         self.assertTrue(np.all(out == 5.0))
         plan.close()
+        with self.assertRaises(ValueError):
+            m.cache.plan(q, out, causal=True)    # ambiguous, as for KVCache
         m.cache.close()
 
 
