@@ -388,7 +388,7 @@ static void usage(FILE *f) {
   fprintf(f,
           "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
           "                  [--B N] [--causal] [--dtype f32|f64|bf16|f16] [--threads N] [--reps N]\n"
-          "                  [--window N] [--features N] [--rank N] [--block N] [--json] [--list]\n"
+          "                  [--window N] [--features N] [--rank N] [--block N] [--seqs N] [--json] [--list]\n"
           "                  [--loop N --gap-ms G] [--spin-us N]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
@@ -456,6 +456,7 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     json_num(stdout, "max_err", r->has_err ? r->max_err : NAN, false);
     json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
     if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
+    for (int32_t f = 0; f < r->nfields; f++) json_num(stdout, r->field_names[f], r->field_values[f], false);
     json_num(stdout, "warmup_calls", r->has_latency ? 0 : (double)warmup_calls, false);
     if (r->has_latency) {
       json_num(stdout, "loop", o->loop, false);
@@ -478,6 +479,7 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
            r->has_err ? r->max_err : NAN, rss);
     printf("  f_peak=%.3f", frac_peak);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
+    for (int32_t f = 0; f < r->nfields; f++) printf("  %s=%.4g", r->field_names[f], r->field_values[f]);
     if (r->has_latency)
       printf("  first=%.3f p50=%.3f p90=%.3f p99=%.3f max=%.3f ms (sgemm p99/p50 %.2f)", r->first_ms,
              r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, r->sgemm_tail);
@@ -508,7 +510,7 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 }
 
 int main(int argc, char **argv) {
-  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0};
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0, 16};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -539,6 +541,7 @@ int main(int argc, char **argv) {
     NUM_FLAG("--features", o.features = x)
     NUM_FLAG("--rank", o.rank = x)
     NUM_FLAG("--block", o.block = x)
+    NUM_FLAG("--seqs", o.seqs = x)
     NUM_FLAG("--loop", o.loop = (int32_t)x)
 #undef NUM_FLAG
     if (strcmp(a, "--gap-ms") == 0 || strcmp(a, "--spin-us") == 0) {

@@ -22,6 +22,7 @@ typedef struct bench_opts {
   int32_t loop;           /* --loop N: latency mode (sdpa, decode): N calls ... */
   double gap_ms;          /* --gap-ms G: ... with G ms of busy work between calls */
   int32_t spin_us;        /* --spin-us: the context's spin policy (0 adaptive) */
+  int64_t seqs;           /* --seqs N: sequences of the paged cases (default 16) */
 } bench_opts;
 
 typedef struct bench_result {
@@ -32,6 +33,11 @@ typedef struct bench_result {
   double max_err, mean_err;
   double extra;           /* case-specific number (e.g. speed-up), printed if extra_name */
   const char *extra_name;
+  /* More case-specific numbers, printed as JSON fields (names fixed by the
+   * contract), e.g. the paged cases' contig_ms. */
+  int32_t nfields;
+  const char *field_names[8];
+  double field_values[8];
   /* Latency mode (--loop): the first call after the plan, then percentiles
    * of the N calls with gaps; ms is then p50. */
   bool has_latency;

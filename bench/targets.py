@@ -231,6 +231,28 @@ def main():
                 print(f"[info] issue 16: decode L={L} H=32/8 d=128, 2 ms gaps: first {r['first_ms']:.3f} "
                       f"p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} max {r['max_ms']:.3f} ms")
 
+    if want(19):
+        # Paged KV cache: 16 sequences (lengths log-spread over 512..32768),
+        # H 32/8, d 128, block 64, f32; contiguous per-sequence caches timed
+        # in the same process.
+        r = bench(a, "paged_decode", seqs=16, block=64, Sk=32768, H=32, Hkv=8, D=128)
+        if r is not None:
+            oks.append(report(19, f"paged_decode 16 seqs 512..32768 H=32/8 d=128 block 64: {r['gbps']:.1f} GB/s "
+                              f"of {r['read_gbps']:.1f}, {r['ms']:.2f} ms; frac_bw", f"{r['frac_bw']:.3f}", ">= 0.85",
+                              r["frac_bw"] >= 0.85))
+            sp = r["contig_ms"] / r["ms"]
+            oks.append(report(19, f"paged_decode speed vs contiguous caches ({r['contig_ms']:.2f} ms / {r['ms']:.2f} ms)",
+                              f"{sp:.3f}x", ">= 0.95x", sp >= 0.95))
+            fm = r["fork_mem_ratio"]
+            oks.append(report(19, f"16 sequences forked from one 8192-token prompt: {r['forked_bytes'] / 2**20:.1f} MiB "
+                              f"vs {r['one_seq_bytes'] / 2**20:.1f} MiB for one", f"{fm:.3f}x", "<= 1.1x", fm <= 1.1))
+        r = bench(a, "paged_prefill", Sq=2048, Sk=8192, block=64, H=32, Hkv=8, D=128, reps=5)
+        if r is not None:
+            g = r["gflops"] / r["contig_gflops"]
+            oks.append(report(19, f"chunked prefill 2048 onto an 8192-token paged prefix, H=32/8 d=128 block 64: "
+                              f"{r['gflops']:.1f} vs {r['contig_gflops']:.1f} GFLOPS contiguous", f"{g:.3f}x", ">= 0.9x",
+                              g >= 0.9))
+
     if want(5):
         r = bench(a, "subnormal", S=1024, D=64, H=8)
         if r is not None:

@@ -138,6 +138,31 @@ static attn_status attn_go_kv_execute(attn_kvcache_plan *plan, attn_tensor *tq, 
     if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
   return st;
 }
+// Append caller memory to a paged cache's sequence for this one call.
+static attn_status attn_go_paged_append(attn_paged_cache *cache, int64_t seq, attn_tensor *tk,
+                                        attn_tensor *tv, void *k, void *v) {
+  attn_status st = attn_tensor_set_data(tk, k);
+  if (st == ATTN_OK) st = attn_tensor_set_data(tv, v);
+  if (st == ATTN_OK) st = attn_paged_append(cache, seq, tk, tv);
+  attn_tensor_set_data(tk, attn_go_placeholder_);
+  attn_tensor_set_data(tv, attn_go_placeholder_);
+  return st;
+}
+
+// Run a paged plan on caller memory for this one call (lse handle may be NULL).
+static attn_status attn_go_paged_execute(attn_paged_plan *plan, int64_t count, const int64_t *seqs,
+                                         attn_tensor *tq, attn_tensor *to, attn_tensor *tl,
+                                         void *q, void *o, void *l, const int64_t *counts) {
+  attn_tensor *ts[3] = {tq, to, tl};
+  void *ps[3] = {q, o, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 3 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_paged_plan_execute(plan, count, seqs, tq, to, tl, counts);
+  for (int i = 0; i < 3; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
 */
 import "C"
 
@@ -1839,4 +1864,321 @@ func KVExecute[T Float](pl *KVPlan, q, out, lse []T, queryCounts []int64) error 
 	runtime.KeepAlive(slices)
 	runtime.KeepAlive(queryCounts)
 	return pl.cache.ctx.check(st, fn)
+}
+
+// ---------------------------------------------------------------------------
+// Paged KV cache (paged.h)
+
+// PagedConfig is attn_paged_config. Start from NewPagedConfig.
+type PagedConfig struct {
+	HeadsKV, DK, DV      int64 // DV 0 = DK
+	BlockSize, NumBlocks int64
+	MaxSeqs, MaxSeqLen   int64 // MaxSeqLen 0 = NumBlocks·BlockSize
+	DType                DType
+	Storage              KVStorage
+}
+
+// NewPagedConfig is attn_paged_config_init's defaults with num_blocks and d_k set.
+func NewPagedConfig(numBlocks, dk int64) PagedConfig {
+	var c C.attn_paged_config
+	C.attn_paged_config_init(&c)
+	return PagedConfig{HeadsKV: int64(c.heads_kv), DK: dk, BlockSize: int64(c.block_size),
+		NumBlocks: numBlocks, MaxSeqs: int64(c.max_seqs), DType: DType(c.dtype), Storage: KVStorage(c.storage)}
+}
+
+// PagedCache is attn_paged_cache: a pool of fixed-size blocks shared by many
+// sequences, each with its own block table; forks share blocks
+// (copy-on-write). Its mutating methods (CreateSeq, FreeSeq, Fork, Append,
+// Truncate) take the cache's own lock, so goroutines may call them
+// concurrently; plans (one per goroutine, each on its own Context) read
+// without it. Mutating a sequence that a running Execute reads is the
+// caller's race to avoid (see paged.h).
+type PagedCache struct {
+	ctx    *Context
+	p      *C.attn_paged_cache
+	cfg    PagedConfig
+	mu     sync.Mutex // serialises mutations (paged.h) and guards refs/closed
+	refs   int
+	closed bool
+}
+
+// NewPagedCache makes an empty pool.
+func NewPagedCache(ctx *Context, cfg PagedConfig) (*PagedCache, error) {
+	var c C.attn_paged_config
+	C.attn_paged_config_init(&c)
+	c.heads_kv, c.d_k, c.d_v = C.int64_t(cfg.HeadsKV), C.int64_t(cfg.DK), C.int64_t(cfg.DV)
+	c.block_size, c.num_blocks = C.int64_t(cfg.BlockSize), C.int64_t(cfg.NumBlocks)
+	c.max_seqs, c.max_seq_len = C.int64_t(cfg.MaxSeqs), C.int64_t(cfg.MaxSeqLen)
+	c.dtype, c.storage = C.attn_dtype(cfg.DType), C.attn_kvcache_storage(cfg.Storage)
+	var p *C.attn_paged_cache
+	st := C.attn_paged_create(ctx.p, &c, &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_paged_create"); err != nil {
+		return nil, err
+	}
+	if cfg.DV == 0 {
+		cfg.DV = cfg.DK
+	}
+	pc := &PagedCache{ctx: ctx, p: p, cfg: cfg, refs: 1}
+	runtime.SetFinalizer(pc, (*PagedCache).Close)
+	return pc, nil
+}
+
+// Config is the configuration (DV resolved).
+func (c *PagedCache) Config() PagedConfig { return c.cfg }
+
+func (c *PagedCache) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refs--; c.refs == 0 {
+		C.attn_paged_destroy(c.p)
+		c.p = nil
+	}
+}
+
+// Close releases the cache (freed once its plans are closed too).
+func (c *PagedCache) Close() {
+	c.mu.Lock()
+	already := c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if !already {
+		runtime.SetFinalizer(c, nil)
+		c.release()
+	}
+}
+
+// locked runs f under the cache's lock if the cache is open.
+func (c *PagedCache) locked(f func() C.attn_status, fn string) error {
+	c.mu.Lock()
+	if c.p == nil || c.closed {
+		c.mu.Unlock()
+		return errClosed("paged cache")
+	}
+	st := f()
+	err := c.ctx.check(st, fn) // the message is on the cache's context: read it under the lock
+	c.mu.Unlock()
+	runtime.KeepAlive(c)
+	return err
+}
+
+// CreateSeq starts an empty sequence and returns its id.
+func (c *PagedCache) CreateSeq() (int64, error) {
+	var s C.int64_t = -1
+	err := c.locked(func() C.attn_status { return C.attn_paged_seq_create(c.p, &s) }, "attn_paged_seq_create")
+	return int64(s), err
+}
+
+// FreeSeq frees a sequence (its blocks lose a reference).
+func (c *PagedCache) FreeSeq(seq int64) error {
+	return c.locked(func() C.attn_status { return C.attn_paged_seq_free(c.p, C.int64_t(seq)) }, "attn_paged_seq_free")
+}
+
+// Fork makes a new sequence sharing every block of src and returns its id.
+func (c *PagedCache) Fork(src int64) (int64, error) {
+	var s C.int64_t = -1
+	err := c.locked(func() C.attn_status { return C.attn_paged_fork(c.p, C.int64_t(src), &s) }, "attn_paged_fork")
+	return int64(s), err
+}
+
+// Truncate rolls seq back to length positions.
+func (c *PagedCache) Truncate(seq, length int64) error {
+	return c.locked(func() C.attn_status { return C.attn_paged_truncate(c.p, C.int64_t(seq), C.int64_t(length)) }, "attn_paged_truncate")
+}
+
+// Length is seq's length (-1 if the id is not live).
+func (c *PagedCache) Length(seq int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_seq_length(c.p, C.int64_t(seq)))
+}
+
+// BlockTable is seq's block ids in position order.
+func (c *PagedCache) BlockTable(seq int64) ([]int64, error) {
+	n := c.Length(seq)
+	if n < 0 {
+		n = 0
+	}
+	ids := make([]int64, (n+c.cfg.BlockSize-1)/c.cfg.BlockSize+1)
+	var count C.int64_t
+	err := c.locked(func() C.attn_status {
+		return C.attn_paged_block_table(c.p, C.int64_t(seq), (*C.int64_t)(unsafe.Pointer(&ids[0])), C.int64_t(len(ids)), &count)
+	}, "attn_paged_block_table")
+	if err != nil {
+		return nil, err
+	}
+	return ids[:count], nil
+}
+
+// FreeBlocks is the number of free blocks.
+func (c *PagedCache) FreeBlocks() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_free_blocks(c.p))
+}
+
+// NumSeqs is the number of live sequences.
+func (c *PagedCache) NumSeqs() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_num_seqs(c.p))
+}
+
+// MemoryUsed is the bytes of blocks in use (shared blocks once).
+func (c *PagedCache) MemoryUsed() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(C.attn_paged_memory_used(c.p))
+}
+
+// MemorySize is the bytes the cache holds.
+func (c *PagedCache) MemorySize() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(C.attn_paged_memory_size(c.p))
+}
+
+// PagedAppend appends contiguous kNew [H_kv, n, d_k], vNew [H_kv, n, d_v]
+// to sequence seq (copied into the cache).
+func PagedAppend[T Float](c *PagedCache, seq int64, kNew, vNew []T, n int64) error {
+	const fn = "attn_paged_append"
+	if dt := dtypeOf[T](); dt != c.cfg.DType {
+		return &Error{Status: StatusDType, Func: "attn.PagedAppend", Message: fmt.Sprintf("slices of dtype %d, the cache has %d", dt, c.cfg.DType)}
+	}
+	hk, err := wrap(c.ctx, c.cfg.DType, Contiguous(c.cfg.HeadsKV, n, c.cfg.DK), C.attn_go_placeholder(), "k_new")
+	if err != nil {
+		return err
+	}
+	defer hk.destroy()
+	hv, err := wrap(c.ctx, c.cfg.DType, Contiguous(c.cfg.HeadsKV, n, c.cfg.DV), C.attn_go_placeholder(), "v_new")
+	if err != nil {
+		return err
+	}
+	defer hv.destroy()
+	if int64(len(kNew)) < hk.extent || int64(len(vNew)) < hv.extent {
+		return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("k_new/v_new: %d/%d elements, the layouts need %d/%d", len(kNew), len(vNew), hk.extent, hv.extent)}
+	}
+	err = c.locked(func() C.attn_status {
+		return C.attn_go_paged_append(c.p, C.int64_t(seq), hk.p, hv.p, ptrOf(kNew), ptrOf(vNew))
+	}, fn)
+	runtime.KeepAlive(kNew)
+	runtime.KeepAlive(vNew)
+	return err
+}
+
+// PagedPlan is attn_paged_plan: a ragged batch of up to N sequences' new
+// queries against a PagedCache, on its own Context.
+type PagedPlan struct {
+	cache   *PagedCache
+	ctx     *Context
+	keep    *borrowed
+	p       *C.attn_paged_plan
+	handles [3]*handle
+	dt      DType
+}
+
+// NewPagedPlan plans up to `rows` sequences of n queries of `heads` heads in
+// contiguous q [rows, H, n, d_k], out [rows, H, n, d_v] (and lse [rows, H, n]
+// when lse) on context ctx (one per goroutine).
+func NewPagedPlan(ctx *Context, c *PagedCache, desc *Desc, rows, heads, n int64, lse bool) (*PagedPlan, error) {
+	const fn = "attn_paged_plan_create"
+	if desc == nil || desc.p == nil {
+		return nil, &Error{Status: StatusNullArg, Func: fn, Message: "desc: nil or closed"}
+	}
+	c.mu.Lock()
+	if c.p == nil || c.closed {
+		c.mu.Unlock()
+		return nil, errClosed("paged cache")
+	}
+	c.refs++
+	c.mu.Unlock()
+	pl := &PagedPlan{cache: c, ctx: ctx, keep: desc.keep, dt: c.cfg.DType}
+	layouts := [3]Layout{Contiguous(rows, heads, n, c.cfg.DK), Contiguous(rows, heads, n, c.cfg.DV), Contiguous(rows, heads, n)}
+	var cp [3]*C.attn_tensor
+	for i := range layouts {
+		if i == 2 && !lse {
+			continue
+		}
+		h, err := wrap(ctx, c.cfg.DType, layouts[i], C.attn_go_placeholder(), kvNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			c.release()
+			return nil, err
+		}
+		pl.handles[i] = h
+		cp[i] = h.p
+	}
+	st := C.attn_paged_plan_create(ctx.p, c.p, desc.p, cp[0], cp[1], cp[2], &pl.p)
+	runtime.KeepAlive(desc)
+	if err := ctx.check(st, fn); err != nil {
+		pl.destroyHandles()
+		c.release()
+		return nil, err
+	}
+	pl.keep.acquire()
+	runtime.SetFinalizer(pl, (*PagedPlan).Close)
+	return pl, nil
+}
+
+func (pl *PagedPlan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+}
+
+// Close destroys the plan.
+func (pl *PagedPlan) Close() {
+	if pl.p != nil {
+		C.attn_paged_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		pl.keep.release()
+		pl.cache.release()
+	}
+}
+
+// PagedExecute attends rows 0..len(seqs)-1 of q (the plan's full shape) to
+// sequences seqs, writing out (and lse: nil exactly when the plan has none).
+// queryCounts: one per row, nil = n each. On error nothing is written.
+func PagedExecute[T Float](pl *PagedPlan, seqs []int64, q, out, lse []T, queryCounts []int64) error {
+	const fn = "attn_paged_plan_execute"
+	if pl.p == nil {
+		return errClosed("paged plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.dt {
+		return &Error{Status: StatusDType, Func: "attn.PagedExecute", Message: fmt.Sprintf("slices have dtype %d, the cache %d", dt, pl.dt)}
+	}
+	slices := [3][]T{q, out, lse}
+	for i, h := range pl.handles {
+		switch {
+		case h == nil && slices[i] != nil:
+			return &Error{Status: StatusMismatch, Func: "attn.PagedExecute", Message: kvNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && slices[i] == nil:
+			return &Error{Status: StatusMismatch, Func: "attn.PagedExecute", Message: kvNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && int64(len(slices[i])) < h.extent:
+			return &Error{Status: StatusShape, Func: "attn.PagedExecute", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", kvNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	if queryCounts != nil && len(queryCounts) != len(seqs) {
+		return &Error{Status: StatusInvalidArg, Func: fn, Message: fmt.Sprintf("query_counts: %d values for %d rows", len(queryCounts), len(seqs))}
+	}
+	var sp, cp *C.int64_t
+	if len(seqs) > 0 {
+		sp = (*C.int64_t)(unsafe.Pointer(&seqs[0]))
+	}
+	if queryCounts != nil && len(queryCounts) > 0 {
+		cp = (*C.int64_t)(unsafe.Pointer(&queryCounts[0]))
+	}
+	var tl *C.attn_tensor
+	if pl.handles[2] != nil {
+		tl = pl.handles[2].p
+	}
+	st := C.attn_go_paged_execute(pl.p, C.int64_t(len(seqs)), sp, pl.handles[0].p, pl.handles[1].p, tl,
+		ptrOf(q), ptrOf(out), ptrOf(lse), cp)
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(slices)
+	runtime.KeepAlive(seqs)
+	runtime.KeepAlive(queryCounts)
+	return pl.ctx.check(st, fn)
 }

@@ -588,6 +588,7 @@ ATTN_API attn_status attn_merge_states(attn_context *ctx, const attn_tensor *out
 #include "attn/approx.h"
 #include "attn/heads.h"
 #include "attn/kvcache.h"
+#include "attn/paged.h"
 /* Declarations that may still change: only with ATTN_EXPERIMENTAL defined. */
 #ifdef ATTN_EXPERIMENTAL
 #include "attn/experimental.h"

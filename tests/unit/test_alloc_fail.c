@@ -27,6 +27,8 @@ typedef struct af_fx {
   int64_t key_len[B_], query_len[B_];
   double slopes[H_];
   bool want_w, want_lse;
+  attn_paged_cache *pc; /* paged rows: two sequences of SK positions */
+  attn_tensor *pq, *pout; /* paged decode rows: [B_, H_, 1, D_] */
 } af_fx;
 
 typedef struct af_row {
@@ -93,6 +95,9 @@ static void fx_teardown(af_fx *f) {
   attn_tensor *ts[] = {f->q, f->k, f->v, f->out, f->w, f->lse, f->bool_mask, f->add_mask,
                        f->gw, f->wq, f->wk, f->ab, f->av};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  tu_tensor_free(f->pq);
+  tu_tensor_free(f->pout);
+  attn_paged_destroy(f->pc);
   attn_desc_destroy(f->desc);
   attn_context_destroy(f->ctx);
 }
@@ -183,6 +188,72 @@ static void use_plan(af_fx *f, void *h) {
   assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
 }
 
+/* ---- paged KV cache ---------------------------------------------------------- */
+
+static attn_status op_paged_create(af_fx *f, void **h) {
+  attn_paged_config cfg;
+  attn_paged_config_init(&cfg);
+  cfg.heads_kv = HKV;
+  cfg.d_k = D_;
+  cfg.block_size = 16;
+  cfg.num_blocks = 32;
+  cfg.max_seqs = 4;
+  cfg.dtype = f->dt;
+  return attn_paged_create(f->ctx, &cfg, (attn_paged_cache **)h);
+}
+static void destroy_paged(void *h) { attn_paged_destroy(h); }
+/* Sequences, appends (with copy-on-write), rollback and frees allocate nothing. */
+static void use_paged(af_fx *f, void *h) {
+  int64_t before = f->cnt->allocs, s, t;
+  const int64_t shape[3] = {HKV, SK, D_};
+  attn_tensor *k = NULL;
+  assert_int_equal(attn_tensor_wrap(f->ctx, f->dt, 3, shape, NULL, attn_tensor_data(f->k), &k), ATTN_OK);
+  before = f->cnt->allocs;
+  assert_int_equal(attn_paged_seq_create(h, &s), ATTN_OK);
+  assert_int_equal(attn_paged_append(h, s, k, k), ATTN_OK);
+  assert_int_equal(attn_paged_fork(h, s, &t), ATTN_OK);
+  assert_int_equal(attn_paged_append(h, t, k, k), ATTN_OK);
+  assert_int_equal(attn_paged_truncate(h, s, 5), ATTN_OK);
+  assert_int_equal(attn_paged_seq_free(h, t), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before);
+  attn_tensor_destroy(k);
+}
+/* Plan rows: a pool holding two sequences of the fixture's SK keys. */
+static void cfg_paged(af_fx *f) {
+  assert_int_equal(op_paged_create(f, (void **)&f->pc), ATTN_OK);
+  const int64_t shape[3] = {HKV, SK, D_};
+  attn_tensor *k = NULL;
+  assert_int_equal(attn_tensor_wrap(f->ctx, f->dt, 3, shape, NULL, attn_tensor_data(f->k), &k), ATTN_OK);
+  int64_t s;
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(attn_paged_seq_create(f->pc, &s), ATTN_OK);
+    assert_int_equal(attn_paged_append(f->pc, s, k, k), ATTN_OK);
+  }
+  attn_tensor_destroy(k);
+  f->pq = rand4(f, B_, H_, 1, D_, 9);
+  f->pout = rand4(f, B_, H_, 1, D_, 10);
+}
+static void cfg_paged_causal(af_fx *f) {
+  cfg_paged(f);
+  assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+  cfg_alibi_softcap(f);
+}
+static attn_status op_paged_plan(af_fx *f, void **h) { /* prefill: n = SQ queries */
+  return attn_paged_plan_create(f->ctx, f->pc, f->desc, f->q, f->out, NULL, (attn_paged_plan **)h);
+}
+static attn_status op_paged_decode_plan(af_fx *f, void **h) {
+  return attn_paged_plan_create(f->ctx, f->pc, f->desc, f->pq, f->pout, NULL, (attn_paged_plan **)h);
+}
+static void destroy_paged_plan(void *h) { attn_paged_plan_destroy(h); }
+static void use_paged_plan(af_fx *f, void *h) {
+  const int64_t seqs[2] = {1, 0};
+  int64_t before = f->cnt->allocs;
+  attn_paged_plan *p = h;
+  const bool decode = attn_paged_plan_execute(p, 2, seqs, f->pq, f->pout, NULL, NULL) == ATTN_OK;
+  if (!decode) assert_int_equal(attn_paged_plan_execute(p, 2, seqs, f->q, f->out, NULL, NULL), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
+}
+
 /* attn_forward allocates and frees its plan: it creates nothing that lasts. */
 static attn_status op_forward(af_fx *f, void **h) {
   attn_status st = attn_forward(f->ctx, f->desc, f->q, f->k, f->v, f->out, f->w, f->lse);
@@ -217,6 +288,10 @@ static const af_row rows[] = {
     PLAN_ROW("plan_exact_bf16_threads2", 2, ATTN_DTYPE_BF16, NULL),
     PLAN_ROW("plan_causal_f16", 1, ATTN_DTYPE_F16, cfg_causal),
     {"forward_bf16_causal", 3, ATTN_DTYPE_BF16, cfg_causal, op_forward, NULL, NULL},
+    {"paged_create", 1, ATTN_DTYPE_F32, NULL, op_paged_create, destroy_paged, use_paged},
+    {"paged_create_f64", 1, ATTN_DTYPE_F64, NULL, op_paged_create, destroy_paged, use_paged},
+    {"paged_plan_prefill", 2, ATTN_DTYPE_F32, cfg_paged_causal, op_paged_plan, destroy_paged_plan, use_paged_plan},
+    {"paged_plan_decode", 3, ATTN_DTYPE_F64, cfg_paged, op_paged_decode_plan, destroy_paged_plan, use_paged_plan},
 };
 
 static void *const HANDLE_CANARY = (void *)(uintptr_t)0xC0FFEE00u;

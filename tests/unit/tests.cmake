@@ -43,3 +43,7 @@ set_tests_properties(test_half_avx512 PROPERTIES
 add_test(NAME test_exact_blas COMMAND test_exact)
 set_tests_properties(test_exact_blas PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
+# The paged-cache tests on the GEMM path too (AVX-512 lowered to AVX2).
+add_test(NAME test_paged_avx2 COMMAND test_paged)
+set_tests_properties(test_paged_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")

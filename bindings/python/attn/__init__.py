@@ -29,6 +29,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from . import _lib as _lib_mod
 from ._arrays import BF16Array, as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
                    KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
@@ -39,7 +40,7 @@ __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
            "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
            "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states",
-           "BF16Array", "as_bf16", "to_bf16", "from_bf16"]
+           "BF16Array", "as_bf16", "to_bf16", "from_bf16", "PagedCache", "PagedPlan"]
 
 _lib = load()
 
@@ -1365,6 +1366,200 @@ class KVCachePlan:
         if getattr(self, "_handle", None):
             unregister_handle(self._handle)
             _lib.attn_kvcache_plan_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+
+# attn_paged_config fields: keyword -> (field, convert).
+_PAGED_CONFIG = {
+    "heads_kv": ("heads_kv", int),
+    "d_k": ("d_k", int),
+    "d_v": ("d_v", lambda v: 0 if v is None else int(v)),
+    "block_size": ("block_size", int),
+    "num_blocks": ("num_blocks", int),
+    "max_seqs": ("max_seqs", int),
+    "max_seq_len": ("max_seq_len", lambda v: 0 if v is None else int(v)),
+    "dtype": _MHA_CONFIG["dtype"],
+    "storage": ("storage", lambda v: _enum(KVCacheStorage, v)),
+}
+
+
+class PagedCache:
+    """attn_paged_cache: a pool of fixed-size blocks shared by many sequences
+    (paged.h), for serving: continuous batching, prefix sharing, beam search.
+
+        cache = attn.PagedCache(heads_kv=2, d_k=64, block_size=64, num_blocks=1024)
+        s = cache.create_seq()
+        cache.append(s, k_new, v_new)          # [H_kv, n, d] numpy arrays (copied in)
+        t = cache.fork(s)                      # shares every block (copy-on-write)
+        plan = cache.plan(q, out, causal="bottom_right")  # q [N, H, n, d_k], out [N, H, n, d_v]
+        plan.execute([s, t], q, out)           # a ragged batch in one call
+
+    Config keywords are the attn_paged_config fields (see _PAGED_CONFIG).
+    Failing calls raise AttnError (status + message) and change nothing; out
+    of blocks is Status.ERR_CAPACITY. Mutating calls need the caller's lock
+    when several threads share the cache; plans read only (see paged.h).
+    """
+
+    def __init__(self, ctx=None, **config):
+        self.ctx = _ctx(ctx)
+        cfg = _lib_mod.PagedConfig()
+        _lib.attn_paged_config_init(byref(cfg))
+        for key, value in config.items():
+            if key not in _PAGED_CONFIG:
+                raise TypeError("unknown PagedCache setting %r (known: %s)"
+                                % (key, ", ".join(sorted(_PAGED_CONFIG))))
+            field, conv = _PAGED_CONFIG[key]
+            setattr(cfg, field, conv(value))
+        handle = c_void_p()
+        _lib.attn_paged_create(self.ctx.handle, byref(cfg), byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        self.heads_kv, self.d_k = int(cfg.heads_kv), int(cfg.d_k)
+        self.d_v = int(cfg.d_v) or self.d_k
+        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self._plans = weakref.WeakSet()
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("attn: the paged cache is closed")
+        return self._handle
+
+    def create_seq(self):
+        """attn_paged_seq_create: a new empty sequence; returns its id."""
+        s = c_int64(-1)
+        _lib.attn_paged_seq_create(self.handle, byref(s))
+        return s.value
+
+    def free_seq(self, seq):
+        """attn_paged_seq_free: the id becomes free, its blocks lose a reference."""
+        _lib.attn_paged_seq_free(self.handle, int(seq))
+
+    def fork(self, seq):
+        """attn_paged_fork: a new sequence sharing every block of seq; returns its id."""
+        s = c_int64(-1)
+        _lib.attn_paged_fork(self.handle, int(seq), byref(s))
+        return s.value
+
+    def append(self, seq, k_new, v_new):
+        """attn_paged_append: k_new [H_kv, n, d_k], v_new [H_kv, n, d_v] become
+        the next n positions of seq (copied in; any strides)."""
+        tk = _as_tensor(self.ctx, k_new, "k_new")
+        tv = _as_tensor(self.ctx, v_new, "v_new")
+        try:
+            _lib.attn_paged_append(self.handle, int(seq), tk.handle, tv.handle)
+        finally:
+            for t, a in ((tk, k_new), (tv, v_new)):
+                if t is not a:
+                    t.close()
+
+    def truncate(self, seq, length):
+        """attn_paged_truncate: roll seq back to length positions."""
+        _lib.attn_paged_truncate(self.handle, int(seq), int(length))
+
+    def length(self, seq):
+        """Length of seq, -1 if the id is not live."""
+        return int(_lib.attn_paged_seq_length(self.handle, int(seq)))
+
+    def block_table(self, seq):
+        """int64 array of seq's block ids, in position order."""
+        count = c_int64(0)
+        n = (max(self.length(seq), 0) + self.block_size - 1) // self.block_size
+        ids = np.zeros(max(n, 1), dtype=np.int64)
+        _lib.attn_paged_block_table(self.handle, int(seq), ids.ctypes.data_as(POINTER(c_int64)),
+                                    len(ids), byref(count))
+        return ids[:count.value].copy()
+
+    free_blocks = property(lambda self: int(_lib.attn_paged_free_blocks(self.handle)))
+    num_blocks = property(lambda self: int(_lib.attn_paged_num_blocks(self.handle)))
+    block_size = property(lambda self: int(_lib.attn_paged_block_size(self.handle)))
+    num_seqs = property(lambda self: int(_lib.attn_paged_num_seqs(self.handle)))
+    memory_size = property(lambda self: int(_lib.attn_paged_memory_size(self.handle)))
+    memory_used = property(lambda self: int(_lib.attn_paged_memory_used(self.handle)))
+
+    def plan(self, q, out, lse=None, desc=None, ctx=None, **settings):
+        """A PagedPlan for arrays laid out like these (see PagedPlan)."""
+        return PagedPlan(self, q, out, lse, desc, ctx, **settings)
+
+    def close(self):
+        """Destroy the cache (and any plan of it still open)."""
+        if getattr(self, "_handle", None):
+            for p in list(self._plans):
+                p.close()
+            unregister_handle(self._handle)
+            _lib.attn_paged_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PagedPlan:
+    """attn_paged_plan: a ragged batch of up to N sequences' new queries
+    against a paged cache. q [N, H, n, d_k], out [N, H, n, d_v], lse None or
+    [N, H, n]; desc or descriptor settings (causal="bottom_right" for a decoder;
+    causal=True is rejected as ambiguous, as for KVCache).
+    ctx: the plan's own context (one per caller thread), default the cache's.
+    """
+
+    def __init__(self, cache, q, out, lse=None, desc=None, ctx=None, **settings):
+        self.cache = cache
+        self.ctx = _ctx(ctx) if ctx is not None else cache.ctx
+        if settings:
+            if desc is not None:
+                raise TypeError("give desc or descriptor settings, not both")
+            if isinstance(settings.get("causal"), bool) and settings["causal"]:
+                # As KVCachePlan: True is top-left elsewhere; a cache attends bottom-right.
+                raise ValueError("PagedCache: causal=True is ambiguous (attn.attention's True is "
+                                 "top-left, PyTorch's is_causal); a paged cache attends "
+                                 "bottom-right: pass causal=\"bottom_right\"")
+            desc = Desc(self.ctx, **settings)
+        elif desc is None:
+            desc = Desc(self.ctx)
+        self.desc = desc
+        self._borrowed = list(desc._keep.values())
+        self._tensors = [self._tensor(n, a) for n, a in zip(_KV_OPERANDS, (q, out, lse))]
+        handles = [t.handle if t is not None else None for t in self._tensors]
+        handle = c_void_p()
+        _lib.attn_paged_plan_create(self.ctx.handle, cache.handle, desc.handle, *handles,
+                                    byref(handle))
+        self._handle = handle.value
+        self.rows = int(np.shape(q)[0])
+        register_handle(self._handle, self.ctx.handle)
+        cache._plans.add(self)
+
+    def _tensor(self, name, array):
+        return _as_tensor(self.ctx, array, name, writeable=name in _OUTPUTS,
+                          contiguous_last=name != "lse")
+
+    @property
+    def workspace_size(self):
+        return int(_lib.attn_paged_plan_workspace_size(self._handle))
+
+    def execute(self, seqs, q, out, lse=None, query_counts=None):
+        """attn_paged_plan_execute: rows 0..len(seqs)-1 of q/out/lse against the
+        sequences seqs; query_counts None (n each) or one per row. Returns out."""
+        if not getattr(self, "_handle", None):
+            raise ValueError("attn: the paged plan is closed")
+        handles, _temps = _bind(self, _KV_OPERANDS, (q, out, lse))
+        ids = np.ascontiguousarray(seqs, dtype=np.int64).reshape(-1)
+        count = len(ids)
+        _ia, ip = _int64s(ids, count, "seqs") if count else (None, None)
+        _ca, cp = _int64s(query_counts, count, "query_counts")
+        _lib.attn_paged_plan_execute(self._handle, count, ip, *handles, cp)
+        return out
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            unregister_handle(self._handle)
+            _lib.attn_paged_plan_destroy(self._handle)
             self._handle = None
 
     __del__ = close

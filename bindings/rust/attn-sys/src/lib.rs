@@ -1,5 +1,5 @@
 //! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
-//! `attn/heads.h`, `attn/kvcache.h`),
+//! `attn/heads.h`, `attn/kvcache.h`, `attn/paged.h`),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -45,6 +45,16 @@ pub struct attn_kvcache {
 /// Opaque `attn_kvcache_plan` (kvcache.h).
 #[repr(C)]
 pub struct attn_kvcache_plan {
+    _private: [u8; 0],
+}
+/// Opaque `attn_paged_cache` (paged.h).
+#[repr(C)]
+pub struct attn_paged_cache {
+    _private: [u8; 0],
+}
+/// Opaque `attn_paged_plan` (paged.h).
+#[repr(C)]
+pub struct attn_paged_plan {
     _private: [u8; 0],
 }
 
@@ -170,6 +180,22 @@ pub struct attn_kvcache_config {
     pub storage: attn_kvcache_storage,
 }
 
+/// `attn_paged_config` (paged.h); initialise with `attn_paged_config_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_paged_config {
+    pub struct_size: usize,
+    pub heads_kv: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+    pub block_size: i64,
+    pub num_blocks: i64,
+    pub max_seqs: i64,
+    pub max_seq_len: i64,
+    pub dtype: attn_dtype,
+    pub storage: attn_kvcache_storage,
+}
+
 extern "C" {
     // version, status
     pub fn attn_version_number() -> u32;
@@ -263,6 +289,27 @@ extern "C" {
     pub fn attn_kvcache_plan_execute(plan: *mut attn_kvcache_plan, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
     pub fn attn_kvcache_plan_workspace_size(plan: *const attn_kvcache_plan) -> usize;
     pub fn attn_kvcache_plan_destroy(plan: *mut attn_kvcache_plan);
+    // paged KV cache (paged.h)
+    pub fn attn_paged_config_init(cfg: *mut attn_paged_config);
+    pub fn attn_paged_create(ctx: *mut attn_context, cfg: *const attn_paged_config, out: *mut *mut attn_paged_cache) -> attn_status;
+    pub fn attn_paged_destroy(cache: *mut attn_paged_cache);
+    pub fn attn_paged_seq_create(cache: *mut attn_paged_cache, seq: *mut i64) -> attn_status;
+    pub fn attn_paged_seq_free(cache: *mut attn_paged_cache, seq: i64) -> attn_status;
+    pub fn attn_paged_fork(cache: *mut attn_paged_cache, src: i64, dst: *mut i64) -> attn_status;
+    pub fn attn_paged_append(cache: *mut attn_paged_cache, seq: i64, k_new: *const attn_tensor, v_new: *const attn_tensor) -> attn_status;
+    pub fn attn_paged_truncate(cache: *mut attn_paged_cache, seq: i64, length: i64) -> attn_status;
+    pub fn attn_paged_seq_length(cache: *const attn_paged_cache, seq: i64) -> i64;
+    pub fn attn_paged_block_table(cache: *const attn_paged_cache, seq: i64, ids: *mut i64, cap: i64, count: *mut i64) -> attn_status;
+    pub fn attn_paged_free_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_block_size(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_seqs(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_memory_size(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_memory_used(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_plan_create(ctx: *mut attn_context, cache: *mut attn_paged_cache, desc: *const attn_desc, q: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_paged_plan) -> attn_status;
+    pub fn attn_paged_plan_execute(plan: *mut attn_paged_plan, count: i64, seq_ids: *const i64, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
+    pub fn attn_paged_plan_workspace_size(plan: *const attn_paged_plan) -> usize;
+    pub fn attn_paged_plan_destroy(plan: *mut attn_paged_plan);
 }
 
 #[cfg(test)]
