@@ -1,0 +1,263 @@
+/* Serving features against the naive f64 reference: packed variable-length
+ * batches (each sequence = the reference on that sequence alone), sinks (the
+ * reference with one more logit), the per-key mass (column sums of the
+ * reference weights), thread-count determinism, and their bad input. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+typedef struct sv_case {
+  int64_t nseq, H, Hkv, D;
+  const int64_t *qlen, *klen; /* [nseq]; klen NULL: self-attention (k offsets = q offsets) */
+  attn_dtype dt;
+  int causal;
+  int64_t left, right;  /* window, -1 = none */
+  bool alibi, sinks, weights, lse;
+  double softcap;
+  int mass;             /* 0 none, 1 per head, 2 per KV group */
+  bool packed;          /* varlen; else a padded batch of nseq items of qlen[0] × klen[0] */
+  int threads;
+} sv_case;
+
+typedef struct sv_out {
+  double *o, *w, *l, *m;
+  size_t no, nw, nl, nm;
+} sv_out;
+
+static void sv_free(sv_out *r) { free(r->o); free(r->w); free(r->l); free(r->m); }
+
+/* The library on c; q, k, v dense [1 or B][H][T][D] doubles. */
+static attn_status sv_run(const sv_case *c, const double *q, const double *k, const double *v,
+                          const int64_t *qoff, const int64_t *koff, const double *alibi,
+                          const double *sinks, int64_t B, int64_t Tq, int64_t Tk, sv_out *r) {
+  attn_context *ctx = tu_context(c->threads > 0 ? c->threads : 2);
+  attn_desc *d = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  assert_int_equal(attn_desc_set_causal(d, (attn_causal)c->causal), ATTN_OK);
+  if (c->left >= 0 || c->right >= 0)
+    assert_int_equal(attn_desc_set_window(d, c->left >= 0 ? c->left : ATTN_WINDOW_UNBOUNDED,
+                                          c->right >= 0 ? c->right : ATTN_WINDOW_UNBOUNDED),
+                     ATTN_OK);
+  if (c->alibi) assert_int_equal(attn_desc_set_alibi(d, alibi, c->H), ATTN_OK);
+  if (c->softcap > 0) assert_int_equal(attn_desc_set_softcap(d, c->softcap), ATTN_OK);
+  if (c->sinks) assert_int_equal(attn_desc_set_sinks(d, sinks, c->H), ATTN_OK);
+  if (c->packed) assert_int_equal(attn_desc_set_varlen(d, qoff, koff, c->nseq), ATTN_OK);
+  attn_tensor *tq = tu_tensor4(ctx, c->dt, q, B, c->H, Tq, c->D, c->packed);
+  attn_tensor *tk = tu_tensor4(ctx, c->dt, k, B, c->Hkv, Tk, c->D, c->packed);
+  attn_tensor *tv = tu_tensor4(ctx, c->dt, v, B, c->Hkv, Tk, c->D, c->packed);
+  attn_tensor *to = tu_tensor4(ctx, c->dt, NULL, B, c->H, Tq, c->D, c->packed);
+  attn_tensor *tw = c->weights ? tu_tensor4(ctx, c->dt, NULL, B, c->H, Tq, Tk, false) : NULL;
+  int64_t ls[3] = {B, c->H, Tq}, ms[3] = {B, c->mass == 2 ? c->Hkv : c->H, Tk};
+  attn_tensor *tl = c->lse ? tu_tensor(ctx, c->dt, NULL, 3, ls) : NULL;
+  attn_tensor *tm = c->mass ? tu_tensor(ctx, c->dt, NULL, 3, ms) : NULL;
+  if (tm) assert_int_equal(attn_desc_set_key_mass(d, tm), ATTN_OK);
+  attn_plan *plan = NULL;
+  attn_status st = attn_plan_create(ctx, d, tq, tk, tv, to, tw, tl, &plan);
+  if (st == ATTN_OK) {
+    st = attn_plan_execute(plan, tq, tk, tv, to, tw, tl);
+    if (st != ATTN_OK) fail_msg("execute: %s", attn_context_last_error(ctx));
+  } else {
+    fail_msg("plan: %s", attn_context_last_error(ctx));
+  }
+  r->no = (size_t)(B * c->H * Tq * c->D);
+  r->o = malloc(r->no * 8);
+  tu_read(to, r->o);
+  if (tw) { r->nw = (size_t)(B * c->H * Tq * Tk); r->w = malloc(r->nw * 8); tu_read(tw, r->w); }
+  if (tl) { r->nl = (size_t)(B * c->H * Tq); r->l = malloc(r->nl * 8); tu_read(tl, r->l); }
+  if (tm) { r->nm = (size_t)(ms[0] * ms[1] * ms[2]); r->m = malloc(r->nm * 8); tu_read(tm, r->m); }
+  attn_plan_destroy(plan);
+  tu_tensor_free(tq); tu_tensor_free(tk); tu_tensor_free(tv); tu_tensor_free(to);
+  tu_tensor_free(tw); tu_tensor_free(tl); tu_tensor_free(tm);
+  attn_desc_destroy(d);
+  attn_context_destroy(ctx);
+  return st;
+}
+
+static void expect_close(const char *what, double got, double want, bool f64, double scale) {
+  const double tol = (f64 ? 1e-11 : 2e-5) * (1 + scale);
+  if (isinf(want) || isinf(got)) {
+    if (got != want) fail_msg("%s: got %g, want %g", what, got, want);
+    return;
+  }
+  if (!(fabs(got - want) <= tol)) fail_msg("%s: got %.12g, want %.12g", what, got, want);
+}
+
+/* Run case c and compare every output with the reference, sequence by
+ * sequence (packed) or item by item (padded). */
+static void check_case(const sv_case *c, uint64_t seed) {
+  const int64_t n = c->nseq, H = c->H, Hkv = c->Hkv, D = c->D, grp = H / Hkv;
+  const int64_t *klen = c->klen ? c->klen : c->qlen;
+  int64_t *qoff = calloc((size_t)n + 1, 8), *koff = calloc((size_t)n + 1, 8);
+  for (int64_t s = 0; s < n; s++) {
+    qoff[s + 1] = qoff[s] + (c->packed ? c->qlen[s] : c->qlen[0]);
+    koff[s + 1] = koff[s] + (c->packed ? klen[s] : klen[0]);
+  }
+  const int64_t Tq = qoff[n], Tk = koff[n];
+  /* Packed: one item of Tq tokens; padded: n items of qlen[0] tokens. */
+  const int64_t B = c->packed ? 1 : n, Sq = c->packed ? Tq : c->qlen[0], Sk = c->packed ? Tk : klen[0];
+  double *q = tu_random((size_t)(B * H * Sq * D), &seed);
+  double *k = tu_random((size_t)(B * Hkv * Sk * D), &seed);
+  double *v = tu_random((size_t)(B * Hkv * Sk * D), &seed);
+  for (int64_t i = 0; i < B * H * Sq * D; i++) q[i] *= 3.0;
+  double alibi[16], sinks[16];
+  for (int64_t h = 0; h < H; h++) {
+    alibi[h] = 0.05 * (double)(h + 1);
+    sinks[h] = h == 1 ? -INFINITY : tu_uniform(&seed, -1, 3);
+  }
+  sv_out r = {0};
+  attn_status st = sv_run(c, q, k, v, c->packed && c->klen == NULL ? qoff : qoff,
+                          c->klen ? koff : NULL, alibi, sinks, B, Sq, Sk, &r);
+  assert_int_equal(st, ATTN_OK);
+  const bool f64 = c->dt == ATTN_DTYPE_F64;
+  double *mass = c->mass ? calloc(r.nm, 8) : NULL;
+  for (int64_t s = 0; s < n; s++) {
+    const int64_t ql = c->packed ? c->qlen[s] : Sq, kl = c->packed ? klen[s] : Sk;
+    const int64_t tb = c->packed ? 0 : s, q0 = c->packed ? qoff[s] : 0, k0 = c->packed ? koff[s] : 0;
+    ref_problem p;
+    ref_problem_init(&p, 1, H, ql, kl, D);
+    p.Hkv = Hkv;
+    p.causal = c->causal;
+    p.left = c->left;
+    p.right = c->right;
+    p.alibi = c->alibi ? alibi : NULL;
+    p.softcap = c->softcap;
+    p.sink = c->sinks ? sinks : NULL;
+    double *sq = malloc((size_t)(H * ql * D + 1) * 8), *sk = malloc((size_t)(Hkv * kl * D + 1) * 8);
+    double *sv = malloc((size_t)(Hkv * kl * D + 1) * 8);
+    for (int64_t h = 0; h < H; h++)
+      memcpy(sq + h * ql * D, q + ((tb * H + h) * Sq + q0) * D, (size_t)(ql * D) * 8);
+    for (int64_t h = 0; h < Hkv; h++) {
+      memcpy(sk + h * kl * D, k + ((tb * Hkv + h) * Sk + k0) * D, (size_t)(kl * D) * 8);
+      memcpy(sv + h * kl * D, v + ((tb * Hkv + h) * Sk + k0) * D, (size_t)(kl * D) * 8);
+    }
+    double *ro = malloc((size_t)(H * ql * D + 1) * 8), *rw = malloc((size_t)(H * ql * kl + 1) * 8);
+    double *rl = malloc((size_t)(H * ql + 1) * 8);
+    ref_attention(&p, sq, sk, sv, ro, rw, rl, NULL);
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < ql; i++) {
+        const int64_t gi = (tb * H + h) * Sq + q0 + i;
+        for (int64_t x = 0; x < D; x++)
+          expect_close("out", r.o[gi * D + x], ro[(h * ql + i) * D + x], f64, 0);
+        if (r.l) expect_close("lse", r.l[gi], rl[h * ql + i], f64, fabs(rl[h * ql + i]));
+        if (r.w)
+          for (int64_t j = 0; j < Sk; j++) {
+            const bool own = j >= k0 && j < k0 + kl;
+            expect_close("weights", r.w[gi * Sk + j], own ? rw[(h * ql + i) * kl + j - k0] : 0.0,
+                         f64, 0);
+          }
+        if (mass)
+          for (int64_t j = 0; j < kl; j++) {
+            const int64_t row = c->mass == 2 ? h / grp : h, nrow = c->mass == 2 ? Hkv : H;
+            mass[(tb * nrow + row) * Sk + k0 + j] += rw[(h * ql + i) * kl + j];
+          }
+      }
+    free(sq); free(sk); free(sv); free(ro); free(rw); free(rl);
+  }
+  for (size_t x = 0; mass && x < r.nm; x++) expect_close("mass", r.m[x], mass[x], f64, mass[x]);
+  free(mass);
+  sv_free(&r);
+  free(q); free(k); free(v); free(qoff); free(koff);
+}
+
+static const int64_t QL[] = {37, 1, 0, 130, 64, 5, 300};
+static const int64_t KL[] = {20, 9, 3, 130, 0, 77, 301};
+
+static void varlen_matches_each_sequence_alone(void **state) {
+  (void)state;
+  for (int dt = 0; dt < 2; dt++)
+    for (int causal = 0; causal < 3; causal++)
+      for (int cross = 0; cross < 2; cross++) {
+        sv_case c = {7, 4, 2, 16, QL, cross ? KL : NULL, dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32,
+                     causal, -1, -1, false, false, true, true, 0, 0, true, 2};
+        check_case(&c, 11 + (uint64_t)(dt * 7 + causal * 3 + cross));
+      }
+}
+
+static void varlen_masks_per_sequence(void **state) {
+  (void)state;
+  /* window + ALiBi + softcap + sinks + grouped mass, bottom-right, cross */
+  sv_case c = {7, 4, 2, 16, QL, KL, ATTN_DTYPE_F64, 2, 9, 2, true, true, true, true, 5.0, 2,
+               true, 3};
+  check_case(&c, 5);
+  c.dt = ATTN_DTYPE_F32;
+  c.causal = 1;
+  c.mass = 1;
+  c.H = c.Hkv = 3;
+  check_case(&c, 6);
+}
+
+static void sinks_match_reference(void **state) {
+  (void)state;
+  static const int64_t ql[] = {70}, kl[] = {90};
+  for (int dt = 0; dt < 2; dt++)
+    for (int causal = 0; causal < 3; causal++) {
+      sv_case c = {2, 4, 4, 8, ql, kl, dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32, causal, -1, -1,
+                   false, true, true, true, 0, 0, false, 2};
+      check_case(&c, 21 + (uint64_t)causal);
+      c.left = 3; /* rows with few keys: the sink dominates */
+      c.alibi = true;
+      check_case(&c, 22 + (uint64_t)causal);
+    }
+}
+
+static void mass_is_column_sums(void **state) {
+  (void)state;
+  static const int64_t ql[] = {300}, kl[] = {700}, ql1[] = {1};
+  for (int dt = 0; dt < 2; dt++)
+    for (int causal = 0; causal < 3; causal++)
+      for (int mass = 1; mass <= 2; mass++) {
+        sv_case c = {2, 4, 2, 16, ql, kl, dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32, causal, -1, -1,
+                     false, false, false, true, 0, mass, false, 2};
+        check_case(&c, 31 + (uint64_t)causal);
+        c.left = 40;
+        c.sinks = true;
+        c.softcap = 3;
+        check_case(&c, 32);
+        c.qlen = ql1; /* decode-like */
+        c.causal = 2;
+        check_case(&c, 33);
+      }
+}
+
+/* Bitwise identical outputs for 1..4 threads. */
+static void serving_deterministic_across_threads(void **state) {
+  (void)state;
+  uint64_t seed = 77;
+  const int64_t H = 4, D = 16;
+  int64_t off[8] = {0};
+  for (int s = 0; s < 7; s++) off[s + 1] = off[s] + QL[s];
+  const int64_t T = off[7];
+  double *q = tu_random((size_t)(H * T * D), &seed), *k = tu_random((size_t)(H * T * D), &seed);
+  double *v = tu_random((size_t)(H * T * D), &seed);
+  double sinks[4] = {0.5, -1, 2, 0};
+  sv_out first = {0};
+  for (int th = 1; th <= 4; th++) {
+    sv_case c = {7, H, 2, D, QL, NULL, ATTN_DTYPE_F32, 1, -1, -1, false, true, false, true, 0, 2,
+                 true, th};
+    sv_out r = {0};
+    assert_int_equal(sv_run(&c, q, k, v, off, NULL, NULL, sinks, 1, T, T, &r), ATTN_OK);
+    if (th == 1) {
+      first = r;
+      continue;
+    }
+    assert_memory_equal(r.o, first.o, r.no * 8);
+    assert_memory_equal(r.l, first.l, r.nl * 8);
+    assert_memory_equal(r.m, first.m, r.nm * 8);
+    sv_free(&r);
+  }
+  sv_free(&first);
+  free(q); free(k); free(v);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(varlen_matches_each_sequence_alone),
+      cmocka_unit_test(varlen_masks_per_sequence),
+      cmocka_unit_test(sinks_match_reference),
+      cmocka_unit_test(mass_is_column_sums),
+      cmocka_unit_test(serving_deterministic_across_threads),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
