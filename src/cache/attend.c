@@ -56,7 +56,8 @@ static const char *const kv_meta_names[3] = {"q", "out", "lse"};
 static const attn_support kv_support = {
     "a KV cache",
     ATTN_OPT(ATTN_OPT_CAUSAL_BR) | ATTN_OPT(ATTN_OPT_WINDOW) | ATTN_OPT(ATTN_OPT_ALIBI) |
-        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE),
+        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE) |
+        ATTN_OPT(ATTN_OPT_SINKS),
     {[ATTN_OPT_CAUSAL_TL] = "TOP_LEFT does not apply to a cache; use ATTN_CAUSAL_BOTTOM_RIGHT "
                             "(queries are the newest positions)",
      [ATTN_OPT_KEY_LENGTHS] = "not accepted; the cache supplies key lengths and "
@@ -187,6 +188,12 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   const attn_mask_geom g = {tmp.dtype, tmp.B, tmp.H, tmp.n, ATTN_KV_MASK_SK,
                             desc->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT, true};
   if ((st = attn_mask_init(&tmp.mask, ctx, desc, &g)) != ATTN_OK) return st;
+  if (desc->sinks.logits != NULL && desc->sinks.n != tmp.H)
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "sinks: %" PRId64 " logits given, q has %" PRId64 " heads",
+                     desc->sinks.n, tmp.H);
+  if (desc->sinks.logits != NULL &&
+      (st = attn_check_sinks(ctx, desc->sinks.logits, tmp.H, tmp.dtype)) != ATTN_OK)
+    return st;
   attn_tmeta_record(&tmp.meta[KV_META_Q], q);
   attn_tmeta_record(&tmp.meta[KV_META_OUT], out);
   attn_tmeta_record(&tmp.meta[KV_META_LSE], lse);
@@ -232,6 +239,9 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
         return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                          "query_counts[%" PRId64 "]: %" PRId64 " is outside [0, n = %" PRId64 "]",
                          b, query_counts[b], plan->n);
+  if (plan->desc.sinks.logits != NULL &&
+      (mst = attn_check_sinks(ctx, plan->desc.sinks.logits, plan->H, plan->dtype)) != ATTN_OK)
+    return mst;
 
   /* Lengths are read at every execute: the cache's own arrays never move. */
   attn_mask mask = plan->mask;

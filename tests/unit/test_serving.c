@@ -251,6 +251,68 @@ static void serving_deterministic_across_threads(void **state) {
   free(q); free(k); free(v);
 }
 
+/* KV cache: sinks at finalize, decode (split path, n = 1) and prefill
+ * (blocked path, n = 40), against the reference with the extra logit. */
+static void kvcache_sinks_match_reference(void **state) {
+  (void)state;
+  const int64_t B = 2, Hkv = 2, H = 4, D = 16, L = 1300;
+  for (int dt = 0; dt < 2; dt++)
+    for (int step = 0; step < 2; step++) {
+      const int64_t n = step ? 40 : 1;
+      const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
+      uint64_t seed = 91 + (uint64_t)(dt * 2 + step);
+      attn_context *ctx = tu_context(2);
+      attn_kvcache_config cfg;
+      attn_kvcache_config_init(&cfg);
+      cfg.batch = B;
+      cfg.heads_kv = Hkv;
+      cfg.capacity = L;
+      cfg.d_k = D;
+      cfg.dtype = T;
+      attn_kvcache *cache = NULL;
+      assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+      double *k = tu_random((size_t)(B * Hkv * L * D), &seed), *v = tu_random((size_t)(B * Hkv * L * D), &seed);
+      double *q = tu_random((size_t)(B * H * n * D), &seed);
+      for (int64_t i = 0; i < B * H * n * D; i++) q[i] *= 3;
+      attn_tensor *tk = tu_tensor4(ctx, T, k, B, Hkv, L, D, false), *tv = tu_tensor4(ctx, T, v, B, Hkv, L, D, false);
+      int64_t counts[2] = {L, L};
+      assert_int_equal(attn_kvcache_append(cache, tk, tv, counts), ATTN_OK);
+      double sinks[4] = {1.5, -INFINITY, 4.0, -0.5};
+      attn_desc *d = NULL;
+      assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+      assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+      assert_int_equal(attn_desc_set_sinks(d, sinks, H), ATTN_OK);
+      attn_tensor *tq = tu_tensor4(ctx, T, q, B, H, n, D, false), *to = tu_tensor4(ctx, T, NULL, B, H, n, D, false);
+      int64_t ls[3] = {B, H, n};
+      attn_tensor *tl = tu_tensor(ctx, T, NULL, 3, ls);
+      attn_kvcache_plan *plan = NULL;
+      assert_int_equal(attn_kvcache_plan_create(cache, d, tq, to, tl, &plan), ATTN_OK);
+      assert_int_equal(attn_kvcache_plan_execute(plan, tq, to, tl, NULL), ATTN_OK);
+      ref_problem p;
+      ref_problem_init(&p, B, H, n, L, D);
+      p.Hkv = Hkv;
+      p.causal = ATTN_CAUSAL_BOTTOM_RIGHT;
+      p.sink = sinks;
+      double *ro = malloc((size_t)(B * H * n * D) * 8), *rl = malloc((size_t)(B * H * n) * 8);
+      double *go = malloc((size_t)(B * H * n * D) * 8), *gl = malloc((size_t)(B * H * n) * 8);
+      ref_attention(&p, q, k, v, ro, NULL, rl, NULL);
+      tu_read(to, go);
+      tu_read(tl, gl);
+      for (int64_t i = 0; i < B * H * n * D; i++) expect_close("kv out", go[i], ro[i], dt == 1, 0);
+      for (int64_t i = 0; i < B * H * n; i++) expect_close("kv lse", gl[i], rl[i], dt == 1, fabs(rl[i]));
+      /* A NaN written into the borrowed logits is refused at execute. */
+      sinks[2] = NAN;
+      assert_int_equal(attn_kvcache_plan_execute(plan, tq, to, tl, NULL), ATTN_ERR_INVALID_ARG);
+      assert_non_null(strstr(attn_context_last_error(ctx), "sinks"));
+      attn_kvcache_plan_destroy(plan);
+      attn_desc_destroy(d);
+      tu_tensor_free(tk); tu_tensor_free(tv); tu_tensor_free(tq); tu_tensor_free(to); tu_tensor_free(tl);
+      attn_kvcache_destroy(cache);
+      attn_context_destroy(ctx);
+      free(k); free(v); free(q); free(ro); free(rl); free(go); free(gl);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(varlen_matches_each_sequence_alone),
@@ -258,6 +320,7 @@ int main(void) {
       cmocka_unit_test(sinks_match_reference),
       cmocka_unit_test(mass_is_column_sums),
       cmocka_unit_test(serving_deterministic_across_threads),
+      cmocka_unit_test(kvcache_sinks_match_reference),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
