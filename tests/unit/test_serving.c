@@ -251,14 +251,17 @@ static void serving_deterministic_across_threads(void **state) {
   free(q); free(k); free(v);
 }
 
-/* KV cache: sinks at finalize, decode (split path, n = 1) and prefill
- * (blocked path, n = 40), against the reference with the extra logit. */
+/* KV cache: sinks at finalize, decode (split path, n = 1, 3) and prefill
+ * (blocked path, n = 40), against the reference with the extra logit; the
+ * decode steps' per-key mass (per head, per KV group) against the column
+ * sums of the reference weights. */
 static void kvcache_sinks_match_reference(void **state) {
   (void)state;
   const int64_t B = 2, Hkv = 2, H = 4, D = 16, L = 1300;
   for (int dt = 0; dt < 2; dt++)
-    for (int step = 0; step < 2; step++) {
-      const int64_t n = step ? 40 : 1;
+    for (int step = 0; step < 3; step++) {
+      const int64_t n = step == 1 ? 40 : step == 2 ? 3 : 1;
+      const int mass = step == 1 ? 0 : 1 + (step + dt) % 2;
       const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
       uint64_t seed = 91 + (uint64_t)(dt * 2 + step);
       attn_context *ctx = tu_context(2);
@@ -285,6 +288,9 @@ static void kvcache_sinks_match_reference(void **state) {
       attn_tensor *tq = tu_tensor4(ctx, T, q, B, H, n, D, false), *to = tu_tensor4(ctx, T, NULL, B, H, n, D, false);
       int64_t ls[3] = {B, H, n};
       attn_tensor *tl = tu_tensor(ctx, T, NULL, 3, ls);
+      int64_t ms[3] = {B, mass == 2 ? Hkv : H, L};
+      attn_tensor *tm = mass ? tu_tensor(ctx, T, NULL, 3, ms) : NULL;
+      if (tm) assert_int_equal(attn_desc_set_key_mass(d, tm), ATTN_OK);
       attn_kvcache_plan *plan = NULL;
       assert_int_equal(attn_kvcache_plan_create(cache, d, tq, to, tl, &plan), ATTN_OK);
       assert_int_equal(attn_kvcache_plan_execute(plan, tq, to, tl, NULL), ATTN_OK);
@@ -295,7 +301,23 @@ static void kvcache_sinks_match_reference(void **state) {
       p.sink = sinks;
       double *ro = malloc((size_t)(B * H * n * D) * 8), *rl = malloc((size_t)(B * H * n) * 8);
       double *go = malloc((size_t)(B * H * n * D) * 8), *gl = malloc((size_t)(B * H * n) * 8);
-      ref_attention(&p, q, k, v, ro, NULL, rl, NULL);
+      double *rw = malloc((size_t)(B * H * n * L) * 8);
+      ref_attention(&p, q, k, v, ro, rw, rl, NULL);
+      if (tm) {
+        const size_t nm = (size_t)(ms[0] * ms[1] * L);
+        double *gm = malloc(nm * 8), *rm = calloc(nm, 8);
+        tu_read(tm, gm);
+        for (int64_t b = 0; b < B; b++)
+          for (int64_t h = 0; h < H; h++)
+            for (int64_t i = 0; i < n; i++)
+              for (int64_t j = 0; j < L; j++)
+                rm[(b * ms[1] + (mass == 2 ? h / (H / Hkv) : h)) * L + j] +=
+                    rw[((b * H + h) * n + i) * L + j];
+        for (size_t x = 0; x < nm; x++) expect_close("kv mass", gm[x], rm[x], dt == 1, rm[x]);
+        free(gm);
+        free(rm);
+      }
+      free(rw);
       tu_read(to, go);
       tu_read(tl, gl);
       for (int64_t i = 0; i < B * H * n * D; i++) expect_close("kv out", go[i], ro[i], dt == 1, 0);
@@ -307,6 +329,7 @@ static void kvcache_sinks_match_reference(void **state) {
       attn_kvcache_plan_destroy(plan);
       attn_desc_destroy(d);
       tu_tensor_free(tk); tu_tensor_free(tv); tu_tensor_free(tq); tu_tensor_free(to); tu_tensor_free(tl);
+      tu_tensor_free(tm);
       attn_kvcache_destroy(cache);
       attn_context_destroy(ctx);
       free(k); free(v); free(q); free(ro); free(rl); free(go); free(gl);
