@@ -305,6 +305,28 @@ WINDOW = ([c_int64], lambda _d, v, _n: ([_window_bound(v)], None))
 I64_ARRAY = ([POINTER(c_int64), c_int64], _k_array(np.int64))
 F64_ARRAY = ([POINTER(c_double), c_int64], _k_array(np.float64))
 TENSOR = ([c_void_p], _k_tensor())
+
+
+def _k_out_tensor():
+    def conv(d, v, name):
+        if v is None:
+            return [None], None
+        t = _as_tensor(d.ctx, v, name, writeable=True, contiguous_last=True)
+        return [t.handle], t
+    return conv
+
+
+def _k_offsets(_d, v, name):
+    if v is None:
+        return [None], None
+    arr = np.ascontiguousarray(v, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError("%s: expected a 1-D sequence of offsets" % name)
+    return [arr.ctypes.data_as(POINTER(c_int64))], arr
+
+
+OUT_TENSOR = ([c_void_p], _k_out_tensor())
+OFFSETS = ([POINTER(c_int64)], _k_offsets)
 VARIANT = ([c_int], _k_enum(Variant))
 SCORE = ([c_int], _k_enum(Score))
 CAUSAL = ([c_int], _k_enum(Causal))
@@ -324,6 +346,11 @@ _DESC_SETTERS = {
     "additive_mask": ("attn_desc_set_additive_mask", [TENSOR]),
     "alibi": ("attn_desc_set_alibi", [F64_ARRAY]),
     "softcap": ("attn_desc_set_softcap", [FLOAT]),
+    # serving: set_varlen(q_offsets, k_offsets=None) (n = len(q_offsets) - 1),
+    # set_sinks(logits), set_key_mass(array written by every execute)
+    "varlen": ("attn_desc_set_varlen", [OFFSETS, OFFSETS, INT]),
+    "sinks": ("attn_desc_set_sinks", [F64_ARRAY]),
+    "key_mass": ("attn_desc_set_key_mass", [OUT_TENSOR]),
     "general_weight": ("attn_desc_set_general_weight", [TENSOR]),
     "additive_weights": ("attn_desc_set_additive_weights", [TENSOR, TENSOR, TENSOR, TENSOR]),
     # approx.h
@@ -410,6 +437,18 @@ def _make_setter(name):
 
 for _name in _DESC_SETTERS:
     setattr(Desc, "set_" + _name, _make_setter(_name))
+
+
+def _set_varlen(self, q_offsets, k_offsets=None):
+    """Packed variable-length batch: sequence s owns rows q_offsets[s]..q_offsets[s+1]-1
+    of q (and k_offsets' rows of k, v; None: the same as q's). None clears."""
+    if q_offsets is None:
+        return self._set("varlen", (None, None, 0))
+    n = len(q_offsets) - 1
+    return self._set("varlen", (q_offsets, k_offsets, n))
+
+
+Desc.set_varlen = _set_varlen
 
 
 def _view(array, layout, name):
@@ -531,7 +570,7 @@ def _causal(value):
 
 
 def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
-              return_weights=False, return_lse=False, ctx=None, **settings):
+              return_weights=False, return_lse=False, return_mass=False, ctx=None, **settings):
     """One-shot attention on numpy arrays.
 
     q: [B, H, S_q, d], k: [B, H_kv, S_k, d], v: [B, H_kv, S_k, d_v] (or
@@ -541,10 +580,31 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
     ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m``, ``alibi=s``,
     ``variant="longformer"``, ``global_tokens=[0]``.
 
-    Returns out (in q's layout), or a tuple (out, weights?, lse?) when
-    return_weights / return_lse are set. ``out`` may be given (written in
-    place, no allocation).
+    Packed batches: ``varlen=(q_offsets, k_offsets)`` (k_offsets None for
+    self-attention) with q, k, v as [T, H, d] arrays; out, lse and weights
+    are then [T_q, H, d_v], [H, T_q] and [H, T_q, T_k]. ``sinks=logits``
+    (one per head). ``return_mass=True`` (per head, [B, H, S_k]) or
+    ``"group"`` ([B, H_kv, S_k]): the per-key attention mass.
+
+    Returns out (in q's layout), or a tuple (out, weights?, lse?, mass?) when
+    return_weights / return_lse / return_mass are set. ``out`` may be given
+    (written in place, no allocation).
     """
+    packed = settings.get("varlen") is not None and getattr(q, "ndim", 0) == 3
+    if packed:  # [T, H, d] is [1, T, H, d] in the bshd layout
+        if layout != "bhsd":
+            raise ValueError("layout: packed [T, H, d] arrays take no layout")
+        if not all(isinstance(a, np.ndarray) and a.ndim == 3 for a in (q, k, v)):
+            raise ValueError("varlen: q, k, v must all be [T, H, d] arrays")
+        q, k, v = q[None], k[None], v[None]
+        out = None if out is None else out[None]
+        layout = "bshd"
+        res = attention(q, k, v, causal=causal, scale=scale, layout=layout, out=out,
+                        return_weights=return_weights, return_lse=return_lse,
+                        return_mass=return_mass, ctx=ctx, **settings)
+        if not isinstance(res, tuple):
+            return res[0]
+        return tuple(r[0] for r in res)
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, np.ndarray) or a.ndim != 4:
             raise ValueError("%s: expected a 4-D numpy array, got %s"
@@ -561,19 +621,26 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
         out = np.empty(shape, dtype=q.dtype)
     weights = np.empty((B, H, Sq, Sk), dtype=q.dtype) if return_weights else None
     lse = np.empty((B, H, Sq), dtype=q.dtype) if return_lse else None
+    mass = None
+    if return_mass:
+        heads = kv.shape[1] if return_mass == "group" else H
+        mass = np.empty((B, heads, Sk), dtype=q.dtype)
+        desc.set_key_mass(mass)
     plan = Plan(desc, q, k, v, out, weights, lse, layout=layout)
     try:
         plan.execute(q, k, v, out, weights, lse)
     finally:
         plan.close()
         desc.close()
-    if not (return_weights or return_lse):
+    if not (return_weights or return_lse or return_mass):
         return out
     result = (out,)
     if return_weights:
         result += (weights,)
     if return_lse:
         result += (lse,)
+    if return_mass:
+        result += (mass,)
     return result
 
 
