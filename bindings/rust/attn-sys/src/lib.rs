@@ -207,6 +207,9 @@ extern "C" {
     pub fn attn_desc_set_additive_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_alibi(desc: *mut attn_desc, slopes: *const f64, count: i64) -> attn_status;
     pub fn attn_desc_set_softcap(desc: *mut attn_desc, cap: f64) -> attn_status;
+    pub fn attn_desc_set_varlen(desc: *mut attn_desc, q_offsets: *const i64, k_offsets: *const i64, n_seqs: i64) -> attn_status;
+    pub fn attn_desc_set_sinks(desc: *mut attn_desc, logits: *const f64, count: i64) -> attn_status;
+    pub fn attn_desc_set_key_mass(desc: *mut attn_desc, mass: *mut attn_tensor) -> attn_status;
     pub fn attn_desc_set_general_weight(desc: *mut attn_desc, w: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_additive_weights(desc: *mut attn_desc, w_q: *const attn_tensor, w_k: *const attn_tensor, bias: *const attn_tensor, v: *const attn_tensor) -> attn_status;
 
