@@ -82,6 +82,12 @@ typedef struct attn_kvcache_config {
   int32_t grow;           /**< linear mode only: non-zero = appends past capacity
                                reallocate instead of failing (default 0) */
   attn_kvcache_storage storage; /**< default ATTN_KVCACHE_STORE_NATIVE */
+  int64_t keep_first;     /**< ring mode only: positions 0..keep_first−1 (StreamingLLM's
+                               attention-sink tokens) are kept permanently, besides the
+                               last capacity positions, in storage of their own
+                               (0..capacity; default 0 = none). Attention sees them at
+                               their absolute positions like any stored key. Not with
+                               the per-key mass (ATTN_ERR_UNSUPPORTED). @since 0.2.0 */
 } attn_kvcache_config;
 
 /** Fill @p cfg with the defaults above. NULL is a no-op. @since 0.1.0 */

@@ -126,6 +126,9 @@ static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
   attn_status st;
   char a[96];
   if (m == NULL) return ATTN_OK;
+  if (p->cache->keep > 0)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "key_mass: not with a cache that keeps its first positions (keep_first)");
   if (p->n > ATTN_KV_SPLIT_MAX_N)
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
                      "key_mass: a KV cache gives the per-key mass for steps of at most %d "
@@ -312,6 +315,7 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
     if (lo < hi)
       chunks = attn_max64(chunks, (hi - 1) / ATTN_KV_CHUNK - lo / ATTN_KV_CHUNK + 1);
   }
+  if (plan->cache->keep > 0) chunks++; /* chunk 0: the kept first positions */
   const int64_t nwaves = attn_max64(1, attn_cdiv64(chunks, plan->wave));
   const int64_t bkh = plan->B * plan->Hkv;
   for (int64_t w = 0; w < nwaves; w++) {

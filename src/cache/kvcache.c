@@ -72,6 +72,11 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   if (c.grow && c.mode == ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.grow: a ring cache has a fixed window and cannot grow");
+  if (c.keep_first < 0 || c.keep_first > c.capacity ||
+      (c.keep_first > 0 && c.mode != ATTN_KVCACHE_RING))
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.keep_first: %" PRId64 " must be 0..capacity, and > 0 only in ring mode",
+                     c.keep_first);
 
   attn_kvcache tmp;
   memset(&tmp, 0, sizeof tmp);
@@ -87,7 +92,10 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   tmp.Dv = c.d_v;
   tmp.cap = c.capacity;
   int64_t two_b;
-  if (!storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
+  tmp.keep = c.keep_first;
+  if (!storage_bytes(&tmp, tmp.keep, tmp.Dk, &tmp.sk_bytes) ||
+      !storage_bytes(&tmp, tmp.keep, tmp.Dv, &tmp.sv_bytes) ||
+      !storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
       !storage_bytes(&tmp, tmp.cap, tmp.Dv, &tmp.v_bytes) || !attn_mul_ok(2, tmp.B, &two_b) ||
       !attn_bytes_ok(&two_b, 1, sizeof(int64_t), &tmp.meta_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
@@ -98,7 +106,12 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   attn_kvcache *cache = attn_alloc(ctx, sizeof *cache);
   int64_t *meta = attn_calloc(ctx, tmp.meta_bytes);
   void *k = attn_calloc(ctx, tmp.k_bytes), *v = attn_calloc(ctx, tmp.v_bytes);
-  if (cache == NULL || meta == NULL || k == NULL || v == NULL) {
+  void *sk = tmp.keep > 0 ? attn_calloc(ctx, tmp.sk_bytes) : NULL;
+  void *sv = tmp.keep > 0 ? attn_calloc(ctx, tmp.sv_bytes) : NULL;
+  if (cache == NULL || meta == NULL || k == NULL || v == NULL ||
+      (tmp.keep > 0 && (sk == NULL || sv == NULL))) {
+    attn_free(ctx, sv, tmp.sv_bytes);
+    attn_free(ctx, sk, tmp.sk_bytes);
     attn_free(ctx, v, tmp.v_bytes);
     attn_free(ctx, k, tmp.k_bytes);
     attn_free(ctx, meta, tmp.meta_bytes);
@@ -109,6 +122,8 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   *cache = tmp;
   cache->k = k;
   cache->v = v;
+  cache->sk = sk;
+  cache->sv = sv;
   cache->len = meta;
   cache->first = meta + tmp.B;
   *out = cache;
@@ -120,6 +135,8 @@ void attn_kvcache_destroy(attn_kvcache *cache) {
   attn_context *ctx = cache->ctx;
   attn_free(ctx, cache->k, cache->k_bytes);
   attn_free(ctx, cache->v, cache->v_bytes);
+  attn_free(ctx, cache->sk, cache->sk_bytes);
+  attn_free(ctx, cache->sv, cache->sv_bytes);
   attn_free(ctx, cache->len, cache->meta_bytes);
   attn_free(ctx, cache, sizeof *cache);
 }
@@ -253,6 +270,15 @@ attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor *k_new,
       copy_rows(cache, cache->k, cache->Dk, k_new, b, h, skip, nb - skip, p);
       copy_rows(cache, cache->v, cache->Dv, v_new, b, h, skip, nb - skip, p);
     }
+    /* Kept first positions: also into their own storage. */
+    const int64_t nk = attn_min64(cache->len[b] + nb, cache->keep) - cache->len[b];
+    if (nk > 0) {
+      const attn_kvcache sink = attn_kv_sink_view(cache);
+      for (int64_t h = 0; h < cache->Hkv; h++) {
+        copy_rows(&sink, sink.k, cache->Dk, k_new, b, h, 0, nk, cache->len[b]);
+        copy_rows(&sink, sink.v, cache->Dv, v_new, b, h, 0, nk, cache->len[b]);
+      }
+    }
     cache->len[b] += nb;
     if (cache->mode == ATTN_KVCACHE_RING)
       cache->first[b] = attn_max64(cache->first[b], cache->len[b] - cache->cap);
@@ -298,7 +324,8 @@ int64_t attn_kvcache_capacity(const attn_kvcache *cache) { return cache ? cache-
 
 size_t attn_kvcache_memory_size(const attn_kvcache *cache) {
   if (cache == NULL) return 0;
-  return cache->k_bytes + cache->v_bytes + cache->meta_bytes + sizeof *cache;
+  return cache->k_bytes + cache->v_bytes + cache->sk_bytes + cache->sv_bytes + cache->meta_bytes +
+         sizeof *cache;
 }
 
 attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor **v) {

@@ -336,6 +336,164 @@ static void kvcache_sinks_match_reference(void **state) {
     }
 }
 
+/* StreamingLLM: a ring cache of W positions that keeps its first n_keep
+ * positions for good; decode (split path) and a 20-query step (blocked
+ * path) against the reference restricted to j < n_keep or j ≥ L − W, with
+ * and without sink logits, native and bf16-free f32/f64. */
+typedef struct keep_pred {
+  int64_t keep, from;
+} keep_pred;
+static bool keep_first_pred(void *u, int64_t b, int64_t h, int64_t i, int64_t j) {
+  (void)b, (void)h, (void)i;
+  const keep_pred *k = u;
+  return j < k->keep || j >= k->from;
+}
+
+static void kvcache_keep_first_matches_reference(void **state) {
+  (void)state;
+  const int64_t B = 2, Hkv = 2, H = 4, D = 16, W = 700, L = 2100, NK = 4;
+  for (int dt = 0; dt < 2; dt++)
+    for (int step = 0; step < 2; step++) {
+      const int64_t n = step ? 20 : 1;
+      const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
+      uint64_t seed = 501 + (uint64_t)(dt * 2 + step);
+      attn_context *ctx = tu_context(2);
+      attn_kvcache_config cfg;
+      attn_kvcache_config_init(&cfg);
+      cfg.batch = B;
+      cfg.heads_kv = Hkv;
+      cfg.capacity = W;
+      cfg.d_k = D;
+      cfg.dtype = T;
+      cfg.mode = ATTN_KVCACHE_RING;
+      cfg.keep_first = NK;
+      attn_kvcache *cache = NULL;
+      assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+      double *k = tu_random((size_t)(B * Hkv * L * D), &seed), *v = tu_random((size_t)(B * Hkv * L * D), &seed);
+      double *q = tu_random((size_t)(B * H * n * D), &seed);
+      for (int64_t i = 0; i < B * H * n * D; i++) q[i] *= 3;
+      for (int64_t i = 0; i < B * Hkv * L * D; i++) /* make the kept keys matter */
+        if ((i / D) % L < NK) k[i] *= 4;
+      /* Append in pieces of 300 positions (the first piece covers the kept ones). */
+      for (int64_t p0 = 0; p0 < L; p0 += 300) {
+        const int64_t m = L - p0 < 300 ? L - p0 : 300;
+        double *kc = malloc((size_t)(B * Hkv * m * D) * 8), *vc = malloc((size_t)(B * Hkv * m * D) * 8);
+        for (int64_t bh = 0; bh < B * Hkv; bh++) {
+          memcpy(kc + bh * m * D, k + (bh * L + p0) * D, (size_t)(m * D) * 8);
+          memcpy(vc + bh * m * D, v + (bh * L + p0) * D, (size_t)(m * D) * 8);
+        }
+        attn_tensor *tk = tu_tensor4(ctx, T, kc, B, Hkv, m, D, false), *tv = tu_tensor4(ctx, T, vc, B, Hkv, m, D, false);
+        assert_int_equal(attn_kvcache_append(cache, tk, tv, NULL), ATTN_OK);
+        tu_tensor_free(tk);
+        tu_tensor_free(tv);
+        free(kc);
+        free(vc);
+      }
+      for (int sk = 0; sk < 2; sk++) {
+        double sinks[4] = {1.0, -2.0, 0.5, 3.0};
+        attn_desc *d = NULL;
+        assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+        assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+        if (sk) assert_int_equal(attn_desc_set_sinks(d, sinks, H), ATTN_OK);
+        attn_tensor *tq = tu_tensor4(ctx, T, q, B, H, n, D, false), *to = tu_tensor4(ctx, T, NULL, B, H, n, D, false);
+        int64_t ls[3] = {B, H, n};
+        attn_tensor *tl = tu_tensor(ctx, T, NULL, 3, ls);
+        attn_kvcache_plan *plan = NULL;
+        assert_int_equal(attn_kvcache_plan_create(cache, d, tq, to, tl, &plan), ATTN_OK);
+        assert_int_equal(attn_kvcache_plan_execute(plan, tq, to, tl, NULL), ATTN_OK);
+        keep_pred kp = {NK, L - W};
+        ref_problem p;
+        ref_problem_init(&p, B, H, n, L, D);
+        p.Hkv = Hkv;
+        p.causal = ATTN_CAUSAL_BOTTOM_RIGHT;
+        p.sink = sk ? sinks : NULL;
+        p.keep = keep_first_pred;
+        p.keep_user = &kp;
+        double *ro = malloc((size_t)(B * H * n * D) * 8), *rl = malloc((size_t)(B * H * n) * 8);
+        double *go = malloc((size_t)(B * H * n * D) * 8), *gl = malloc((size_t)(B * H * n) * 8);
+        ref_attention(&p, q, k, v, ro, NULL, rl, NULL);
+        tu_read(to, go);
+        tu_read(tl, gl);
+        for (int64_t i = 0; i < B * H * n * D; i++) expect_close("keep out", go[i], ro[i], dt == 1, 0);
+        for (int64_t i = 0; i < B * H * n; i++) expect_close("keep lse", gl[i], rl[i], dt == 1, fabs(rl[i]));
+        attn_kvcache_plan_destroy(plan);
+        attn_desc_destroy(d);
+        tu_tensor_free(tq); tu_tensor_free(to); tu_tensor_free(tl);
+        free(ro); free(rl); free(go); free(gl);
+      }
+      attn_kvcache_destroy(cache);
+      attn_context_destroy(ctx);
+      free(k); free(v); free(q);
+    }
+}
+
+/* keep_first: bad values are refused naming the field; creating such a
+ * cache under every allocation failure fails cleanly (no leak, *out alone);
+ * a cache's per-key mass is refused with keep_first and with a wrong shape. */
+static void kvcache_keep_first_and_mass_bad_input(void **state) {
+  (void)state;
+  attn_context *ctx = tu_context(1);
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.capacity = 8;
+  cfg.d_k = 4;
+  cfg.mode = ATTN_KVCACHE_RING;
+  attn_kvcache *cache = (attn_kvcache *)(uintptr_t)0xC0FFEE00u;
+  const int64_t bad_keep[3] = {-1, 9, 2};
+  for (int i = 0; i < 3; i++) {
+    cfg.keep_first = bad_keep[i];
+    cfg.mode = i == 2 ? ATTN_KVCACHE_LINEAR : ATTN_KVCACHE_RING;
+    assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_ERR_INVALID_ARG);
+    assert_non_null(strstr(attn_context_last_error(ctx), "cfg.keep_first"));
+    assert_true(cache == (attn_kvcache *)(uintptr_t)0xC0FFEE00u);
+  }
+  cfg.mode = ATTN_KVCACHE_RING;
+  cfg.keep_first = 3;
+  for (int64_t fail = 1;; fail++) {
+    tu_counter cnt = {0, 0, 0, 0};
+    attn_context *c2 = tu_counting_context(&cnt, 1);
+    assert_non_null(c2);
+    cnt.fail_at = cnt.allocs + fail; /* the fail-th allocation of the create */
+    attn_kvcache *kc = NULL;
+    attn_status st = attn_kvcache_create(c2, &cfg, &kc);
+    if (st == ATTN_OK) {
+      attn_kvcache_destroy(kc);
+      attn_context_destroy(c2);
+      assert_int_equal(cnt.outstanding_bytes, 0);
+      break;
+    }
+    assert_int_equal(st, ATTN_ERR_NO_MEMORY);
+    assert_null(kc);
+    attn_context_destroy(c2);
+    assert_int_equal(cnt.outstanding_bytes, 0);
+    assert_true(fail < 50);
+  }
+  /* The mass with keep_first, and of the wrong shape. */
+  cfg.keep_first = 2;
+  assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  attn_desc *d = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  attn_tensor *q = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 1, 1, 4, false);
+  attn_tensor *o = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 1, 1, 4, false);
+  int64_t ms[3] = {1, 1, 8}, bad[3] = {1, 1, 9};
+  attn_tensor *m = tu_tensor(ctx, ATTN_DTYPE_F32, NULL, 3, ms), *mb = tu_tensor(ctx, ATTN_DTYPE_F32, NULL, 3, bad);
+  assert_int_equal(attn_desc_set_key_mass(d, m), ATTN_OK);
+  attn_kvcache_plan *plan = NULL;
+  assert_int_equal(attn_kvcache_plan_create(cache, d, q, o, NULL, &plan), ATTN_ERR_UNSUPPORTED);
+  assert_non_null(strstr(attn_context_last_error(ctx), "key_mass"));
+  attn_kvcache_destroy(cache);
+  cfg.keep_first = 0;
+  assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_mass(d, mb), ATTN_OK);
+  assert_int_equal(attn_kvcache_plan_create(cache, d, q, o, NULL, &plan), ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(ctx), "mass"));
+  assert_null(plan);
+  attn_kvcache_destroy(cache);
+  attn_desc_destroy(d);
+  tu_tensor_free(q); tu_tensor_free(o); tu_tensor_free(m); tu_tensor_free(mb);
+  attn_context_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(varlen_matches_each_sequence_alone),
@@ -344,6 +502,8 @@ int main(void) {
       cmocka_unit_test(mass_is_column_sums),
       cmocka_unit_test(serving_deterministic_across_threads),
       cmocka_unit_test(kvcache_sinks_match_reference),
+      cmocka_unit_test(kvcache_keep_first_matches_reference),
+      cmocka_unit_test(kvcache_keep_first_and_mass_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
