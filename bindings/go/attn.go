@@ -1467,6 +1467,17 @@ func (c *KVCache) Truncate(lengths []int64) error {
 	return c.ctx.check(st, "attn_kvcache_truncate")
 }
 
+// SetKeepFirst: a ring cache keeps positions 0..n-1 for good (StreamingLLM's
+// sink tokens), besides its last capacity positions. Call on an empty cache.
+func (c *KVCache) SetKeepFirst(n int64) error {
+	if err := c.open(); err != nil {
+		return err
+	}
+	st := C.attn_kvcache_set_keep_first(c.p, C.int64_t(n))
+	runtime.KeepAlive(c)
+	return c.ctx.check(st, "attn_kvcache_set_keep_first")
+}
+
 // Reset empties the cache.
 func (c *KVCache) Reset() error { return c.Truncate(make([]int64, c.cfg.Batch)) }
 

@@ -118,4 +118,13 @@ func TestVarlenBadOffsets(t *testing.T) {
 	if StatusOf(err) != StatusInvalidArg || !strings.Contains(err.Error(), "sinks") {
 		t.Fatalf("NaN sink: %v", err)
 	}
+	cfg := NewKVCacheConfig(8, 4)
+	cache, err := NewKVCache(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cache.Close()
+	if err := cache.SetKeepFirst(2); StatusOf(err) != StatusInvalidArg {
+		t.Fatalf("keep_first on a linear cache: %v", err)
+	}
 }

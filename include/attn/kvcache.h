@@ -82,12 +82,6 @@ typedef struct attn_kvcache_config {
   int32_t grow;           /**< linear mode only: non-zero = appends past capacity
                                reallocate instead of failing (default 0) */
   attn_kvcache_storage storage; /**< default ATTN_KVCACHE_STORE_NATIVE */
-  int64_t keep_first;     /**< ring mode only: positions 0..keep_first−1 (StreamingLLM's
-                               attention-sink tokens) are kept permanently, besides the
-                               last capacity positions, in storage of their own
-                               (0..capacity; default 0 = none). Attention sees them at
-                               their absolute positions like any stored key. Not with
-                               the per-key mass (ATTN_ERR_UNSUPPORTED). @since 0.2.0 */
 } attn_kvcache_config;
 
 /** Fill @p cfg with the defaults above. NULL is a no-op. @since 0.1.0 */
@@ -106,6 +100,21 @@ ATTN_API void attn_kvcache_config_init(attn_kvcache_config *cfg);
  *  @since 0.1.0 */
 ATTN_API attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
                                          attn_kvcache **out);
+
+/** StreamingLLM's attention-sink tokens: a ring cache keeps positions
+ *  0..n−1 for good, besides its last capacity positions, in storage of its
+ *  own (B·H_kv·n·(d_k + d_v) elements, allocated here). Attention sees them
+ *  at their absolute positions like any stored key (masks apply as usual).
+ *  Call on an empty cache (every length 0, e.g. right after creation or a
+ *  truncate to 0); n = 0 frees the storage. Plans made before stay valid.
+ *  Not with the per-key mass (plan creation: ATTN_ERR_UNSUPPORTED).
+ *  @param cache  a ring-mode cache
+ *  @param n      positions to keep, 0..capacity
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (cache), ATTN_ERR_INVALID_ARG (linear
+ *          mode, n outside 0..capacity, or a non-empty cache; naming "n" or
+ *          "cache"), ATTN_ERR_NO_MEMORY; on failure the cache is unchanged.
+ *  @since 0.2.0 */
+ATTN_API attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n);
 
 /** Destroy a cache and its storage. NULL is a no-op. Plans and views made
  *  from it must be destroyed first. @since 0.1.0 */

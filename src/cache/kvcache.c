@@ -72,11 +72,6 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   if (c.grow && c.mode == ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.grow: a ring cache has a fixed window and cannot grow");
-  if (c.keep_first < 0 || c.keep_first > c.capacity ||
-      (c.keep_first > 0 && c.mode != ATTN_KVCACHE_RING))
-    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
-                     "cfg.keep_first: %" PRId64 " must be 0..capacity, and > 0 only in ring mode",
-                     c.keep_first);
 
   attn_kvcache tmp;
   memset(&tmp, 0, sizeof tmp);
@@ -92,10 +87,7 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   tmp.Dv = c.d_v;
   tmp.cap = c.capacity;
   int64_t two_b;
-  tmp.keep = c.keep_first;
-  if (!storage_bytes(&tmp, tmp.keep, tmp.Dk, &tmp.sk_bytes) ||
-      !storage_bytes(&tmp, tmp.keep, tmp.Dv, &tmp.sv_bytes) ||
-      !storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
+  if (!storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
       !storage_bytes(&tmp, tmp.cap, tmp.Dv, &tmp.v_bytes) || !attn_mul_ok(2, tmp.B, &two_b) ||
       !attn_bytes_ok(&two_b, 1, sizeof(int64_t), &tmp.meta_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
@@ -106,12 +98,7 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   attn_kvcache *cache = attn_alloc(ctx, sizeof *cache);
   int64_t *meta = attn_calloc(ctx, tmp.meta_bytes);
   void *k = attn_calloc(ctx, tmp.k_bytes), *v = attn_calloc(ctx, tmp.v_bytes);
-  void *sk = tmp.keep > 0 ? attn_calloc(ctx, tmp.sk_bytes) : NULL;
-  void *sv = tmp.keep > 0 ? attn_calloc(ctx, tmp.sv_bytes) : NULL;
-  if (cache == NULL || meta == NULL || k == NULL || v == NULL ||
-      (tmp.keep > 0 && (sk == NULL || sv == NULL))) {
-    attn_free(ctx, sv, tmp.sv_bytes);
-    attn_free(ctx, sk, tmp.sk_bytes);
+  if (cache == NULL || meta == NULL || k == NULL || v == NULL) {
     attn_free(ctx, v, tmp.v_bytes);
     attn_free(ctx, k, tmp.k_bytes);
     attn_free(ctx, meta, tmp.meta_bytes);
@@ -122,11 +109,49 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   *cache = tmp;
   cache->k = k;
   cache->v = v;
-  cache->sk = sk;
-  cache->sv = sv;
   cache->len = meta;
   cache->first = meta + tmp.B;
   *out = cache;
+  return ATTN_OK;
+}
+
+attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  if (cache->mode != ATTN_KVCACHE_RING)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cache: keeping the first positions needs a ring cache (this one is linear)");
+  if (n < 0 || n > cache->cap)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "n: %" PRId64 " is outside 0..capacity = %" PRId64,
+                     n, cache->cap);
+  for (int64_t b = 0; b < cache->B; b++)
+    if (cache->len[b] != 0)
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "cache: batch item %" PRId64 " holds %" PRId64 " positions; set keep_first "
+                       "on an empty cache",
+                       b, cache->len[b]);
+  size_t kb = 0, vb = 0;
+  void *sk = NULL, *sv = NULL;
+  if (n > 0) { /* n ≤ capacity: the sizes cannot overflow where the ring's did not */
+    storage_bytes(cache, n, cache->Dk, &kb);
+    storage_bytes(cache, n, cache->Dv, &vb);
+    sk = attn_calloc(ctx, kb);
+    sv = attn_calloc(ctx, vb);
+    if (sk == NULL || sv == NULL) {
+      attn_free(ctx, sk, kb);
+      attn_free(ctx, sv, vb);
+      return attn_fail(ctx, ATTN_ERR_NO_MEMORY,
+                       "attn_kvcache_set_keep_first: cannot allocate %zu bytes", kb + vb);
+    }
+  }
+  attn_free(ctx, cache->sk, cache->sk_bytes);
+  attn_free(ctx, cache->sv, cache->sv_bytes);
+  cache->sk = sk;
+  cache->sv = sv;
+  cache->sk_bytes = kb;
+  cache->sv_bytes = vb;
+  cache->keep = n;
   return ATTN_OK;
 }
 

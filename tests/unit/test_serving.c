@@ -366,9 +366,9 @@ static void kvcache_keep_first_matches_reference(void **state) {
       cfg.d_k = D;
       cfg.dtype = T;
       cfg.mode = ATTN_KVCACHE_RING;
-      cfg.keep_first = NK;
       attn_kvcache *cache = NULL;
       assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+      assert_int_equal(attn_kvcache_set_keep_first(cache, NK), ATTN_OK);
       double *k = tu_random((size_t)(B * Hkv * L * D), &seed), *v = tu_random((size_t)(B * Hkv * L * D), &seed);
       double *q = tu_random((size_t)(B * H * n * D), &seed);
       for (int64_t i = 0; i < B * H * n * D; i++) q[i] *= 3;
@@ -427,9 +427,10 @@ static void kvcache_keep_first_matches_reference(void **state) {
     }
 }
 
-/* keep_first: bad values are refused naming the field; creating such a
- * cache under every allocation failure fails cleanly (no leak, *out alone);
- * a cache's per-key mass is refused with keep_first and with a wrong shape. */
+/* keep_first: bad values are refused naming the argument, the cache
+ * unchanged; under every allocation failure the call fails cleanly (no leak,
+ * the cache still usable); a cache's per-key mass is refused with kept
+ * positions and with a wrong shape. */
 static void kvcache_keep_first_and_mass_bad_input(void **state) {
   (void)state;
   attn_context *ctx = tu_context(1);
@@ -437,40 +438,49 @@ static void kvcache_keep_first_and_mass_bad_input(void **state) {
   attn_kvcache_config_init(&cfg);
   cfg.capacity = 8;
   cfg.d_k = 4;
+  attn_kvcache *lin = NULL, *cache = NULL;
+  assert_int_equal(attn_kvcache_create(ctx, &cfg, &lin), ATTN_OK);
+  assert_int_equal(attn_kvcache_set_keep_first(lin, 2), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "cache"));
+  attn_kvcache_destroy(lin);
   cfg.mode = ATTN_KVCACHE_RING;
-  attn_kvcache *cache = (attn_kvcache *)(uintptr_t)0xC0FFEE00u;
-  const int64_t bad_keep[3] = {-1, 9, 2};
-  for (int i = 0; i < 3; i++) {
-    cfg.keep_first = bad_keep[i];
-    cfg.mode = i == 2 ? ATTN_KVCACHE_LINEAR : ATTN_KVCACHE_RING;
-    assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_ERR_INVALID_ARG);
-    assert_non_null(strstr(attn_context_last_error(ctx), "cfg.keep_first"));
-    assert_true(cache == (attn_kvcache *)(uintptr_t)0xC0FFEE00u);
-  }
-  cfg.mode = ATTN_KVCACHE_RING;
-  cfg.keep_first = 3;
+  assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  assert_int_equal(attn_kvcache_set_keep_first(NULL, 2), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_kvcache_set_keep_first(cache, -1), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "n:"));
+  assert_int_equal(attn_kvcache_set_keep_first(cache, 9), ATTN_ERR_INVALID_ARG);
+  const size_t mem0 = attn_kvcache_memory_size(cache);
+  /* Not on a cache holding positions. */
+  attn_tensor *kn = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 1, 3, 4, false);
+  assert_int_equal(attn_kvcache_append(cache, kn, kn, NULL), ATTN_OK);
+  assert_int_equal(attn_kvcache_set_keep_first(cache, 2), ATTN_ERR_INVALID_ARG);
+  assert_int_equal(attn_kvcache_memory_size(cache), mem0);
+  const int64_t zero = 0;
+  assert_int_equal(attn_kvcache_truncate(cache, &zero), ATTN_OK);
+  attn_kvcache_destroy(cache);
   for (int64_t fail = 1;; fail++) {
     tu_counter cnt = {0, 0, 0, 0};
     attn_context *c2 = tu_counting_context(&cnt, 1);
     assert_non_null(c2);
-    cnt.fail_at = cnt.allocs + fail; /* the fail-th allocation of the create */
     attn_kvcache *kc = NULL;
-    attn_status st = attn_kvcache_create(c2, &cfg, &kc);
-    if (st == ATTN_OK) {
-      attn_kvcache_destroy(kc);
-      attn_context_destroy(c2);
-      assert_int_equal(cnt.outstanding_bytes, 0);
-      break;
+    assert_int_equal(attn_kvcache_create(c2, &cfg, &kc), ATTN_OK);
+    cnt.fail_at = cnt.allocs + fail; /* the fail-th allocation of the call */
+    attn_status st = attn_kvcache_set_keep_first(kc, 3);
+    cnt.fail_at = 0;
+    const bool done = st == ATTN_OK;
+    if (!done) {
+      assert_int_equal(st, ATTN_ERR_NO_MEMORY);
+      assert_int_equal(attn_kvcache_set_keep_first(kc, 3), ATTN_OK); /* still usable */
     }
-    assert_int_equal(st, ATTN_ERR_NO_MEMORY);
-    assert_null(kc);
+    attn_kvcache_destroy(kc);
     attn_context_destroy(c2);
     assert_int_equal(cnt.outstanding_bytes, 0);
+    if (done) break;
     assert_true(fail < 50);
   }
-  /* The mass with keep_first, and of the wrong shape. */
-  cfg.keep_first = 2;
+  /* The mass with kept positions, and of the wrong shape. */
   assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  assert_int_equal(attn_kvcache_set_keep_first(cache, 2), ATTN_OK);
   attn_desc *d = NULL;
   assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
   attn_tensor *q = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 1, 1, 4, false);
@@ -481,16 +491,14 @@ static void kvcache_keep_first_and_mass_bad_input(void **state) {
   attn_kvcache_plan *plan = NULL;
   assert_int_equal(attn_kvcache_plan_create(cache, d, q, o, NULL, &plan), ATTN_ERR_UNSUPPORTED);
   assert_non_null(strstr(attn_context_last_error(ctx), "key_mass"));
-  attn_kvcache_destroy(cache);
-  cfg.keep_first = 0;
-  assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
+  assert_int_equal(attn_kvcache_set_keep_first(cache, 0), ATTN_OK);
   assert_int_equal(attn_desc_set_key_mass(d, mb), ATTN_OK);
   assert_int_equal(attn_kvcache_plan_create(cache, d, q, o, NULL, &plan), ATTN_ERR_SHAPE);
   assert_non_null(strstr(attn_context_last_error(ctx), "mass"));
   assert_null(plan);
   attn_kvcache_destroy(cache);
   attn_desc_destroy(d);
-  tu_tensor_free(q); tu_tensor_free(o); tu_tensor_free(m); tu_tensor_free(mb);
+  tu_tensor_free(kn); tu_tensor_free(q); tu_tensor_free(o); tu_tensor_free(m); tu_tensor_free(mb);
   attn_context_destroy(ctx);
 }
 

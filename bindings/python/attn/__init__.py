@@ -1038,6 +1038,11 @@ class KVCache:
         _arr, lp = _int64s(lengths, self.batch, "lengths")
         _lib.attn_kvcache_truncate(self.handle, lp)
 
+    def set_keep_first(self, n):
+        """attn_kvcache_set_keep_first: a ring cache keeps positions 0..n-1 for
+        good (StreamingLLM's sink tokens). Call on an empty cache."""
+        _lib.attn_kvcache_set_keep_first(self.handle, int(n))
+
     def reset(self):
         """Empty the cache (truncate every item to 0)."""
         self.truncate(0)

@@ -84,6 +84,35 @@ class ServingTest(unittest.TestCase):
         with self.assertRaises(attn.AttnError):
             attn.attention(q[None], q[None], q[None], sinks=[0.0, float("nan")])
 
+    def test_kvcache_keep_first_and_sinks(self):
+        rng = np.random.default_rng(5)
+        W, L, NK, H, D = 40, 130, 3, 2, 8
+        k = rng.standard_normal((1, H, L, D))
+        v = rng.standard_normal((1, H, L, D))
+        q = rng.standard_normal((1, H, 1, D))
+        cache = attn.KVCache(batch=1, heads_kv=H, capacity=W, d_k=D, dtype=np.float64, mode="ring")
+        cache.set_keep_first(NK)
+        for p0 in range(0, L, 25):
+            cache.append(k[:, :, p0:p0 + 25], v[:, :, p0:p0 + 25])
+        sinks = np.array([1.0, -0.5])
+        out = cache.attend(q, causal="bottom_right", sinks=sinks)
+        keep = np.r_[0:NK, L - W:L]
+        ro, _, _ = ref(q[0], k[0][:, keep], v[0][:, keep], causal=False, sinks=sinks)
+        np.testing.assert_allclose(out[0], ro, rtol=1e-10, atol=1e-12)
+
+    def test_kvcache_decode_mass(self):
+        rng = np.random.default_rng(6)
+        L, H, D = 600, 2, 8
+        k = rng.standard_normal((1, H, L, D))
+        v = rng.standard_normal((1, H, L, D))
+        q = rng.standard_normal((1, H, 1, D))
+        cache = attn.KVCache(batch=1, heads_kv=H, capacity=L, d_k=D, dtype=np.float64)
+        cache.append(k, v)
+        mass = np.zeros((1, H, L))
+        cache.attend(q, causal="bottom_right", key_mass=mass)
+        _, w, _ = ref(q[0], k[0], v[0])
+        np.testing.assert_allclose(mass[0], w[:, 0, :], rtol=1e-10, atol=1e-13)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -253,6 +253,7 @@ extern "C" {
     pub fn attn_kvcache_destroy(cache: *mut attn_kvcache);
     pub fn attn_kvcache_append(cache: *mut attn_kvcache, k_new: *const attn_tensor, v_new: *const attn_tensor, counts: *const i64) -> attn_status;
     pub fn attn_kvcache_truncate(cache: *mut attn_kvcache, lengths: *const i64) -> attn_status;
+    pub fn attn_kvcache_set_keep_first(cache: *mut attn_kvcache, n: i64) -> attn_status;
     pub fn attn_kvcache_length(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_first(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;

@@ -1399,6 +1399,13 @@ impl<'c, T: Float> KvCache<'c, T> {
         check(self.ctx.ptr(), unsafe { sys::attn_kvcache_truncate(self.raw.as_ptr(), l) }, "attn_kvcache_truncate")
     }
 
+    /// `attn_kvcache_set_keep_first`: a ring cache keeps positions 0..n−1 for
+    /// good (StreamingLLM's sink tokens); call on an empty cache.
+    pub fn set_keep_first(&self, n: i64) -> Result<()> {
+        self.mutable("attn::KvCache::set_keep_first")?;
+        check(self.ctx.ptr(), unsafe { sys::attn_kvcache_set_keep_first(self.raw.as_ptr(), n) }, "attn_kvcache_set_keep_first")
+    }
+
     /// Empty the cache (every length 0).
     pub fn reset(&self) -> Result<()> {
         self.truncate(&vec![0; self.cfg.batch as usize])
