@@ -257,8 +257,10 @@ static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
         qo = own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *qo);
         ko = fz_bool(f) ? own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *ko) : NULL;
         for (int64_t i = 0; qo && i <= (n > 0 ? n : 0); i++) {
-          qo[i] = fz_bool(f) ? (i * it->Sq) / (n > 0 ? n : 1) : fz_i64(f);
-          if (ko) ko[i] = fz_bool(f) ? (i * it->Sk) / (n > 0 ? n : 1) : fz_i64(f);
+          /* Offsets that fit the totals (when the totals are small), or anything. */
+          const bool small = it->Sq >= 0 && it->Sq < (1 << 20) && it->Sk >= 0 && it->Sk < (1 << 20);
+          qo[i] = fz_bool(f) && small ? (i * it->Sq) / (n > 0 ? n : 1) : fz_i64(f);
+          if (ko) ko[i] = fz_bool(f) && small ? (i * it->Sk) / (n > 0 ? n : 1) : fz_i64(f);
         }
       }
       st = attn_desc_set_varlen(d, qo, ko, qo ? n : 0);
