@@ -138,7 +138,7 @@ static const attn_variant_ops table[] = {
           ATTN_OPT_ALL & ~(OPT(ATTN_OPT_CAUSAL_TL) | OPT(ATTN_OPT_CAUSAL_BR) |
                            OPT(ATTN_OPT_WINDOW) | OPT(ATTN_OPT_BOOL_MASK) |
                            OPT(ATTN_OPT_ADD_MASK) | OPT(ATTN_OPT_ALIBI) | OPT(ATTN_OPT_WEIGHTS) |
-                           OPT(ATTN_OPT_VARLEN) | OPT(ATTN_OPT_MASS)),
+                           OPT(ATTN_OPT_VARLEN) | OPT(ATTN_OPT_MASS) | OPT(ATTN_OPT_SINKS)),
           {[ATTN_OPT_CAUSAL_TL] = "causal masking is undefined for Linformer (every projected "
                                   "key mixes all S_k positions)",
            [ATTN_OPT_CAUSAL_BR] = "causal masking is undefined for Linformer (every projected "
@@ -150,7 +150,8 @@ static const attn_variant_ops table[] = {
            [ATTN_OPT_WEIGHTS] = "Linformer's weights are over the k projected keys, not the S_k "
                                 "keys of the weights tensor (pass NULL)",
            [ATTN_OPT_VARLEN] = "Linformer projects a whole padded key sequence",
-           [ATTN_OPT_MASS] = "Linformer's keys are projections, not the S_k keys"}},
+           [ATTN_OPT_MASS] = "Linformer's keys are projections, not the S_k keys",
+           [ATTN_OPT_SINKS] = "not supported by Linformer (exact, sparse and KV-cache plans take sinks)"}},
          attn_lowrank_plan_init, attn_lowrank_plan_execute, attn_lowrank_plan_destroy, NULL,
          NULL},
 };

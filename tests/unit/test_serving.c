@@ -502,6 +502,71 @@ static void kvcache_keep_first_and_mass_bad_input(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* Block-sparse plans run the exact kernel: with sinks they equal the
+ * reference restricted to the layout, with the extra logit. */
+typedef struct lay_pred {
+  const uint8_t *lay;
+  int64_t bs, nkb;
+} lay_pred;
+static bool layout_pred(void *u, int64_t b, int64_t h, int64_t i, int64_t j) {
+  (void)b, (void)h;
+  const lay_pred *l = u;
+  return l->lay[(i / l->bs) * l->nkb + j / l->bs] != 0;
+}
+
+static void sparse_sinks_match_reference(void **state) {
+  (void)state;
+  const int64_t B = 1, H = 2, S = 96, D = 8, bs = 16, nb = 6;
+  uint64_t seed = 77;
+  attn_context *ctx = tu_context(2);
+  uint8_t lay[36];
+  for (int64_t r = 0; r < nb; r++)
+    for (int64_t c = 0; c < nb; c++) lay[r * nb + c] = (uint8_t)(r == c || c == 0 || (r + c) % 4 == 1);
+  lay[3 * nb + 0] = 0; /* a row block that keeps only its diagonal and one more */
+  double lay_d[36];
+  for (int i = 0; i < 36; i++) lay_d[i] = lay[i];
+  const int64_t lsh[3] = {1, nb, nb};
+  attn_tensor *tlay = tu_tensor(ctx, ATTN_DTYPE_U8, lay_d, 3, lsh);
+  double sinks[2] = {1.5, -0.5};
+  double *q = tu_random((size_t)(B * H * S * D), &seed), *k = tu_random((size_t)(B * H * S * D), &seed);
+  double *v = tu_random((size_t)(B * H * S * D), &seed);
+  attn_desc *d = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  assert_int_equal(attn_desc_set_variant(d, ATTN_VARIANT_BLOCK_SPARSE), ATTN_OK);
+  assert_int_equal(attn_desc_set_block_size(d, bs), ATTN_OK);
+  assert_int_equal(attn_desc_set_block_layout(d, tlay), ATTN_OK);
+  assert_int_equal(attn_desc_set_sinks(d, sinks, H), ATTN_OK);
+  attn_tensor *tq = tu_tensor4(ctx, ATTN_DTYPE_F64, q, B, H, S, D, false);
+  attn_tensor *tk = tu_tensor4(ctx, ATTN_DTYPE_F64, k, B, H, S, D, false);
+  attn_tensor *tv = tu_tensor4(ctx, ATTN_DTYPE_F64, v, B, H, S, D, false);
+  attn_tensor *to = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, B, H, S, D, false);
+  const int64_t ls[3] = {B, H, S};
+  attn_tensor *tl = tu_tensor(ctx, ATTN_DTYPE_F64, NULL, 3, ls);
+  attn_plan *plan = NULL;
+  attn_status st = attn_plan_create(ctx, d, tq, tk, tv, to, NULL, tl, &plan);
+  if (st != ATTN_OK) fail_msg("plan: %s", attn_context_last_error(ctx));
+  assert_int_equal(attn_plan_execute(plan, tq, tk, tv, to, NULL, tl), ATTN_OK);
+  lay_pred lp = {lay, bs, nb};
+  ref_problem p;
+  ref_problem_init(&p, B, H, S, S, D);
+  p.sink = sinks;
+  p.keep = layout_pred;
+  p.keep_user = &lp;
+  double *ro = malloc((size_t)(B * H * S * D) * 8), *rl = malloc((size_t)(B * H * S) * 8);
+  double *go = malloc((size_t)(B * H * S * D) * 8), *gl = malloc((size_t)(B * H * S) * 8);
+  ref_attention(&p, q, k, v, ro, NULL, rl, NULL);
+  tu_read(to, go);
+  tu_read(tl, gl);
+  for (int64_t i = 0; i < B * H * S * D; i++) expect_close("sparse out", go[i], ro[i], true, 0);
+  for (int64_t i = 0; i < B * H * S; i++) expect_close("sparse lse", gl[i], rl[i], true, fabs(rl[i]));
+  attn_plan_destroy(plan);
+  attn_desc_destroy(d);
+  tu_tensor_free(tq); tu_tensor_free(tk); tu_tensor_free(tv); tu_tensor_free(to); tu_tensor_free(tl);
+  tu_tensor_free(tlay);
+  free(q); free(k); free(v); free(ro); free(rl); free(go); free(gl);
+  attn_context_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(varlen_matches_each_sequence_alone),
@@ -510,6 +575,7 @@ int main(void) {
       cmocka_unit_test(mass_is_column_sums),
       cmocka_unit_test(serving_deterministic_across_threads),
       cmocka_unit_test(kvcache_sinks_match_reference),
+      cmocka_unit_test(sparse_sinks_match_reference),
       cmocka_unit_test(kvcache_keep_first_matches_reference),
       cmocka_unit_test(kvcache_keep_first_and_mass_bad_input),
   };
