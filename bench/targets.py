@@ -11,6 +11,7 @@ trusting a borderline ratio. Takes a few minutes.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -28,6 +29,36 @@ def bench(args, case, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"  ! {' '.join(cmd)} failed: {out.stderr.strip()}", file=sys.stderr)
+        return None
+    line = json.loads(out.stdout.strip().splitlines()[-1])
+    results.append(line)
+    return line
+
+
+def bench_mpi(args, ranks, **kw):
+    """One attn-bench-mpi --case ring line, launched with mpirun here (1 thread
+    per rank unless threads= says otherwise; --bind-to none so the
+    single-process baseline in the same run may use every core)."""
+    exe = os.path.join(os.path.dirname(args.bench), "attn-bench-mpi")
+    if not os.path.exists(exe):
+        print(f"  ! {exe} not found (configure with -DATTN_MPI=ON)", file=sys.stderr)
+        return None
+    cmd = ["mpirun", "--bind-to", "none", "--oversubscribe", "-np", str(ranks), exe, "--case", "ring",
+           "--json", "--threads", str(kw.pop("threads", 1)), "--reps", str(kw.pop("reps", args.reps))]
+    for k, v in kw.items():
+        if v is True:
+            cmd.append("--" + k)
+        elif v is not False and v is not None:
+            cmd += ["--" + k, str(v)]
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    try:
+        out = subprocess.run(["timeout", "--kill-after=10", "1800"] + cmd, capture_output=True,
+                             text=True, env=env)
+    except FileNotFoundError as e:
+        print(f"  ! {e}", file=sys.stderr)
+        return None
+    if out.returncode != 0 or not out.stdout.strip():
+        print(f"  ! {' '.join(cmd)} failed: {out.stderr.strip()[-400:]}", file=sys.stderr)
         return None
     line = json.loads(out.stdout.strip().splitlines()[-1])
     results.append(line)
@@ -170,6 +201,19 @@ def main():
             if key:
                 v = r[key[0]]
                 oks.append(report(5, "subnormal inputs time / normal inputs time", f"{v:.2f}", "<= 2", v <= 2))
+
+    if want(21):
+        # Ring attention over MPI: attn-bench-mpi under mpirun, 2 ranks x 1 thread
+        # against the single-process kernel at 2 threads, both in that one run.
+        r = bench_mpi(a, 2, S=16384, D=64, H=8, threads=1)
+        if r is None:
+            print("[skip] issue 21: attn-bench-mpi not built or mpirun failed (see above)")
+        else:
+            oks.append(report(21, f"ring np=2 x 1 thread vs one process x 2 threads, S=16384 d=64 H=8: "
+                                  f"{r['gflops']:.1f} / {r['single_gflops']:.1f} GFLOP/s",
+                              f"{r['ratio']:.3f}", ">= 0.85", r["ratio"] >= 0.85))
+            print(f"[info] issue 21: overlap (time waiting on the ring / total) {r['overlap']:.4f}, "
+                  f"{r['steps']:.0f} steps, {r['bytes_sent_mb']:.1f} MiB sent per rank, max_err {r['max_err']:.2e}")
 
     if want(20):
         # Packed batch of 8 sequences (64..2048 tokens) vs the same batch padded

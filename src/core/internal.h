@@ -167,6 +167,11 @@ attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows,
 /* The same for the last two dims of a tensor of rank ≥ 2. */
 attn_status attn_check_matrix_rows(attn_context *ctx, const char *name, const attn_tensor *t);
 
+/* An output written element by element needs distinct memory for every
+ * element (no stride 0 on a dim > 1, no overlapping rows): ATTN_ERR_LAYOUT
+ * naming `name` otherwise. */
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t);
+
 /* Element offset of index (i0..i3) for a rank-4 tensor. */
 static inline int64_t attn_off4(const attn_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d) {
   return a * t->strides[0] + b * t->strides[1] + c * t->strides[2] + d * t->strides[3];

@@ -78,6 +78,10 @@ static attn_status validate_serving(attn_context *ctx, const attn_desc *desc, co
   return ATTN_OK;
 }
 
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  return expect_distinct(ctx, name, t);
+}
+
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
@@ -170,6 +174,9 @@ void *attn_plan_impl_alloc(attn_plan *p, size_t bytes) {
 }
 
 size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
+  /* Saturates: a size no caller can provide, rather than a wrapped small one. */
+  if (threads > 0 && p->ws_slot > (SIZE_MAX - ATTN_ALIGN - p->ws_shared) / (size_t)threads)
+    return SIZE_MAX - ATTN_ALIGN;
   return p->ws_shared + p->ws_slot * (size_t)threads;
 }
 

@@ -259,7 +259,8 @@ static attn_status plan_attention(attn_mha_plan *p, const attn_tensor *kpm,
 }
 
 size_t attn_mha_ws_bytes(const attn_mha_plan *p, int32_t threads) {
-  return p->inner_at + attn_plan_ws_bytes(p->aplan, threads);
+  const size_t inner = attn_plan_ws_bytes(p->aplan, threads);
+  return inner > SIZE_MAX - 2 * ATTN_ALIGN - p->inner_at ? SIZE_MAX - ATTN_ALIGN : p->inner_at + inner;
 }
 
 void attn_mha_plan_destroy(attn_mha_plan *p) {
