@@ -567,12 +567,85 @@ static void sparse_sinks_match_reference(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* The mass under every mask kind of a padded batch: key and query lengths,
+ * a bool mask and an additive mask (which turn GQA stacking off: one task
+ * then runs every head of its KV group), ALiBi; per head and per group,
+ * f32 and f64: column sums of the reference weights. */
+static void mass_with_dense_masks_and_lengths(void **state) {
+  (void)state;
+  const int64_t B = 2, H = 4, Hkv = 2, Sq = 70, Sk = 90, D = 8;
+  for (int dt = 0; dt < 2; dt++)
+    for (int grouped = 0; grouped < 2; grouped++) {
+      const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
+      uint64_t seed = 900 + (uint64_t)(dt * 2 + grouped);
+      attn_context *ctx = tu_context(3);
+      double *q = tu_random((size_t)(B * H * Sq * D), &seed), *k = tu_random((size_t)(B * Hkv * Sk * D), &seed);
+      double *v = tu_random((size_t)(B * Hkv * Sk * D), &seed);
+      const size_t nm = (size_t)(B * H * Sq * Sk);
+      uint8_t *bm = malloc(nm);
+      double *am = malloc(nm * 8), *bmd = malloc(nm * 8);
+      for (size_t i = 0; i < nm; i++) {
+        bm[i] = (uint8_t)(tu_uniform(&seed, 0, 1) < 0.8);
+        bmd[i] = bm[i];
+        am[i] = tu_uniform(&seed, 0, 1) < 0.05 ? -INFINITY : tu_uniform(&seed, -1, 1);
+      }
+      int64_t klen[2] = {Sk, 41}, qlen[2] = {33, Sq};
+      double slopes[4] = {0.1, 0.05, 0.2, 0.0};
+      attn_desc *d = NULL;
+      assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+      assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+      assert_int_equal(attn_desc_set_key_lengths(d, klen, B), ATTN_OK);
+      assert_int_equal(attn_desc_set_query_lengths(d, qlen, B), ATTN_OK);
+      assert_int_equal(attn_desc_set_alibi(d, slopes, H), ATTN_OK);
+      const int64_t msh4[4] = {B, H, Sq, Sk};
+      attn_tensor *tbm = tu_tensor(ctx, ATTN_DTYPE_U8, bmd, 4, msh4), *tam = tu_tensor(ctx, T, am, 4, msh4);
+      assert_int_equal(attn_desc_set_bool_mask(d, tbm), ATTN_OK);
+      assert_int_equal(attn_desc_set_additive_mask(d, tam), ATTN_OK);
+      const int64_t ms[3] = {B, grouped ? Hkv : H, Sk};
+      attn_tensor *tm = tu_tensor(ctx, T, NULL, 3, ms);
+      assert_int_equal(attn_desc_set_key_mass(d, tm), ATTN_OK);
+      attn_tensor *tq = tu_tensor4(ctx, T, q, B, H, Sq, D, true), *tk = tu_tensor4(ctx, T, k, B, Hkv, Sk, D, true);
+      attn_tensor *tv = tu_tensor4(ctx, T, v, B, Hkv, Sk, D, true), *to = tu_tensor4(ctx, T, NULL, B, H, Sq, D, true);
+      attn_plan *plan = NULL;
+      attn_status st = attn_plan_create(ctx, d, tq, tk, tv, to, NULL, NULL, &plan);
+      if (st != ATTN_OK) fail_msg("plan: %s", attn_context_last_error(ctx));
+      assert_int_equal(attn_plan_execute(plan, tq, tk, tv, to, NULL, NULL), ATTN_OK);
+      ref_problem p;
+      ref_problem_init(&p, B, H, Sq, Sk, D);
+      p.Hkv = Hkv;
+      p.causal = ATTN_CAUSAL_BOTTOM_RIGHT;
+      p.key_len = klen;
+      p.query_len = qlen;
+      p.alibi = slopes;
+      p.bool_mask = bm;
+      p.add_mask = am;
+      double *ro = malloc((size_t)(B * H * Sq * D) * 8), *rw = malloc(nm * 8);
+      ref_attention(&p, q, k, v, ro, rw, NULL, NULL);
+      const size_t nmass = (size_t)(ms[0] * ms[1] * Sk);
+      double *gm = malloc(nmass * 8), *rm = calloc(nmass, 8);
+      tu_read(tm, gm);
+      for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++)
+          for (int64_t i = 0; i < Sq; i++)
+            for (int64_t j = 0; j < Sk; j++)
+              rm[(b * ms[1] + (grouped ? h / (H / Hkv) : h)) * Sk + j] += rw[((b * H + h) * Sq + i) * Sk + j];
+      for (size_t x = 0; x < nmass; x++) expect_close("masked mass", gm[x], rm[x], dt == 1, rm[x]);
+      attn_plan_destroy(plan);
+      attn_desc_destroy(d);
+      tu_tensor_free(tq); tu_tensor_free(tk); tu_tensor_free(tv); tu_tensor_free(to);
+      tu_tensor_free(tm); tu_tensor_free(tbm); tu_tensor_free(tam);
+      free(q); free(k); free(v); free(bm); free(bmd); free(am); free(ro); free(rw); free(gm); free(rm);
+      attn_context_destroy(ctx);
+    }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(varlen_matches_each_sequence_alone),
       cmocka_unit_test(varlen_masks_per_sequence),
       cmocka_unit_test(sinks_match_reference),
       cmocka_unit_test(mass_is_column_sums),
+      cmocka_unit_test(mass_with_dense_masks_and_lengths),
       cmocka_unit_test(serving_deterministic_across_threads),
       cmocka_unit_test(kvcache_sinks_match_reference),
       cmocka_unit_test(sparse_sinks_match_reference),
