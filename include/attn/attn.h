@@ -473,7 +473,10 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  p_ij. Accumulated inside the kernel's tiles from the final lse (the S_q×S_k
  *  weights are never formed), deterministic for any thread count. Keys no
  *  query keeps get 0. Plans of ATTN_VARIANT_EXACT (every mask, packed batches:
- *  shape [1, ·, T_k]).
+ *  shape [1, ·, T_k]), of the sparse variants (Longformer, BigBird,
+ *  block-sparse), and KV-cache decode steps (attn_kvcache_plan_create(): at
+ *  most 16 queries, shape [B, H or H_kv, capacity], key j = the j-th oldest
+ *  stored position).
  *
  *  The tensor is borrowed and written at every execute (its data may change
  *  between executes, its shape not): rank 3, the plan's dtype, shape
@@ -485,7 +488,7 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  @param mass  the output tensor, or NULL to clear
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 3). Plan
  *          creation names "mass": ATTN_ERR_DTYPE, ATTN_ERR_SHAPE, ATTN_ERR_LAYOUT,
- *          ATTN_ERR_UNSUPPORTED (other variants). Execute: ATTN_ERR_NULL_ARG
+ *          ATTN_ERR_UNSUPPORTED (Swin, linear, Performer, Linformer). Execute: ATTN_ERR_NULL_ARG
  *          (its data NULL). @since 0.2.0 */
 ATTN_API attn_status attn_desc_set_key_mass(attn_desc *desc, attn_tensor *mass);
 

@@ -64,13 +64,12 @@ attn_status attn_options_check(attn_context *ctx, const attn_support *s, uint32_
 
 #define OPT ATTN_OPT
 
-/* The sparse variants run the exact kernel (sinks included) on token
- * positions of one padded batch. */
-#define SPARSE_OPTS (ATTN_OPT_ALL & ~(OPT(ATTN_OPT_VARLEN) | OPT(ATTN_OPT_MASS)))
+/* The sparse variants run the exact kernel (sinks and the per-key mass
+ * included) on token positions of one padded batch. */
+#define SPARSE_OPTS (ATTN_OPT_ALL & ~OPT(ATTN_OPT_VARLEN))
 #define SPARSE_WHY                                                                               \
   [ATTN_OPT_VARLEN] = "sparse layouts are over the positions of a padded batch (use key/query "  \
-                      "lengths)",                                                                \
-  [ATTN_OPT_MASS] = "the per-key mass is computed by ATTN_VARIANT_EXACT only"
+                      "lengths)"
 
 static const attn_variant_ops table[] = {
     /* Exact attention takes every option; it is the engine the sparse

@@ -757,9 +757,10 @@ static attn_status mass_plan(fx *f, attn_tensor *mass) {
     mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(H_ * SK * 2, SK * 2, 2))))                       \
   X(plan_mass_overlapping, ATTN_ERR_LAYOUT, "mass",                                               \
     mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(0, SK, 1))))                                    \
-  X(plan_mass_bigbird, ATTN_ERR_UNSUPPORTED, "key_mass",                                          \
-    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_BIGBIRD)),                                  \
-     mass_plan(f, T(f, F32, 3, B_, H_, SK, 0))))                                                  \
+  X(plan_mass_linformer, ATTN_ERR_UNSUPPORTED, "key_mass",                                        \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                                \
+     must(attn_desc_set_key_mass(f->desc, T(f, F32, 3, B_, H_, SK, 0))),                          \
+     attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &f->hp)))          \
   /* ---- plan queries ---- */                                                                    \
   X(block_layout_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_block_layout(NULL, f->buf, &f->size)) \
   X(block_layout_size_null, ATTN_ERR_NULL_ARG, "size", attn_plan_block_layout(f->plan, f->buf, NULL)) \

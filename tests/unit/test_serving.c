@@ -503,7 +503,8 @@ static void kvcache_keep_first_and_mass_bad_input(void **state) {
 }
 
 /* Block-sparse plans run the exact kernel: with sinks they equal the
- * reference restricted to the layout, with the extra logit. */
+ * reference restricted to the layout, with the extra logit, and their
+ * per-key mass is the column sums of its weights. */
 typedef struct lay_pred {
   const uint8_t *lay;
   int64_t bs, nkb;
@@ -514,7 +515,7 @@ static bool layout_pred(void *u, int64_t b, int64_t h, int64_t i, int64_t j) {
   return l->lay[(i / l->bs) * l->nkb + j / l->bs] != 0;
 }
 
-static void sparse_sinks_match_reference(void **state) {
+static void sparse_sinks_and_mass_match_reference(void **state) {
   (void)state;
   const int64_t B = 1, H = 2, S = 96, D = 8, bs = 16, nb = 6;
   uint64_t seed = 77;
@@ -536,6 +537,9 @@ static void sparse_sinks_match_reference(void **state) {
   assert_int_equal(attn_desc_set_block_size(d, bs), ATTN_OK);
   assert_int_equal(attn_desc_set_block_layout(d, tlay), ATTN_OK);
   assert_int_equal(attn_desc_set_sinks(d, sinks, H), ATTN_OK);
+  const int64_t msh[3] = {B, H, S};
+  attn_tensor *tm = tu_tensor(ctx, ATTN_DTYPE_F64, NULL, 3, msh);
+  assert_int_equal(attn_desc_set_key_mass(d, tm), ATTN_OK);
   attn_tensor *tq = tu_tensor4(ctx, ATTN_DTYPE_F64, q, B, H, S, D, false);
   attn_tensor *tk = tu_tensor4(ctx, ATTN_DTYPE_F64, k, B, H, S, D, false);
   attn_tensor *tv = tu_tensor4(ctx, ATTN_DTYPE_F64, v, B, H, S, D, false);
@@ -554,9 +558,20 @@ static void sparse_sinks_match_reference(void **state) {
   p.keep_user = &lp;
   double *ro = malloc((size_t)(B * H * S * D) * 8), *rl = malloc((size_t)(B * H * S) * 8);
   double *go = malloc((size_t)(B * H * S * D) * 8), *gl = malloc((size_t)(B * H * S) * 8);
-  ref_attention(&p, q, k, v, ro, NULL, rl, NULL);
+  double *rw = malloc((size_t)(B * H * S * S) * 8), *gm = malloc((size_t)(B * H * S) * 8);
+  double *rm = calloc((size_t)(B * H * S), 8);
+  ref_attention(&p, q, k, v, ro, rw, rl, NULL);
   tu_read(to, go);
   tu_read(tl, gl);
+  tu_read(tm, gm);
+  for (int64_t bh = 0; bh < B * H; bh++)
+    for (int64_t i = 0; i < S; i++)
+      for (int64_t j = 0; j < S; j++) rm[bh * S + j] += rw[(bh * S + i) * S + j];
+  for (int64_t i = 0; i < B * H * S; i++) expect_close("sparse mass", gm[i], rm[i], true, rm[i]);
+  free(rw);
+  free(gm);
+  free(rm);
+  tu_tensor_free(tm);
   for (int64_t i = 0; i < B * H * S * D; i++) expect_close("sparse out", go[i], ro[i], true, 0);
   for (int64_t i = 0; i < B * H * S; i++) expect_close("sparse lse", gl[i], rl[i], true, fabs(rl[i]));
   attn_plan_destroy(plan);
@@ -648,7 +663,7 @@ int main(void) {
       cmocka_unit_test(mass_with_dense_masks_and_lengths),
       cmocka_unit_test(serving_deterministic_across_threads),
       cmocka_unit_test(kvcache_sinks_match_reference),
-      cmocka_unit_test(sparse_sinks_match_reference),
+      cmocka_unit_test(sparse_sinks_and_mass_match_reference),
       cmocka_unit_test(kvcache_keep_first_matches_reference),
       cmocka_unit_test(kvcache_keep_first_and_mass_bad_input),
   };
