@@ -389,7 +389,7 @@ static void usage(FILE *f) {
           "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
           "                  [--B N] [--causal] [--dtype f32|f64|bf16|f16] [--threads N] [--reps N]\n"
           "                  [--window N] [--features N] [--rank N] [--block N] [--seqs N] [--json] [--list]\n"
-          "                  [--loop N --gap-ms G] [--spin-us N]\n"
+          "                  [--loop N --gap-ms G] [--spin-us N] [--mass] [--sinks]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
           "Each line: median of --reps (default 5) runs after a warm-up to steady state\n"
@@ -397,7 +397,9 @@ static void usage(FILE *f) {
           "dense-equivalent 4*B*H*Sq*Sk*D. --loop N --gap-ms G (sdpa, decode): the first call\n"
           "after the plan, then N calls with G ms of busy work between them: first_ms, p50_ms,\n"
           "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n"
-          "--dtype bf16|f16 applies to the sdpa case only.\n");
+          "--dtype bf16|f16 applies to the sdpa case only.\n"
+          "--mass (sdpa, decode): with the per-key mass output (mass_ratio: time over the\n"
+          "time without it, same run); --sinks (sdpa): with sink logits (sinks_ratio).\n");
 }
 
 static const bench_case *find_case(const char *name) {
@@ -457,6 +459,9 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
     if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
     for (int32_t f = 0; f < r->nfields; f++) json_num(stdout, r->field_names[f], r->field_values[f], false);
+    if (o->mass) printf("\"mass\":true,");
+    if (o->sinks) printf("\"sinks\":true,");
+    if (r->ratio_name) json_num(stdout, r->ratio_name, r->ratio, false);
     json_num(stdout, "warmup_calls", r->has_latency ? 0 : (double)warmup_calls, false);
     if (r->has_latency) {
       json_num(stdout, "loop", o->loop, false);
@@ -480,6 +485,7 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     printf("  f_peak=%.3f", frac_peak);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
     for (int32_t f = 0; f < r->nfields; f++) printf("  %s=%.4g", r->field_names[f], r->field_values[f]);
+    if (r->ratio_name) printf("  %s=%.3f", r->ratio_name, r->ratio);
     if (r->has_latency)
       printf("  first=%.3f p50=%.3f p90=%.3f p99=%.3f max=%.3f ms (sgemm p99/p50 %.2f)", r->first_ms,
              r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, r->sgemm_tail);
@@ -510,7 +516,8 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 }
 
 int main(int argc, char **argv) {
-  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0, 16};
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0,
+                  16, false, false};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -579,6 +586,10 @@ int main(int argc, char **argv) {
       i++;
     } else if (strcmp(a, "--causal") == 0) {
       o.causal = true;
+    } else if (strcmp(a, "--mass") == 0) {
+      o.mass = true;
+    } else if (strcmp(a, "--sinks") == 0) {
+      o.sinks = true;
     } else if (strcmp(a, "--json") == 0) {
       json = true;
     } else if (strcmp(a, "--list") == 0) {

@@ -23,6 +23,8 @@ typedef struct bench_opts {
   double gap_ms;          /* --gap-ms G: ... with G ms of busy work between calls */
   int32_t spin_us;        /* --spin-us: the context's spin policy (0 adaptive) */
   int64_t seqs;           /* --seqs N: sequences of the paged cases (default 16) */
+  bool mass;              /* --mass (sdpa, decode): the per-key mass output too */
+  bool sinks;             /* --sinks (sdpa): per-head sink logits */
 } bench_opts;
 
 typedef struct bench_result {
@@ -43,6 +45,9 @@ typedef struct bench_result {
   bool has_latency;
   double first_ms, p50_ms, p90_ms, p99_ms, max_ms;
   double sgemm_tail;      /* p99/p50 of a plain single-thread sgemm loop with the same gaps */
+  /* --mass / --sinks: time with the option over the time without it, same process. */
+  double ratio;
+  const char *ratio_name; /* "mass_ratio" or "sinks_ratio" (printed if set) */
 } bench_result;
 
 /* Registry (bench/cases.c): pointers to each case_*.c's bench_case. */

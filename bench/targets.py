@@ -274,6 +274,31 @@ def main():
             print(f"[info] issue 21: overlap (time waiting on the ring / total) {r['overlap']:.4f}, "
                   f"{r['steps']:.0f} steps, {r['bytes_sent_mb']:.1f} MiB sent per rank, max_err {r['max_err']:.2e}")
 
+    if want(20):
+        # Packed batch of 8 sequences (64..2048 tokens) vs the same batch padded
+        # to 8 x 2048, both timed in one process by the varlen case.
+        r = bench(a, "varlen", D=64, H=8)
+        if r is not None:
+            v = r["gflops"] / r["padded_gflops"]
+            oks.append(report(20, f"varlen useful GFLOPS {r['gflops']:.1f} / padded dense GFLOPS {r['padded_gflops']:.1f}",
+                              f"{v:.3f}", ">= 0.95", v >= 0.95))
+        # Per-key mass and sinks: each case times the call with and without
+        # the option alternately in one process (mass_ratio, sinks_ratio).
+        r = bench(a, "sdpa", S=4096, D=64, H=8, mass=True)
+        if r is not None:
+            oks.append(report(20, "sdpa S=4096 d=64 H=8 time with --mass / without", f"{r['mass_ratio']:.3f}",
+                              "<= 1.15", r["mass_ratio"] <= 1.15))
+        r = bench(a, "decode", Sk=32768, D=128, H=8, Hkv=8, mass=True)
+        if r is not None:
+            oks.append(report(20, "decode L=32768 d=128 H=8 time with --mass / without", f"{r['mass_ratio']:.3f}",
+                              "<= 1.15", r["mass_ratio"] <= 1.15))
+        else:
+            oks.append(report(20, "decode L=32768 --mass", "not run", "<= 1.15", False))
+        r = bench(a, "sdpa", S=4096, D=64, H=8, sinks=True)
+        if r is not None:
+            oks.append(report(20, "sdpa S=4096 d=64 H=8 time with --sinks / without", f"{r['sinks_ratio']:.3f}",
+                              "<= 1.03", r["sinks_ratio"] <= 1.03))
+
     if a.json:
         with open(a.json, "w") as f:
             for line in results:

@@ -629,6 +629,37 @@ func (d *Desc) SetAlibi(slopes []float64) error {
 func (d *Desc) SetSoftcap(c float64) error {
 	return d.done(C.attn_desc_set_softcap(d.p, C.double(c)), "attn_desc_set_softcap")
 }
+
+// SetVarlen: a packed variable-length batch. Sequence s owns rows
+// qOffsets[s]..qOffsets[s+1] of q and kOffsets' rows of k and v (nil: q's);
+// plans then take batch 1 and the totals as S_q, S_k (BSHD(1, T, H, D) is the
+// [T, H, D] layout). The offsets are copied; nil qOffsets clears.
+func (d *Desc) SetVarlen(qOffsets, kOffsets []int64) error {
+	if len(qOffsets) == 0 {
+		return d.done(C.attn_desc_set_varlen(d.p, nil, nil, 0), "attn_desc_set_varlen")
+	}
+	if kOffsets != nil && len(kOffsets) != len(qOffsets) {
+		return &Error{Status: StatusInvalidArg, Func: "attn_desc_set_varlen",
+			Message: fmt.Sprintf("k_offsets: %d offsets, q_offsets has %d", len(kOffsets), len(qOffsets))}
+	}
+	qp, n := cArray(d, qOffsets)
+	kp, _ := cArray(d, kOffsets)
+	return d.done(C.attn_desc_set_varlen(d.p, (*C.int64_t)(qp), (*C.int64_t)(kp), n-1), "attn_desc_set_varlen")
+}
+
+// SetSinks: one sink logit per query head (an extra softmax logit with no value); nil clears.
+func (d *Desc) SetSinks(logits []float64) error {
+	p, n := cArray(d, logits)
+	return d.done(C.attn_desc_set_sinks(d.p, (*C.double)(p), n), "attn_desc_set_sinks")
+}
+
+// SetKeyMass: the per-key attention mass output, a tensor [B, H, S_k] (per
+// head) or [B, H_kv, S_k] (per KV group) written by every execute; nil clears.
+func (d *Desc) SetKeyMass(mass *Tensor) error {
+	d.holdTensors("key_mass", mass)
+	return d.done(C.attn_desc_set_key_mass(d.p, tp(mass)), "attn_desc_set_key_mass")
+}
+
 func (d *Desc) SetGeneralWeight(w *Tensor) error {
 	d.holdTensors("general_weight", w)
 	return d.done(C.attn_desc_set_general_weight(d.p, tp(w)), "attn_desc_set_general_weight")
@@ -1663,6 +1694,17 @@ func (c *KVCache) Truncate(lengths []int64) error {
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(lengths)
 	return c.ctx.check(st, "attn_kvcache_truncate")
+}
+
+// SetKeepFirst: a ring cache keeps positions 0..n-1 for good (StreamingLLM's
+// sink tokens), besides its last capacity positions. Call on an empty cache.
+func (c *KVCache) SetKeepFirst(n int64) error {
+	if err := c.open(); err != nil {
+		return err
+	}
+	st := C.attn_kvcache_set_keep_first(c.p, C.int64_t(n))
+	runtime.KeepAlive(c)
+	return c.ctx.check(st, "attn_kvcache_set_keep_first")
 }
 
 // Reset empties the cache.

@@ -419,6 +419,87 @@ ATTN_API attn_status attn_desc_set_additive_weights(attn_desc *desc, const attn_
                                                     const attn_tensor *bias,
                                                     const attn_tensor *v);
 
+/** Packed variable-length batch (FlashAttention's cu_seqlens): q, k, v, out
+ *  (and weights, lse) hold @p n_seqs sequences one after another along the
+ *  token dim, and each sequence attends only to its own keys.
+ *
+ *  Tensors keep rank 4 with batch dim 1: q [1, H, T_q, d_q], k/v
+ *  [1, H_kv, T_k, ·], out [1, H, T_q, d_v], lse [1, H, T_q], weights
+ *  [1, H, T_q, T_k] (block diagonal: 0 outside a row's own sequence). The
+ *  usual packed layout [T, H, d] is the same memory seen through strides:
+ *  shape [1, H, T, d], strides [T·H·d, d, H·d, 1] (any strides work).
+ *  Sequence s owns query rows q_offsets[s] .. q_offsets[s+1]−1 and key rows
+ *  k_offsets[s] .. k_offsets[s+1]−1. Within a sequence everything is as for
+ *  a batch item of those lengths: causal in both alignments (BOTTOM_RIGHT
+ *  aligns each sequence's last query with its last key), window, ALiBi
+ *  (distances within the sequence), softcap, GQA, sinks, the per-key mass.
+ *  A sequence with no keys gives out 0 and lse −inf on its rows; one with no
+ *  queries writes nothing but its keys' mass (0).
+ *
+ *  Rules: offsets[0] = 0, offsets never decrease, offsets[n_seqs] = the
+ *  total (T_q for q_offsets, T_k for k_offsets; checked at plan creation
+ *  and, since the arrays are borrowed and may change between executes, at
+ *  every execute, before anything is written). Plans of
+ *  ATTN_VARIANT_EXACT only; not with key/query lengths, bool/additive masks
+ *  or ATTN_SCORE_ADDITIVE (ATTN_ERR_UNSUPPORTED naming the option). Cost:
+ *  the sum of the sequences' own tiles, no padding.
+ *
+ *  @param desc       the descriptor
+ *  @param q_offsets  [n_seqs + 1] query offsets (borrowed)
+ *  @param k_offsets  [n_seqs + 1] key offsets (borrowed), or NULL: the
+ *                    query offsets (self-attention)
+ *  @param n_seqs     number of sequences ≥ 1; 0 (with NULL offsets) clears
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, q_offsets), ATTN_ERR_INVALID_ARG
+ *          (n_seqs < 0, offsets[0] ≠ 0, decreasing offsets, naming
+ *          "q_offsets"/"k_offsets"; the descriptor is unchanged). Plan
+ *          creation: ATTN_ERR_SHAPE (batch dim ≠ 1), ATTN_ERR_INVALID_ARG (last
+ *          offset ≠ the total, naming the array), ATTN_ERR_UNSUPPORTED.
+ *          Execute: ATTN_ERR_INVALID_ARG as above. @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_varlen(attn_desc *desc, const int64_t *q_offsets,
+                                          const int64_t *k_offsets, int64_t n_seqs);
+
+/** Attention sinks (gpt-oss): one learned logit per query head that joins
+ *  the softmax denominator and carries no value:
+ *  p_ij = e^{s_ij} / (e^{sink_h} + Σ_kept e^{s_ij}), out_i = Σ_j p_ij v_j,
+ *  lse_i = log(e^{sink_h} + Σ_kept e^{s_ij}) (includes the sink). A row that
+ *  keeps no key gives out 0 and lse = sink_h. −inf is no sink for that head.
+ *  Weights and the per-key mass are the p_ij above (rows sum to < 1).
+ *  Exact, Longformer, BigBird and block-sparse plans, and the KV cache
+ *  (attn_kvcache_plan_create()). Borrowed: re-checked at every execute.
+ *  @param desc    the descriptor
+ *  @param logits  [count] sink logits, one per query head (borrowed), or NULL to clear
+ *  @param count   H at plan time (ATTN_ERR_SHAPE naming "sinks" otherwise); 0 with NULL
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, or logits NULL with count > 0),
+ *          ATTN_ERR_INVALID_ARG (count < 0, logits with count 0, a NaN or +inf
+ *          logit — also at execute, and above the f32 range for f32 plans —
+ *          naming "sinks"; the descriptor is unchanged). @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, int64_t count);
+
+/** Per-key attention mass as an extra output (H2O / SnapKV eviction):
+ *  mass[b, h, j] = Σ_i p_ij over the query rows of (b, h), or, when the
+ *  tensor's head dim is H_kv (≠ H), mass[b, g, j] = Σ_{h in KV group g} Σ_i
+ *  p_ij. Accumulated inside the kernel's tiles from the final lse (the S_q×S_k
+ *  weights are never formed), deterministic for any thread count. Keys no
+ *  query keeps get 0. Plans of ATTN_VARIANT_EXACT (every mask, packed batches:
+ *  shape [1, ·, T_k]), of the sparse variants (Longformer, BigBird,
+ *  block-sparse), and KV-cache decode steps (attn_kvcache_plan_create(): at
+ *  most 16 queries, shape [B, H or H_kv, capacity], key j = the j-th oldest
+ *  stored position).
+ *
+ *  The tensor is borrowed and written at every execute (its data may change
+ *  between executes, its shape not): rank 3, the plan's dtype, shape
+ *  [B, H, S_k] or [B, H_kv, S_k], key dim contiguous, no overlapping elements.
+ *  With the mass on, one task runs all query blocks of a (batch item, KV
+ *  head), so B·H_kv bounds the parallelism, and each thread keeps a block's
+ *  scores (~4M elements).
+ *  @param desc  the descriptor
+ *  @param mass  the output tensor, or NULL to clear
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 3). Plan
+ *          creation names "mass": ATTN_ERR_DTYPE, ATTN_ERR_SHAPE, ATTN_ERR_LAYOUT,
+ *          ATTN_ERR_UNSUPPORTED (Swin, linear, Performer, Linformer). Execute: ATTN_ERR_NULL_ARG
+ *          (its data NULL). @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_key_mass(attn_desc *desc, attn_tensor *mass);
+
 /** @} */
 
 /* ------------------------------------------------------------------------- */

@@ -298,12 +298,29 @@ struct attn_desc {
     int64_t count;
     uint64_t seed;
   } features;
+  struct { /* packed variable-length batch (attn_desc_set_varlen) */
+    const int64_t *q_off, *k_off; /* [n + 1] each; k_off = q_off for self-attention */
+    int64_t n;                    /* sequences; 0 = off */
+  } varlen;
+  struct { /* attention sinks (attn_desc_set_sinks) */
+    const double *logits; /* [H] or NULL */
+    int64_t n;
+  } sinks;
+  attn_tensor *mass; /* per-key attention mass output (attn_desc_set_key_mass) or NULL */
   struct { /* Linformer */
     int64_t rank;
     uint64_t seed;
     const attn_tensor *e, *f;
   } lowrank;
 };
+
+/* Packed-batch offsets: off[0] = 0, non-decreasing, off[n] = total (total < 0:
+ * not checked); ATTN_ERR_INVALID_ARG naming `name` otherwise. */
+attn_status attn_check_offsets(attn_context *ctx, const char *name, const int64_t *off, int64_t n,
+                               int64_t total, const char *total_name);
+/* Sink logits: not NaN, not above dtype dt's range (−inf = no sink);
+ * ATTN_ERR_INVALID_ARG naming "sinks" otherwise. */
+attn_status attn_check_sinks(attn_context *ctx, const double *logits, int64_t n, attn_dtype dt);
 
 /* 1/√d_k for the scaled dot product, 1 for every other score. */
 double attn_default_scale(attn_score score, int64_t d_k);
@@ -327,6 +344,9 @@ typedef enum attn_option {
   ATTN_OPT_SCORE_ADDITIVE,
   ATTN_OPT_WEIGHTS,
   ATTN_OPT_LSE,
+  ATTN_OPT_VARLEN,         /* packed variable-length batch */
+  ATTN_OPT_SINKS,          /* per-head sink logits */
+  ATTN_OPT_MASS,           /* per-key attention mass output */
   ATTN_OPT_COUNT
 } attn_option;
 #define ATTN_OPT(o) (1u << (o))

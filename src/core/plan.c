@@ -39,6 +39,45 @@ static attn_status expect_distinct(attn_context *ctx, const char *name, const at
   return ATTN_OK;
 }
 
+/* Packed batches, sinks and the per-key mass against the plan's dims. */
+static attn_status validate_serving(attn_context *ctx, const attn_desc *desc, const attn_dims *d) {
+  attn_status st;
+  char buf[96];
+  if (desc->varlen.n > 0) {
+    if (d->B != 1)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "q: a packed batch (attn_desc_set_varlen) has batch dim 1, got %" PRId64,
+                       d->B);
+    if ((st = attn_check_offsets(ctx, "q_offsets", desc->varlen.q_off, desc->varlen.n, d->Sq,
+                                 "q's total tokens")) != ATTN_OK ||
+        (st = attn_check_offsets(ctx, "k_offsets", desc->varlen.k_off, desc->varlen.n, d->Sk,
+                                 "k's total tokens")) != ATTN_OK)
+      return st;
+  }
+  if (desc->sinks.logits != NULL) {
+    if (desc->sinks.n != d->H)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "sinks: %" PRId64 " logits given, q has %" PRId64 " heads", desc->sinks.n,
+                       d->H);
+    if ((st = attn_check_sinks(ctx, desc->sinks.logits, d->H, d->dtype)) != ATTN_OK) return st;
+  }
+  const attn_tensor *m = desc->mass;
+  if (m != NULL) {
+    if ((st = attn_check_tensor(ctx, "mass", m, 3, d->dtype)) != ATTN_OK) return st;
+    if (m->shape[0] != d->B || (m->shape[1] != d->H && m->shape[1] != d->Hkv) ||
+        m->shape[2] != d->Sk)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "mass: shape %s, expected [B, H, S_k] = [%" PRId64 ",%" PRId64 ",%" PRId64
+                       "] or [B, H_kv, S_k] = [%" PRId64 ",%" PRId64 ",%" PRId64 "]",
+                       attn_shape_str(m, buf, sizeof buf), d->B, d->H, d->Sk, d->B, d->Hkv, d->Sk);
+    if (m->shape[2] > 1 && m->strides[2] != 1)
+      return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: stride %" PRId64 " of the key dim, expected 1",
+                       m->strides[2]);
+    if ((st = expect_distinct(ctx, "mass", m)) != ATTN_OK) return st;
+  }
+  return ATTN_OK;
+}
+
 attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
   return expect_distinct(ctx, name, t);
 }
@@ -128,6 +167,8 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
     if ((st = attn_check_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
     if ((st = expect_distinct(ctx, "lse", lse)) != ATTN_OK) return st;
   }
+
+  if ((st = validate_serving(ctx, desc, d)) != ATTN_OK) return st;
 
   p->scale = desc->score.scale > 0.0 ? desc->score.scale
                                      : attn_default_scale(desc->score.kind, d->Dk);

@@ -19,6 +19,9 @@ static const char *const option_names[ATTN_OPT_COUNT] = {
     [ATTN_OPT_SCORE_ADDITIVE] = "score",
     [ATTN_OPT_WEIGHTS] = "weights",
     [ATTN_OPT_LSE] = "lse",
+    [ATTN_OPT_VARLEN] = "varlen",
+    [ATTN_OPT_SINKS] = "sinks",
+    [ATTN_OPT_MASS] = "key_mass",
 };
 
 uint32_t attn_options_used(const attn_desc *d, bool weights, bool lse) {
@@ -39,6 +42,9 @@ uint32_t attn_options_used(const attn_desc *d, bool weights, bool lse) {
   if (d->score.kind == ATTN_SCORE_ADDITIVE) u |= ATTN_OPT(ATTN_OPT_SCORE_ADDITIVE);
   if (weights) u |= ATTN_OPT(ATTN_OPT_WEIGHTS);
   if (lse) u |= ATTN_OPT(ATTN_OPT_LSE);
+  if (d->varlen.n > 0) u |= ATTN_OPT(ATTN_OPT_VARLEN);
+  if (d->sinks.logits != NULL) u |= ATTN_OPT(ATTN_OPT_SINKS);
+  if (d->mass != NULL) u |= ATTN_OPT(ATTN_OPT_MASS);
   return u;
 }
 
@@ -73,6 +79,13 @@ attn_status attn_dtype_check(attn_context *ctx, const attn_support *s, const att
 
 #define OPT ATTN_OPT
 
+/* The sparse variants run the exact kernel (sinks and the per-key mass
+ * included) on token positions of one padded batch. */
+#define SPARSE_OPTS (ATTN_OPT_ALL & ~OPT(ATTN_OPT_VARLEN))
+#define SPARSE_WHY                                                                               \
+  [ATTN_OPT_VARLEN] = "sparse layouts are over the positions of a padded batch (use key/query "  \
+                      "lengths)"
+
 static const attn_variant_ops table[] = {
     /* Exact attention takes every option; it is the engine the sparse
      * variants, Linformer, the multi-head layer and the KV cache reduce to. */
@@ -96,13 +109,13 @@ static const attn_variant_ops table[] = {
           "Swin window attention runs f32 and f64 only (convert, or use the exact variant "
           "with a mask)"},
          attn_swin_plan_init, attn_swin_plan_execute, NULL, NULL, NULL},
-    [ATTN_VARIANT_LONGFORMER] = {ATTN_VARIANT_LONGFORMER, {"longformer", ATTN_OPT_ALL, {NULL}, NULL},
+    [ATTN_VARIANT_LONGFORMER] = {ATTN_VARIANT_LONGFORMER, {"longformer", SPARSE_OPTS, {SPARSE_WHY}, NULL},
                                  attn_sparse_plan_init, attn_exact_plan_execute,
                                  attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
-    [ATTN_VARIANT_BIGBIRD] = {ATTN_VARIANT_BIGBIRD, {"bigbird", ATTN_OPT_ALL, {NULL}, NULL},
+    [ATTN_VARIANT_BIGBIRD] = {ATTN_VARIANT_BIGBIRD, {"bigbird", SPARSE_OPTS, {SPARSE_WHY}, NULL},
                               attn_sparse_plan_init, attn_exact_plan_execute,
                               attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
-    [ATTN_VARIANT_BLOCK_SPARSE] = {ATTN_VARIANT_BLOCK_SPARSE, {"block_sparse", ATTN_OPT_ALL, {NULL}, NULL},
+    [ATTN_VARIANT_BLOCK_SPARSE] = {ATTN_VARIANT_BLOCK_SPARSE, {"block_sparse", SPARSE_OPTS, {SPARSE_WHY}, NULL},
                                    attn_sparse_plan_init, attn_exact_plan_execute,
                                    attn_sparse_plan_destroy, attn_sparse_block_layout, NULL},
 #define LINEAR_WHY(v)                                                                             \
@@ -136,12 +149,14 @@ static const attn_variant_ops table[] = {
          attn_linear_plan_init, attn_linear_plan_execute, attn_linear_plan_destroy, NULL,
          attn_performer_redraw},
 #undef LINEAR_WHY
+#undef SPARSE_WHY
     [ATTN_VARIANT_LINFORMER] =
         {ATTN_VARIANT_LINFORMER,
          {"linformer",
           ATTN_OPT_ALL & ~(OPT(ATTN_OPT_CAUSAL_TL) | OPT(ATTN_OPT_CAUSAL_BR) |
                            OPT(ATTN_OPT_WINDOW) | OPT(ATTN_OPT_BOOL_MASK) |
-                           OPT(ATTN_OPT_ADD_MASK) | OPT(ATTN_OPT_ALIBI) | OPT(ATTN_OPT_WEIGHTS)),
+                           OPT(ATTN_OPT_ADD_MASK) | OPT(ATTN_OPT_ALIBI) | OPT(ATTN_OPT_WEIGHTS) |
+                           OPT(ATTN_OPT_VARLEN) | OPT(ATTN_OPT_MASS) | OPT(ATTN_OPT_SINKS)),
           {[ATTN_OPT_CAUSAL_TL] = "causal masking is undefined for Linformer (every projected "
                                   "key mixes all S_k positions)",
            [ATTN_OPT_CAUSAL_BR] = "causal masking is undefined for Linformer (every projected "
@@ -151,7 +166,10 @@ static const attn_variant_ops table[] = {
            [ATTN_OPT_ADD_MASK] = "Linformer has no S_q×S_k scores to add a mask to",
            [ATTN_OPT_ALIBI] = "projected keys have no positions for Linformer to bias by",
            [ATTN_OPT_WEIGHTS] = "Linformer's weights are over the k projected keys, not the S_k "
-                                "keys of the weights tensor (pass NULL)"},
+                                "keys of the weights tensor (pass NULL)",
+           [ATTN_OPT_VARLEN] = "Linformer projects a whole padded key sequence",
+           [ATTN_OPT_MASS] = "Linformer's keys are projections, not the S_k keys",
+           [ATTN_OPT_SINKS] = "not supported by Linformer (exact, sparse and KV-cache plans take sinks)"},
           "Linformer projects K and V in the storage dtype; it runs f32 and f64 only"},
          attn_lowrank_plan_init, attn_lowrank_plan_execute, attn_lowrank_plan_destroy, NULL,
          NULL},

@@ -37,9 +37,21 @@ typedef struct attn_exact {
   /* Workspace, as byte offsets: a thread's slot holds the tiles, the shared
    * area (additive only) K·W_kᵀ [B, H_kv, S_k, A] then v [A], bias [A]. */
   struct {
-    size_t S, O, M, L, QS, QX, Vz, X, ranges;
+    size_t S, O, M, L, QS, QX, Vz, X, ranges, MT, TJ;
     size_t Qp, Kp, Vp, Pb, Ob; /* tile engine: packed Q, K, V; P in bf16; an out row */
   } at;
+  /* Serving options, borrowed from the descriptor at setup. */
+  const double *sinks;        /* [H] sink logits or NULL (checked at every run) */
+  attn_tensor *mass;          /* per-key mass [B, H or H_kv, S_k] or NULL */
+  bool mass_grouped;          /* mass rows per KV head (summed over its group) */
+  int64_t mass_tiles;         /* mass: most key tiles a row block keeps */
+  int64_t mass_tile;          /* mass: elements of one kept tile's S (rq × bk) */
+  int64_t nseq;               /* packed batch: sequences (0: a padded batch) */
+  const int64_t *q_off, *k_off; /* packed batch: offsets [nseq + 1] */
+  int64_t vl_nlev;            /* packed batch: most row blocks of one sequence */
+  struct {
+    size_t qlen, klen, blk, lev; /* packed batch, in the shared area */
+  } vl_at;
   size_t slot_bytes;
   size_t kp_at, vb_at, shared_bytes;
 } attn_exact;

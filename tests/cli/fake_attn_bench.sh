@@ -8,7 +8,7 @@
 set -u
 PATH=/usr/local/bin:/usr/bin:/bin  # the test may hide gnuplot from attn via PATH
 export PATH
-ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer crash broken"
+ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer varlen crash broken"
 cases="" S=1024 causal=false json=0 reps=5 threads=2
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift ;;
     --threads) threads=$2; shift ;;
     --causal) causal=true ;;
+    --mass|--sinks) ;;
     --json) json=1 ;;
     --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--seqs) shift ;;
     *) echo "fake attn-bench: unknown flag $1" >&2; exit 2 ;;

@@ -50,6 +50,9 @@ typedef struct prob {
   double mag;
   int special; /* 1: all keys equal (ties), 2: q = 0, 3: subnormal q */
   uint64_t seed;
+  bool has_sinks;
+  double sinks[8];
+  int mass; /* 0 none, 1 per head, 2 per KV group */
 } prob;
 
 static void parse(fz *f, prob *p) {
@@ -96,6 +99,9 @@ static void parse(fz *f, prob *p) {
     p->dt = h == 1 ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F16;
     if (p->special == 3) p->special = 0; /* subnormal q: not representable in f16 */
   }
+  p->has_sinks = fz_u8(f) % 4 == 0;
+  for (int h = 0; h < 8; h++) p->sinks[h] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
+  p->mass = fz_u8(f) % 3;
 }
 
 static double *random_vec(size_t n, uint64_t *s, double mag) {
@@ -242,6 +248,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   R.add_mask = add_dense;
   R.alibi = P.has_alibi ? P.slopes : NULL;
   R.softcap = P.softcap;
+  R.sink = P.has_sinks ? P.sinks : NULL;
   R.general_w = gw;
   R.A = P.A, R.add_wq = wq, R.add_wk = wk, R.add_bias = wb, R.add_v = wv;
   double *ro = malloc(no * 8), *rb = malloc(no * 8), *rl = malloc(nrow * 8), *rw = malloc(nw * 8);
@@ -302,6 +309,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   attn_tensor *twk = wk ? tu_tensor(ctx, P.dt, wk, 2, wks) : NULL;
   attn_tensor *twb = wb ? tu_tensor(ctx, P.dt, wb, 1, as1) : NULL;
   attn_tensor *twv = wv ? tu_tensor(ctx, P.dt, wv, 1, as1) : NULL;
+  int64_t mshape[3] = {P.B, P.mass == 2 ? P.Hkv : P.H, P.Sk};
+  attn_tensor *tm = P.mass ? tu_tensor(ctx, P.dt, NULL, 3, mshape) : NULL;
   FZ_CHECK(tq && tk && tv && to && (!P.want_w || tw) && (!P.want_lse || tl), "tensor setup");
 
   attn_desc *d = NULL;
@@ -323,6 +332,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (P.softcap > 0) SET(attn_desc_set_softcap(d, P.softcap));
   if (tgw) SET(attn_desc_set_general_weight(d, tgw));
   if (twq) SET(attn_desc_set_additive_weights(d, twq, twk, twb, twv));
+  if (P.has_sinks) SET(attn_desc_set_sinks(d, P.sinks, P.H));
+  if (tm) SET(attn_desc_set_key_mass(d, tm));
 #undef SET
   FZ_CHECK(st == ATTN_OK, "setter: %s", attn_context_last_error(ctx));
 
@@ -388,8 +399,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   }
 
+  if (tm) { /* mass = column sums of the reference weights, each within its rows' bounds */
+    const int64_t nm = mshape[0] * mshape[1] * P.Sk, grp = P.H / P.Hkv;
+    double *gm = malloc((size_t)nm * 8), *rm = calloc((size_t)nm, 8), *tm_tol = calloc((size_t)nm, 8);
+    tu_read(tm, gm);
+    for (int64_t b = 0; b < P.B; b++)
+      for (int64_t h = 0; h < P.H; h++)
+        for (int64_t i = 0; i < P.Sq; i++) {
+          const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
+          for (int64_t j = 0; j < P.Sk; j++) {
+            const size_t m = (size_t)((b * mshape[1] + (P.mass == 2 ? h / grp : h)) * P.Sk + j);
+            rm[m] += rw[r * (size_t)P.Sk + (size_t)j];
+            tm_tol[m] += (3 * delta[r] + (double)(P.Sq + 8) * u) * rw[r * (size_t)P.Sk + (size_t)j];
+          }
+        }
+    for (int64_t m = 0; m < nm; m++)
+      FZ_CHECK(fabs(gm[m] - rm[m]) <= tm_tol[m] + (f64 ? 1e-300 : 1e-37) * (double)P.Sq * (double)P.H,
+               "mass[%lld] = %.17g, reference %.17g (tol %.3g)", (long long)m, gm[m], rm[m], tm_tol[m]);
+    free(gm), free(rm), free(tm_tol);
+  }
+
   attn_desc_destroy(d);
-  attn_tensor *all[] = {tq, tk, tv, to, tw, tl, tbm, tam, tgw, twq, twk, twb, twv};
+  attn_tensor *all[] = {tq, tk, tv, to, tw, tl, tbm, tam, tgw, twq, twk, twb, twv, tm};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tu_tensor_free(all[i]);
   free(q), free(k), free(v), free(ro), free(rb), free(rl), free(rw), free(delta);
   free(go), free(gl), free(gwt), free(bool_dense), free(add_dense), free(bool_small), free(add_small);

@@ -165,7 +165,7 @@ static void check_setter(iter *it, attn_status st) {
 
 static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
   fz *f = &it->in;
-  uint8_t op = fz_u8(f) % 24;
+  uint8_t op = fz_u8(f) % 27;
   attn_status st = ATTN_OK;
   int64_t n;
   attn_clear_error(it->ctx);
@@ -255,6 +255,35 @@ static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
       st = attn_desc_set_lowrank_proj(d, e, ff);
       break;
     }
+    case 23: { /* packed batch: offsets read for n + 1 entries */
+      n = fz_bool(f) ? fz_range(f, 1, 4) : fz_range(f, -2, 40);
+      int64_t *qo = NULL, *ko = NULL;
+      if (fz_u8(f) % 16) {
+        qo = own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *qo);
+        ko = fz_bool(f) ? own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *ko) : NULL;
+        for (int64_t i = 0; qo && i <= (n > 0 ? n : 0); i++) {
+          /* Offsets that fit the totals (when the totals are small), or anything. */
+          const bool small = it->Sq >= 0 && it->Sq < (1 << 20) && it->Sk >= 0 && it->Sk < (1 << 20);
+          qo[i] = fz_bool(f) && small ? (i * it->Sq) / (n > 0 ? n : 1) : fz_i64(f);
+          if (ko) ko[i] = fz_bool(f) && small ? (i * it->Sk) / (n > 0 ? n : 1) : fz_i64(f);
+        }
+      }
+      st = attn_desc_set_varlen(d, qo, ko, qo ? n : 0);
+      break;
+    }
+    case 24: {
+      n = fz_bool(f) && it->H <= 64 ? it->H : fz_range(f, -2, 40);
+      double *s = NULL;
+      if (fz_u8(f) % 16) {
+        s = own(it, (size_t)(n > 0 ? n : 1) * sizeof *s);
+        for (int64_t i = 0; s && i < (n > 0 ? n : 1); i++) s[i] = fz_bool(f) ? 0.5 : fz_f64(f);
+      }
+      st = attn_desc_set_sinks(d, s, s ? n : 0);
+      break;
+    }
+    case 25:
+      st = attn_desc_set_key_mass(d, aux_tensor(it, dt, 3, it->B, fz_bool(f) ? it->H : it->Hkv, it->Sk, 0));
+      break;
     default: /* NULL descriptor: every setter must cope */
       st = attn_desc_set_scale(NULL, 1.0);
       FZ_CHECK(st == ATTN_ERR_NULL_ARG, "NULL desc: status %d", (int)st);

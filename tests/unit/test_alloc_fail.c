@@ -29,6 +29,9 @@ typedef struct af_fx {
   bool want_w, want_lse;
   attn_paged_cache *pc; /* paged rows: two sequences of SK positions */
   attn_tensor *pq, *pout; /* paged decode rows: [B_, H_, 1, D_] */
+  attn_tensor *mass;
+  int64_t q_off[4], k_off[4];
+  double sinks[H_];
 } af_fx;
 
 typedef struct af_row {
@@ -93,7 +96,7 @@ static void fx_setup(af_fx *f, tu_counter *cnt, const af_row *row) {
 
 static void fx_teardown(af_fx *f) {
   attn_tensor *ts[] = {f->q, f->k, f->v, f->out, f->w, f->lse, f->bool_mask, f->add_mask,
-                       f->gw, f->wq, f->wk, f->ab, f->av};
+                       f->gw, f->wq, f->wk, f->ab, f->av, f->mass};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
   tu_tensor_free(f->pq);
   tu_tensor_free(f->pout);
@@ -148,6 +151,33 @@ static void cfg_additive(af_fx *f) {
   f->av = rand_n(f, 1, s1, 13);
   assert_int_equal(attn_desc_set_score(f->desc, ATTN_SCORE_ADDITIVE), ATTN_OK);
   assert_int_equal(attn_desc_set_additive_weights(f->desc, f->wq, f->wk, f->ab, f->av), ATTN_OK);
+}
+/* A packed batch of 3 sequences (one without keys) with causal, sinks and
+ * the per-key mass: q, k, v, out become [1, ·, total, D]. */
+static void cfg_varlen_sinks_mass(af_fx *f) {
+  const int64_t qo[4] = {0, 30, 31, SQ}, ko[4] = {0, 50, 50, SK};
+  memcpy(f->q_off, qo, sizeof qo);
+  memcpy(f->k_off, ko, sizeof ko);
+  tu_tensor_free(f->q); tu_tensor_free(f->k); tu_tensor_free(f->v); tu_tensor_free(f->out);
+  f->q = rand4(f, 1, H_, SQ, D_, 21);
+  f->k = rand4(f, 1, HKV, SK, D_, 22);
+  f->v = rand4(f, 1, HKV, SK, D_, 23);
+  f->out = rand4(f, 1, H_, SQ, D_, 24);
+  int64_t ms[3] = {1, HKV, SK};
+  f->mass = rand_n(f, 3, ms, 25);
+  for (int h = 0; h < H_; h++) f->sinks[h] = 0.5 * h;
+  assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+  assert_int_equal(attn_desc_set_varlen(f->desc, f->q_off, f->k_off, 3), ATTN_OK);
+  assert_int_equal(attn_desc_set_sinks(f->desc, f->sinks, H_), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_mass(f->desc, f->mass), ATTN_OK);
+}
+static void cfg_sinks_mass(af_fx *f) {
+  int64_t ms[3] = {B_, H_, SK};
+  f->mass = rand_n(f, 3, ms, 26);
+  for (int h = 0; h < H_; h++) f->sinks[h] = 1.0 - h;
+  cfg_window_lengths(f);
+  assert_int_equal(attn_desc_set_sinks(f->desc, f->sinks, H_), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_mass(f->desc, f->mass), ATTN_OK);
 }
 static void cfg_everything(af_fx *f) {
   cfg_weights_lse(f);
@@ -281,6 +311,9 @@ static const af_row rows[] = {
     PLAN_ROW("plan_general", 2, ATTN_DTYPE_F64, cfg_general),
     PLAN_ROW("plan_additive", 2, ATTN_DTYPE_F32, cfg_additive),
     PLAN_ROW("plan_everything", 3, ATTN_DTYPE_F32, cfg_everything),
+    PLAN_ROW("plan_varlen_sinks_mass", 2, ATTN_DTYPE_F32, cfg_varlen_sinks_mass),
+    PLAN_ROW("plan_sinks_mass_f64", 3, ATTN_DTYPE_F64, cfg_sinks_mass),
+    {"forward_varlen_sinks_mass", 1, ATTN_DTYPE_F64, cfg_varlen_sinks_mass, op_forward, NULL, NULL},
     {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
     {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
     /* 16-bit plans (their tile engine's scratch joins the workspace). */

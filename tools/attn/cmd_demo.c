@@ -26,6 +26,9 @@ typedef struct dims {
 typedef struct aux {
   attn_tensor *t[6];
   int nt;
+  attn_tensor *mass; /* the per-key mass output (one of t), or NULL */
+  int64_t offsets[4]; /* packed batch */
+  double sinks[1024];
   int64_t ints[64];
   double slopes[1024];
   char what[160];
@@ -186,6 +189,37 @@ static attn_status su_softcap(attn_context *c, attn_desc *d, const dims *m, aux 
   (void)c, (void)m;
   snprintf(x->what, sizeof x->what, "logit softcap 2*tanh(s/2)");
   return attn_desc_set_softcap(d, 2.0);
+}
+
+/* Packed documents as a packed batch: three sequences, each attending only to
+ * itself (causal), with no mask tensor and no padding. */
+static attn_status su_varlen(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  const int64_t o[4] = {0, m->S * 3 / 8, m->S * 3 / 4, m->S};
+  memcpy(x->offsets, o, sizeof o);
+  snprintf(x->what, sizeof x->what, "packed batch: 3 causal sequences (%" PRId64 ", %" PRId64
+           ", %" PRId64 " tokens)", o[1], o[2] - o[1], o[3] - o[2]);
+  NEED(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  return attn_desc_set_varlen(d, x->offsets, NULL, 3);
+}
+
+/* Attention sinks: a value-less logit per head takes part of each row's mass. */
+static attn_status su_sinks(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  (void)c;
+  for (int64_t h = 0; h < m->H; h++) x->sinks[h] = 2.0;
+  snprintf(x->what, sizeof x->what, "causal + sink logit 2 per head (no value)");
+  NEED(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  return attn_desc_set_sinks(d, x->sinks, m->H);
+}
+
+/* The per-key mass Σ_i p_ij (what H2O/SnapKV evict by), from the kernel. */
+static attn_status su_mass(attn_context *c, attn_desc *d, const dims *m, aux *x) {
+  const int64_t shape[3] = {m->B, m->H, m->S};
+  x->mass = owned(c, x, ATTN_DTYPE_F32, 3, shape);
+  NEED_T(x->mass);
+  snprintf(x->what, sizeof x->what, "causal + per-key mass sum_i p_ij (bar)");
+  NEED(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT));
+  return attn_desc_set_key_mass(d, x->mass);
 }
 
 /* Packed documents: block-diagonal bool mask (true = attend). */
@@ -838,6 +872,9 @@ static const demo_row rows[] = {
     {"softcap", REF_NONE, 0, su_softcap, NULL, NULL},
     {"bool-mask", REF_NONE, 0, su_boolmask, NULL, NULL},
     {"additive-mask", REF_NONE, 0, su_addmask, NULL, NULL},
+    {"varlen", REF_NONE, 0, su_varlen, NULL, NULL},
+    {"sinks", REF_NONE, 0, su_sinks, NULL, NULL},
+    {"mass", REF_NONE, 0, su_mass, NULL, NULL},
     {"luong-dot", REF_NONE, 0, su_dot, NULL, NULL},
     {"luong-general", REF_NONE, 0, su_general, NULL, NULL},
     {"bahdanau", REF_NONE, 1, su_additive, NULL, NULL},
@@ -1340,8 +1377,13 @@ int cmd_demo(const cli_global *g0, int argc, char **argv) {
     char path[4096], sub[300], err[512];
     snprintf(path, sizeof path, "%s/%s", outdir, pic_names[r]);
     snprintf(sub, sizeof sub, "%s | 64 tokens, %s, rows scaled to max, grey = 0", x.what, how);
+    double mass_bar[64];
+    const bool has_mass = x.mass != NULL && attn_tensor_numel(x.mass) >= 64;
+    if (has_mass) /* head 0's mass row */
+      for (int j = 0; j < 64; j++) mass_bar[j] = ((const float *)attn_tensor_data(x.mass))[j];
     aux_free(&x);
-    if (picture_heatmap_png(path, pic_names[r], sub, wbuf, 64, 64, err, sizeof err) != 0) {
+    if (picture_heatmap_bar_png(path, pic_names[r], sub, wbuf, 64, 64, has_mass ? mass_bar : NULL,
+                                "PER-KEY MASS SUM_I P_IJ (KERNEL OUTPUT)", err, sizeof err) != 0) {
       cli_err(CMD, "%s", err);
       rc = CLI_EXIT_IO;
       continue;

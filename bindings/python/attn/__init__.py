@@ -369,6 +369,28 @@ WINDOW = ([c_int64], lambda _d, v, _n: ([_window_bound(v)], None))
 I64_ARRAY = ([POINTER(c_int64), c_int64], _k_array(np.int64))
 F64_ARRAY = ([POINTER(c_double), c_int64], _k_array(np.float64))
 TENSOR = ([c_void_p], _k_tensor())
+
+
+def _k_out_tensor():
+    def conv(d, v, name):
+        if v is None:
+            return [None], None
+        t = _as_tensor(d.ctx, v, name, writeable=True, contiguous_last=True)
+        return [t.handle], t
+    return conv
+
+
+def _k_offsets(_d, v, name):
+    if v is None:
+        return [None], None
+    arr = np.ascontiguousarray(v, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError("%s: expected a 1-D sequence of offsets" % name)
+    return [arr.ctypes.data_as(POINTER(c_int64))], arr
+
+
+OUT_TENSOR = ([c_void_p], _k_out_tensor())
+OFFSETS = ([POINTER(c_int64)], _k_offsets)
 VARIANT = ([c_int], _k_enum(Variant))
 SCORE = ([c_int], _k_enum(Score))
 CAUSAL = ([c_int], _k_enum(Causal))
@@ -388,6 +410,11 @@ _DESC_SETTERS = {
     "additive_mask": ("attn_desc_set_additive_mask", [TENSOR]),
     "alibi": ("attn_desc_set_alibi", [F64_ARRAY]),
     "softcap": ("attn_desc_set_softcap", [FLOAT]),
+    # serving: set_varlen(q_offsets, k_offsets=None) (n = len(q_offsets) - 1),
+    # set_sinks(logits), set_key_mass(array written by every execute)
+    "varlen": ("attn_desc_set_varlen", [OFFSETS, OFFSETS, INT]),
+    "sinks": ("attn_desc_set_sinks", [F64_ARRAY]),
+    "key_mass": ("attn_desc_set_key_mass", [OUT_TENSOR]),
     "general_weight": ("attn_desc_set_general_weight", [TENSOR]),
     "additive_weights": ("attn_desc_set_additive_weights", [TENSOR, TENSOR, TENSOR, TENSOR]),
     # approx.h
@@ -480,6 +507,18 @@ def _make_setter(name):
 
 for _name in _DESC_SETTERS:
     setattr(Desc, "set_" + _name, _make_setter(_name))
+
+
+def _set_varlen(self, q_offsets, k_offsets=None):
+    """Packed variable-length batch: sequence s owns rows q_offsets[s]..q_offsets[s+1]-1
+    of q (and k_offsets' rows of k, v; None: the same as q's). None clears."""
+    if q_offsets is None:
+        return self._set("varlen", (None, None, 0))
+    n = len(q_offsets) - 1
+    return self._set("varlen", (q_offsets, k_offsets, n))
+
+
+Desc.set_varlen = _set_varlen
 
 
 def _view(array, layout, name):
@@ -619,6 +658,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
               causal: Union[bool, str, int] = False, scale: Optional[float] = None,
               layout: str = "bhsd", out: Optional[ArrayLike] = None,
               return_weights: bool = False, return_lse: bool = False,
+              return_mass: Union[bool, str] = False,
               ctx: Optional["Context"] = None,
               **settings: Any) -> Union[ArrayLike, Tuple[ArrayLike, ...]]:
     """Scaled-dot-product attention (one call: descriptor, plan, execute).
@@ -644,6 +684,9 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
             returned as given (same object, same memory).
         return_weights: also return the weights [B, H, S_q, S_k].
         return_lse: also return the log-sum-exp [B, H, S_q].
+        return_mass: also return the per-key attention mass: ``True`` per
+            head [B, H, S_k], ``"group"`` summed over each KV group
+            [B, H_kv, S_k].
         ctx: a :class:`Context` (default: this thread's).
         **settings: any descriptor setting by name (see :class:`Desc`), e.g.
             ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m`` (non-zero =
@@ -651,14 +694,34 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
             ``variant="longformer"``, ``global_tokens=[0]``. Empty lists mean
             "none", like ``None``.
 
+    Packed batches: ``varlen=(q_offsets, k_offsets)`` (k_offsets None for
+    self-attention) with q, k, v as [T, H, d] arrays; out, lse, weights and
+    mass are then [T_q, H, d_v], [H, T_q], [H, T_q, T_k] and [H, T_k].
+    ``sinks=logits``: one value-less softmax logit per head.
+
     Returns:
-        out, or a tuple ``(out, weights?, lse?)``. When q is a torch tensor the
-        new arrays are torch tensors (sharing memory with what libattn wrote).
+        out, or a tuple ``(out, weights?, lse?, mass?)``. When q is a torch
+        tensor the new arrays are torch tensors (sharing memory with what
+        libattn wrote).
 
     Raises:
         AttnError: the library rejected the call (``.status``, ``.message``).
         TypeError, ValueError: an argument is not an array numpy can view.
     """
+    if settings.get("varlen") is not None and getattr(q, "ndim", 0) == 3:
+        # packed [T, H, d] is [1, T, H, d] in the bshd layout
+        if layout != "bhsd":
+            raise ValueError("layout: packed [T, H, d] arrays take no layout")
+        qkv = [as_numpy(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"))]
+        if not all(a.ndim == 3 for a in qkv):
+            raise ValueError("varlen: q, k, v must all be [T, H, d] arrays")
+        res = attention(*(a[None] for a in qkv), causal=causal, scale=scale, layout="bshd",
+                        out=None if out is None else as_numpy(out, "out", writeable=True)[None],
+                        return_weights=return_weights, return_lse=return_lse,
+                        return_mass=return_mass, ctx=ctx, **settings)
+        if not isinstance(res, tuple):
+            return res[0]
+        return tuple(r[0] for r in res)
     arrays = []
     for name, a in (("q", q), ("k", k), ("v", v)):
         a = as_numpy(a, name)
@@ -685,19 +748,25 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
         weights, weights_obj = empty_like_input((B, H, Sq, Sk), template, fdt)
     if return_lse:
         lse, lse_obj = empty_like_input((B, H, Sq), template, fdt)
+    if return_mass:
+        heads = kv.shape[1] if return_mass == "group" else H
+        mass, mass_obj = empty_like_input((B, heads, Sk), template, fdt)
+        desc.set_key_mass(mass)
     plan = Plan(desc, q, k, v, out_np, weights, lse, layout=layout)
     try:
         plan.execute(q, k, v, out_np, weights, lse)
     finally:
         plan.close()
         desc.close()
-    if not (return_weights or return_lse):
+    if not (return_weights or return_lse or return_mass):
         return out
     result = (out,)
     if return_weights:
         result += (weights_obj,)
     if return_lse:
         result += (lse_obj,)
+    if return_mass:
+        result += (mass_obj,)
     return result
 
 
@@ -1203,6 +1272,11 @@ class KVCache:
             lengths = [int(lengths)] * self.batch
         _arr, lp = _int64s(lengths, self.batch, "lengths")
         _lib.attn_kvcache_truncate(self.handle, lp)
+
+    def set_keep_first(self, n):
+        """attn_kvcache_set_keep_first: a ring cache keeps positions 0..n-1 for
+        good (StreamingLLM's sink tokens). Call on an empty cache."""
+        _lib.attn_kvcache_set_keep_first(self.handle, int(n))
 
     def reset(self):
         """Empty the cache (truncate every item to 0)."""

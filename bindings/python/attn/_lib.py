@@ -183,6 +183,7 @@ _FUNCTIONS = [
     ("attn_kvcache_destroy", None, [_P]),
     ("attn_kvcache_append", STATUS, [_P, _P, _P, _I64P]),
     ("attn_kvcache_truncate", STATUS, [_P, _I64P]),
+    ("attn_kvcache_set_keep_first", STATUS, [_P, c_int64]),
     ("attn_kvcache_length", c_int64, [_P, c_int64]),
     ("attn_kvcache_first", c_int64, [_P, c_int64]),
     ("attn_kvcache_capacity", c_int64, [_P]),

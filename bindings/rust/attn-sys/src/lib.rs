@@ -235,6 +235,9 @@ extern "C" {
     pub fn attn_desc_set_additive_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_alibi(desc: *mut attn_desc, slopes: *const f64, count: i64) -> attn_status;
     pub fn attn_desc_set_softcap(desc: *mut attn_desc, cap: f64) -> attn_status;
+    pub fn attn_desc_set_varlen(desc: *mut attn_desc, q_offsets: *const i64, k_offsets: *const i64, n_seqs: i64) -> attn_status;
+    pub fn attn_desc_set_sinks(desc: *mut attn_desc, logits: *const f64, count: i64) -> attn_status;
+    pub fn attn_desc_set_key_mass(desc: *mut attn_desc, mass: *mut attn_tensor) -> attn_status;
     pub fn attn_desc_set_general_weight(desc: *mut attn_desc, w: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_additive_weights(desc: *mut attn_desc, w_q: *const attn_tensor, w_k: *const attn_tensor, bias: *const attn_tensor, v: *const attn_tensor) -> attn_status;
 
@@ -280,6 +283,7 @@ extern "C" {
     pub fn attn_kvcache_destroy(cache: *mut attn_kvcache);
     pub fn attn_kvcache_append(cache: *mut attn_kvcache, k_new: *const attn_tensor, v_new: *const attn_tensor, counts: *const i64) -> attn_status;
     pub fn attn_kvcache_truncate(cache: *mut attn_kvcache, lengths: *const i64) -> attn_status;
+    pub fn attn_kvcache_set_keep_first(cache: *mut attn_kvcache, n: i64) -> attn_status;
     pub fn attn_kvcache_length(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_first(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;

@@ -609,6 +609,39 @@ impl<'a> Desc<'a> {
         alibi => attn_desc_set_alibi(&[f64]);
         /// Longformer global token indices; empty clears.
         global_tokens => attn_desc_set_global_tokens(&[i64]);
+        /// Sink logits, one per query head (an extra softmax logit with no value); empty clears.
+        sinks => attn_desc_set_sinks(&[f64]);
+    }
+
+    /// Packed variable-length batch: sequence s owns rows q_offsets[s]..q_offsets[s+1]
+    /// of q and k_offsets' rows of k, v (None: q's offsets). Use Dims with batch 1,
+    /// seq_q/seq_k the totals and bshd = true for the [T, H, D] layout. Empty clears.
+    pub fn varlen(&mut self, q_offsets: &'a [i64], k_offsets: Option<&'a [i64]>) -> Result<&mut Self> {
+        let n = q_offsets.len().saturating_sub(1) as i64;
+        if let Some(k) = k_offsets {
+            if k.len() != q_offsets.len() {
+                return Err(binding_error(Status::InvalidArg, "attn_desc_set_varlen",
+                    format!("k_offsets: {} offsets, q_offsets has {}", k.len(), q_offsets.len())));
+            }
+        }
+        let qp = if n > 0 { q_offsets.as_ptr() } else { ptr::null() };
+        let kp = match k_offsets { Some(k) if n > 0 => k.as_ptr(), _ => ptr::null() };
+        let st = unsafe { sys::attn_desc_set_varlen(self.raw.as_ptr(), qp, kp, n) };
+        check(self.ctx.ptr(), st, "attn_desc_set_varlen")?;
+        Ok(self)
+    }
+
+    /// Per-key attention mass output, [B, H, S_k] (per head) or [B, H_kv, S_k]
+    /// (per KV group), written by every execute of plans made from this
+    /// descriptor. Borrowed mutably for the descriptor's lifetime: read it
+    /// once the descriptor (and its plans) are dropped.
+    pub fn key_mass<T: Float>(&mut self, mass: &'a mut [T], layout: &Layout) -> Result<&mut Self> {
+        let h = Handle::wrap(self.ctx, layout, mass.as_mut_ptr(), "mass")?;
+        h.check_len(mass.len(), "mass")?;
+        let st = unsafe { sys::attn_desc_set_key_mass(self.raw.as_ptr(), h.raw.as_ptr()) };
+        check(self.ctx.ptr(), st, "attn_desc_set_key_mass")?;
+        self.keep("key_mass", vec![h]);
+        Ok(self)
     }
 
     tensor_setters! {
@@ -1516,6 +1549,13 @@ impl<'c, T: Float> KvCache<'c, T> {
         self.mutable("attn::KvCache::truncate")?;
         let l = self.per_item(Some(lengths), "lengths", "attn::KvCache::truncate")?;
         check(self.ctx.ptr(), unsafe { sys::attn_kvcache_truncate(self.raw.as_ptr(), l) }, "attn_kvcache_truncate")
+    }
+
+    /// `attn_kvcache_set_keep_first`: a ring cache keeps positions 0..n−1 for
+    /// good (StreamingLLM's sink tokens); call on an empty cache.
+    pub fn set_keep_first(&self, n: i64) -> Result<()> {
+        self.mutable("attn::KvCache::set_keep_first")?;
+        check(self.ctx.ptr(), unsafe { sys::attn_kvcache_set_keep_first(self.raw.as_ptr(), n) }, "attn_kvcache_set_keep_first")
     }
 
     /// Empty the cache (every length 0).
