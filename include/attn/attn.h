@@ -498,6 +498,7 @@ ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, cons
 #include "attn/approx.h"
 #include "attn/heads.h"
 #include "attn/kvcache.h"
+#include "attn/backward.h"
 /* Declarations that may still change: only with ATTN_EXPERIMENTAL defined. */
 #ifdef ATTN_EXPERIMENTAL
 #include "attn/experimental.h"
