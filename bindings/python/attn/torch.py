@@ -1,0 +1,308 @@
+"""libattn for PyTorch users: attention with a backward pass, on torch tensors.
+
+    import torch, attn.torch as at
+    q = torch.randn(2, 8, 128, 64, requires_grad=True)
+    out = at.scaled_dot_product_attention(q, q, q, is_causal=True)
+    out.sum().backward()                      # libattn's backward (attn/backward.h)
+
+    mha = at.MultiheadAttention(512, 8, batch_first=True)   # drop-in nn.MultiheadAttention
+
+Both take the same arguments, with the same names and mask polarity, as
+PyTorch's ``torch.nn.functional.scaled_dot_product_attention`` (PyTorch 2.x)
+and ``torch.nn.MultiheadAttention``:
+
+- ``scaled_dot_product_attention``: a bool ``attn_mask`` is True where a
+  query *may* attend; a float one is added to the scores (and gets its own
+  gradient when it requires grad).
+- ``MultiheadAttention``: a bool ``attn_mask`` / ``key_padding_mask`` is True
+  where attention is *not* allowed (nn.MultiheadAttention's convention).
+
+The attention core runs in libattn (forward and backward) through
+``torch.autograd.Function``; CPU float32/float64 tensors are passed to C as
+views of their memory (no copies when the last dim is contiguous). In
+``MultiheadAttention`` the projections stay torch ops (autograd gives their
+gradients), so gradients match nn.MultiheadAttention's. Not supported:
+attention dropout (dropout_p > 0 while training), CUDA tensors.
+"""
+import math
+from ctypes import byref, c_void_p
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import Causal, Desc, Plan, Tensor, default_context
+from . import _lib
+from ._lib import register_handle, unregister_handle
+
+__all__ = ["scaled_dot_product_attention", "attention", "MultiheadAttention"]
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _np(t):
+    return t.detach().numpy()
+
+
+def _last_contig(t):
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _mask4(m):
+    """A mask broadcastable to [B, H, L, S] as a rank-4 view (dims of 1 prepended)."""
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    return m
+
+
+class _AttnFunction(torch.autograd.Function):
+    """out = softmax(scale·q kᵀ + masks) v on [B, H, L, E] tensors; backward by libattn."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, add_mask, bool_mask, settings):
+        actx = default_context()
+        B, H, L, _ = q.shape
+        out = torch.empty(B, H, L, v.shape[-1], dtype=q.dtype)
+        lse = torch.empty(B, H, L, dtype=q.dtype)
+        settings = dict(settings)
+        S = k.shape[2]
+        mask_shape = add_mask.shape if add_mask is not None else None
+        # The library broadcasts B and H over dims of 1, S_q and S_k over stride 0.
+        if bool_mask is not None:
+            bool_mask = bool_mask.expand(bool_mask.shape[0], bool_mask.shape[1], L, S)
+        if add_mask is not None:
+            add_mask = add_mask.expand(add_mask.shape[0], add_mask.shape[1], L, S)
+        if bool_mask is not None:
+            settings["bool_mask"] = _np(bool_mask)
+        if add_mask is not None:
+            settings["additive_mask"] = _np(add_mask)
+        desc = Desc(actx, **settings)
+        plan = Plan(desc, _np(q), _np(k), _np(v), _np(out), None, _np(lse))
+        plan.execute(_np(q), _np(k), _np(v), _np(out), None, _np(lse))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.attn = (actx, desc, plan)
+        ctx.mask_shape = mask_shape
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        actx, desc, plan = ctx.attn
+        dout = _last_contig(dout)
+        dq = torch.empty(q.shape, dtype=q.dtype)
+        dk = torch.empty(k.shape, dtype=k.dtype)
+        dv = torch.empty(v.shape, dtype=v.dtype)
+        want_dmask = ctx.mask_shape is not None and ctx.needs_input_grad[3]
+        dmask = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2],
+                            dtype=q.dtype) if want_dmask else None
+        ts = [Tensor(actx, _np(dout), "dout", contiguous_last=True)]
+        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
+            ts.append(Tensor(actx, _np(t), name, writeable=True, contiguous_last=True))
+        tm = Tensor(actx, _np(dmask), "dmask", writeable=True) if want_dmask else None
+        handle = c_void_p()
+        lib = _lib_obj()
+        lib.attn_backward_plan_create(plan.handle, *[t.handle for t in ts],
+                                      tm.handle if tm else None, byref(handle))
+        register_handle(handle.value, actx.handle)
+        try:
+            pt = plan._tensors  # q, k, v, out, weights, lse: wrap the saved tensors' memory
+            lib.attn_backward_execute(handle.value, pt[0].handle, pt[1].handle, pt[2].handle,
+                                      pt[3].handle, pt[5].handle, *[t.handle for t in ts],
+                                      tm.handle if tm else None)
+        finally:
+            unregister_handle(handle.value)
+            lib.attn_backward_plan_destroy(handle.value)
+        gmask = None
+        if want_dmask:
+            gmask = dmask.sum_to_size(ctx.mask_shape)
+        return dq, dk, dv, gmask, None, None
+
+
+def _lib_obj():
+    from . import _lib as loaded  # the package's loaded library (attn._lib is the object)
+    return loaded
+
+
+def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0,
+                                 is_causal=False, scale=None, enable_gqa=False):
+    """PyTorch 2.x's F.scaled_dot_product_attention on libattn (forward and backward).
+
+    query [..., L, E], key [..., S, E], value [..., S, Ev] with the same leading
+    dims (rank 3 or 4; with ``enable_gqa`` key/value may have fewer heads that
+    divide query's). ``attn_mask``: bool (True = attend) or float (added),
+    broadcastable to [..., L, S]. ``is_causal``: top-left causal mask. ``scale``:
+    default 1/sqrt(E). CPU float32/float64. Returns [..., L, Ev].
+    """
+    if dropout_p:
+        raise NotImplementedError("attn.torch: attention dropout is not supported (dropout_p=0)")
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        if t.dtype not in _DTYPES or t.device.type != "cpu":
+            raise TypeError("%s: libattn takes CPU float32/float64 tensors, got %s on %s"
+                            % (name, t.dtype, t.device))
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError("query, key, value: dtypes differ (%s, %s, %s)"
+                        % (query.dtype, key.dtype, value.dtype))
+    squeeze = query.dim() == 3
+    if squeeze:
+        query, key, value = query.unsqueeze(0), key.unsqueeze(0), value.unsqueeze(0)
+    if query.dim() != 4:
+        raise ValueError("query: expected rank 3 or 4, got shape %s" % (tuple(query.shape),))
+    if key.shape[1] != query.shape[1] and not enable_gqa:
+        raise ValueError("key: %d heads differ from query's %d (pass enable_gqa=True)"
+                         % (key.shape[1], query.shape[1]))
+    query, key, value = _last_contig(query), _last_contig(key), _last_contig(value)
+    add_mask = bool_mask = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            bool_mask = _mask4(attn_mask)
+        else:
+            add_mask = _mask4(attn_mask.to(query.dtype))
+    settings = {"causal": Causal.TOP_LEFT if is_causal else Causal.NONE}
+    if scale is not None:
+        settings["scale"] = float(scale)
+    out = _AttnFunction.apply(query, key, value, add_mask, bool_mask, settings)
+    return out.squeeze(0) if squeeze else out
+
+
+def attention(q, k, v, attn_mask=None, **settings):
+    """libattn's attention with its own descriptor settings, differentiable.
+
+    q [B, H, L, E], k [B, H_kv, S, E], v [B, H_kv, S, Ev] (H_kv divides H).
+    ``attn_mask``: bool (True = attend) or float (added; gets a gradient),
+    broadcastable to [B, H, L, S]. ``settings`` are attn.Desc settings, e.g.
+    ``causal="bottom_right"``, ``window=(16, 0)``, ``key_lengths=[5, 7]``,
+    ``query_lengths=[...]``, ``alibi=slopes``, ``softcap=30.0``, ``scale=0.1``,
+    ``score="dot"``, ``variant="longformer"`` with ``global_tokens=[0]``.
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in _DTYPES or t.device.type != "cpu" or t.dim() != 4:
+            raise TypeError("%s: libattn takes rank-4 CPU float32/float64 tensors" % name)
+    q, k, v = _last_contig(q), _last_contig(k), _last_contig(v)
+    add_mask = bool_mask = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            bool_mask = _mask4(attn_mask)
+        else:
+            add_mask = _mask4(attn_mask.to(q.dtype))
+    return _AttnFunction.apply(q, k, v, add_mask, bool_mask, settings)
+
+
+class MultiheadAttention(nn.Module):
+    """Drop-in torch.nn.MultiheadAttention with libattn's attention core.
+
+    Same constructor, parameters (names and shapes, so state dicts load both
+    ways), forward signature and mask conventions as nn.MultiheadAttention
+    (PyTorch 1.13). The attention weights it returns with need_weights=True
+    are computed for inspection and carry no gradient. dropout must be 0 while
+    training.
+    """
+
+    def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False,
+                 add_zero_attn=False, kdim=None, vdim=None, batch_first=False, device=None,
+                 dtype=None):
+        super().__init__()
+        ref = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, bias=bias,
+                                    add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn,
+                                    kdim=kdim, vdim=vdim, batch_first=batch_first,
+                                    device=device, dtype=dtype)
+        # Take nn.MultiheadAttention's parameters and initialisation as they are.
+        self.embed_dim = ref.embed_dim
+        self.kdim, self.vdim = ref.kdim, ref.vdim
+        self._qkv_same_embed_dim = ref._qkv_same_embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.batch_first = batch_first
+        self.head_dim = ref.head_dim
+        self.add_zero_attn = add_zero_attn
+        self.in_proj_weight = ref.in_proj_weight
+        self.q_proj_weight = ref.q_proj_weight
+        self.k_proj_weight = ref.k_proj_weight
+        self.v_proj_weight = ref.v_proj_weight
+        self.in_proj_bias = ref.in_proj_bias
+        self.out_proj = ref.out_proj
+        self.bias_k, self.bias_v = ref.bias_k, ref.bias_v
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True,
+                attn_mask=None, average_attn_weights=True, is_causal=False):
+        if self.dropout and self.training:
+            raise NotImplementedError("attn.torch.MultiheadAttention: attention dropout is not "
+                                      "supported (dropout=0, or eval())")
+        batched = query.dim() == 3
+        if not batched:
+            query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+            if key_padding_mask is not None:
+                key_padding_mask = key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (x.transpose(0, 1) for x in (query, key, value))
+        L, B, E = query.shape
+        H, D = self.num_heads, self.head_dim
+        if self._qkv_same_embed_dim:
+            w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        else:
+            w_q, w_k, w_v = self.q_proj_weight, self.k_proj_weight, self.v_proj_weight
+        b_q = b_k = b_v = None
+        if self.in_proj_bias is not None:
+            b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = F.linear(query, w_q, b_q)          # [L, B, E]
+        k = F.linear(key, w_k, b_k)            # [S, B, E]
+        v = F.linear(value, w_v, b_v)
+        if attn_mask is not None and attn_mask.dim() == 3:
+            attn_mask = attn_mask.view(B, H, L, attn_mask.shape[-1])
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(1, B, E)])
+            v = torch.cat([v, self.bias_v.expand(1, B, E)])
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = (F.pad(key_padding_mask, (0, 1))
+                                if key_padding_mask is not None else None)
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(1, B, E)])
+            v = torch.cat([v, v.new_zeros(1, B, E)])
+            attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
+            key_padding_mask = (F.pad(key_padding_mask, (0, 1))
+                                if key_padding_mask is not None else None)
+        S = k.shape[0]
+        # [T, B, E] -> [B, H, T, D] views (last dim contiguous: no copy).
+        qh = q.view(L, B, H, D).permute(1, 2, 0, 3)
+        kh = k.view(S, B, H, D).permute(1, 2, 0, 3)
+        vh = v.view(S, B, H, D).permute(1, 2, 0, 3)
+        # nn.MultiheadAttention's polarity (True = masked) to libattn's masks.
+        allowed = additive = None
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                allowed = ~attn_mask
+            else:
+                additive = attn_mask.to(q.dtype)
+        if key_padding_mask is not None:
+            kpm = key_padding_mask.view(B, 1, 1, S)
+            if kpm.dtype == torch.bool:
+                allowed = ~kpm if allowed is None else (_mask4(allowed) & ~kpm)
+            else:
+                kpm = kpm.to(q.dtype)
+                additive = kpm if additive is None else _mask4(additive) + kpm
+        causal = Causal.TOP_LEFT if (is_causal and attn_mask is None) else Causal.NONE
+        out = _AttnFunction.apply(_last_contig(qh), _last_contig(kh), _last_contig(vh),
+                                  _mask4(additive) if additive is not None else None,
+                                  _mask4(allowed) if allowed is not None else None,
+                                  {"causal": causal, "scale": 1.0 / math.sqrt(D)})
+        out = out.permute(2, 0, 1, 3).reshape(L, B, E)
+        out = self.out_proj(out)
+        weights = None
+        if need_weights:
+            with torch.no_grad():
+                s = (qh @ kh.transpose(-1, -2)) / math.sqrt(D)
+                if additive is not None:
+                    s = s + _mask4(additive)
+                if allowed is not None:
+                    s = s.masked_fill(~_mask4(allowed), float("-inf"))
+                if causal == Causal.TOP_LEFT:
+                    s = s.masked_fill(torch.ones(L, S, dtype=torch.bool).triu(1), float("-inf"))
+                weights = torch.softmax(s, dim=-1).nan_to_num(0.0)
+                if average_attn_weights:
+                    weights = weights.mean(dim=1)
+                if not batched:
+                    weights = weights.squeeze(0)
+        if not batched:
+            out = out.squeeze(1)
+        elif self.batch_first:
+            out = out.transpose(0, 1)
+        return out, weights
