@@ -62,7 +62,8 @@ typedef struct attn_backward_plan attn_backward_plan;
  *
  *  Shapes (the forward plan's dtype; last dim contiguous, rows not
  *  overlapping; outputs need distinct memory for every element):
- *   - dout:  [B, H, S_q, d_v], like the forward's out (may broadcast)
+ *   - dout:  [B, H, S_q, d_v], like the forward's out (B and H may broadcast
+ *     with stride 0; rows must not overlap)
  *   - dq:    [B, H, S_q, d_q]      (output)
  *   - dk:    [B, H_kv, S_k, d_k]   (output; summed over GQA groups)
  *   - dv:    [B, H_kv, S_k, d_v]   (output)
