@@ -6,6 +6,7 @@ extern const bench_case bench_case_sdpa, bench_case_naive, bench_case_mha;
 extern const bench_case bench_case_masked, bench_case_additive; /* case_masked.c */
 extern const bench_case bench_case_subnormal;                    /* case_subnormal.c */
 extern const bench_case bench_case_sdpa_bwd;                     /* case_backward.c */
+extern const bench_case bench_case_mha_bwd;                      /* case_mha_bwd.c */
 
 /* case_sparse.c */
 int bench_case_window(attn_context *, const bench_opts *, bench_result *);
@@ -36,6 +37,6 @@ const bench_case *const bench_cases[] = {
     &bench_case_mha,   &decode_case,      &window_case,
     &swin_case,        &longformer_case,  &bigbird_case,   &blocksparse_case,
     &linear_elu_case,  &performer_case,   &linformer_case,   &bench_case_subnormal,
-    &bench_case_sdpa_bwd,
+    &bench_case_sdpa_bwd, &bench_case_mha_bwd,
 };
 const int bench_ncases = (int)(sizeof bench_cases / sizeof bench_cases[0]);

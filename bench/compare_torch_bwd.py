@@ -7,17 +7,18 @@ same thread count (medians of --reps after a warm-up):
   sdpa  PyTorch autograd through naive attention (softmax(Q Kᵀ·scale [+ causal
         mask]) V, which builds S×S matrices) against attn-bench --case sdpa_bwd
         (its fwd_ms + ms: the forward with lse, then the backward).
-  mha   nn.MultiheadAttention against attn.torch.MultiheadAttention (the same
-        parameters; torch projections, libattn's attention forward and
-        backward), E = H·D, self-attention, batch-first, f32; forward then
-        backward of out.sum().
+  mha   nn.MultiheadAttention (forward, then backward of a fixed dy) against
+        attn-bench --case mha_bwd (the layer's training step in C: fwd_ms + ms),
+        E = H·D, self-attention, batch-first, f32; also, for information,
+        attn.torch.MultiheadAttention (torch projections, libattn's attention)
+        with the same parameters (attn_torch_ms).
 
     /usr/bin/python3 bench/compare_torch_bwd.py [--what sdpa|mha] [--S 4096] [--H 8]
         [--D 64] [--causal] [--threads 2] [--reps 5] [--json]
         [--attn-bench build/bench/attn-bench] [--lib build/libattn.so.0]
 
 With --json the last line is one JSON object: {"what", "S", "H", "D", "causal",
-"torch_ms", "attn_ms", "speedup"}.
+"torch_ms", "attn_ms", "speedup"} (and "attn_torch_ms" for mha).
 """
 import argparse
 import json
@@ -60,8 +61,8 @@ def torch_sdpa_ms(S, D, H, causal, reps):
     return median_ms(step, reps)
 
 
-def attn_sdpa_ms(bench, S, D, H, causal, threads, reps):
-    cmd = [bench, "--case", "sdpa_bwd", "--S", str(S), "--D", str(D), "--H", str(H),
+def attn_bench_ms(bench, case, S, D, H, causal, threads, reps):
+    cmd = [bench, "--case", case, "--S", str(S), "--D", str(D), "--H", str(H),
            "--threads", str(threads), "--reps", str(reps), "--json"]
     if causal:
         cmd.append("--causal")
@@ -80,10 +81,12 @@ def mha_ms(S, H, D, causal, reps):
     x = torch.rand(1, S, E, generator=torch.Generator().manual_seed(1)).requires_grad_()
     mask = torch.ones(S, S, dtype=torch.bool).triu(1) if causal else None
 
+    dy = torch.rand(1, S, E, generator=torch.Generator().manual_seed(2))
+
     def step(m):
         def run():
             out, _ = m(x, x, x, need_weights=False, attn_mask=mask)
-            out.sum().backward()
+            out.backward(dy)
         return run
     return median_ms(step(ref), reps), median_ms(step(ours), reps)
 
@@ -105,18 +108,21 @@ def main():
     S = a.S or (4096 if a.what == "sdpa" else 2048)
     if a.what == "sdpa":
         t = torch_sdpa_ms(S, a.D, a.H, a.causal, a.reps)
-        ours = attn_sdpa_ms(a.attn_bench, S, a.D, a.H, a.causal, a.threads, a.reps)
+        ours = attn_bench_ms(a.attn_bench, "sdpa_bwd", S, a.D, a.H, a.causal, a.threads, a.reps)
+        extra = {}
     else:
         os.environ.setdefault("ATTN_LIBRARY", a.lib)
         os.environ.setdefault("ATTN_NUM_THREADS", str(a.threads))
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                         "bindings", "python"))
-        t, ours = mha_ms(S, a.H, a.D, a.causal, a.reps)
+        t, ours_torch = mha_ms(S, a.H, a.D, a.causal, a.reps)
+        ours = attn_bench_ms(a.attn_bench, "mha_bwd", S, a.D, a.H, a.causal, a.threads, a.reps)
+        extra = {"attn_torch_ms": ours_torch}
     print(f"# {a.what} fwd+bwd S={S} H={a.H} D={a.D} causal={a.causal}, {a.threads} threads, "
           f"torch {torch.__version__}: torch {t:.1f} ms, libattn {ours:.1f} ms, {t / ours:.2f}x")
     if a.json:
         print(json.dumps({"what": a.what, "S": S, "H": a.H, "D": a.D, "causal": a.causal,
-                          "torch_ms": t, "attn_ms": ours, "speedup": t / ours}))
+                          "torch_ms": t, "attn_ms": ours, "speedup": t / ours, **extra}))
 
 
 if __name__ == "__main__":
