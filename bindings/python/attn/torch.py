@@ -25,6 +25,7 @@ gradients), so gradients match nn.MultiheadAttention's. Not supported:
 attention dropout (dropout_p > 0 while training), CUDA tensors.
 """
 import math
+import threading
 from ctypes import byref, c_void_p
 
 import torch
@@ -55,6 +56,47 @@ def _mask4(m):
     return m
 
 
+class _Backward:
+    """An attn_backward_plan of a cached forward plan, with its gradient
+    tensor wrappers (re-pointed at each call's arrays)."""
+
+    def __init__(self, plan, tensors, handle, lib):
+        self.plan = plan            # destroyed after this (no reference cycle with _Entry)
+        self.tensors = tensors      # dout, dq, dk, dv, dmask (or None)
+        self.handle = handle
+        self.lib = lib
+
+    def __del__(self):
+        if self.handle:
+            unregister_handle(self.handle)
+            self.lib.attn_backward_plan_destroy(self.handle)
+            self.handle = None
+
+
+class _Entry:
+    """A descriptor and forward plan (with lse) reused by calls with the same
+    dtype, shapes, strides and mask-free settings; and its backward plans."""
+
+    def __init__(self, actx, desc, plan):
+        self.actx, self.desc, self.plan = actx, desc, plan
+        self.backward = {}
+
+
+_local = threading.local()
+_CACHE_SIZE = 32
+
+
+def _cache_key(q, k, v, settings):
+    try:
+        items = tuple(sorted((name, tuple(val) if isinstance(val, list) else val)
+                             for name, val in settings.items()))
+        hash(items)
+    except TypeError:
+        return None
+    return (q.dtype, tuple(q.shape), q.stride(), tuple(k.shape), k.stride(), tuple(v.shape),
+            v.stride(), items)
+
+
 class _AttnFunction(torch.autograd.Function):
     """out = softmax(scale·q kᵀ + masks) v on [B, H, L, E] tensors; backward by libattn."""
 
@@ -67,27 +109,41 @@ class _AttnFunction(torch.autograd.Function):
         settings = dict(settings)
         S = k.shape[2]
         mask_shape = add_mask.shape if add_mask is not None else None
-        # The library broadcasts B and H over dims of 1, S_q and S_k over stride 0.
-        if bool_mask is not None:
-            bool_mask = bool_mask.expand(bool_mask.shape[0], bool_mask.shape[1], L, S)
-        if add_mask is not None:
-            add_mask = add_mask.expand(add_mask.shape[0], add_mask.shape[1], L, S)
-        if bool_mask is not None:
-            settings["bool_mask"] = _np(bool_mask)
-        if add_mask is not None:
-            settings["additive_mask"] = _np(add_mask)
-        desc = Desc(actx, **settings)
-        plan = Plan(desc, _np(q), _np(k), _np(v), _np(out), None, _np(lse))
-        plan.execute(_np(q), _np(k), _np(v), _np(out), None, _np(lse))
+        # Mask-free calls reuse their plans (masks are borrowed per call).
+        key = None
+        if add_mask is None and bool_mask is None:
+            key = _cache_key(q, k, v, settings)
+        cache = getattr(_local, "cache", None)
+        if cache is None or getattr(_local, "ctx", None) is not actx:
+            cache = _local.cache = {}
+            _local.ctx = actx
+        entry = cache.get(key) if key is not None else None
+        if entry is None:
+            # The library broadcasts B and H over dims of 1, S_q and S_k over stride 0.
+            if bool_mask is not None:
+                bool_mask = bool_mask.expand(bool_mask.shape[0], bool_mask.shape[1], L, S)
+                settings["bool_mask"] = _np(bool_mask)
+            if add_mask is not None:
+                add_mask = add_mask.expand(add_mask.shape[0], add_mask.shape[1], L, S)
+                settings["additive_mask"] = _np(add_mask)
+            desc = Desc(actx, **settings)
+            plan = Plan(desc, _np(q), _np(k), _np(v), _np(out), None, _np(lse))
+            entry = _Entry(actx, desc, plan)
+            if key is not None:
+                if len(cache) >= _CACHE_SIZE:
+                    cache.pop(next(iter(cache)))
+                cache[key] = entry
+        entry.plan.execute(_np(q), _np(k), _np(v), _np(out), None, _np(lse))
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.attn = (actx, desc, plan)
+        ctx.attn = entry
         ctx.mask_shape = mask_shape
         return out
 
     @staticmethod
     def backward(ctx, dout):
         q, k, v, out, lse = ctx.saved_tensors
-        actx, desc, plan = ctx.attn
+        entry = ctx.attn
+        actx, plan = entry.actx, entry.plan
         dout = _last_contig(dout)
         dq = torch.empty(q.shape, dtype=q.dtype)
         dk = torch.empty(k.shape, dtype=k.dtype)
@@ -95,23 +151,33 @@ class _AttnFunction(torch.autograd.Function):
         want_dmask = ctx.mask_shape is not None and ctx.needs_input_grad[3]
         dmask = torch.empty(q.shape[0], q.shape[1], q.shape[2], k.shape[2],
                             dtype=q.dtype) if want_dmask else None
-        ts = [Tensor(actx, _np(dout), "dout", contiguous_last=True)]
-        for name, t in (("dq", dq), ("dk", dk), ("dv", dv)):
-            ts.append(Tensor(actx, _np(t), name, writeable=True, contiguous_last=True))
-        tm = Tensor(actx, _np(dmask), "dmask", writeable=True) if want_dmask else None
-        handle = c_void_p()
+        arrays = [_np(dout), _np(dq), _np(dk), _np(dv), _np(dmask) if want_dmask else None]
+        bkey = (dout.stride(), want_dmask)
+        bw = entry.backward.get(bkey)
         lib = _lib_obj()
-        lib.attn_backward_plan_create(plan.handle, *[t.handle for t in ts],
-                                      tm.handle if tm else None, byref(handle))
-        register_handle(handle.value, actx.handle)
-        try:
-            pt = plan._tensors  # q, k, v, out, weights, lse: wrap the saved tensors' memory
-            lib.attn_backward_execute(handle.value, pt[0].handle, pt[1].handle, pt[2].handle,
-                                      pt[3].handle, pt[5].handle, *[t.handle for t in ts],
-                                      tm.handle if tm else None)
-        finally:
-            unregister_handle(handle.value)
-            lib.attn_backward_plan_destroy(handle.value)
+        if bw is None:
+            ts = [Tensor(actx, arrays[0], "dout", contiguous_last=True)]
+            for name, a in zip(("dq", "dk", "dv"), arrays[1:4]):
+                ts.append(Tensor(actx, a, name, writeable=True, contiguous_last=True))
+            ts.append(Tensor(actx, arrays[4], "dmask", writeable=True) if want_dmask else None)
+            handle = c_void_p()
+            lib.attn_backward_plan_create(plan.handle, *[t.handle for t in ts[:4]],
+                                          ts[4].handle if ts[4] else None, byref(handle))
+            register_handle(handle.value, actx.handle)
+            bw = entry.backward[bkey] = _Backward(plan, ts, handle.value, lib)
+        else:
+            for t, a in zip(bw.tensors, arrays):
+                if t is not None:
+                    t.set_data(a)
+        # The forward plan's q, k, v, out, lse tensors: point them at this call's
+        # saved tensors (a cached plan was re-pointed by later forwards).
+        pt = plan._tensors
+        for i, t in ((0, q), (1, k), (2, v), (3, out), (5, lse)):
+            pt[i].set_data(_np(t))
+        ts = bw.tensors
+        lib.attn_backward_execute(bw.handle, pt[0].handle, pt[1].handle, pt[2].handle,
+                                  pt[3].handle, pt[5].handle, *[t.handle for t in ts[:4]],
+                                  ts[4].handle if ts[4] else None)
         gmask = None
         if want_dmask:
             gmask = dmask.sum_to_size(ctx.mask_shape)
