@@ -31,13 +31,33 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* Warm-up calls of the current case (the largest over its timings). */
+static int32_t warmup_calls;
+
+/* Calls until the last three are within 5% of each other (steady state: the
+ * first calls of a process pay page faults and cold caches), or 1 s has
+ * passed; at least one call. Returns the count, or -1 if fn failed. */
+static int32_t warm_up(int (*fn)(void *arg), void *arg) {
+  double last[3] = {0, 0, 0};
+  const double t_start = now_ms();
+  for (int32_t n = 1;; n++) {
+    double t0 = now_ms();
+    if (fn(arg) != 0) return -1;
+    last[n % 3] = now_ms() - t0;
+    if (n >= 3) {
+      double lo = fmin(last[0], fmin(last[1], last[2])), hi = fmax(last[0], fmax(last[1], last[2]));
+      if (hi <= 1.05 * lo) return n;
+    }
+    if (now_ms() - t_start > 1000.0 || n >= 1000) return n;
+  }
+}
+
 double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps) {
   if (reps < 1) reps = 1;
+  const int32_t w = warm_up(fn, arg);
+  if (w < 0) return NAN;
+  if (w > warmup_calls) warmup_calls = w;
   double *t = malloc((size_t)reps * sizeof *t);
-  if (fn(arg) != 0) { /* warm-up */
-    free(t);
-    return NAN;
-  }
   for (int32_t r = 0; r < reps; r++) {
     double t0 = now_ms();
     if (fn(arg) != 0) {
@@ -50,6 +70,87 @@ double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps) {
   double med = reps % 2 ? t[reps / 2] : 0.5 * (t[reps / 2 - 1] + t[reps / 2]);
   free(t);
   return med;
+}
+
+/* Busy work on the calling thread for ms milliseconds (a control loop's
+ * other work between attention calls). */
+static void busy_ms(double ms) {
+  const double end = now_ms() + ms;
+  volatile double x = 1.0;
+  while (now_ms() < end) x = x * 1.0000001 + 1e-9;
+}
+
+static double percentile(const double *sorted, int32_t n, double p) {
+  double idx = p * (double)(n - 1);
+  int32_t i = (int32_t)idx;
+  if (i >= n - 1) return sorted[n - 1];
+  return sorted[i] + (idx - (double)i) * (sorted[i + 1] - sorted[i]);
+}
+
+/* n calls of fn with gap_ms of busy work before each; sorted times into t. */
+static int loop_times(int (*fn)(void *arg), void *arg, int32_t n, double gap_ms, double *t) {
+  for (int32_t i = 0; i < n; i++) {
+    busy_ms(gap_ms);
+    double t0 = now_ms();
+    if (fn(arg) != 0) return 1;
+    t[i] = now_ms() - t0;
+  }
+  qsort(t, (size_t)n, sizeof *t, cmp_double);
+  return 0;
+}
+
+typedef struct tail_gemm {
+  int n;
+  float *a, *b, *c;
+} tail_gemm;
+
+static int run_tail_gemm(void *p) {
+  tail_gemm *g = p;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b,
+              g->n, 0.0f, g->c, g->n);
+  return 0;
+}
+
+double bench_time_case(int (*fn)(void *arg), void *arg, const bench_opts *o, bench_result *r) {
+  if (o->loop <= 0) return bench_time_ms(fn, arg, o->reps);
+  double t0 = now_ms();
+  if (fn(arg) != 0) return NAN;
+  r->first_ms = now_ms() - t0;
+  double *t = malloc((size_t)o->loop * sizeof *t);
+  if (t == NULL || loop_times(fn, arg, o->loop, o->gap_ms, t) != 0) {
+    free(t);
+    return NAN;
+  }
+  r->has_latency = true;
+  r->p50_ms = percentile(t, o->loop, 0.50);
+  r->p90_ms = percentile(t, o->loop, 0.90);
+  r->p99_ms = percentile(t, o->loop, 0.99);
+  r->max_ms = t[o->loop - 1];
+  /* The machine's own tail: a plain single-thread sgemm of about the same
+   * duration, looped with the same gaps. */
+  int prev = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+  tail_gemm g = {64, NULL, NULL, NULL};
+  for (;;) { /* size it to ≈ the case's p50 (cubic in n) */
+    double want = r->p50_ms, unit = 2.0 * g.n * (double)g.n * g.n / 50e6; /* ≈ ms at 50 GFLOPS */
+    if (unit >= want || g.n >= 1024) break;
+    g.n += 32;
+  }
+  size_t bytes = (size_t)g.n * (size_t)g.n * sizeof(float);
+  g.a = calloc(1, bytes);
+  g.b = calloc(1, bytes);
+  g.c = calloc(1, bytes);
+  const int32_t nt = o->loop < 200 ? o->loop : 200;
+  if (g.a && g.b && g.c && loop_times(run_tail_gemm, &g, nt, o->gap_ms, t) == 0)
+    r->sgemm_tail = percentile(t, nt, 0.99) / percentile(t, nt, 0.50);
+  else
+    r->sgemm_tail = NAN;
+  openblas_set_num_threads(prev);
+  free(g.a);
+  free(g.b);
+  free(g.c);
+  free(t);
+  return r->p50_ms;
 }
 
 static uint64_t splitmix(uint64_t *s) {
@@ -257,10 +358,14 @@ static void usage(FILE *f) {
           "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
           "                  [--B N] [--causal] [--dtype f32|f64] [--threads N] [--reps N]\n"
           "                  [--window N] [--features N] [--rank N] [--block N] [--json] [--list]\n"
+          "                  [--loop N --gap-ms G] [--spin-us N]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
-          "Each line: median of --reps (default 5) runs after a warm-up. GEMM peak and read\n"
-          "bandwidth are measured in the same run; FLOPs are dense-equivalent 4*B*H*Sq*Sk*D.\n");
+          "Each line: median of --reps (default 5) runs after a warm-up to steady state\n"
+          "(warmup_calls). GEMM peak and read bandwidth are measured in the same run; FLOPs are\n"
+          "dense-equivalent 4*B*H*Sq*Sk*D. --loop N --gap-ms G (sdpa, decode): the first call\n"
+          "after the plan, then N calls with G ms of busy work between them: first_ms, p50_ms,\n"
+          "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n");
 }
 
 static const bench_case *find_case(const char *name) {
@@ -311,6 +416,18 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     json_num(stdout, "max_err", r->has_err ? r->max_err : NAN, false);
     json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
     if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
+    json_num(stdout, "warmup_calls", r->has_latency ? 0 : (double)warmup_calls, false);
+    if (r->has_latency) {
+      json_num(stdout, "loop", o->loop, false);
+      json_num(stdout, "gap_ms", o->gap_ms, false);
+      json_num(stdout, "spin_us", o->spin_us, false);
+      json_num(stdout, "first_ms", r->first_ms, false);
+      json_num(stdout, "p50_ms", r->p50_ms, false);
+      json_num(stdout, "p90_ms", r->p90_ms, false);
+      json_num(stdout, "p99_ms", r->p99_ms, false);
+      json_num(stdout, "max_ms", r->max_ms, false);
+      json_num(stdout, "sgemm_p99_over_p50", r->sgemm_tail, false);
+    }
     json_num(stdout, "peak_rss_mb", rss, true);
     printf("}\n");
   } else {
@@ -320,6 +437,11 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
            o->H, o->Hkv, o->Sq, o->Sk, o->D, r->ms, gflops, frac, gbps, frac_bw,
            r->has_err ? r->max_err : NAN, rss);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
+    if (r->has_latency)
+      printf("  first=%.3f p50=%.3f p90=%.3f p99=%.3f max=%.3f ms (sgemm p99/p50 %.2f)", r->first_ms,
+             r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, r->sgemm_tail);
+    else
+      printf("  warmup=%d", (int)warmup_calls);
     printf("\n");
   }
   fflush(stdout);
@@ -329,6 +451,11 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
                    bool json) {
   bench_result r;
   memset(&r, 0, sizeof r);
+  warmup_calls = 0;
+  if (o->loop > 0 && strcmp(c->name, "sdpa") != 0 && strcmp(c->name, "decode") != 0) {
+    fprintf(stderr, "attn-bench: --loop applies to the sdpa and decode cases, not %s\n", c->name);
+    return 1;
+  }
   if (c->run(ctx, o, &r) != 0) {
     fprintf(stderr, "attn-bench: case %s failed\n", c->name);
     return 1;
@@ -340,7 +467,7 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 }
 
 int main(int argc, char **argv) {
-  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64};
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -371,7 +498,24 @@ int main(int argc, char **argv) {
     NUM_FLAG("--features", o.features = x)
     NUM_FLAG("--rank", o.rank = x)
     NUM_FLAG("--block", o.block = x)
+    NUM_FLAG("--loop", o.loop = (int32_t)x)
 #undef NUM_FLAG
+    if (strcmp(a, "--gap-ms") == 0 || strcmp(a, "--spin-us") == 0) {
+      char *end = NULL;
+      double g = val ? strtod(val, &end) : NAN;
+      bool gap = strcmp(a, "--gap-ms") == 0;
+      if (!val || *end != '\0' || !(gap ? g >= 0 && g <= 10000 : g >= -1 && g <= 1000000)) {
+        fprintf(stderr, "attn-bench: %s needs %s\n", a,
+                gap ? "a number of milliseconds in [0, 10000]" : "an integer in [-1, 1000000]");
+        return 2;
+      }
+      if (gap)
+        o.gap_ms = g;
+      else
+        o.spin_us = (int32_t)g;
+      i++;
+      continue;
+    }
     if (strcmp(a, "--case") == 0 && val) {
       if (!find_case(val)) {
         fprintf(stderr, "attn-bench: unknown case '%s' (--list shows them)\n", val);
@@ -414,6 +558,10 @@ int main(int argc, char **argv) {
   if (attn_context_create(&co, &ctx) != ATTN_OK) {
     fprintf(stderr, "attn-bench: cannot create a context with %d threads\n", o.threads);
     return 1;
+  }
+  if (o.spin_us != 0 && attn_context_set_spin(ctx, o.spin_us) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: --spin-us: %s\n", attn_context_last_error(ctx));
+    return 2;
   }
   machine m;
   if (probe_machine(o.threads, &m) != 0) {

@@ -19,6 +19,9 @@ typedef struct bench_opts {
   int64_t features;       /* --features: Performer m */
   int64_t rank;           /* --rank: Linformer k */
   int64_t block;          /* --block: BigBird / block-sparse block size */
+  int32_t loop;           /* --loop N: latency mode (sdpa, decode): N calls ... */
+  double gap_ms;          /* --gap-ms G: ... with G ms of busy work between calls */
+  int32_t spin_us;        /* --spin-us: the context's spin policy (0 adaptive) */
 } bench_opts;
 
 typedef struct bench_result {
@@ -29,6 +32,11 @@ typedef struct bench_result {
   double max_err, mean_err;
   double extra;           /* case-specific number (e.g. speed-up), printed if extra_name */
   const char *extra_name;
+  /* Latency mode (--loop): the first call after the plan, then percentiles
+   * of the N calls with gaps; ms is then p50. */
+  bool has_latency;
+  double first_ms, p50_ms, p90_ms, p99_ms, max_ms;
+  double sgemm_tail;      /* p99/p50 of a plain single-thread sgemm loop with the same gaps */
 } bench_result;
 
 /* Registry (bench/cases.c): pointers to each case_*.c's bench_case. */
@@ -44,8 +52,15 @@ typedef struct bench_case {
 
 /* ---- helpers from bench.c for the cases ---------------------------------- */
 
-/* Median milliseconds of reps calls of fn(arg) after one warm-up call. */
+/* Median milliseconds of reps calls of fn(arg) after a warm-up that lasts
+ * until the times are steady (three calls within 5%, or 1 s; see bench.c);
+ * the warm-up's call count is reported as warmup_calls. */
 double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps);
+
+/* For cases with a latency mode (sdpa, decode), called right after the plan
+ * is made: with --loop, the first call and N calls separated by --gap-ms of
+ * busy work (percentiles into r, p50 returned); otherwise bench_time_ms. */
+double bench_time_case(int (*fn)(void *arg), void *arg, const bench_opts *o, bench_result *r);
 
 /* Owned contiguous tensor [d0,d1,d2,d3] filled uniform in [-1, 1) from seed. */
 attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t d1, int64_t d2,

@@ -79,7 +79,7 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   attn_tensor *kv_k = NULL, *kv_v = NULL;
   if (kn == NULL || vn == NULL || q == NULL || want == NULL) goto done;
   if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_NATIVE, kn, vn, q, &f) != 0) goto done;
-  r->ms = bench_time_ms(decode_once, &f, o->reps);
+  r->ms = bench_time_case(decode_once, &f, o, r);
   r->bytes = (double)B * (double)Hkv * (double)L * 2.0 * (double)D * (double)es;
   r->flops = 4.0 * (double)B * (double)H * (double)L * (double)D;
 
@@ -93,7 +93,7 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   attn_tensor_destroy(kv_v);
   kv_k = kv_v = NULL;
 
-  if (o->dtype == ATTN_DTYPE_F32) {
+  if (o->dtype == ATTN_DTYPE_F32 && o->loop == 0) {
     decode_free(&f); /* keep one cache in memory at a time */
     f = (decode_run){0};
     if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_BF16, kn, vn, q, &h) != 0) goto done;

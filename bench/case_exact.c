@@ -44,11 +44,16 @@ static int setup(attn_context *ctx, const bench_opts *o, exact_setup *s) {
   return 0;
 }
 
+static int run_sdpa(void *arg) {
+  exact_setup *s = arg;
+  return attn_plan_execute(s->plan, s->q, s->k, s->v, s->out, NULL, NULL) != ATTN_OK;
+}
+
 static int case_sdpa(attn_context *ctx, const bench_opts *o, bench_result *r) {
   exact_setup s;
   int rc = setup(ctx, o, &s);
   if (rc == 0) {
-    r->ms = bench_time_plan(s.plan, s.q, s.k, s.v, s.out, o->reps);
+    r->ms = bench_time_case(run_sdpa, &s, o, r);
     r->flops = dense_flops(o);
     /* Inputs + output, to compare with peak RSS (no S_q x S_k buffer exists). */
     double es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;

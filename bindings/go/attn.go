@@ -115,6 +115,20 @@ static attn_status attn_go_heads_copy(int merge, attn_context *ctx, attn_tensor 
   attn_tensor_set_data(to, attn_go_placeholder_);
   return st;
 }
+// attn_merge_states on caller memory for the duration of this one call.
+static attn_status attn_go_merge(attn_context *ctx, attn_tensor *ta, attn_tensor *tla,
+                                 attn_tensor *tb, attn_tensor *tlb, attn_tensor *to,
+                                 attn_tensor *tl, void *a, void *la, void *b, void *lb,
+                                 void *o, void *l) {
+  attn_tensor *ts[6] = {ta, tla, tb, tlb, to, tl};
+  void *ps[6] = {a, la, b, lb, o, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 6 && st == ATTN_OK; i++) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_merge_states(ctx, ta, tla, tb, tlb, to, tl);
+  for (int i = 0; i < 6; i++) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
 // Append caller memory to a KV cache for the duration of this one call.
 static attn_status attn_go_kv_append(attn_kvcache *cache, attn_tensor *tk, attn_tensor *tv,
                                      void *k, void *v, const int64_t *counts) {
@@ -1053,6 +1067,40 @@ func HeadsSplit[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) err
 // HeadsMerge (attn_heads_merge) copies x [B, H, S, D] into out [B, S, H·D] (any strides).
 func HeadsMerge[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) error {
 	return headsCopy(1, "attn_heads_merge", ctx, x, xl, out, ol)
+}
+
+// MergeStates (attn_merge_states) merges attention results of the same
+// queries over two disjoint key sets, (outA, lseA) and (outB, lseB), into the
+// union's (out, lse). The outs share layout ol ([B, H, S, d_v], any strides)
+// and the lses ll ([B, H, S]). out may be outA or outB and lse lseA or lseB
+// (in place). A side with lse -Inf kept no key (its out is not read); both
+// -Inf give 0 and -Inf.
+func MergeStates[T Float](ctx *Context, outA, lseA, outB, lseB, out, lse []T, ol, ll Layout) error {
+	const fn = "attn_merge_states"
+	dt := dtypeOf[T]()
+	names := [6]string{"out_a", "lse_a", "out_b", "lse_b", "out", "lse"}
+	slices := [6][]T{outA, lseA, outB, lseB, out, lse}
+	var hs [6]*handle
+	for i := range hs {
+		l := ol
+		if i%2 == 1 {
+			l = ll
+		}
+		h, err := wrap(ctx, dt, l, C.attn_go_placeholder(), names[i])
+		if err != nil {
+			return err
+		}
+		defer h.destroy()
+		if int64(len(slices[i])) < h.extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", names[i], len(slices[i]), h.extent)}
+		}
+		hs[i] = h
+	}
+	st := C.attn_go_merge(ctx.p, hs[0].p, hs[1].p, hs[2].p, hs[3].p, hs[4].p, hs[5].p,
+		ptrOf(outA), ptrOf(lseA), ptrOf(outB), ptrOf(lseB), ptrOf(out), ptrOf(lse))
+	runtime.KeepAlive(ctx)
+	runtime.KeepAlive(slices)
+	return ctx.check(st, fn)
 }
 
 // MhaConfig is attn_mha_config. Start from NewMhaConfig (the library's defaults).

@@ -153,6 +153,26 @@ ATTN_API void attn_context_destroy(attn_context *ctx);
  *  @since 0.1.0 */
 ATTN_API const char *attn_context_last_error(const attn_context *ctx);
 
+/** Set how long @p ctx's idle worker threads spin (burning a core) before
+ *  they sleep, which decides what a call pays to wake them (≈ 50 µs here).
+ *  @param ctx the context (not computing at the moment)
+ *  @param spin_us
+ *   - 0 (the default, unless $ATTN_SPIN_US gives another at context
+ *     creation): adaptive — spin to cover the gap between the last two calls
+ *     when it is under 2.5 ms (at least 50 µs, at most 5 ms), else 50 µs. A
+ *     control loop calling every few ms finds its workers awake (and pays a
+ *     core's worth of spinning between calls); servers with back-to-back
+ *     calls and occasional callers spin ≤ 50 µs after each call.
+ *   - 1..1000000: spin exactly that many µs (e.g. a little more than a control
+ *     loop's period).
+ *   - −1: never spin; sleep at once (shared machines, batch jobs).
+ *  Calls too small to pay for waking the workers run on the calling thread
+ *  alone whatever the policy. Results never depend on it. Takes effect at the
+ *  next call; not to be called while @p ctx computes.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (outside
+ *          −1..1000000). @since 0.2.0 */
+ATTN_API attn_status attn_context_set_spin(attn_context *ctx, int32_t spin_us);
+
 /** Number of threads compute calls on @p ctx use (≥ 1; 0 for NULL). @since 0.1.0 */
 ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
 
@@ -486,6 +506,51 @@ ATTN_API void attn_plan_destroy(attn_plan *plan);
 ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                                   const attn_tensor *k, const attn_tensor *v, attn_tensor *out,
                                   attn_tensor *weights, attn_tensor *lse);
+
+/** @} */
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup merge Merging partial results
+ *  @{ */
+
+/** Merge two attention results for the same queries over disjoint key sets
+ *  into the result over their union (split-KV decoding, sequence
+ *  parallelism: libattn_mpi's ring passes its partial results through this).
+ *
+ *  Per query row, with m = max(lse_a, lse_b):
+ *    out = (e^{lse_a − m}·out_a + e^{lse_b − m}·out_b) / (e^{lse_a − m} + e^{lse_b − m}),
+ *    lse = m + log(e^{lse_a − m} + e^{lse_b − m}),
+ *  numerically stable for any spread of the two lse. A side with lse −inf
+ *  kept no key: its out row is not read (it may hold anything) and the
+ *  other side is copied exactly; both −inf gives out 0 and lse −inf.
+ *
+ *  @param ctx    receives the error message; the call runs on the calling
+ *                thread (O(B·H·S·d_v), memory-bound) and allocates nothing.
+ *  @param out_a  [B, H, S, d_v], f32 or f64, any strides (0 broadcasts)
+ *  @param lse_a  [B, H, S], out_a's dtype, any strides: the log-sum-exp of
+ *                out_a's kept scores (the lse output of a plan); each value
+ *                finite or −inf
+ *  @param out_b  like out_a, over the other keys
+ *  @param lse_b  like lse_a, for out_b
+ *  @param out    [B, H, S, d_v], out_a's dtype, any strides giving every
+ *                element its own memory. In place: out may be out_a or out_b
+ *                (the same data and strides); otherwise it must not overlap
+ *                any argument.
+ *  @param lse    [B, H, S] or NULL (not written): the union's log-sum-exp.
+ *                May be lse_a or lse_b; otherwise apart from every argument.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG (ctx, a tensor other than lse);
+ *          ATTN_ERR_SHAPE (a rank or shape differs from out_a's [B, H, S, d_v]);
+ *          ATTN_ERR_DTYPE (not f32/f64, or dtypes differ);
+ *          ATTN_ERR_LAYOUT (an output's elements overlap, or an output
+ *          overlaps an argument other than the one it may replace);
+ *          ATTN_ERR_INVALID_ARG (an lse value is NaN or +inf, checked
+ *          before anything is written). On failure nothing is written.
+ *  Thread-safety: as every call on @p ctx; tensors read here may be read by
+ *  other threads at the same time. @since 0.2.0 */
+ATTN_API attn_status attn_merge_states(attn_context *ctx, const attn_tensor *out_a,
+                                       const attn_tensor *lse_a, const attn_tensor *out_b,
+                                       const attn_tensor *lse_b, attn_tensor *out,
+                                       attn_tensor *lse);
 
 /** @} */
 

@@ -202,7 +202,7 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   tmp.widen = avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_kvcache_plan *p = attn_alloc(ctx, sizeof *p);
-  void *ws = attn_alloc(ctx, tmp.workspace_bytes);
+  void *ws = attn_calloc(ctx, tmp.workspace_bytes); /* touched now, not in the first step */
   if (p == NULL || ws == NULL) {
     attn_free(ctx, p, sizeof *p);
     attn_free(ctx, ws, tmp.workspace_bytes);
@@ -240,12 +240,17 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
   mask.query_len = query_counts;
 
   const bool f32 = plan->dtype == ATTN_DTYPE_F32;
+  /* FLOPs over the stored keys: a hint for running tiny steps on the caller. */
+  double flops = 0;
+  for (int64_t b = 0; b < plan->B; b++)
+    flops += 4.0 * (double)plan->H * (double)plan->n * (double)(plan->cache->len[b] - plan->cache->first[b]) *
+             (double)plan->Dk;
   const attn_ws ws = {plan->workspace, (char *)plan->workspace + plan->shared_bytes,
                       plan->slot_bytes};
   kv_args a = {plan, &mask, ws, q, out, lse, 0, 0, true};
   if (!plan->split)
-    return attn_parallel_for(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv,
-                             f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
+    return attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv, flops,
+                                  f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
 
   int64_t chunks = 0; /* most chunks any item needs */
   for (int64_t b = 0; b < plan->B; b++) {
@@ -262,11 +267,11 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
     a.last_wave = w == nwaves - 1;
     attn_status st;
     if (a.wn > 0 &&
-        (st = attn_parallel_for(ctx, bkh * a.wn, f32 ? kv_chunk_task_f32 : kv_chunk_task_f64,
-                                &a)) != ATTN_OK)
+        (st = attn_parallel_for_cost(ctx, bkh * a.wn, flops,
+                                     f32 ? kv_chunk_task_f32 : kv_chunk_task_f64, &a)) != ATTN_OK)
       return st;
-    if ((st = attn_parallel_for(ctx, bkh, f32 ? kv_merge_task_f32 : kv_merge_task_f64, &a)) !=
-        ATTN_OK)
+    if ((st = attn_parallel_for_cost(ctx, bkh, (double)(bkh * a.wn * plan->R * plan->Dv) * 4.0,
+                                     f32 ? kv_merge_task_f32 : kv_merge_task_f64, &a)) != ATTN_OK)
       return st;
   }
   return ATTN_OK;

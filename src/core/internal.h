@@ -26,6 +26,7 @@ struct attn_threadpool;
 struct attn_context {
   attn_allocator allocator;
   int32_t num_threads;
+  int64_t spin_ns; /* pool spin policy: < 0 never, 0 adaptive, > 0 fixed (attn_context_options) */
   struct attn_threadpool *pool; /* started lazily by attn_parallel_for() */
   char last_error[ATTN_ERRMSG_LEN];
 };
@@ -165,6 +166,11 @@ attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows,
                               int64_t row_stride, int64_t col_stride);
 /* The same for the last two dims of a tensor of rank ≥ 2. */
 attn_status attn_check_matrix_rows(attn_context *ctx, const char *name, const attn_tensor *t);
+
+/* An output written element by element needs distinct memory for every
+ * element (no stride 0 on a dim > 1, no overlapping rows): ATTN_ERR_LAYOUT
+ * naming `name` otherwise. */
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t);
 
 /* Element offset of index (i0..i3) for a rank-4 tensor. */
 static inline int64_t attn_off4(const attn_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -315,10 +321,11 @@ typedef struct attn_run {
   attn_ws ws;
 } attn_run;
 
-typedef attn_status (*attn_execute_fn)(const struct attn_plan *plan, const attn_run *run,
-                                       const attn_tensor *q, const attn_tensor *k,
-                                       const attn_tensor *v, attn_tensor *out,
-                                       attn_tensor *weights, attn_tensor *lse);
+typedef attn_status attn_execute_sig(const struct attn_plan *plan, const attn_run *run,
+                                     const attn_tensor *q, const attn_tensor *k,
+                                     const attn_tensor *v, attn_tensor *out,
+                                     attn_tensor *weights, attn_tensor *lse);
+typedef attn_execute_sig *attn_execute_fn;
 
 /* A row of the variant table: how to build, run and tear down a plan of this
  * variant, and the options it supports (checked before init). */
@@ -358,37 +365,24 @@ struct attn_plan {
 size_t attn_plan_ws_bytes(const struct attn_plan *p, int32_t threads);
 attn_ws attn_plan_ws_at(const struct attn_plan *p, void *base);
 
+/* The variant state of a plan, zeroed and attached to p (freed with the
+ * plan); NULL with the message set when out of memory. */
+void *attn_plan_impl_alloc(struct attn_plan *p, size_t bytes);
+
 /* Each variant's functions; core/variants.c lists them in the table with
  * what each supports. */
 attn_status attn_exact_plan_init(struct attn_plan *p);
-attn_status attn_exact_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                    const attn_tensor *q, const attn_tensor *k,
-                                    const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                    attn_tensor *lse);
 attn_status attn_swin_plan_init(struct attn_plan *p);
-attn_status attn_swin_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                   const attn_tensor *q, const attn_tensor *k,
-                                   const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                   attn_tensor *lse);
-/* Longformer, BigBird, block-sparse: the exact kernel with a sparse mask. */
-attn_status attn_sparse_plan_init(struct attn_plan *p);
+attn_status attn_sparse_plan_init(struct attn_plan *p); /* Longformer, BigBird, block-sparse */
+attn_status attn_linear_plan_init(struct attn_plan *p); /* elu+1, Performer */
+attn_status attn_lowrank_plan_init(struct attn_plan *p); /* Linformer */
+attn_execute_sig attn_exact_plan_execute, attn_swin_plan_execute, attn_linear_plan_execute,
+    attn_lowrank_plan_execute;
 void attn_sparse_plan_destroy(struct attn_plan *p);
-attn_status attn_sparse_block_layout(const struct attn_plan *p, uint8_t *buf, size_t *size);
-/* elu+1 and Performer. */
-attn_status attn_linear_plan_init(struct attn_plan *p);
-attn_status attn_linear_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                     const attn_tensor *q, const attn_tensor *k,
-                                     const attn_tensor *v, attn_tensor *out,
-                                     attn_tensor *weights, attn_tensor *lse);
 void attn_linear_plan_destroy(struct attn_plan *p);
-attn_status attn_performer_redraw(struct attn_plan *p, uint64_t seed);
-/* Linformer. */
-attn_status attn_lowrank_plan_init(struct attn_plan *p);
-attn_status attn_lowrank_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                      const attn_tensor *q, const attn_tensor *k,
-                                      const attn_tensor *v, attn_tensor *out,
-                                      attn_tensor *weights, attn_tensor *lse);
 void attn_lowrank_plan_destroy(struct attn_plan *p);
+attn_status attn_sparse_block_layout(const struct attn_plan *p, uint8_t *buf, size_t *size);
+attn_status attn_performer_redraw(struct attn_plan *p, uint64_t seed);
 
 /* ---- threads (core/threadpool.c) ------------------------------------------ */
 
@@ -399,6 +393,11 @@ void attn_lowrank_plan_destroy(struct attn_plan *p);
  * for the duration and restored afterwards. */
 typedef void (*attn_task_fn)(void *arg, int64_t task, int32_t thread);
 attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn, void *arg);
+/* The same with the job's estimated cost in FLOPs: a job too small to pay
+ * for waking the workers (or for any dispatch at all) runs on the calling
+ * thread alone. Results do not depend on it (tasks are independent). */
+attn_status attn_parallel_for_cost(attn_context *ctx, int64_t ntasks, double flops,
+                                   attn_task_fn fn, void *arg);
 /* Start the context's workers if not running (plans call this at creation so
  * execute never allocates). */
 attn_status attn_threadpool_ensure(attn_context *ctx);

@@ -39,6 +39,10 @@ static attn_status expect_distinct(attn_context *ctx, const char *name, const at
   return ATTN_OK;
 }
 
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  return expect_distinct(ctx, name, t);
+}
+
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
@@ -117,7 +121,21 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   return ATTN_OK;
 }
 
+void *attn_plan_impl_alloc(attn_plan *p, size_t bytes) {
+  void *im = attn_calloc(p->ctx, bytes);
+  if (im == NULL) {
+    attn_fail(p->ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+    return NULL;
+  }
+  p->impl = im;
+  p->impl_bytes = bytes;
+  return im;
+}
+
 size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
+  /* Saturates: a size no caller can provide, rather than a wrapped small one. */
+  if (threads > 0 && p->ws_slot > (SIZE_MAX - ATTN_ALIGN - p->ws_shared) / (size_t)threads)
+    return SIZE_MAX - ATTN_ALIGN;
   return p->ws_shared + p->ws_slot * (size_t)threads;
 }
 
@@ -154,7 +172,8 @@ attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const att
   st = p->ops->init(p);
   if (st == ATTN_OK) {
     p->workspace_bytes = attn_plan_ws_bytes(p, ctx->num_threads);
-    if (p->workspace_bytes > 0 && (p->workspace = attn_alloc(ctx, p->workspace_bytes)) == NULL)
+    /* Zeroed now, so the first execute takes no page faults on it. */
+    if (p->workspace_bytes > 0 && (p->workspace = attn_calloc(ctx, p->workspace_bytes)) == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_plan_create: cannot allocate %zu bytes of workspace", p->workspace_bytes);
   }

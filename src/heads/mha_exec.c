@@ -68,7 +68,8 @@ static attn_status project(attn_context *ctx, attn_dtype dt, int64_t B, int64_t 
                            int64_t sb, int64_t ss, const void *W, int64_t ldw, int64_t N,
                            int64_t K, const void *bias, void *dst, int64_t dsb, int64_t dss) {
   proj_job j = {dt, S, N, K, attn_cdiv64(S, PROJ_ROWS), src, W, bias, sb, ss, ldw, dsb, dss, dst};
-  return attn_parallel_for(ctx, B * j.chunks, proj_task, &j);
+  return attn_parallel_for_cost(ctx, B * j.chunks, 2.0 * (double)B * (double)S * (double)N * (double)K,
+                                proj_task, &j);
 }
 
 static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,

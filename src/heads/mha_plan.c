@@ -259,7 +259,8 @@ static attn_status plan_attention(attn_mha_plan *p, const attn_tensor *kpm,
 }
 
 size_t attn_mha_ws_bytes(const attn_mha_plan *p, int32_t threads) {
-  return p->inner_at + attn_plan_ws_bytes(p->aplan, threads);
+  const size_t inner = attn_plan_ws_bytes(p->aplan, threads);
+  return inner > SIZE_MAX - 2 * ATTN_ALIGN - p->inner_at ? SIZE_MAX - ATTN_ALIGN : p->inner_at + inner;
 }
 
 void attn_mha_plan_destroy(attn_mha_plan *p) {
@@ -297,7 +298,7 @@ attn_status attn_mha_plan_create(attn_mha *mha, const attn_desc *desc, const att
       (st = layout_workspace(p)) == ATTN_OK &&
       (st = plan_attention(p, key_padding_mask, weights)) == ATTN_OK) {
     p->ws_bytes = attn_mha_ws_bytes(p, ctx->num_threads);
-    p->ws = attn_alloc(ctx, p->ws_bytes);
+    p->ws = attn_calloc(ctx, p->ws_bytes); /* touched now: no page faults in the first execute */
     if (p->ws == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_mha_plan_create: cannot allocate %zu bytes of workspace", p->ws_bytes);

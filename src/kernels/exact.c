@@ -49,8 +49,11 @@ attn_status attn_exact_run(const attn_exact *ex, attn_context *ctx, const attn_w
     st = attn_parallel_for(ctx, d->B * d->Hkv, f32 ? exact_kproj_task_f32 : exact_kproj_task_f64, &a);
     if (st != ATTN_OK) return st;
   }
-  return attn_parallel_for(ctx, d->B * (d->H / ex->gs) * ex->nqb,
-                           f32 ? exact_task_f32 : exact_task_f64, &a);
+  /* Dense-equivalent FLOPs: only a hint for running tiny calls on the caller. */
+  const double flops = 4.0 * (double)d->B * (double)d->H * (double)d->Sq * (double)d->Sk *
+                       (double)(d->Dk > d->Dv ? d->Dk : d->Dv);
+  return attn_parallel_for_cost(ctx, d->B * (d->H / ex->gs) * ex->nqb, flops,
+                                f32 ? exact_task_f32 : exact_task_f64, &a);
 }
 
 attn_status attn_exact_plan_execute(const attn_plan *p, const attn_run *run, const attn_tensor *q,
@@ -169,10 +172,8 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
 
 attn_status attn_exact_plan_init(attn_plan *p) {
   attn_context *ctx = p->ctx;
-  attn_exact *ex = attn_calloc(ctx, sizeof *ex);
-  if (ex == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  p->impl = ex;
-  p->impl_bytes = sizeof *ex;
+  attn_exact *ex = attn_plan_impl_alloc(p, sizeof *ex);
+  if (ex == NULL) return ATTN_ERR_NO_MEMORY;
   const attn_dims *d = &p->dims;
   const attn_mask_geom g = attn_mask_geom_of(&p->desc, d->dtype, d->B, d->H, d->Sq, d->Sk);
   attn_status st;

@@ -227,6 +227,32 @@ if p.returncode != 1 or "dtype" not in p.stderr:
 else:
     print("ok   dtype mismatch: %s" % p.stderr.strip())
 
+# 9. .npz in and out: np.savez (stored) and np.savez_compressed (deflated)
+# archives as inputs, masks from an archive, outputs as members of one archive.
+for label, saver in (("savez", np.savez), ("savez_compressed", np.savez_compressed)):
+    for dtype in (np.float32, np.float64):
+        name = "npz %s %s" % (label, np.dtype(dtype).name)
+        q, k, v = (rng.standard_normal((2, 4, 9, 8)).astype(dtype) for _ in range(3))
+        keep = rng.random((9, 9)) < 0.7
+        keep[:, 0] = True
+        inp = os.path.join(d, "in_%s_%s.npz" % (label, np.dtype(dtype).name))
+        saver(inp, q=q, k=k, v=v, bool_mask=keep)
+        res = os.path.join(d, "res_%s_%s.npz" % (label, np.dtype(dtype).name))
+        if not run(name, ["--in", inp, "--bool-mask", inp, "--causal", "bottom-right",
+                          "-o", res, "--weights", res, "--lse", res + ":logsumexp"]):
+            continue
+        want_out, want_w, want_lse = reference(q, k, v, causal="bottom-right", bool_mask=keep)
+        z = np.load(res)
+        if sorted(z.files) != ["logsumexp", "out", "weights"]:
+            failures.append("%s: members %s" % (name, sorted(z.files)))
+            continue
+        tol = 2e-5 if dtype == np.float32 else 1e-12
+        if z["out"].dtype != np.dtype(dtype):
+            failures.append("%s: out dtype %s" % (name, z["out"].dtype))
+        close(name, "out", z["out"], want_out, tol)
+        close(name, "weights", z["weights"], want_w, tol)
+        close(name, "lse", z["logsumexp"], want_lse, tol * 10)
+
 # 8. Fortran-order array from numpy itself is refused with exit 3
 np.save(os.path.join(d, "qf.npy"), np.asfortranarray(rng.standard_normal((1, 2, 8, 4)).astype(np.float32)))
 p = subprocess.run([ATTN, "run", "--q", os.path.join(d, "qf.npy"), "--k", os.path.join(d, "q.npy"),

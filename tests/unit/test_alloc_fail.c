@@ -320,9 +320,35 @@ static void every_allocation_failure_is_clean(void **state) {
   print_message("%zu operations, %d injected failures\n", sizeof rows / sizeof rows[0], total);
 }
 
+/* Calls documented to allocate nothing cannot fail for memory: run them
+ * under an allocator that fails every allocation, and check they succeed
+ * without asking it for anything. */
+static void allocation_free_calls_never_allocate(void **state) {
+  (void)state;
+  for (int di = 0; di < 2; di++) {
+    tu_counter cnt = {0};
+    af_row row = {"merge", 2, di ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32, cfg_weights_lse, NULL, NULL, NULL};
+    af_fx f;
+    fx_setup(&f, &cnt, &row);
+    int64_t ls[3] = {B_, H_, SQ};
+    attn_tensor *lb = rand_n(&f, 3, ls, 21);
+    const int64_t before = cnt.allocs;
+    cnt.fail_at = before + 1; /* every allocation from now on fails */
+    /* attn_merge_states, in place into out (q as the other side). */
+    assert_int_equal(attn_merge_states(f.ctx, f.out, f.lse, f.q, lb, f.out, f.lse), ATTN_OK);
+    assert_int_equal(cnt.allocs, before);
+    cnt.fail_at = 0;
+    tu_tensor_free(lb);
+    fx_teardown(&f);
+    assert_int_equal(cnt.outstanding_bytes, 0);
+  }
+  print_message("attn_merge_states: no allocation, f32 and f64\n");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_allocation_failure_is_clean),
+      cmocka_unit_test(allocation_free_calls_never_allocate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -96,10 +96,11 @@ static attn_tensor *TS(fx *f, attn_dtype dt, int32_t rank, int64_t d0, int64_t d
                        int64_t d3, const int64_t *strides) {
   int64_t shape[4] = {d0, d1, d2, d3};
   attn_tensor *t = NULL;
-  int64_t extent = 1;
-  for (int i = 0; i < rank; i++) {
-    int64_t s = strides ? strides[i] : 1;
+  int64_t extent = 1, dense = 1; /* dense: the contiguous stride of dim i */
+  for (int i = rank - 1; i >= 0 && i < 4; i--) {
+    int64_t s = strides ? strides[i] : dense;
     extent += (shape[i] - 1) * (s < 0 ? 0 : s);
+    if (shape[i] > 0 && dense <= ARENA_BYTES) dense *= shape[i];
     if (extent > ARENA_BYTES / 8 || extent < 0) extent = 1; /* huge: metadata only */
   }
   unsigned char *mem = arena_take(f, (size_t)extent * 8);
@@ -349,6 +350,43 @@ static attn_status BE_lengths_changed(fx *f) {
   attn_backward_plan_destroy(bp);
   attn_plan_destroy(p);
   return st;
+}
+
+/* attn_merge_states: out_a = out_b = q (inputs), lse inputs wrapped in the
+ * input arena (lse_a at 16 KiB, lse_b at 20 KiB; `poison` writes NaN or +inf
+ * into element 3 of one of them), outputs in the canary arena. */
+static attn_tensor *lse_in(fx *f, size_t off, double poison) {
+  int64_t shape[3] = {B_, H_, SQ};
+  attn_tensor *t = NULL;
+  if (poison != 0) ((float *)(f->in_arena + off))[3] = (float)poison;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 3, shape, NULL, f->in_arena + off, &t));
+  if (f->nextra == MAX_EXTRA) fail_msg("fixture: too many scratch tensors");
+  f->extra[f->nextra++] = t;
+  return t;
+}
+static attn_status MG(fx *f, const attn_tensor *oa, const attn_tensor *la, const attn_tensor *ob,
+                      const attn_tensor *lb, attn_tensor *o, attn_tensor *l) {
+  return attn_merge_states(f->ctx, oa, la, ob, lb, o, l);
+}
+#define LA(f) lse_in((f), 16384, 0)
+#define LB(f) lse_in((f), 20480, 0)
+
+/* out one element past out_a in the same buffer: overlapping, not in place. */
+static attn_status merge_shifted_alias(fx *f) {
+  attn_tensor *oa = TS(f, ATTN_DTYPE_F32, 4, B_, H_, SQ, D_, NULL);
+  int64_t shape[4] = {B_, H_, SQ, D_};
+  attn_tensor *o = NULL;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 4, shape, NULL, (float *)attn_tensor_data(oa) + 1, &o));
+  f->extra[f->nextra++] = o;
+  return attn_merge_states(f->ctx, oa, LA(f), f->q, LB(f), o, f->lse);
+}
+/* lse written into out's memory. */
+static attn_status merge_lse_over_out(fx *f) {
+  int64_t shape[3] = {B_, H_, SQ};
+  attn_tensor *l = NULL;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 3, shape, NULL, attn_tensor_data(f->out), &l));
+  f->extra[f->nextra++] = l;
+  return attn_merge_states(f->ctx, f->q, LA(f), f->q, LB(f), f->out, l);
 }
 
 #define F32 ATTN_DTYPE_F32
@@ -651,6 +689,44 @@ static attn_status BE_lengths_changed(fx *f) {
   X(forward_out_null, ATTN_ERR_NULL_ARG, "out:", attn_forward(f->ctx, f->desc, f->q, f->k, f->v, NULL, NULL, NULL)) \
   X(forward_key_length_past_sk, ATTN_ERR_INVALID_ARG, "key_lengths",                              \
     (must(attn_desc_set_key_lengths(f->desc, f->len_big_k, 2)), F(f)))                            \
+  /* ---- merging partial results ---- */                                                        \
+  X(merge_ctx_null, ATTN_ERR_NULL_ARG, NOCTX,                                                     \
+    attn_merge_states(NULL, f->q, LA(f), f->q, LB(f), f->out, f->lse))                            \
+  X(merge_out_a_null, ATTN_ERR_NULL_ARG, "out_a", MG(f, NULL, LA(f), f->q, LB(f), f->out, f->lse)) \
+  X(merge_lse_a_null, ATTN_ERR_NULL_ARG, "lse_a", MG(f, f->q, NULL, f->q, LB(f), f->out, f->lse)) \
+  X(merge_out_b_null, ATTN_ERR_NULL_ARG, "out_b", MG(f, f->q, LA(f), NULL, LB(f), f->out, f->lse)) \
+  X(merge_lse_b_null, ATTN_ERR_NULL_ARG, "lse_b", MG(f, f->q, LA(f), f->q, NULL, f->out, f->lse)) \
+  X(merge_out_null, ATTN_ERR_NULL_ARG, "out", MG(f, f->q, LA(f), f->q, LB(f), NULL, f->lse))      \
+  X(merge_out_a_u8, ATTN_ERR_DTYPE, "out_a",                                                      \
+    MG(f, T(f, U8, 4, B_, H_, SQ, D_), LA(f), f->q, LB(f), f->out, f->lse))                       \
+  X(merge_lse_b_f64, ATTN_ERR_DTYPE, "lse_b",                                                     \
+    MG(f, f->q, LA(f), f->q, T(f, F64, 3, B_, H_, SQ, 0), f->out, f->lse))                        \
+  X(merge_out_f64, ATTN_ERR_DTYPE, "out",                                                         \
+    MG(f, f->q, LA(f), f->q, LB(f), T(f, F64, 4, B_, H_, SQ, D_), f->lse))                        \
+  X(merge_out_a_rank3, ATTN_ERR_SHAPE, "out_a",                                                   \
+    MG(f, T(f, F32, 3, B_, H_, SQ, 0), LA(f), f->q, LB(f), f->out, f->lse))                       \
+  X(merge_lse_a_rank4, ATTN_ERR_SHAPE, "lse_a",                                                   \
+    MG(f, f->q, T(f, F32, 4, B_, H_, SQ, 1), f->q, LB(f), f->out, f->lse))                        \
+  X(merge_out_b_seq6, ATTN_ERR_SHAPE, "out_b",                                                    \
+    MG(f, f->q, LA(f), T(f, F32, 4, B_, H_, SQ + 1, D_), LB(f), f->out, f->lse))                  \
+  X(merge_lse_b_heads1, ATTN_ERR_SHAPE, "lse_b",                                                  \
+    MG(f, f->q, LA(f), f->q, T(f, F32, 3, B_, 1, SQ, 0), f->out, f->lse))                         \
+  X(merge_out_dim3, ATTN_ERR_SHAPE, "out",                                                        \
+    MG(f, f->q, LA(f), f->q, LB(f), T(f, F32, 4, B_, H_, SQ, D_ - 1), f->lse))                    \
+  X(merge_lse_batch1, ATTN_ERR_SHAPE, "lse",                                                      \
+    MG(f, f->q, LA(f), f->q, LB(f), f->out, T(f, F32, 3, 1, H_, SQ, 0)))                          \
+  X(merge_out_head_stride_zero, ATTN_ERR_LAYOUT, "out",                                           \
+    MG(f, f->q, LA(f), f->q, LB(f), TS(f, F32, 4, B_, H_, SQ, D_, STR(SQ * D_, 0, D_, 1)), f->lse)) \
+  X(merge_lse_rows_overlap, ATTN_ERR_LAYOUT, "lse",                                               \
+    MG(f, f->q, LA(f), f->q, LB(f), f->out, TS(f, F32, 3, B_, H_, SQ, 0, STR(H_ * SQ, SQ, 0))))   \
+  X(merge_out_overlaps_out_a_shifted, ATTN_ERR_LAYOUT, "out_a",                                   \
+    merge_shifted_alias(f))                                                                       \
+  X(merge_lse_is_out, ATTN_ERR_LAYOUT, "lse",                                                     \
+    merge_lse_over_out(f))                                                                        \
+  X(merge_lse_a_nan, ATTN_ERR_INVALID_ARG, "lse_a",                                               \
+    MG(f, f->q, lse_in(f, 16384, NAN), f->q, LB(f), f->out, f->lse))                              \
+  X(merge_lse_b_plus_inf, ATTN_ERR_INVALID_ARG, "lse_b",                                          \
+    MG(f, f->q, LA(f), f->q, lse_in(f, 20480, INFINITY), f->out, f->lse))                         \
   /* ---- plan queries ---- */                                                                    \
   X(block_layout_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_block_layout(NULL, f->buf, &f->size)) \
   X(block_layout_size_null, ATTN_ERR_NULL_ARG, "size", attn_plan_block_layout(f->plan, f->buf, NULL)) \

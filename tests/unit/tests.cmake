@@ -15,6 +15,12 @@ endforeach()
 # test_npy tests the attn command's .npy reader/writer (tools/npy.c).
 target_sources(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c)
 target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+# test_npz: the .npz reader/writer (tools/npz.c, over npy.c; zlib as the attn command).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(ATTN_TEST_ZLIB REQUIRED IMPORTED_TARGET zlib)
+target_sources(test_npz PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c ${PROJECT_SOURCE_DIR}/tools/npz.c)
+target_include_directories(test_npz PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+target_link_libraries(test_npz PRIVATE PkgConfig::ATTN_TEST_ZLIB)
 
 # The KV-cache tests again with the vector-math dispatch lowered to AVX2, so
 # the f32 decode path goes through GEMM instead of the AVX-512 loops (both

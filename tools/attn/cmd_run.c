@@ -1,5 +1,8 @@
-/* attn run: attention on NumPy .npy files, so results can be checked against
- * another framework. Inputs rank 4 [B,H,S,D] or rank 3 [H,S,D] (B = 1);
+/* attn run: attention on NumPy .npy / .npz files, so results can be checked
+ * against another framework. Any file argument may be an .npz archive
+ * ("A.npz" = its member named after the option, e.g. q for --q, or its only
+ * member; "A.npz:NAME" = member NAME); outputs given the same .npz path are
+ * written as members out / weights / lse of one archive. Inputs rank 4 [B,H,S,D] or rank 3 [H,S,D] (B = 1);
  * outputs have the rank of q. Errors: bad files exit 3 with the parser's
  * message; the library's own messages (shape mismatches, bad options) are
  * passed through and exit 1. */
@@ -11,6 +14,7 @@
 
 #include "cli.h"
 #include "npy.h"
+#include "npz.h"
 
 #define CMD "run"
 #define MAX_LIST 4096
@@ -19,12 +23,19 @@ static void run_usage(FILE *f) {
   fprintf(f,
           "Usage: attn run --variant NAME --q Q.npy --k K.npy --v V.npy -o OUT.npy\n"
           "                [--weights W.npy] [--lse L.npy] [options]\n"
+          "       attn run --variant NAME --in IN.npz -o OUT.npz [--weights OUT.npz] ...\n"
           "\n"
           "Computes attention on NumPy arrays with libattn and writes the result as\n"
           ".npy, to compare with another framework. q, k, v: float32 or float64 (all\n"
           "the same), C order, rank 4 [B, H, S, D] or rank 3 [H, S, D] (B = 1); k and\n"
           "v may have fewer heads than q (GQA). OUT has q's dtype and rank:\n"
           "[B, H, S_q, D_v]; weights [B, H, S_q, S_k]; lse [B, H, S_q].\n"
+          "\n"
+          ".npz archives (np.savez / np.savez_compressed): every file argument may be\n"
+          "A.npz (its member named after the option: q, k, v, bool_mask, ...; or its\n"
+          "only member) or A.npz:NAME. --in A.npz = --q A.npz --k A.npz --v A.npz.\n"
+          "Outputs with the same .npz path go into one archive as members out,\n"
+          "weights and lse (A.npz:NAME names the member).\n"
           "\n"
           "Variants (--variant):\n"
           "  exact (sdpa)   softmax attention; the mask options below apply\n"
@@ -66,7 +77,7 @@ static void run_usage(FILE *f) {
 }
 
 typedef struct run_opts {
-  const char *variant, *q, *k, *v, *out, *weights, *lse;
+  const char *variant, *q, *k, *v, *out, *weights, *lse, *in;
   attn_causal causal;
   bool causal_set;
   bool window_set;
@@ -132,6 +143,9 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
     } else if (cli_opt_is(a, "--variant", &val)) {
       VALUE("--variant");
       o->variant = v;
+    } else if (cli_opt_is(a, "--in", &val)) {
+      VALUE("--in");
+      o->in = v;
     } else if (cli_opt_is(a, "--q", &val)) {
       VALUE("--q");
       o->q = v;
@@ -284,6 +298,15 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
 #undef BAD
   }
   if (o->variant == NULL) o->variant = "exact";
+  if (o->in != NULL) {
+    if (!npz_is_npz_path(o->in)) {
+      cli_err(CMD, "--in: '%s' is not an .npz archive", o->in);
+      return CLI_EXIT_USAGE;
+    }
+    if (!o->q) o->q = o->in;
+    if (!o->k) o->k = o->in;
+    if (!o->v) o->v = o->in;
+  }
   const char *missing = !o->q ? "--q" : !o->k ? "--k" : !o->v ? "--v" : !o->out ? "-o" : NULL;
   if (missing != NULL) {
     cli_err(CMD, "%s is required (see attn run --help)", missing);
@@ -293,6 +316,40 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
 }
 
 /* ---- files to tensors ----------------------------------------------------------- */
+
+/* "A.npz:NAME" -> archive "A.npz", *member NAME; "A.npz" -> *member NULL.
+ * Returns 1 for an .npz spec, 0 for anything else (a .npy path). */
+static int npz_spec(const char *spec, char *archive, size_t cap, const char **member) {
+  *member = NULL;
+  const char *cut = NULL;
+  for (const char *p = spec; (p = strchr(p, ':')) != NULL; p++)
+    if (p - spec >= 4 && p[1] != '\0') {
+      char ext[5];
+      memcpy(ext, p - 4, 4);
+      ext[4] = '\0';
+      for (int i = 0; i < 4; i++) ext[i] = (char)(ext[i] >= 'A' && ext[i] <= 'Z' ? ext[i] + 32 : ext[i]);
+      if (strcmp(ext, ".npz") == 0) cut = p;
+    }
+  size_t n = cut ? (size_t)(cut - spec) : strlen(spec);
+  if (n >= cap) n = cap - 1;
+  memcpy(archive, spec, n);
+  archive[n] = '\0';
+  if (!npz_is_npz_path(archive)) return 0;
+  if (cut) *member = cut + 1;
+  return 1;
+}
+
+/* The member an option reads from a bare A.npz: "--bool-mask" -> "bool_mask",
+ * "--proj E" -> "proj_e" (lower case, dashes to underscores). */
+static void default_member(const char *what, char *out, size_t cap) {
+  size_t o = 0;
+  for (const char *p = what; *p && o + 1 < cap; p++) {
+    if (o == 0 && *p == '-') continue;
+    char c = *p == '-' || *p == ' ' ? '_' : *p;
+    out[o++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  out[o] = '\0';
+}
 
 typedef struct loaded {
   npy_array a[16];
@@ -318,9 +375,18 @@ enum { KIND_FLOAT, KIND_BOOL };
  * with leading 1s from rank min_rank..want_rank. Returns CLI_EXIT_* or 0. */
 static int load_as(attn_context *ctx, loaded *l, const char *what, const char *path, int kind,
                    int32_t min_rank, int32_t want_rank, attn_tensor **out, int32_t *file_rank) {
-  char err[512];
+  char err[640];
   npy_array *a = &l->a[l->n];
-  if (npy_load(path, a, err, sizeof err) != 0) {
+  char archive[4096], member[64];
+  const char *name = NULL;
+  int rc_load;
+  if (npz_spec(path, archive, sizeof archive, &name)) {
+    if (name == NULL) default_member(what, member, sizeof member);
+    rc_load = npz_load(archive, name ? name : member, name == NULL, a, err, sizeof err);
+  } else {
+    rc_load = npy_load(path, a, err, sizeof err);
+  }
+  if (rc_load != 0) {
     cli_err(CMD, "%s: %s", what, err);
     return CLI_EXIT_IO;
   }
@@ -577,7 +643,9 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   {
     const npy_dtype nd = dt == ATTN_DTYPE_F32 ? NPY_F32 : NPY_F64;
     const int drop = qrank == 3 ? 1 : 0;
-    char err[512];
+    char err[640];
+    static const char *const out_names[3] = {"out", "weights", "lse"};
+    bool written[3] = {false, false, false};
     struct {
       const char *path;
       attn_tensor *t;
@@ -585,7 +653,32 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
       int32_t rank;
     } outs[3] = {{o->out, out, osh, 4}, {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}};
     for (int i = 0; i < 3; i++) {
-      if (outs[i].path == NULL) continue;
+      if (outs[i].path == NULL || written[i]) continue;
+      char archive[4096], other[4096];
+      const char *name = NULL, *oname = NULL;
+      if (npz_spec(outs[i].path, archive, sizeof archive, &name)) {
+        /* every output aimed at this archive becomes one of its members */
+        npz_member mem[3];
+        int nm = 0;
+        for (int j = i; j < 3; j++) {
+          if (outs[j].path == NULL || !npz_spec(outs[j].path, other, sizeof other, &oname) ||
+              strcmp(other, archive) != 0)
+            continue;
+          mem[nm].name = oname ? oname : out_names[j];
+          mem[nm].dtype = nd;
+          mem[nm].rank = outs[j].rank - drop;
+          mem[nm].shape = outs[j].shape + drop;
+          mem[nm].data = attn_tensor_data(outs[j].t);
+          nm++;
+          written[j] = true;
+        }
+        if (npz_save(archive, mem, nm, err, sizeof err) != 0) {
+          cli_err(CMD, "%s", err);
+          rc = CLI_EXIT_IO;
+          goto done;
+        }
+        continue;
+      }
       if (npy_save(outs[i].path, nd, outs[i].rank - drop, outs[i].shape + drop,
                    attn_tensor_data(outs[i].t), err, sizeof err) != 0) {
         cli_err(CMD, "%s", err);

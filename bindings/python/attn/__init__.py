@@ -15,14 +15,18 @@ argument), :class:`TypeError` / :class:`ValueError` for arrays that cannot be
 viewed without a copy.
 """
 
+from __future__ import annotations
+
 import ctypes
 import enum
 import threading
 import weakref
 from ctypes import POINTER, byref, c_double, c_int, c_int64, c_uint64, c_void_p
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
+from ._arrays import as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
                    KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
                    register_handle, unregister_handle)
@@ -31,9 +35,12 @@ __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
            "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
-           "KVCachePlan", "KVCacheMode", "KVCacheStorage"]
+           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states"]
 
 _lib = load()
+
+#: The loaded libattn's version (attn_version_string()); its major is EXPECTED_MAJOR.
+__version__ = _lib.attn_version_string().decode()
 
 WINDOW_UNBOUNDED = 2**63 - 1   # ATTN_WINDOW_UNBOUNDED
 
@@ -68,17 +75,22 @@ class Causal(enum.IntEnum):
     BOTTOM_RIGHT = 2
 
 
-def version():
+#: Anything attn accepts as an array: numpy.ndarray, a CPU torch.Tensor, or an
+#: object with __dlpack__ / __array_interface__ (viewed, never copied).
+ArrayLike = Any
+
+
+def version() -> str:
     """The loaded library's version string, e.g. "0.1.0"."""
     return _lib.attn_version_string().decode()
 
 
-def version_number():
+def version_number() -> int:
     """MAJOR*10000 + MINOR*100 + PATCH of the loaded library."""
     return int(_lib.attn_version_number())
 
 
-def library_path():
+def library_path() -> str:
     """The path (or soname) libattn was loaded from."""
     return _lib.path
 
@@ -135,7 +147,7 @@ class Context:
 _default = threading.local()
 
 
-def default_context():
+def default_context() -> "Context":
     """This thread's lazily created default Context."""
     ctx = getattr(_default, "ctx", None)
     if ctx is None:
@@ -160,7 +172,9 @@ def _canonical_strides(shape, strides):
 
 
 class Tensor:
-    """attn_tensor wrapping a numpy array's memory (no copy).
+    """attn_tensor wrapping an array's memory (no copy): a numpy array, a CPU
+    torch tensor, or anything with ``__dlpack__`` / ``__array_interface__``
+    (see :func:`as_numpy`).
 
     The Tensor keeps the array alive. Checks (before C sees the array): dtype
     float32/float64 (uint8/bool for masks), rank 1..4, non-negative strides
@@ -169,8 +183,7 @@ class Tensor:
     """
 
     def __init__(self, ctx, array, name="tensor", writeable=False, contiguous_last=False):
-        if not isinstance(array, np.ndarray):
-            raise TypeError("%s: expected a numpy.ndarray, got %s" % (name, type(array).__name__))
+        array = as_numpy(array, name, writeable)   # torch / DLPack / array interface: a view
         dtype = _NP_DTYPES.get(array.dtype)
         if dtype is None:
             raise TypeError("%s: dtype %s is not supported (use float32 or float64%s)"
@@ -275,9 +288,13 @@ def _k_array(np_dtype):
     def conv(_d, v, name):
         if v is None:
             return [None, 0], None
+        if is_torch(v) or hasattr(v, "__dlpack__"):
+            v = as_numpy(v, name)
         arr = np.ascontiguousarray(v, dtype=np_dtype)   # no copy if already so
         if arr.ndim != 1:
             raise ValueError("%s: expected a 1-D sequence" % name)
+        if arr.size == 0:   # [] means "none", as None does (C wants NULL with count 0)
+            return [None, 0], None
         ptr = arr.ctypes.data_as(POINTER(np.ctypeslib.as_ctypes_type(np_dtype)))
         return [ptr, arr.size], arr
     return conv
@@ -360,6 +377,7 @@ class Desc:
         self._handle = handle.value
         register_handle(self._handle, self.ctx.handle)
         self._keep = {}
+        self._values = {}   # name -> the values last set (Plan.block_layout reads block_size)
         self.set(**settings)
 
     @property
@@ -372,7 +390,11 @@ class Desc:
             if name not in _DESC_SETTERS:
                 raise TypeError("unknown descriptor setting %r (known: %s)"
                                 % (name, ", ".join(sorted(_DESC_SETTERS))))
-            args = value if isinstance(value, tuple) else (value,)
+            # A tuple is several values, except for a one-array setter
+            # (global_tokens=(0, 5), alibi=()), where it is the array itself.
+            kinds = _DESC_SETTERS[name][1]
+            array = len(kinds) == 1 and kinds[0] in (I64_ARRAY, F64_ARRAY)
+            args = value if isinstance(value, tuple) and not array else (value,)
             getattr(self, "set_" + name)(*args)
         return self
 
@@ -387,6 +409,7 @@ class Desc:
             keep.append(k)
         getattr(_lib, cfn)(self._handle, *cargs)
         self._keep[name] = keep   # replaces what an earlier call borrowed
+        self._values[name] = values
         return self
 
     def close(self):
@@ -414,7 +437,10 @@ for _name in _DESC_SETTERS:
 
 def _view(array, layout, name):
     """[B, S, H, D] arrays are seen as [B, H, S, D] (a strided view, no copy)."""
-    if array is None or isinstance(array, Tensor) or layout == "bhsd":
+    if array is None or isinstance(array, Tensor):
+        return array
+    array = as_numpy(array, name)
+    if layout == "bhsd":
         return array
     if layout != "bshd":
         raise ValueError("layout must be 'bhsd' or 'bshd', got %r" % (layout,))
@@ -437,7 +463,7 @@ def _bind(plan, names, arrays):
             handles.append(None)
         elif isinstance(a, Tensor):
             handles.append(a.handle)
-        elif t is not None and t.matches(a):
+        elif t is not None and t.matches(a := as_numpy(a, name, name in _OUTPUTS)):
             if name in _OUTPUTS and not a.flags.writeable:
                 raise ValueError("%s: the array is read-only" % name)
             t.set_data(a)
@@ -496,8 +522,12 @@ class Plan:
         return out
 
     def block_layout(self):
-        """The block layout a sparse plan uses: uint8 [H, ceil(S_q/b), ceil(S_k/b)]
-        flattened (attn_plan_block_layout)."""
+        """The block layout a sparse plan uses (attn_plan_block_layout): uint8
+        of shape [H or 1, ceil(S_q/b), ceil(S_k/b)] with b the descriptor's
+        block_size (default 64); non-zero = the query block attends to the key
+        block. The first axis is what the plan holds (one layer per head for
+        the variants on main, a [1, ...] layout given to block-sparse
+        included)."""
         size = ctypes.c_size_t(0)
         try:
             _lib.attn_plan_block_layout(self._handle, None, byref(size))
@@ -507,7 +537,14 @@ class Plan:
         buf = np.zeros(size.value, dtype=np.uint8)
         _lib.attn_plan_block_layout(self._handle, buf.ctypes.data_as(POINTER(ctypes.c_uint8)),
                                     byref(size))
-        return buf
+        b = int(self.desc._values.get("block_size", (64,))[0])
+        s_q, s_k = self._tensors[0].shape[2], self._tensors[1].shape[2]
+        nq, nk = -(-s_q // b), -(-s_k // b)
+        if nq * nk == 0 or buf.size % (nq * nk):
+            raise AttnError(Status.ERR_INTERNAL, "attn_plan_block_layout",
+                            "%d bytes is not a whole number of %dx%d layouts" % (buf.size, nq, nk),
+                            "internal error")
+        return buf.reshape(buf.size // (nq * nk), nq, nk)
 
     def redraw_features(self, seed):
         """Performer: redraw the random features from ``seed``."""
@@ -523,6 +560,7 @@ class Plan:
 
 
 def _causal(value):
+    """attention()'s causal: True is PyTorch's is_causal, i.e. top-left."""
     if value is True:
         return Causal.TOP_LEFT
     if value is False or value is None:
@@ -530,25 +568,56 @@ def _causal(value):
     return value
 
 
-def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
-              return_weights=False, return_lse=False, ctx=None, **settings):
-    """One-shot attention on numpy arrays.
+def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
+              causal: Union[bool, str, int] = False, scale: Optional[float] = None,
+              layout: str = "bhsd", out: Optional[ArrayLike] = None,
+              return_weights: bool = False, return_lse: bool = False,
+              ctx: Optional["Context"] = None,
+              **settings: Any) -> Union[ArrayLike, Tuple[ArrayLike, ...]]:
+    """Scaled-dot-product attention (one call: descriptor, plan, execute).
 
-    q: [B, H, S_q, d], k: [B, H_kv, S_k, d], v: [B, H_kv, S_k, d_v] (or
-    [B, S, H, D] each with ``layout="bshd"``); all float32 or all float64.
-    ``causal``: False, True (= "top_left") or "bottom_right". ``scale``:
-    default 1/sqrt(d). Any descriptor setting is accepted by name, e.g.
-    ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m``, ``alibi=s``,
-    ``variant="longformer"``, ``global_tokens=[0]``.
+    ``out[b,h,i] = sum_j softmax_j(scale * q[b,h,i].k[b,h',j] + masks) v[b,h',j]``
+    with h' = h // (H / H_kv) (grouped-query attention).
 
-    Returns out (in q's layout), or a tuple (out, weights?, lse?) when
-    return_weights / return_lse are set. ``out`` may be given (written in
-    place, no allocation).
+    Args:
+        q: [B, H, S_q, d] (or [B, S_q, H, d] with ``layout="bshd"``).
+        k: [B, H_kv, S_k, d]; H must be a multiple of H_kv.
+        v: [B, H_kv, S_k, d_v].
+            All float32 or all float64; any strides with the last axis
+            contiguous. numpy arrays, CPU torch tensors, or any object with
+            ``__dlpack__`` / ``__array_interface__``: viewed, never copied.
+        causal: ``False``; ``True`` = ``"top_left"`` (PyTorch's ``is_causal``:
+            query i sees keys j <= i); ``"bottom_right"`` aligns the last query
+            with the last key (j <= i + S_k - S_q, the decoder's alignment).
+        scale: default 1/sqrt(d).
+        layout: ``"bhsd"`` or ``"bshd"`` (for q, k, v and out).
+        out: optional output array, written in place (no allocation); it is
+            returned as given (same object, same memory).
+        return_weights: also return the weights [B, H, S_q, S_k].
+        return_lse: also return the log-sum-exp [B, H, S_q].
+        ctx: a :class:`Context` (default: this thread's).
+        **settings: any descriptor setting by name (see :class:`Desc`), e.g.
+            ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m`` (non-zero =
+            attend, like ``F.scaled_dot_product_attention``), ``alibi=slopes``,
+            ``variant="longformer"``, ``global_tokens=[0]``. Empty lists mean
+            "none", like ``None``.
+
+    Returns:
+        out, or a tuple ``(out, weights?, lse?)``. When q is a torch tensor the
+        new arrays are torch tensors (sharing memory with what libattn wrote).
+
+    Raises:
+        AttnError: the library rejected the call (``.status``, ``.message``).
+        TypeError, ValueError: an argument is not an array numpy can view.
     """
+    arrays = []
     for name, a in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(a, np.ndarray) or a.ndim != 4:
-            raise ValueError("%s: expected a 4-D numpy array, got %s"
-                             % (name, getattr(a, "shape", type(a).__name__)))
+        a = as_numpy(a, name)
+        if a.ndim != 4:
+            raise ValueError("%s: expected a 4-D array, got shape %s" % (name, a.shape))
+        arrays.append(a)
+    template = q
+    q, k, v = arrays
     ctx = ctx if ctx is not None else default_context()
     desc = Desc(ctx, causal=_causal(causal), **settings)
     if scale is not None:
@@ -558,12 +627,17 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
     Sk, Dv = kv.shape[2], vv.shape[3]
     if out is None:
         shape = (B, H, Sq, Dv) if layout == "bhsd" else (B, Sq, H, Dv)
-        out = np.empty(shape, dtype=q.dtype)
-    weights = np.empty((B, H, Sq, Sk), dtype=q.dtype) if return_weights else None
-    lse = np.empty((B, H, Sq), dtype=q.dtype) if return_lse else None
-    plan = Plan(desc, q, k, v, out, weights, lse, layout=layout)
+        out_np, out = empty_like_input(shape, template, q.dtype)
+    else:
+        out_np = as_numpy(out, "out", writeable=True)
+    weights = lse = None
+    if return_weights:
+        weights, weights_obj = empty_like_input((B, H, Sq, Sk), template, q.dtype)
+    if return_lse:
+        lse, lse_obj = empty_like_input((B, H, Sq), template, q.dtype)
+    plan = Plan(desc, q, k, v, out_np, weights, lse, layout=layout)
     try:
-        plan.execute(q, k, v, out, weights, lse)
+        plan.execute(q, k, v, out_np, weights, lse)
     finally:
         plan.close()
         desc.close()
@@ -571,10 +645,34 @@ def attention(q, k, v, *, causal=False, scale=None, layout="bhsd", out=None,
         return out
     result = (out,)
     if return_weights:
-        result += (weights,)
+        result += (weights_obj,)
     if return_lse:
-        result += (lse,)
+        result += (lse_obj,)
     return result
+
+
+def merge_states(out_a, lse_a, out_b, lse_b, out=None, lse=None, ctx=None):
+    """attn_merge_states: merge attention results over two disjoint key sets.
+
+    out_a, out_b: [B, H, S, d_v]; lse_a, lse_b: [B, H, S] (the ``return_lse``
+    of attention()), all float32 or all float64, any strides. Returns
+    (out, lse) of the union: ``out``/``lse`` are allocated when None and may
+    be out_a/out_b and lse_a/lse_b themselves (in place). A side whose lse is
+    -inf kept no key; both -inf gives 0 and -inf."""
+    ctx = _ctx(ctx)
+    if out is None:
+        out = np.empty(np.shape(out_a), dtype=getattr(out_a, "dtype", None))
+    if lse is None:
+        lse = np.empty(np.shape(lse_a), dtype=getattr(lse_a, "dtype", None))
+    ts = [Tensor(ctx, a, name=n) for a, n in ((out_a, "out_a"), (lse_a, "lse_a"),
+                                               (out_b, "out_b"), (lse_b, "lse_b"))]
+    ts += [Tensor(ctx, out, name="out", writeable=True), Tensor(ctx, lse, name="lse", writeable=True)]
+    try:
+        _lib.attn_merge_states(ctx.handle, *(t.handle for t in ts))
+    finally:
+        for t in ts:
+            t.close()
+    return out, lse
 
 
 # ---------------------------------------------------------------------------
@@ -609,13 +707,13 @@ def _view_call(cfn, x, ctx, *args):
         t.close()
 
 
-def heads_split_view(x, num_heads, ctx=None):
+def heads_split_view(x: np.ndarray, num_heads: int, ctx: Optional[Context] = None) -> np.ndarray:
     """attn_heads_split_view: x [B, S, H·D] (last axis contiguous) as a
     [B, H, S, D] numpy view of the same memory, strides as the library gives."""
     return _view_call("attn_heads_split_view", x, ctx, int(num_heads))
 
 
-def heads_merge_view(x, ctx=None):
+def heads_merge_view(x: np.ndarray, ctx: Optional[Context] = None) -> np.ndarray:
     """attn_heads_merge_view: x [B, H, S, D] whose heads lie side by side as a
     [B, S, H·D] numpy view; AttnError ERR_LAYOUT otherwise (use heads_merge)."""
     return _view_call("attn_heads_merge_view", x, ctx)
@@ -675,6 +773,9 @@ _TORCH_WEIGHT_NAMES = {"out_proj.weight": "out_proj_weight", "out_proj.bias": "o
 
 _MHA_OPERANDS = ("query", "key", "value", "key_padding_mask", "out", "weights")
 
+#: MHA mask polarities: "attn" = non-zero attends, "torch" = True ignores.
+_MASK_CONVENTIONS = ("attn", "torch")
+
 
 class MHA:
     """attn_mha: PyTorch's nn.MultiheadAttention (dropout 0) with grouped K/V heads.
@@ -692,12 +793,24 @@ class MHA:
     their contents changes the layer. ``MHA.from_torch(module)`` copies a
     torch module's parameters.
 
-    key_padding_mask: uint8/bool [B, S], **non-zero = attend** (the library
-    convention) -- the opposite of PyTorch, pass ``~torch_mask`` to get
-    PyTorch's result.
+    Mask polarity, ``mask_convention``:
+
+    - ``"attn"`` (the default for ``MHA(...)``): key_padding_mask and bool
+      attn_mask are **non-zero = attend**, libattn's convention and that of
+      ``F.scaled_dot_product_attention``.
+    - ``"torch"`` (the default for :meth:`from_torch`): **True = ignore**, the
+      convention of ``nn.MultiheadAttention``, so PyTorch code ports unchanged
+      (``layer(q, k, v, key_padding_mask=kpm, attn_mask=m)``).
+
+    The layer's convention is ``layer.mask_convention``; float masks are
+    additive in both.
     """
 
-    def __init__(self, weights, ctx=None, **config):
+    def __init__(self, weights, ctx=None, mask_convention="attn", **config):
+        if mask_convention not in _MASK_CONVENTIONS:
+            raise ValueError("mask_convention must be one of %s, got %r"
+                             % (", ".join(map(repr, _MASK_CONVENTIONS)), mask_convention))
+        self.mask_convention = mask_convention
         self.ctx = _ctx(ctx)
         cfg = MhaConfig()
         _lib.attn_mha_config_init(byref(cfg))
@@ -732,15 +845,20 @@ class MHA:
         self._plans = weakref.WeakSet()
 
     @classmethod
-    def from_torch(cls, module, ctx=None, dtype=None):
-        """A layer with copies of a torch.nn.MultiheadAttention's parameters."""
+    def from_torch(cls, module, ctx=None, dtype=None, mask_convention="torch"):
+        """A layer with copies of a torch.nn.MultiheadAttention's parameters.
+
+        Masks follow PyTorch's polarity (True = ignore) unless
+        ``mask_convention="attn"``, so ``layer(q, k, v, key_padding_mask=kpm,
+        attn_mask=m)`` gives what ``module(...)`` gives for the same masks."""
         params = {n: p.detach().cpu().numpy() for n, p in module.named_parameters()}
         dtype = np.dtype(dtype) if dtype is not None else next(iter(params.values())).dtype
         weights = {n: np.ascontiguousarray(p, dtype=dtype) for n, p in params.items()}
         return cls(weights, ctx=ctx, embed_dim=module.embed_dim, num_heads=module.num_heads,
                    kdim=module.kdim, vdim=module.vdim, batch_first=module.batch_first,
                    bias=module.in_proj_bias is not None, add_bias_kv=module.bias_k is not None,
-                   add_zero_attn=module.add_zero_attn, dtype=dtype)
+                   add_zero_attn=module.add_zero_attn, dtype=dtype,
+                   mask_convention=mask_convention)
 
     @property
     def handle(self):
@@ -758,26 +876,80 @@ class MHA:
         """An MHAPlan for arrays laid out like these (see MHAPlan)."""
         return MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
 
+    def _keep_mask(self, mask, name):
+        """A key padding / bool mask in libattn's polarity (non-zero = attend):
+        as given for mask_convention "attn", inverted (a new uint8 array) for
+        "torch"."""
+        if mask is None or isinstance(mask, Tensor):
+            return mask
+        mask = as_numpy(mask, name)
+        if self.mask_convention == "torch":
+            if mask.dtype.kind == "f":
+                raise TypeError("%s: float masks are additive; for key_padding_mask use a bool "
+                                "mask (True = ignore) or attn_mask=" % name)
+            mask = (mask == 0).astype(np.uint8)
+        return mask
+
+    def _attn_mask_settings(self, attn_mask, batch, settings):
+        """PyTorch's attn_mask ([L, S] or [B*H, L, S]; bool or additive float)
+        as the descriptor's bool_mask / additive_mask ([1|B, 1|H, L, S])."""
+        if attn_mask is None:
+            return settings
+        if "bool_mask" in settings or "additive_mask" in settings:
+            raise TypeError("give attn_mask or bool_mask/additive_mask, not both")
+        m = as_numpy(attn_mask, "attn_mask")
+        if m.ndim == 2:
+            m = m[None, None]
+        elif m.ndim == 3:
+            if m.shape[0] != batch * self.num_heads:
+                raise ValueError("attn_mask: 3-D masks are [B*H, L, S] = [%d, ...], got %s"
+                                 % (batch * self.num_heads, m.shape))
+            m = m.reshape(batch, self.num_heads, m.shape[1], m.shape[2])
+        if m.dtype.kind == "f":
+            return dict(settings, additive_mask=m)
+        if self.mask_convention == "torch":
+            m = (m == 0).astype(np.uint8)
+        return dict(settings, bool_mask=m)
+
     def __call__(self, query, key=None, value=None, key_padding_mask=None, need_weights=True,
-                 average_attn_weights=True, out=None, desc=None, **settings):
+                 attn_mask=None, average_attn_weights=True, out=None, desc=None, **settings):
         """One-shot forward like nn.MultiheadAttention.forward: returns
-        (out, weights or None). key/value default to query (self-attention).
+        (out, weights or None).
+
+        query/key/value: [B, S, ·] if batch_first else [S, B, ·]; numpy arrays,
+        CPU torch tensors or any DLPack / array-interface object (viewed, not
+        copied); key/value default to query (self-attention). With torch
+        inputs the results are torch tensors.
+        key_padding_mask: [B, S] bool/uint8 in the layer's ``mask_convention``.
+        attn_mask: PyTorch's [L, S] or [B*H, L, S]: bool (layer's convention)
+        or float (added to the scores).
         weights: [B, L, S'] averaged over heads, or [B, H, L, S'] with
         average_attn_weights=False (always batch-first; S' counts appended
-        bias/zero keys). Other keywords are descriptor settings (causal=...,
-        bool_mask=..., additive_mask=...: see attn_mha_plan_create)."""
-        key = query if key is None else key
-        value = key if value is None else value
+        bias/zero keys). Other keywords are descriptor settings (causal=True:
+        top-left, like is_causal; bool_mask=... always non-zero = attend:
+        see attn_mha_plan_create)."""
+        template = query
+        query = as_numpy(query, "query")
+        key = query if key is None else as_numpy(key, "key")
+        value = key if value is None else as_numpy(value, "value")
+        B = query.shape[0 if self.batch_first else 1]
+        settings = self._attn_mask_settings(attn_mask, B, settings)
+        key_padding_mask = self._keep_mask(key_padding_mask, "key_padding_mask")
         if out is None:
-            out = np.empty(tuple(query.shape[:2]) + (self.embed_dim,), dtype=query.dtype)
-        weights = None
+            out_np, out = empty_like_input(tuple(query.shape[:2]) + (self.embed_dim,), template,
+                                           query.dtype)
+        else:
+            out_np = as_numpy(out, "out", writeable=True)
+        weights = weights_np = None
         if need_weights:
             B, L, Sx = self._shapes(query, key)
             shape = (B, L, Sx) if average_attn_weights else (B, self.num_heads, L, Sx)
-            weights = np.empty(shape, dtype=query.dtype)
-        plan = MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
+            weights_np, weights = empty_like_input(shape, template, query.dtype)
+        plan = MHAPlan(self, query, key, value, out_np, key_padding_mask, weights_np, desc,
+                       _mask_ready=True, **settings)
         try:
-            plan.execute(query, key, value, out, key_padding_mask, weights)
+            plan.execute(query, key, value, out_np, key_padding_mask, weights_np,
+                         _mask_ready=True)
         finally:
             plan.close()
         return out, weights
@@ -805,9 +977,11 @@ class MHAPlan:
     """
 
     def __init__(self, mha, query, key, value, out, key_padding_mask=None, weights=None,
-                 desc=None, **settings):
+                 desc=None, _mask_ready=False, **settings):
         self.mha = mha
         self.ctx = mha.ctx
+        if not _mask_ready:
+            key_padding_mask = mha._keep_mask(key_padding_mask, "key_padding_mask")
         if settings:
             if desc is not None:
                 raise TypeError("give desc or descriptor settings, not both")
@@ -832,9 +1006,13 @@ class MHAPlan:
     def workspace_size(self):
         return int(_lib.attn_mha_plan_workspace_size(self._handle))
 
-    def execute(self, query, key, value, out, key_padding_mask=None, weights=None):
+    def execute(self, query, key, value, out, key_padding_mask=None, weights=None,
+                _mask_ready=False):
         """Run on new arrays (same dtype/shapes/strides as at plan time, else
-        AttnError ERR_MISMATCH). Writes out (and weights) in place; returns out."""
+        AttnError ERR_MISMATCH). Writes out (and weights) in place; returns out.
+        key_padding_mask is in the layer's mask_convention."""
+        if not _mask_ready:
+            key_padding_mask = self.mha._keep_mask(key_padding_mask, "key_padding_mask")
         arrays = (query, key, value, key_padding_mask, out, weights)
         handles, _temps = _bind(self, _MHA_OPERANDS, arrays)
         _lib.attn_mha_plan_execute(self._handle, *handles)
@@ -904,8 +1082,8 @@ class KVCache:
     """attn_kvcache: the keys and values of every position decoded so far.
 
         cache = attn.KVCache(batch=1, heads_kv=2, capacity=4096, d_k=64)
-        cache.append(k_new, v_new)            # [B, H_kv, n, d] numpy arrays (copied in)
-        out = cache.attend(q, causal=True)    # q [B, H, n, d] -> out [B, H, n, d_v]
+        cache.append(k_new, v_new)            # [B, H_kv, n, d] arrays (copied in)
+        out = cache.attend(q, causal="bottom_right")   # q [B, H, n, d] -> [B, H, n, d_v]
 
     Config keywords are the attn_kvcache_config fields (see _KVCACHE_CONFIG):
     batch, heads_kv, capacity, d_k, d_v (None = d_k), dtype (np.float32 /
@@ -1028,17 +1206,23 @@ class KVCache:
                desc=None, **settings):
         """One-shot attend (plan, execute, close): q [B, H, n, d_k] against the
         cache's contents. Returns out [B, H, n, d_v] (in q's layout), or
-        (out, lse) with return_lse. Descriptor settings as keywords
-        (causal=True means bottom-right, the decoder's alignment)."""
+        (out, lse) with return_lse; torch tensors when q is one. Descriptor
+        settings as keywords (causal="bottom_right", the decoder's alignment)."""
+        template = q
+        q = as_numpy(q, "q")
         qv = _view(q, layout, "q")
         B, H, n, _ = qv.shape
         if out is None:
             shape = (B, H, n, self.d_v) if layout == "bhsd" else (B, n, H, self.d_v)
-            out = np.empty(shape, dtype=q.dtype)
-        lse = np.empty((B, H, n), dtype=q.dtype) if return_lse else None
-        plan = KVCachePlan(self, q, out, lse, desc, layout, **settings)
+            out_np, out = empty_like_input(shape, template, q.dtype)
+        else:
+            out_np = as_numpy(out, "out", writeable=True)
+        lse_np = lse = None
+        if return_lse:
+            lse_np, lse = empty_like_input((B, H, n), template, q.dtype)
+        plan = KVCachePlan(self, q, out_np, lse_np, desc, layout, **settings)
         try:
-            plan.execute(q, out, lse, query_counts)
+            plan.execute(q, out_np, lse_np, query_counts)
         finally:
             plan.close()
         return (out, lse) if return_lse else out
@@ -1070,7 +1254,8 @@ class KVCachePlan:
 
     q [B, H, n, d_k], out [B, H, n, d_v] (or [B, n, H, d] with layout="bshd"),
     lse None or [B, H, n]. desc: a Desc, or descriptor settings as keywords
-    (causal=True or "bottom_right", window=(left, right), alibi=slopes,
+    (causal="bottom_right" (the decoder's alignment, the only causal one a
+    cache supports; causal=True is rejected as ambiguous), window=(left, right), alibi=slopes,
     softcap=c, scale=s, score="dot"); positions are the cache's absolute ones.
     """
 
@@ -1081,8 +1266,12 @@ class KVCachePlan:
         if settings:
             if desc is not None:
                 raise TypeError("give desc or descriptor settings, not both")
-            if settings.get("causal") is True:
-                settings["causal"] = Causal.BOTTOM_RIGHT
+            if isinstance(settings.get("causal"), bool) and settings["causal"]:
+                # attention(causal=True) is top-left (PyTorch's is_causal); a cache
+                # only supports bottom-right. One keyword must not mean both.
+                raise ValueError("KVCache: causal=True is ambiguous (attn.attention's True is "
+                                 "top-left, PyTorch's is_causal); a KV cache attends "
+                                 "bottom-right: pass causal=\"bottom_right\"")
             desc = Desc(self.ctx, **settings)
         elif desc is None:
             desc = Desc(self.ctx)

@@ -149,6 +149,7 @@ _FUNCTIONS = [
     ("attn_plan_block_layout", STATUS, [_P, POINTER(ctypes.c_uint8), POINTER(c_size_t)]),
     ("attn_plan_redraw_features", STATUS, [_P, c_uint64]),
     ("attn_forward", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P]),
+    ("attn_merge_states", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
     # multi-head (heads.h)
     ("attn_heads_split_view", STATUS, [_P, _P, c_int64, _PP]),
     ("attn_heads_merge_view", STATUS, [_P, _P, _PP]),
@@ -187,7 +188,7 @@ _FUNCTIONS = [
 # Status-returning functions whose first argument is the context; for the
 # others the first argument is a handle whose context _owner knows.
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
-              "attn_plan_create", "attn_forward", "attn_heads_split_view",
+              "attn_plan_create", "attn_forward", "attn_merge_states", "attn_heads_split_view",
               "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
               "attn_mha_create", "attn_kvcache_create"}
 
@@ -255,30 +256,54 @@ class _Library:
         return cls(status, function, message, text)
 
 
+def _system_candidates():
+    """libattn from the system: pkg-config's libdir for attn (honours
+    $PKG_CONFIG_PATH), then ldconfig's cache (ctypes.util.find_library)."""
+    out = []
+    try:
+        import subprocess
+        r = subprocess.run(["pkg-config", "--variable=libdir", "attn"], capture_output=True,
+                           text=True, timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            out.append(os.path.join(r.stdout.strip(), "libattn.so.%d" % EXPECTED_MAJOR))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    found = ctypes.util.find_library("attn")
+    if found:
+        out.append(found)
+    out.append("libattn.so.%d" % EXPECTED_MAJOR)   # the dynamic loader's own search
+    return out
+
+
 def _candidates():
     """Where to look for libattn, in order (see load())."""
     here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
     out = []
     build_dir = os.environ.get("ATTN_BUILD_DIR")
     if build_dir:
         out.append(os.path.join(build_dir, "libattn.so.%d" % EXPECTED_MAJOR))
-    out.append(os.path.join(repo, "build", "libattn.so.%d" % EXPECTED_MAJOR))
-    found = ctypes.util.find_library("attn")
-    if found:
-        out.append(found)
-    out.append("libattn.so.%d" % EXPECTED_MAJOR)
-    return out
+    # Bundled into the package at build time (ATTN_BUNDLE_LIBRARY, see setup.py).
+    out.append(os.path.join(here, "_libs", "libattn.so.%d" % EXPECTED_MAJOR))
+    # Running from a source checkout (bindings/python/attn): its build/ directory.
+    repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    if os.path.exists(os.path.join(repo, "include", "attn", "attn.h")):
+        out.append(os.path.join(repo, "build", "libattn.so.%d" % EXPECTED_MAJOR))
+    return out + _system_candidates()
 
 
 def load():
     """Find and load libattn.
 
     1. ``$ATTN_LIBRARY`` (a path to the .so; if set it must load),
-    2. the build tree: ``$ATTN_BUILD_DIR/libattn.so.0``, then ``build/`` at the
-       root of the source tree this package sits in,
-    3. the system: ``ctypes.util.find_library("attn")``, then ``libattn.so.0``
-       through the dynamic loader's usual search.
+    2. ``$ATTN_BUILD_DIR/libattn.so.0`` (a build tree),
+    3. the library bundled into the installed package at build time
+       (``attn/_libs/libattn.so.0``, present when built with
+       ``ATTN_BUNDLE_LIBRARY``),
+    4. ``build/`` at the root of the source tree, when the package is used
+       from a checkout,
+    5. the system: ``pkg-config --variable=libdir attn`` (so an install
+       prefix on ``$PKG_CONFIG_PATH`` is found), ``ctypes.util.find_library``
+       (ldconfig), then ``libattn.so.0`` through the dynamic loader's search.
 
     Raises ImportError when nothing loads or the major version differs.
     """

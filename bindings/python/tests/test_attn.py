@@ -15,7 +15,8 @@ import unittest
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if not os.environ.get("ATTN_TEST_INSTALLED"):   # else: the pip-installed package
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import attn  # noqa: E402
 
 NONE, TOP_LEFT, BOTTOM_RIGHT = attn.Causal.NONE, attn.Causal.TOP_LEFT, attn.Causal.BOTTOM_RIGHT
@@ -113,7 +114,7 @@ class TestLoad(unittest.TestCase):
 
     def run_import(self, env):
         import subprocess
-        pkg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(attn.__file__)))
         code = "import sys; sys.path.insert(0, %r); import attn; print(attn.library_path())" % pkg
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
@@ -1112,7 +1113,9 @@ class TestMHATorch(Case):
                         for n, p in m.named_parameters():
                             if "bias" in n:
                                 p.uniform_(-0.5, 0.5)
+                    # PyTorch's polarity (from_torch's default) and libattn's.
                     layer = attn.MHA.from_torch(m)
+                    layer_keep = attn.MHA.from_torch(m, mask_convention="attn")
                     bf = cfg.get("batch_first", False)
                     rng = np.random.default_rng(i)
                     shape = (lambda n, F: (B, n, F)) if bf else (lambda n, F: (n, B, F))
@@ -1138,11 +1141,54 @@ class TestMHATorch(Case):
                         want, want_w = m(*(torch.from_numpy(a) for a in (q, k, v)),
                                          key_padding_mask=t_kpm, attn_mask=t_mask,
                                          need_weights=True, average_attn_weights=avg)
-                    out, w = layer(q, k, v, key_padding_mask=keep_kpm,
-                                   average_attn_weights=avg, **settings)
                     tol = 1e-5 if dtype == np.float32 else 1e-12
+                    out, w = layer_keep(q, k, v, key_padding_mask=keep_kpm,
+                                        average_attn_weights=avg, **settings)
                     np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
                     np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
+                    # The PyTorch call, unchanged: torch masks in torch's polarity.
+                    out, w = layer(q, k, v, key_padding_mask=t_kpm, attn_mask=t_mask,
+                                   average_attn_weights=avg)
+                    np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
+                    np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
+
+
+class MergeStatesTest(unittest.TestCase):
+    """attn.merge_states: attention over two key halves merged equals the
+    numpy reference over all keys, in place too; empty sides are -inf."""
+
+    def test_split_everywhere_matches_reference(self):
+        rng = np.random.default_rng(7)
+        B, H, Sq, Sk, D = 2, 3, 5, 11, 8
+        for dt, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+            q = (rng.standard_normal((B, H, Sq, D)) * 2).astype(dt)
+            k = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            v = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            want, _w, want_lse, _b = reference(q, k, v)
+            for p in range(Sk + 1):
+                if p == 0 or p == Sk:
+                    oe = np.full((B, H, Sq, D), np.nan, dtype=dt)
+                    le = np.full((B, H, Sq), -np.inf, dtype=dt)
+                    oo, lo = attn.attention(q, k, v, return_lse=True)
+                    oa, la, ob, lb = (oe, le, oo, lo) if p == 0 else (oo, lo, oe, le)
+                else:
+                    oa, la = attn.attention(q, k[:, :, :p], v[:, :, :p], return_lse=True)
+                    ob, lb = attn.attention(q, k[:, :, p:], v[:, :, p:], return_lse=True)
+                out, lse = attn.merge_states(oa, la, ob, lb, out=oa if p % 2 else None,
+                                             lse=la if p % 2 else None)
+                np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+                np.testing.assert_allclose(lse, want_lse, rtol=tol, atol=tol)
+
+    def test_both_empty_and_bad_lse(self):
+        o = np.full((1, 1, 2, 3), np.nan)
+        l = np.full((1, 1, 2), -np.inf)
+        out, lse = attn.merge_states(o, l, o.copy(), l.copy())
+        self.assertTrue(np.all(out == 0) and np.all(np.isneginf(lse)))
+        l2 = l.copy()
+        l2[0, 0, 1] = np.nan
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.merge_states(o, l2, o, l)
+        self.assertIn("lse_a", str(cm.exception))
 
 
 if __name__ == "__main__":

@@ -241,6 +241,8 @@ extern "C" {
     pub fn attn_backward_plan_destroy(plan: *mut attn_backward_plan);
     pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
 
+    pub fn attn_merge_states(ctx: *mut attn_context, out_a: *const attn_tensor, lse_a: *const attn_tensor, out_b: *const attn_tensor, lse_b: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
+
     // multi-head (heads.h)
     pub fn attn_heads_split_view(ctx: *mut attn_context, x: *const attn_tensor, num_heads: i64, out: *mut *mut attn_tensor) -> attn_status;
     pub fn attn_heads_merge_view(ctx: *mut attn_context, x: *const attn_tensor, out: *mut *mut attn_tensor) -> attn_status;

@@ -1,6 +1,6 @@
 //! Safe Rust API for libattn: attention mechanisms as GEMM calls into BLAS.
 //!
-//! ```no_run
+//! ```
 //! use attn::{Causal, Context, Desc, Dims};
 //! # fn main() -> Result<(), attn::Error> {
 //! let ctx = Context::new()?;
@@ -10,6 +10,8 @@
 //! let q = vec![0.5f32; dims.q_len()];
 //! let mut out = vec![0.0f32; dims.out_len()];
 //! attn::attention(&desc, &dims, &q, &q, &q, &mut out)?;
+//! // Every value is 0.5, so every convex combination of them is too.
+//! assert!(out.iter().all(|&o| (o - 0.5).abs() < 1e-6));
 //! # Ok(()) }
 //! ```
 //!
@@ -868,6 +870,40 @@ pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[
 pub fn attention_with_stats<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T], weights: &mut [T], lse: &mut [T]) -> Result<()> {
     let mut plan = Plan::<T>::new(desc, dims, true, true)?;
     plan.execute(q, k, v, out, Some(weights), Some(lse))
+}
+
+// ---------------------------------------------------------------------------
+// Merging partial results
+
+/// `attn_merge_states`: merge attention results of the same queries over two
+/// disjoint key sets, (out_a, lse_a) and (out_b, lse_b), into the union's
+/// (out, lse). The outs share `out_layout` ([B, H, S, d_v], any strides) and
+/// the lses `lse_layout` ([B, H, S]). A side with lse −inf kept no key (its
+/// out is not read); both −inf gives 0 and −inf.
+#[allow(clippy::too_many_arguments)]
+pub fn merge_states<T: Float>(ctx: &Context, out_a: &[T], lse_a: &[T], out_b: &[T], lse_b: &[T], out: &mut [T], lse: &mut [T], out_layout: &Layout, lse_layout: &Layout) -> Result<()> {
+    let ha = Handle::over(ctx, out_a, out_layout, "out_a")?;
+    let hla = Handle::over(ctx, lse_a, lse_layout, "lse_a")?;
+    let hb = Handle::over(ctx, out_b, out_layout, "out_b")?;
+    let hlb = Handle::over(ctx, lse_b, lse_layout, "lse_b")?;
+    let ho = Handle::wrap(ctx, out_layout, out.as_mut_ptr(), "out")?;
+    ho.check_len(out.len(), "out")?;
+    let hl = Handle::wrap(ctx, lse_layout, lse.as_mut_ptr(), "lse")?;
+    hl.check_len(lse.len(), "lse")?;
+    let st = unsafe { sys::attn_merge_states(ctx.ptr(), ha.raw.as_ptr(), hla.raw.as_ptr(), hb.raw.as_ptr(), hlb.raw.as_ptr(), ho.raw.as_ptr(), hl.raw.as_ptr()) };
+    check(ctx.ptr(), st, "attn_merge_states")
+}
+
+/// [`merge_states`] in place: (out_a, lse_a) becomes the union's result.
+pub fn merge_states_into<T: Float>(ctx: &Context, out_a: &mut [T], lse_a: &mut [T], out_b: &[T], lse_b: &[T], out_layout: &Layout, lse_layout: &Layout) -> Result<()> {
+    let ha = Handle::wrap(ctx, out_layout, out_a.as_mut_ptr(), "out_a")?;
+    ha.check_len(out_a.len(), "out_a")?;
+    let hla = Handle::wrap(ctx, lse_layout, lse_a.as_mut_ptr(), "lse_a")?;
+    hla.check_len(lse_a.len(), "lse_a")?;
+    let hb = Handle::over(ctx, out_b, out_layout, "out_b")?;
+    let hlb = Handle::over(ctx, lse_b, lse_layout, "lse_b")?;
+    let st = unsafe { sys::attn_merge_states(ctx.ptr(), ha.raw.as_ptr(), hla.raw.as_ptr(), hb.raw.as_ptr(), hlb.raw.as_ptr(), ha.raw.as_ptr(), hla.raw.as_ptr()) };
+    check(ctx.ptr(), st, "attn_merge_states")
 }
 
 // ---------------------------------------------------------------------------
