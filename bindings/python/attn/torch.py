@@ -24,6 +24,7 @@ views of their memory (no copies when the last dim is contiguous). In
 gradients), so gradients match nn.MultiheadAttention's. Not supported:
 attention dropout (dropout_p > 0 while training), CUDA tensors.
 """
+import atexit
 import math
 import threading
 from ctypes import byref, c_void_p
@@ -84,6 +85,18 @@ class _Entry:
 
 _local = threading.local()
 _CACHE_SIZE = 32
+_all_caches = []  # every thread's cache, emptied at exit (see _clear_caches)
+
+
+def _clear_caches():
+    """Destroy the cached plans while their contexts are alive: at interpreter
+    shutdown the garbage collector finalizes what is left in any order, and a
+    context destroyed before a plan made with it would be used after free."""
+    for cache in _all_caches:
+        cache.clear()
+
+
+atexit.register(_clear_caches)
 
 
 def _cache_key(q, k, v, settings):
@@ -115,8 +128,12 @@ class _AttnFunction(torch.autograd.Function):
             key = _cache_key(q, k, v, settings)
         cache = getattr(_local, "cache", None)
         if cache is None or getattr(_local, "ctx", None) is not actx:
+            if cache is not None:  # this thread's default context changed
+                cache.clear()
+                _all_caches.remove(cache)
             cache = _local.cache = {}
             _local.ctx = actx
+            _all_caches.append(cache)
         entry = cache.get(key) if key is not None else None
         if entry is None:
             # The library broadcasts B and H over dims of 1, S_q and S_k over stride 0.
