@@ -30,8 +30,8 @@
  * Supported: variants EXACT, LONGFORMER, BIGBIRD and BLOCK_SPARSE (the sparse
  * variants go through the same tile-skipping path), scores SCALED_DOT and
  * DOT, every mask option (causal both alignments, window, key/query lengths,
- * bool and additive masks, ALiBi, softcap). Other variants and scores give
- * ATTN_ERR_UNSUPPORTED at plan creation.
+ * bool and additive masks, ALiBi, softcap), dtypes F32 and F64. Other
+ * variants, scores and dtypes give ATTN_ERR_UNSUPPORTED at plan creation.
  *
  * Determinism: dk/dv are accumulated per key block and dq per query row in a
  * fixed order that depends only on the shapes, so results are bitwise
@@ -84,8 +84,8 @@ typedef struct attn_backward_plan attn_backward_plan;
  *          without an additive mask, "dmask"); ATTN_ERR_DTYPE (a gradient's
  *          dtype differs from the forward's); ATTN_ERR_SHAPE (dout's shape ≠
  *          out's, dq ≠ q's, dk ≠ k's, dv ≠ v's, dmask ≠ [B, H, S_q, S_k]);
- *          ATTN_ERR_LAYOUT; ATTN_ERR_UNSUPPORTED (variant or score, naming
- *          "forward"); ATTN_ERR_OVERFLOW; ATTN_ERR_NO_MEMORY. The message is on
+ *          ATTN_ERR_LAYOUT; ATTN_ERR_UNSUPPORTED (variant, score or dtype,
+ *          naming "forward"); ATTN_ERR_OVERFLOW; ATTN_ERR_NO_MEMORY. The message is on
  *          the forward plan's context. @since 0.2.0 */
 ATTN_API attn_status attn_backward_plan_create(const attn_plan *forward, const attn_tensor *dout,
                                                const attn_tensor *dq, const attn_tensor *dk,

@@ -121,6 +121,12 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
                      "forward: variant '%s' has no backward yet (exact, longformer, bigbird and "
                      "block_sparse do)",
                      f->ops->support.name);
+  /* Compute-type storage only: the kernels read q, k, v, out and dout as the
+   * plan dtype (16-bit storage dtypes need converting tiles: not yet). */
+  if (f->dims.dtype != ATTN_DTYPE_F32 && f->dims.dtype != ATTN_DTYPE_F64)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "forward: the backward supports f32 and f64 plans (dtype %s)",
+                     attn_dtype_name(f->dims.dtype));
   const attn_score sk = f->desc.score.kind;
   if (sk != ATTN_SCORE_SCALED_DOT && sk != ATTN_SCORE_DOT)
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
