@@ -160,6 +160,30 @@ static uint64_t splitmix(uint64_t *s) {
   return z ^ (z >> 31);
 }
 
+const char *bench_dtype_name(attn_dtype dt) {
+  switch (dt) {
+    case ATTN_DTYPE_F64: return "f64";
+    case ATTN_DTYPE_BF16: return "bf16";
+    case ATTN_DTYPE_F16: return "f16";
+    default: return "f32";
+  }
+}
+
+uint16_t bench_half_bits(attn_dtype dt, double x) {
+  /* x is a multiple of 2^-7 in [-1, 1): exact in both formats. */
+  if (dt == ATTN_DTYPE_BF16) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+  }
+  if (x == 0) return 0;
+  uint16_t sign = x < 0 ? 0x8000u : 0;
+  int e;
+  double m = frexp(fabs(x), &e); /* |x| = m·2^e, m in [0.5, 1) */
+  return sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)((m * 2 - 1) * 1024);
+}
+
 attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t d1, int64_t d2,
                           int64_t d3, uint64_t seed) {
   int64_t shape[4] = {d0, d1, d2, d3};
@@ -174,6 +198,10 @@ attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t 
   if (dt == ATTN_DTYPE_F32) {
     float *p = attn_tensor_data(t);
     for (int64_t i = 0; i < n; i++) p[i] = (float)((double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0);
+  } else if (dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16) {
+    /* Multiples of 2^-7 in [-1, 1): exact in both 16-bit formats. */
+    uint16_t *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = bench_half_bits(dt, (double)(int)(splitmix(&s) >> 56) / 128.0 - 1.0);
   } else {
     double *p = attn_tensor_data(t);
     for (int64_t i = 0; i < n; i++) p[i] = (double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0;
@@ -231,6 +259,7 @@ int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const
 
 typedef struct machine {
   double sgemm, dgemm, read_gbps;
+  double fma, bf16; /* register-only peaks (bench/probe.c) */
 } machine;
 
 typedef struct gemm_arg {
@@ -334,6 +363,8 @@ static int probe_machine(int threads, machine *m) {
     r.sgemm = gemm_peak(threads, false, 5);
     r.dgemm = gemm_peak(threads, true, 5);
     r.read_gbps = read_bandwidth(threads, 7);
+    r.fma = bench_fma_peak(threads, 7);
+    r.bf16 = bench_bf16_peak(threads, 7);
     ssize_t w = write(fd[1], &r, sizeof r);
     _exit(w == (ssize_t)sizeof r ? 0 : 1);
   }
@@ -356,16 +387,19 @@ static double peak_rss_mb(void) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
-          "                  [--B N] [--causal] [--dtype f32|f64] [--threads N] [--reps N]\n"
-          "                  [--window N] [--features N] [--rank N] [--block N] [--json] [--list]\n"
-          "                  [--loop N --gap-ms G] [--spin-us N]\n"
+          "                  [--B N] [--causal] [--dtype f32|f64|bf16|f16] [--threads N] [--reps N]\n"
+          "                  [--window N] [--features N] [--rank N] [--block N] [--seqs N] [--json] [--list]\n"
+          "                  [--loop N --gap-ms G] [--spin-us N] [--mass] [--sinks]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
           "Each line: median of --reps (default 5) runs after a warm-up to steady state\n"
           "(warmup_calls). GEMM peak and read bandwidth are measured in the same run; FLOPs are\n"
           "dense-equivalent 4*B*H*Sq*Sk*D. --loop N --gap-ms G (sdpa, decode): the first call\n"
           "after the plan, then N calls with G ms of busy work between them: first_ms, p50_ms,\n"
-          "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n");
+          "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n"
+          "--dtype bf16|f16 applies to the sdpa case only.\n"
+          "--mass (sdpa, decode): with the per-key mass output (mass_ratio: time over the\n"
+          "time without it, same run); --sinks (sdpa): with sink logits (sinks_ratio).\n");
 }
 
 static const bench_case *find_case(const char *name) {
@@ -394,28 +428,40 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
                  const machine *m, bool json) {
   double gflops = r->flops > 0 ? r->flops / (r->ms * 1e6) : NAN;
   double gbps = r->bytes > 0 ? r->bytes / (r->ms * 1e6) : NAN;
-  double peak = o->dtype == ATTN_DTYPE_F64 ? m->dgemm : m->sgemm;
+  /* frac_peak: over the peak of the case's compute type: bf16 → the bf16
+   * dot-product peak (f32 FMA where the CPU has none), f32 and f16 (which
+   * computes in f32) → the f32 FMA peak, f64 → half of it (8 lanes). */
+  double peak = o->dtype == ATTN_DTYPE_F64                         ? m->fma / 2
+                : o->dtype == ATTN_DTYPE_BF16 && isfinite(m->bf16) ? m->bf16
+                                                                   : m->fma;
   double frac = gflops / m->sgemm;
-  (void)peak;
+  double frac_peak = gflops / peak;
   double frac_bw = gbps / m->read_gbps;
   double rss = peak_rss_mb();
   if (json) {
     printf("{\"case\":\"%s\",\"causal\":%s,\"dtype\":\"%s\",\"B\":%" PRId64 ",\"H\":%" PRId64
            ",\"Hkv\":%" PRId64 ",\"Sq\":%" PRId64 ",\"Sk\":%" PRId64 ",\"D\":%" PRId64
            ",\"threads\":%d,",
-           c->name, o->causal ? "true" : "false", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           c->name, o->causal ? "true" : "false", bench_dtype_name(o->dtype), o->B,
            o->H, o->Hkv, o->Sq, o->Sk, o->D, o->threads);
     json_num(stdout, "ms", r->ms, false);
     json_num(stdout, "gflops", gflops, false);
     json_num(stdout, "sgemm_gflops", m->sgemm, false);
     json_num(stdout, "dgemm_gflops", m->dgemm, false);
     json_num(stdout, "frac_sgemm", frac, false);
+    json_num(stdout, "fma_gflops", m->fma, false);
+    json_num(stdout, "bf16_gflops", m->bf16, false);
+    json_num(stdout, "frac_peak", frac_peak, false);
     json_num(stdout, "gbps", gbps, false);
     json_num(stdout, "read_gbps", m->read_gbps, false);
     json_num(stdout, "frac_bw", frac_bw, false);
     json_num(stdout, "max_err", r->has_err ? r->max_err : NAN, false);
     json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
     if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
+    for (int32_t f = 0; f < r->nfields; f++) json_num(stdout, r->field_names[f], r->field_values[f], false);
+    if (o->mass) printf("\"mass\":true,");
+    if (o->sinks) printf("\"sinks\":true,");
+    if (r->ratio_name) json_num(stdout, r->ratio_name, r->ratio, false);
     json_num(stdout, "warmup_calls", r->has_latency ? 0 : (double)warmup_calls, false);
     if (r->has_latency) {
       json_num(stdout, "loop", o->loop, false);
@@ -433,10 +479,13 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
   } else {
     printf("%-12s %-6s %-4s %3" PRId64 " %3" PRId64 "/%-3" PRId64 " %6" PRId64 " %6" PRId64
            " %4" PRId64 " %10.3f %8.1f %6.3f %8.2f %6.3f %9.2e %8.0f",
-           c->name, o->causal ? "causal" : "-", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           c->name, o->causal ? "causal" : "-", bench_dtype_name(o->dtype), o->B,
            o->H, o->Hkv, o->Sq, o->Sk, o->D, r->ms, gflops, frac, gbps, frac_bw,
            r->has_err ? r->max_err : NAN, rss);
+    printf("  f_peak=%.3f", frac_peak);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
+    for (int32_t f = 0; f < r->nfields; f++) printf("  %s=%.4g", r->field_names[f], r->field_values[f]);
+    if (r->ratio_name) printf("  %s=%.3f", r->ratio_name, r->ratio);
     if (r->has_latency)
       printf("  first=%.3f p50=%.3f p90=%.3f p99=%.3f max=%.3f ms (sgemm p99/p50 %.2f)", r->first_ms,
              r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, r->sgemm_tail);
@@ -467,7 +516,8 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 }
 
 int main(int argc, char **argv) {
-  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0};
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0,
+                  16, false, false};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -498,6 +548,7 @@ int main(int argc, char **argv) {
     NUM_FLAG("--features", o.features = x)
     NUM_FLAG("--rank", o.rank = x)
     NUM_FLAG("--block", o.block = x)
+    NUM_FLAG("--seqs", o.seqs = x)
     NUM_FLAG("--loop", o.loop = (int32_t)x)
 #undef NUM_FLAG
     if (strcmp(a, "--gap-ms") == 0 || strcmp(a, "--spin-us") == 0) {
@@ -526,13 +577,19 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--dtype") == 0 && val) {
       if (strcmp(val, "f32") == 0) o.dtype = ATTN_DTYPE_F32;
       else if (strcmp(val, "f64") == 0) o.dtype = ATTN_DTYPE_F64;
+      else if (strcmp(val, "bf16") == 0) o.dtype = ATTN_DTYPE_BF16;
+      else if (strcmp(val, "f16") == 0) o.dtype = ATTN_DTYPE_F16;
       else {
-        fprintf(stderr, "attn-bench: --dtype must be f32 or f64\n");
+        fprintf(stderr, "attn-bench: --dtype must be f32, f64, bf16 or f16\n");
         return 2;
       }
       i++;
     } else if (strcmp(a, "--causal") == 0) {
       o.causal = true;
+    } else if (strcmp(a, "--mass") == 0) {
+      o.mass = true;
+    } else if (strcmp(a, "--sinks") == 0) {
+      o.sinks = true;
     } else if (strcmp(a, "--json") == 0) {
       json = true;
     } else if (strcmp(a, "--list") == 0) {
@@ -549,6 +606,15 @@ int main(int argc, char **argv) {
   }
   if (o.reps < 5) fprintf(stderr, "attn-bench: note: --reps %d < 5 (the contract asks for >= 5)\n", o.reps);
   if (o.Hkv == 0 || o.Hkv > o.H) o.Hkv = o.H;
+  if (o.dtype == ATTN_DTYPE_BF16 || o.dtype == ATTN_DTYPE_F16) {
+    for (int i = 0; i < ncases; i++)
+      if (strcmp(cases[i], "sdpa") != 0) {
+        fprintf(stderr, "attn-bench: --dtype %s applies to the sdpa case only\n",
+                bench_dtype_name(o.dtype));
+        return 2;
+      }
+    if (ncases == 0) cases[ncases++] = "sdpa";
+  }
   (void)h_given;
 
   attn_context_options co;
@@ -570,8 +636,8 @@ int main(int argc, char **argv) {
   }
   if (!json) {
     printf("# attn-bench, libattn %s, %d thread(s): sgemm peak %.1f GFLOPS, dgemm peak %.1f GFLOPS, "
-           "read bandwidth %.1f GB/s\n",
-           attn_version_string(), o.threads, m.sgemm, m.dgemm, m.read_gbps);
+           "read bandwidth %.1f GB/s, f32 FMA peak %.1f GFLOPS, bf16 dot peak %.1f GFLOPS\n",
+           attn_version_string(), o.threads, m.sgemm, m.dgemm, m.read_gbps, m.fma, m.bf16);
     printf("%-12s %-6s %-4s %3s %7s %6s %6s %4s %10s %8s %6s %8s %6s %9s %8s\n", "case", "mask",
            "type", "B", "H/Hkv", "Sq", "Sk", "D", "ms", "GFLOPS", "f_gemm", "GB/s", "f_bw",
            "max_err", "rss_MB");

@@ -7,6 +7,7 @@
  * (a view of the cache), so every run also checks the decode path.
  * For f32 the same step is timed with bf16 K/V storage too; extra reports
  * its speed-up (half the bytes to read). */
+#include <math.h>
 #include <stdio.h>
 
 #include "attn/attn.h"
@@ -17,6 +18,10 @@ typedef struct decode_run {
   attn_kvcache_plan *plan;
   attn_desc *desc;
   attn_tensor *q, *out;
+  /* --mass: a second plan with the per-key mass output */
+  attn_desc *desc2;
+  attn_kvcache_plan *plan2;
+  attn_tensor *mass;
 } decode_run;
 
 static int decode_once(void *arg) {
@@ -24,7 +29,27 @@ static int decode_once(void *arg) {
   return attn_kvcache_plan_execute(d->plan, d->q, d->out, NULL, NULL) == ATTN_OK ? 0 : 1;
 }
 
+static int decode_once_mass(void *arg) {
+  decode_run *d = arg;
+  return attn_kvcache_plan_execute(d->plan2, d->q, d->out, NULL, NULL) == ATTN_OK ? 0 : 1;
+}
+
+/* --mass: the same step with the per-key mass [B, H, capacity]. */
+static int decode_setup_mass(attn_context *ctx, const bench_opts *o, decode_run *d) {
+  const int64_t shape[3] = {o->B, o->H, o->Sk};
+  if (attn_tensor_create(ctx, o->dtype, 3, shape, &d->mass) != ATTN_OK ||
+      attn_desc_create(ctx, &d->desc2) != ATTN_OK ||
+      attn_desc_set_causal(d->desc2, ATTN_CAUSAL_BOTTOM_RIGHT) != ATTN_OK ||
+      attn_desc_set_key_mass(d->desc2, d->mass) != ATTN_OK ||
+      attn_kvcache_plan_create(d->cache, d->desc2, d->q, d->out, NULL, &d->plan2) != ATTN_OK)
+    return 1;
+  return 0;
+}
+
 static void decode_free(decode_run *d) {
+  attn_kvcache_plan_destroy(d->plan2);
+  attn_desc_destroy(d->desc2);
+  attn_tensor_destroy(d->mass);
   attn_kvcache_plan_destroy(d->plan);
   attn_desc_destroy(d->desc);
   attn_tensor_destroy(d->out);
@@ -79,7 +104,22 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   attn_tensor *kv_k = NULL, *kv_v = NULL;
   if (kn == NULL || vn == NULL || q == NULL || want == NULL) goto done;
   if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_NATIVE, kn, vn, q, &f) != 0) goto done;
-  r->ms = bench_time_case(decode_once, &f, o, r);
+  if (o->mass) {
+    /* Alternate with and without, three times each: ms is the mass step's
+     * best median, mass_ratio over the plain step's best median. */
+    if (decode_setup_mass(ctx, o, &f) != 0) goto done;
+    double with = INFINITY, without = INFINITY;
+    for (int rep = 0; rep < 3; rep++) {
+      double t1 = bench_time_ms(decode_once_mass, &f, o->reps), t0 = bench_time_ms(decode_once, &f, o->reps);
+      with = t1 < with ? t1 : with;
+      without = t0 < without ? t0 : without;
+    }
+    r->ms = with;
+    r->ratio = with / without;
+    r->ratio_name = "mass_ratio";
+  } else {
+    r->ms = bench_time_case(decode_once, &f, o, r);
+  }
   r->bytes = (double)B * (double)Hkv * (double)L * 2.0 * (double)D * (double)es;
   r->flops = 4.0 * (double)B * (double)H * (double)L * (double)D;
 
@@ -93,7 +133,7 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   attn_tensor_destroy(kv_v);
   kv_k = kv_v = NULL;
 
-  if (o->dtype == ATTN_DTYPE_F32 && o->loop == 0) {
+  if (o->dtype == ATTN_DTYPE_F32 && o->loop == 0 && !o->mass) {
     decode_free(&f); /* keep one cache in memory at a time */
     f = (decode_run){0};
     if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_BF16, kn, vn, q, &h) != 0) goto done;

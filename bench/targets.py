@@ -166,6 +166,43 @@ def main():
                 sp = t[2048]["speedup_vs_exact"]
                 oks.append(report(9, f"{case} (m=k=256) faster than exact at S=2048", f"{sp:.2f}x", "> 1x", sp > 1))
 
+    if want(15):
+        # Compute peaks measured in the same run: fma_gflops (f32 vfmadd231ps on
+        # zmm) and bf16_gflops (vdpbf16ps), on the bench's thread count.
+        f = bench(a, "sdpa", S=4096, D=64, H=8)
+        b = bench(a, "sdpa", S=4096, D=64, H=8, dtype="bf16")
+        if f is not None and b is not None:
+            oks.append(report(15, "bf16 sdpa S=4096 d=64 H=8 frac_peak (of bf16_gflops)",
+                              f"{b['frac_peak']:.3f}", ">= 0.50", b["frac_peak"] >= 0.50))
+            sp = b["gflops"] / f["gflops"]
+            oks.append(report(15, "bf16 / f32 GFLOPS, S=4096 d=64 H=8", f"{sp:.2f}x", ">= 1.6x", sp >= 1.6))
+            oks.append(report(15, "f32 sdpa S=4096 d=64 H=8 frac_peak (of fma_gflops)",
+                              f"{f['frac_peak']:.3f}", ">= 0.50", f["frac_peak"] >= 0.50))
+        else:
+            oks.append(report(15, "sdpa S=4096 d=64 H=8 f32/bf16", "failed", "runs", False))
+        f2 = bench(a, "sdpa", S=2048, D=128, H=4)
+        b2 = bench(a, "sdpa", S=2048, D=128, H=4, dtype="bf16")
+        if f2 is not None and b2 is not None:
+            oks.append(report(15, "bf16 sdpa S=2048 d=128 H=4 frac_peak (of bf16_gflops)",
+                              f"{b2['frac_peak']:.3f}", ">= 0.50", b2["frac_peak"] >= 0.50))
+            sp = b2["gflops"] / f2["gflops"]
+            oks.append(report(15, "bf16 / f32 GFLOPS, S=2048 d=128 H=4", f"{sp:.2f}x", ">= 1.6x", sp >= 1.6))
+        else:
+            oks.append(report(15, "sdpa S=2048 d=128 H=4 f32/bf16", "failed", "runs", False))
+        bc = bench(a, "sdpa", S=4096, D=64, H=8, dtype="bf16", causal=True)
+        if bc is not None and b is not None:
+            ratio = bc["gflops"] / b["gflops"]
+            oks.append(report(15, "bf16 causal/non-causal dense-equivalent GFLOPS at S=4096",
+                              f"{ratio:.2f}x", ">= 1.8x", ratio >= 1.8))
+        r = bench(a, "decode", Sk=32768, D=128, H=8, Hkv=8)
+        if r is not None:
+            oks.append(report(15, "decode L=32768 H=8 d=128 (f32 cache) frac_bw", f"{r['frac_bw']:.3f}",
+                              ">= 0.85", r["frac_bw"] >= 0.85))
+        f16 = bench(a, "sdpa", S=4096, D=64, H=8, dtype="f16")
+        if f16 is not None:
+            print(f"[info] issue 15: f16 sdpa S=4096 d=64 H=8: {f16['gflops']:.1f} GFLOPS, "
+                  f"frac_peak {f16['frac_peak']:.3f} (f16 computes in f32)")
+
     if want(16):
         # Control-loop latency: one plan, 1000 calls with 2 ms of busy work
         # between them (B=1, H=8, d=64, f32). ggml flash_attn_ext (f32, 2
@@ -193,6 +230,28 @@ def main():
             if r is not None:
                 print(f"[info] issue 16: decode L={L} H=32/8 d=128, 2 ms gaps: first {r['first_ms']:.3f} "
                       f"p50 {r['p50_ms']:.3f} p99 {r['p99_ms']:.3f} max {r['max_ms']:.3f} ms")
+
+    if want(19):
+        # Paged KV cache: 16 sequences (lengths log-spread over 512..32768),
+        # H 32/8, d 128, block 64, f32; contiguous per-sequence caches timed
+        # in the same process.
+        r = bench(a, "paged_decode", seqs=16, block=64, Sk=32768, H=32, Hkv=8, D=128)
+        if r is not None:
+            oks.append(report(19, f"paged_decode 16 seqs 512..32768 H=32/8 d=128 block 64: {r['gbps']:.1f} GB/s "
+                              f"of {r['read_gbps']:.1f}, {r['ms']:.2f} ms; frac_bw", f"{r['frac_bw']:.3f}", ">= 0.85",
+                              r["frac_bw"] >= 0.85))
+            sp = r["contig_ms"] / r["ms"]
+            oks.append(report(19, f"paged_decode speed vs contiguous caches ({r['contig_ms']:.2f} ms / {r['ms']:.2f} ms)",
+                              f"{sp:.3f}x", ">= 0.95x", sp >= 0.95))
+            fm = r["fork_mem_ratio"]
+            oks.append(report(19, f"16 sequences forked from one 8192-token prompt: {r['forked_bytes'] / 2**20:.1f} MiB "
+                              f"vs {r['one_seq_bytes'] / 2**20:.1f} MiB for one", f"{fm:.3f}x", "<= 1.1x", fm <= 1.1))
+        r = bench(a, "paged_prefill", Sq=2048, Sk=8192, block=64, H=32, Hkv=8, D=128, reps=5)
+        if r is not None:
+            g = r["gflops"] / r["contig_gflops"]
+            oks.append(report(19, f"chunked prefill 2048 onto an 8192-token paged prefix, H=32/8 d=128 block 64: "
+                              f"{r['gflops']:.1f} vs {r['contig_gflops']:.1f} GFLOPS contiguous", f"{g:.3f}x", ">= 0.9x",
+                              g >= 0.9))
 
     if want(5):
         r = bench(a, "subnormal", S=1024, D=64, H=8)
@@ -267,6 +326,31 @@ def main():
                               f"{r['ratio']:.3f}", ">= 0.85", r["ratio"] >= 0.85))
             print(f"[info] issue 21: overlap (time waiting on the ring / total) {r['overlap']:.4f}, "
                   f"{r['steps']:.0f} steps, {r['bytes_sent_mb']:.1f} MiB sent per rank, max_err {r['max_err']:.2e}")
+
+    if want(20):
+        # Packed batch of 8 sequences (64..2048 tokens) vs the same batch padded
+        # to 8 x 2048, both timed in one process by the varlen case.
+        r = bench(a, "varlen", D=64, H=8)
+        if r is not None:
+            v = r["gflops"] / r["padded_gflops"]
+            oks.append(report(20, f"varlen useful GFLOPS {r['gflops']:.1f} / padded dense GFLOPS {r['padded_gflops']:.1f}",
+                              f"{v:.3f}", ">= 0.95", v >= 0.95))
+        # Per-key mass and sinks: each case times the call with and without
+        # the option alternately in one process (mass_ratio, sinks_ratio).
+        r = bench(a, "sdpa", S=4096, D=64, H=8, mass=True)
+        if r is not None:
+            oks.append(report(20, "sdpa S=4096 d=64 H=8 time with --mass / without", f"{r['mass_ratio']:.3f}",
+                              "<= 1.15", r["mass_ratio"] <= 1.15))
+        r = bench(a, "decode", Sk=32768, D=128, H=8, Hkv=8, mass=True)
+        if r is not None:
+            oks.append(report(20, "decode L=32768 d=128 H=8 time with --mass / without", f"{r['mass_ratio']:.3f}",
+                              "<= 1.15", r["mass_ratio"] <= 1.15))
+        else:
+            oks.append(report(20, "decode L=32768 --mass", "not run", "<= 1.15", False))
+        r = bench(a, "sdpa", S=4096, D=64, H=8, sinks=True)
+        if r is not None:
+            oks.append(report(20, "sdpa S=4096 d=64 H=8 time with --sinks / without", f"{r['sinks_ratio']:.3f}",
+                              "<= 1.03", r["sinks_ratio"] <= 1.03))
 
     if a.json:
         with open(a.json, "w") as f:

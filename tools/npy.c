@@ -46,6 +46,7 @@ const char *npy_dtype_name(npy_dtype dtype) {
     case NPY_F64: return "float64";
     case NPY_U8: return "uint8";
     case NPY_BOOL: return "bool";
+    case NPY_F16: return "float16";
     default: return "invalid";
   }
 }
@@ -54,6 +55,7 @@ size_t npy_itemsize(npy_dtype dtype) {
   switch (dtype) {
     case NPY_F32: return 4;
     case NPY_F64: return 8;
+    case NPY_F16: return 2;
     case NPY_U8:
     case NPY_BOOL: return 1;
     default: return 0;
@@ -219,14 +221,15 @@ static int parse_descr(const char *d, npy_header *h, char *err, size_t errlen) {
   npy_dtype dt = NPY_INVALID;
   if (strcmp(t, "f4") == 0) dt = NPY_F32;
   else if (strcmp(t, "f8") == 0) dt = NPY_F64;
+  else if (strcmp(t, "f2") == 0 || strcmp(t, "e") == 0) dt = NPY_F16;
   else if (strcmp(t, "u1") == 0) dt = NPY_U8;
   else if (strcmp(t, "b1") == 0) dt = NPY_BOOL;
   if (dt == NPY_INVALID) {
     static const struct { const char *code, *name; } known[] = {
         {"i1", "int8"},    {"i2", "int16"},      {"i4", "int32"},       {"i8", "int64"},
-        {"u2", "uint16"},  {"u4", "uint32"},     {"u8", "uint64"},      {"f2", "float16"},
+        {"u2", "uint16"},  {"u4", "uint32"},     {"u8", "uint64"},
         {"f16", "float128"}, {"c8", "complex64"}, {"c16", "complex128"}, {"O", "object"},
-        {"e", "float16"},  {"V", "void/structured"}};
+        {"V", "void/structured"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
       if (strcmp(t, known[i].code) == 0) name = known[i].name;
@@ -234,8 +237,8 @@ static int parse_descr(const char *d, npy_header *h, char *err, size_t errlen) {
     if (name == NULL && (t[0] == 'M' || t[0] == 'm')) name = "datetime/timedelta";
     if (name == NULL && t[0] == 'V') name = "void/structured";
     seterr(err, errlen,
-           "dtype '%s'%s%s%s is not supported: use float32 or float64 for data, bool or uint8 "
-           "for masks and layouts",
+           "dtype '%s'%s%s%s is not supported: use float32 or float64 (or float16 for q, k, "
+           "v) for data, bool or uint8 for masks and layouts",
            d, name ? " (" : "", name ? name : "", name ? ")" : "");
     return -1;
   }
@@ -546,7 +549,11 @@ int npy_encode_header(npy_dtype dtype, int32_t rank, const int64_t *shape, const
   }
 
   char dict[512];
-  const char *code = dtype == NPY_F32 ? "f4" : dtype == NPY_F64 ? "f8" : dtype == NPY_U8 ? "u1" : "b1";
+  const char *code = dtype == NPY_F32   ? "f4"
+                     : dtype == NPY_F64 ? "f8"
+                     : dtype == NPY_F16 ? "f2"
+                     : dtype == NPY_U8  ? "u1"
+                                        : "b1";
   char order = isz == 1 ? '|' : host_little_endian() ? '<' : '>';
   int n = snprintf(dict, sizeof dict, "{'descr': '%c%s', 'fortran_order': False, 'shape': (", order,
                    code);

@@ -22,7 +22,8 @@ typedef enum npy_dtype {
   NPY_F32 = 1,
   NPY_F64 = 2,
   NPY_U8 = 3,
-  NPY_BOOL = 4
+  NPY_BOOL = 4,
+  NPY_F16 = 5 /* IEEE binary16 ('<f2' / 'e'): attn run's 16-bit q, k, v, out */
 } npy_dtype;
 
 typedef struct npy_header {

@@ -31,7 +31,8 @@
  * variants go through the same tile-skipping path), scores SCALED_DOT and
  * DOT, every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), dtypes F32 and F64. Other
- * variants, scores and dtypes give ATTN_ERR_UNSUPPORTED at plan creation.
+ * variants, scores and dtypes, packed variable-length batches, attention
+ * sinks and the key-mass output give ATTN_ERR_UNSUPPORTED at plan creation.
  *
  * Determinism: dk/dv are accumulated per key block and dq per query row in a
  * fixed order that depends only on the shapes, so results are bitwise

@@ -23,7 +23,23 @@ struct attn_kvcache {
   int64_t *len;     /* [B] next position */
   int64_t *first;   /* [B] oldest stored position */
   size_t meta_bytes;
+  /* Ring mode, cfg.keep_first: positions [0, keep) also live here for good,
+   * [B][Hkv][keep][d], in linear row order. */
+  int64_t keep;
+  void *sk, *sv;
+  size_t sk_bytes, sv_bytes;
 };
+
+/* The kept first positions seen as a linear cache of `keep` rows (a shallow
+ * copy: same batch, heads, dims, element format). */
+static inline struct attn_kvcache attn_kv_sink_view(const struct attn_kvcache *c) {
+  struct attn_kvcache s = *c;
+  s.k = c->sk;
+  s.v = c->sv;
+  s.cap = c->keep;
+  s.mode = ATTN_KVCACHE_LINEAR;
+  return s;
+}
 
 /* Row of position p in item b's storage. */
 static inline int64_t attn_kv_row(const struct attn_kvcache *c, int64_t p) {

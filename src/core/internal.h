@@ -98,8 +98,18 @@ typedef struct attn_dtype_traits {
 
 /* The row of a public dtype; a row of size 0 for values outside the enum. */
 const attn_dtype_traits *attn_dtype_info(attn_dtype dtype);
-/* bfloat16 storage (the KV cache's; not yet a tensor dtype). */
+/* bfloat16 storage (the KV cache's; the same converters as the
+ * ATTN_DTYPE_BF16 row). */
 extern const attn_dtype_traits attn_bf16_traits;
+
+/* A 16-bit storage dtype (bf16, f16): computed in f32. */
+static inline bool attn_dtype_is_16bit(attn_dtype dt) {
+  return dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16;
+}
+/* The compute type of a plan's storage dtype (f32 for 16-bit storage). */
+static inline attn_dtype attn_dtype_compute(attn_dtype dt) {
+  return attn_dtype_is_16bit(dt) ? ATTN_DTYPE_F32 : dt;
+}
 
 size_t attn_dtype_size(attn_dtype dtype); /* 0 for unknown */
 const char *attn_dtype_name(attn_dtype dtype);
@@ -113,6 +123,65 @@ static inline uint16_t attn_f32_to_bf16(float f) {
   if ((x.u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x.u >> 16) | 0x40u);
   x.u += 0x7fffu + ((x.u >> 16) & 1u);
   return (uint16_t)(x.u >> 16);
+}
+
+/* bfloat16 → f32 (exact). */
+static inline float attn_bf16_to_f32(uint16_t h) {
+  union {
+    uint32_t u;
+    float f;
+  } x = {(uint32_t)h << 16};
+  return x.f;
+}
+
+/* IEEE binary16 → f32 (exact, subnormals included). */
+static inline float attn_f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+  if (e == 0x1f) {
+    u = sign | 0x7f800000u | (m << 13); /* inf, NaN */
+  } else if (e != 0) {
+    u = sign | ((e + 112u) << 23) | (m << 13);
+  } else if (m == 0) {
+    u = sign;
+  } else { /* subnormal: normalise */
+    e = 113;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      e--;
+    }
+    u = sign | (e << 23) | ((m & 0x3ffu) << 13);
+  }
+  union {
+    uint32_t u;
+    float f;
+  } x = {u};
+  return x.f;
+}
+
+/* f32 → IEEE binary16, round to nearest even; overflow gives ±inf, NaN a
+ * quiet NaN. */
+static inline uint16_t attn_f32_to_f16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } x = {f};
+  const uint16_t sign = (uint16_t)((x.u >> 16) & 0x8000u);
+  const uint32_t a = x.u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* ≥ 65520: inf */
+  if (a >= 0x38800000u) {                                  /* normal f16 */
+    uint32_t r = a - 0x38000000u;                          /* rebias 127 → 15 */
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+  }
+  if (a < 0x33000000u) return sign; /* below half the smallest subnormal */
+  /* subnormal: value = m·2^(e−150) with the implicit bit; shift to 2^-24 units */
+  const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - e; /* 14..24 */
+  uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (q & 1u))) q++;
+  return (uint16_t)(sign | q);
 }
 
 /* ---- workspace carving (core/alloc.c) ---------------------------------------
@@ -151,6 +220,11 @@ const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len);
 /* Checks for a tensor argument named `name`: not NULL, rank, dtype. */
 attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_tensor *t,
                               int32_t rank, attn_dtype dtype);
+
+/* t (not NULL) must have ref's dtype: ATTN_ERR_DTYPE naming both tensors
+ * and both dtypes. */
+attn_status attn_check_dtype_pair(attn_context *ctx, const char *name, const attn_tensor *t,
+                                  const char *ref_name, const attn_tensor *ref);
 
 /* t's dims against want[] (−1: any); ATTN_ERR_SHAPE naming t, its shape and
  * `what` it should match. The one shape checker. */
@@ -224,12 +298,29 @@ struct attn_desc {
     int64_t count;
     uint64_t seed;
   } features;
+  struct { /* packed variable-length batch (attn_desc_set_varlen) */
+    const int64_t *q_off, *k_off; /* [n + 1] each; k_off = q_off for self-attention */
+    int64_t n;                    /* sequences; 0 = off */
+  } varlen;
+  struct { /* attention sinks (attn_desc_set_sinks) */
+    const double *logits; /* [H] or NULL */
+    int64_t n;
+  } sinks;
+  attn_tensor *mass; /* per-key attention mass output (attn_desc_set_key_mass) or NULL */
   struct { /* Linformer */
     int64_t rank;
     uint64_t seed;
     const attn_tensor *e, *f;
   } lowrank;
 };
+
+/* Packed-batch offsets: off[0] = 0, non-decreasing, off[n] = total (total < 0:
+ * not checked); ATTN_ERR_INVALID_ARG naming `name` otherwise. */
+attn_status attn_check_offsets(attn_context *ctx, const char *name, const int64_t *off, int64_t n,
+                               int64_t total, const char *total_name);
+/* Sink logits: not NaN, not above dtype dt's range (−inf = no sink);
+ * ATTN_ERR_INVALID_ARG naming "sinks" otherwise. */
+attn_status attn_check_sinks(attn_context *ctx, const double *logits, int64_t n, attn_dtype dt);
 
 /* 1/√d_k for the scaled dot product, 1 for every other score. */
 double attn_default_scale(attn_score score, int64_t d_k);
@@ -253,6 +344,9 @@ typedef enum attn_option {
   ATTN_OPT_SCORE_ADDITIVE,
   ATTN_OPT_WEIGHTS,
   ATTN_OPT_LSE,
+  ATTN_OPT_VARLEN,         /* packed variable-length batch */
+  ATTN_OPT_SINKS,          /* per-head sink logits */
+  ATTN_OPT_MASS,           /* per-key attention mass output */
   ATTN_OPT_COUNT
 } attn_option;
 #define ATTN_OPT(o) (1u << (o))
@@ -265,12 +359,20 @@ typedef struct attn_support {
   const char *name;
   uint32_t supported;
   const char *why[ATTN_OPT_COUNT];
+  /* 16-bit storage (bf16, f16): NULL when supported, else the reason. */
+  const char *no_16bit;
 } attn_support;
 
 /* The options desc asks for (with a weights / lse output or not). */
 uint32_t attn_options_used(const attn_desc *desc, bool weights, bool lse);
 /* ATTN_ERR_UNSUPPORTED for the first used option s does not support. */
 attn_status attn_options_check(attn_context *ctx, const attn_support *s, uint32_t used);
+
+/* The dtype rules of a consumer: 16-bit storage dtypes need support for
+ * them (s->no_16bit) and a dot-product score; ATTN_ERR_UNSUPPORTED names
+ * the variant or the score. */
+attn_status attn_dtype_check(attn_context *ctx, const attn_support *s, const attn_desc *desc,
+                             attn_dtype dtype);
 
 /* ---- plans (core/plan.c) -------------------------------------------------- */
 

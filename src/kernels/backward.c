@@ -106,6 +106,21 @@ static attn_status check_distinct(attn_context *ctx, const char *name, const att
   return ATTN_OK;
 }
 
+#define BWD_NO_SCORE "the forward plan's score has no backward yet (ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT do)"
+static const attn_support bwd_support = {
+    "the backward",
+    ATTN_OPT_ALL & ~(ATTN_OPT(ATTN_OPT_SCORE_GENERAL) | ATTN_OPT(ATTN_OPT_SCORE_ADDITIVE) |
+                     ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_SINKS) |
+                     ATTN_OPT(ATTN_OPT_MASS)),
+    {[ATTN_OPT_SCORE_GENERAL] = BWD_NO_SCORE,
+     [ATTN_OPT_SCORE_ADDITIVE] = BWD_NO_SCORE,
+     [ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
+                         "backward yet",
+     [ATTN_OPT_SINKS] = "the forward plan has attention sinks, which have no backward yet",
+     [ATTN_OPT_MASS] = "the forward plan has a key-mass output, which has no backward"},
+    "the backward supports f32 and f64 plans"};
+#undef BWD_NO_SCORE
+
 static bool variant_has_backward(attn_variant v) {
   return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
          v == ATTN_VARIANT_BLOCK_SPARSE;
@@ -127,12 +142,12 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
                      "forward: the backward supports f32 and f64 plans (dtype %s)",
                      attn_dtype_name(f->dims.dtype));
-  const attn_score sk = f->desc.score.kind;
-  if (sk != ATTN_SCORE_SCALED_DOT && sk != ATTN_SCORE_DOT)
-    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
-                     "forward: the backward supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT "
-                     "(score %d)",
-                     (int)sk);
+  /* Options the forward plan uses that the backward does not differentiate
+   * (yet): rejected in one place, naming the option. */
+  if ((st = attn_options_check(ctx, &bwd_support,
+                               attn_options_used(&f->desc, f->meta[4].present,
+                                                 f->meta[5].present))) != ATTN_OK)
+    return st;
   if (!f->meta[5].present)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "lse: the forward plan was created without lse; the backward needs it");

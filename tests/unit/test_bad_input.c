@@ -389,6 +389,56 @@ static attn_status merge_lse_over_out(fx *f) {
   return attn_merge_states(f->ctx, f->q, LA(f), f->q, LB(f), f->out, l);
 }
 
+/* ---- serving: packed batches, sinks, the per-key mass ---- */
+
+static int64_t vl_good[3] = {0, 2, SQ}, vl_kgood[3] = {0, 4, SK}, vl_dec[3] = {0, 4, 3};
+static int64_t vl_short[3] = {0, 2, SQ - 1}, vl_first[3] = {1, 2, SQ};
+
+/* A packed plan (batch dim 1) on the fixture's memory with offsets qo/ko. */
+static attn_status varlen_plan(fx *f, const int64_t *qo, const int64_t *ko, attn_plan **out) {
+  must(attn_desc_set_varlen(f->desc, qo, ko, 2));
+  attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_), *k = T(f, ATTN_DTYPE_F32, 4, 1, H_, SK, D_);
+  attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_);
+  return attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, out);
+}
+
+/* Offsets valid at plan creation, broken (decreasing or short) before execute. */
+static attn_status varlen_exec_after_change(fx *f, int which) {
+  static int64_t qo[3], ko[3];
+  memcpy(qo, vl_good, sizeof qo);
+  memcpy(ko, vl_kgood, sizeof ko);
+  attn_plan *p = NULL;
+  attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_), *k = T(f, ATTN_DTYPE_F32, 4, 1, H_, SK, D_);
+  attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_);
+  must(attn_desc_set_varlen(f->desc, qo, ko, 2));
+  must(attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, &p));
+  if (which == 0) qo[1] = SQ + 1; /* decreasing */
+  else ko[2] = SK - 1;           /* last ≠ total */
+  attn_status st = attn_plan_execute(p, q, k, k, o, NULL, NULL);
+  attn_plan_destroy(p);
+  return st;
+}
+
+static double sk_good[2] = {0.5, -1.0}, sk_nan[2] = {0.5, NAN}, sk_inf[2] = {INFINITY, 0};
+
+/* Sinks valid at plan creation, NaN before execute: nothing written. */
+static attn_status sinks_exec_after_nan(fx *f) {
+  static double lg[2];
+  memcpy(lg, sk_good, sizeof lg);
+  attn_plan *p = NULL;
+  must(attn_desc_set_sinks(f->desc, lg, H_));
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, f->w, f->lse, &p));
+  lg[1] = NAN;
+  attn_status st = attn_plan_execute(p, f->q, f->k, f->v, f->out, f->w, f->lse);
+  attn_plan_destroy(p);
+  return st;
+}
+
+static attn_status mass_plan(fx *f, attn_tensor *mass) {
+  must(attn_desc_set_key_mass(f->desc, mass));
+  return P(f);
+}
+
 #define F32 ATTN_DTYPE_F32
 #define F64 ATTN_DTYPE_F64
 #define U8 ATTN_DTYPE_U8
@@ -727,6 +777,55 @@ static attn_status merge_lse_over_out(fx *f) {
     MG(f, f->q, lse_in(f, 16384, NAN), f->q, LB(f), f->out, f->lse))                              \
   X(merge_lse_b_plus_inf, ATTN_ERR_INVALID_ARG, "lse_b",                                          \
     MG(f, f->q, LA(f), f->q, lse_in(f, 20480, INFINITY), f->out, f->lse))                         \
+  /* ---- serving: packed batches, sinks, per-key mass ---- */                                     \
+  X(set_varlen_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_varlen(NULL, vl_good, NULL, 2))   \
+  X(set_varlen_q_null, ATTN_ERR_NULL_ARG, "q_offsets", attn_desc_set_varlen(f->desc, NULL, NULL, 2)) \
+  X(set_varlen_n_negative, ATTN_ERR_INVALID_ARG, "n_seqs",                                        \
+    attn_desc_set_varlen(f->desc, vl_good, NULL, -1))                                             \
+  X(set_varlen_clear_with_offsets, ATTN_ERR_INVALID_ARG, "n_seqs",                                \
+    attn_desc_set_varlen(f->desc, vl_good, NULL, 0))                                              \
+  X(set_varlen_decreasing, ATTN_ERR_INVALID_ARG, "q_offsets",                                     \
+    attn_desc_set_varlen(f->desc, vl_dec, NULL, 2))                                               \
+  X(set_varlen_k_decreasing, ATTN_ERR_INVALID_ARG, "k_offsets",                                   \
+    attn_desc_set_varlen(f->desc, vl_good, vl_dec, 2))                                            \
+  X(set_varlen_first_not_0, ATTN_ERR_INVALID_ARG, "q_offsets",                                    \
+    attn_desc_set_varlen(f->desc, vl_first, NULL, 2))                                             \
+  X(plan_varlen_batch_2, ATTN_ERR_SHAPE, "batch dim 1",                                           \
+    (must(attn_desc_set_varlen(f->desc, vl_good, vl_kgood, 2)), P(f)))                            \
+  X(plan_varlen_last_not_total, ATTN_ERR_INVALID_ARG, "q_offsets",                                \
+    varlen_plan(f, vl_short, vl_kgood, &f->hp))                                                   \
+  X(plan_varlen_k_last_not_total, ATTN_ERR_INVALID_ARG, "k_offsets",                              \
+    varlen_plan(f, vl_good, vl_good, &f->hp))                                                     \
+  X(plan_varlen_key_lengths, ATTN_ERR_UNSUPPORTED, "key_lengths",                                 \
+    (must(attn_desc_set_key_lengths(f->desc, f->len2, 2)), varlen_plan(f, vl_good, vl_kgood, &f->hp))) \
+  X(plan_varlen_longformer, ATTN_ERR_UNSUPPORTED, "varlen",                                       \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LONGFORMER)),                               \
+     varlen_plan(f, vl_good, vl_kgood, &f->hp)))                                                  \
+  X(execute_varlen_decreasing, ATTN_ERR_INVALID_ARG, "q_offsets", varlen_exec_after_change(f, 0)) \
+  X(execute_varlen_last_not_total, ATTN_ERR_INVALID_ARG, "k_offsets",                             \
+    varlen_exec_after_change(f, 1))                                                               \
+  X(set_sinks_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_sinks(NULL, sk_good, 2))         \
+  X(set_sinks_null_logits, ATTN_ERR_NULL_ARG, "logits", attn_desc_set_sinks(f->desc, NULL, 2))    \
+  X(set_sinks_count_negative, ATTN_ERR_INVALID_ARG, "count", attn_desc_set_sinks(f->desc, sk_good, -1)) \
+  X(set_sinks_nan, ATTN_ERR_INVALID_ARG, "sinks", attn_desc_set_sinks(f->desc, sk_nan, 2))         \
+  X(set_sinks_inf, ATTN_ERR_INVALID_ARG, "sinks", attn_desc_set_sinks(f->desc, sk_inf, 2))         \
+  X(plan_sinks_count_not_h, ATTN_ERR_SHAPE, "sinks",                                              \
+    (must(attn_desc_set_sinks(f->desc, sk_good, 1)), P(f)))                                       \
+  X(execute_sinks_nan, ATTN_ERR_INVALID_ARG, "sinks", sinks_exec_after_nan(f))                    \
+  X(set_key_mass_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_key_mass(NULL, NULL))         \
+  X(set_key_mass_rank4, ATTN_ERR_SHAPE, "mass", attn_desc_set_key_mass(f->desc, f->out))          \
+  X(plan_mass_wrong_keys, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, B_, H_, SK + 1, 0)))   \
+  X(plan_mass_wrong_heads, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, B_, H_ + 1, SK, 0)))  \
+  X(plan_mass_wrong_batch, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, 1, H_, SK, 0)))       \
+  X(plan_mass_f64, ATTN_ERR_DTYPE, "mass", mass_plan(f, T(f, F64, 3, B_, H_, SK, 0)))              \
+  X(plan_mass_strided_keys, ATTN_ERR_LAYOUT, "mass",                                              \
+    mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(H_ * SK * 2, SK * 2, 2))))                       \
+  X(plan_mass_overlapping, ATTN_ERR_LAYOUT, "mass",                                               \
+    mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(0, SK, 1))))                                    \
+  X(plan_mass_linformer, ATTN_ERR_UNSUPPORTED, "key_mass",                                        \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                                \
+     must(attn_desc_set_key_mass(f->desc, T(f, F32, 3, B_, H_, SK, 0))),                          \
+     attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &f->hp)))          \
   /* ---- plan queries ---- */                                                                    \
   X(block_layout_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_block_layout(NULL, f->buf, &f->size)) \
   X(block_layout_size_null, ATTN_ERR_NULL_ARG, "size", attn_plan_block_layout(f->plan, f->buf, NULL)) \
@@ -826,7 +925,7 @@ typedef struct meta_row {
 #define P40 (INT64_C(1) << 40)
 static const meta_row meta_rows[] = {
     {"dtype_zero", (attn_dtype)0, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
-    {"dtype_past_end", (attn_dtype)4, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
+    {"dtype_past_end", (attn_dtype)6, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"dtype_negative", (attn_dtype)-1, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"rank_zero", F32, 0, {4}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
     {"rank_five", F32, 5, {1, 1, 1, 1}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
@@ -939,6 +1038,18 @@ static const mutation mutations[] = {
     {"lse_f64", TLSE, F64, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse:"},
     {"lse_sq6", TLSE, F32, 3, {B_, H_, SQ + 1}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
     {"lse_heads1", TLSE, F32, 3, {B_, 1, SQ}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
+    /* 16-bit dtypes (issue 15): only q, k, v of one 16-bit type, out in it
+     * or f32, weights/lse f32; anything else names the tensor and q. */
+    {"q_bf16_others_f32", TQ, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype f32, expected bf16 (q is bf16)"},
+    {"k_bf16", TK, ATTN_DTYPE_BF16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype bf16, expected f32 (q is f32)"},
+    {"v_f16", TV, ATTN_DTYPE_F16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE, "v: dtype f16"},
+    {"out_bf16_q_f32", TOUT, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "out: dtype bf16"},
+    {"weights_bf16", TW, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, SK}, false, {0}, ATTN_ERR_DTYPE,
+     "weights: dtype bf16"},
+    {"lse_f16", TLSE, ATTN_DTYPE_F16, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse: dtype f16"},
 };
 
 static void every_wrong_tensor_is_rejected_by_plan_forward_and_execute(void **state) {
@@ -988,6 +1099,30 @@ static void null_handles_and_accessors_are_safe(void **state) {
   assert_int_equal(attn_tensor_numel(NULL), 0);
   assert_null(attn_tensor_data(NULL));
   assert_int_equal(attn_plan_workspace_size(NULL), 0);
+  /* paged KV cache (paged.h): NULL handles are refused or read as empty */
+  int64_t id = -9, cnt = -9;
+  attn_paged_config_init(NULL);
+  attn_paged_destroy(NULL);
+  attn_paged_plan_destroy(NULL);
+  assert_int_equal(attn_paged_create(NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_seq_create(NULL, &id), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_seq_free(NULL, 0), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_fork(NULL, 0, &id), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_append(NULL, 0, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_truncate(NULL, 0, 0), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_block_table(NULL, 0, NULL, 0, &cnt), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_plan_create(NULL, NULL, NULL, NULL, NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_plan_execute(NULL, 0, NULL, NULL, NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(id, -9);
+  assert_int_equal(cnt, -9);
+  assert_int_equal(attn_paged_seq_length(NULL, 0), -1);
+  assert_int_equal(attn_paged_free_blocks(NULL), 0);
+  assert_int_equal(attn_paged_num_blocks(NULL), 0);
+  assert_int_equal(attn_paged_block_size(NULL), 0);
+  assert_int_equal(attn_paged_num_seqs(NULL), 0);
+  assert_int_equal(attn_paged_memory_size(NULL), 0);
+  assert_int_equal(attn_paged_memory_used(NULL), 0);
+  assert_int_equal(attn_paged_plan_workspace_size(NULL), 0);
   assert_string_equal(attn_status_string((attn_status)-1), "unknown status");
   assert_string_equal(attn_status_string((attn_status)1000), "unknown status");
   fx *f = malloc(sizeof *f);

@@ -28,3 +28,22 @@ target_link_libraries(test_npz PRIVATE PkgConfig::ATTN_TEST_ZLIB)
 add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
 set_tests_properties(test_kvcache_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+
+# The 16-bit tests again on the convert engines (no AVX-512: widen to f32,
+# then OpenBLAS), and the exact tests with f32 kept on OpenBLAS instead of
+# the AVX-512 tile engine: every engine meets the same bounds.
+add_test(NAME test_half_avx2 COMMAND test_half)
+set_tests_properties(test_half_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+# On AMX CPUs test_half runs the AMX engine; this one keeps bf16 on the
+# AVX512_BF16 (vdpbf16ps) engine.
+add_test(NAME test_half_avx512 COMMAND test_half)
+set_tests_properties(test_half_avx512 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=avx512" LABELS "unit")
+add_test(NAME test_exact_blas COMMAND test_exact)
+set_tests_properties(test_exact_blas PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
+# The paged-cache tests on the GEMM path too (AVX-512 lowered to AVX2).
+add_test(NAME test_paged_avx2 COMMAND test_paged)
+set_tests_properties(test_paged_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")

@@ -4,7 +4,10 @@ Thin by design: the objects mirror the C handles (Context, Tensor, Desc, Plan)
 and every descriptor setter is one row of ``_DESC_SETTERS``. numpy arrays are
 passed to C as views, never copied: q, k, v and out may be any float32/float64
 arrays whose last axis is contiguous, e.g. [B, S, H, D] arrays seen as
-[B, H, S, D] through strides (``layout="bshd"``).
+[B, H, S, D] through strides (``layout="bshd"``). 16-bit inputs: float16
+arrays, and bfloat16 as uint16 arrays tagged with :func:`as_bf16` (numpy has
+no bfloat16; :func:`to_bf16` / :func:`from_bf16` convert); out is the same
+16-bit type or float32, weights and lse are float32.
 
     import numpy as np, attn
     q = np.random.rand(2, 8, 128, 64).astype(np.float32)   # [B, H, S, D]
@@ -26,7 +29,8 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from ._arrays import as_numpy, empty_like_input, is_torch
+from . import _lib as _lib_mod
+from ._arrays import BF16Array, as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
                    KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
                    register_handle, unregister_handle)
@@ -35,7 +39,8 @@ __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
            "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
-           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states"]
+           "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states",
+           "BF16Array", "as_bf16", "to_bf16", "from_bf16", "PagedCache", "PagedPlan"]
 
 _lib = load()
 
@@ -49,6 +54,45 @@ class DType(enum.IntEnum):
     F32 = 1
     F64 = 2
     U8 = 3
+    BF16 = 4
+    F16 = 5
+
+
+def as_bf16(array):
+    """Tag a uint16 array as bfloat16 (a view, no copy)."""
+    array = np.asarray(array)
+    if array.dtype != np.uint16:
+        raise TypeError("as_bf16: expected a uint16 array of bfloat16 bits, got %s (use to_bf16 "
+                        "to convert floats)" % array.dtype)
+    return array.view(BF16Array)
+
+
+def to_bf16(array):
+    """float → bfloat16 (round to nearest even; NaN stays NaN), as a tagged
+    uint16 array."""
+    f = np.ascontiguousarray(array, dtype=np.float32)
+    u = f.view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(f)
+    if nan.any():
+        r[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    return r.view(BF16Array)
+
+
+def from_bf16(array):
+    """bfloat16 bits (a uint16 array) → float32 (exact)."""
+    a = np.ascontiguousarray(np.asarray(array).view(np.uint16))
+    return (a.astype(np.uint32) << 16).view(np.float32)
+
+
+def _attn_dtype(array):
+    if isinstance(array, BF16Array):
+        return DType.BF16
+    return _NP_DTYPES.get(array.dtype)
+
+
+def _is_16bit(array):
+    return isinstance(array, np.ndarray) and _attn_dtype(array) in (DType.BF16, DType.F16)
 
 
 class Variant(enum.IntEnum):
@@ -96,7 +140,8 @@ def library_path() -> str:
 
 
 _NP_DTYPES = {np.dtype(np.float32): DType.F32, np.dtype(np.float64): DType.F64,
-              np.dtype(np.uint8): DType.U8, np.dtype(np.bool_): DType.U8}
+              np.dtype(np.uint8): DType.U8, np.dtype(np.bool_): DType.U8,
+              np.dtype(np.float16): DType.F16}
 
 
 class Context:
@@ -177,17 +222,19 @@ class Tensor:
     (see :func:`as_numpy`).
 
     The Tensor keeps the array alive. Checks (before C sees the array): dtype
-    float32/float64 (uint8/bool for masks), rank 1..4, non-negative strides
+    float32/float64/float16, bfloat16 (a uint16 array tagged by as_bf16), or
+    uint8/bool for masks; rank 1..4, non-negative strides
     that are whole elements, the last axis contiguous when ``contiguous_last``,
     and the array writeable when ``writeable``.
     """
 
     def __init__(self, ctx, array, name="tensor", writeable=False, contiguous_last=False):
         array = as_numpy(array, name, writeable)   # torch / DLPack / array interface: a view
-        dtype = _NP_DTYPES.get(array.dtype)
+        dtype = _attn_dtype(array)
         if dtype is None:
-            raise TypeError("%s: dtype %s is not supported (use float32 or float64%s)"
-                            % (name, array.dtype, ", or uint8/bool for masks"))
+            hint = " (bfloat16? tag it with attn.as_bf16)" if array.dtype == np.uint16 else ""
+            raise TypeError("%s: dtype %s is not supported (use float32, float64, float16 or "
+                            "bfloat16%s, or uint8/bool for masks)" % (name, array.dtype, hint))
         if not 1 <= array.ndim <= 4:
             raise ValueError("%s: rank %d (shape %s), expected 1..4"
                              % (name, array.ndim, array.shape))
@@ -230,7 +277,7 @@ class Tensor:
 
     def matches(self, array):
         """Same dtype, shape and strides as ``array`` (so set_data can reuse it)."""
-        return (isinstance(array, np.ndarray) and _NP_DTYPES.get(array.dtype) == self.dtype
+        return (isinstance(array, np.ndarray) and _attn_dtype(array) == self.dtype
                 and array.shape == self.shape
                 and all(s >= 0 and s % array.itemsize == 0 for s in array.strides)
                 and _canonical_strides(array.shape, [s // array.itemsize for s in array.strides])
@@ -322,6 +369,28 @@ WINDOW = ([c_int64], lambda _d, v, _n: ([_window_bound(v)], None))
 I64_ARRAY = ([POINTER(c_int64), c_int64], _k_array(np.int64))
 F64_ARRAY = ([POINTER(c_double), c_int64], _k_array(np.float64))
 TENSOR = ([c_void_p], _k_tensor())
+
+
+def _k_out_tensor():
+    def conv(d, v, name):
+        if v is None:
+            return [None], None
+        t = _as_tensor(d.ctx, v, name, writeable=True, contiguous_last=True)
+        return [t.handle], t
+    return conv
+
+
+def _k_offsets(_d, v, name):
+    if v is None:
+        return [None], None
+    arr = np.ascontiguousarray(v, dtype=np.int64)
+    if arr.ndim != 1:
+        raise ValueError("%s: expected a 1-D sequence of offsets" % name)
+    return [arr.ctypes.data_as(POINTER(c_int64))], arr
+
+
+OUT_TENSOR = ([c_void_p], _k_out_tensor())
+OFFSETS = ([POINTER(c_int64)], _k_offsets)
 VARIANT = ([c_int], _k_enum(Variant))
 SCORE = ([c_int], _k_enum(Score))
 CAUSAL = ([c_int], _k_enum(Causal))
@@ -341,6 +410,11 @@ _DESC_SETTERS = {
     "additive_mask": ("attn_desc_set_additive_mask", [TENSOR]),
     "alibi": ("attn_desc_set_alibi", [F64_ARRAY]),
     "softcap": ("attn_desc_set_softcap", [FLOAT]),
+    # serving: set_varlen(q_offsets, k_offsets=None) (n = len(q_offsets) - 1),
+    # set_sinks(logits), set_key_mass(array written by every execute)
+    "varlen": ("attn_desc_set_varlen", [OFFSETS, OFFSETS, INT]),
+    "sinks": ("attn_desc_set_sinks", [F64_ARRAY]),
+    "key_mass": ("attn_desc_set_key_mass", [OUT_TENSOR]),
     "general_weight": ("attn_desc_set_general_weight", [TENSOR]),
     "additive_weights": ("attn_desc_set_additive_weights", [TENSOR, TENSOR, TENSOR, TENSOR]),
     # approx.h
@@ -433,6 +507,18 @@ def _make_setter(name):
 
 for _name in _DESC_SETTERS:
     setattr(Desc, "set_" + _name, _make_setter(_name))
+
+
+def _set_varlen(self, q_offsets, k_offsets=None):
+    """Packed variable-length batch: sequence s owns rows q_offsets[s]..q_offsets[s+1]-1
+    of q (and k_offsets' rows of k, v; None: the same as q's). None clears."""
+    if q_offsets is None:
+        return self._set("varlen", (None, None, 0))
+    n = len(q_offsets) - 1
+    return self._set("varlen", (q_offsets, k_offsets, n))
+
+
+Desc.set_varlen = _set_varlen
 
 
 def _view(array, layout, name):
@@ -572,12 +658,15 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
               causal: Union[bool, str, int] = False, scale: Optional[float] = None,
               layout: str = "bhsd", out: Optional[ArrayLike] = None,
               return_weights: bool = False, return_lse: bool = False,
+              return_mass: Union[bool, str] = False,
               ctx: Optional["Context"] = None,
               **settings: Any) -> Union[ArrayLike, Tuple[ArrayLike, ...]]:
     """Scaled-dot-product attention (one call: descriptor, plan, execute).
 
     ``out[b,h,i] = sum_j softmax_j(scale * q[b,h,i].k[b,h',j] + masks) v[b,h',j]``
-    with h' = h // (H / H_kv) (grouped-query attention).
+    with h' = h // (H / H_kv) (grouped-query attention). 16-bit inputs
+    (float16, or bfloat16 as uint16 tagged by :func:`as_bf16` or torch
+    bfloat16) give out in q's type and float32 weights/lse.
 
     Args:
         q: [B, H, S_q, d] (or [B, S_q, H, d] with ``layout="bshd"``).
@@ -595,6 +684,9 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
             returned as given (same object, same memory).
         return_weights: also return the weights [B, H, S_q, S_k].
         return_lse: also return the log-sum-exp [B, H, S_q].
+        return_mass: also return the per-key attention mass: ``True`` per
+            head [B, H, S_k], ``"group"`` summed over each KV group
+            [B, H_kv, S_k].
         ctx: a :class:`Context` (default: this thread's).
         **settings: any descriptor setting by name (see :class:`Desc`), e.g.
             ``window=(16, 0)``, ``key_lengths=[5, 7]``, ``bool_mask=m`` (non-zero =
@@ -602,14 +694,34 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
             ``variant="longformer"``, ``global_tokens=[0]``. Empty lists mean
             "none", like ``None``.
 
+    Packed batches: ``varlen=(q_offsets, k_offsets)`` (k_offsets None for
+    self-attention) with q, k, v as [T, H, d] arrays; out, lse, weights and
+    mass are then [T_q, H, d_v], [H, T_q], [H, T_q, T_k] and [H, T_k].
+    ``sinks=logits``: one value-less softmax logit per head.
+
     Returns:
-        out, or a tuple ``(out, weights?, lse?)``. When q is a torch tensor the
-        new arrays are torch tensors (sharing memory with what libattn wrote).
+        out, or a tuple ``(out, weights?, lse?, mass?)``. When q is a torch
+        tensor the new arrays are torch tensors (sharing memory with what
+        libattn wrote).
 
     Raises:
         AttnError: the library rejected the call (``.status``, ``.message``).
         TypeError, ValueError: an argument is not an array numpy can view.
     """
+    if settings.get("varlen") is not None and getattr(q, "ndim", 0) == 3:
+        # packed [T, H, d] is [1, T, H, d] in the bshd layout
+        if layout != "bhsd":
+            raise ValueError("layout: packed [T, H, d] arrays take no layout")
+        qkv = [as_numpy(a, n) for a, n in ((q, "q"), (k, "k"), (v, "v"))]
+        if not all(a.ndim == 3 for a in qkv):
+            raise ValueError("varlen: q, k, v must all be [T, H, d] arrays")
+        res = attention(*(a[None] for a in qkv), causal=causal, scale=scale, layout="bshd",
+                        out=None if out is None else as_numpy(out, "out", writeable=True)[None],
+                        return_weights=return_weights, return_lse=return_lse,
+                        return_mass=return_mass, ctx=ctx, **settings)
+        if not isinstance(res, tuple):
+            return res[0]
+        return tuple(r[0] for r in res)
     arrays = []
     for name, a in (("q", q), ("k", k), ("v", v)):
         a = as_numpy(a, name)
@@ -627,27 +739,34 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *,
     Sk, Dv = kv.shape[2], vv.shape[3]
     if out is None:
         shape = (B, H, Sq, Dv) if layout == "bhsd" else (B, Sq, H, Dv)
-        out_np, out = empty_like_input(shape, template, q.dtype)
+        out_np, out = empty_like_input(shape, template, q.dtype, bf16=isinstance(q, BF16Array))
     else:
         out_np = as_numpy(out, "out", writeable=True)
+    fdt = np.float32 if _is_16bit(q) else q.dtype   # weights/lse: the compute type
     weights = lse = None
     if return_weights:
-        weights, weights_obj = empty_like_input((B, H, Sq, Sk), template, q.dtype)
+        weights, weights_obj = empty_like_input((B, H, Sq, Sk), template, fdt)
     if return_lse:
-        lse, lse_obj = empty_like_input((B, H, Sq), template, q.dtype)
+        lse, lse_obj = empty_like_input((B, H, Sq), template, fdt)
+    if return_mass:
+        heads = kv.shape[1] if return_mass == "group" else H
+        mass, mass_obj = empty_like_input((B, heads, Sk), template, fdt)
+        desc.set_key_mass(mass)
     plan = Plan(desc, q, k, v, out_np, weights, lse, layout=layout)
     try:
         plan.execute(q, k, v, out_np, weights, lse)
     finally:
         plan.close()
         desc.close()
-    if not (return_weights or return_lse):
+    if not (return_weights or return_lse or return_mass):
         return out
     result = (out,)
     if return_weights:
         result += (weights_obj,)
     if return_lse:
         result += (lse_obj,)
+    if return_mass:
+        result += (mass_obj,)
     return result
 
 
@@ -786,7 +905,9 @@ class MHA:
         out, w = layer(x, x, x, key_padding_mask=keep)   # keep: NON-ZERO = ATTEND
 
     Config keywords are the attn_mha_config fields (see _MHA_CONFIG; dtype is
-    np.float32 or np.float64). ``weights`` maps attn_mha_weights field names
+    np.float32, np.float64, np.float16 or attn.DType.BF16 — 16-bit layers take
+    16-bit weights and inputs (bf16: tagged uint16, see as_bf16), compute in
+    f32 and return float32 attention weights). ``weights`` maps attn_mha_weights field names
     (PyTorch's parameter names; "out_proj.weight"/"out_proj.bias" also work)
     to numpy arrays of the layer's dtype in PyTorch's layout [out, in]. They
     are borrowed without copying: the layer keeps them alive, and changing
@@ -836,7 +957,8 @@ class MHA:
         self.config = {f: getattr(cfg, f) for f, _t in MhaConfig._fields_ if f != "struct_size"}
         self.embed_dim, self.num_heads = cfg.embed_dim, cfg.num_heads
         self.batch_first = bool(cfg.batch_first)
-        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self.dtype = {DType.F64: np.float64, DType.F16: np.float16,
+                      DType.BF16: np.uint16}.get(cfg.dtype, np.float32)
         self._extra_keys = int(bool(cfg.add_bias_kv)) + int(bool(cfg.add_zero_attn))
         handle = c_void_p()
         _lib.attn_mha_create(self.ctx.handle, byref(cfg), byref(w), byref(handle))
@@ -937,14 +1059,16 @@ class MHA:
         key_padding_mask = self._keep_mask(key_padding_mask, "key_padding_mask")
         if out is None:
             out_np, out = empty_like_input(tuple(query.shape[:2]) + (self.embed_dim,), template,
-                                           query.dtype)
+                                           query.dtype, bf16=isinstance(query, BF16Array))
         else:
             out_np = as_numpy(out, "out", writeable=True)
         weights = weights_np = None
         if need_weights:
             B, L, Sx = self._shapes(query, key)
             shape = (B, L, Sx) if average_attn_weights else (B, self.num_heads, L, Sx)
-            weights_np, weights = empty_like_input(shape, template, query.dtype)
+            # attention weights are in the compute type (f32 for 16-bit layers)
+            wdt = np.float32 if _is_16bit(query) else query.dtype
+            weights_np, weights = empty_like_input(shape, template, wdt)
         plan = MHAPlan(self, query, key, value, out_np, key_padding_mask, weights_np, desc,
                        _mask_ready=True, **settings)
         try:
@@ -1149,6 +1273,11 @@ class KVCache:
         _arr, lp = _int64s(lengths, self.batch, "lengths")
         _lib.attn_kvcache_truncate(self.handle, lp)
 
+    def set_keep_first(self, n):
+        """attn_kvcache_set_keep_first: a ring cache keeps positions 0..n-1 for
+        good (StreamingLLM's sink tokens). Call on an empty cache."""
+        _lib.attn_kvcache_set_keep_first(self.handle, int(n))
+
     def reset(self):
         """Empty the cache (truncate every item to 0)."""
         self.truncate(0)
@@ -1311,6 +1440,200 @@ class KVCachePlan:
         if getattr(self, "_handle", None):
             unregister_handle(self._handle)
             _lib.attn_kvcache_plan_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+
+# attn_paged_config fields: keyword -> (field, convert).
+_PAGED_CONFIG = {
+    "heads_kv": ("heads_kv", int),
+    "d_k": ("d_k", int),
+    "d_v": ("d_v", lambda v: 0 if v is None else int(v)),
+    "block_size": ("block_size", int),
+    "num_blocks": ("num_blocks", int),
+    "max_seqs": ("max_seqs", int),
+    "max_seq_len": ("max_seq_len", lambda v: 0 if v is None else int(v)),
+    "dtype": _MHA_CONFIG["dtype"],
+    "storage": ("storage", lambda v: _enum(KVCacheStorage, v)),
+}
+
+
+class PagedCache:
+    """attn_paged_cache: a pool of fixed-size blocks shared by many sequences
+    (paged.h), for serving: continuous batching, prefix sharing, beam search.
+
+        cache = attn.PagedCache(heads_kv=2, d_k=64, block_size=64, num_blocks=1024)
+        s = cache.create_seq()
+        cache.append(s, k_new, v_new)          # [H_kv, n, d] numpy arrays (copied in)
+        t = cache.fork(s)                      # shares every block (copy-on-write)
+        plan = cache.plan(q, out, causal="bottom_right")  # q [N, H, n, d_k], out [N, H, n, d_v]
+        plan.execute([s, t], q, out)           # a ragged batch in one call
+
+    Config keywords are the attn_paged_config fields (see _PAGED_CONFIG).
+    Failing calls raise AttnError (status + message) and change nothing; out
+    of blocks is Status.ERR_CAPACITY. Mutating calls need the caller's lock
+    when several threads share the cache; plans read only (see paged.h).
+    """
+
+    def __init__(self, ctx=None, **config):
+        self.ctx = _ctx(ctx)
+        cfg = _lib_mod.PagedConfig()
+        _lib.attn_paged_config_init(byref(cfg))
+        for key, value in config.items():
+            if key not in _PAGED_CONFIG:
+                raise TypeError("unknown PagedCache setting %r (known: %s)"
+                                % (key, ", ".join(sorted(_PAGED_CONFIG))))
+            field, conv = _PAGED_CONFIG[key]
+            setattr(cfg, field, conv(value))
+        handle = c_void_p()
+        _lib.attn_paged_create(self.ctx.handle, byref(cfg), byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        self.heads_kv, self.d_k = int(cfg.heads_kv), int(cfg.d_k)
+        self.d_v = int(cfg.d_v) or self.d_k
+        self.dtype = np.float64 if cfg.dtype == DType.F64 else np.float32
+        self._plans = weakref.WeakSet()
+
+    @property
+    def handle(self):
+        if not self._handle:
+            raise ValueError("attn: the paged cache is closed")
+        return self._handle
+
+    def create_seq(self):
+        """attn_paged_seq_create: a new empty sequence; returns its id."""
+        s = c_int64(-1)
+        _lib.attn_paged_seq_create(self.handle, byref(s))
+        return s.value
+
+    def free_seq(self, seq):
+        """attn_paged_seq_free: the id becomes free, its blocks lose a reference."""
+        _lib.attn_paged_seq_free(self.handle, int(seq))
+
+    def fork(self, seq):
+        """attn_paged_fork: a new sequence sharing every block of seq; returns its id."""
+        s = c_int64(-1)
+        _lib.attn_paged_fork(self.handle, int(seq), byref(s))
+        return s.value
+
+    def append(self, seq, k_new, v_new):
+        """attn_paged_append: k_new [H_kv, n, d_k], v_new [H_kv, n, d_v] become
+        the next n positions of seq (copied in; any strides)."""
+        tk = _as_tensor(self.ctx, k_new, "k_new")
+        tv = _as_tensor(self.ctx, v_new, "v_new")
+        try:
+            _lib.attn_paged_append(self.handle, int(seq), tk.handle, tv.handle)
+        finally:
+            for t, a in ((tk, k_new), (tv, v_new)):
+                if t is not a:
+                    t.close()
+
+    def truncate(self, seq, length):
+        """attn_paged_truncate: roll seq back to length positions."""
+        _lib.attn_paged_truncate(self.handle, int(seq), int(length))
+
+    def length(self, seq):
+        """Length of seq, -1 if the id is not live."""
+        return int(_lib.attn_paged_seq_length(self.handle, int(seq)))
+
+    def block_table(self, seq):
+        """int64 array of seq's block ids, in position order."""
+        count = c_int64(0)
+        n = (max(self.length(seq), 0) + self.block_size - 1) // self.block_size
+        ids = np.zeros(max(n, 1), dtype=np.int64)
+        _lib.attn_paged_block_table(self.handle, int(seq), ids.ctypes.data_as(POINTER(c_int64)),
+                                    len(ids), byref(count))
+        return ids[:count.value].copy()
+
+    free_blocks = property(lambda self: int(_lib.attn_paged_free_blocks(self.handle)))
+    num_blocks = property(lambda self: int(_lib.attn_paged_num_blocks(self.handle)))
+    block_size = property(lambda self: int(_lib.attn_paged_block_size(self.handle)))
+    num_seqs = property(lambda self: int(_lib.attn_paged_num_seqs(self.handle)))
+    memory_size = property(lambda self: int(_lib.attn_paged_memory_size(self.handle)))
+    memory_used = property(lambda self: int(_lib.attn_paged_memory_used(self.handle)))
+
+    def plan(self, q, out, lse=None, desc=None, ctx=None, **settings):
+        """A PagedPlan for arrays laid out like these (see PagedPlan)."""
+        return PagedPlan(self, q, out, lse, desc, ctx, **settings)
+
+    def close(self):
+        """Destroy the cache (and any plan of it still open)."""
+        if getattr(self, "_handle", None):
+            for p in list(self._plans):
+                p.close()
+            unregister_handle(self._handle)
+            _lib.attn_paged_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class PagedPlan:
+    """attn_paged_plan: a ragged batch of up to N sequences' new queries
+    against a paged cache. q [N, H, n, d_k], out [N, H, n, d_v], lse None or
+    [N, H, n]; desc or descriptor settings (causal="bottom_right" for a decoder;
+    causal=True is rejected as ambiguous, as for KVCache).
+    ctx: the plan's own context (one per caller thread), default the cache's.
+    """
+
+    def __init__(self, cache, q, out, lse=None, desc=None, ctx=None, **settings):
+        self.cache = cache
+        self.ctx = _ctx(ctx) if ctx is not None else cache.ctx
+        if settings:
+            if desc is not None:
+                raise TypeError("give desc or descriptor settings, not both")
+            if isinstance(settings.get("causal"), bool) and settings["causal"]:
+                # As KVCachePlan: True is top-left elsewhere; a cache attends bottom-right.
+                raise ValueError("PagedCache: causal=True is ambiguous (attn.attention's True is "
+                                 "top-left, PyTorch's is_causal); a paged cache attends "
+                                 "bottom-right: pass causal=\"bottom_right\"")
+            desc = Desc(self.ctx, **settings)
+        elif desc is None:
+            desc = Desc(self.ctx)
+        self.desc = desc
+        self._borrowed = list(desc._keep.values())
+        self._tensors = [self._tensor(n, a) for n, a in zip(_KV_OPERANDS, (q, out, lse))]
+        handles = [t.handle if t is not None else None for t in self._tensors]
+        handle = c_void_p()
+        _lib.attn_paged_plan_create(self.ctx.handle, cache.handle, desc.handle, *handles,
+                                    byref(handle))
+        self._handle = handle.value
+        self.rows = int(np.shape(q)[0])
+        register_handle(self._handle, self.ctx.handle)
+        cache._plans.add(self)
+
+    def _tensor(self, name, array):
+        return _as_tensor(self.ctx, array, name, writeable=name in _OUTPUTS,
+                          contiguous_last=name != "lse")
+
+    @property
+    def workspace_size(self):
+        return int(_lib.attn_paged_plan_workspace_size(self._handle))
+
+    def execute(self, seqs, q, out, lse=None, query_counts=None):
+        """attn_paged_plan_execute: rows 0..len(seqs)-1 of q/out/lse against the
+        sequences seqs; query_counts None (n each) or one per row. Returns out."""
+        if not getattr(self, "_handle", None):
+            raise ValueError("attn: the paged plan is closed")
+        handles, _temps = _bind(self, _KV_OPERANDS, (q, out, lse))
+        ids = np.ascontiguousarray(seqs, dtype=np.int64).reshape(-1)
+        count = len(ids)
+        _ia, ip = _int64s(ids, count, "seqs") if count else (None, None)
+        _ca, cp = _int64s(query_counts, count, "query_counts")
+        _lib.attn_paged_plan_execute(self._handle, count, ip, *handles, cp)
+        return out
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            unregister_handle(self._handle)
+            _lib.attn_paged_plan_destroy(self._handle)
             self._handle = None
 
     __del__ = close

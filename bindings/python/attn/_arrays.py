@@ -29,7 +29,14 @@ import sys
 
 import numpy as np
 
-__all__ = ["as_numpy", "is_torch", "like", "empty_like_input"]
+__all__ = ["as_numpy", "is_torch", "like", "empty_like_input", "BF16Array"]
+
+
+class BF16Array(np.ndarray):
+    """A uint16 array whose elements are bfloat16 bit patterns (the top half
+    of an IEEE float32). A numpy view subclass: slicing and transposing keep
+    the tag; arithmetic on it is meaningless (use attn.from_bf16). A torch
+    bfloat16 tensor is seen as one (a view of the same memory)."""
 
 
 def is_torch(x: object) -> bool:
@@ -142,6 +149,9 @@ def as_numpy(x: object, name: str = "array", writeable: bool = False) -> np.ndar
         if x.is_conj() or x.is_neg():
             raise ValueError("%s: torch tensor with a lazy conj/neg bit; call .resolve_conj()"
                              % name)
+        import torch
+        if x.dtype == torch.bfloat16:  # numpy has no bfloat16: its bits, tagged
+            return x.view(torch.int16).numpy().view(np.uint16).view(BF16Array)
         return x.numpy()
     if hasattr(x, "__dlpack__"):
         return _from_dlpack(x, name)
@@ -163,13 +173,19 @@ def like(arr, template):
     return torch.from_numpy(arr)
 
 
-def empty_like_input(shape, template, dtype):
+def empty_like_input(shape, template, dtype, bf16=False):
     """A new uninitialised output: (numpy view, object to return). For a torch
-    template the memory is a torch tensor's, so the caller gets a real tensor."""
+    template the memory is a torch tensor's, so the caller gets a real tensor.
+    bf16: a bfloat16 output (numpy: a BF16Array; torch: torch.bfloat16)."""
     if is_torch(template):
         import torch
-        t = torch.empty(tuple(int(s) for s in shape),
-                        dtype=torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+        if bf16:
+            t = torch.empty(tuple(int(s) for s in shape), dtype=torch.bfloat16)
+            return t.view(torch.int16).numpy().view(np.uint16).view(BF16Array), t
+        tdt = {np.dtype(np.float64): torch.float64, np.dtype(np.float16): torch.float16}
+        t = torch.empty(tuple(int(s) for s in shape), dtype=tdt.get(np.dtype(dtype), torch.float32))
         return t.numpy(), t
     a = np.empty(shape, dtype=dtype)
+    if bf16:
+        a = a.view(BF16Array)
     return a, a

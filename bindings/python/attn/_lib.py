@@ -112,6 +112,20 @@ class KVCacheConfig(ctypes.Structure):
                 ("storage", c_int)]
 
 
+class PagedConfig(ctypes.Structure):
+    """attn_paged_config (paged.h); fill with attn_paged_config_init."""
+    _fields_ = [("struct_size", c_size_t),
+                ("heads_kv", c_int64),
+                ("d_k", c_int64),
+                ("d_v", c_int64),
+                ("block_size", c_int64),
+                ("num_blocks", c_int64),
+                ("max_seqs", c_int64),
+                ("max_seq_len", c_int64),
+                ("dtype", c_int),
+                ("storage", c_int)]
+
+
 STATUS = "status"   # restype marker: returns attn_status, checked
 _P = c_void_p        # every opaque handle
 _PP = POINTER(c_void_p)
@@ -169,6 +183,7 @@ _FUNCTIONS = [
     ("attn_kvcache_destroy", None, [_P]),
     ("attn_kvcache_append", STATUS, [_P, _P, _P, _I64P]),
     ("attn_kvcache_truncate", STATUS, [_P, _I64P]),
+    ("attn_kvcache_set_keep_first", STATUS, [_P, c_int64]),
     ("attn_kvcache_length", c_int64, [_P, c_int64]),
     ("attn_kvcache_first", c_int64, [_P, c_int64]),
     ("attn_kvcache_capacity", c_int64, [_P]),
@@ -183,6 +198,27 @@ _FUNCTIONS = [
     ("attn_backward_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
     ("attn_backward_plan_workspace_size", c_size_t, [_P]),
     ("attn_backward_plan_destroy", None, [_P]),
+    # paged KV cache (paged.h)
+    ("attn_paged_config_init", None, [POINTER(PagedConfig)]),
+    ("attn_paged_create", STATUS, [_P, POINTER(PagedConfig), _PP]),
+    ("attn_paged_destroy", None, [_P]),
+    ("attn_paged_seq_create", STATUS, [_P, _I64P]),
+    ("attn_paged_seq_free", STATUS, [_P, c_int64]),
+    ("attn_paged_fork", STATUS, [_P, c_int64, _I64P]),
+    ("attn_paged_append", STATUS, [_P, c_int64, _P, _P]),
+    ("attn_paged_truncate", STATUS, [_P, c_int64, c_int64]),
+    ("attn_paged_seq_length", c_int64, [_P, c_int64]),
+    ("attn_paged_block_table", STATUS, [_P, c_int64, _I64P, c_int64, _I64P]),
+    ("attn_paged_free_blocks", c_int64, [_P]),
+    ("attn_paged_num_blocks", c_int64, [_P]),
+    ("attn_paged_block_size", c_int64, [_P]),
+    ("attn_paged_num_seqs", c_int64, [_P]),
+    ("attn_paged_memory_size", c_size_t, [_P]),
+    ("attn_paged_memory_used", c_size_t, [_P]),
+    ("attn_paged_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_paged_plan_execute", STATUS, [_P, c_int64, _I64P, _P, _P, _P, _I64P]),
+    ("attn_paged_plan_workspace_size", c_size_t, [_P]),
+    ("attn_paged_plan_destroy", None, [_P]),
 ]
 
 # Status-returning functions whose first argument is the context; for the
@@ -190,7 +226,8 @@ _FUNCTIONS = [
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
               "attn_plan_create", "attn_forward", "attn_merge_states", "attn_heads_split_view",
               "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
-              "attn_mha_create", "attn_kvcache_create"}
+              "attn_mha_create", "attn_kvcache_create", "attn_paged_create",
+              "attn_paged_plan_create"}
 
 # Which context a handle belongs to, so an errcheck can fetch the context's
 # message for calls whose first argument is a tensor/descriptor/plan.

@@ -388,6 +388,93 @@ class TestErrors(unittest.TestCase):
                     out, np.zeros((1, 2, 5, 5), np.float32))
 
 
+class TestHalf(Case):
+    """float16 arrays and bfloat16 (uint16 tagged by attn.as_bf16) against the
+    float64 reference on the same rounded inputs: |out - ref| <= c*u*sum_j p|v|
+    with u = 2^-8, c = 2 (bf16: P rounded for P.V, out rounded once) and
+    u = 2^-11, c = 1 (f16: exact in f32, out rounded once), as in attn.h."""
+
+    def inputs(self, rng, shape_q, shape_k):
+        q = rng.uniform(-3, 3, shape_q).astype(np.float32)
+        k = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        v = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        return q, k, v
+
+    def check(self, got, ref, bound, tol):
+        err = np.abs(np.asarray(got, np.float64) - ref)
+        self.assertTrue(np.all(err <= tol * bound + 1e-6), "max err %g" % err.max())
+
+    def test_bf16_round_trip_is_round_to_nearest_even(self):
+        x = np.array([1.0, 1.00390625, 1.01171875, -2.5, 1.0048828125, np.inf, 0.0], np.float32)
+        # 1 + 2^-8 is a tie: even (1.0); 1 + 3*2^-8 is a tie: even (1 + 2^-6);
+        # 1 + 2^-8 + 2^-11 is above the tie: up (1 + 2^-7)
+        self.assertEqual(attn.from_bf16(attn.to_bf16(x)).tolist(),
+                         [1.0, 1.0, 1.015625, -2.5, 1.0078125, np.inf, 0.0])
+        self.assertTrue(np.isnan(attn.from_bf16(attn.to_bf16(np.float32(np.nan)))))
+        with self.assertRaises(TypeError):
+            attn.as_bf16(np.zeros(3, np.float32))
+
+    def test_bf16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(15)
+        for causal in (NONE, TOP_LEFT):
+            for (H, Hkv) in ((4, 4), (4, 2)):
+                q, k, v = self.inputs(rng, (2, H, 33, 16), (2, Hkv, 40, 16))
+                qb, kb, vb = attn.to_bf16(q), attn.to_bf16(k), attn.to_bf16(v)
+                ro, rw, rl, bound = reference(attn.from_bf16(qb), attn.from_bf16(kb),
+                                              attn.from_bf16(vb), causal=causal)
+                out, w, lse = attn.attention(qb, kb, vb, causal=causal, return_weights=True,
+                                             return_lse=True)
+                self.assertIsInstance(out, attn.BF16Array)
+                self.assertEqual(w.dtype, np.float32)
+                self.assertEqual(lse.dtype, np.float32)
+                self.check(attn.from_bf16(out), ro, bound, 2 * 2.0**-8)
+                self.check(w, rw, np.ones_like(rw), 1e-4)
+                # f32 out from bf16 inputs
+                o32 = np.empty(ro.shape, np.float32)
+                attn.attention(qb, kb, vb, causal=causal, out=o32)
+                self.check(o32, ro, bound, 2 * 2.0**-8)
+
+    def test_f16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(16)
+        q, k, v = (a.astype(np.float16) for a in self.inputs(rng, (1, 2, 20, 8), (1, 2, 30, 8)))
+        for layout in ("bhsd", "bshd"):
+            ro, _, _, bound = reference(q, k, v, causal=TOP_LEFT)
+            args = (q, k, v) if layout == "bhsd" else \
+                tuple(np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k, v))
+            out = attn.attention(*args, causal=True, layout=layout)
+            self.assertEqual(out.dtype, np.float16)
+            if layout == "bshd":
+                out = out.transpose(0, 2, 1, 3)
+            self.check(out, ro, bound, 2.0**-11)
+
+    def test_torch_bfloat16_and_float16_tensors(self):
+        try:
+            import torch
+        except ImportError:
+            self.skipTest("torch does not import")
+        rng = np.random.default_rng(17)
+        q, k, v = self.inputs(rng, (1, 2, 12, 8), (1, 2, 20, 8))
+        for tdt, tol in ((torch.bfloat16, 2 * 2.0**-8), (torch.float16, 2.0**-11)):
+            tq, tk, tv = (torch.from_numpy(a).to(tdt) for a in (q, k, v))
+            ro, _, _, bound = reference(*(t.to(torch.float64).numpy() for t in (tq, tk, tv)),
+                                        causal=TOP_LEFT)
+            out = attn.attention(tq, tk, tv, causal=True)
+            self.assertIsInstance(out, torch.Tensor)
+            self.assertEqual(out.dtype, tdt)
+            self.check(out.to(torch.float64).numpy(), ro, bound, tol)
+
+    def test_untagged_uint16_and_mixed_dtypes_are_rejected(self):
+        q = np.zeros((1, 1, 4, 8), np.uint16)
+        with self.assertRaisesRegex(TypeError, "as_bf16"):
+            attn.attention(q, q, q)
+        qb = attn.as_bf16(q)
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.attention(qb, q.astype(np.float16), qb)
+        self.assertEqual(cm.exception.status, attn.Status.ERR_DTYPE)
+        self.assertIn("k:", cm.exception.message)
+        self.assertIn("q is bf16", cm.exception.message)
+
+
 class TestTorch(Case):
     """Cross-check with PyTorch's attention (skipped when torch is missing)."""
 
@@ -972,6 +1059,32 @@ class TestMHA(Case):
         ("f64, GQA, bias kv", dict(num_kv_heads=2, add_bias_kv=True, dtype=np.float64),
          dict(kpm=True)),
     ]
+
+    def test_bf16_and_f16_layers_match_the_f32_layer_on_rounded_values(self):
+        # A 16-bit layer computes in f32 on its 16-bit parameters and inputs and
+        # rounds out once: within the format's unit roundoff of the f32 layer's
+        # out on the same (rounded) values, plus f32-level differences.
+        E, H, B, L = 16, 4, 2, 6
+        rng = np.random.default_rng(33)
+        w = make_mha_weights(rng, E, H, 2, None, None, True, False, packed=True,
+                             dtype=np.float32)
+        x = rand(rng, (B, L, E), np.float32)
+        for name, to16, back, dt, u in (
+                ("bf16", attn.to_bf16, attn.from_bf16, attn.DType.BF16, 2.0**-8),
+                ("f16", lambda a: np.asarray(a, np.float16), lambda a: a.astype(np.float32),
+                 attn.DType.F16, 2.0**-11)):
+            w16 = {n: to16(a) for n, a in w.items()}
+            w32 = {n: back(a) for n, a in w16.items()}
+            x16 = to16(x)
+            ref_layer = attn.MHA(w32, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True)
+            layer = attn.MHA(w16, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True,
+                             dtype=dt)
+            want, wwant = ref_layer(back(x16), causal="top_left")
+            got, wgot = layer(x16, causal="top_left")
+            self.assertEqual(wgot.dtype, np.float32, name)
+            got = back(got)
+            np.testing.assert_allclose(got, want, rtol=u + 1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(wgot, wwant, rtol=1e-5, atol=1e-6, err_msg=name)
 
     def run_case(self, seed, cfg, data):
         E, H, B, L = 16, 4, 3, 5

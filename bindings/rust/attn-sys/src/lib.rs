@@ -1,5 +1,5 @@
 //! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
-//! `attn/heads.h`, `attn/kvcache.h`),
+//! `attn/heads.h`, `attn/kvcache.h`, `attn/paged.h`),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -53,6 +53,16 @@ pub struct attn_kvcache {
 pub struct attn_kvcache_plan {
     _private: [u8; 0],
 }
+/// Opaque `attn_paged_cache` (paged.h).
+#[repr(C)]
+pub struct attn_paged_cache {
+    _private: [u8; 0],
+}
+/// Opaque `attn_paged_plan` (paged.h).
+#[repr(C)]
+pub struct attn_paged_plan {
+    _private: [u8; 0],
+}
 
 /// `attn_status` (C enum: int-sized). Values are ABI.
 pub type attn_status = c_int;
@@ -74,6 +84,8 @@ pub type attn_dtype = c_int;
 pub const ATTN_DTYPE_F32: attn_dtype = 1;
 pub const ATTN_DTYPE_F64: attn_dtype = 2;
 pub const ATTN_DTYPE_U8: attn_dtype = 3;
+pub const ATTN_DTYPE_BF16: attn_dtype = 4;
+pub const ATTN_DTYPE_F16: attn_dtype = 5;
 
 pub type attn_variant = c_int;
 pub const ATTN_VARIANT_EXACT: attn_variant = 0;
@@ -174,6 +186,22 @@ pub struct attn_kvcache_config {
     pub storage: attn_kvcache_storage,
 }
 
+/// `attn_paged_config` (paged.h); initialise with `attn_paged_config_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_paged_config {
+    pub struct_size: usize,
+    pub heads_kv: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+    pub block_size: i64,
+    pub num_blocks: i64,
+    pub max_seqs: i64,
+    pub max_seq_len: i64,
+    pub dtype: attn_dtype,
+    pub storage: attn_kvcache_storage,
+}
+
 extern "C" {
     // version, status
     pub fn attn_version_number() -> u32;
@@ -213,6 +241,9 @@ extern "C" {
     pub fn attn_desc_set_additive_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_alibi(desc: *mut attn_desc, slopes: *const f64, count: i64) -> attn_status;
     pub fn attn_desc_set_softcap(desc: *mut attn_desc, cap: f64) -> attn_status;
+    pub fn attn_desc_set_varlen(desc: *mut attn_desc, q_offsets: *const i64, k_offsets: *const i64, n_seqs: i64) -> attn_status;
+    pub fn attn_desc_set_sinks(desc: *mut attn_desc, logits: *const f64, count: i64) -> attn_status;
+    pub fn attn_desc_set_key_mass(desc: *mut attn_desc, mass: *mut attn_tensor) -> attn_status;
     pub fn attn_desc_set_general_weight(desc: *mut attn_desc, w: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_additive_weights(desc: *mut attn_desc, w_q: *const attn_tensor, w_k: *const attn_tensor, bias: *const attn_tensor, v: *const attn_tensor) -> attn_status;
 
@@ -263,6 +294,7 @@ extern "C" {
     pub fn attn_kvcache_destroy(cache: *mut attn_kvcache);
     pub fn attn_kvcache_append(cache: *mut attn_kvcache, k_new: *const attn_tensor, v_new: *const attn_tensor, counts: *const i64) -> attn_status;
     pub fn attn_kvcache_truncate(cache: *mut attn_kvcache, lengths: *const i64) -> attn_status;
+    pub fn attn_kvcache_set_keep_first(cache: *mut attn_kvcache, n: i64) -> attn_status;
     pub fn attn_kvcache_length(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_first(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;
@@ -272,6 +304,27 @@ extern "C" {
     pub fn attn_kvcache_plan_execute(plan: *mut attn_kvcache_plan, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
     pub fn attn_kvcache_plan_workspace_size(plan: *const attn_kvcache_plan) -> usize;
     pub fn attn_kvcache_plan_destroy(plan: *mut attn_kvcache_plan);
+    // paged KV cache (paged.h)
+    pub fn attn_paged_config_init(cfg: *mut attn_paged_config);
+    pub fn attn_paged_create(ctx: *mut attn_context, cfg: *const attn_paged_config, out: *mut *mut attn_paged_cache) -> attn_status;
+    pub fn attn_paged_destroy(cache: *mut attn_paged_cache);
+    pub fn attn_paged_seq_create(cache: *mut attn_paged_cache, seq: *mut i64) -> attn_status;
+    pub fn attn_paged_seq_free(cache: *mut attn_paged_cache, seq: i64) -> attn_status;
+    pub fn attn_paged_fork(cache: *mut attn_paged_cache, src: i64, dst: *mut i64) -> attn_status;
+    pub fn attn_paged_append(cache: *mut attn_paged_cache, seq: i64, k_new: *const attn_tensor, v_new: *const attn_tensor) -> attn_status;
+    pub fn attn_paged_truncate(cache: *mut attn_paged_cache, seq: i64, length: i64) -> attn_status;
+    pub fn attn_paged_seq_length(cache: *const attn_paged_cache, seq: i64) -> i64;
+    pub fn attn_paged_block_table(cache: *const attn_paged_cache, seq: i64, ids: *mut i64, cap: i64, count: *mut i64) -> attn_status;
+    pub fn attn_paged_free_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_block_size(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_seqs(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_memory_size(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_memory_used(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_plan_create(ctx: *mut attn_context, cache: *mut attn_paged_cache, desc: *const attn_desc, q: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_paged_plan) -> attn_status;
+    pub fn attn_paged_plan_execute(plan: *mut attn_paged_plan, count: i64, seq_ids: *const i64, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
+    pub fn attn_paged_plan_workspace_size(plan: *const attn_paged_plan) -> usize;
+    pub fn attn_paged_plan_destroy(plan: *mut attn_paged_plan);
 }
 
 #[cfg(test)]
