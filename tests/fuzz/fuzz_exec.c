@@ -7,7 +7,7 @@
  *    below, or anything is NaN where the reference is not;
  *  - a second execute, or the same plan on a 1-thread context, is not
  *    bitwise identical; execute allocates; anything leaks.
- * With lse and a (scaled) dot score the backward (attn/backward.h) runs on
+ * With lse, a (scaled) dot score, f32/f64, no sinks and no key mass the backward (attn/backward.h) runs on
  * the same problem too (with the additive mask's gradient when there is
  * one), and traps when it fails, allocates, is not bitwise identical on one
  * thread, gives a non-finite gradient for finite inputs, or breaks the exact
@@ -106,7 +106,7 @@ static void parse(fz *f, prob *p) {
     if (p->special == 3) p->special = 0; /* subnormal q: not representable in f16 */
   }
   p->has_sinks = fz_u8(f) % 4 == 0;
-  for (int h = 0; h < 8; h++) p->sinks[h] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
+  for (int hs = 0; hs < 8; hs++) p->sinks[hs] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
   p->mass = fz_u8(f) % 3;
 }
 
@@ -406,7 +406,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   /* ---- backward ---- */
-  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) &&
+  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && !P.has_sinks && P.mass == 0 &&
       (P.score == ATTN_SCORE_SCALED_DOT || P.score == ATTN_SCORE_DOT)) {
     const size_t bnq = (size_t)(P.B * P.H * P.Sq), bnkv = (size_t)(P.B * P.Hkv * P.Sk);
     double *gd = malloc(bnq * (size_t)P.Dv * 8);
