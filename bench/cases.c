@@ -5,6 +5,8 @@
 extern const bench_case bench_case_sdpa, bench_case_naive, bench_case_mha;
 extern const bench_case bench_case_masked, bench_case_additive; /* case_masked.c */
 extern const bench_case bench_case_subnormal;                    /* case_subnormal.c */
+extern const bench_case bench_case_sdpa_bwd;                     /* case_backward.c */
+extern const bench_case bench_case_mha_bwd;                      /* case_mha_bwd.c */
 
 /* case_sparse.c */
 int bench_case_window(attn_context *, const bench_opts *, bench_result *);
@@ -44,6 +46,7 @@ const bench_case *const bench_cases[] = {
     &bench_case_mha,   &decode_case,      &window_case,
     &swin_case,        &longformer_case,  &bigbird_case,   &blocksparse_case,
     &linear_elu_case,  &performer_case,   &linformer_case,   &bench_case_subnormal,
+    &bench_case_sdpa_bwd, &bench_case_mha_bwd,
     &paged_decode_case, &paged_prefill_case,
     &varlen_case,
 };

@@ -261,6 +261,59 @@ def main():
                 v = r[key[0]]
                 oks.append(report(5, "subnormal inputs time / normal inputs time", f"{v:.2f}", "<= 2", v <= 2))
 
+    if want(18):
+        # Backward pass (attn/backward.h): ratios within one attn-bench run.
+        bw = {}
+        for causal in (False, True):
+            r = bench(a, "sdpa_bwd", S=4096, D=64, H=8, causal=causal)
+            if r is None:
+                continue
+            bw[causal] = r
+            name = "causal" if causal else "non-causal"
+            ratio = r["ms"] / r["fwd_ms"]
+            oks.append(report(18, f"sdpa_bwd S=4096 d=64 H=8 {name}: bwd {r['ms']:.1f} ms / fwd "
+                              f"{r['fwd_ms']:.1f} ms", f"{ratio:.2f}x", "<= 2.5x", ratio <= 2.5))
+        if len(bw) == 2:
+            sp = bw[False]["ms"] / bw[True]["ms"]
+            oks.append(report(18, "sdpa_bwd S=4096 causal backward speed-up over non-causal",
+                              f"{sp:.2f}x", ">= 1.8x", sp >= 1.8))
+        # fwd+bwd against PyTorch 1.13 autograd through naive attention (S x S matrices).
+        out = subprocess.run(["/usr/bin/python3", "bench/compare_torch_bwd.py", "--what", "sdpa",
+                              "--S", "4096", "--H", "8", "--D", "64", "--json",
+                              "--attn-bench", a.bench, "--threads", str(a.threads),
+                              "--reps", str(a.reps)], capture_output=True, text=True, timeout=1800)
+        if out.returncode == 0 and out.stdout.strip():
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            oks.append(report(18, f"fwd+bwd S=4096 d=64 H=8: torch autograd {m['torch_ms']:.0f} ms / "
+                              f"libattn {m['attn_ms']:.0f} ms", f"{m['speedup']:.2f}x", ">= 3x",
+                              m["speedup"] >= 3.0))
+        else:
+            print(f"[skip] issue 18: torch sdpa comparison not run: {out.stderr.strip()[-200:]}")
+        # Memory: S=65536, H=1, causal; inputs = q, k, v, out, dout, dq, dk, dv (+ lse).
+        r = bench(a, "sdpa_bwd", S=65536, D=64, H=1, causal=True, reps=5)
+        if r is not None:
+            io = (8 * 65536 * 64 + 65536) * 4 / 1048576.0
+            extra = r["peak_rss_mb"] - io
+            oks.append(report(18, f"sdpa_bwd S=65536 H=1 causal peak RSS above inputs+gradients "
+                              f"({io:.0f} MiB)", f"{extra:.1f} MiB", "<= 64 MiB", extra <= 64))
+        # MHA layer E=512 H=8 S=2048 fwd+bwd: attn-bench mha_bwd (fwd_ms + ms) against
+        # nn.MultiheadAttention (compare_torch_bwd.py; attn.torch's module as info).
+        lib = a.bench.replace("bench/attn-bench", "libattn.so")
+        out = subprocess.run(["/usr/bin/python3", "bench/compare_torch_bwd.py", "--what", "mha",
+                              "--S", "2048", "--H", "8", "--D", "64", "--json", "--lib", lib,
+                              "--attn-bench", a.bench,
+                              "--threads", str(a.threads), "--reps", str(a.reps)],
+                             capture_output=True, text=True, timeout=1800)
+        if out.returncode == 0 and out.stdout.strip():
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            oks.append(report(18, f"mha E=512 H=8 S=2048 fwd+bwd: torch {m['torch_ms']:.0f} ms / "
+                              f"libattn mha_bwd {m['attn_ms']:.0f} ms", f"{m['speedup']:.2f}x",
+                              ">= 2x", m["speedup"] >= 2.0))
+            print(f"[info] issue 18: attn.torch.MultiheadAttention fwd+bwd {m['attn_torch_ms']:.0f} ms "
+                  f"({m['torch_ms'] / m['attn_torch_ms']:.2f}x nn.MultiheadAttention)")
+        else:
+            print(f"[skip] issue 18: torch mha comparison not run: {out.stderr.strip()[-200:]}")
+
     if want(21):
         # Ring attention over MPI: attn-bench-mpi under mpirun, 2 ranks x 1 thread
         # against the single-process kernel at 2 threads, both in that one run.

@@ -70,6 +70,23 @@ static attn_status attn_go_execute(attn_plan *plan, attn_tensor *tq, attn_tensor
   return st;
 }
 
+// Run a backward plan on caller memory for the duration of this one call
+// (q, k, v, out, lse, dout, dq, dk, dv).
+static attn_status attn_go_backward_execute(attn_backward_plan *plan, attn_tensor *t0,
+                                            attn_tensor *t1, attn_tensor *t2, attn_tensor *t3,
+                                            attn_tensor *t4, attn_tensor *t5, attn_tensor *t6,
+                                            attn_tensor *t7, attn_tensor *t8, void *p0, void *p1,
+                                            void *p2, void *p3, void *p4, void *p5, void *p6,
+                                            void *p7, void *p8) {
+  attn_tensor *ts[9] = {t0, t1, t2, t3, t4, t5, t6, t7, t8};
+  void *ps[9] = {p0, p1, p2, p3, p4, p5, p6, p7, p8};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 9 && st == ATTN_OK; i++) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_backward_execute(plan, t0, t1, t2, t3, t4, t5, t6, t7, t8, NULL);
+  for (int i = 0; i < 9; i++) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
 // Run an MHA plan on caller memory for the duration of this one call
 // (query, key, value, key_padding_mask, out, weights; NULL handles skipped).
 static attn_status attn_go_mha_execute(attn_mha_plan *plan, attn_tensor *tq, attn_tensor *tk,
@@ -873,6 +890,104 @@ func Execute[T Float](pl *Plan, q, k, v, out, weights, lse []T) error {
 	runtime.KeepAlive(pl)
 	runtime.KeepAlive(slices)
 	return pl.desc.ctx.check(st, "attn_plan_execute")
+}
+
+var trainNames = [9]string{"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"}
+
+// TrainPlan is a forward plan with an lse output and its backward
+// (attn_backward_plan, backward.h): Forward computes out and lse, Backward
+// the gradients dq, dk, dv of a loss from dout = ∂L/∂out (FlashAttention-2
+// style, deterministic for any thread count, no allocation). Gradients have
+// the layouts of q, k, v; dout the layout of out. Variants exact, longformer,
+// bigbird and block_sparse with the (scaled) dot score; others give
+// StatusUnsupported.
+type TrainPlan struct {
+	fwd     *Plan
+	p       *C.attn_backward_plan
+	handles [9]*handle
+}
+
+// NewTrainPlan makes the forward and backward plans for dims' layouts.
+func NewTrainPlan(desc *Desc, dtype DType, dims Dims) (*TrainPlan, error) {
+	fwd, err := NewPlan(desc, dtype, dims, false, true)
+	if err != nil {
+		return nil, err
+	}
+	tp := &TrainPlan{fwd: fwd}
+	layouts := [9]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout(), dims.LseLayout(),
+		dims.OutLayout(), dims.QLayout(), dims.KLayout(), dims.VLayout()}
+	for i, l := range layouts {
+		h, err := wrap(desc.ctx, dtype, l, C.attn_go_placeholder(), trainNames[i])
+		if err != nil {
+			tp.closeAll()
+			return nil, err
+		}
+		tp.handles[i] = h
+	}
+	st := C.attn_backward_plan_create(fwd.p, tp.handles[5].p, tp.handles[6].p, tp.handles[7].p,
+		tp.handles[8].p, nil, &tp.p)
+	runtime.KeepAlive(fwd)
+	if err := desc.ctx.check(st, "attn_backward_plan_create"); err != nil {
+		tp.closeAll()
+		return nil, err
+	}
+	runtime.SetFinalizer(tp, (*TrainPlan).Close)
+	return tp, nil
+}
+
+func (tp *TrainPlan) closeAll() {
+	if tp.p != nil {
+		C.attn_backward_plan_destroy(tp.p) // before the forward plan it borrows
+		tp.p = nil
+	}
+	for i := range tp.handles {
+		tp.handles[i].destroy()
+		tp.handles[i] = nil
+	}
+	if tp.fwd != nil {
+		tp.fwd.Close()
+		tp.fwd = nil
+	}
+}
+
+// Close destroys the backward plan, then the forward plan.
+func (tp *TrainPlan) Close() { tp.closeAll() }
+
+// WorkspaceSize is the bytes of workspace the backward plan holds.
+func (tp *TrainPlan) WorkspaceSize() int {
+	defer runtime.KeepAlive(tp)
+	return int(C.attn_backward_plan_workspace_size(tp.p))
+}
+
+// Forward computes out and lse for q, k, v.
+func Forward[T Float](tp *TrainPlan, q, k, v, out, lse []T) error {
+	if tp.p == nil {
+		return errClosed("train plan")
+	}
+	return Execute(tp.fwd, q, k, v, out, nil, lse)
+}
+
+// Backward overwrites dq, dk, dv with the gradients, from the forward's
+// inputs, its out and lse, and dout.
+func Backward[T Float](tp *TrainPlan, q, k, v, out, lse, dout, dq, dk, dv []T) error {
+	if tp.p == nil {
+		return errClosed("train plan")
+	}
+	if dt := dtypeOf[T](); dt != tp.fwd.dtype {
+		return &Error{Status: StatusDType, Func: "attn.Backward", Message: fmt.Sprintf("slices have dtype %d, the plan %d", dt, tp.fwd.dtype)}
+	}
+	slices := [9][]T{q, k, v, out, lse, dout, dq, dk, dv}
+	for i, h := range tp.handles {
+		if int64(len(slices[i])) < h.extent {
+			return &Error{Status: StatusShape, Func: "attn.Backward", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", trainNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	hp := func(i int) *C.attn_tensor { return tp.handles[i].p }
+	st := C.attn_go_backward_execute(tp.p, hp(0), hp(1), hp(2), hp(3), hp(4), hp(5), hp(6), hp(7), hp(8),
+		ptrOf(q), ptrOf(k), ptrOf(v), ptrOf(out), ptrOf(lse), ptrOf(dout), ptrOf(dq), ptrOf(dk), ptrOf(dv))
+	runtime.KeepAlive(tp)
+	runtime.KeepAlive(slices)
+	return tp.fwd.desc.ctx.check(st, "attn_backward_execute")
 }
 
 // ExecuteTensors runs the plan on libattn-allocated tensors (weights/lse may be nil).

@@ -669,6 +669,7 @@ ATTN_API attn_status attn_merge_states(attn_context *ctx, const attn_tensor *out
 #include "attn/approx.h"
 #include "attn/heads.h"
 #include "attn/kvcache.h"
+#include "attn/backward.h"
 #include "attn/paged.h"
 /* Declarations that may still change: only with ATTN_EXPERIMENTAL defined. */
 #ifdef ATTN_EXPERIMENTAL

@@ -8,7 +8,7 @@
 set -u
 PATH=/usr/local/bin:/usr/bin:/bin  # the test may hide gnuplot from attn via PATH
 export PATH
-ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer varlen crash broken"
+ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer varlen sdpa_bwd mha_bwd crash broken"
 cases="" S=1024 causal=false json=0 reps=5 threads=2
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -7,6 +7,12 @@
  *    below, or anything is NaN where the reference is not;
  *  - a second execute, or the same plan on a 1-thread context, is not
  *    bitwise identical; execute allocates; anything leaks.
+ * With lse, a (scaled) dot score, f32/f64, no sinks and no key mass the backward (attn/backward.h) runs on
+ * the same problem too (with the additive mask's gradient when there is
+ * one), and traps when it fails, allocates, is not bitwise identical on one
+ * thread, gives a non-finite gradient for finite inputs, or breaks the exact
+ * identity Σ_j dv_j = Σ_{i kept} dout_i (per kv head, over its query heads;
+ * bound (S_q·g + S_k + 8)·u·Σ|dout|).
  *
  * Tolerance (documented in tests/fuzz/README.md). With u the unit roundoff
  * of the dtype, K the reduction length of the score, T_ij the sum of the
@@ -100,7 +106,7 @@ static void parse(fz *f, prob *p) {
     if (p->special == 3) p->special = 0; /* subnormal q: not representable in f16 */
   }
   p->has_sinks = fz_u8(f) % 4 == 0;
-  for (int h = 0; h < 8; h++) p->sinks[h] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
+  for (int hs = 0; hs < 8; hs++) p->sinks[hs] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
   p->mass = fz_u8(f) % 3;
 }
 
@@ -397,6 +403,75 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FZ_CHECK(fabs(gwt[e] - rw[e]) <= tol, "weights[%zu] = %.17g, reference %.17g (tol %.3g)", e, gwt[e],
                rw[e], tol);
     }
+  }
+
+  /* ---- backward ---- */
+  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && !P.has_sinks && P.mass == 0 &&
+      (P.score == ATTN_SCORE_SCALED_DOT || P.score == ATTN_SCORE_DOT)) {
+    const size_t bnq = (size_t)(P.B * P.H * P.Sq), bnkv = (size_t)(P.B * P.Hkv * P.Sk);
+    double *gd = malloc(bnq * (size_t)P.Dv * 8);
+    uint64_t s2 = P.seed ^ 0x5bd1e995u;
+    tu_fill(gd, bnq * (size_t)P.Dv, &s2, -1, 1);
+    attn_tensor *tdo = tu_tensor4(ctx, P.dt, gd, P.B, P.H, P.Sq, P.Dv, P.bshd);
+    attn_tensor *tdq = tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Dq, P.bshd);
+    attn_tensor *tdk = tu_tensor4(ctx, P.dt, NULL, P.B, P.Hkv, P.Sk, P.Dk, P.bshd);
+    attn_tensor *tdv = tu_tensor4(ctx, P.dt, NULL, P.B, P.Hkv, P.Sk, P.Dv, P.bshd);
+    int64_t dms[4] = {P.B, P.H, P.Sq, P.Sk};
+    attn_tensor *tdm = tam ? tu_tensor(ctx, P.dt, NULL, 4, dms) : NULL;
+    attn_tensor *gouts[4] = {tdq, tdk, tdv, tdm};
+    attn_plan *fp = NULL, *fp1 = NULL;
+    attn_backward_plan *bp = NULL, *bp1 = NULL;
+    FZ_CHECK(attn_plan_create(ctx, d, tq, tk, tv, to, tw, tl, &fp) == ATTN_OK, "bwd: forward plan");
+    FZ_CHECK(attn_plan_execute(fp, tq, tk, tv, to, tw, tl) == ATTN_OK, "bwd: forward");
+    st = attn_backward_plan_create(fp, tdo, tdq, tdk, tdv, tdm, &bp);
+    FZ_CHECK(st == ATTN_OK, "backward plan: %s", attn_context_last_error(ctx));
+    fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    allocs = g_alloc[ci].count;
+    st = attn_backward_execute(bp, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm);
+    FZ_CHECK(st == ATTN_OK, "backward: %s", attn_context_last_error(ctx));
+    FZ_CHECK(g_alloc[ci].count == allocs, "backward execute allocated");
+    unsigned char *b1 = snapshot(gouts, &n1);
+    FZ_CHECK(attn_plan_create(g_ctx[0], d, tq, tk, tv, to, tw, tl, &fp1) == ATTN_OK, "bwd: plan ctx0");
+    FZ_CHECK(attn_backward_plan_create(fp1, tdo, tdq, tdk, tdv, tdm, &bp1) == ATTN_OK, "bwd: plan1");
+    fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    FZ_CHECK(attn_backward_execute(bp1, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm) == ATTN_OK,
+             "backward ctx0");
+    unsigned char *b2 = snapshot(gouts, &n2);
+    FZ_CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "backward: %d threads and 1 thread differ",
+             kThreads[ci]);
+    free(b1), free(b2);
+    /* Finite inputs, finite gradients; Σ_j dv_j = Σ_{i kept} dout_i. */
+    double *gv = malloc(bnkv * (size_t)P.Dv * 8), *gq = malloc(bnq * (size_t)P.Dq * 8);
+    double *gk = malloc(bnkv * (size_t)P.Dk * 8);
+    tu_read(tdv, gv), tu_read(tdq, gq), tu_read(tdk, gk);
+    if (P.mag <= 4) {
+      for (size_t e = 0; e < bnq * (size_t)P.Dq; e++) FZ_CHECK(isfinite(gq[e]), "dq[%zu] = %g", e, gq[e]);
+      for (size_t e = 0; e < bnkv * (size_t)P.Dk; e++) FZ_CHECK(isfinite(gk[e]), "dk[%zu] = %g", e, gk[e]);
+    }
+    const int64_t grp = P.H / P.Hkv;
+    for (int64_t b = 0; b < P.B; b++)
+      for (int64_t kh = 0; kh < P.Hkv; kh++)
+        for (int64_t x = 0; x < P.Dv; x++) {
+          double sv = 0, sd = 0, sa = 0;
+          for (int64_t j = 0; j < P.Sk; j++) sv += gv[((size_t)((b * P.Hkv + kh) * P.Sk + j)) * (size_t)P.Dv + (size_t)x];
+          for (int64_t h = kh * grp; h < (kh + 1) * grp; h++)
+            for (int64_t i = 0; i < P.Sq; i++) {
+              const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
+              if (isinf(rl[r])) continue;
+              sd += gd[r * (size_t)P.Dv + (size_t)x];
+              sa += fabs(gd[r * (size_t)P.Dv + (size_t)x]);
+            }
+          const double tol = (double)(P.Sq * grp + P.Sk + 8) * u * (sa + 1) * 4;
+          FZ_CHECK(fabs(sv - sd) <= tol, "sum_j dv[%lld,%lld,j,%lld] = %.17g, sum of kept dout %.17g",
+                   (long long)b, (long long)kh, (long long)x, sv, sd);
+        }
+    free(gv), free(gq), free(gk), free(gd);
+    attn_backward_plan_destroy(bp);
+    attn_backward_plan_destroy(bp1);
+    attn_plan_destroy(fp);
+    attn_plan_destroy(fp1);
+    for (int t2 = 0; t2 < 4; t2++) tu_tensor_free(gouts[t2]);
+    tu_tensor_free(tdo);
   }
 
   if (tm) { /* mass = column sums of the reference weights, each within its rows' bounds */

@@ -27,6 +27,9 @@ typedef struct af_fx {
   int64_t key_len[B_], query_len[B_];
   double slopes[H_];
   bool want_w, want_lse;
+  /* Backward rows: the forward plan (made by configure) and the gradients. */
+  attn_plan *fwd;
+  attn_tensor *dout, *dq, *dk, *dv, *dmask;
   attn_paged_cache *pc; /* paged rows: two sequences of SK positions */
   attn_tensor *pq, *pout; /* paged decode rows: [B_, H_, 1, D_] */
   attn_tensor *mass;
@@ -95,8 +98,10 @@ static void fx_setup(af_fx *f, tu_counter *cnt, const af_row *row) {
 }
 
 static void fx_teardown(af_fx *f) {
+  attn_plan_destroy(f->fwd);
   attn_tensor *ts[] = {f->q, f->k, f->v, f->out, f->w, f->lse, f->bool_mask, f->add_mask,
-                       f->gw, f->wq, f->wk, f->ab, f->av, f->mass};
+                       f->gw, f->wq, f->wk, f->ab, f->av, f->mass,
+                       f->dout, f->dq, f->dk, f->dv, f->dmask};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
   tu_tensor_free(f->pq);
   tu_tensor_free(f->pout);
@@ -185,6 +190,23 @@ static void cfg_everything(af_fx *f) {
   cfg_window_lengths(f);
   cfg_masks(f);
   cfg_alibi_softcap(f);
+}
+
+/* Backward: the forward plan with lse over every mask, and the gradients
+ * (the additive mask's too). */
+static void cfg_backward(af_fx *f) {
+  cfg_everything(f);
+  tu_tensor_free(f->w); /* the backward's forward needs lse, not weights */
+  f->w = NULL;
+  f->dout = rand4(f, B_, H_, SQ, D_, 14);
+  f->dq = rand4(f, B_, H_, SQ, D_, 15);
+  f->dk = rand4(f, B_, HKV, SK, D_, 16);
+  f->dv = rand4(f, B_, HKV, SK, D_, 17);
+  f->dmask = rand4(f, B_, H_, SQ, SK, 18);
+  assert_int_equal(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse,
+                                    &f->fwd),
+                   ATTN_OK);
+  assert_int_equal(attn_plan_execute(f->fwd, f->q, f->k, f->v, f->out, NULL, f->lse), ATTN_OK);
 }
 
 /* ---- operations ---------------------------------------------------------------- */
@@ -291,6 +313,19 @@ static attn_status op_forward(af_fx *f, void **h) {
   return st;
 }
 
+static attn_status op_backward(af_fx *f, void **h) {
+  return attn_backward_plan_create(f->fwd, f->dout, f->dq, f->dk, f->dv, f->dmask,
+                                   (attn_backward_plan **)h);
+}
+static void destroy_backward(void *h) { attn_backward_plan_destroy(h); }
+static void use_backward(af_fx *f, void *h) {
+  int64_t before = f->cnt->allocs;
+  assert_int_equal(attn_backward_execute(h, f->q, f->k, f->v, f->out, f->lse, f->dout, f->dq,
+                                         f->dk, f->dv, f->dmask),
+                   ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
+}
+
 #define OP_ROW(name, threads, dt, op, destroy) {name, threads, dt, NULL, op, destroy, NULL}
 #define PLAN_ROW(name, threads, dt, cfg) {name, threads, dt, cfg, op_plan, destroy_plan, use_plan}
 
@@ -316,6 +351,10 @@ static const af_row rows[] = {
     {"forward_varlen_sinks_mass", 1, ATTN_DTYPE_F64, cfg_varlen_sinks_mass, op_forward, NULL, NULL},
     {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
     {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
+    {"backward_everything", 3, ATTN_DTYPE_F32, cfg_backward, op_backward, destroy_backward,
+     use_backward},
+    {"backward_f64", 1, ATTN_DTYPE_F64, cfg_backward, op_backward, destroy_backward,
+     use_backward},
     /* 16-bit plans (their tile engine's scratch joins the workspace). */
     OP_ROW("tensor_create_bf16", 1, ATTN_DTYPE_BF16, op_tensor_create, destroy_tensor),
     PLAN_ROW("plan_exact_bf16_threads2", 2, ATTN_DTYPE_BF16, NULL),

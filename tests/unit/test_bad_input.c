@@ -66,6 +66,7 @@ typedef struct fx {
   attn_tensor *ht;
   attn_desc *hd;
   attn_plan *hp;
+  attn_backward_plan *hb;
   /* scratch tensors made by T(); destroyed at teardown */
   attn_tensor *extra[MAX_EXTRA];
   int nextra;
@@ -151,6 +152,7 @@ static void fx_init(fx *f) {
   f->ht = HANDLE_CANARY;
   f->hd = HANDLE_CANARY;
   f->hp = HANDLE_CANARY;
+  f->hb = HANDLE_CANARY;
   f->len2[0] = 3, f->len2[1] = 6;
   f->len_neg[0] = 1, f->len_neg[1] = -1;
   f->len_big_k[0] = 6, f->len_big_k[1] = 7;
@@ -191,8 +193,9 @@ static void fx_check_and_free(fx *f, const char *name) {
     }
   if (f->size != sizeof f->buf) CASE_FAIL("%s: *size changed on failure", name);
   if (f->hc != HANDLE_CANARY || f->ht != HANDLE_CANARY || f->hd != HANDLE_CANARY ||
-      f->hp != HANDLE_CANARY)
+      f->hp != HANDLE_CANARY || f->hb != HANDLE_CANARY)
     {
+    if (f->hb != HANDLE_CANARY) attn_backward_plan_destroy(f->hb);
     CASE_FAIL("%s: an *out handle was written on failure", name);
     /* Release what a wrongly successful call made. */
     if (f->hp != HANDLE_CANARY) attn_plan_destroy(f->hp);
@@ -285,6 +288,68 @@ static attn_status plan_with_out_strides(fx *f, int target, const int64_t *strid
                                  : TS(f, ATTN_DTYPE_F32, 3, B_, H_, SQ, 0, strides);
   return attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, target == 3 ? t : f->out,
                           target == 4 ? t : f->w, target == 5 ? t : f->lse, &f->hp);
+}
+
+/* ---- backward (backward.h) ---- */
+
+/* Gradient tensors of the fixture's shapes in the canary arena. */
+static attn_tensor *GQ(fx *f) { return T(f, ATTN_DTYPE_F32, 4, B_, H_, SQ, D_); }
+static attn_tensor *GK(fx *f) { return T(f, ATTN_DTYPE_F32, 4, B_, H_, SK, D_); }
+
+/* attn_backward_plan_create on plan with one tensor replaced (which: 0 dout,
+ * 1 dq, 2 dk, 3 dv, 4 dmask; NULL replacement = that tensor NULL). */
+static attn_status BP(fx *f, const attn_plan *plan, int which, attn_tensor *t) {
+  attn_tensor *ts[5] = {GQ(f), GQ(f), GK(f), GK(f), NULL};
+  ts[which] = t;
+  return attn_backward_plan_create(plan, ts[0], ts[1], ts[2], ts[3], ts[4], &f->hb);
+}
+
+/* A forward plan of the fixture's tensors with lse, on a descriptor the
+ * caller configured; its backward plan with the fixture's gradients. */
+static attn_status BP_desc(fx *f) {
+  attn_plan *p = NULL;
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  attn_status st = BP(f, p, 0, GQ(f));
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* An additive mask [1, 1, S_q, S_k] in the forward; dmask as given. */
+static attn_status BP_dmask(fx *f, attn_tensor *dmask) {
+  must(attn_desc_set_additive_mask(f->desc, T(f, ATTN_DTYPE_F32, 4, 1, 1, SQ, SK)));
+  attn_plan *p = NULL;
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  attn_status st = BP(f, p, 4, dmask);
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* A valid backward plan on f->plan, executed with one tensor replaced (which:
+ * 0 q … 4 lse, 5 dout … 9 dmask). */
+static attn_status BE(fx *f, int which, attn_tensor *t, bool replace) {
+  attn_backward_plan *bp = NULL;
+  attn_tensor *ts[10] = {f->q, f->k, f->v, f->out, f->lse, GQ(f), GQ(f), GK(f), GK(f), NULL};
+  must(attn_backward_plan_create(f->plan, ts[5], ts[6], ts[7], ts[8], NULL, &bp));
+  if (replace) ts[which] = t;
+  attn_status st = attn_backward_execute(bp, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6],
+                                         ts[7], ts[8], ts[9]);
+  attn_backward_plan_destroy(bp);
+  return st;
+}
+
+/* Key lengths valid at plan time, changed past S_k before the backward runs. */
+static attn_status BE_lengths_changed(fx *f) {
+  must(attn_desc_set_key_lengths(f->desc, f->len2, 2));
+  attn_plan *p = NULL;
+  attn_backward_plan *bp = NULL;
+  attn_tensor *dq = GQ(f), *dk = GK(f), *dv = GK(f), *dout = GQ(f);
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  must(attn_backward_plan_create(p, dout, dq, dk, dv, NULL, &bp));
+  f->len2[1] = SK + 1;
+  attn_status st = attn_backward_execute(bp, f->q, f->k, f->v, f->out, f->lse, dout, dq, dk, dv, NULL);
+  attn_backward_plan_destroy(bp);
+  attn_plan_destroy(p);
+  return st;
 }
 
 /* attn_merge_states: out_a = out_b = q (inputs), lse inputs wrapped in the
@@ -767,7 +832,49 @@ static attn_status mass_plan(fx *f, attn_tensor *mass) {
   X(block_layout_of_exact_plan, ATTN_ERR_UNSUPPORTED, "block layout",                             \
     attn_plan_block_layout(f->plan, f->buf, &f->size))                                            \
   X(redraw_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_redraw_features(NULL, 1))               \
-  X(redraw_exact_plan, ATTN_ERR_UNSUPPORTED, "random features", attn_plan_redraw_features(f->plan, 1))
+  X(redraw_exact_plan, ATTN_ERR_UNSUPPORTED, "random features", attn_plan_redraw_features(f->plan, 1)) \
+  /* ---- backward ---- */                                                                        \
+  X(backward_forward_null, ATTN_ERR_NULL_ARG, NOCTX, BP(f, NULL, 0, GQ(f)))                       \
+  X(backward_out_null, ATTN_ERR_NULL_ARG, "plan",                                                 \
+    attn_backward_plan_create(f->plan, GQ(f), GQ(f), GK(f), GK(f), NULL, NULL))                   \
+  X(backward_dout_null, ATTN_ERR_NULL_ARG, "dout", BP(f, f->plan, 0, NULL))                       \
+  X(backward_dq_null, ATTN_ERR_NULL_ARG, "dq", BP(f, f->plan, 1, NULL))                           \
+  X(backward_dk_null, ATTN_ERR_NULL_ARG, "dk", BP(f, f->plan, 2, NULL))                           \
+  X(backward_dv_null, ATTN_ERR_NULL_ARG, "dv", BP(f, f->plan, 3, NULL))                           \
+  X(backward_forward_without_lse, ATTN_ERR_INVALID_ARG, "lse", BP(f, f->plan_nw, 0, GQ(f)))       \
+  X(backward_dout_shape, ATTN_ERR_SHAPE, "dout", BP(f, f->plan, 0, T(f, F32, 4, B_, H_, SQ + 1, D_))) \
+  X(backward_dout_rank, ATTN_ERR_SHAPE, "dout", BP(f, f->plan, 0, T(f, F32, 3, B_, H_, SQ, 0)))  \
+  X(backward_dq_shape, ATTN_ERR_SHAPE, "dq", BP(f, f->plan, 1, T(f, F32, 4, B_, H_, SQ, D_ + 1))) \
+  X(backward_dk_shape, ATTN_ERR_SHAPE, "dk", BP(f, f->plan, 2, T(f, F32, 4, B_, 1, SK, D_)))      \
+  X(backward_dv_shape, ATTN_ERR_SHAPE, "dv", BP(f, f->plan, 3, T(f, F32, 4, B_, H_, SQ, D_)))     \
+  X(backward_dout_dtype, ATTN_ERR_DTYPE, "dout", BP(f, f->plan, 0, T(f, F64, 4, B_, H_, SQ, D_))) \
+  X(backward_dk_dtype, ATTN_ERR_DTYPE, "dk", BP(f, f->plan, 2, T(f, U8, 4, B_, H_, SK, D_)))      \
+  X(backward_dq_last_dim_strided, ATTN_ERR_LAYOUT, "dq",                                          \
+    BP(f, f->plan, 1, TS(f, F32, 4, B_, H_, SQ, D_, STR(H_ * SQ * D_ * 2, SQ * D_ * 2, D_ * 2, 2)))) \
+  X(backward_dk_rows_overlap, ATTN_ERR_LAYOUT, "dk",                                              \
+    BP(f, f->plan, 2, TS(f, F32, 4, B_, H_, SK, D_, STR(H_ * D_, D_, 0, 1))))                     \
+  X(backward_dmask_without_additive_mask, ATTN_ERR_INVALID_ARG, "dmask",                          \
+    BP(f, f->plan, 4, T(f, F32, 4, B_, H_, SQ, SK)))                                              \
+  X(backward_dmask_shape, ATTN_ERR_SHAPE, "dmask",                                                \
+    BP_dmask(f, T(f, F32, 4, 1, 1, SQ, SK)))                                                      \
+  X(backward_linformer_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                              \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                               \
+     must(attn_desc_set_lowrank(f->desc, 3, 1)), BP_desc(f)))                                     \
+  X(backward_general_score_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                          \
+    (must(attn_desc_set_score(f->desc, ATTN_SCORE_GENERAL)),                                     \
+     must(attn_desc_set_general_weight(f->desc, T(f, F32, 2, D_, D_, 0, 0))), BP_desc(f)))       \
+  X(backward_sinks_unsupported, ATTN_ERR_UNSUPPORTED, "sinks",                                   \
+    (must(attn_desc_set_sinks(f->desc, f->slopes2, 2)), BP_desc(f)))                              \
+  X(backward_execute_null, ATTN_ERR_NULL_ARG, NOCTX,                                              \
+    attn_backward_execute(NULL, f->q, f->k, f->v, f->out, f->lse, GQ(f), GQ(f), GK(f), GK(f), NULL)) \
+  X(backward_execute_lse_null, ATTN_ERR_NULL_ARG, "lse", BE(f, 4, NULL, true))                    \
+  X(backward_execute_q_null, ATTN_ERR_NULL_ARG, "q:", BE(f, 0, NULL, true))                       \
+  X(backward_execute_dout_shape, ATTN_ERR_MISMATCH, "dout",                                       \
+    BE(f, 5, T(f, F32, 4, B_, H_, SQ + 1, D_), true))                                             \
+  X(backward_execute_dq_dtype, ATTN_ERR_MISMATCH, "dq", BE(f, 6, T(f, F64, 4, B_, H_, SQ, D_), true)) \
+  X(backward_execute_dmask_unplanned, ATTN_ERR_MISMATCH, "dmask",                                 \
+    BE(f, 9, T(f, F32, 4, B_, H_, SQ, SK), true))                                                 \
+  X(backward_execute_key_length_changed, ATTN_ERR_INVALID_ARG, "key_lengths", BE_lengths_changed(f))
 
 #define X_FN(name, want, msg, expr) \
   static attn_status case_##name(fx *f) { return (expr); }

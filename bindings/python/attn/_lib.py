@@ -193,6 +193,11 @@ _FUNCTIONS = [
     ("attn_kvcache_plan_execute", STATUS, [_P, _P, _P, _P, _I64P]),
     ("attn_kvcache_plan_workspace_size", c_size_t, [_P]),
     ("attn_kvcache_plan_destroy", None, [_P]),
+    # backward pass (backward.h)
+    ("attn_backward_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_backward_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
+    ("attn_backward_plan_workspace_size", c_size_t, [_P]),
+    ("attn_backward_plan_destroy", None, [_P]),
     # paged KV cache (paged.h)
     ("attn_paged_config_init", None, [POINTER(PagedConfig)]),
     ("attn_paged_create", STATUS, [_P, POINTER(PagedConfig), _PP]),

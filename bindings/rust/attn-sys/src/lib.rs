@@ -27,6 +27,12 @@ pub struct attn_plan {
     _private: [u8; 0],
 }
 
+/// Opaque `attn_backward_plan` (backward.h).
+#[repr(C)]
+pub struct attn_backward_plan {
+    _private: [u8; 0],
+}
+
 /// Opaque `attn_mha` (heads.h).
 #[repr(C)]
 pub struct attn_mha {
@@ -259,6 +265,11 @@ extern "C" {
     pub fn attn_plan_execute(plan: *mut attn_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
     pub fn attn_plan_workspace_size(plan: *const attn_plan) -> usize;
     pub fn attn_plan_destroy(plan: *mut attn_plan);
+    // backward pass (backward.h)
+    pub fn attn_backward_plan_create(forward: *const attn_plan, dout: *const attn_tensor, dq: *const attn_tensor, dk: *const attn_tensor, dv: *const attn_tensor, dmask: *const attn_tensor, plan: *mut *mut attn_backward_plan) -> attn_status;
+    pub fn attn_backward_execute(plan: *mut attn_backward_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, dout: *const attn_tensor, dq: *mut attn_tensor, dk: *mut attn_tensor, dv: *mut attn_tensor, dmask: *mut attn_tensor) -> attn_status;
+    pub fn attn_backward_plan_workspace_size(plan: *const attn_backward_plan) -> usize;
+    pub fn attn_backward_plan_destroy(plan: *mut attn_backward_plan);
     pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
 
     pub fn attn_merge_states(ctx: *mut attn_context, out_a: *const attn_tensor, lse_a: *const attn_tensor, out_b: *const attn_tensor, lse_b: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;

@@ -898,6 +898,88 @@ impl<T: Float> Drop for Plan<'_, T> {
     }
 }
 
+const TRAIN_NAMES: [&str; 9] = ["q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"];
+
+/// A forward plan with lse and its backward (`attn_backward_plan`, backward.h):
+/// `forward` computes out and lse, `backward` the gradients dq, dk, dv of a
+/// loss from dout = ∂L/∂out (FlashAttention-2 style, deterministic for any
+/// thread count, no allocation). Gradients have the layouts of q, k, v; dout
+/// the layout of out. Variants exact/longformer/bigbird/block_sparse and the
+/// (scaled) dot score; anything else gives `Status::Unsupported` here.
+pub struct TrainPlan<'p, T: Float> {
+    fwd: Plan<'p, T>,
+    raw: NonNull<sys::attn_backward_plan>,
+    handles: Vec<Handle>, // q, k, v, out, lse, dout, dq, dk, dv
+}
+
+impl<'p, T: Float> TrainPlan<'p, T> {
+    /// Plans for the layouts in `dims` (lse [B, H, S_q] contiguous).
+    pub fn new(desc: &'p Desc<'p>, dims: &Dims) -> Result<TrainPlan<'p, T>> {
+        let fwd = Plan::<T>::new(desc, dims, false, true)?;
+        let ctx = desc.ctx;
+        let layouts = [dims.q_layout(), dims.k_layout(), dims.v_layout(), dims.out_layout(), dims.lse_layout(), dims.out_layout(), dims.q_layout(), dims.k_layout(), dims.v_layout()];
+        let mut handles = Vec::with_capacity(9);
+        for (i, l) in layouts.iter().enumerate() {
+            handles.push(Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), TRAIN_NAMES[i])?);
+        }
+        let mut raw = ptr::null_mut();
+        let h = |i: usize| handles[i].raw.as_ptr() as *const sys::attn_tensor;
+        let st = unsafe { sys::attn_backward_plan_create(fwd.raw.as_ptr(), h(5), h(6), h(7), h(8), ptr::null(), &mut raw) };
+        check(ctx.ptr(), st, "attn_backward_plan_create")?;
+        Ok(TrainPlan { fwd, raw: NonNull::new(raw).expect("attn_backward_plan_create returned OK and NULL"), handles })
+    }
+
+    /// Bytes of workspace the backward plan holds (the forward's: `forward_plan().workspace_size()`).
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_backward_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// The forward plan.
+    pub fn forward_plan(&self) -> &Plan<'p, T> {
+        &self.fwd
+    }
+
+    /// out and lse for q, k, v.
+    pub fn forward(&mut self, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: &mut [T]) -> Result<()> {
+        self.fwd.execute(q, k, v, out, None, Some(lse))
+    }
+
+    /// dq, dk, dv (overwritten) from the forward's inputs, its out and lse, and dout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(&mut self, q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: &[T], dq: &mut [T], dk: &mut [T], dv: &mut [T]) -> Result<()> {
+        let ptrs: [(*mut T, usize); 9] = [
+            (q.as_ptr() as *mut T, q.len()),
+            (k.as_ptr() as *mut T, k.len()),
+            (v.as_ptr() as *mut T, v.len()),
+            (out.as_ptr() as *mut T, out.len()),
+            (lse.as_ptr() as *mut T, lse.len()),
+            (dout.as_ptr() as *mut T, dout.len()),
+            (dq.as_mut_ptr(), dq.len()),
+            (dk.as_mut_ptr(), dk.len()),
+            (dv.as_mut_ptr(), dv.len()),
+        ];
+        let ctx = self.fwd.desc.ctx;
+        for (i, (_, len)) in ptrs.iter().enumerate() {
+            self.handles[i].check_len(*len, TRAIN_NAMES[i])?;
+        }
+        for (i, (p, _)) in ptrs.iter().enumerate() {
+            let st = unsafe { sys::attn_tensor_set_data(self.handles[i].raw.as_ptr(), *p as *mut c_void) };
+            check(ctx.ptr(), st, "attn_tensor_set_data")?;
+        }
+        let h = |i: usize| self.handles[i].raw.as_ptr();
+        let st = unsafe { sys::attn_backward_execute(self.raw.as_ptr(), h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7), h(8), ptr::null_mut()) };
+        check(ctx.ptr(), st, "attn_backward_execute")
+    }
+}
+
+impl<T: Float> Drop for TrainPlan<'_, T> {
+    fn drop(&mut self) {
+        // The backward plan borrows the forward plan: destroy it first (the
+        // forward plan is a field, dropped after this).
+        unsafe { sys::attn_backward_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
 /// One-shot attention: plan, execute, drop. `out` is written in `dims`' layout.
 pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
     let mut plan = Plan::<T>::new(desc, dims, false, false)?;
