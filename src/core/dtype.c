@@ -34,6 +34,16 @@ static void f32_to_bf16(const float *src, void *dst, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] = attn_f32_to_bf16(src[i]);
 }
 
+static void f16_to_f32(const void *src, float *dst, int64_t n) {
+  const uint16_t *s = src;
+  for (int64_t i = 0; i < n; i++) dst[i] = attn_f16_to_f32(s[i]);
+}
+
+static void f32_to_f16(const float *src, void *dst, int64_t n) {
+  uint16_t *d = dst;
+  for (int64_t i = 0; i < n; i++) d[i] = attn_f32_to_f16(src[i]);
+}
+
 static const attn_dtype_traits traits[] = {
     [ATTN_DTYPE_F32] = {"f32", 4, ATTN_DTYPE_F32, NULL, NULL, gemm_f32},
     [ATTN_DTYPE_F64] = {"f64", 8, ATTN_DTYPE_F64, NULL, NULL, gemm_f64},
@@ -42,6 +52,9 @@ static const attn_dtype_traits traits[] = {
 
 const attn_dtype_traits attn_bf16_traits = {"bf16", 2, ATTN_DTYPE_F32, bf16_to_f32, f32_to_bf16,
                                             NULL};
+
+const attn_dtype_traits attn_f16_traits = {"f16", 2, ATTN_DTYPE_F32, f16_to_f32, f32_to_f16,
+                                           NULL};
 
 static const attn_dtype_traits unknown = {"unknown", 0, (attn_dtype)0, NULL, NULL, NULL};
 

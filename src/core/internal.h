@@ -114,6 +114,50 @@ static inline uint16_t attn_f32_to_bf16(float f) {
   return (uint16_t)(x.u >> 16);
 }
 
+/* f32 → IEEE half, round to nearest even (overflow → ±inf, NaN stays NaN). */
+static inline uint16_t attn_f32_to_f16(float f) {
+  union {
+    float f;
+    uint32_t u;
+  } x = {f};
+  const uint16_t sign = (uint16_t)((x.u >> 16) & 0x8000u);
+  uint32_t a = x.u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* ≥ 65520 rounds to inf */
+  if (a < 0x38800000u) {                                   /* below 2^-14: subnormal */
+    if (a < 0x33000000u) return sign;                      /* ≤ 2^-25 rounds to 0 */
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - (a >> 23);               /* 14..24 */
+    uint32_t r = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (r & 1u))) r++;
+    return (uint16_t)(sign | r);
+  }
+  a += 0xfffu + ((a >> 13) & 1u);
+  return (uint16_t)(sign | ((a >> 13) - (112u << 10)));
+}
+
+/* IEEE half → f32 (exact). */
+static inline float attn_f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  union {
+    uint32_t u;
+    float f;
+  } x;
+  if (e == 0) {
+    x.f = (float)m * 0x1p-24f;
+    x.u |= sign;
+  } else if (e == 31) {
+    x.u = sign | 0x7f800000u | (m << 13);
+  } else {
+    x.u = sign | ((e + 112u) << 23) | (m << 13);
+  }
+  return x.f;
+}
+
+/* IEEE half storage (the KV cache's; not a tensor dtype). */
+extern const attn_dtype_traits attn_f16_traits;
+
 /* ---- workspace carving (core/alloc.c) ---------------------------------------
  * Every plan lays its scratch out with a carver: each part is a product of
  * up to three counts times an element size, placed at a 64-byte aligned byte
