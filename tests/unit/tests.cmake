@@ -22,3 +22,12 @@ target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
 add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
 set_tests_properties(test_kvcache_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+
+# The quantized-storage tests on every decode path: the AVX-512 loops
+# (default on such machines), the AVX2 loops, and the portable fallback
+# (each tile dequantized into scratch, then GEMM).
+foreach(isa avx2 generic)
+  add_test(NAME test_kvquant_${isa} COMMAND test_kvquant)
+  set_tests_properties(test_kvquant_${isa} PROPERTIES
+    ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=${isa}" LABELS "unit")
+endforeach()
