@@ -19,6 +19,7 @@ typedef struct bench_opts {
   int64_t features;       /* --features: Performer m */
   int64_t rank;           /* --rank: Linformer k */
   int64_t block;          /* --block: BigBird / block-sparse block size */
+  int32_t kv_storage;     /* --kv-storage (decode): an attn_kvcache_storage, native = f32 */
 } bench_opts;
 
 typedef struct bench_result {
@@ -29,6 +30,8 @@ typedef struct bench_result {
   double max_err, mean_err;
   double extra;           /* case-specific number (e.g. speed-up), printed if extra_name */
   const char *extra_name;
+  const char *kv_storage; /* decode: the cache storage, printed with kv_bytes if set */
+  double kv_bytes;        /* decode: bytes the cache's contents take (scales included) */
 } bench_result;
 
 /* Registry (bench/cases.c): pointers to each case_*.c's bench_case. */

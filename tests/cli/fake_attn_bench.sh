@@ -23,7 +23,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift ;;
     --causal) causal=true ;;
     --json) json=1 ;;
-    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block) shift ;;
+    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--kv-storage) shift ;;
     *) echo "fake attn-bench: unknown flag $1" >&2; exit 2 ;;
   esac
   shift
