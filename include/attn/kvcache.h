@@ -337,7 +337,13 @@ ATTN_API attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_de
  *  identical for any thread count. f32 with at most 8 stacked query rows
  *  (H/H_kv · n) uses AVX-512 loops when the CPU has them (and $ATTN_CPU does
  *  not lower the choice), otherwise OpenBLAS, which runs single-threaded
- *  inside (the caller's setting is restored).
+ *  inside (the caller's setting is restored). F16, INT8 and INT4 storage
+ *  with at most 8 stacked rows: loops that read the stored codes and
+ *  scales directly and widen/dequantize them in registers (AVX-512 or AVX2
+ *  with F16C, chosen at run time; $ATTN_CPU=avx2 or generic lowers the
+ *  choice); otherwise (more rows, or $ATTN_CPU=generic) each tile of at most
+ *  512 keys is widened into the plan's workspace and multiplied by GEMM.
+ *  Either way no f32 copy of the cache exists and nothing is allocated.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH,
  *          ATTN_ERR_INVALID_ARG (query_counts), ATTN_ERR_THREAD; on failure
  *          out and lse are not written. @since 0.1.0 */
