@@ -23,6 +23,15 @@ QTARGET static inline qvf q_fma(qvf a, qvf b, qvf c) { return _mm512_fmadd_ps(a,
 QTARGET static inline qvf q_add(qvf a, qvf b) { return _mm512_add_ps(a, b); }
 QTARGET static inline qvf q_mul(qvf a, qvf b) { return _mm512_mul_ps(a, b); }
 QTARGET static inline float q_hsum(qvf a) { return _mm512_reduce_add_ps(a); }
+/* [Σa, Σb, Σc, Σd] (AVX-512F only: no DQ needed for the upper half). */
+QTARGET static inline __m128 q_hsum4(qvf a, qvf b, qvf c, qvf d) {
+#define Q_HALF(x) _mm256_add_ps(_mm512_castps512_ps256(x), \
+                                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)))
+  const __m256 ab = _mm256_hadd_ps(Q_HALF(a), Q_HALF(b)), cd = _mm256_hadd_ps(Q_HALF(c), Q_HALF(d));
+#undef Q_HALF
+  const __m256 abcd = _mm256_hadd_ps(ab, cd);
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
 QTARGET static inline void q_cvt_f16(const uint16_t *p, qvf *o) {
   o[0] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
 }
@@ -50,6 +59,7 @@ typedef __m256 qvf2;
 #define q_add q2_add
 #define q_mul q2_mul
 #define q_hsum q2_hsum
+#define q_hsum4 q2_hsum4
 #define q_cvt_f16 q2_cvt_f16
 #define q_cvt_u8 q2_cvt_u8
 QTARGET static inline qvf q_zero(void) { return _mm256_setzero_ps(); }
@@ -64,6 +74,10 @@ QTARGET static inline float q_hsum(qvf a) {
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+QTARGET static inline __m128 q_hsum4(qvf a, qvf b, qvf c, qvf d) {
+  const __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+  return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 QTARGET static inline void q_cvt_f16(const uint16_t *p, qvf *o) {
   o[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
