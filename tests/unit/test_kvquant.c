@@ -289,6 +289,13 @@ static void run_q(qcase *c, uint64_t seed) {
   free(sd.q), free(sd.k), free(sd.v);
 }
 
+/* ATTN_TEST_QUICK=1 (valgrind runs): fewer steps and shorter caches; the
+ * checks are the same. */
+static bool quick(void) {
+  const char *q = getenv("ATTN_TEST_QUICK");
+  return q != NULL && q[0] == '1';
+}
+
 static const attn_kvcache_storage kQuant[3] = {ATTN_KVCACHE_STORE_F16, ATTN_KVCACHE_STORE_INT8,
                                                ATTN_KVCACHE_STORE_INT4};
 static const char *const kName[3] = {"f16", "int8", "int4"};
@@ -306,11 +313,12 @@ static void test_decode_256_steps(void **state) {
       c.st = kQuant[s];
       c.B = 2, c.H = g ? 8 : 2, c.Hkv = 2, c.Dk = c.Dv = 64, c.cap = 512, c.gs = 0;
       c.mode = ATTN_KVCACHE_LINEAR;
-      c.prefill = 64, c.steps = 256, c.n = 1, c.win = -1, c.causal = true;
+      c.prefill = 64, c.steps = quick() ? 8 : 256, c.n = 1, c.win = -1, c.causal = true;
       c.threads = 2, c.count_allocs = true;
       run_q(&c, 100 + (uint64_t)(s * 2 + g));
-      printf("# %s H=%lld/%lld: 256 steps: tight %.2e of bound; vs f32 K/V max_err %.3e mean_err %.3e\n",
-             kName[s], (long long)c.H, (long long)c.Hkv, c.tight, c.max_err, c.mean_err);
+      printf("# %s H=%lld/%lld: %lld steps: tight %.2e of bound; vs f32 K/V max_err %.3e mean_err %.3e\n",
+             kName[s], (long long)c.H, (long long)c.Hkv, (long long)c.steps, c.tight, c.max_err,
+             c.mean_err);
       assert_true(c.max_err < kMaxErr[s]);
       free(c.outs);
     }
@@ -342,6 +350,7 @@ static void test_masks_ring_rollback(void **state) {
     };
     for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
       cs[i].st = kQuant[s];
+      if (quick()) cs[i].steps = cs[i].steps > 6 ? 6 : cs[i].steps;
       run_q(&cs[i], 7 + i);
       printf("# %s case %zu: tight %.2e of bound; vs f32 max_err %.3e\n", kName[s], i, cs[i].tight,
              cs[i].max_err);
@@ -358,7 +367,7 @@ static void test_threads_bitwise(void **state) {
     for (int nq = 0; nq < 2; nq++) {
       float *ref = NULL;
       size_t nref = 0;
-      for (int32_t t = 1; t <= 4; t++) {
+      for (int32_t t = 1; t <= (quick() ? 2 : 4); t++) {
         qcase c = {.st = kQuant[s], .B = 2, .H = 8, .Hkv = 2, .Dk = 64, .Dv = 64, .cap = 4096,
                    .mode = ATTN_KVCACHE_LINEAR, .prefill = 600, .steps = 2,
                    .n = nq ? 20 : 1, .win = -1, .causal = true, .threads = t,
@@ -501,7 +510,7 @@ static void test_outlier_channels(void **state) {
   double ours[2], ours_mean[2], tok[2];
   for (int o = 0; o < 2; o++) {
     double worst = 0, worst_tok = 0, mean = 0;
-    for (uint64_t seed = 1; seed <= 4; seed++) {
+    for (uint64_t seed = 1; seed <= (quick() ? 1u : 4u); seed++) {
       qcase c = {.st = ATTN_KVCACHE_STORE_INT8, .B = 1, .H = 1, .Hkv = 1, .Dk = 128, .Dv = 128,
                  .cap = 1024, .mode = ATTN_KVCACHE_LINEAR, .prefill = 1016, .steps = 8, .n = 1,
                  .win = -1, .causal = true, .threads = 1, .outlier = o == 1,
