@@ -300,8 +300,10 @@ static const attn_kvcache_storage kQuant[3] = {ATTN_KVCACHE_STORE_F16, ATTN_KVCA
                                                ATTN_KVCACHE_STORE_INT4};
 static const char *const kName[3] = {"f16", "int8", "int4"};
 /* Loose bounds on the error vs the original f32 K/V (max, normalised by
- * max|v|), N(0,1) data, d = 64: f16 ~1e-3, int8 ~1e-2, int4 ~1.5e-1 seen. */
-static const double kMaxErr[3] = {5e-3, 4e-2, 4e-1};
+ * max|v|), N(0,1) data: seen f16 ≤ 1.5e-3, int8 ≤ 2e-2, int4 ≤ 0.5 (the
+ * unscaled dot score of a 48-dim case, where int4 keys move scores by ~0.5;
+ * ~0.07 with the 1/√d scale). The tight check is against the decoded cache. */
+static const double kMaxErr[3] = {5e-3, 5e-2, 0.75};
 
 /* 256 decode steps after a 64-token prefill, GQA (8 query heads on 2 kv
  * heads) and MHA, every storage; plus allocation counting. */
