@@ -7,6 +7,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
 #include <immintrin.h>
 
 /* ---- AVX-512: 16 lanes ---------------------------------------------------- */
@@ -89,13 +90,16 @@ QTARGET static inline void q_cvt_u8(__m128i b, qvf *o) {
 }
 #include "cache/attend_q_impl.inc"
 
+/* F16C: CPUID leaf 1, ECX bit 29 (clang's __builtin_cpu_supports lacks it). */
+static bool has_f16c(void) {
+  unsigned a, b, c, d;
+  return __get_cpuid(1, &a, &b, &c, &d) && ((c >> 29) & 1u);
+}
 static bool has_avx512(void) {
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c") &&
-         __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma") && has_f16c();
 }
 static bool has_avx2(void) {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c") &&
-         __builtin_cpu_supports("fma");
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c();
 }
 
 const attn_kvq_ops *attn_kvq_ops_for(const char *isa, const attn_kvcache *c) {
