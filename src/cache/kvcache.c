@@ -26,7 +26,8 @@ static bool storage_bytes(const attn_kvcache *c, int64_t cap, size_t row, size_t
 
 /* Bytes of a stored row of d elements (padding included); false on overflow. */
 static bool row_bytes(const attn_kvcache *c, int64_t d, size_t *bytes) {
-  const int64_t padded = attn_cdiv64(d, c->store->pad) * c->store->pad;
+  int64_t padded;
+  if (!attn_mul_ok(attn_cdiv64(d, c->store->pad), c->store->pad, &padded)) return false;
   if (c->store->bits == 0) return attn_bytes_ok(&padded, 1, attn_dtype_size(c->dtype), bytes);
   int64_t bits;
   if (!attn_mul_ok(padded, c->store->bits, &bits)) return false;
