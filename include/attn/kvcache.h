@@ -215,7 +215,8 @@ ATTN_API int64_t attn_kvcache_first(const attn_kvcache *cache, int64_t b);
  *  cfg.grow). 0 for NULL. @since 0.1.0 */
 ATTN_API int64_t attn_kvcache_capacity(const attn_kvcache *cache);
 
-/** Bytes the cache holds (K and V storage plus bookkeeping). 0 for NULL.
+/** Bytes the cache holds (K and V storage, for quantized storages their
+ *  scales and the K residual, plus bookkeeping). 0 for NULL.
  *  @since 0.1.0 */
 ATTN_API size_t attn_kvcache_memory_size(const attn_kvcache *cache);
 
