@@ -240,12 +240,13 @@ static void copy_rows(const attn_kvcache *c, void *dst_base, size_t rb, int64_t 
   for (int64_t r = 0; r < nr; r++) {
     char *row = dst + (size_t)attn_kv_row(c, p + r) * rb;
     const char *srow = s + (size_t)attn_off4(src, b, h, r0 + r, 0) * es;
-    if (c->bf16) {
+    const attn_dtype_traits *elem = c->store->elem;
+    if (elem != NULL) { /* bf16, f16: the storage row's converter */
       const float *f = (const float *)(const void *)srow;
-      for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)row)[x] = attn_f32_to_bf16(f[x * src->strides[3]]);
-    } else if (c->storage == ATTN_KVCACHE_STORE_F16) {
-      const float *f = (const float *)(const void *)srow;
-      for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)row)[x] = attn_f32_to_f16(f[x * src->strides[3]]);
+      if (src->strides[3] == 1 || d == 1)
+        elem->from_f32(f, row, d);
+      else
+        for (int64_t x = 0; x < d; x++) elem->from_f32(f + x * src->strides[3], row + (size_t)x * elem->size, 1);
     } else if (src->strides[3] == 1 || d == 1) {
       memmove(row, srow, (size_t)d * es);
     } else if (es == 4) {
