@@ -112,30 +112,36 @@ static void dequant_run(const attn_kvcache *c, bool is_k, int64_t b, int64_t h, 
     return;
   }
   const int bits = c->store->bits;
-  if (!is_k) {
+  if (!is_k) { /* per row and V group: convert the pair once */
     for (int64_t j = 0; j < n; j++) {
       const uint8_t *row = base + (size_t)(r0 + j) * rb;
       const uint16_t *sc = c->vs + (size_t)((bh * c->cap + r0 + j) * c->ngv) * 2;
-      for (int64_t x = 0; x < D; x++) {
-        const int64_t g = x / c->gs;
-        dst[j * D + x] = attn_f16_to_f32(sc[2 * g]) * (float)get_code(row, bits, x) +
-                         attn_f16_to_f32(sc[2 * g + 1]);
+      for (int64_t g = 0; g < c->ngv; g++) {
+        const float s = attn_f16_to_f32(sc[2 * g]), m = attn_f16_to_f32(sc[2 * g + 1]);
+        for (int64_t x = g * c->gs; x < (g + 1) * c->gs; x++)
+          dst[j * D + x] = s * (float)get_code(row, bits, x) + m;
       }
     }
     return;
   }
+  /* K: runs of positions in one scale group (or the residual); each
+   * channel's pair converted once per run. */
   const int64_t qlen = attn_kv_qlen(c, b);
-  for (int64_t j = 0; j < n; j++) {
+  for (int64_t j = 0; j < n;) {
     const int64_t p = p0 + j;
-    float *d = dst + j * D;
     if (p >= qlen) {
-      memcpy(d, c->kres + (size_t)((bh * c->gs + p % c->gs) * D), (size_t)D * sizeof *d);
+      memcpy(dst + j * D, c->kres + (size_t)((bh * c->gs + p % c->gs) * D), (size_t)D * sizeof *dst);
+      j++;
       continue;
     }
-    const uint8_t *row = base + (size_t)(r0 + j) * rb;
-    const uint16_t *sc = c->ks + (size_t)((bh * c->kslots + (p / c->gs) % c->kslots) * 2 * D);
-    for (int64_t x = 0; x < D; x++)
-      d[x] = attn_f16_to_f32(sc[x]) * (float)get_code(row, bits, x) + attn_f16_to_f32(sc[D + x]);
+    const int64_t g = p / c->gs, run = attn_min64(n - j, attn_min64((g + 1) * c->gs, qlen) - p);
+    const uint16_t *sc = c->ks + (size_t)((bh * c->kslots + g % c->kslots) * 2 * D);
+    for (int64_t x = 0; x < D; x++) {
+      const float s = attn_f16_to_f32(sc[x]), m = attn_f16_to_f32(sc[D + x]);
+      for (int64_t i = 0; i < run; i++)
+        dst[(j + i) * D + x] = s * (float)get_code(base + (size_t)(r0 + j + i) * rb, bits, x) + m;
+    }
+    j += run;
   }
 }
 
