@@ -31,13 +31,33 @@ static int cmp_double(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
+/* Warm-up calls of the current case (the largest over its timings). */
+static int32_t warmup_calls;
+
+/* Calls until the last three are within 5% of each other (steady state: the
+ * first calls of a process pay page faults and cold caches), or 1 s has
+ * passed; at least one call. Returns the count, or -1 if fn failed. */
+static int32_t warm_up(int (*fn)(void *arg), void *arg) {
+  double last[3] = {0, 0, 0};
+  const double t_start = now_ms();
+  for (int32_t n = 1;; n++) {
+    double t0 = now_ms();
+    if (fn(arg) != 0) return -1;
+    last[n % 3] = now_ms() - t0;
+    if (n >= 3) {
+      double lo = fmin(last[0], fmin(last[1], last[2])), hi = fmax(last[0], fmax(last[1], last[2]));
+      if (hi <= 1.05 * lo) return n;
+    }
+    if (now_ms() - t_start > 1000.0 || n >= 1000) return n;
+  }
+}
+
 double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps) {
   if (reps < 1) reps = 1;
+  const int32_t w = warm_up(fn, arg);
+  if (w < 0) return NAN;
+  if (w > warmup_calls) warmup_calls = w;
   double *t = malloc((size_t)reps * sizeof *t);
-  if (fn(arg) != 0) { /* warm-up */
-    free(t);
-    return NAN;
-  }
   for (int32_t r = 0; r < reps; r++) {
     double t0 = now_ms();
     if (fn(arg) != 0) {
@@ -52,11 +72,116 @@ double bench_time_ms(int (*fn)(void *arg), void *arg, int32_t reps) {
   return med;
 }
 
+/* Busy work on the calling thread for ms milliseconds (a control loop's
+ * other work between attention calls). */
+static void busy_ms(double ms) {
+  const double end = now_ms() + ms;
+  volatile double x = 1.0;
+  while (now_ms() < end) x = x * 1.0000001 + 1e-9;
+}
+
+static double percentile(const double *sorted, int32_t n, double p) {
+  double idx = p * (double)(n - 1);
+  int32_t i = (int32_t)idx;
+  if (i >= n - 1) return sorted[n - 1];
+  return sorted[i] + (idx - (double)i) * (sorted[i + 1] - sorted[i]);
+}
+
+/* n calls of fn with gap_ms of busy work before each; sorted times into t. */
+static int loop_times(int (*fn)(void *arg), void *arg, int32_t n, double gap_ms, double *t) {
+  for (int32_t i = 0; i < n; i++) {
+    busy_ms(gap_ms);
+    double t0 = now_ms();
+    if (fn(arg) != 0) return 1;
+    t[i] = now_ms() - t0;
+  }
+  qsort(t, (size_t)n, sizeof *t, cmp_double);
+  return 0;
+}
+
+typedef struct tail_gemm {
+  int n;
+  float *a, *b, *c;
+} tail_gemm;
+
+static int run_tail_gemm(void *p) {
+  tail_gemm *g = p;
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, g->n, g->n, g->n, 1.0f, g->a, g->n, g->b,
+              g->n, 0.0f, g->c, g->n);
+  return 0;
+}
+
+double bench_time_case(int (*fn)(void *arg), void *arg, const bench_opts *o, bench_result *r) {
+  if (o->loop <= 0) return bench_time_ms(fn, arg, o->reps);
+  double t0 = now_ms();
+  if (fn(arg) != 0) return NAN;
+  r->first_ms = now_ms() - t0;
+  double *t = malloc((size_t)o->loop * sizeof *t);
+  if (t == NULL || loop_times(fn, arg, o->loop, o->gap_ms, t) != 0) {
+    free(t);
+    return NAN;
+  }
+  r->has_latency = true;
+  r->p50_ms = percentile(t, o->loop, 0.50);
+  r->p90_ms = percentile(t, o->loop, 0.90);
+  r->p99_ms = percentile(t, o->loop, 0.99);
+  r->max_ms = t[o->loop - 1];
+  /* The machine's own tail: a plain single-thread sgemm of about the same
+   * duration, looped with the same gaps. */
+  int prev = openblas_get_num_threads();
+  openblas_set_num_threads(1);
+  tail_gemm g = {64, NULL, NULL, NULL};
+  for (;;) { /* size it to ≈ the case's p50 (cubic in n) */
+    double want = r->p50_ms, unit = 2.0 * g.n * (double)g.n * g.n / 50e6; /* ≈ ms at 50 GFLOPS */
+    if (unit >= want || g.n >= 1024) break;
+    g.n += 32;
+  }
+  size_t bytes = (size_t)g.n * (size_t)g.n * sizeof(float);
+  g.a = calloc(1, bytes);
+  g.b = calloc(1, bytes);
+  g.c = calloc(1, bytes);
+  const int32_t nt = o->loop < 200 ? o->loop : 200;
+  if (g.a && g.b && g.c && loop_times(run_tail_gemm, &g, nt, o->gap_ms, t) == 0)
+    r->sgemm_tail = percentile(t, nt, 0.99) / percentile(t, nt, 0.50);
+  else
+    r->sgemm_tail = NAN;
+  openblas_set_num_threads(prev);
+  free(g.a);
+  free(g.b);
+  free(g.c);
+  free(t);
+  return r->p50_ms;
+}
+
 static uint64_t splitmix(uint64_t *s) {
   uint64_t z = (*s += 0x9E3779B97F4A7C15ULL);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
   return z ^ (z >> 31);
+}
+
+const char *bench_dtype_name(attn_dtype dt) {
+  switch (dt) {
+    case ATTN_DTYPE_F64: return "f64";
+    case ATTN_DTYPE_BF16: return "bf16";
+    case ATTN_DTYPE_F16: return "f16";
+    default: return "f32";
+  }
+}
+
+uint16_t bench_half_bits(attn_dtype dt, double x) {
+  /* x is a multiple of 2^-7 in [-1, 1): exact in both formats. */
+  if (dt == ATTN_DTYPE_BF16) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)(u >> 16);
+  }
+  if (x == 0) return 0;
+  uint16_t sign = x < 0 ? 0x8000u : 0;
+  int e;
+  double m = frexp(fabs(x), &e); /* |x| = m·2^e, m in [0.5, 1) */
+  return sign | (uint16_t)((e - 1 + 15) << 10) | (uint16_t)((m * 2 - 1) * 1024);
 }
 
 attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t d1, int64_t d2,
@@ -73,6 +198,10 @@ attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t 
   if (dt == ATTN_DTYPE_F32) {
     float *p = attn_tensor_data(t);
     for (int64_t i = 0; i < n; i++) p[i] = (float)((double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0);
+  } else if (dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16) {
+    /* Multiples of 2^-7 in [-1, 1): exact in both 16-bit formats. */
+    uint16_t *p = attn_tensor_data(t);
+    for (int64_t i = 0; i < n; i++) p[i] = bench_half_bits(dt, (double)(int)(splitmix(&s) >> 56) / 128.0 - 1.0);
   } else {
     double *p = attn_tensor_data(t);
     for (int64_t i = 0; i < n; i++) p[i] = (double)(splitmix(&s) >> 11) * 0x1.0p-52 - 1.0;
@@ -130,6 +259,7 @@ int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const
 
 typedef struct machine {
   double sgemm, dgemm, read_gbps;
+  double fma, bf16; /* register-only peaks (bench/probe.c) */
 } machine;
 
 typedef struct gemm_arg {
@@ -233,6 +363,8 @@ static int probe_machine(int threads, machine *m) {
     r.sgemm = gemm_peak(threads, false, 5);
     r.dgemm = gemm_peak(threads, true, 5);
     r.read_gbps = read_bandwidth(threads, 7);
+    r.fma = bench_fma_peak(threads, 7);
+    r.bf16 = bench_bf16_peak(threads, 7);
     ssize_t w = write(fd[1], &r, sizeof r);
     _exit(w == (ssize_t)sizeof r ? 0 : 1);
   }
@@ -255,13 +387,20 @@ static double peak_rss_mb(void) {
 static void usage(FILE *f) {
   fprintf(f,
           "usage: attn-bench [--case NAME]... [--S N | --Sq N --Sk N] [--D N] [--H N] [--Hkv N]\n"
-          "                  [--B N] [--causal] [--dtype f32|f64] [--threads N] [--reps N]\n"
-          "                  [--window N] [--features N] [--rank N] [--block N] [--json] [--list]\n"
+          "                  [--B N] [--causal] [--dtype f32|f64|bf16|f16] [--threads N] [--reps N]\n"
+          "                  [--window N] [--features N] [--rank N] [--block N] [--seqs N] [--json] [--list]\n"
+          "                  [--loop N --gap-ms G] [--spin-us N] [--mass] [--sinks]\n"
           "                  [--kv-storage f32|bf16|f16|int8|int4]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
-          "Each line: median of --reps (default 5) runs after a warm-up. GEMM peak and read\n"
-          "bandwidth are measured in the same run; FLOPs are dense-equivalent 4*B*H*Sq*Sk*D.\n");
+          "Each line: median of --reps (default 5) runs after a warm-up to steady state\n"
+          "(warmup_calls). GEMM peak and read bandwidth are measured in the same run; FLOPs are\n"
+          "dense-equivalent 4*B*H*Sq*Sk*D. --loop N --gap-ms G (sdpa, decode): the first call\n"
+          "after the plan, then N calls with G ms of busy work between them: first_ms, p50_ms,\n"
+          "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n"
+          "--dtype bf16|f16 applies to the sdpa case only.\n"
+          "--mass (sdpa, decode): with the per-key mass output (mass_ratio: time over the\n"
+          "time without it, same run); --sinks (sdpa): with sink logits (sinks_ratio).\n");
 }
 
 static const bench_case *find_case(const char *name) {
@@ -290,22 +429,30 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
                  const machine *m, bool json) {
   double gflops = r->flops > 0 ? r->flops / (r->ms * 1e6) : NAN;
   double gbps = r->bytes > 0 ? r->bytes / (r->ms * 1e6) : NAN;
-  double peak = o->dtype == ATTN_DTYPE_F64 ? m->dgemm : m->sgemm;
+  /* frac_peak: over the peak of the case's compute type: bf16 → the bf16
+   * dot-product peak (f32 FMA where the CPU has none), f32 and f16 (which
+   * computes in f32) → the f32 FMA peak, f64 → half of it (8 lanes). */
+  double peak = o->dtype == ATTN_DTYPE_F64                         ? m->fma / 2
+                : o->dtype == ATTN_DTYPE_BF16 && isfinite(m->bf16) ? m->bf16
+                                                                   : m->fma;
   double frac = gflops / m->sgemm;
-  (void)peak;
+  double frac_peak = gflops / peak;
   double frac_bw = gbps / m->read_gbps;
   double rss = peak_rss_mb();
   if (json) {
     printf("{\"case\":\"%s\",\"causal\":%s,\"dtype\":\"%s\",\"B\":%" PRId64 ",\"H\":%" PRId64
            ",\"Hkv\":%" PRId64 ",\"Sq\":%" PRId64 ",\"Sk\":%" PRId64 ",\"D\":%" PRId64
            ",\"threads\":%d,",
-           c->name, o->causal ? "true" : "false", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           c->name, o->causal ? "true" : "false", bench_dtype_name(o->dtype), o->B,
            o->H, o->Hkv, o->Sq, o->Sk, o->D, o->threads);
     json_num(stdout, "ms", r->ms, false);
     json_num(stdout, "gflops", gflops, false);
     json_num(stdout, "sgemm_gflops", m->sgemm, false);
     json_num(stdout, "dgemm_gflops", m->dgemm, false);
     json_num(stdout, "frac_sgemm", frac, false);
+    json_num(stdout, "fma_gflops", m->fma, false);
+    json_num(stdout, "bf16_gflops", m->bf16, false);
+    json_num(stdout, "frac_peak", frac_peak, false);
     json_num(stdout, "gbps", gbps, false);
     json_num(stdout, "read_gbps", m->read_gbps, false);
     json_num(stdout, "frac_bw", frac_bw, false);
@@ -316,16 +463,40 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
       printf("\"kv_storage\":\"%s\",", r->kv_storage);
       json_num(stdout, "kv_bytes", r->kv_bytes, false);
     }
+    for (int32_t f = 0; f < r->nfields; f++) json_num(stdout, r->field_names[f], r->field_values[f], false);
+    if (o->mass) printf("\"mass\":true,");
+    if (o->sinks) printf("\"sinks\":true,");
+    if (r->ratio_name) json_num(stdout, r->ratio_name, r->ratio, false);
+    json_num(stdout, "warmup_calls", r->has_latency ? 0 : (double)warmup_calls, false);
+    if (r->has_latency) {
+      json_num(stdout, "loop", o->loop, false);
+      json_num(stdout, "gap_ms", o->gap_ms, false);
+      json_num(stdout, "spin_us", o->spin_us, false);
+      json_num(stdout, "first_ms", r->first_ms, false);
+      json_num(stdout, "p50_ms", r->p50_ms, false);
+      json_num(stdout, "p90_ms", r->p90_ms, false);
+      json_num(stdout, "p99_ms", r->p99_ms, false);
+      json_num(stdout, "max_ms", r->max_ms, false);
+      json_num(stdout, "sgemm_p99_over_p50", r->sgemm_tail, false);
+    }
     json_num(stdout, "peak_rss_mb", rss, true);
     printf("}\n");
   } else {
     printf("%-12s %-6s %-4s %3" PRId64 " %3" PRId64 "/%-3" PRId64 " %6" PRId64 " %6" PRId64
            " %4" PRId64 " %10.3f %8.1f %6.3f %8.2f %6.3f %9.2e %8.0f",
-           c->name, o->causal ? "causal" : "-", o->dtype == ATTN_DTYPE_F64 ? "f64" : "f32", o->B,
+           c->name, o->causal ? "causal" : "-", bench_dtype_name(o->dtype), o->B,
            o->H, o->Hkv, o->Sq, o->Sk, o->D, r->ms, gflops, frac, gbps, frac_bw,
            r->has_err ? r->max_err : NAN, rss);
+    printf("  f_peak=%.3f", frac_peak);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
     if (r->kv_storage) printf("  kv_storage=%s kv_bytes=%.0f", r->kv_storage, r->kv_bytes);
+    for (int32_t f = 0; f < r->nfields; f++) printf("  %s=%.4g", r->field_names[f], r->field_values[f]);
+    if (r->ratio_name) printf("  %s=%.3f", r->ratio_name, r->ratio);
+    if (r->has_latency)
+      printf("  first=%.3f p50=%.3f p90=%.3f p99=%.3f max=%.3f ms (sgemm p99/p50 %.2f)", r->first_ms,
+             r->p50_ms, r->p90_ms, r->p99_ms, r->max_ms, r->sgemm_tail);
+    else
+      printf("  warmup=%d", (int)warmup_calls);
     printf("\n");
   }
   fflush(stdout);
@@ -335,6 +506,11 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
                    bool json) {
   bench_result r;
   memset(&r, 0, sizeof r);
+  warmup_calls = 0;
+  if (o->loop > 0 && strcmp(c->name, "sdpa") != 0 && strcmp(c->name, "decode") != 0) {
+    fprintf(stderr, "attn-bench: --loop applies to the sdpa and decode cases, not %s\n", c->name);
+    return 1;
+  }
   if (c->run(ctx, o, &r) != 0) {
     fprintf(stderr, "attn-bench: case %s failed\n", c->name);
     return 1;
@@ -347,7 +523,7 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 
 int main(int argc, char **argv) {
   bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64,
-                  ATTN_KVCACHE_STORE_NATIVE};
+                  ATTN_KVCACHE_STORE_NATIVE, 0, 0.0, 0, 16, false, false};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -378,7 +554,25 @@ int main(int argc, char **argv) {
     NUM_FLAG("--features", o.features = x)
     NUM_FLAG("--rank", o.rank = x)
     NUM_FLAG("--block", o.block = x)
+    NUM_FLAG("--seqs", o.seqs = x)
+    NUM_FLAG("--loop", o.loop = (int32_t)x)
 #undef NUM_FLAG
+    if (strcmp(a, "--gap-ms") == 0 || strcmp(a, "--spin-us") == 0) {
+      char *end = NULL;
+      double g = val ? strtod(val, &end) : NAN;
+      bool gap = strcmp(a, "--gap-ms") == 0;
+      if (!val || *end != '\0' || !(gap ? g >= 0 && g <= 10000 : g >= -1 && g <= 1000000)) {
+        fprintf(stderr, "attn-bench: %s needs %s\n", a,
+                gap ? "a number of milliseconds in [0, 10000]" : "an integer in [-1, 1000000]");
+        return 2;
+      }
+      if (gap)
+        o.gap_ms = g;
+      else
+        o.spin_us = (int32_t)g;
+      i++;
+      continue;
+    }
     if (strcmp(a, "--case") == 0 && val) {
       if (!find_case(val)) {
         fprintf(stderr, "attn-bench: unknown case '%s' (--list shows them)\n", val);
@@ -389,8 +583,10 @@ int main(int argc, char **argv) {
     } else if (strcmp(a, "--dtype") == 0 && val) {
       if (strcmp(val, "f32") == 0) o.dtype = ATTN_DTYPE_F32;
       else if (strcmp(val, "f64") == 0) o.dtype = ATTN_DTYPE_F64;
+      else if (strcmp(val, "bf16") == 0) o.dtype = ATTN_DTYPE_BF16;
+      else if (strcmp(val, "f16") == 0) o.dtype = ATTN_DTYPE_F16;
       else {
-        fprintf(stderr, "attn-bench: --dtype must be f32 or f64\n");
+        fprintf(stderr, "attn-bench: --dtype must be f32, f64, bf16 or f16\n");
         return 2;
       }
       i++;
@@ -410,6 +606,10 @@ int main(int argc, char **argv) {
       i++;
     } else if (strcmp(a, "--causal") == 0) {
       o.causal = true;
+    } else if (strcmp(a, "--mass") == 0) {
+      o.mass = true;
+    } else if (strcmp(a, "--sinks") == 0) {
+      o.sinks = true;
     } else if (strcmp(a, "--json") == 0) {
       json = true;
     } else if (strcmp(a, "--list") == 0) {
@@ -426,6 +626,15 @@ int main(int argc, char **argv) {
   }
   if (o.reps < 5) fprintf(stderr, "attn-bench: note: --reps %d < 5 (the contract asks for >= 5)\n", o.reps);
   if (o.Hkv == 0 || o.Hkv > o.H) o.Hkv = o.H;
+  if (o.dtype == ATTN_DTYPE_BF16 || o.dtype == ATTN_DTYPE_F16) {
+    for (int i = 0; i < ncases; i++)
+      if (strcmp(cases[i], "sdpa") != 0) {
+        fprintf(stderr, "attn-bench: --dtype %s applies to the sdpa case only\n",
+                bench_dtype_name(o.dtype));
+        return 2;
+      }
+    if (ncases == 0) cases[ncases++] = "sdpa";
+  }
   (void)h_given;
 
   attn_context_options co;
@@ -436,6 +645,10 @@ int main(int argc, char **argv) {
     fprintf(stderr, "attn-bench: cannot create a context with %d threads\n", o.threads);
     return 1;
   }
+  if (o.spin_us != 0 && attn_context_set_spin(ctx, o.spin_us) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: --spin-us: %s\n", attn_context_last_error(ctx));
+    return 2;
+  }
   machine m;
   if (probe_machine(o.threads, &m) != 0) {
     fprintf(stderr, "attn-bench: machine probes failed\n");
@@ -443,8 +656,8 @@ int main(int argc, char **argv) {
   }
   if (!json) {
     printf("# attn-bench, libattn %s, %d thread(s): sgemm peak %.1f GFLOPS, dgemm peak %.1f GFLOPS, "
-           "read bandwidth %.1f GB/s\n",
-           attn_version_string(), o.threads, m.sgemm, m.dgemm, m.read_gbps);
+           "read bandwidth %.1f GB/s, f32 FMA peak %.1f GFLOPS, bf16 dot peak %.1f GFLOPS\n",
+           attn_version_string(), o.threads, m.sgemm, m.dgemm, m.read_gbps, m.fma, m.bf16);
     printf("%-12s %-6s %-4s %3s %7s %6s %6s %4s %10s %8s %6s %8s %6s %9s %8s\n", "case", "mask",
            "type", "B", "H/Hkv", "Sq", "Sk", "D", "ms", "GFLOPS", "f_gemm", "GB/s", "f_bw",
            "max_err", "rss_MB");

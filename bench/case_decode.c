@@ -13,7 +13,10 @@
  * Without --kv-storage (native) and f32, the step is also timed with bf16
  * storage (extra bf16_speedup); with a reduced storage the native cache is
  * timed too and extra is speedup_vs_f32 (same data, same process). The
- * JSON adds kv_storage and kv_bytes (the cache contents, scales included). */
+ * JSON adds kv_storage and kv_bytes (the cache contents, scales included).
+ * --loop (latency mode) and --mass time the reported cache (the reduced one
+ * with --kv-storage); the bf16 comparison runs only without them. */
+#include <math.h>
 #include <stdio.h>
 
 #include "attn/attn.h"
@@ -24,6 +27,10 @@ typedef struct decode_run {
   attn_kvcache_plan *plan;
   attn_desc *desc;
   attn_tensor *q, *out;
+  /* --mass: a second plan with the per-key mass output */
+  attn_desc *desc2;
+  attn_kvcache_plan *plan2;
+  attn_tensor *mass;
 } decode_run;
 
 static int decode_once(void *arg) {
@@ -31,7 +38,27 @@ static int decode_once(void *arg) {
   return attn_kvcache_plan_execute(d->plan, d->q, d->out, NULL, NULL) == ATTN_OK ? 0 : 1;
 }
 
+static int decode_once_mass(void *arg) {
+  decode_run *d = arg;
+  return attn_kvcache_plan_execute(d->plan2, d->q, d->out, NULL, NULL) == ATTN_OK ? 0 : 1;
+}
+
+/* --mass: the same step with the per-key mass [B, H, capacity]. */
+static int decode_setup_mass(attn_context *ctx, const bench_opts *o, decode_run *d) {
+  const int64_t shape[3] = {o->B, o->H, o->Sk};
+  if (attn_tensor_create(ctx, o->dtype, 3, shape, &d->mass) != ATTN_OK ||
+      attn_desc_create(ctx, &d->desc2) != ATTN_OK ||
+      attn_desc_set_causal(d->desc2, ATTN_CAUSAL_BOTTOM_RIGHT) != ATTN_OK ||
+      attn_desc_set_key_mass(d->desc2, d->mass) != ATTN_OK ||
+      attn_kvcache_plan_create(d->cache, d->desc2, d->q, d->out, NULL, &d->plan2) != ATTN_OK)
+    return 1;
+  return 0;
+}
+
 static void decode_free(decode_run *d) {
+  attn_kvcache_plan_destroy(d->plan2);
+  attn_desc_destroy(d->desc2);
+  attn_tensor_destroy(d->mass);
   attn_kvcache_plan_destroy(d->plan);
   attn_desc_destroy(d->desc);
   attn_tensor_destroy(d->out);
@@ -96,6 +123,29 @@ static const char *storage_name(attn_kvcache_storage s, attn_dtype dt) {
   }
 }
 
+/* Times one step of d: --mass alternates the step with and without the
+ * per-key mass, three times each (ms: the mass step's best median,
+ * mass_ratio over the plain step's best median); otherwise the framework's
+ * timing (steady-state median, or latency mode with --loop). */
+static int time_step(attn_context *ctx, const bench_opts *o, decode_run *d, bench_result *r,
+                     double *ms) {
+  if (!o->mass) {
+    *ms = bench_time_case(decode_once, d, o, r);
+    return 0;
+  }
+  if (decode_setup_mass(ctx, o, d) != 0) return 1;
+  double with = INFINITY, without = INFINITY;
+  for (int rep = 0; rep < 3; rep++) {
+    double t1 = bench_time_ms(decode_once_mass, d, o->reps), t0 = bench_time_ms(decode_once, d, o->reps);
+    with = t1 < with ? t1 : with;
+    without = t0 < without ? t0 : without;
+  }
+  *ms = with;
+  r->ratio = with / without;
+  r->ratio_name = "mass_ratio";
+  return 0;
+}
+
 int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   const int64_t B = o->B, H = o->H, Hkv = o->Hkv > 0 ? o->Hkv : o->H, L = o->Sk, D = o->D;
   const attn_kvcache_storage storage = (attn_kvcache_storage)o->kv_storage;
@@ -115,7 +165,8 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
     goto done;
   }
   if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_NATIVE, kn, vn, q, &f) != 0) goto done;
-  const double native_ms = bench_time_ms(decode_once, &f, o->reps);
+  double native_ms;
+  if (time_step(ctx, o, &f, r, &native_ms) != 0) goto done;
   r->flops = 4.0 * (double)B * (double)H * (double)L * (double)D;
   r->kv_storage = storage_name(storage, o->dtype);
 
@@ -134,7 +185,7 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
     if (attn_kvcache_view_raw(f.cache, &raw) != ATTN_OK) goto done;
     r->bytes = step_bytes(&raw, L);
     r->kv_bytes = (double)raw.total_bytes;
-    if (o->dtype == ATTN_DTYPE_F32) {
+    if (o->dtype == ATTN_DTYPE_F32 && o->loop == 0 && !o->mass) {
       decode_free(&f); /* keep one cache in memory at a time */
       f = (decode_run){0};
       if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_BF16, kn, vn, q, &h) != 0) goto done;
@@ -150,7 +201,7 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
     decode_free(&f); /* keep one cache in memory at a time */
     f = (decode_run){0};
     if (decode_setup(ctx, o, storage, kn, vn, q, &h) != 0) goto done;
-    r->ms = bench_time_ms(decode_once, &h, o->reps);
+    if (time_step(ctx, o, &h, r, &r->ms) != 0) goto done;
     bench_rel_error(h.out, want, &r->max_err, &r->mean_err);
     if (attn_kvcache_view_raw(h.cache, &raw) != ATTN_OK) goto done;
     r->bytes = step_bytes(&raw, L);

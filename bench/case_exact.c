@@ -17,9 +17,17 @@ typedef struct exact_setup {
   attn_tensor *q, *k, *v, *out;
   attn_desc *desc;
   attn_plan *plan;
+  /* --mass / --sinks: a second plan with them, and their buffers */
+  attn_desc *desc2;
+  attn_plan *plan2;
+  attn_tensor *mass;
+  double sinks[256];
 } exact_setup;
 
 static void setup_free(exact_setup *s) {
+  attn_plan_destroy(s->plan2);
+  attn_desc_destroy(s->desc2);
+  attn_tensor_destroy(s->mass);
   attn_plan_destroy(s->plan);
   attn_desc_destroy(s->desc);
   attn_tensor_destroy(s->q);
@@ -44,18 +52,67 @@ static int setup(attn_context *ctx, const bench_opts *o, exact_setup *s) {
   return 0;
 }
 
+static int run_sdpa(void *arg) {
+  exact_setup *s = arg;
+  return attn_plan_execute(s->plan, s->q, s->k, s->v, s->out, NULL, NULL) != ATTN_OK;
+}
+
+static int run_sdpa2(void *arg) {
+  exact_setup *s = arg;
+  return attn_plan_execute(s->plan2, s->q, s->k, s->v, s->out, NULL, NULL) != ATTN_OK;
+}
+
+/* --mass / --sinks: the same call with them; the plain plan stays for the ratio. */
+static int setup_options(attn_context *ctx, const bench_opts *o, exact_setup *s) {
+  if (attn_desc_create(ctx, &s->desc2) != ATTN_OK) return 1;
+  if (o->causal) attn_desc_set_causal(s->desc2, ATTN_CAUSAL_TOP_LEFT);
+  if (o->sinks) {
+    if (o->H > 256) return 1;
+    for (int64_t h = 0; h < o->H; h++) s->sinks[h] = 0.25 * (double)(h % 5);
+    if (attn_desc_set_sinks(s->desc2, s->sinks, o->H) != ATTN_OK) return 1;
+  }
+  if (o->mass) {
+    int64_t shape[3] = {o->B, o->H, o->Sk};
+    if (attn_tensor_create(ctx, o->dtype, 3, shape, &s->mass) != ATTN_OK) return 1;
+    if (attn_desc_set_key_mass(s->desc2, s->mass) != ATTN_OK) return 1;
+  }
+  if (attn_plan_create(ctx, s->desc2, s->q, s->k, s->v, s->out, NULL, NULL, &s->plan2) != ATTN_OK) {
+    fprintf(stderr, "attn-bench: plan: %s\n", attn_context_last_error(ctx));
+    return 1;
+  }
+  return 0;
+}
+
 static int case_sdpa(attn_context *ctx, const bench_opts *o, bench_result *r) {
   exact_setup s;
   int rc = setup(ctx, o, &s);
+  if (rc == 0 && (o->mass || o->sinks)) {
+    if ((rc = setup_options(ctx, o, &s)) != 0) goto out;
+    /* Alternate with and without, three times each: ms is the option's
+     * best median, the ratio over the plain call's best median. */
+    double with = INFINITY, without = INFINITY;
+    for (int rep = 0; rep < 3; rep++) {
+      double t1 = bench_time_ms(run_sdpa2, &s, o->reps), t0 = bench_time_ms(run_sdpa, &s, o->reps);
+      with = t1 < with ? t1 : with;
+      without = t0 < without ? t0 : without;
+    }
+    r->ms = with;
+    r->ratio = with / without;
+    r->ratio_name = o->mass ? "mass_ratio" : "sinks_ratio";
+    r->flops = dense_flops(o);
+    rc = isnan(r->ms);
+    goto out;
+  }
   if (rc == 0) {
-    r->ms = bench_time_plan(s.plan, s.q, s.k, s.v, s.out, o->reps);
+    r->ms = bench_time_case(run_sdpa, &s, o, r);
     r->flops = dense_flops(o);
     /* Inputs + output, to compare with peak RSS (no S_q x S_k buffer exists). */
-    double es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;
+    double es = o->dtype == ATTN_DTYPE_F64 ? 8 : o->dtype == ATTN_DTYPE_F32 ? 4 : 2;
     r->extra = es * (double)o->B * (2.0 * o->H * o->Sq + 2.0 * o->Hkv * o->Sk) * (double)o->D / 1048576.0;
     r->extra_name = "io_mb";
     rc = isnan(r->ms);
   }
+out:
   setup_free(&s);
   return rc;
 }

@@ -53,10 +53,10 @@ set(CPACK_DEBIAN_TOOLS_DESCRIPTION
     "The attn command (a demo of every variant with pictures, benchmark sweeps\nwith plots, attention on .npy files) and attn-bench.")
 set(CPACK_DEBIAN_TOOLS_PACKAGE_NAME "attn-tools")
 set(CPACK_DEBIAN_TOOLS_PACKAGE_SECTION "science")
-# attn links libattn and libpng; attn-bench also links OpenBLAS directly.
+# attn links libattn, libpng and zlib (.npz); attn-bench also links OpenBLAS directly.
 # gnuplot is used at run time for plots when present.
 set(CPACK_DEBIAN_TOOLS_PACKAGE_DEPENDS
-    "libattn${ATTN_SOVERSION} (= ${_attn_debver}), libpng16-16, libopenblas0, libc6 (>= 2.34)")
+    "libattn${ATTN_SOVERSION} (= ${_attn_debver}), libpng16-16, zlib1g, libopenblas0, libc6 (>= 2.34)")
 set(CPACK_DEBIAN_TOOLS_PACKAGE_SUGGESTS "gnuplot-nox")
 
 include(CPack)

@@ -54,7 +54,7 @@ ctest_args="-LE bindings|packaging|docs" stage clang-build-ctest build_and_test 
 if [ -z "${ATTN_QUICK:-}" ]; then
   # Further suites: each is a script that exits non-zero on failure. (Bindings,
   # packaging, docs and the PyTorch oracles are ctest tests, run above.)
-  for s in sanitize valgrind tsan fuzz abi coverage; do
+  for s in sanitize valgrind tsan fuzz abi coverage pip; do
     [ -x "tools/ci/$s.sh" ] && stage "$s" "tools/ci/$s.sh"
   done
 fi

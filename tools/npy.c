@@ -46,6 +46,7 @@ const char *npy_dtype_name(npy_dtype dtype) {
     case NPY_F64: return "float64";
     case NPY_U8: return "uint8";
     case NPY_BOOL: return "bool";
+    case NPY_F16: return "float16";
     default: return "invalid";
   }
 }
@@ -54,6 +55,7 @@ size_t npy_itemsize(npy_dtype dtype) {
   switch (dtype) {
     case NPY_F32: return 4;
     case NPY_F64: return 8;
+    case NPY_F16: return 2;
     case NPY_U8:
     case NPY_BOOL: return 1;
     default: return 0;
@@ -219,14 +221,15 @@ static int parse_descr(const char *d, npy_header *h, char *err, size_t errlen) {
   npy_dtype dt = NPY_INVALID;
   if (strcmp(t, "f4") == 0) dt = NPY_F32;
   else if (strcmp(t, "f8") == 0) dt = NPY_F64;
+  else if (strcmp(t, "f2") == 0 || strcmp(t, "e") == 0) dt = NPY_F16;
   else if (strcmp(t, "u1") == 0) dt = NPY_U8;
   else if (strcmp(t, "b1") == 0) dt = NPY_BOOL;
   if (dt == NPY_INVALID) {
     static const struct { const char *code, *name; } known[] = {
         {"i1", "int8"},    {"i2", "int16"},      {"i4", "int32"},       {"i8", "int64"},
-        {"u2", "uint16"},  {"u4", "uint32"},     {"u8", "uint64"},      {"f2", "float16"},
+        {"u2", "uint16"},  {"u4", "uint32"},     {"u8", "uint64"},
         {"f16", "float128"}, {"c8", "complex64"}, {"c16", "complex128"}, {"O", "object"},
-        {"e", "float16"},  {"V", "void/structured"}};
+        {"V", "void/structured"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
       if (strcmp(t, known[i].code) == 0) name = known[i].name;
@@ -234,8 +237,8 @@ static int parse_descr(const char *d, npy_header *h, char *err, size_t errlen) {
     if (name == NULL && (t[0] == 'M' || t[0] == 'm')) name = "datetime/timedelta";
     if (name == NULL && t[0] == 'V') name = "void/structured";
     seterr(err, errlen,
-           "dtype '%s'%s%s%s is not supported: use float32 or float64 for data, bool or uint8 "
-           "for masks and layouts",
+           "dtype '%s'%s%s%s is not supported: use float32 or float64 (or float16 for q, k, "
+           "v) for data, bool or uint8 for masks and layouts",
            d, name ? " (" : "", name ? name : "", name ? ")" : "");
     return -1;
   }
@@ -423,6 +426,41 @@ static void byteswap(void *data, size_t n, size_t itemsize) {
     }
 }
 
+/* Native byte order and 0/1 bools for freshly read data. */
+static void npy_normalise(npy_header *h, void *data) {
+  if (h->swap) byteswap(data, (size_t)h->numel, h->itemsize);
+  h->swap = false;
+  if (h->dtype == NPY_BOOL) {
+    /* numpy bools are 0/1 bytes; normalise anything else to 1 (true = attend). */
+    unsigned char *p = data;
+    for (size_t i = 0; i < h->data_bytes; i++) p[i] = p[i] != 0;
+  }
+}
+
+static void *npy_alloc_data(size_t bytes) {
+  size_t cap = bytes ? bytes : 1;
+  cap = (cap + 63) / 64 * 64;
+  void *data = NULL;
+  if (posix_memalign(&data, 64, cap) != 0) return NULL;
+  return data;
+}
+
+int npy_load_memory(const void *buf, size_t len, npy_array *a, char *err, size_t errlen) {
+  memset(a, 0, sizeof *a);
+  npy_header h;
+  if (npy_parse(buf, len, &h, err, errlen) != 0) return -1;
+  void *data = npy_alloc_data(h.data_bytes);
+  if (data == NULL) {
+    seterr(err, errlen, "out of memory for %zu bytes of data", h.data_bytes);
+    return -1;
+  }
+  if (h.data_bytes) memcpy(data, (const unsigned char *)buf + h.data_offset, h.data_bytes);
+  npy_normalise(&h, data);
+  a->h = h;
+  a->data = data;
+  return 0;
+}
+
 void npy_free(npy_array *a) {
   if (a == NULL) return;
   free(a->data);
@@ -462,10 +500,7 @@ int npy_load(const char *path, npy_array *a, char *err, size_t errlen) {
     seterr(err, errlen, "%s: %s", path, msg);
     goto fail;
   }
-  size_t cap = h.data_bytes ? h.data_bytes : 1;
-  cap = (cap + 63) / 64 * 64;
-  if (posix_memalign(&data, 64, cap) != 0) {
-    data = NULL;
+  if ((data = npy_alloc_data(h.data_bytes)) == NULL) {
     seterr(err, errlen, "%s: out of memory for %zu bytes of data", path, h.data_bytes);
     goto fail;
   }
@@ -474,13 +509,7 @@ int npy_load(const char *path, npy_array *a, char *err, size_t errlen) {
     seterr(err, errlen, "%s: read error in the data", path);
     goto fail;
   }
-  if (h.swap) byteswap(data, (size_t)h.numel, h.itemsize);
-  h.swap = false;
-  if (h.dtype == NPY_BOOL) {
-    /* numpy bools are 0/1 bytes; normalise anything else to 1 (true = attend). */
-    unsigned char *p = data;
-    for (size_t i = 0; i < h.data_bytes; i++) p[i] = p[i] != 0;
-  }
+  npy_normalise(&h, data);
   free(head);
   fclose(f);
   a->h = h;
@@ -493,33 +522,38 @@ fail:
   return -1;
 }
 
-int npy_save(const char *path, npy_dtype dtype, int32_t rank, const int64_t *shape,
-             const void *data, char *err, size_t errlen) {
+int npy_encode_header(npy_dtype dtype, int32_t rank, const int64_t *shape, const void *data,
+                      unsigned char *out, size_t *out_len, size_t *data_bytes, char *err,
+                      size_t errlen) {
   size_t isz = npy_itemsize(dtype);
   if (isz == 0 || rank < 0 || rank > NPY_MAX_RANK || (rank > 0 && shape == NULL)) {
-    seterr(err, errlen, "%s: invalid dtype or rank for writing", path);
+    seterr(err, errlen, "invalid dtype or rank for writing");
     return -1;
   }
   uint64_t numel = 1;
   for (int32_t i = 0; i < rank; i++) {
     if (shape[i] < 0 || (shape[i] != 0 && numel > UINT64_MAX / (uint64_t)shape[i])) {
-      seterr(err, errlen, "%s: invalid shape for writing", path);
+      seterr(err, errlen, "invalid shape for writing");
       return -1;
     }
     numel *= (uint64_t)shape[i];
   }
   if (numel > SIZE_MAX / isz) {
-    seterr(err, errlen, "%s: array too large", path);
+    seterr(err, errlen, "array too large");
     return -1;
   }
   size_t nbytes = (size_t)numel * isz;
   if (nbytes > 0 && data == NULL) {
-    seterr(err, errlen, "%s: no data to write", path);
+    seterr(err, errlen, "no data to write");
     return -1;
   }
 
   char dict[512];
-  const char *code = dtype == NPY_F32 ? "f4" : dtype == NPY_F64 ? "f8" : dtype == NPY_U8 ? "u1" : "b1";
+  const char *code = dtype == NPY_F32   ? "f4"
+                     : dtype == NPY_F64 ? "f8"
+                     : dtype == NPY_F16 ? "f2"
+                     : dtype == NPY_U8  ? "u1"
+                                        : "b1";
   char order = isz == 1 ? '|' : host_little_endian() ? '<' : '>';
   int n = snprintf(dict, sizeof dict, "{'descr': '%c%s', 'fortran_order': False, 'shape': (", order,
                    code);
@@ -535,6 +569,24 @@ int npy_save(const char *path, npy_dtype dtype, int32_t rank, const int64_t *sha
   size_t hlen = padded - 10;
   unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)(hlen & 0xff),
                            (unsigned char)(hlen >> 8)};
+  memcpy(out, pre, 10);
+  memcpy(out + 10, dict, (size_t)n);
+  memset(out + 10 + n, ' ', hlen - (size_t)n - 1);
+  out[padded - 1] = '\n';
+  *out_len = padded;
+  *data_bytes = nbytes;
+  return 0;
+}
+
+int npy_save(const char *path, npy_dtype dtype, int32_t rank, const int64_t *shape,
+             const void *data, char *err, size_t errlen) {
+  unsigned char head[NPY_HEADER_MAX];
+  size_t head_len = 0, nbytes = 0;
+  char msg[256];
+  if (npy_encode_header(dtype, rank, shape, data, head, &head_len, &nbytes, msg, sizeof msg) != 0) {
+    seterr(err, errlen, "%s: %s", path, msg);
+    return -1;
+  }
 
   size_t plen = strlen(path);
   char *tmp = malloc(plen + 16);
@@ -557,9 +609,7 @@ int npy_save(const char *path, npy_dtype dtype, int32_t rank, const int64_t *sha
     free(tmp);
     return -1;
   }
-  bool ok = fwrite(pre, 1, 10, f) == 10 && fwrite(dict, 1, (size_t)n, f) == (size_t)n;
-  for (size_t i = (size_t)n; ok && i + 1 < hlen; i++) ok = fputc(' ', f) != EOF;
-  ok = ok && fputc('\n', f) != EOF;
+  bool ok = fwrite(head, 1, head_len, f) == head_len;
   ok = ok && (nbytes == 0 || fwrite(data, 1, nbytes, f) == nbytes);
   int saved = errno;
   if (fclose(f) != 0) ok = false;

@@ -22,7 +22,8 @@ typedef enum npy_dtype {
   NPY_F32 = 1,
   NPY_F64 = 2,
   NPY_U8 = 3,
-  NPY_BOOL = 4
+  NPY_BOOL = 4,
+  NPY_F16 = 5 /* IEEE binary16 ('<f2' / 'e'): attn run's 16-bit q, k, v, out */
 } npy_dtype;
 
 typedef struct npy_header {
@@ -68,6 +69,22 @@ void npy_free(npy_array *a);
  * Returns 0 or -1 with a message. */
 int npy_save(const char *path, npy_dtype dtype, int32_t rank, const int64_t *shape,
              const void *data, char *err, size_t errlen);
+
+/* As npy_load(), from a whole .npy held in memory (buf, len): parse, then copy
+ * the data into a->data (owned, native byte order, 64-byte aligned). Used for
+ * the members of .npz archives. Returns 0 or -1 with a message (no file name). */
+int npy_load_memory(const void *buf, size_t len, npy_array *a, char *err, size_t errlen);
+
+/* Bytes npy_encode_header() may write: the longest version 1.0 header. */
+#define NPY_HEADER_MAX 640
+
+/* The version 1.0 header (magic, version, length, dict, padding to 64 bytes)
+ * for an array of this dtype/shape, into out (NPY_HEADER_MAX bytes): *out_len
+ * gets its length and *data_bytes the size of the data that follows. data is
+ * only checked for NULL when there is data. Returns 0 or -1 with a message. */
+int npy_encode_header(npy_dtype dtype, int32_t rank, const int64_t *shape, const void *data,
+                      unsigned char *out, size_t *out_len, size_t *data_bytes, char *err,
+                      size_t errlen);
 
 /* "float32", "float64", "uint8", "bool" (or "invalid"). */
 const char *npy_dtype_name(npy_dtype dtype);

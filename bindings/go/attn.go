@@ -70,6 +70,23 @@ static attn_status attn_go_execute(attn_plan *plan, attn_tensor *tq, attn_tensor
   return st;
 }
 
+// Run a backward plan on caller memory for the duration of this one call
+// (q, k, v, out, lse, dout, dq, dk, dv).
+static attn_status attn_go_backward_execute(attn_backward_plan *plan, attn_tensor *t0,
+                                            attn_tensor *t1, attn_tensor *t2, attn_tensor *t3,
+                                            attn_tensor *t4, attn_tensor *t5, attn_tensor *t6,
+                                            attn_tensor *t7, attn_tensor *t8, void *p0, void *p1,
+                                            void *p2, void *p3, void *p4, void *p5, void *p6,
+                                            void *p7, void *p8) {
+  attn_tensor *ts[9] = {t0, t1, t2, t3, t4, t5, t6, t7, t8};
+  void *ps[9] = {p0, p1, p2, p3, p4, p5, p6, p7, p8};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 9 && st == ATTN_OK; i++) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_backward_execute(plan, t0, t1, t2, t3, t4, t5, t6, t7, t8, NULL);
+  for (int i = 0; i < 9; i++) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
 // Run an MHA plan on caller memory for the duration of this one call
 // (query, key, value, key_padding_mask, out, weights; NULL handles skipped).
 static attn_status attn_go_mha_execute(attn_mha_plan *plan, attn_tensor *tq, attn_tensor *tk,
@@ -98,6 +115,20 @@ static attn_status attn_go_heads_copy(int merge, attn_context *ctx, attn_tensor 
   attn_tensor_set_data(to, attn_go_placeholder_);
   return st;
 }
+// attn_merge_states on caller memory for the duration of this one call.
+static attn_status attn_go_merge(attn_context *ctx, attn_tensor *ta, attn_tensor *tla,
+                                 attn_tensor *tb, attn_tensor *tlb, attn_tensor *to,
+                                 attn_tensor *tl, void *a, void *la, void *b, void *lb,
+                                 void *o, void *l) {
+  attn_tensor *ts[6] = {ta, tla, tb, tlb, to, tl};
+  void *ps[6] = {a, la, b, lb, o, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 6 && st == ATTN_OK; i++) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_merge_states(ctx, ta, tla, tb, tlb, to, tl);
+  for (int i = 0; i < 6; i++) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
 // Append caller memory to a KV cache for the duration of this one call.
 static attn_status attn_go_kv_append(attn_kvcache *cache, attn_tensor *tk, attn_tensor *tv,
                                      void *k, void *v, const int64_t *counts) {
@@ -120,6 +151,31 @@ static attn_status attn_go_kv_execute(attn_kvcache_plan *plan, attn_tensor *tq, 
   for (int i = 0; i < 3 && st == ATTN_OK; i++)
     if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
   if (st == ATTN_OK) st = attn_kvcache_plan_execute(plan, tq, to, tl, counts);
+  for (int i = 0; i < 3; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+// Append caller memory to a paged cache's sequence for this one call.
+static attn_status attn_go_paged_append(attn_paged_cache *cache, int64_t seq, attn_tensor *tk,
+                                        attn_tensor *tv, void *k, void *v) {
+  attn_status st = attn_tensor_set_data(tk, k);
+  if (st == ATTN_OK) st = attn_tensor_set_data(tv, v);
+  if (st == ATTN_OK) st = attn_paged_append(cache, seq, tk, tv);
+  attn_tensor_set_data(tk, attn_go_placeholder_);
+  attn_tensor_set_data(tv, attn_go_placeholder_);
+  return st;
+}
+
+// Run a paged plan on caller memory for this one call (lse handle may be NULL).
+static attn_status attn_go_paged_execute(attn_paged_plan *plan, int64_t count, const int64_t *seqs,
+                                         attn_tensor *tq, attn_tensor *to, attn_tensor *tl,
+                                         void *q, void *o, void *l, const int64_t *counts) {
+  attn_tensor *ts[3] = {tq, to, tl};
+  void *ps[3] = {q, o, l};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 3 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) st = attn_paged_plan_execute(plan, count, seqs, tq, to, tl, counts);
   for (int i = 0; i < 3; i++)
     if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
   return st;
@@ -199,6 +255,10 @@ const (
 	F32 DType = C.ATTN_DTYPE_F32
 	F64 DType = C.ATTN_DTYPE_F64
 	U8  DType = C.ATTN_DTYPE_U8
+	// BF16 is bfloat16 storage (q, k, v, out): the top 16 bits of a float32.
+	BF16 DType = C.ATTN_DTYPE_BF16
+	// F16 is IEEE binary16 storage (q, k, v, out).
+	F16 DType = C.ATTN_DTYPE_F16
 )
 
 func (d DType) size() int64 {
@@ -209,6 +269,8 @@ func (d DType) size() int64 {
 		return 8
 	case U8:
 		return 1
+	case BF16, F16:
+		return 2
 	}
 	return 0
 }
@@ -584,6 +646,37 @@ func (d *Desc) SetAlibi(slopes []float64) error {
 func (d *Desc) SetSoftcap(c float64) error {
 	return d.done(C.attn_desc_set_softcap(d.p, C.double(c)), "attn_desc_set_softcap")
 }
+
+// SetVarlen: a packed variable-length batch. Sequence s owns rows
+// qOffsets[s]..qOffsets[s+1] of q and kOffsets' rows of k and v (nil: q's);
+// plans then take batch 1 and the totals as S_q, S_k (BSHD(1, T, H, D) is the
+// [T, H, D] layout). The offsets are copied; nil qOffsets clears.
+func (d *Desc) SetVarlen(qOffsets, kOffsets []int64) error {
+	if len(qOffsets) == 0 {
+		return d.done(C.attn_desc_set_varlen(d.p, nil, nil, 0), "attn_desc_set_varlen")
+	}
+	if kOffsets != nil && len(kOffsets) != len(qOffsets) {
+		return &Error{Status: StatusInvalidArg, Func: "attn_desc_set_varlen",
+			Message: fmt.Sprintf("k_offsets: %d offsets, q_offsets has %d", len(kOffsets), len(qOffsets))}
+	}
+	qp, n := cArray(d, qOffsets)
+	kp, _ := cArray(d, kOffsets)
+	return d.done(C.attn_desc_set_varlen(d.p, (*C.int64_t)(qp), (*C.int64_t)(kp), n-1), "attn_desc_set_varlen")
+}
+
+// SetSinks: one sink logit per query head (an extra softmax logit with no value); nil clears.
+func (d *Desc) SetSinks(logits []float64) error {
+	p, n := cArray(d, logits)
+	return d.done(C.attn_desc_set_sinks(d.p, (*C.double)(p), n), "attn_desc_set_sinks")
+}
+
+// SetKeyMass: the per-key attention mass output, a tensor [B, H, S_k] (per
+// head) or [B, H_kv, S_k] (per KV group) written by every execute; nil clears.
+func (d *Desc) SetKeyMass(mass *Tensor) error {
+	d.holdTensors("key_mass", mass)
+	return d.done(C.attn_desc_set_key_mass(d.p, tp(mass)), "attn_desc_set_key_mass")
+}
+
 func (d *Desc) SetGeneralWeight(w *Tensor) error {
 	d.holdTensors("general_weight", w)
 	return d.done(C.attn_desc_set_general_weight(d.p, tp(w)), "attn_desc_set_general_weight")
@@ -799,6 +892,104 @@ func Execute[T Float](pl *Plan, q, k, v, out, weights, lse []T) error {
 	return pl.desc.ctx.check(st, "attn_plan_execute")
 }
 
+var trainNames = [9]string{"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"}
+
+// TrainPlan is a forward plan with an lse output and its backward
+// (attn_backward_plan, backward.h): Forward computes out and lse, Backward
+// the gradients dq, dk, dv of a loss from dout = ∂L/∂out (FlashAttention-2
+// style, deterministic for any thread count, no allocation). Gradients have
+// the layouts of q, k, v; dout the layout of out. Variants exact, longformer,
+// bigbird and block_sparse with the (scaled) dot score; others give
+// StatusUnsupported.
+type TrainPlan struct {
+	fwd     *Plan
+	p       *C.attn_backward_plan
+	handles [9]*handle
+}
+
+// NewTrainPlan makes the forward and backward plans for dims' layouts.
+func NewTrainPlan(desc *Desc, dtype DType, dims Dims) (*TrainPlan, error) {
+	fwd, err := NewPlan(desc, dtype, dims, false, true)
+	if err != nil {
+		return nil, err
+	}
+	tp := &TrainPlan{fwd: fwd}
+	layouts := [9]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout(), dims.LseLayout(),
+		dims.OutLayout(), dims.QLayout(), dims.KLayout(), dims.VLayout()}
+	for i, l := range layouts {
+		h, err := wrap(desc.ctx, dtype, l, C.attn_go_placeholder(), trainNames[i])
+		if err != nil {
+			tp.closeAll()
+			return nil, err
+		}
+		tp.handles[i] = h
+	}
+	st := C.attn_backward_plan_create(fwd.p, tp.handles[5].p, tp.handles[6].p, tp.handles[7].p,
+		tp.handles[8].p, nil, &tp.p)
+	runtime.KeepAlive(fwd)
+	if err := desc.ctx.check(st, "attn_backward_plan_create"); err != nil {
+		tp.closeAll()
+		return nil, err
+	}
+	runtime.SetFinalizer(tp, (*TrainPlan).Close)
+	return tp, nil
+}
+
+func (tp *TrainPlan) closeAll() {
+	if tp.p != nil {
+		C.attn_backward_plan_destroy(tp.p) // before the forward plan it borrows
+		tp.p = nil
+	}
+	for i := range tp.handles {
+		tp.handles[i].destroy()
+		tp.handles[i] = nil
+	}
+	if tp.fwd != nil {
+		tp.fwd.Close()
+		tp.fwd = nil
+	}
+}
+
+// Close destroys the backward plan, then the forward plan.
+func (tp *TrainPlan) Close() { tp.closeAll() }
+
+// WorkspaceSize is the bytes of workspace the backward plan holds.
+func (tp *TrainPlan) WorkspaceSize() int {
+	defer runtime.KeepAlive(tp)
+	return int(C.attn_backward_plan_workspace_size(tp.p))
+}
+
+// Forward computes out and lse for q, k, v.
+func Forward[T Float](tp *TrainPlan, q, k, v, out, lse []T) error {
+	if tp.p == nil {
+		return errClosed("train plan")
+	}
+	return Execute(tp.fwd, q, k, v, out, nil, lse)
+}
+
+// Backward overwrites dq, dk, dv with the gradients, from the forward's
+// inputs, its out and lse, and dout.
+func Backward[T Float](tp *TrainPlan, q, k, v, out, lse, dout, dq, dk, dv []T) error {
+	if tp.p == nil {
+		return errClosed("train plan")
+	}
+	if dt := dtypeOf[T](); dt != tp.fwd.dtype {
+		return &Error{Status: StatusDType, Func: "attn.Backward", Message: fmt.Sprintf("slices have dtype %d, the plan %d", dt, tp.fwd.dtype)}
+	}
+	slices := [9][]T{q, k, v, out, lse, dout, dq, dk, dv}
+	for i, h := range tp.handles {
+		if int64(len(slices[i])) < h.extent {
+			return &Error{Status: StatusShape, Func: "attn.Backward", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", trainNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	hp := func(i int) *C.attn_tensor { return tp.handles[i].p }
+	st := C.attn_go_backward_execute(tp.p, hp(0), hp(1), hp(2), hp(3), hp(4), hp(5), hp(6), hp(7), hp(8),
+		ptrOf(q), ptrOf(k), ptrOf(v), ptrOf(out), ptrOf(lse), ptrOf(dout), ptrOf(dq), ptrOf(dk), ptrOf(dv))
+	runtime.KeepAlive(tp)
+	runtime.KeepAlive(slices)
+	return tp.fwd.desc.ctx.check(st, "attn_backward_execute")
+}
+
 // ExecuteTensors runs the plan on libattn-allocated tensors (weights/lse may be nil).
 func (pl *Plan) ExecuteTensors(q, k, v, out, weights, lse *Tensor) error {
 	if pl.p == nil {
@@ -852,6 +1043,156 @@ func AttentionStats[T Float](desc *Desc, dims Dims, q, k, v, out, weights, lse [
 	}
 	defer pl.Close()
 	return Execute(pl, q, k, v, out, weights, lse)
+}
+
+// Bfloat16 is one bfloat16 value (bits). Computed in float32.
+type Bfloat16 uint16
+
+// Float16 is one IEEE binary16 value (bits). Computed in float32.
+type Float16 uint16
+
+// Half is a 16-bit storage type of q, k, v (and out).
+type Half interface{ Bfloat16 | Float16 }
+
+// ToBfloat16 rounds x to bfloat16 (nearest even; NaN stays a quiet NaN).
+func ToBfloat16(x float32) Bfloat16 {
+	u := math.Float32bits(x)
+	if u&0x7fffffff > 0x7f800000 {
+		return Bfloat16(u>>16 | 0x40)
+	}
+	return Bfloat16((u + 0x7fff + (u>>16)&1) >> 16)
+}
+
+// Float32 is b exactly.
+func (b Bfloat16) Float32() float32 { return math.Float32frombits(uint32(b) << 16) }
+
+// ToFloat16 rounds x to binary16 (nearest even; overflow gives ±inf).
+func ToFloat16(x float32) Float16 {
+	u := math.Float32bits(x)
+	sign := uint16(u>>16) & 0x8000
+	a := u & 0x7fffffff
+	switch {
+	case a > 0x7f800000:
+		return Float16(sign | 0x7e00 | uint16(a>>13)&0x3ff)
+	case a >= 0x477ff000:
+		return Float16(sign | 0x7c00)
+	case a >= 0x38800000:
+		r := a - 0x38000000
+		r += 0xfff + (r>>13)&1
+		return Float16(sign | uint16(r>>13))
+	case a < 0x33000000:
+		return Float16(sign)
+	}
+	e := a >> 23
+	m := a&0x7fffff | 0x800000
+	shift := 126 - e
+	q := m >> shift
+	rem, half := m&(1<<shift-1), uint32(1)<<(shift-1)
+	if rem > half || (rem == half && q&1 == 1) {
+		q++
+	}
+	return Float16(sign | uint16(q))
+}
+
+// Float32 is h exactly.
+func (h Float16) Float32() float32 {
+	sign := float32(1)
+	if h&0x8000 != 0 {
+		sign = -1
+	}
+	e, m := int(h>>10)&0x1f, float32(h&0x3ff)
+	switch e {
+	case 0:
+		return sign * m * float32(math.Ldexp(1, -24))
+	case 31:
+		if m == 0 {
+			return sign * float32(math.Inf(1))
+		}
+		return float32(math.NaN())
+	}
+	return sign * (1024 + m) * float32(math.Ldexp(1, e-25))
+}
+
+func halfDType[T Half]() DType {
+	var z T
+	if _, ok := any(z).(Bfloat16); ok {
+		return BF16
+	}
+	return F16
+}
+
+func ptrOfAny[T any](xs []T) unsafe.Pointer {
+	if len(xs) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&xs[0])
+}
+
+// attentionHalf: one plan over q, k, v of dtype dt, out of odt, f32 lse.
+func attentionHalf(desc *Desc, dims Dims, dt, odt DType, q, k, v, out unsafe.Pointer,
+	lens [4]int, lse []float32) error {
+	if desc.p == nil {
+		return errClosed("desc")
+	}
+	layouts := [5]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout(), dims.LseLayout()}
+	dts := [5]DType{dt, dt, dt, odt, F32}
+	var hs [5]*handle
+	defer func() {
+		for _, h := range hs {
+			h.destroy()
+		}
+	}()
+	var cp [6]*C.attn_tensor
+	for i := 0; i < 5; i++ {
+		if i == 4 && lse == nil {
+			break
+		}
+		h, err := wrap(desc.ctx, dts[i], layouts[i], C.attn_go_placeholder(), operandNames[[5]int{0, 1, 2, 3, 5}[i]])
+		if err != nil {
+			return err
+		}
+		hs[i] = h
+		n := int64(len(lse))
+		if i < 4 {
+			n = int64(lens[i])
+		}
+		if n < h.extent {
+			return &Error{Status: StatusShape, Func: "attn.AttentionHalf", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", operandNames[[5]int{0, 1, 2, 3, 5}[i]], n, h.extent)}
+		}
+		cp[[5]int{0, 1, 2, 3, 5}[i]] = h.p
+	}
+	var p *C.attn_plan
+	st := C.attn_plan_create(desc.ctx.p, desc.p, cp[0], cp[1], cp[2], cp[3], nil, cp[5], &p)
+	if err := desc.ctx.check(st, "attn_plan_create"); err != nil {
+		return err
+	}
+	defer C.attn_plan_destroy(p)
+	st = C.attn_go_execute(p, cp[0], cp[1], cp[2], cp[3], nil, cp[5], q, k, v, out, nil, ptrOfAny(lse))
+	runtime.KeepAlive(desc)
+	return desc.ctx.check(st, "attn_plan_execute")
+}
+
+// AttentionHalf is one-shot attention on 16-bit q, k, v (Bfloat16 or
+// Float16) into out of the same type, in dims' layouts; lse (float32
+// [B,H,S_q]) may be nil. Accumulation is float32 (bounds in attn.h).
+func AttentionHalf[T Half](desc *Desc, dims Dims, q, k, v, out []T, lse []float32) error {
+	dt := halfDType[T]()
+	err := attentionHalf(desc, dims, dt, dt, ptrOfAny(q), ptrOfAny(k), ptrOfAny(v), ptrOfAny(out),
+		[4]int{len(q), len(k), len(v), len(out)}, lse)
+	runtime.KeepAlive([][]T{q, k, v, out})
+	runtime.KeepAlive(lse)
+	return err
+}
+
+// AttentionHalfF32 is AttentionHalf writing a float32 out.
+func AttentionHalfF32[T Half](desc *Desc, dims Dims, q, k, v []T, out, lse []float32) error {
+	dt := halfDType[T]()
+	err := attentionHalf(desc, dims, dt, F32, ptrOfAny(q), ptrOfAny(k), ptrOfAny(v), ptrOfAny(out),
+		[4]int{len(q), len(k), len(v), len(out)}, lse)
+	runtime.KeepAlive([][]T{q, k, v})
+	runtime.KeepAlive(out)
+	runtime.KeepAlive(lse)
+	return err
 }
 
 // ---------------------------------------------------------------------------
@@ -938,6 +1279,40 @@ func HeadsSplit[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) err
 // HeadsMerge (attn_heads_merge) copies x [B, H, S, D] into out [B, S, H·D] (any strides).
 func HeadsMerge[T Float](ctx *Context, x []T, xl Layout, out []T, ol Layout) error {
 	return headsCopy(1, "attn_heads_merge", ctx, x, xl, out, ol)
+}
+
+// MergeStates (attn_merge_states) merges attention results of the same
+// queries over two disjoint key sets, (outA, lseA) and (outB, lseB), into the
+// union's (out, lse). The outs share layout ol ([B, H, S, d_v], any strides)
+// and the lses ll ([B, H, S]). out may be outA or outB and lse lseA or lseB
+// (in place). A side with lse -Inf kept no key (its out is not read); both
+// -Inf give 0 and -Inf.
+func MergeStates[T Float](ctx *Context, outA, lseA, outB, lseB, out, lse []T, ol, ll Layout) error {
+	const fn = "attn_merge_states"
+	dt := dtypeOf[T]()
+	names := [6]string{"out_a", "lse_a", "out_b", "lse_b", "out", "lse"}
+	slices := [6][]T{outA, lseA, outB, lseB, out, lse}
+	var hs [6]*handle
+	for i := range hs {
+		l := ol
+		if i%2 == 1 {
+			l = ll
+		}
+		h, err := wrap(ctx, dt, l, C.attn_go_placeholder(), names[i])
+		if err != nil {
+			return err
+		}
+		defer h.destroy()
+		if int64(len(slices[i])) < h.extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", names[i], len(slices[i]), h.extent)}
+		}
+		hs[i] = h
+	}
+	st := C.attn_go_merge(ctx.p, hs[0].p, hs[1].p, hs[2].p, hs[3].p, hs[4].p, hs[5].p,
+		ptrOf(outA), ptrOf(lseA), ptrOf(outB), ptrOf(lseB), ptrOf(out), ptrOf(lse))
+	runtime.KeepAlive(ctx)
+	runtime.KeepAlive(slices)
+	return ctx.check(st, fn)
 }
 
 // MhaConfig is attn_mha_config. Start from NewMhaConfig (the library's defaults).
@@ -1441,6 +1816,17 @@ func (c *KVCache) Truncate(lengths []int64) error {
 	return c.ctx.check(st, "attn_kvcache_truncate")
 }
 
+// SetKeepFirst: a ring cache keeps positions 0..n-1 for good (StreamingLLM's
+// sink tokens), besides its last capacity positions. Call on an empty cache.
+func (c *KVCache) SetKeepFirst(n int64) error {
+	if err := c.open(); err != nil {
+		return err
+	}
+	st := C.attn_kvcache_set_keep_first(c.p, C.int64_t(n))
+	runtime.KeepAlive(c)
+	return c.ctx.check(st, "attn_kvcache_set_keep_first")
+}
+
 // Reset empties the cache.
 func (c *KVCache) Reset() error { return c.Truncate(make([]int64, c.cfg.Batch)) }
 
@@ -1749,4 +2135,321 @@ func KVExecute[T Float](pl *KVPlan, q, out, lse []T, queryCounts []int64) error 
 	runtime.KeepAlive(slices)
 	runtime.KeepAlive(queryCounts)
 	return pl.cache.ctx.check(st, fn)
+}
+
+// ---------------------------------------------------------------------------
+// Paged KV cache (paged.h)
+
+// PagedConfig is attn_paged_config. Start from NewPagedConfig.
+type PagedConfig struct {
+	HeadsKV, DK, DV      int64 // DV 0 = DK
+	BlockSize, NumBlocks int64
+	MaxSeqs, MaxSeqLen   int64 // MaxSeqLen 0 = NumBlocks·BlockSize
+	DType                DType
+	Storage              KVStorage
+}
+
+// NewPagedConfig is attn_paged_config_init's defaults with num_blocks and d_k set.
+func NewPagedConfig(numBlocks, dk int64) PagedConfig {
+	var c C.attn_paged_config
+	C.attn_paged_config_init(&c)
+	return PagedConfig{HeadsKV: int64(c.heads_kv), DK: dk, BlockSize: int64(c.block_size),
+		NumBlocks: numBlocks, MaxSeqs: int64(c.max_seqs), DType: DType(c.dtype), Storage: KVStorage(c.storage)}
+}
+
+// PagedCache is attn_paged_cache: a pool of fixed-size blocks shared by many
+// sequences, each with its own block table; forks share blocks
+// (copy-on-write). Its mutating methods (CreateSeq, FreeSeq, Fork, Append,
+// Truncate) take the cache's own lock, so goroutines may call them
+// concurrently; plans (one per goroutine, each on its own Context) read
+// without it. Mutating a sequence that a running Execute reads is the
+// caller's race to avoid (see paged.h).
+type PagedCache struct {
+	ctx    *Context
+	p      *C.attn_paged_cache
+	cfg    PagedConfig
+	mu     sync.Mutex // serialises mutations (paged.h) and guards refs/closed
+	refs   int
+	closed bool
+}
+
+// NewPagedCache makes an empty pool.
+func NewPagedCache(ctx *Context, cfg PagedConfig) (*PagedCache, error) {
+	var c C.attn_paged_config
+	C.attn_paged_config_init(&c)
+	c.heads_kv, c.d_k, c.d_v = C.int64_t(cfg.HeadsKV), C.int64_t(cfg.DK), C.int64_t(cfg.DV)
+	c.block_size, c.num_blocks = C.int64_t(cfg.BlockSize), C.int64_t(cfg.NumBlocks)
+	c.max_seqs, c.max_seq_len = C.int64_t(cfg.MaxSeqs), C.int64_t(cfg.MaxSeqLen)
+	c.dtype, c.storage = C.attn_dtype(cfg.DType), C.attn_kvcache_storage(cfg.Storage)
+	var p *C.attn_paged_cache
+	st := C.attn_paged_create(ctx.p, &c, &p)
+	runtime.KeepAlive(ctx)
+	if err := ctx.check(st, "attn_paged_create"); err != nil {
+		return nil, err
+	}
+	if cfg.DV == 0 {
+		cfg.DV = cfg.DK
+	}
+	pc := &PagedCache{ctx: ctx, p: p, cfg: cfg, refs: 1}
+	runtime.SetFinalizer(pc, (*PagedCache).Close)
+	return pc, nil
+}
+
+// Config is the configuration (DV resolved).
+func (c *PagedCache) Config() PagedConfig { return c.cfg }
+
+func (c *PagedCache) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refs--; c.refs == 0 {
+		C.attn_paged_destroy(c.p)
+		c.p = nil
+	}
+}
+
+// Close releases the cache (freed once its plans are closed too).
+func (c *PagedCache) Close() {
+	c.mu.Lock()
+	already := c.closed
+	c.closed = true
+	c.mu.Unlock()
+	if !already {
+		runtime.SetFinalizer(c, nil)
+		c.release()
+	}
+}
+
+// locked runs f under the cache's lock if the cache is open.
+func (c *PagedCache) locked(f func() C.attn_status, fn string) error {
+	c.mu.Lock()
+	if c.p == nil || c.closed {
+		c.mu.Unlock()
+		return errClosed("paged cache")
+	}
+	st := f()
+	err := c.ctx.check(st, fn) // the message is on the cache's context: read it under the lock
+	c.mu.Unlock()
+	runtime.KeepAlive(c)
+	return err
+}
+
+// CreateSeq starts an empty sequence and returns its id.
+func (c *PagedCache) CreateSeq() (int64, error) {
+	var s C.int64_t = -1
+	err := c.locked(func() C.attn_status { return C.attn_paged_seq_create(c.p, &s) }, "attn_paged_seq_create")
+	return int64(s), err
+}
+
+// FreeSeq frees a sequence (its blocks lose a reference).
+func (c *PagedCache) FreeSeq(seq int64) error {
+	return c.locked(func() C.attn_status { return C.attn_paged_seq_free(c.p, C.int64_t(seq)) }, "attn_paged_seq_free")
+}
+
+// Fork makes a new sequence sharing every block of src and returns its id.
+func (c *PagedCache) Fork(src int64) (int64, error) {
+	var s C.int64_t = -1
+	err := c.locked(func() C.attn_status { return C.attn_paged_fork(c.p, C.int64_t(src), &s) }, "attn_paged_fork")
+	return int64(s), err
+}
+
+// Truncate rolls seq back to length positions.
+func (c *PagedCache) Truncate(seq, length int64) error {
+	return c.locked(func() C.attn_status { return C.attn_paged_truncate(c.p, C.int64_t(seq), C.int64_t(length)) }, "attn_paged_truncate")
+}
+
+// Length is seq's length (-1 if the id is not live).
+func (c *PagedCache) Length(seq int64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_seq_length(c.p, C.int64_t(seq)))
+}
+
+// BlockTable is seq's block ids in position order.
+func (c *PagedCache) BlockTable(seq int64) ([]int64, error) {
+	n := c.Length(seq)
+	if n < 0 {
+		n = 0
+	}
+	ids := make([]int64, (n+c.cfg.BlockSize-1)/c.cfg.BlockSize+1)
+	var count C.int64_t
+	err := c.locked(func() C.attn_status {
+		return C.attn_paged_block_table(c.p, C.int64_t(seq), (*C.int64_t)(unsafe.Pointer(&ids[0])), C.int64_t(len(ids)), &count)
+	}, "attn_paged_block_table")
+	if err != nil {
+		return nil, err
+	}
+	return ids[:count], nil
+}
+
+// FreeBlocks is the number of free blocks.
+func (c *PagedCache) FreeBlocks() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_free_blocks(c.p))
+}
+
+// NumSeqs is the number of live sequences.
+func (c *PagedCache) NumSeqs() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int64(C.attn_paged_num_seqs(c.p))
+}
+
+// MemoryUsed is the bytes of blocks in use (shared blocks once).
+func (c *PagedCache) MemoryUsed() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(C.attn_paged_memory_used(c.p))
+}
+
+// MemorySize is the bytes the cache holds.
+func (c *PagedCache) MemorySize() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return int(C.attn_paged_memory_size(c.p))
+}
+
+// PagedAppend appends contiguous kNew [H_kv, n, d_k], vNew [H_kv, n, d_v]
+// to sequence seq (copied into the cache).
+func PagedAppend[T Float](c *PagedCache, seq int64, kNew, vNew []T, n int64) error {
+	const fn = "attn_paged_append"
+	if dt := dtypeOf[T](); dt != c.cfg.DType {
+		return &Error{Status: StatusDType, Func: "attn.PagedAppend", Message: fmt.Sprintf("slices of dtype %d, the cache has %d", dt, c.cfg.DType)}
+	}
+	hk, err := wrap(c.ctx, c.cfg.DType, Contiguous(c.cfg.HeadsKV, n, c.cfg.DK), C.attn_go_placeholder(), "k_new")
+	if err != nil {
+		return err
+	}
+	defer hk.destroy()
+	hv, err := wrap(c.ctx, c.cfg.DType, Contiguous(c.cfg.HeadsKV, n, c.cfg.DV), C.attn_go_placeholder(), "v_new")
+	if err != nil {
+		return err
+	}
+	defer hv.destroy()
+	if int64(len(kNew)) < hk.extent || int64(len(vNew)) < hv.extent {
+		return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("k_new/v_new: %d/%d elements, the layouts need %d/%d", len(kNew), len(vNew), hk.extent, hv.extent)}
+	}
+	err = c.locked(func() C.attn_status {
+		return C.attn_go_paged_append(c.p, C.int64_t(seq), hk.p, hv.p, ptrOf(kNew), ptrOf(vNew))
+	}, fn)
+	runtime.KeepAlive(kNew)
+	runtime.KeepAlive(vNew)
+	return err
+}
+
+// PagedPlan is attn_paged_plan: a ragged batch of up to N sequences' new
+// queries against a PagedCache, on its own Context.
+type PagedPlan struct {
+	cache   *PagedCache
+	ctx     *Context
+	keep    *borrowed
+	p       *C.attn_paged_plan
+	handles [3]*handle
+	dt      DType
+}
+
+// NewPagedPlan plans up to `rows` sequences of n queries of `heads` heads in
+// contiguous q [rows, H, n, d_k], out [rows, H, n, d_v] (and lse [rows, H, n]
+// when lse) on context ctx (one per goroutine).
+func NewPagedPlan(ctx *Context, c *PagedCache, desc *Desc, rows, heads, n int64, lse bool) (*PagedPlan, error) {
+	const fn = "attn_paged_plan_create"
+	if desc == nil || desc.p == nil {
+		return nil, &Error{Status: StatusNullArg, Func: fn, Message: "desc: nil or closed"}
+	}
+	c.mu.Lock()
+	if c.p == nil || c.closed {
+		c.mu.Unlock()
+		return nil, errClosed("paged cache")
+	}
+	c.refs++
+	c.mu.Unlock()
+	pl := &PagedPlan{cache: c, ctx: ctx, keep: desc.keep, dt: c.cfg.DType}
+	layouts := [3]Layout{Contiguous(rows, heads, n, c.cfg.DK), Contiguous(rows, heads, n, c.cfg.DV), Contiguous(rows, heads, n)}
+	var cp [3]*C.attn_tensor
+	for i := range layouts {
+		if i == 2 && !lse {
+			continue
+		}
+		h, err := wrap(ctx, c.cfg.DType, layouts[i], C.attn_go_placeholder(), kvNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			c.release()
+			return nil, err
+		}
+		pl.handles[i] = h
+		cp[i] = h.p
+	}
+	st := C.attn_paged_plan_create(ctx.p, c.p, desc.p, cp[0], cp[1], cp[2], &pl.p)
+	runtime.KeepAlive(desc)
+	if err := ctx.check(st, fn); err != nil {
+		pl.destroyHandles()
+		c.release()
+		return nil, err
+	}
+	pl.keep.acquire()
+	runtime.SetFinalizer(pl, (*PagedPlan).Close)
+	return pl, nil
+}
+
+func (pl *PagedPlan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+}
+
+// Close destroys the plan.
+func (pl *PagedPlan) Close() {
+	if pl.p != nil {
+		C.attn_paged_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		pl.keep.release()
+		pl.cache.release()
+	}
+}
+
+// PagedExecute attends rows 0..len(seqs)-1 of q (the plan's full shape) to
+// sequences seqs, writing out (and lse: nil exactly when the plan has none).
+// queryCounts: one per row, nil = n each. On error nothing is written.
+func PagedExecute[T Float](pl *PagedPlan, seqs []int64, q, out, lse []T, queryCounts []int64) error {
+	const fn = "attn_paged_plan_execute"
+	if pl.p == nil {
+		return errClosed("paged plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.dt {
+		return &Error{Status: StatusDType, Func: "attn.PagedExecute", Message: fmt.Sprintf("slices have dtype %d, the cache %d", dt, pl.dt)}
+	}
+	slices := [3][]T{q, out, lse}
+	for i, h := range pl.handles {
+		switch {
+		case h == nil && slices[i] != nil:
+			return &Error{Status: StatusMismatch, Func: "attn.PagedExecute", Message: kvNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && slices[i] == nil:
+			return &Error{Status: StatusMismatch, Func: "attn.PagedExecute", Message: kvNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && int64(len(slices[i])) < h.extent:
+			return &Error{Status: StatusShape, Func: "attn.PagedExecute", Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", kvNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	if queryCounts != nil && len(queryCounts) != len(seqs) {
+		return &Error{Status: StatusInvalidArg, Func: fn, Message: fmt.Sprintf("query_counts: %d values for %d rows", len(queryCounts), len(seqs))}
+	}
+	var sp, cp *C.int64_t
+	if len(seqs) > 0 {
+		sp = (*C.int64_t)(unsafe.Pointer(&seqs[0]))
+	}
+	if queryCounts != nil && len(queryCounts) > 0 {
+		cp = (*C.int64_t)(unsafe.Pointer(&queryCounts[0]))
+	}
+	var tl *C.attn_tensor
+	if pl.handles[2] != nil {
+		tl = pl.handles[2].p
+	}
+	st := C.attn_go_paged_execute(pl.p, C.int64_t(len(seqs)), sp, pl.handles[0].p, pl.handles[1].p, tl,
+		ptrOf(q), ptrOf(out), ptrOf(lse), cp)
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(slices)
+	runtime.KeepAlive(seqs)
+	runtime.KeepAlive(queryCounts)
+	return pl.ctx.check(st, fn)
 }

@@ -759,3 +759,84 @@ func TestVariantLinformerIsExactAttentionOnProjections(t *testing.T) {
 	want, _, bound := reference(pd, q, proj(ef[0].Float64(), k), proj(ef[1].Float64(), v), refOpts{})
 	assertClose(t, "linformer out", out, want, bound, 1e-12, 1e-13)
 }
+
+// TestHalfMatchesReferenceOnRoundedInputs: Bfloat16 and Float16 q, k, v
+// against the float64 reference on the same rounded inputs, within attn.h's
+// bounds (bf16: 2·2⁻⁸·Σ p|v|; f16: 2⁻¹¹·Σ p|v|); a float32 out; a bad
+// combination is StatusDType.
+func TestHalfMatchesReferenceOnRoundedInputs(t *testing.T) {
+	ctx := newCtx(t)
+	desc := newDesc(t, ctx)
+	if err := desc.SetCausal(CausalTopLeft); err != nil {
+		t.Fatal(err)
+	}
+	dims := Dims{Batch: 2, Heads: 4, KVHeads: 2, SeqQ: 11, SeqK: 19, HeadDim: 16}
+	r := rng(15)
+	q, k, v := r.vec(dims.QLen()), r.vec(dims.KLen()), r.vec(dims.VLen())
+	for i := range q {
+		q[i] *= 3
+	}
+	bf := func(x []float64) ([]Bfloat16, []float64) {
+		h, f := make([]Bfloat16, len(x)), make([]float64, len(x))
+		for i := range x {
+			h[i] = ToBfloat16(float32(x[i]))
+			f[i] = float64(h[i].Float32())
+		}
+		return h, f
+	}
+	hf := func(x []float64) ([]Float16, []float64) {
+		h, f := make([]Float16, len(x)), make([]float64, len(x))
+		for i := range x {
+			h[i] = ToFloat16(float32(x[i]))
+			f[i] = float64(h[i].Float32())
+		}
+		return h, f
+	}
+	qb, qbf := bf(q)
+	kb, kbf := bf(k)
+	vb, vbf := bf(v)
+	want, _, bound := reference(dims, qbf, kbf, vbf, refOpts{causal: CausalTopLeft})
+	out := make([]Bfloat16, dims.OutLen())
+	lse := make([]float32, dims.LseLen())
+	if err := AttentionHalf(desc, dims, qb, kb, vb, out, lse); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]float32, len(out))
+	for i := range out {
+		got[i] = out[i].Float32()
+	}
+	assertClose(t, "bf16 out", logical(dims, got), want, bound, 2.0/256, 1e-6)
+	o32 := make([]float32, dims.OutLen())
+	if err := AttentionHalfF32(desc, dims, qb, kb, vb, o32, nil); err != nil {
+		t.Fatal(err)
+	}
+	assertClose(t, "bf16->f32 out", logical(dims, o32), want, bound, 2.0/256, 1e-6)
+
+	qh, qhf := hf(q)
+	kh, khf := hf(k)
+	vh, vhf := hf(v)
+	want, _, bound = reference(dims, qhf, khf, vhf, refOpts{causal: CausalTopLeft})
+	outh := make([]Float16, dims.OutLen())
+	if err := AttentionHalf(desc, dims, qh, kh, vh, outh, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range outh {
+		got[i] = outh[i].Float32()
+	}
+	assertClose(t, "f16 out", logical(dims, got), want, bound, 1.0/2048, 1e-6)
+
+	// A too-short slice is caught before C; an additive-score plan is unsupported.
+	if err := AttentionHalf(desc, dims, qb[:3], kb, vb, out, nil); err == nil || err.(*Error).Status != StatusShape {
+		t.Fatalf("short q: %v", err)
+	}
+	if err := desc.SetScore(ScoreGeneral); err != nil {
+		t.Fatal(err)
+	}
+	err := AttentionHalf(desc, dims, qb, kb, vb, out, nil)
+	if err == nil || err.(*Error).Status != StatusUnsupported && err.(*Error).Status != StatusNullArg {
+		t.Fatalf("general score in bf16: %v", err)
+	}
+	if ToBfloat16(1.00390625) != 0x3f80 || ToFloat16(65520) != 0x7c00 || ToFloat16(5.960464477539063e-8) != 1 {
+		t.Fatal("converters round wrongly")
+	}
+}

@@ -153,6 +153,26 @@ ATTN_API void attn_context_destroy(attn_context *ctx);
  *  @since 0.1.0 */
 ATTN_API const char *attn_context_last_error(const attn_context *ctx);
 
+/** Set how long @p ctx's idle worker threads spin (burning a core) before
+ *  they sleep, which decides what a call pays to wake them (≈ 50 µs here).
+ *  @param ctx the context (not computing at the moment)
+ *  @param spin_us
+ *   - 0 (the default, unless $ATTN_SPIN_US gives another at context
+ *     creation): adaptive — spin to cover the gap between the last two calls
+ *     when it is under 2.5 ms (at least 50 µs, at most 5 ms), else 50 µs. A
+ *     control loop calling every few ms finds its workers awake (and pays a
+ *     core's worth of spinning between calls); servers with back-to-back
+ *     calls and occasional callers spin ≤ 50 µs after each call.
+ *   - 1..1000000: spin exactly that many µs (e.g. a little more than a control
+ *     loop's period).
+ *   - −1: never spin; sleep at once (shared machines, batch jobs).
+ *  Calls too small to pay for waking the workers run on the calling thread
+ *  alone whatever the policy. Results never depend on it. Takes effect at the
+ *  next call; not to be called while @p ctx computes.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (outside
+ *          −1..1000000). @since 0.2.0 */
+ATTN_API attn_status attn_context_set_spin(attn_context *ctx, int32_t spin_us);
+
 /** Number of threads compute calls on @p ctx use (≥ 1; 0 for NULL). @since 0.1.0 */
 ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
 
@@ -166,7 +186,15 @@ ATTN_API int32_t attn_context_num_threads(const attn_context *ctx);
 typedef enum attn_dtype {
   ATTN_DTYPE_F32 = 1, /**< IEEE float */
   ATTN_DTYPE_F64 = 2, /**< IEEE double */
-  ATTN_DTYPE_U8 = 3   /**< uint8_t: boolean masks and block layouts only */
+  ATTN_DTYPE_U8 = 3,  /**< uint8_t: boolean masks and block layouts only */
+  /** bfloat16 (the top 16 bits of an IEEE float: 8-bit significand, f32's
+   *  range), as uint16_t. A storage type for q, k, v and out of exact,
+   *  Longformer, BigBird and block-sparse plans (dot / scaled-dot scores);
+   *  computed in f32 (see attn_plan_create()). @since 0.2.0 */
+  ATTN_DTYPE_BF16 = 4,
+  /** IEEE binary16 (11-bit significand, max 65504), as uint16_t; the same
+   *  uses as ATTN_DTYPE_BF16. @since 0.2.0 */
+  ATTN_DTYPE_F16 = 5
 } attn_dtype;
 
 /** Largest tensor rank. */
@@ -391,6 +419,87 @@ ATTN_API attn_status attn_desc_set_additive_weights(attn_desc *desc, const attn_
                                                     const attn_tensor *bias,
                                                     const attn_tensor *v);
 
+/** Packed variable-length batch (FlashAttention's cu_seqlens): q, k, v, out
+ *  (and weights, lse) hold @p n_seqs sequences one after another along the
+ *  token dim, and each sequence attends only to its own keys.
+ *
+ *  Tensors keep rank 4 with batch dim 1: q [1, H, T_q, d_q], k/v
+ *  [1, H_kv, T_k, ·], out [1, H, T_q, d_v], lse [1, H, T_q], weights
+ *  [1, H, T_q, T_k] (block diagonal: 0 outside a row's own sequence). The
+ *  usual packed layout [T, H, d] is the same memory seen through strides:
+ *  shape [1, H, T, d], strides [T·H·d, d, H·d, 1] (any strides work).
+ *  Sequence s owns query rows q_offsets[s] .. q_offsets[s+1]−1 and key rows
+ *  k_offsets[s] .. k_offsets[s+1]−1. Within a sequence everything is as for
+ *  a batch item of those lengths: causal in both alignments (BOTTOM_RIGHT
+ *  aligns each sequence's last query with its last key), window, ALiBi
+ *  (distances within the sequence), softcap, GQA, sinks, the per-key mass.
+ *  A sequence with no keys gives out 0 and lse −inf on its rows; one with no
+ *  queries writes nothing but its keys' mass (0).
+ *
+ *  Rules: offsets[0] = 0, offsets never decrease, offsets[n_seqs] = the
+ *  total (T_q for q_offsets, T_k for k_offsets; checked at plan creation
+ *  and, since the arrays are borrowed and may change between executes, at
+ *  every execute, before anything is written). Plans of
+ *  ATTN_VARIANT_EXACT only; not with key/query lengths, bool/additive masks
+ *  or ATTN_SCORE_ADDITIVE (ATTN_ERR_UNSUPPORTED naming the option). Cost:
+ *  the sum of the sequences' own tiles, no padding.
+ *
+ *  @param desc       the descriptor
+ *  @param q_offsets  [n_seqs + 1] query offsets (borrowed)
+ *  @param k_offsets  [n_seqs + 1] key offsets (borrowed), or NULL: the
+ *                    query offsets (self-attention)
+ *  @param n_seqs     number of sequences ≥ 1; 0 (with NULL offsets) clears
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, q_offsets), ATTN_ERR_INVALID_ARG
+ *          (n_seqs < 0, offsets[0] ≠ 0, decreasing offsets, naming
+ *          "q_offsets"/"k_offsets"; the descriptor is unchanged). Plan
+ *          creation: ATTN_ERR_SHAPE (batch dim ≠ 1), ATTN_ERR_INVALID_ARG (last
+ *          offset ≠ the total, naming the array), ATTN_ERR_UNSUPPORTED.
+ *          Execute: ATTN_ERR_INVALID_ARG as above. @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_varlen(attn_desc *desc, const int64_t *q_offsets,
+                                          const int64_t *k_offsets, int64_t n_seqs);
+
+/** Attention sinks (gpt-oss): one learned logit per query head that joins
+ *  the softmax denominator and carries no value:
+ *  p_ij = e^{s_ij} / (e^{sink_h} + Σ_kept e^{s_ij}), out_i = Σ_j p_ij v_j,
+ *  lse_i = log(e^{sink_h} + Σ_kept e^{s_ij}) (includes the sink). A row that
+ *  keeps no key gives out 0 and lse = sink_h. −inf is no sink for that head.
+ *  Weights and the per-key mass are the p_ij above (rows sum to < 1).
+ *  Exact, Longformer, BigBird and block-sparse plans, and the KV cache
+ *  (attn_kvcache_plan_create()). Borrowed: re-checked at every execute.
+ *  @param desc    the descriptor
+ *  @param logits  [count] sink logits, one per query head (borrowed), or NULL to clear
+ *  @param count   H at plan time (ATTN_ERR_SHAPE naming "sinks" otherwise); 0 with NULL
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc, or logits NULL with count > 0),
+ *          ATTN_ERR_INVALID_ARG (count < 0, logits with count 0, a NaN or +inf
+ *          logit — also at execute, and above the f32 range for f32 plans —
+ *          naming "sinks"; the descriptor is unchanged). @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, int64_t count);
+
+/** Per-key attention mass as an extra output (H2O / SnapKV eviction):
+ *  mass[b, h, j] = Σ_i p_ij over the query rows of (b, h), or, when the
+ *  tensor's head dim is H_kv (≠ H), mass[b, g, j] = Σ_{h in KV group g} Σ_i
+ *  p_ij. Accumulated inside the kernel's tiles from the final lse (the S_q×S_k
+ *  weights are never formed), deterministic for any thread count. Keys no
+ *  query keeps get 0. Plans of ATTN_VARIANT_EXACT (every mask, packed batches:
+ *  shape [1, ·, T_k]), of the sparse variants (Longformer, BigBird,
+ *  block-sparse), and KV-cache decode steps (attn_kvcache_plan_create(): at
+ *  most 16 queries, shape [B, H or H_kv, capacity], key j = the j-th oldest
+ *  stored position).
+ *
+ *  The tensor is borrowed and written at every execute (its data may change
+ *  between executes, its shape not): rank 3, the plan's dtype, shape
+ *  [B, H, S_k] or [B, H_kv, S_k], key dim contiguous, no overlapping elements.
+ *  With the mass on, one task runs all query blocks of a (batch item, KV
+ *  head), so B·H_kv bounds the parallelism, and each thread keeps a block's
+ *  scores (~4M elements).
+ *  @param desc  the descriptor
+ *  @param mass  the output tensor, or NULL to clear
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 3). Plan
+ *          creation names "mass": ATTN_ERR_DTYPE, ATTN_ERR_SHAPE, ATTN_ERR_LAYOUT,
+ *          ATTN_ERR_UNSUPPORTED (Swin, linear, Performer, Linformer). Execute: ATTN_ERR_NULL_ARG
+ *          (its data NULL). @since 0.2.0 */
+ATTN_API attn_status attn_desc_set_key_mass(attn_desc *desc, attn_tensor *mass);
+
 /** @} */
 
 /* ------------------------------------------------------------------------- */
@@ -403,7 +512,24 @@ typedef struct attn_plan attn_plan;
 
 /** Validate and prepare attention for these tensors.
  *
- *  Shapes (all rank 4, one dtype F32 or F64 for q, k, v, out, weights, lse):
+ *  Dtypes: q, k, v, out, weights and lse all F32 or all F64; or 16-bit
+ *  inputs (since 0.2.0): q, k and v all ATTN_DTYPE_BF16 or all ATTN_DTYPE_F16,
+ *  out the same 16-bit type or F32, weights and lse F32, an additive mask
+ *  F32 (the compute type). 16-bit plans compute in f32: scores and the
+ *  online softmax in f32; bf16 products run on the CPU's bf16 units (AMX
+ *  tiles, else AVX512_BF16 dot products, with the probabilities P rounded
+ *  to bf16 for P·V; else widened to f32) (f16 is widened
+ *  exactly to f32 and uses the f32 path); the unit is chosen from the CPU
+ *  alone, never the thread count; the result is
+ *  rounded once to out's dtype. Error of a bf16 plan against f64 attention
+ *  on the same (bf16) inputs: |out − ref| ≤ 2·2⁻⁸·Σ_j p_ij·|v_j| per
+ *  element (P rounding plus the output rounding); f16: the f32 bounds plus
+ *  the output rounding (2⁻¹¹·|out|). 16-bit plans accept the dot and
+ *  scaled-dot scores and the exact, Longformer, BigBird and block-sparse
+ *  variants (others: ATTN_ERR_UNSUPPORTED); any other dtype combination
+ *  gives ATTN_ERR_DTYPE naming both tensors.
+ *
+ *  Shapes (all rank 4):
  *   - q:   [B, H,    S_q, d_q]
  *   - k:   [B, H_kv, S_k, d_k]   (d_k = d_q except for ATTN_SCORE_GENERAL/ADDITIVE)
  *   - v:   [B, H_kv, S_k, d_v]   H_kv divides H (GQA; H_kv = 1 is MQA)
@@ -489,6 +615,51 @@ ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, cons
 
 /** @} */
 
+/* ------------------------------------------------------------------------- */
+/** @defgroup merge Merging partial results
+ *  @{ */
+
+/** Merge two attention results for the same queries over disjoint key sets
+ *  into the result over their union (split-KV decoding, sequence
+ *  parallelism: libattn_mpi's ring passes its partial results through this).
+ *
+ *  Per query row, with m = max(lse_a, lse_b):
+ *    out = (e^{lse_a − m}·out_a + e^{lse_b − m}·out_b) / (e^{lse_a − m} + e^{lse_b − m}),
+ *    lse = m + log(e^{lse_a − m} + e^{lse_b − m}),
+ *  numerically stable for any spread of the two lse. A side with lse −inf
+ *  kept no key: its out row is not read (it may hold anything) and the
+ *  other side is copied exactly; both −inf gives out 0 and lse −inf.
+ *
+ *  @param ctx    receives the error message; the call runs on the calling
+ *                thread (O(B·H·S·d_v), memory-bound) and allocates nothing.
+ *  @param out_a  [B, H, S, d_v], f32 or f64, any strides (0 broadcasts)
+ *  @param lse_a  [B, H, S], out_a's dtype, any strides: the log-sum-exp of
+ *                out_a's kept scores (the lse output of a plan); each value
+ *                finite or −inf
+ *  @param out_b  like out_a, over the other keys
+ *  @param lse_b  like lse_a, for out_b
+ *  @param out    [B, H, S, d_v], out_a's dtype, any strides giving every
+ *                element its own memory. In place: out may be out_a or out_b
+ *                (the same data and strides); otherwise it must not overlap
+ *                any argument.
+ *  @param lse    [B, H, S] or NULL (not written): the union's log-sum-exp.
+ *                May be lse_a or lse_b; otherwise apart from every argument.
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG (ctx, a tensor other than lse);
+ *          ATTN_ERR_SHAPE (a rank or shape differs from out_a's [B, H, S, d_v]);
+ *          ATTN_ERR_DTYPE (not f32/f64, or dtypes differ);
+ *          ATTN_ERR_LAYOUT (an output's elements overlap, or an output
+ *          overlaps an argument other than the one it may replace);
+ *          ATTN_ERR_INVALID_ARG (an lse value is NaN or +inf, checked
+ *          before anything is written). On failure nothing is written.
+ *  Thread-safety: as every call on @p ctx; tensors read here may be read by
+ *  other threads at the same time. @since 0.2.0 */
+ATTN_API attn_status attn_merge_states(attn_context *ctx, const attn_tensor *out_a,
+                                       const attn_tensor *lse_a, const attn_tensor *out_b,
+                                       const attn_tensor *lse_b, attn_tensor *out,
+                                       attn_tensor *lse);
+
+/** @} */
+
 #ifdef __cplusplus
 }
 #endif
@@ -498,6 +669,8 @@ ATTN_API attn_status attn_forward(attn_context *ctx, const attn_desc *desc, cons
 #include "attn/approx.h"
 #include "attn/heads.h"
 #include "attn/kvcache.h"
+#include "attn/backward.h"
+#include "attn/paged.h"
 /* Declarations that may still change: only with ATTN_EXPERIMENTAL defined. */
 #ifdef ATTN_EXPERIMENTAL
 #include "attn/experimental.h"

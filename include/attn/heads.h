@@ -121,7 +121,13 @@ typedef struct attn_mha_config {
   int32_t add_bias_kv;    /**< non-zero: append bias_k / bias_v rows to K / V (default 0) */
   int32_t add_zero_attn;  /**< non-zero: append a zero row to K and V (default 0) */
   int32_t batch_first;    /**< non-zero: inputs/outputs [B, S, ·]; 0 (default): [S, B, ·] */
-  attn_dtype dtype;       /**< ATTN_DTYPE_F32 (default) or ATTN_DTYPE_F64 */
+  /** ATTN_DTYPE_F32 (default) or ATTN_DTYPE_F64; or (since 0.2.0)
+   *  ATTN_DTYPE_BF16 / ATTN_DTYPE_F16: parameters, query, key, value and out
+   *  in that 16-bit type, everything in between in f32 (each chunk of input
+   *  rows and the parameters widened to f32 at every execute, projections
+   *  and attention in f32, out rounded once); the attention weights output
+   *  and masks are then f32. */
+  attn_dtype dtype;
 } attn_mha_config;
 
 /** Fill @p cfg with defaults (see the fields). NULL is a no-op. @since 0.1.0 */
@@ -168,7 +174,7 @@ ATTN_API void attn_mha_weights_init(attn_mha_weights *w);
  *            by H, H not divisible by H_kv, kdim/vdim < 0, packed and separate
  *            weights both or neither given, a weight given that the
  *            configuration does not use);
- *          ATTN_ERR_DTYPE (dtype not f32/f64, a weight of another dtype);
+ *          ATTN_ERR_DTYPE (dtype not f32/f64/bf16/f16, a weight of another dtype);
  *          ATTN_ERR_SHAPE (a weight of the wrong rank or shape: the message
  *            names it and the expected shape);
  *          ATTN_ERR_LAYOUT (a weight's last dim not contiguous);
@@ -202,7 +208,8 @@ ATTN_API void attn_mha_destroy(attn_mha *mha);
  *     scale. Masks are given for the S real keys; the appended bias/zero keys
  *     are always attended. Read at plan time except borrowed arrays/tensors,
  *     whose contents are read at every execute.
- *  All inputs/outputs: the layer's dtype, last dim contiguous, other strides free.
+ *  All inputs/outputs: the layer's dtype (weights: f32 for a bf16/f16 layer),
+ *  last dim contiguous, other strides free.
  *  Workspace (allocated now): the projected Q, K, V and the merged attention
  *  output (2·B·L·E + 2·B·S'·E_kv elements), plus B·H·L·S' for averaged weights,
  *  plus B·(H or 1)·L·S' when masks must be combined into one (a key padding

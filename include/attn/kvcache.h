@@ -163,6 +163,21 @@ ATTN_API void attn_kvcache_config_init(attn_kvcache_config *cfg);
 ATTN_API attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
                                          attn_kvcache **out);
 
+/** StreamingLLM's attention-sink tokens: a ring cache keeps positions
+ *  0..n−1 for good, besides its last capacity positions, in storage of its
+ *  own (B·H_kv·n·(d_k + d_v) elements, allocated here). Attention sees them
+ *  at their absolute positions like any stored key (masks apply as usual).
+ *  Call on an empty cache (every length 0, e.g. right after creation or a
+ *  truncate to 0); n = 0 frees the storage. Plans made before stay valid.
+ *  Not with the per-key mass (plan creation: ATTN_ERR_UNSUPPORTED).
+ *  @param cache  a ring-mode cache
+ *  @param n      positions to keep, 0..capacity
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (cache), ATTN_ERR_INVALID_ARG (linear
+ *          mode, n outside 0..capacity, or a non-empty cache; naming "n" or
+ *          "cache"), ATTN_ERR_NO_MEMORY; on failure the cache is unchanged.
+ *  @since 0.2.0 */
+ATTN_API attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n);
+
 /** Destroy a cache and its storage. NULL is a no-op. Plans and views made
  *  from it must be destroyed first. @since 0.1.0 */
 ATTN_API void attn_kvcache_destroy(attn_kvcache *cache);

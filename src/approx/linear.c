@@ -145,10 +145,8 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
   if (m > INT_MAX / 2)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "num_features: %" PRId64 " is too large", m);
 
-  linear_impl *im = attn_calloc(ctx, sizeof *im);
-  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  p->impl = im;
-  p->impl_bytes = sizeof *im;
+  linear_impl *im = attn_plan_impl_alloc(p, sizeof *im);
+  if (im == NULL) return ATTN_ERR_NO_MEMORY;
   const attn_mask_geom g = attn_mask_geom_of(&p->desc, d->dtype, d->B, d->H, d->Sq, d->Sk);
   attn_status st = attn_mask_init(&im->mask, ctx, &p->desc, &g);
   if (st != ATTN_OK) return st;

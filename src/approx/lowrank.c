@@ -199,10 +199,8 @@ attn_status attn_lowrank_plan_init(struct attn_plan *p) {
       return attn_fail(ctx, ATTN_ERR_UNSUPPORTED, "%s: sizes exceed what BLAS takes (INT_MAX)",
                        (const char *const[]){"k", "v", "out"}[i]);
 
-  lowrank_impl *im = attn_calloc(ctx, sizeof *im);
-  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  p->impl = im;
-  p->impl_bytes = sizeof *im;
+  lowrank_impl *im = attn_plan_impl_alloc(p, sizeof *im);
+  if (im == NULL) return ATTN_ERR_NO_MEMORY;
   im->k = k;
   im->seeded = seeded;
   const size_t es = attn_dtype_size(d->dtype);

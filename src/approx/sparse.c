@@ -256,10 +256,8 @@ static attn_status init_blocksparse(attn_plan *p, sparse_impl *im) {
 
 attn_status attn_sparse_plan_init(attn_plan *p) {
   attn_context *ctx = p->ctx;
-  sparse_impl *im = attn_calloc(ctx, sizeof *im);
-  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
-  p->impl = im;
-  p->impl_bytes = sizeof *im;
+  sparse_impl *im = attn_plan_impl_alloc(p, sizeof *im);
+  if (im == NULL) return ATTN_ERR_NO_MEMORY;
   const attn_dims *d = &p->dims;
   im->block = p->desc.block.size;
   im->nqb = attn_cdiv64(d->Sq, im->block);

@@ -125,11 +125,9 @@ attn_status attn_swin_plan_init(attn_plan *p) {
   tmp.Wp = attn_cdiv64(tmp.gw, M) * M;
   tmp.nwx = tmp.Wp / M;
   tmp.nwin = (tmp.Hp / M) * tmp.nwx;
-  swin_impl *im = attn_alloc(ctx, sizeof *im);
-  if (im == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+  swin_impl *im = attn_plan_impl_alloc(p, sizeof *im);
+  if (im == NULL) return ATTN_ERR_NO_MEMORY;
   *im = tmp;
-  p->impl = im;
-  p->impl_bytes = sizeof *im;
   p->ws_slot = (size_t)c.bytes;
   return ATTN_OK;
 }

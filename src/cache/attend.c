@@ -57,7 +57,8 @@ static const char *const kv_meta_names[3] = {"q", "out", "lse"};
 static const attn_support kv_support = {
     "a KV cache",
     ATTN_OPT(ATTN_OPT_CAUSAL_BR) | ATTN_OPT(ATTN_OPT_WINDOW) | ATTN_OPT(ATTN_OPT_ALIBI) |
-        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE),
+        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE) |
+        ATTN_OPT(ATTN_OPT_SINKS) | ATTN_OPT(ATTN_OPT_MASS),
     {[ATTN_OPT_CAUSAL_TL] = "TOP_LEFT does not apply to a cache; use ATTN_CAUSAL_BOTTOM_RIGHT "
                             "(queries are the newest positions)",
      [ATTN_OPT_KEY_LENGTHS] = "not accepted; the cache supplies key lengths and "
@@ -67,7 +68,8 @@ static const attn_support kv_support = {
      [ATTN_OPT_BOOL_MASK] = "not supported with a KV cache (use window/ALiBi/softcap)",
      [ATTN_OPT_ADD_MASK] = "not supported with a KV cache (use window/ALiBi/softcap)",
      [ATTN_OPT_SCORE_GENERAL] = "the KV cache supports the scaled-dot and dot scores",
-     [ATTN_OPT_SCORE_ADDITIVE] = "the KV cache supports the scaled-dot and dot scores"}};
+     [ATTN_OPT_SCORE_ADDITIVE] = "the KV cache supports the scaled-dot and dot scores"},
+    NULL /* the cache's own dtype rules: kvcache.c */};
 
 static attn_status check_desc(attn_context *ctx, const attn_desc *d, bool lse) {
   if (d->variant != ATTN_VARIANT_EXACT)
@@ -119,6 +121,35 @@ static attn_status check_tensors(attn_kvcache_plan *p, const attn_tensor *q,
   return ATTN_OK;
 }
 
+/* The per-key mass tensor: [B, H or H_kv, capacity], contiguous; decode
+ * steps only (the split path). */
+static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
+  attn_context *ctx = p->ctx;
+  attn_status st;
+  char a[96];
+  if (m == NULL) return ATTN_OK;
+  if (p->cache->keep > 0)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "key_mass: not with a cache that keeps its first positions (keep_first)");
+  if (p->n > ATTN_KV_SPLIT_MAX_N)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "key_mass: a KV cache gives the per-key mass for steps of at most %d "
+                     "queries (q has %" PRId64 ")",
+                     ATTN_KV_SPLIT_MAX_N, p->n);
+  if ((st = attn_check_tensor(ctx, "mass", m, 3, p->dtype)) != ATTN_OK) return st;
+  const int64_t cap = p->cache->cap;
+  if (m->shape[0] != p->B || (m->shape[1] != p->H && m->shape[1] != p->Hkv) || m->shape[2] != cap)
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "mass: shape %s, expected [B, H or H_kv, capacity] = [%" PRId64 ", %" PRId64
+                     " or %" PRId64 ", %" PRId64 "]",
+                     attn_shape_str(m, a, sizeof a), p->B, p->H, p->Hkv, cap);
+  if (m->strides[2] != 1 || m->strides[1] != cap || m->strides[0] != m->shape[1] * cap)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: must be contiguous with a KV cache");
+  p->mass = m;
+  p->mass_grouped = m->shape[1] != p->H;
+  return ATTN_OK;
+}
+
 /* Lays out the per-thread slots and the split path's partials; false on overflow. */
 static bool size_workspace(attn_kvcache_plan *p, int32_t threads, size_t *bytes) {
   const size_t es = attn_dtype_size(p->dtype);
@@ -156,6 +187,12 @@ static bool size_workspace(attn_kvcache_plan *p, int32_t threads, size_t *bytes)
     p->wave = attn_max64(1, attn_min64(want, fit));
     p->part_at = attn_carve(&sh, p->part_bytes, bkh, p->wave, 1);
     p->acc_at = attn_carve(&sh, p->part_bytes, bkh, 1, 1);
+    if (p->mass != NULL) {
+      p->mass_cap = p->cache->cap;
+      p->mass_tiles = attn_cdiv64(p->mass_cap, ATTN_KV_CHUNK) + 1;
+      p->mass_p_at = attn_carve(&sh, es, bkh * R, p->mass_cap, 1);
+      p->mass_m_at = attn_carve(&sh, es, bkh * R, p->mass_tiles, 1);
+    }
   }
   if (!sh.ok || !attn_add_ok(total, sh.bytes, &total)) return false;
   p->shared_bytes = (size_t)sh.bytes;
@@ -190,6 +227,13 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   const attn_mask_geom g = {tmp.dtype, tmp.B, tmp.H, tmp.n, ATTN_KV_MASK_SK,
                             desc->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT, true};
   if ((st = attn_mask_init(&tmp.mask, ctx, desc, &g)) != ATTN_OK) return st;
+  if (desc->sinks.logits != NULL && desc->sinks.n != tmp.H)
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "sinks: %" PRId64 " logits given, q has %" PRId64 " heads",
+                     desc->sinks.n, tmp.H);
+  if (desc->sinks.logits != NULL &&
+      (st = attn_check_sinks(ctx, desc->sinks.logits, tmp.H, tmp.dtype)) != ATTN_OK)
+    return st;
+  if ((st = check_mass(&tmp, desc->mass)) != ATTN_OK) return st;
   attn_tmeta_record(&tmp.meta[KV_META_Q], q);
   attn_tmeta_record(&tmp.meta[KV_META_OUT], out);
   attn_tmeta_record(&tmp.meta[KV_META_LSE], lse);
@@ -210,7 +254,7 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
                      " queries overflows", tmp.H, tmp.n);
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_kvcache_plan *p = attn_alloc(ctx, sizeof *p);
-  void *ws = attn_alloc(ctx, tmp.workspace_bytes);
+  void *ws = attn_calloc(ctx, tmp.workspace_bytes); /* touched now, not in the first step */
   if (p == NULL || ws == NULL) {
     attn_free(ctx, p, sizeof *p);
     attn_free(ctx, ws, tmp.workspace_bytes);
@@ -240,6 +284,9 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
         return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                          "query_counts[%" PRId64 "]: %" PRId64 " is outside [0, n = %" PRId64 "]",
                          b, query_counts[b], plan->n);
+  if (plan->desc.sinks.logits != NULL &&
+      (mst = attn_check_sinks(ctx, plan->desc.sinks.logits, plan->H, plan->dtype)) != ATTN_OK)
+    return mst;
 
   /* Lengths are read at every execute: the cache's own arrays never move. */
   attn_mask mask = plan->mask;
@@ -248,12 +295,27 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
   mask.query_len = query_counts;
 
   const bool f32 = plan->dtype == ATTN_DTYPE_F32;
+  /* FLOPs over the stored keys: a hint for running tiny steps on the caller. */
+  double flops = 0;
+  for (int64_t b = 0; b < plan->B; b++)
+    flops += 4.0 * (double)plan->H * (double)plan->n * (double)(plan->cache->len[b] - plan->cache->first[b]) *
+             (double)plan->Dk;
   const attn_ws ws = {plan->workspace, (char *)plan->workspace + plan->shared_bytes,
                       plan->slot_bytes};
-  kv_args a = {plan, &mask, ws, q, out, lse, 0, 0, true};
+  kv_args a = {plan, &mask, ws, q, out, lse, 0, 0, true, plan->mass};
+  if (plan->mass != NULL) {
+    if (plan->mass->data == NULL)
+      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "mass: the tensor's data is NULL");
+    for (int64_t b = 0; b < plan->B; b++)
+      if (plan->cache->len[b] - plan->cache->first[b] > plan->mass_cap)
+        return attn_fail(ctx, ATTN_ERR_MISMATCH,
+                         "mass: the cache grew past the capacity %" PRId64 " of the plan's mass "
+                         "tensor; make a new plan",
+                         plan->mass_cap);
+  }
   if (!plan->split)
-    return attn_parallel_for(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv,
-                             f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
+    return attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv, flops,
+                                  f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
 
   int64_t chunks = 0; /* most chunks any item needs */
   for (int64_t b = 0; b < plan->B; b++) {
@@ -262,6 +324,7 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
     if (lo < hi)
       chunks = attn_max64(chunks, (hi - 1) / ATTN_KV_CHUNK - lo / ATTN_KV_CHUNK + 1);
   }
+  if (plan->cache->keep > 0) chunks++; /* chunk 0: the kept first positions */
   const int64_t nwaves = attn_max64(1, attn_cdiv64(chunks, plan->wave));
   const int64_t bkh = plan->B * plan->Hkv;
   for (int64_t w = 0; w < nwaves; w++) {
@@ -270,11 +333,11 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
     a.last_wave = w == nwaves - 1;
     attn_status st;
     if (a.wn > 0 &&
-        (st = attn_parallel_for(ctx, bkh * a.wn, f32 ? kv_chunk_task_f32 : kv_chunk_task_f64,
-                                &a)) != ATTN_OK)
+        (st = attn_parallel_for_cost(ctx, bkh * a.wn, flops,
+                                     f32 ? kv_chunk_task_f32 : kv_chunk_task_f64, &a)) != ATTN_OK)
       return st;
-    if ((st = attn_parallel_for(ctx, bkh, f32 ? kv_merge_task_f32 : kv_merge_task_f64, &a)) !=
-        ATTN_OK)
+    if ((st = attn_parallel_for_cost(ctx, bkh, (double)(bkh * a.wn * plan->R * plan->Dv) * 4.0,
+                                     f32 ? kv_merge_task_f32 : kv_merge_task_f64, &a)) != ATTN_OK)
       return st;
   }
   return ATTN_OK;

@@ -48,6 +48,12 @@ struct attn_kvcache_plan {
     size_t M, L; /* within one partial state (O at 0) */
   } pat;
   size_t part_bytes, part_at, acc_at, shared_bytes;
+  /* Per-key mass (decode path): each kept tile's p rows [B·Hkv][R][mass_cap]
+   * (by position − first) and the partial's max after it [B·Hkv][tiles][R]. */
+  attn_tensor *mass;     /* borrowed from the descriptor, or NULL */
+  bool mass_grouped;     /* mass rows per KV head */
+  int64_t mass_cap, mass_tiles;
+  size_t mass_p_at, mass_m_at;
   void *workspace;
   size_t workspace_bytes;
 };
@@ -61,6 +67,7 @@ typedef struct kv_args {
   int64_t w;   /* split: current wave */
   int64_t wn;  /* split: chunks in this wave */
   bool last_wave;
+  attn_tensor *mass; /* per-key mass output or NULL */
 } kv_args;
 
 /* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */

@@ -199,6 +199,51 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   return ATTN_OK;
 }
 
+attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  if (cache->mode != ATTN_KVCACHE_RING)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cache: keeping the first positions needs a ring cache (this one is linear)");
+  if (n > 0 && cache->store->quant)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "cache: keeping the first positions needs an element-wise storage (this one "
+                     "is %s)",
+                     cache->store->name);
+  if (n < 0 || n > cache->cap)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "n: %" PRId64 " is outside 0..capacity = %" PRId64,
+                     n, cache->cap);
+  for (int64_t b = 0; b < cache->B; b++)
+    if (cache->len[b] != 0)
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "cache: batch item %" PRId64 " holds %" PRId64 " positions; set keep_first "
+                       "on an empty cache",
+                       b, cache->len[b]);
+  size_t kb = 0, vb = 0;
+  void *sk = NULL, *sv = NULL;
+  if (n > 0) { /* n ≤ capacity: the sizes cannot overflow where the ring's did not */
+    storage_bytes(cache, n, cache->krow, &kb);
+    storage_bytes(cache, n, cache->vrow, &vb);
+    sk = attn_calloc(ctx, kb);
+    sv = attn_calloc(ctx, vb);
+    if (sk == NULL || sv == NULL) {
+      attn_free(ctx, sk, kb);
+      attn_free(ctx, sv, vb);
+      return attn_fail(ctx, ATTN_ERR_NO_MEMORY,
+                       "attn_kvcache_set_keep_first: cannot allocate %zu bytes", kb + vb);
+    }
+  }
+  attn_free(ctx, cache->sk, cache->sk_bytes);
+  attn_free(ctx, cache->sv, cache->sv_bytes);
+  cache->sk = sk;
+  cache->sv = sv;
+  cache->sk_bytes = kb;
+  cache->sv_bytes = vb;
+  cache->keep = n;
+  return ATTN_OK;
+}
+
 void attn_kvcache_destroy(attn_kvcache *cache) {
   if (cache == NULL) return;
   attn_context *ctx = cache->ctx;
@@ -207,6 +252,8 @@ void attn_kvcache_destroy(attn_kvcache *cache) {
   attn_free(ctx, cache->ks, cache->ks_bytes);
   attn_free(ctx, cache->vs, cache->vs_bytes);
   attn_free(ctx, cache->kres, cache->kres_bytes);
+  attn_free(ctx, cache->sk, cache->sk_bytes);
+  attn_free(ctx, cache->sv, cache->sv_bytes);
   attn_free(ctx, cache->len, cache->meta_bytes);
   attn_free(ctx, cache, sizeof *cache);
 }
@@ -240,7 +287,7 @@ static void copy_rows(const attn_kvcache *c, void *dst_base, size_t rb, int64_t 
   for (int64_t r = 0; r < nr; r++) {
     char *row = dst + (size_t)attn_kv_row(c, p + r) * rb;
     const char *srow = s + (size_t)attn_off4(src, b, h, r0 + r, 0) * es;
-    const attn_dtype_traits *elem = c->store->elem;
+    const attn_dtype_traits *elem = c->store->elem != 0 ? attn_dtype_info(c->store->elem) : NULL;
     if (elem != NULL) { /* bf16, f16: the storage row's converter */
       const float *f = (const float *)(const void *)srow;
       if (src->strides[3] == 1 || d == 1)
@@ -404,6 +451,15 @@ attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor *k_new,
       copy_rows(cache, cache->k, cache->krow, cache->Dk, k_new, b, h, skip, nb - skip, p);
       copy_rows(cache, cache->v, cache->vrow, cache->Dv, v_new, b, h, skip, nb - skip, p);
     }
+    /* Kept first positions: also into their own storage. */
+    const int64_t nk = attn_min64(cache->len[b] + nb, cache->keep) - cache->len[b];
+    if (nk > 0) {
+      const attn_kvcache sink = attn_kv_sink_view(cache);
+      for (int64_t h = 0; h < cache->Hkv; h++) {
+        copy_rows(&sink, sink.k, cache->krow, cache->Dk, k_new, b, h, 0, nk, cache->len[b]);
+        copy_rows(&sink, sink.v, cache->vrow, cache->Dv, v_new, b, h, 0, nk, cache->len[b]);
+      }
+    }
     cache->len[b] += nb;
     if (cache->mode == ATTN_KVCACHE_RING)
       cache->first[b] = attn_max64(cache->first[b], cache->len[b] - cache->cap);
@@ -458,7 +514,8 @@ int64_t attn_kvcache_capacity(const attn_kvcache *cache) { return cache ? cache-
 size_t attn_kvcache_memory_size(const attn_kvcache *cache) {
   if (cache == NULL) return 0;
   return cache->k_bytes + cache->v_bytes + cache->ks_bytes + cache->vs_bytes +
-         cache->kres_bytes + cache->meta_bytes + sizeof *cache;
+         cache->kres_bytes + cache->sk_bytes + cache->sv_bytes + cache->meta_bytes +
+         sizeof *cache;
 }
 
 attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor **v) {

@@ -11,7 +11,8 @@
 
 /* What a storage is, as data (the storage's traits row, kvstore.c): the
  * cache and the attend plan ask the row instead of branching on the enum.
- * Element-wise storages (bf16, f16) carry their dtype traits (converters);
+ * Element-wise storages (bf16, f16) name their tensor dtype (whose traits row,
+ * core/dtype.c, has the converters);
  * quantized ones (int8, int4) carry their code width and keep scales and a
  * K residual (see attn/kvcache.h). Rows are padded to `pad` elements so the
  * decode kernels read whole vectors. */
@@ -20,7 +21,7 @@ typedef struct attn_kv_store {
   int bits;                       /* bits per stored element (0: the cache's dtype) */
   bool quant;                     /* int8/int4: codes + half-float scales */
   int64_t pad;                    /* rows padded to a multiple of this many elements */
-  const attn_dtype_traits *elem;  /* bf16/f16: converters; else NULL */
+  attn_dtype elem;                /* bf16/f16: its tensor dtype (converters: attn_dtype_info); else 0 */
 } attn_kv_store;
 
 /* The row of a storage value; NULL if not an attn_kvcache_storage. */
@@ -50,7 +51,23 @@ struct attn_kvcache {
   int64_t *len;     /* [B] next position */
   int64_t *first;   /* [B] oldest stored position */
   size_t meta_bytes;
+  /* Ring mode, cfg.keep_first: positions [0, keep) also live here for good,
+   * [B][Hkv][keep][d], in linear row order. */
+  int64_t keep;
+  void *sk, *sv;
+  size_t sk_bytes, sv_bytes;
 };
+
+/* The kept first positions seen as a linear cache of `keep` rows (a shallow
+ * copy: same batch, heads, dims, element format). */
+static inline struct attn_kvcache attn_kv_sink_view(const struct attn_kvcache *c) {
+  struct attn_kvcache s = *c;
+  s.k = c->sk;
+  s.v = c->sv;
+  s.cap = c->keep;
+  s.mode = ATTN_KVCACHE_LINEAR;
+  return s;
+}
 
 /* Row of position p in item b's storage. */
 static inline int64_t attn_kv_row(const struct attn_kvcache *c, int64_t p) {

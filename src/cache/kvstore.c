@@ -7,11 +7,11 @@
 #include "cache/kvcache_internal.h"
 
 static const attn_kv_store stores[] = {
-    [ATTN_KVCACHE_STORE_NATIVE] = {"native", 0, false, 1, NULL},
-    [ATTN_KVCACHE_STORE_BF16] = {"bf16", 16, false, 1, &attn_bf16_traits},
-    [ATTN_KVCACHE_STORE_F16] = {"f16", 16, false, 16, &attn_f16_traits},
-    [ATTN_KVCACHE_STORE_INT8] = {"int8", 8, true, 32, NULL},
-    [ATTN_KVCACHE_STORE_INT4] = {"int4", 4, true, 32, NULL},
+    [ATTN_KVCACHE_STORE_NATIVE] = {"native", 0, false, 1, (attn_dtype)0},
+    [ATTN_KVCACHE_STORE_BF16] = {"bf16", 16, false, 1, ATTN_DTYPE_BF16},
+    [ATTN_KVCACHE_STORE_F16] = {"f16", 16, false, 16, ATTN_DTYPE_F16},
+    [ATTN_KVCACHE_STORE_INT8] = {"int8", 8, true, 32, (attn_dtype)0},
+    [ATTN_KVCACHE_STORE_INT4] = {"int4", 4, true, 32, (attn_dtype)0},
 };
 
 const attn_kv_store *attn_kv_store_row(attn_kvcache_storage s) {
@@ -149,7 +149,7 @@ void attn_kv_dequant(const attn_kvcache *c, bool is_k, int64_t b, int64_t h, int
                      int64_t nj, float *dst, attn_to_f32_fn widen) {
   const int64_t D = is_k ? c->Dk : c->Dv;
   const int64_t s = attn_kv_row(c, p0), a = attn_min64(nj, c->cap - s);
-  if (widen == NULL && c->store->elem != NULL) widen = c->store->elem->to_f32;
+  if (widen == NULL && c->store->elem != 0) widen = attn_dtype_info(c->store->elem)->to_f32;
   dequant_run(c, is_k, b, h, s, a, p0, dst, widen);
   if (a < nj) dequant_run(c, is_k, b, h, 0, nj - a, p0 + a, dst + a * D, widen);
 }

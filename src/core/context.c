@@ -8,6 +8,7 @@
 #include "core/internal.h"
 
 #define ATTN_MAX_THREADS 1024
+#define ATTN_MAX_SPIN_US 1000000
 
 void attn_context_options_init(attn_context_options *opts) {
   if (opts == NULL) return;
@@ -26,6 +27,18 @@ static int32_t default_threads(void) {
   if (cores < 1) cores = 1;
   if (cores > ATTN_MAX_THREADS) cores = ATTN_MAX_THREADS;
   return (int32_t)cores;
+}
+
+/* $ATTN_SPIN_US: the context's initial spin policy (−1 never, 0 adaptive,
+ * 1..1000000 fixed µs); anything else keeps the adaptive default. */
+static int32_t default_spin_us(void) {
+  const char *env = getenv("ATTN_SPIN_US");
+  if (env != NULL && *env != '\0') {
+    char *end = NULL;
+    long n = strtol(env, &end, 10);
+    if (end != NULL && *end == '\0' && n >= -1 && n <= ATTN_MAX_SPIN_US) return (int32_t)n;
+  }
+  return 0;
 }
 
 attn_status attn_context_create(const attn_context_options *opts, attn_context **out) {
@@ -48,6 +61,8 @@ attn_status attn_context_create(const attn_context_options *opts, attn_context *
   if (ctx == NULL) return ATTN_ERR_NO_MEMORY;
   *ctx = tmp;
   ctx->num_threads = o.num_threads > 0 ? o.num_threads : default_threads();
+  const int32_t spin = default_spin_us();
+  ctx->spin_ns = spin < 0 ? -1 : (int64_t)spin * 1000;
   *out = ctx;
   return ATTN_OK;
 }
@@ -62,6 +77,16 @@ void attn_context_destroy(attn_context *ctx) {
 const char *attn_context_last_error(const attn_context *ctx) {
   if (ctx == NULL) return "attn_context_last_error: ctx is NULL";
   return ctx->last_error;
+}
+
+attn_status attn_context_set_spin(attn_context *ctx, int32_t spin_us) {
+  if (ctx == NULL) return ATTN_ERR_NULL_ARG;
+  if (spin_us < -1 || spin_us > ATTN_MAX_SPIN_US)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "spin_us: %d is outside [-1, %d]", (int)spin_us,
+                     ATTN_MAX_SPIN_US);
+  ctx->spin_ns = spin_us < 0 ? -1 : (int64_t)spin_us * 1000;
+  attn_clear_error(ctx);
+  return ATTN_OK;
 }
 
 int32_t attn_context_num_threads(const attn_context *ctx) {

@@ -1,5 +1,6 @@
 /* The descriptor: an option bag validated field by field here, and against
  * the tensors' shapes when a plan is created. */
+#include <float.h>
 #include <inttypes.h>
 #include <math.h>
 #include <string.h>
@@ -319,4 +320,83 @@ attn_status attn_desc_set_lowrank_proj(attn_desc *desc, const attn_tensor *e,
 
 double attn_default_scale(attn_score score, int64_t d_k) {
   return score == ATTN_SCORE_SCALED_DOT ? 1.0 / sqrt((double)d_k) : 1.0;
+}
+
+/* ---- serving: packed variable-length batches, sinks, per-key mass ---------- */
+
+attn_status attn_check_offsets(attn_context *ctx, const char *name, const int64_t *off, int64_t n,
+                               int64_t total, const char *total_name) {
+  if (off[0] != 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "%s: offsets[0] = %" PRId64 ", expected 0", name,
+                     off[0]);
+  for (int64_t i = 0; i < n; i++)
+    if (off[i + 1] < off[i])
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "%s: offsets[%" PRId64 "] = %" PRId64 " < offsets[%" PRId64 "] = %" PRId64
+                       " (offsets must not decrease)",
+                       name, i + 1, off[i + 1], i, off[i]);
+  if (total >= 0 && off[n] != total)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "%s: last offset offsets[%" PRId64 "] = %" PRId64 " differs from %s = %" PRId64,
+                     name, n, off[n], total_name, total);
+  return ATTN_OK;
+}
+
+attn_status attn_desc_set_varlen(attn_desc *desc, const int64_t *q_offsets,
+                                 const int64_t *k_offsets, int64_t n_seqs) {
+  DESC_GUARD(desc);
+  attn_status st;
+  if (n_seqs < 0)
+    return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "n_seqs: %" PRId64 " is negative", n_seqs);
+  if (n_seqs == 0) {
+    if (q_offsets != NULL || k_offsets != NULL)
+      return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG,
+                       "n_seqs: 0 clears the setting and takes NULL offsets");
+    desc->varlen.q_off = desc->varlen.k_off = NULL;
+    desc->varlen.n = 0;
+    return ATTN_OK;
+  }
+  ATTN_CHECK_NULL(desc->ctx, q_offsets);
+  if ((st = attn_check_offsets(desc->ctx, "q_offsets", q_offsets, n_seqs, -1, "")) != ATTN_OK)
+    return st;
+  if (k_offsets != NULL &&
+      (st = attn_check_offsets(desc->ctx, "k_offsets", k_offsets, n_seqs, -1, "")) != ATTN_OK)
+    return st;
+  desc->varlen.q_off = q_offsets;
+  desc->varlen.k_off = k_offsets != NULL ? k_offsets : q_offsets;
+  desc->varlen.n = n_seqs;
+  return ATTN_OK;
+}
+
+attn_status attn_check_sinks(attn_context *ctx, const double *logits, int64_t n, attn_dtype dt) {
+  const double lim = dt == ATTN_DTYPE_F32 ? FLT_MAX : DBL_MAX;
+  for (int64_t h = 0; h < n; h++)
+    if (isnan(logits[h]) || logits[h] > lim)
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "sinks: logits[%" PRId64 "] = %g is NaN or above the %s range", h,
+                       logits[h], attn_dtype_name(dt));
+  return ATTN_OK;
+}
+
+attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, int64_t count) {
+  DESC_GUARD(desc);
+  if ((logits == NULL) != (count == 0))
+    return attn_fail(desc->ctx, logits == NULL ? ATTN_ERR_NULL_ARG : ATTN_ERR_INVALID_ARG,
+                     "logits: NULL logits go with count 0 (count is %" PRId64 ")", count);
+  if (count < 0)
+    return attn_fail(desc->ctx, ATTN_ERR_INVALID_ARG, "count: %" PRId64 " is negative", count);
+  attn_status st = attn_check_sinks(desc->ctx, logits, count, ATTN_DTYPE_F64);
+  if (st != ATTN_OK) return st;
+  desc->sinks.logits = logits;
+  desc->sinks.n = count;
+  return ATTN_OK;
+}
+
+attn_status attn_desc_set_key_mass(attn_desc *desc, attn_tensor *mass) {
+  DESC_GUARD(desc);
+  if (mass != NULL && mass->rank != 3)
+    return attn_fail(desc->ctx, ATTN_ERR_SHAPE,
+                     "mass: rank %d, expected 3 [B, H or H_kv, S_k]", (int)mass->rank);
+  desc->mass = mass;
+  return ATTN_OK;
 }

@@ -34,6 +34,9 @@ static void f32_to_bf16(const float *src, void *dst, int64_t n) {
   for (int64_t i = 0; i < n; i++) d[i] = attn_f32_to_bf16(src[i]);
 }
 
+/* IEEE binary16 ↔ f32 (portable; the tile engine packs with F16C). Every
+ * f16 is exact in f32; f32 → f16 rounds to nearest even, overflow → ±inf,
+ * NaN stays a quiet NaN. */
 static void f16_to_f32(const void *src, float *dst, int64_t n) {
   const uint16_t *s = src;
   for (int64_t i = 0; i < n; i++) dst[i] = attn_f16_to_f32(s[i]);
@@ -48,13 +51,14 @@ static const attn_dtype_traits traits[] = {
     [ATTN_DTYPE_F32] = {"f32", 4, ATTN_DTYPE_F32, NULL, NULL, gemm_f32},
     [ATTN_DTYPE_F64] = {"f64", 8, ATTN_DTYPE_F64, NULL, NULL, gemm_f64},
     [ATTN_DTYPE_U8] = {"u8", 1, (attn_dtype)0, NULL, NULL, NULL},
+    /* Storage types: computed in f32 (kernels convert through these rows or
+     * the tile engine's packers, kernels/tile.h). */
+    [ATTN_DTYPE_BF16] = {"bf16", 2, ATTN_DTYPE_F32, bf16_to_f32, f32_to_bf16, NULL},
+    [ATTN_DTYPE_F16] = {"f16", 2, ATTN_DTYPE_F32, f16_to_f32, f32_to_f16, NULL},
 };
 
 const attn_dtype_traits attn_bf16_traits = {"bf16", 2, ATTN_DTYPE_F32, bf16_to_f32, f32_to_bf16,
                                             NULL};
-
-const attn_dtype_traits attn_f16_traits = {"f16", 2, ATTN_DTYPE_F32, f16_to_f32, f32_to_f16,
-                                           NULL};
 
 static const attn_dtype_traits unknown = {"unknown", 0, (attn_dtype)0, NULL, NULL, NULL};
 

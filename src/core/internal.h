@@ -26,6 +26,7 @@ struct attn_threadpool;
 struct attn_context {
   attn_allocator allocator;
   int32_t num_threads;
+  int64_t spin_ns; /* pool spin policy: < 0 never, 0 adaptive, > 0 fixed (attn_context_options) */
   struct attn_threadpool *pool; /* started lazily by attn_parallel_for() */
   char last_error[ATTN_ERRMSG_LEN];
 };
@@ -97,8 +98,18 @@ typedef struct attn_dtype_traits {
 
 /* The row of a public dtype; a row of size 0 for values outside the enum. */
 const attn_dtype_traits *attn_dtype_info(attn_dtype dtype);
-/* bfloat16 storage (the KV cache's; not yet a tensor dtype). */
+/* bfloat16 storage (the KV cache's; the same converters as the
+ * ATTN_DTYPE_BF16 row). */
 extern const attn_dtype_traits attn_bf16_traits;
+
+/* A 16-bit storage dtype (bf16, f16): computed in f32. */
+static inline bool attn_dtype_is_16bit(attn_dtype dt) {
+  return dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16;
+}
+/* The compute type of a plan's storage dtype (f32 for 16-bit storage). */
+static inline attn_dtype attn_dtype_compute(attn_dtype dt) {
+  return attn_dtype_is_16bit(dt) ? ATTN_DTYPE_F32 : dt;
+}
 
 size_t attn_dtype_size(attn_dtype dtype); /* 0 for unknown */
 const char *attn_dtype_name(attn_dtype dtype);
@@ -114,49 +125,64 @@ static inline uint16_t attn_f32_to_bf16(float f) {
   return (uint16_t)(x.u >> 16);
 }
 
-/* f32 → IEEE half, round to nearest even (overflow → ±inf, NaN stays NaN). */
+/* bfloat16 → f32 (exact). */
+static inline float attn_bf16_to_f32(uint16_t h) {
+  union {
+    uint32_t u;
+    float f;
+  } x = {(uint32_t)h << 16};
+  return x.f;
+}
+
+/* IEEE binary16 → f32 (exact, subnormals included). */
+static inline float attn_f16_to_f32(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu, u;
+  if (e == 0x1f) {
+    u = sign | 0x7f800000u | (m << 13); /* inf, NaN */
+  } else if (e != 0) {
+    u = sign | ((e + 112u) << 23) | (m << 13);
+  } else if (m == 0) {
+    u = sign;
+  } else { /* subnormal: normalise */
+    e = 113;
+    while (!(m & 0x400u)) {
+      m <<= 1;
+      e--;
+    }
+    u = sign | (e << 23) | ((m & 0x3ffu) << 13);
+  }
+  union {
+    uint32_t u;
+    float f;
+  } x = {u};
+  return x.f;
+}
+
+/* f32 → IEEE binary16, round to nearest even; overflow gives ±inf, NaN a
+ * quiet NaN. */
 static inline uint16_t attn_f32_to_f16(float f) {
   union {
     float f;
     uint32_t u;
   } x = {f};
   const uint16_t sign = (uint16_t)((x.u >> 16) & 0x8000u);
-  uint32_t a = x.u & 0x7fffffffu;
-  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);
-  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* ≥ 65520 rounds to inf */
-  if (a < 0x38800000u) {                                   /* below 2^-14: subnormal */
-    if (a < 0x33000000u) return sign;                      /* ≤ 2^-25 rounds to 0 */
-    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126u - (a >> 23);               /* 14..24 */
-    uint32_t r = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
-    if (rem > half || (rem == half && (r & 1u))) r++;
-    return (uint16_t)(sign | r);
+  const uint32_t a = x.u & 0x7fffffffu;
+  if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+  if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* ≥ 65520: inf */
+  if (a >= 0x38800000u) {                                  /* normal f16 */
+    uint32_t r = a - 0x38000000u;                          /* rebias 127 → 15 */
+    r += 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
   }
-  a += 0xfffu + ((a >> 13) & 1u);
-  return (uint16_t)(sign | ((a >> 13) - (112u << 10)));
+  if (a < 0x33000000u) return sign; /* below half the smallest subnormal */
+  /* subnormal: value = m·2^(e−150) with the implicit bit; shift to 2^-24 units */
+  const uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u;
+  const uint32_t shift = 126u - e; /* 14..24 */
+  uint32_t q = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  if (rem > half || (rem == half && (q & 1u))) q++;
+  return (uint16_t)(sign | q);
 }
-
-/* IEEE half → f32 (exact). */
-static inline float attn_f16_to_f32(uint16_t h) {
-  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  union {
-    uint32_t u;
-    float f;
-  } x;
-  if (e == 0) {
-    x.f = (float)m * 0x1p-24f;
-    x.u |= sign;
-  } else if (e == 31) {
-    x.u = sign | 0x7f800000u | (m << 13);
-  } else {
-    x.u = sign | ((e + 112u) << 23) | (m << 13);
-  }
-  return x.f;
-}
-
-/* IEEE half storage (the KV cache's; not a tensor dtype). */
-extern const attn_dtype_traits attn_f16_traits;
 
 /* ---- workspace carving (core/alloc.c) ---------------------------------------
  * Every plan lays its scratch out with a carver: each part is a product of
@@ -195,6 +221,11 @@ const char *attn_shape_str(const attn_tensor *t, char *buf, size_t len);
 attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_tensor *t,
                               int32_t rank, attn_dtype dtype);
 
+/* t (not NULL) must have ref's dtype: ATTN_ERR_DTYPE naming both tensors
+ * and both dtypes. */
+attn_status attn_check_dtype_pair(attn_context *ctx, const char *name, const attn_tensor *t,
+                                  const char *ref_name, const attn_tensor *ref);
+
 /* t's dims against want[] (−1: any); ATTN_ERR_SHAPE naming t, its shape and
  * `what` it should match. The one shape checker. */
 attn_status attn_check_dims(attn_context *ctx, const char *name, const attn_tensor *t,
@@ -209,6 +240,11 @@ attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows,
                               int64_t row_stride, int64_t col_stride);
 /* The same for the last two dims of a tensor of rank ≥ 2. */
 attn_status attn_check_matrix_rows(attn_context *ctx, const char *name, const attn_tensor *t);
+
+/* An output written element by element needs distinct memory for every
+ * element (no stride 0 on a dim > 1, no overlapping rows): ATTN_ERR_LAYOUT
+ * naming `name` otherwise. */
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t);
 
 /* Element offset of index (i0..i3) for a rank-4 tensor. */
 static inline int64_t attn_off4(const attn_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -262,12 +298,29 @@ struct attn_desc {
     int64_t count;
     uint64_t seed;
   } features;
+  struct { /* packed variable-length batch (attn_desc_set_varlen) */
+    const int64_t *q_off, *k_off; /* [n + 1] each; k_off = q_off for self-attention */
+    int64_t n;                    /* sequences; 0 = off */
+  } varlen;
+  struct { /* attention sinks (attn_desc_set_sinks) */
+    const double *logits; /* [H] or NULL */
+    int64_t n;
+  } sinks;
+  attn_tensor *mass; /* per-key attention mass output (attn_desc_set_key_mass) or NULL */
   struct { /* Linformer */
     int64_t rank;
     uint64_t seed;
     const attn_tensor *e, *f;
   } lowrank;
 };
+
+/* Packed-batch offsets: off[0] = 0, non-decreasing, off[n] = total (total < 0:
+ * not checked); ATTN_ERR_INVALID_ARG naming `name` otherwise. */
+attn_status attn_check_offsets(attn_context *ctx, const char *name, const int64_t *off, int64_t n,
+                               int64_t total, const char *total_name);
+/* Sink logits: not NaN, not above dtype dt's range (−inf = no sink);
+ * ATTN_ERR_INVALID_ARG naming "sinks" otherwise. */
+attn_status attn_check_sinks(attn_context *ctx, const double *logits, int64_t n, attn_dtype dt);
 
 /* 1/√d_k for the scaled dot product, 1 for every other score. */
 double attn_default_scale(attn_score score, int64_t d_k);
@@ -291,6 +344,9 @@ typedef enum attn_option {
   ATTN_OPT_SCORE_ADDITIVE,
   ATTN_OPT_WEIGHTS,
   ATTN_OPT_LSE,
+  ATTN_OPT_VARLEN,         /* packed variable-length batch */
+  ATTN_OPT_SINKS,          /* per-head sink logits */
+  ATTN_OPT_MASS,           /* per-key attention mass output */
   ATTN_OPT_COUNT
 } attn_option;
 #define ATTN_OPT(o) (1u << (o))
@@ -303,12 +359,20 @@ typedef struct attn_support {
   const char *name;
   uint32_t supported;
   const char *why[ATTN_OPT_COUNT];
+  /* 16-bit storage (bf16, f16): NULL when supported, else the reason. */
+  const char *no_16bit;
 } attn_support;
 
 /* The options desc asks for (with a weights / lse output or not). */
 uint32_t attn_options_used(const attn_desc *desc, bool weights, bool lse);
 /* ATTN_ERR_UNSUPPORTED for the first used option s does not support. */
 attn_status attn_options_check(attn_context *ctx, const attn_support *s, uint32_t used);
+
+/* The dtype rules of a consumer: 16-bit storage dtypes need support for
+ * them (s->no_16bit) and a dot-product score; ATTN_ERR_UNSUPPORTED names
+ * the variant or the score. */
+attn_status attn_dtype_check(attn_context *ctx, const attn_support *s, const attn_desc *desc,
+                             attn_dtype dtype);
 
 /* ---- plans (core/plan.c) -------------------------------------------------- */
 
@@ -359,10 +423,11 @@ typedef struct attn_run {
   attn_ws ws;
 } attn_run;
 
-typedef attn_status (*attn_execute_fn)(const struct attn_plan *plan, const attn_run *run,
-                                       const attn_tensor *q, const attn_tensor *k,
-                                       const attn_tensor *v, attn_tensor *out,
-                                       attn_tensor *weights, attn_tensor *lse);
+typedef attn_status attn_execute_sig(const struct attn_plan *plan, const attn_run *run,
+                                     const attn_tensor *q, const attn_tensor *k,
+                                     const attn_tensor *v, attn_tensor *out,
+                                     attn_tensor *weights, attn_tensor *lse);
+typedef attn_execute_sig *attn_execute_fn;
 
 /* A row of the variant table: how to build, run and tear down a plan of this
  * variant, and the options it supports (checked before init). */
@@ -402,37 +467,24 @@ struct attn_plan {
 size_t attn_plan_ws_bytes(const struct attn_plan *p, int32_t threads);
 attn_ws attn_plan_ws_at(const struct attn_plan *p, void *base);
 
+/* The variant state of a plan, zeroed and attached to p (freed with the
+ * plan); NULL with the message set when out of memory. */
+void *attn_plan_impl_alloc(struct attn_plan *p, size_t bytes);
+
 /* Each variant's functions; core/variants.c lists them in the table with
  * what each supports. */
 attn_status attn_exact_plan_init(struct attn_plan *p);
-attn_status attn_exact_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                    const attn_tensor *q, const attn_tensor *k,
-                                    const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                    attn_tensor *lse);
 attn_status attn_swin_plan_init(struct attn_plan *p);
-attn_status attn_swin_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                   const attn_tensor *q, const attn_tensor *k,
-                                   const attn_tensor *v, attn_tensor *out, attn_tensor *weights,
-                                   attn_tensor *lse);
-/* Longformer, BigBird, block-sparse: the exact kernel with a sparse mask. */
-attn_status attn_sparse_plan_init(struct attn_plan *p);
+attn_status attn_sparse_plan_init(struct attn_plan *p); /* Longformer, BigBird, block-sparse */
+attn_status attn_linear_plan_init(struct attn_plan *p); /* elu+1, Performer */
+attn_status attn_lowrank_plan_init(struct attn_plan *p); /* Linformer */
+attn_execute_sig attn_exact_plan_execute, attn_swin_plan_execute, attn_linear_plan_execute,
+    attn_lowrank_plan_execute;
 void attn_sparse_plan_destroy(struct attn_plan *p);
-attn_status attn_sparse_block_layout(const struct attn_plan *p, uint8_t *buf, size_t *size);
-/* elu+1 and Performer. */
-attn_status attn_linear_plan_init(struct attn_plan *p);
-attn_status attn_linear_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                     const attn_tensor *q, const attn_tensor *k,
-                                     const attn_tensor *v, attn_tensor *out,
-                                     attn_tensor *weights, attn_tensor *lse);
 void attn_linear_plan_destroy(struct attn_plan *p);
-attn_status attn_performer_redraw(struct attn_plan *p, uint64_t seed);
-/* Linformer. */
-attn_status attn_lowrank_plan_init(struct attn_plan *p);
-attn_status attn_lowrank_plan_execute(const struct attn_plan *p, const attn_run *run,
-                                      const attn_tensor *q, const attn_tensor *k,
-                                      const attn_tensor *v, attn_tensor *out,
-                                      attn_tensor *weights, attn_tensor *lse);
 void attn_lowrank_plan_destroy(struct attn_plan *p);
+attn_status attn_sparse_block_layout(const struct attn_plan *p, uint8_t *buf, size_t *size);
+attn_status attn_performer_redraw(struct attn_plan *p, uint64_t seed);
 
 /* ---- threads (core/threadpool.c) ------------------------------------------ */
 
@@ -443,6 +495,11 @@ void attn_lowrank_plan_destroy(struct attn_plan *p);
  * for the duration and restored afterwards. */
 typedef void (*attn_task_fn)(void *arg, int64_t task, int32_t thread);
 attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn, void *arg);
+/* The same with the job's estimated cost in FLOPs: a job too small to pay
+ * for waking the workers (or for any dispatch at all) runs on the calling
+ * thread alone. Results do not depend on it (tasks are independent). */
+attn_status attn_parallel_for_cost(attn_context *ctx, int64_t ntasks, double flops,
+                                   attn_task_fn fn, void *arg);
 /* Start the context's workers if not running (plans call this at creation so
  * execute never allocates). */
 attn_status attn_threadpool_ensure(attn_context *ctx);

@@ -39,19 +39,81 @@ static attn_status expect_distinct(attn_context *ctx, const char *name, const at
   return ATTN_OK;
 }
 
+/* Packed batches, sinks and the per-key mass against the plan's dims. */
+static attn_status validate_serving(attn_context *ctx, const attn_desc *desc, const attn_dims *d) {
+  attn_status st;
+  char buf[96];
+  if (desc->varlen.n > 0) {
+    if (d->B != 1)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "q: a packed batch (attn_desc_set_varlen) has batch dim 1, got %" PRId64,
+                       d->B);
+    if ((st = attn_check_offsets(ctx, "q_offsets", desc->varlen.q_off, desc->varlen.n, d->Sq,
+                                 "q's total tokens")) != ATTN_OK ||
+        (st = attn_check_offsets(ctx, "k_offsets", desc->varlen.k_off, desc->varlen.n, d->Sk,
+                                 "k's total tokens")) != ATTN_OK)
+      return st;
+  }
+  if (desc->sinks.logits != NULL) {
+    if (desc->sinks.n != d->H)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "sinks: %" PRId64 " logits given, q has %" PRId64 " heads", desc->sinks.n,
+                       d->H);
+    if ((st = attn_check_sinks(ctx, desc->sinks.logits, d->H, d->dtype)) != ATTN_OK) return st;
+  }
+  const attn_tensor *m = desc->mass;
+  if (m != NULL) {
+    if ((st = attn_check_tensor(ctx, "mass", m, 3, d->dtype)) != ATTN_OK) return st;
+    if (m->shape[0] != d->B || (m->shape[1] != d->H && m->shape[1] != d->Hkv) ||
+        m->shape[2] != d->Sk)
+      return attn_fail(ctx, ATTN_ERR_SHAPE,
+                       "mass: shape %s, expected [B, H, S_k] = [%" PRId64 ",%" PRId64 ",%" PRId64
+                       "] or [B, H_kv, S_k] = [%" PRId64 ",%" PRId64 ",%" PRId64 "]",
+                       attn_shape_str(m, buf, sizeof buf), d->B, d->H, d->Sk, d->B, d->Hkv, d->Sk);
+    if (m->shape[2] > 1 && m->strides[2] != 1)
+      return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: stride %" PRId64 " of the key dim, expected 1",
+                       m->strides[2]);
+    if ((st = expect_distinct(ctx, "mass", m)) != ATTN_OK) return st;
+  }
+  return ATTN_OK;
+}
+
+attn_status attn_check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  return expect_distinct(ctx, name, t);
+}
+
 static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn_tensor *q,
                             const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
                             const attn_tensor *weights, const attn_tensor *lse, attn_plan *p) {
   attn_status st;
   if (q == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "q: must not be NULL");
-  if (q->dtype != ATTN_DTYPE_F32 && q->dtype != ATTN_DTYPE_F64)
-    return attn_fail(ctx, ATTN_ERR_DTYPE, "q: dtype %s, expected f32 or f64",
+  if (q->dtype != ATTN_DTYPE_F32 && q->dtype != ATTN_DTYPE_F64 && !attn_dtype_is_16bit(q->dtype))
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "q: dtype %s, expected f32, f64, bf16 or f16",
                      attn_dtype_name(q->dtype));
   attn_dtype dt = q->dtype;
+  /* The dtype rules: one dtype for q, k, v (and out, weights, lse) in f32
+   * and f64; 16-bit q, k, v of one type with out in it or in f32, and
+   * weights/lse in f32, the compute type. */
+  const attn_dtype ct = attn_dtype_compute(dt);
+  if ((st = attn_check_dtype_pair(ctx, "k", k, "q", q)) != ATTN_OK) return st;
+  if ((st = attn_check_dtype_pair(ctx, "v", v, "q", q)) != ATTN_OK) return st;
+  if (out != NULL && ct != dt && out->dtype == ct) {
+    /* 16-bit inputs, f32 output: allowed */
+  } else if ((st = attn_check_dtype_pair(ctx, "out", out, "q", q)) != ATTN_OK) {
+    return st;
+  }
   if ((st = attn_check_tensor(ctx, "q", q, 4, dt)) != ATTN_OK) return st;
   if ((st = attn_check_tensor(ctx, "k", k, 4, dt)) != ATTN_OK) return st;
   if ((st = attn_check_tensor(ctx, "v", v, 4, dt)) != ATTN_OK) return st;
-  if ((st = attn_check_tensor(ctx, "out", out, 4, dt)) != ATTN_OK) return st;
+  if ((st = attn_check_tensor(ctx, "out", out, 4, out->dtype)) != ATTN_OK) return st;
+  if (weights != NULL && weights->dtype != ct)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "weights: dtype %s, expected %s (q is %s)%s",
+                     attn_dtype_name(weights->dtype), attn_dtype_name(ct), attn_dtype_name(dt),
+                     ct != dt ? ": weights of a 16-bit plan are f32" : "");
+  if (lse != NULL && lse->dtype != ct)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "lse: dtype %s, expected %s (q is %s)%s",
+                     attn_dtype_name(lse->dtype), attn_dtype_name(ct), attn_dtype_name(dt),
+                     ct != dt ? ": lse of a 16-bit plan is f32" : "");
 
   attn_dims *d = &p->dims;
   d->dtype = dt;
@@ -92,7 +154,7 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   if ((st = attn_check_matrix_rows(ctx, "out", out)) != ATTN_OK) return st;
   if ((st = expect_distinct(ctx, "out", out)) != ATTN_OK) return st;
   if (weights != NULL) {
-    if ((st = attn_check_tensor(ctx, "weights", weights, 4, dt)) != ATTN_OK) return st;
+    if ((st = attn_check_tensor(ctx, "weights", weights, 4, ct)) != ATTN_OK) return st;
     const int64_t wwant[4] = {d->B, d->H, d->Sq, d->Sk};
     if ((st = attn_check_dims(ctx, "weights", weights, wwant, "[B, H, S_q, S_k]")) != ATTN_OK)
       return st;
@@ -100,11 +162,13 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
     if ((st = expect_distinct(ctx, "weights", weights)) != ATTN_OK) return st;
   }
   if (lse != NULL) {
-    if ((st = attn_check_tensor(ctx, "lse", lse, 3, dt)) != ATTN_OK) return st;
+    if ((st = attn_check_tensor(ctx, "lse", lse, 3, ct)) != ATTN_OK) return st;
     const int64_t lwant[3] = {d->B, d->H, d->Sq};
     if ((st = attn_check_dims(ctx, "lse", lse, lwant, "[B, H, S_q]")) != ATTN_OK) return st;
     if ((st = expect_distinct(ctx, "lse", lse)) != ATTN_OK) return st;
   }
+
+  if ((st = validate_serving(ctx, desc, d)) != ATTN_OK) return st;
 
   p->scale = desc->score.scale > 0.0 ? desc->score.scale
                                      : attn_default_scale(desc->score.kind, d->Dk);
@@ -117,7 +181,21 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   return ATTN_OK;
 }
 
+void *attn_plan_impl_alloc(attn_plan *p, size_t bytes) {
+  void *im = attn_calloc(p->ctx, bytes);
+  if (im == NULL) {
+    attn_fail(p->ctx, ATTN_ERR_NO_MEMORY, "attn_plan_create: out of memory");
+    return NULL;
+  }
+  p->impl = im;
+  p->impl_bytes = bytes;
+  return im;
+}
+
 size_t attn_plan_ws_bytes(const attn_plan *p, int32_t threads) {
+  /* Saturates: a size no caller can provide, rather than a wrapped small one. */
+  if (threads > 0 && p->ws_slot > (SIZE_MAX - ATTN_ALIGN - p->ws_shared) / (size_t)threads)
+    return SIZE_MAX - ATTN_ALIGN;
   return p->ws_shared + p->ws_slot * (size_t)threads;
 }
 
@@ -146,6 +224,7 @@ attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const att
   if ((st = attn_options_check(ctx, &tmp.ops->support,
                                attn_options_used(desc, weights != NULL, lse != NULL))) != ATTN_OK)
     return st;
+  if ((st = attn_dtype_check(ctx, &tmp.ops->support, desc, tmp.dims.dtype)) != ATTN_OK) return st;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
 
   attn_plan *p = attn_alloc(ctx, sizeof *p);
@@ -154,7 +233,8 @@ attn_status attn_plan_create(attn_context *ctx, const attn_desc *desc, const att
   st = p->ops->init(p);
   if (st == ATTN_OK) {
     p->workspace_bytes = attn_plan_ws_bytes(p, ctx->num_threads);
-    if (p->workspace_bytes > 0 && (p->workspace = attn_alloc(ctx, p->workspace_bytes)) == NULL)
+    /* Zeroed now, so the first execute takes no page faults on it. */
+    if (p->workspace_bytes > 0 && (p->workspace = attn_calloc(ctx, p->workspace_bytes)) == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_plan_create: cannot allocate %zu bytes of workspace", p->workspace_bytes);
   }

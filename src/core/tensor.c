@@ -196,6 +196,16 @@ attn_status attn_check_tensor(attn_context *ctx, const char *name, const attn_te
   return ATTN_OK;
 }
 
+attn_status attn_check_dtype_pair(attn_context *ctx, const char *name, const attn_tensor *t,
+                                  const char *ref_name, const attn_tensor *ref) {
+  if (t == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", name);
+  if (t->dtype != ref->dtype)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "%s: dtype %s, expected %s (%s is %s)", name,
+                     attn_dtype_name(t->dtype), attn_dtype_name(ref->dtype), ref_name,
+                     attn_dtype_name(ref->dtype));
+  return ATTN_OK;
+}
+
 attn_status attn_check_matrix(attn_context *ctx, const char *name, int64_t rows, int64_t cols,
                               int64_t row_stride, int64_t col_stride) {
   if (col_stride != 1 && cols != 1)

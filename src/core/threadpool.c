@@ -10,10 +10,20 @@
  * at one thread for the duration of a job.
  *
  * Latency: small calls (a decode step, a control-loop tick) last a few
- * microseconds, less than a futex wake-up. So workers spin on `state` for up
- * to ATTN_SPIN_NS after a job before sleeping on `wake`, and the caller spins
- * as long for the last task before sleeping on `done`. Idle workers burn at
- * most that much CPU after each call. */
+ * microseconds, less than a futex wake-up (≈ 55 µs here). So workers spin on
+ * `state` after a job before sleeping on `wake`, and the caller spins as long
+ * for the last task before sleeping on `done`. How long is the context's
+ * spin policy (attn_context_set_spin(), read at every job):
+ *  - adaptive (default): spin twice the longest of the last 8 gaps between jobs, at
+ *    least ATTN_SPIN_NS and at most ATTN_SPIN_MAX_NS; when jobs come further
+ *    apart than that, spin only ATTN_SPIN_NS. A control loop calling every
+ *    few milliseconds finds its workers awake (and pays a core's worth of
+ *    spinning between calls); a server with back-to-back jobs or rare calls
+ *    spins 50 µs after each.
+ *  - fixed: spin exactly that long; never: sleep at once.
+ * Jobs too small to pay for a wake-up run on the caller alone
+ * (attn_parallel_for_cost). */
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <time.h>
@@ -40,6 +50,10 @@ struct attn_threadpool {
   atomic_int sleepers;           /* workers asleep on `wake` */
   atomic_bool caller_sleeping;   /* the caller is asleep on `done` */
   atomic_bool stop;
+  atomic_int_fast64_t spin_ns;   /* how long idle workers spin now (policy applied) */
+  int64_t last_publish_ns;       /* adaptive: when the previous job was published */
+  int64_t gaps[8];               /* adaptive: the last gaps between publishes (a call may be several jobs) */
+  uint32_t gap_next;
   pthread_t *threads;
   size_t threads_bytes;
 };
@@ -50,6 +64,12 @@ typedef struct worker_arg {
 } worker_arg;
 
 #define ATTN_SPIN_NS 50000                /* 50 µs */
+#define ATTN_SPIN_MAX_NS 5000000          /* adaptive spinning covers gaps up to 5 ms */
+/* Jobs cheaper than this run on the caller: dispatch would cost more. */
+#define ATTN_TINY_FLOPS 2e5
+/* Jobs cheaper than this run on the caller when every worker sleeps: at
+ * ≈ 50 GFLOPS per core it is ≈ 80 µs, about a wake-up and a half. */
+#define ATTN_WAKE_FLOPS 4e6
 #define ATTN_BATCH ((int64_t)1 << 31)     /* tasks per published job */
 
 static inline void cpu_relax(void) {
@@ -66,15 +86,17 @@ static int64_t now_ns(void) {
 
 typedef bool (*pool_cond)(struct attn_threadpool *pool, uint64_t arg);
 
-/* Spin until cond holds or ATTN_SPIN_NS pass; true if it holds. */
+/* Spin until cond holds or the pool's spin time passes; true if it holds. */
 static bool spin_until(struct attn_threadpool *pool, pool_cond cond, uint64_t arg) {
+  const int64_t budget = atomic_load_explicit(&pool->spin_ns, memory_order_relaxed);
+  if (budget <= 0) return cond(pool, arg);
   int64_t deadline = 0;
   for (uint32_t i = 0;; i++) {
     if (cond(pool, arg)) return true;
     if ((i & 63) == 63) {
       int64_t t = now_ns();
       if (deadline == 0)
-        deadline = t + ATTN_SPIN_NS;
+        deadline = t + budget;
       else if (t > deadline)
         return false;
     }
@@ -146,6 +168,7 @@ static attn_status pool_start(attn_context *ctx) {
   pthread_cond_init(&pool->wake, NULL);
   pthread_cond_init(&pool->done, NULL);
   pool->pid = getpid();
+  atomic_store(&pool->spin_ns, ctx->spin_ns > 0 ? ctx->spin_ns : ctx->spin_ns < 0 ? 0 : ATTN_SPIN_NS);
   worker_arg *args = (worker_arg *)(pool->threads + nw);
   for (int32_t i = 0; i < nw; i++) {
     args[i].pool = pool;
@@ -218,15 +241,30 @@ static void blas_leave(void) {
 }
 
 attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn, void *arg) {
+  return attn_parallel_for_cost(ctx, ntasks, INFINITY, fn, arg);
+}
+
+/* Run on the caller alone? Tiny jobs always; small ones when waking the
+ * workers would cost more than they save. */
+static bool run_serial(const attn_context *ctx, int64_t ntasks, double flops) {
+  if (ctx->num_threads <= 1 || ntasks == 1 || flops < ATTN_TINY_FLOPS) return true;
+  const struct attn_threadpool *pool = ctx->pool;
+  return flops < ATTN_WAKE_FLOPS && pool != NULL && pool->pid == getpid() &&
+         atomic_load_explicit(&pool->sleepers, memory_order_relaxed) == pool->nworkers;
+}
+
+attn_status attn_parallel_for_cost(attn_context *ctx, int64_t ntasks, double flops,
+                                   attn_task_fn fn, void *arg) {
   if (ntasks <= 0) return ATTN_OK;
-  if (ctx->num_threads > 1 && ntasks > 1) {
+  const bool serial = run_serial(ctx, ntasks, flops);
+  if (!serial) {
     /* Normally a no-op: plans start the pool. Only after fork() does this start one. */
     attn_status st = attn_threadpool_ensure(ctx);
     if (st != ATTN_OK) return st;
   }
   blas_enter();
 
-  if (ctx->num_threads <= 1 || ntasks == 1) {
+  if (serial) {
     for (int64_t t = 0; t < ntasks; t++) fn(arg, t, 0);
   } else {
     struct attn_threadpool *pool = ctx->pool;
@@ -237,6 +275,19 @@ attn_status attn_parallel_for(attn_context *ctx, int64_t ntasks, attn_task_fn fn
       pool->base = base;
       atomic_store_explicit(&pool->ntasks, n, memory_order_relaxed);
       atomic_store_explicit(&pool->completed, 0, memory_order_relaxed);
+      int64_t spin = ctx->spin_ns < 0 ? 0 : ctx->spin_ns;
+      if (ctx->spin_ns == 0) {
+        /* Adaptive: cover the longest recent gap between jobs (one execute
+         * may publish several jobs; the gap that matters is between calls). */
+        const int64_t t = now_ns();
+        pool->gaps[pool->gap_next++ % 8] = t - pool->last_publish_ns;
+        pool->last_publish_ns = t;
+        int64_t gap = 0;
+        for (int i = 0; i < 8; i++) gap = pool->gaps[i] > gap ? pool->gaps[i] : gap;
+        spin = gap <= ATTN_SPIN_MAX_NS / 2 ? 2 * gap : ATTN_SPIN_NS;
+        if (spin < ATTN_SPIN_NS) spin = ATTN_SPIN_NS;
+      }
+      atomic_store_explicit(&pool->spin_ns, spin, memory_order_relaxed);
       uint64_t gen = generation_of(atomic_load(&pool->state)) + 1;
       atomic_store(&pool->state, gen << 32); /* publish (seq_cst, see sleepers) */
       if (atomic_load(&pool->sleepers) > 0) {

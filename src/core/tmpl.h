@@ -32,9 +32,9 @@
 #define T_DTYPE ATTN_DTYPE_F32
 #define T_BITS 32
 #define GEMM attn_sgemm
-#define VMAX(x, n) attn_vmath_get()->max_f32((x), (n))
-#define VEXPSUM(x, n, m) attn_vmath_get()->exp_sub_sum_f32((x), (n), (m))
-#define VTANH(x, n) attn_vmath_get()->tanh_f32((x), (n))
+#define VMAX(x, n) attn_vmath_fast()->max_f32((x), (n))
+#define VEXPSUM(x, n, m) attn_vmath_fast()->exp_sub_sum_f32((x), (n), (m))
+#define VTANH(x, n) attn_vmath_fast()->tanh_f32((x), (n))
 #define MASK_APPLY attn_mask_apply_f32
 #define EXP expf
 #define LOG logf

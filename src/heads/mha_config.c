@@ -74,10 +74,11 @@ static attn_status check_config(attn_context *ctx, const attn_mha_config *c, att
   if (c->kdim < 0 || c->vdim < 0)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.%s: %" PRId64 " must be >= 0 (0 = embed_dim)",
                      c->kdim < 0 ? "kdim" : "vdim", c->kdim < 0 ? c->kdim : c->vdim);
-  if (c->dtype != ATTN_DTYPE_F32 && c->dtype != ATTN_DTYPE_F64)
-    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.dtype: %s, expected f32 or f64",
+  if (c->dtype != ATTN_DTYPE_F32 && c->dtype != ATTN_DTYPE_F64 && !attn_dtype_is_16bit(c->dtype))
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.dtype: %s, expected f32, f64, bf16 or f16",
                      attn_dtype_name(c->dtype));
   m->dt = c->dtype;
+  m->ct = attn_dtype_compute(c->dtype);
   m->E = c->embed_dim;
   m->H = c->num_heads;
   m->Hkv = hkv;

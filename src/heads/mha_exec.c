@@ -36,39 +36,83 @@ static void gemm_nt(attn_dtype dt, int64_t M, int64_t N, int64_t K, const void *
  * per batch item, each a single-threaded GEMM: OpenBLAS's own threads stay
  * asleep (they would spin on the cores the attention kernel needs next), and
  * the result does not depend on the thread count. */
-#define PROJ_ROWS 64
+#define PROJ_ROWS ATTN_MHA_PROJ_ROWS
 
 typedef struct proj_job {
-  attn_dtype dt;
+  attn_dtype dt;          /* compute type: W, bias and the GEMM */
+  attn_dtype sdt, ddt;    /* src and dst storage (16-bit: widened / rounded per chunk) */
   int64_t S, N, K, chunks;
   const void *src, *W, *bias;
   int64_t sb, ss, ldw, dsb, dss;
   void *dst;
+  char *conv;             /* per-thread row scratch (16-bit layers) */
+  size_t conv_slot;
+  int64_t conv_y;         /* offset (elements) of the output rows in a slot */
 } proj_job;
 
 static void proj_task(void *arg, int64_t t, int32_t thread) {
-  (void)thread;
   const proj_job *j = arg;
   const size_t es = attn_dtype_size(j->dt);
+  const size_t ses = attn_dtype_size(j->sdt), des = attn_dtype_size(j->ddt);
   const int64_t b = t / j->chunks, s0 = (t % j->chunks) * PROJ_ROWS;
   const int64_t rows = attn_min64(PROJ_ROWS, j->S - s0);
-  void *dst = at(j->dst, b * j->dsb + s0 * j->dss, es);
-  gemm_nt(j->dt, rows, j->N, j->K, cat(j->src, b * j->sb + s0 * j->ss, es), j->ss, j->W, j->ldw,
-          dst, j->dss);
+  const void *src = cat(j->src, b * j->sb + s0 * j->ss, ses);
+  int64_t lda = j->ss;
+  void *dst = at(j->dst, b * j->dsb + s0 * j->dss, des);
+  int64_t ldd = j->dss;
+  float *slot = j->conv ? (float *)(void *)(j->conv + (size_t)thread * j->conv_slot) : NULL;
+  if (j->sdt != j->dt) { /* 16-bit rows → f32 scratch */
+    const attn_dtype_traits *tr = attn_dtype_info(j->sdt);
+    for (int64_t s = 0; s < rows; s++) tr->to_f32(cat(src, s * j->ss, ses), slot + s * j->K, j->K);
+    src = slot;
+    lda = j->K;
+  }
+  if (j->ddt != j->dt) { /* f32 scratch rows, rounded into dst below */
+    dst = slot + j->conv_y;
+    ldd = j->N;
+  }
+  gemm_nt(j->dt, rows, j->N, j->K, src, lda, j->W, j->ldw, dst, ldd);
   if (j->bias != NULL)
     for (int64_t s = 0; s < rows; s++) {
       if (j->dt == ATTN_DTYPE_F32)
-        mha_add_row_f32(j->N, at(dst, s * j->dss, es), j->bias);
+        mha_add_row_f32(j->N, at(dst, s * ldd, es), j->bias);
       else
-        mha_add_row_f64(j->N, at(dst, s * j->dss, es), j->bias);
+        mha_add_row_f64(j->N, at(dst, s * ldd, es), j->bias);
     }
+  if (j->ddt != j->dt) {
+    const attn_dtype_traits *tr = attn_dtype_info(j->ddt);
+    void *out = at(j->dst, b * j->dsb + s0 * j->dss, des);
+    for (int64_t s = 0; s < rows; s++)
+      tr->from_f32((const float *)dst + s * ldd, at(out, s * j->dss, des), j->N);
+  }
 }
 
-static attn_status project(attn_context *ctx, attn_dtype dt, int64_t B, int64_t S, const void *src,
-                           int64_t sb, int64_t ss, const void *W, int64_t ldw, int64_t N,
-                           int64_t K, const void *bias, void *dst, int64_t dsb, int64_t dss) {
-  proj_job j = {dt, S, N, K, attn_cdiv64(S, PROJ_ROWS), src, W, bias, sb, ss, ldw, dsb, dss, dst};
-  return attn_parallel_for(ctx, B * j.chunks, proj_task, &j);
+/* The storage of a projection's input and output (ct: the compute type;
+ * both ct except at a 16-bit layer's boundary) and its row scratch. */
+typedef struct proj_io {
+  attn_dtype sdt, ddt;
+  char *conv;
+  size_t conv_slot;
+  int64_t conv_y;
+} proj_io;
+
+static attn_status project(attn_context *ctx, attn_dtype dt, const proj_io *io, int64_t B,
+                           int64_t S, const void *src, int64_t sb, int64_t ss, const void *W,
+                           int64_t ldw, int64_t N, int64_t K, const void *bias, void *dst,
+                           int64_t dsb, int64_t dss) {
+  proj_job j = {dt,  io->sdt, io->ddt, S,   N,   K,        attn_cdiv64(S, PROJ_ROWS),
+                src, W,       bias,    sb,  ss,  ldw,      dsb,
+                dss, dst,     io->conv, io->conv_slot, io->conv_y};
+  return attn_parallel_for_cost(ctx, B * j.chunks, 2.0 * (double)B * (double)S * (double)N * (double)K,
+                                proj_task, &j);
+}
+
+/* A parameter (rows × cols, row stride ld, storage dt) widened into dense f32. */
+static void widen(attn_dtype dt, const void *src, int64_t rows, int64_t cols, int64_t ld,
+                  float *dst) {
+  const attn_dtype_traits *tr = attn_dtype_info(dt);
+  for (int64_t r = 0; r < rows; r++)
+    tr->to_f32((const char *)src + (size_t)(r * ld) * attn_dtype_size(dt), dst + r * cols, cols);
 }
 
 static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
@@ -82,9 +126,11 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   if (st != ATTN_OK) return st;
 
   const attn_mha *m = p->mha;
-  const attn_dtype dt = m->dt;
+  const attn_dtype dt = m->ct; /* everything inside computes in f32/f64 */
+  const attn_dtype sdt = m->dt; /* inputs, outputs, parameters */
+  const bool half = sdt != dt;
   const bool f32 = dt == ATTN_DTYPE_F32;
-  const size_t es = attn_dtype_size(dt);
+  const size_t es = attn_dtype_size(dt), ses = attn_dtype_size(sdt);
   const int64_t B = p->B, E = m->E, Ekv = m->Ekv;
   const attn_mha_weights *w = &m->w;
   void *buf[3] = {ws + p->buf_at[0], ws + p->buf_at[1], ws + p->buf_at[2]};
@@ -105,7 +151,7 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   if (w->in_proj_weight != NULL) {
     const attn_tensor *t = w->in_proj_weight;
     for (int i = 0; i < 3; i++) {
-      W[i] = cat(t->data, (i == 0 ? 0 : E + (i - 1) * Ekv) * t->strides[0], es);
+      W[i] = cat(t->data, (i == 0 ? 0 : E + (i - 1) * Ekv) * t->strides[0], ses);
       ldw[i] = t->strides[0];
     }
   } else {
@@ -118,15 +164,50 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   const void *bias[3] = {NULL, NULL, NULL};
   if (w->in_proj_bias != NULL)
     for (int i = 0; i < 3; i++)
-      bias[i] = cat(w->in_proj_bias->data, i == 0 ? 0 : E + (i - 1) * Ekv, es);
+      bias[i] = cat(w->in_proj_bias->data, i == 0 ? 0 : E + (i - 1) * Ekv, ses);
+
+  const int64_t K[3] = {E, m->kdim, m->vdim}, N[3] = {E, Ekv, Ekv};
+  /* 16-bit layers: the parameters widened to f32 in the workspace (borrowed
+   * tensors may change between executes), projections on f32 copies of
+   * each chunk of input rows, the result rounded once into out. */
+  const attn_tensor *wo = w->out_proj_weight;
+  int64_t ldo = E > 1 ? wo->strides[0] : E;
+  const void *Wo = wo->data;
+  const void *bo = w->out_proj_bias ? w->out_proj_bias->data : NULL;
+  proj_io io_in = {dt, dt, NULL, 0, 0}, io_out = {dt, dt, NULL, 0, 0};
+  if (half) {
+    for (int i = 0; i < 3; i++) {
+      float *w32 = (float *)(void *)(ws + p->w32_at[i]);
+      widen(sdt, W[i], N[i], K[i], ldw[i] < K[i] ? K[i] : ldw[i], w32);
+      W[i] = w32;
+      ldw[i] = K[i];
+      if (bias[i] != NULL) {
+        float *b32 = (float *)(void *)(ws + p->w32_at[4]) + (i == 0 ? 0 : E + (i - 1) * Ekv);
+        widen(sdt, bias[i], 1, N[i], N[i], b32);
+        bias[i] = b32;
+      }
+    }
+    float *wo32 = (float *)(void *)(ws + p->w32_at[3]);
+    widen(sdt, Wo, E, E, ldo, wo32);
+    Wo = wo32;
+    ldo = E;
+    if (bo != NULL) {
+      float *bo32 = (float *)(void *)(ws + p->w32_at[5]);
+      widen(sdt, bo, 1, E, E, bo32);
+      bo = bo32;
+    }
+    char *conv = ws + p->inner_at + attn_plan_ws_bytes(p->aplan, ctx->num_threads);
+    const int64_t Kmax = attn_max64(E, attn_max64(m->kdim, m->vdim));
+    io_in = (proj_io){sdt, dt, conv, p->conv_slot, PROJ_ROWS * Kmax};
+    io_out = (proj_io){dt, sdt, conv, p->conv_slot, PROJ_ROWS * Kmax};
+  }
 
   const attn_tensor *in[3] = {query, key, value};
-  const int64_t K[3] = {E, m->kdim, m->vdim}, N[3] = {E, Ekv, Ekv};
   for (int i = 0; i < 3; i++) {
     int64_t S = i == 0 ? p->Sq : p->Sk;
     if (ldw[i] < K[i]) ldw[i] = K[i]; /* a single-row weight */
-    st = project(ctx, dt, B, S, in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i], N[i], K[i],
-                 bias[i], buf[i], p->buf_sb[i], p->buf_ss[i]);
+    st = project(ctx, dt, &io_in, B, S, in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i], N[i],
+                 K[i], bias[i], buf[i], p->buf_sb[i], p->buf_ss[i]);
     if (st != ATTN_OK) return st;
   }
   /* Appended keys: bias_k/bias_v, then the add_zero_attn zero row. */
@@ -135,7 +216,11 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
       int64_t row = p->Sk;
       if (m->bias_kv) {
         const attn_tensor *bt = i == 1 ? w->bias_k : w->bias_v;
-        memcpy(at(buf[i], b * p->buf_sb[i] + row * p->buf_ss[i], es), bt->data, (size_t)Ekv * es);
+        void *drow = at(buf[i], b * p->buf_sb[i] + row * p->buf_ss[i], es);
+        if (half)
+          attn_dtype_info(sdt)->to_f32(bt->data, drow, Ekv);
+        else
+          memcpy(drow, bt->data, (size_t)Ekv * es);
         row++;
       }
       if (m->zero_attn)
@@ -175,10 +260,7 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   }
 
   /* out = merge(O) · W_oᵀ + b_o, reading the merged heads in place. */
-  const attn_tensor *wo = w->out_proj_weight;
-  int64_t ldo = E > 1 ? wo->strides[0] : E;
-  const void *bo = w->out_proj_bias ? w->out_proj_bias->data : NULL;
-  return project(ctx, dt, B, p->Sq, ws + p->ao_at, p->ao_sb, p->ao_ss, wo->data, ldo, E, E, bo,
+  return project(ctx, dt, &io_out, B, p->Sq, ws + p->ao_at, p->ao_sb, p->ao_ss, Wo, ldo, E, E, bo,
                  out->data, p->out_sb, p->out_ss);
 }
 

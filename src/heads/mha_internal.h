@@ -11,7 +11,8 @@
 
 struct attn_mha {
   attn_context *ctx;
-  attn_dtype dt;
+  attn_dtype dt; /* storage: inputs, outputs, parameters */
+  attn_dtype ct; /* compute: projections, attention, weights output (f32 for bf16/f16) */
   int64_t E, H, Hkv, D, Ekv, kdim, vdim;
   bool bias, bias_kv, zero_attn, batch_first;
   attn_mha_weights w; /* borrowed tensors */
@@ -38,6 +39,11 @@ struct attn_mha_plan {
    * per-head weights (averaged case), the combined mask; each with (b, s)
    * strides in elements; then the inner attention plan's workspace. */
   size_t buf_at[3], ao_at, wh_at, mm_at, inner_at;
+  /* 16-bit layers: the parameters widened to f32 at each execute (W_q, W_k,
+   * W_v, W_o, in-projection bias, out bias), and per thread (after the inner
+   * plan's workspace) conv_slot bytes of row scratch. */
+  size_t w32_at[6];
+  size_t conv_slot;
   int64_t buf_sb[3], buf_ss[3], ao_sb, ao_ss;
   bool avg_weights;
   /* Combined mask (see mha_plan.c): the user's options resolved on the real
@@ -55,6 +61,10 @@ struct attn_mha_plan {
   void *ws; /* the plan's own workspace, for attn_mha_plan_execute() */
   size_t ws_bytes;
 };
+
+/* Rows per projection task (mha_exec.c): the projections run on the
+ * context's pool in chunks of this many rows per batch item. */
+#define ATTN_MHA_PROJ_ROWS 64
 
 /* Rows of a [B, S, ·] operand with strides (sb, ss): which GEMM shape fits. */
 row_order attn_mha_rows_of(int64_t B, int64_t S, int64_t sb, int64_t ss);

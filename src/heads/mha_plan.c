@@ -121,7 +121,8 @@ static attn_status check_shapes(attn_mha_plan *p, const attn_tensor *query, cons
       return attn_fail(ctx, ATTN_ERR_SHAPE,
                        "weights: rank %d, expected 3 (averaged [B, S_q, S_k']) or 4 (per head "
                        "[B, H, S_q, S_k'])", (int)weights->rank);
-    if ((st = attn_check_tensor(ctx, "weights", weights, weights->rank, dt)) != ATTN_OK) return st;
+    /* Attention weights are in the compute type (f32 for 16-bit layers). */
+    if ((st = attn_check_tensor(ctx, "weights", weights, weights->rank, m->ct)) != ATTN_OK) return st;
     p->avg_weights = weights->rank == 3;
     bool ok = p->avg_weights ? weights->shape[0] == B && weights->shape[1] == Sq &&
                                    weights->shape[2] == Skx
@@ -176,7 +177,7 @@ static attn_status resolve_masks(attn_mha_plan *p, const attn_desc *desc, const 
 static attn_status layout_workspace(attn_mha_plan *p) {
   const attn_mha *m = p->mha;
   const int64_t B = p->B, Sq = p->Sq, Sk = p->Sk, Skx = p->Skx;
-  const size_t es = attn_dtype_size(m->dt);
+  const size_t es = attn_dtype_size(m->ct);
   for (int i = 0; i < 3; i++)
     p->in_order[i] = attn_mha_rows_of(B, i == 0 ? Sq : Sk, p->in_sb[i], p->in_ss[i]);
   p->out_order = attn_mha_rows_of(B, Sq, p->out_sb, p->out_ss);
@@ -195,6 +196,19 @@ static attn_status layout_workspace(attn_mha_plan *p) {
   p->ao_at = attn_carve(&c, es, B, Sq, m->E);
   p->wh_at = attn_carve(&c, es, p->avg_weights ? B * m->H : 0, Sq, Skx);
   p->mm_at = attn_carve(&c, es, p->materialize ? B * p->Hm : 0, Sq, Skx);
+  if (m->dt != m->ct) { /* 16-bit layer: f32 parameters and per-thread row scratch */
+    const int64_t Kmax = attn_max64(m->E, attn_max64(m->kdim, m->vdim));
+    p->w32_at[0] = attn_carve(&c, es, m->E, m->E, 1);
+    p->w32_at[1] = attn_carve(&c, es, m->Ekv, m->kdim, 1);
+    p->w32_at[2] = attn_carve(&c, es, m->Ekv, m->vdim, 1);
+    p->w32_at[3] = attn_carve(&c, es, m->E, m->E, 1);
+    p->w32_at[4] = attn_carve(&c, es, m->E + 2 * m->Ekv, 1, 1);
+    p->w32_at[5] = attn_carve(&c, es, m->E, 1, 1);
+    attn_carver cs = attn_carver_start();
+    attn_carve(&cs, es, ATTN_MHA_PROJ_ROWS, Kmax + m->E, 1);
+    if (!cs.ok) c.ok = false;
+    p->conv_slot = (size_t)cs.bytes;
+  }
   p->inner_at = (size_t)c.bytes;
   if (!c.ok)
     return attn_fail(p->ctx, ATTN_ERR_OVERFLOW,
@@ -209,7 +223,7 @@ static attn_status plan_attention(attn_mha_plan *p, const attn_tensor *kpm,
                                   const attn_tensor *weights) {
   const attn_mha *m = p->mha;
   attn_context *ctx = p->ctx;
-  const attn_dtype dt = m->dt;
+  const attn_dtype dt = m->ct; /* the inner attention computes in f32/f64 */
   const int64_t B = p->B, Sq = p->Sq, Skx = p->Skx, H = m->H, D = m->D;
   const int64_t qs[4] = {B, H, Sq, D}, qst[4] = {p->buf_sb[0], D, p->buf_ss[0], 1};
   const int64_t ks[4] = {B, m->Hkv, Skx, D}, kst[4] = {p->buf_sb[1], D, p->buf_ss[1], 1};
@@ -259,7 +273,15 @@ static attn_status plan_attention(attn_mha_plan *p, const attn_tensor *kpm,
 }
 
 size_t attn_mha_ws_bytes(const attn_mha_plan *p, int32_t threads) {
-  return p->inner_at + attn_plan_ws_bytes(p->aplan, threads);
+  /* Saturates (an impossible size) instead of wrapping for huge thread counts. */
+  const size_t inner = attn_plan_ws_bytes(p->aplan, threads);
+  size_t conv = 0;
+  if (p->conv_slot > 0 && __builtin_mul_overflow(p->conv_slot, (size_t)threads, &conv))
+    return SIZE_MAX - ATTN_ALIGN;
+  if (inner > SIZE_MAX - 2 * ATTN_ALIGN - p->inner_at ||
+      conv > SIZE_MAX - 2 * ATTN_ALIGN - p->inner_at - inner)
+    return SIZE_MAX - ATTN_ALIGN;
+  return p->inner_at + inner + conv;
 }
 
 void attn_mha_plan_destroy(attn_mha_plan *p) {
@@ -297,7 +319,7 @@ attn_status attn_mha_plan_create(attn_mha *mha, const attn_desc *desc, const att
       (st = layout_workspace(p)) == ATTN_OK &&
       (st = plan_attention(p, key_padding_mask, weights)) == ATTN_OK) {
     p->ws_bytes = attn_mha_ws_bytes(p, ctx->num_threads);
-    p->ws = attn_alloc(ctx, p->ws_bytes);
+    p->ws = attn_calloc(ctx, p->ws_bytes); /* touched now: no page faults in the first execute */
     if (p->ws == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_mha_plan_create: cannot allocate %zu bytes of workspace", p->ws_bytes);

@@ -7,6 +7,7 @@
 #define ATTN_EXACT_H
 
 #include "core/internal.h"
+#include "kernels/tile.h"
 #include "mask/mask.h"
 
 typedef struct attn_exact {
@@ -22,11 +23,35 @@ typedef struct attn_exact {
   int64_t qx_cols;     /* columns of the projected-query scratch (d_k or A, or 0) */
   int64_t A;           /* additive score: attention dim (0 otherwise) */
   int64_t add_kc;      /* additive: keys per tanh chunk (scratch kc × A per thread) */
+  /* The tile engine of the two GEMMs (NULL: BLAS on the tensors; always
+   * set for 16-bit storage), chosen at plan time (kernels/tile.h). */
+  const attn_tile_engine *eng;
+  /* Packed once per execute (panel engines, unbanded-left masks, several
+   * query blocks): every head's K and V in the engine's panel layout in the
+   * shared workspace, so query blocks read slices instead of each packing
+   * the same tiles again. */
+  bool prepack;
+  int64_t nkt;                /* key tiles per head (prepack tasks per head) */
+  int64_t pk_head, pv_head;   /* elements of one head's packed K, V */
+  size_t pk_at, pv_at;        /* in the shared workspace */
   /* Workspace, as byte offsets: a thread's slot holds the tiles, the shared
    * area (additive only) K·W_kᵀ [B, H_kv, S_k, A] then v [A], bias [A]. */
   struct {
-    size_t S, O, M, L, QS, QX, Vz, X, ranges;
+    size_t S, O, M, L, QS, QX, Vz, X, ranges, MT, TJ;
+    size_t Qp, Kp, Vp, Pb, Ob; /* tile engine: packed Q, K, V; P in bf16; an out row */
   } at;
+  /* Serving options, borrowed from the descriptor at setup. */
+  const double *sinks;        /* [H] sink logits or NULL (checked at every run) */
+  attn_tensor *mass;          /* per-key mass [B, H or H_kv, S_k] or NULL */
+  bool mass_grouped;          /* mass rows per KV head (summed over its group) */
+  int64_t mass_tiles;         /* mass: most key tiles a row block keeps */
+  int64_t mass_tile;          /* mass: elements of one kept tile's S (rq × bk) */
+  int64_t nseq;               /* packed batch: sequences (0: a padded batch) */
+  const int64_t *q_off, *k_off; /* packed batch: offsets [nseq + 1] */
+  int64_t vl_nlev;            /* packed batch: most row blocks of one sequence */
+  struct {
+    size_t qlen, klen, blk, lev; /* packed batch, in the shared area */
+  } vl_at;
   size_t slot_bytes;
   size_t kp_at, vb_at, shared_bytes;
 } attn_exact;

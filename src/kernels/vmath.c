@@ -271,8 +271,11 @@ static void vmath_init(void) {
   for (int i = start; i < 3 && g_vmath == NULL; i++) g_vmath = attn_vmath_isa(order[i]);
 }
 
+const attn_vmath *_Atomic attn_vmath_chosen;
+
 const attn_vmath *attn_vmath_get(void) {
   pthread_once(&g_vmath_once, vmath_init);
+  atomic_store_explicit(&attn_vmath_chosen, g_vmath, memory_order_release);
   return g_vmath;
 }
 

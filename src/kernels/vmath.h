@@ -4,6 +4,7 @@
 #ifndef ATTN_VMATH_H
 #define ATTN_VMATH_H
 
+#include <stdatomic.h>
 #include <stdint.h>
 
 typedef struct attn_vmath {
@@ -16,6 +17,14 @@ typedef struct attn_vmath {
 
 /* The dispatch table (initialised once, thread-safe). */
 const attn_vmath *attn_vmath_get(void);
+
+/* The same without a pthread_once per call: the table, once chosen, is
+ * published here (the hot loops call this per tile row). */
+extern const attn_vmath *_Atomic attn_vmath_chosen;
+static inline const attn_vmath *attn_vmath_fast(void) {
+  const attn_vmath *v = atomic_load_explicit(&attn_vmath_chosen, memory_order_acquire);
+  return v != NULL ? v : attn_vmath_get();
+}
 
 /* The table of one ISA ("generic", "avx2", "avx512") if this CPU runs it,
  * else NULL — for tests that compare every path. */

@@ -48,7 +48,9 @@ static attn_status check_lengths(attn_context *ctx, const char *name, const int6
 
 attn_mask_geom attn_mask_geom_of(const attn_desc *d, attn_dtype dtype, int64_t B, int64_t H,
                                  int64_t Sq, int64_t Sk) {
-  attn_mask_geom g = {dtype, B, H, Sq, Sk, d->mask.causal != ATTN_CAUSAL_NONE,
+  /* Scores are in the compute type: f32 for 16-bit storage (so an additive
+   * mask of a bf16/f16 plan is f32). */
+  attn_mask_geom g = {attn_dtype_compute(dtype), B, H, Sq, Sk, d->mask.causal != ATTN_CAUSAL_NONE,
                       d->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT};
   return g;
 }
@@ -85,7 +87,7 @@ attn_status attn_mask_init(attn_mask *m, attn_context *ctx, const attn_desc *des
     return st;
   if (d->add_mask != NULL) {
     if (d->add_mask->dtype != g->dtype)
-      return attn_fail(ctx, ATTN_ERR_DTYPE, "additive_mask: dtype %s differs from q's %s",
+      return attn_fail(ctx, ATTN_ERR_DTYPE, "additive_mask: dtype %s, expected %s (the plan's compute type)",
                        attn_dtype_name(d->add_mask->dtype), attn_dtype_name(g->dtype));
     if ((st = bind_dense(ctx, "additive_mask", d->add_mask, m, m->am_stride)) != ATTN_OK) return st;
   }

@@ -16,3 +16,10 @@ if(ATTN_ABIDIFF AND CMAKE_BUILD_TYPE MATCHES "Deb" AND NOT ATTN_SANITIZE AND NOT
                    ${PROJECT_BINARY_DIR}/include)
   set_tests_properties(abi_no_removed_or_changed_interfaces PROPERTIES LABELS "abi")
 endif()
+# libattn_mpi (when built) exports exactly src/mpi/attn_mpi.map.
+if(ATTN_NM AND TARGET attn_mpi)
+  add_test(NAME abi_mpi_exports_match_map
+           COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/check_symbols.sh $<TARGET_FILE:attn_mpi>
+                   ${PROJECT_SOURCE_DIR}/src/mpi/attn_mpi.map)
+  set_tests_properties(abi_mpi_exports_match_map PROPERTIES LABELS "abi;mpi")
+endif()

@@ -49,8 +49,16 @@ echo "== dpkg -i"
 dpkg -i "$runtime" "$dev" "$tools"
 dpkg -s libattn0 libattn-dev attn-tools | grep -E '^(Package|Status|Version)'
 
-echo "== the attn command from /usr/bin"
+echo "== the attn command from /usr/bin, its man page and bash completion"
 /usr/bin/attn --version
+for f in /usr/share/man/man1/attn.1 /usr/share/bash-completion/completions/attn \
+         /usr/include/attn/attn.hpp; do
+  [ -f "$f" ] || { echo "deb_test: $f not installed by the packages" >&2; exit 1; }
+done
+man -l /usr/share/man/man1/attn.1 >/dev/null 2>&1 || [ $? -eq 16 ] ||
+  { echo "deb_test: man -l attn.1 failed" >&2; exit 1; }
+bash -c '. /usr/share/bash-completion/completions/attn; COMP_WORDS=(attn d); COMP_CWORD=1;
+         _attn; [ "${COMPREPLY[*]}" = demo ]' || { echo "deb_test: completion" >&2; exit 1; }
 (cd "$work" && /usr/bin/attn demo --quick --out "$work/demo" >"$work/demo.log") ||
   { cat "$work/demo.log" >&2; exit 1; }
 ls "$work/demo"/*.png >/dev/null
@@ -73,6 +81,8 @@ cmake --build "$work/consumer-build" >>"$work/consumer.log" 2>&1 ||
   { cat "$work/consumer.log" >&2; exit 1; }
 "$work/consumer-build/consumer"
 "$work/consumer-build/consumer_static"
+"$work/consumer-build/consumer_cpp"
+"$work/consumer-build/example_cpp"
 
 echo "== dpkg --purge"
 trap - EXIT

@@ -22,4 +22,7 @@ export PKG_CONFIG_PATH="$pc_dir" LD_LIBRARY_PATH="$lib_dir${LD_LIBRARY_PATH:+:$L
 export GODEBUG=cgocheck=2
 cd "$src"
 "$go" vet ./...
+# go doc renders the package with its example (example_test.go, run by go test).
+"$go" doc -all . >"$work/godoc.txt"
+grep -q "func Attention" "$work/godoc.txt" || { echo "go doc: no Attention" >&2; exit 1; }
 exec "$go" test -count=1 -v ./...

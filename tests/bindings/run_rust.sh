@@ -16,4 +16,8 @@ fi
 cd "$src"
 ATTN_LIB_DIR=$lib_dir LD_LIBRARY_PATH=$lib_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
   CARGO_TARGET_DIR=$target CARGO_NET_OFFLINE=true \
-  exec "$cargo" test --offline --locked
+  "$cargo" test --offline --locked
+# cargo doc renders the API (the crate-level example is a doctest run above).
+ATTN_LIB_DIR=$lib_dir CARGO_TARGET_DIR=$target CARGO_NET_OFFLINE=true \
+  "$cargo" doc --offline --locked --no-deps -p attn
+[ -f "$target/doc/attn/index.html" ] || { echo "rust_bindings: cargo doc wrote no attn docs" >&2; exit 1; }

@@ -32,7 +32,7 @@ awk '$1 ~ /^kvcache/ { n++; if ($5 == "-" || $5 + 0 > 1e-5 || $4 !~ /GB\/s$/) ba
 [ -f attn-demo/index.html ] || fail "no attn-demo/index.html"
 
 # Every variant that ran (a row with a time) has its picture.
-ran=$(grep -Ec '^[a-z_-]+ +1,[0-9]+,[0-9]+,[0-9]+ +[0-9]+\.[0-9]+ ' stdout.txt)
+ran=$(grep -Ec '^[a-z0-9_-]+ +1,[0-9]+,[0-9]+,[0-9]+ +[0-9]+\.[0-9]+ ' stdout.txt)
 pngs=$(ls attn-demo/*.png 2>/dev/null | wc -l)
 echo "$ran variants ran, $pngs pictures"
 [ "$ran" -ge 12 ] || fail "only $ran variants ran (exact attention alone has 12 rows)"

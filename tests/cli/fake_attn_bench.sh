@@ -8,7 +8,7 @@
 set -u
 PATH=/usr/local/bin:/usr/bin:/bin  # the test may hide gnuplot from attn via PATH
 export PATH
-ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer crash broken"
+ALL="sdpa naive masked additive mha decode window swin longformer bigbird blocksparse linear_elu performer linformer varlen sdpa_bwd mha_bwd crash broken"
 cases="" S=1024 causal=false json=0 reps=5 threads=2
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -22,8 +22,9 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift ;;
     --threads) threads=$2; shift ;;
     --causal) causal=true ;;
+    --mass|--sinks) ;;
     --json) json=1 ;;
-    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--kv-storage) shift ;;
+    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--kv-storage|--seqs) shift ;;
     *) echo "fake attn-bench: unknown flag $1" >&2; exit 2 ;;
   esac
   shift
@@ -41,6 +42,6 @@ for c in $cases; do
   ms=$(awk -v s="$S" 'BEGIN { printf "%.4f", 1e-5 * s * s / 64 }')
   gf=$(awk -v s="$S" -v ms="$ms" 'BEGIN { printf "%.3f", 4 * 8 * s * s * 64 / (ms * 1e-3) / 1e9 }')
   echo "# sgemm peak 80.0 GFLOP/s (a human line, not JSON)"
-  echo "{\"case\":\"$c\",\"causal\":$causal,\"dtype\":\"f32\",\"B\":1,\"H\":8,\"Hkv\":8,\"Sq\":$S,\"Sk\":$S,\"D\":64,\"threads\":$threads,\"ms\":$ms,\"gflops\":$gf,\"sgemm_gflops\":80.0,\"frac_sgemm\":0.5,\"gbps\":null,\"read_gbps\":12.5,\"frac_bw\":null,\"max_err\":null,\"mean_err\":null,\"peak_rss_mb\":42.0,\"extra\":{\"nested\":[1,2]}}"
+  echo "{\"case\":\"$c\",\"causal\":$causal,\"dtype\":\"f32\",\"B\":1,\"H\":8,\"Hkv\":8,\"Sq\":$S,\"Sk\":$S,\"D\":64,\"threads\":$threads,\"ms\":$ms,\"gflops\":$gf,\"sgemm_gflops\":80.0,\"frac_sgemm\":0.5,\"fma_gflops\":160.0,\"bf16_gflops\":320.0,\"frac_peak\":0.25,\"gbps\":null,\"read_gbps\":12.5,\"frac_bw\":null,\"max_err\":null,\"mean_err\":null,\"peak_rss_mb\":42.0,\"extra\":{\"nested\":[1,2]}}"
 done
 exit $rc

@@ -74,7 +74,7 @@ files["fortran_order.npy"] = (header(dict_(fortran="True")) + f32(64), 3, "Fortr
 files["bad_bool.npy"] = (header(dict_(fortran="Maybe")) + f32(64), 3, "True or False")
 files["int64.npy"] = (header(dict_(descr="'<i8'")) + b"\0" * 512, 3, "int64")
 files["int32.npy"] = (header(dict_(descr="'<i4'")) + b"\0" * 256, 3, "int32")
-files["float16.npy"] = (header(dict_(descr="'<f2'")) + b"\0" * 128, 3, "float16")
+files["float128.npy"] = (header(dict_(descr="'<f16'")) + b"\0" * 1024, 3, "float128")
 files["complex64.npy"] = (header(dict_(descr="'<c8'")) + b"\0" * 512, 3, "complex64")
 files["object.npy"] = (header(dict_(descr="'|O'")) + b"\0" * 512, 3, "object")
 files["unicode.npy"] = (header(dict_(descr="'<U3'")) + b"\0" * 768, 3, "string")

@@ -11,6 +11,8 @@ if(TARGET attn_cli)
   add_test(NAME cli_bad_npy
            COMMAND sh ${_cli}/bad_npy_test.sh $<TARGET_FILE:attn_cli> ${_cli}/bad_npy
                    ${_work}/bad_npy)
+  add_test(NAME cli_bad_npz
+           COMMAND sh ${_cli}/bad_npz_test.sh $<TARGET_FILE:attn_cli> ${_cli} ${_work}/bad_npz)
   add_test(NAME cli_bench
            COMMAND sh ${_cli}/bench_test.sh $<TARGET_FILE:attn_cli> ${_cli}/fake_attn_bench.sh
                    ${_work}/bench)
@@ -32,7 +34,10 @@ if(TARGET attn_cli)
                      ${_work}/run_numpy)
     set_tests_properties(cli_run_numpy PROPERTIES SKIP_RETURN_CODE 77)
   endif()
-  set_tests_properties(cli_basics cli_demo cli_bad_npy cli_bench PROPERTIES LABELS "cli")
+  add_test(NAME cli_man_completion
+           COMMAND sh ${_cli}/man_completion_test.sh $<TARGET_FILE:attn_cli> ${PROJECT_SOURCE_DIR})
+  set_tests_properties(cli_basics cli_demo cli_bad_npy cli_bad_npz cli_bench cli_man_completion
+                       PROPERTIES LABELS "cli")
   if(ATTN_SYSTEM_PYTHON3)
     set_tests_properties(cli_run_numpy PROPERTIES LABELS "cli")
   endif()

@@ -80,7 +80,10 @@ void ref_attention(const ref_problem *p, const double *q, const double *k, const
           s[j] = x;
           if (x > mx) mx = x;
         }
-        double sum = 0;
+        /* A sink is one more logit in the denominator with no value. */
+        const double sink = p->sink ? p->sink[h] : -INFINITY;
+        if (sink > mx) mx = sink;
+        double sum = sink == -INFINITY ? 0 : exp(sink - mx);
         for (int64_t j = 0; j < p->Sk; j++) {
           s[j] = mx == -INFINITY ? 0 : exp(s[j] - mx);
           sum += s[j];

@@ -18,6 +18,7 @@ typedef struct ref_problem {
   const double *add_mask;   /* same layout, or NULL */
   const double *alibi;      /* [H] or NULL */
   double softcap;           /* 0 = off */
+  const double *sink;       /* [H] sink logits (extra logit, no value) or NULL */
   const double *general_w;  /* [Dq][Dk] */
   int64_t A;                /* additive: w_q [A][Dq], w_k [A][Dk], bias [A], v [A] */
   const double *add_wq, *add_wk, *add_bias, *add_v;

@@ -18,6 +18,17 @@ double tu_uniform(uint64_t *state, double lo, double hi);
 void tu_fill(double *x, size_t n, uint64_t *state, double lo, double hi);
 double *tu_random(size_t n, uint64_t *state); /* malloc'd, uniform in [-1, 1) */
 
+/* 16-bit storage dtypes, and rounding a double to them (nearest even). */
+static inline bool tu_is_16bit(attn_dtype dt) {
+  return dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16;
+}
+double tu_round_bf16(double x);
+double tu_round_f16(double x);
+/* Element off of a buffer of dtype dt (f32, f64, bf16, f16; else u8), as
+ * double; tu_store rounds to nearest even. */
+void tu_store(void *base, attn_dtype dt, int64_t off, double x);
+double tu_load(const void *base, attn_dtype dt, int64_t off);
+
 /* A rank-4 tensor holding src ([B][H][S][D] dense doubles) converted to dtype,
  * stored as [B,H,S,D] or, with bshd, as [B,S,H,D] memory seen through strides.
  * The storage is freed by tu_tensor_free. */

@@ -7,6 +7,12 @@
  *    below, or anything is NaN where the reference is not;
  *  - a second execute, or the same plan on a 1-thread context, is not
  *    bitwise identical; execute allocates; anything leaks.
+ * With lse, a (scaled) dot score, f32/f64, no sinks and no key mass the backward (attn/backward.h) runs on
+ * the same problem too (with the additive mask's gradient when there is
+ * one), and traps when it fails, allocates, is not bitwise identical on one
+ * thread, gives a non-finite gradient for finite inputs, or breaks the exact
+ * identity Σ_j dv_j = Σ_{i kept} dout_i (per kv head, over its query heads;
+ * bound (S_q·g + S_k + 8)·u·Σ|dout|).
  *
  * Tolerance (documented in tests/fuzz/README.md). With u the unit roundoff
  * of the dtype, K the reduction length of the score, T_ij the sum of the
@@ -19,7 +25,10 @@
  *   |lse − ref| ≤ 3 δ_i + (S_k + 8) u · (1 + |ref|)
  *   |w − ref|   ≤ (3 δ_i + 8u) · ref + atol
  * (atol: 1e-37 for f32, 1e-300 for f64, i.e. only underflow), and a row the
- * reference leaves empty must give exactly 0 / −inf / 0. */
+ * reference leaves empty must give exactly 0 / −inf / 0.
+ * 16-bit storage (bf16, f16; dot scores only; q, k, v rounded to the format
+ * before the reference sees them): u is f32's, and out also gets attn.h's
+ * 16-bit term c·u₁₆·Σ_j p_ij|v_j| (bf16: 2·2⁻⁸, f16: 2⁻¹¹). */
 #include <float.h>
 #include <math.h>
 
@@ -47,6 +56,9 @@ typedef struct prob {
   double mag;
   int special; /* 1: all keys equal (ties), 2: q = 0, 3: subnormal q */
   uint64_t seed;
+  bool has_sinks;
+  double sinks[8];
+  int mass; /* 0 none, 1 per head, 2 per KV group */
 } prob;
 
 static void parse(fz *f, prob *p) {
@@ -87,6 +99,15 @@ static void parse(fz *f, prob *p) {
   p->want_lse = fz_bool(f);
   p->bshd = fz_bool(f);
   p->seed = fz_u64(f) | 1;
+  /* Read last so older corpus files keep their meaning (missing bytes read 0). */
+  const uint8_t h = fz_u8(f) % 4;
+  if (p->dt == ATTN_DTYPE_F32 && p->score <= 1 && (h == 1 || h == 2)) {
+    p->dt = h == 1 ? ATTN_DTYPE_BF16 : ATTN_DTYPE_F16;
+    if (p->special == 3) p->special = 0; /* subnormal q: not representable in f16 */
+  }
+  p->has_sinks = fz_u8(f) % 4 == 0;
+  for (int hs = 0; hs < 8; hs++) p->sinks[hs] = fz_u8(f) % 8 == 0 ? -INFINITY : (double)fz_range(f, -500, 500) / 100.0;
+  p->mass = fz_u8(f) % 3;
 }
 
 static double *random_vec(size_t n, uint64_t *s, double mag) {
@@ -95,13 +116,16 @@ static double *random_vec(size_t n, uint64_t *s, double mag) {
   return x;
 }
 
-static size_t esz(attn_dtype dt) { return dt == ATTN_DTYPE_F64 ? 8 : 4; }
+static size_t esz(attn_dtype dt) {
+  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16 ? 2 : 4;
+}
 
 /* Raw bytes of out, weights, lse for bitwise comparisons. */
 static unsigned char *snapshot(attn_tensor *const *ts, size_t *n) {
   size_t total = 0;
   for (int i = 0; i < 3; i++)
-    if (ts[i]) total += (size_t)attn_tensor_numel(ts[i]) * esz(attn_tensor_dtype(ts[i]));
+    if (ts[i]) /* stored below as f64 or f32 (16-bit values are exact in f32) */
+      total += (size_t)attn_tensor_numel(ts[i]) * (attn_tensor_dtype(ts[i]) == ATTN_DTYPE_F64 ? 8 : 4);
   unsigned char *buf = malloc(total ? total : 1), *w = buf;
   for (int i = 0; i < 3; i++) {
     if (!ts[i]) continue;
@@ -149,7 +173,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int ci = (int)(P.seed >> 60) % N_CTX;
   attn_context *ctx = g_ctx[ci];
   const bool f64 = P.dt == ATTN_DTYPE_F64;
+  const bool half = P.dt == ATTN_DTYPE_BF16 || P.dt == ATTN_DTYPE_F16;
+  const attn_dtype ct = half ? ATTN_DTYPE_F32 : P.dt; /* compute type: weights, lse, masks */
   const double u = f64 ? DBL_EPSILON / 2 : FLT_EPSILON / 2;
+  const double u16 = P.dt == ATTN_DTYPE_BF16 ? 2 * ldexp(1, -8) : P.dt == ATTN_DTYPE_F16 ? ldexp(1, -11) : 0;
 
   /* ---- data ---- */
   uint64_t s = P.seed;
@@ -163,10 +190,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (P.special == 2) memset(q, 0, nq * sizeof *q);
   if (P.special == 3) /* subnormal queries */
     for (size_t i = 0; i < nq; i++) q[i] *= f64 ? 1e-310 : 1e-40;
-  if (!f64) { /* the reference sees exactly the f32 inputs */
-    for (size_t i = 0; i < nq; i++) q[i] = (float)q[i];
-    for (size_t i = 0; i < nk; i++) k[i] = (float)k[i];
-    for (size_t i = 0; i < nv; i++) v[i] = (float)v[i];
+  if (!f64) { /* the reference sees exactly the f32 (or 16-bit) inputs */
+    double (*rd)(double) = P.dt == ATTN_DTYPE_BF16 ? tu_round_bf16 : tu_round_f16;
+    for (size_t i = 0; i < nq; i++) q[i] = half ? rd(q[i]) : (float)q[i];
+    for (size_t i = 0; i < nk; i++) k[i] = half ? rd(k[i]) : (float)k[i];
+    for (size_t i = 0; i < nv; i++) v[i] = half ? rd(v[i]) : (float)v[i];
   }
   size_t nmask = nw;
   uint8_t *bool_dense = NULL;
@@ -226,6 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   R.add_mask = add_dense;
   R.alibi = P.has_alibi ? P.slopes : NULL;
   R.softcap = P.softcap;
+  R.sink = P.has_sinks ? P.sinks : NULL;
   R.general_w = gw;
   R.A = P.A, R.add_wq = wq, R.add_wk = wk, R.add_bias = wb, R.add_v = wv;
   double *ro = malloc(no * 8), *rb = malloc(no * 8), *rl = malloc(nrow * 8), *rw = malloc(nw * 8);
@@ -274,18 +303,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   attn_tensor *tk = tu_tensor4(ctx, P.dt, k, P.B, P.Hkv, P.Sk, P.Dk, P.bshd);
   attn_tensor *tv = tu_tensor4(ctx, P.dt, v, P.B, P.Hkv, P.Sk, P.Dv, P.bshd);
   attn_tensor *to = tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Dv, P.bshd);
-  attn_tensor *tw = P.want_w ? tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Sk, false) : NULL;
+  attn_tensor *tw = P.want_w ? tu_tensor4(ctx, ct, NULL, P.B, P.H, P.Sq, P.Sk, false) : NULL;
   int64_t lshape[3] = {P.B, P.H, P.Sq};
-  attn_tensor *tl = P.want_lse ? tu_tensor(ctx, P.dt, NULL, 3, lshape) : NULL;
+  attn_tensor *tl = P.want_lse ? tu_tensor(ctx, ct, NULL, 3, lshape) : NULL;
   int64_t bshape[4] = {bB, bH, P.Sq, P.Sk}, ashape[4] = {aB, aH, P.Sq, P.Sk};
   attn_tensor *tbm = bool_small ? tu_tensor(ctx, ATTN_DTYPE_U8, bool_small, 4, bshape) : NULL;
-  attn_tensor *tam = add_small ? tu_tensor(ctx, P.dt, add_small, 4, ashape) : NULL;
+  attn_tensor *tam = add_small ? tu_tensor(ctx, ct, add_small, 4, ashape) : NULL;
   int64_t gshape[2] = {P.Dq, P.Dk}, wqs[2] = {P.A, P.Dq}, wks[2] = {P.A, P.Dk}, as1[1] = {P.A};
   attn_tensor *tgw = gw ? tu_tensor(ctx, P.dt, gw, 2, gshape) : NULL;
   attn_tensor *twq = wq ? tu_tensor(ctx, P.dt, wq, 2, wqs) : NULL;
   attn_tensor *twk = wk ? tu_tensor(ctx, P.dt, wk, 2, wks) : NULL;
   attn_tensor *twb = wb ? tu_tensor(ctx, P.dt, wb, 1, as1) : NULL;
   attn_tensor *twv = wv ? tu_tensor(ctx, P.dt, wv, 1, as1) : NULL;
+  int64_t mshape[3] = {P.B, P.mass == 2 ? P.Hkv : P.H, P.Sk};
+  attn_tensor *tm = P.mass ? tu_tensor(ctx, P.dt, NULL, 3, mshape) : NULL;
   FZ_CHECK(tq && tk && tv && to && (!P.want_w || tw) && (!P.want_lse || tl), "tensor setup");
 
   attn_desc *d = NULL;
@@ -307,6 +338,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (P.softcap > 0) SET(attn_desc_set_softcap(d, P.softcap));
   if (tgw) SET(attn_desc_set_general_weight(d, tgw));
   if (twq) SET(attn_desc_set_additive_weights(d, twq, twk, twb, twv));
+  if (P.has_sinks) SET(attn_desc_set_sinks(d, P.sinks, P.H));
+  if (tm) SET(attn_desc_set_key_mass(d, tm));
 #undef SET
   FZ_CHECK(st == ATTN_OK, "setter: %s", attn_context_last_error(ctx));
 
@@ -346,7 +379,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double dl = delta[r];
     for (int64_t x = 0; x < P.Dv; x++) {
       size_t e = r * (size_t)P.Dv + (size_t)x;
-      double tol = (3 * dl + (double)(P.Sk + 8) * u) * rb[e] + 8 * u * fabs(ro[e]) + (f64 ? 1e-300 : 1e-37);
+      double tol = (3 * dl + (double)(P.Sk + 8) * u + u16) * rb[e] + 8 * u * fabs(ro[e]) + (f64 ? 1e-300 : 1e-37);
       if (isinf(rl[r])) tol = 0; /* empty row: exactly 0 */
       FZ_CHECK(fabs(go[e] - ro[e]) <= tol, "out[row %zu][%lld] = %.17g, reference %.17g (tol %.3g)", r,
                (long long)x, go[e], ro[e], tol);
@@ -372,8 +405,97 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
   }
 
+  /* ---- backward ---- */
+  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && !P.has_sinks && P.mass == 0 &&
+      (P.score == ATTN_SCORE_SCALED_DOT || P.score == ATTN_SCORE_DOT)) {
+    const size_t bnq = (size_t)(P.B * P.H * P.Sq), bnkv = (size_t)(P.B * P.Hkv * P.Sk);
+    double *gd = malloc(bnq * (size_t)P.Dv * 8);
+    uint64_t s2 = P.seed ^ 0x5bd1e995u;
+    tu_fill(gd, bnq * (size_t)P.Dv, &s2, -1, 1);
+    attn_tensor *tdo = tu_tensor4(ctx, P.dt, gd, P.B, P.H, P.Sq, P.Dv, P.bshd);
+    attn_tensor *tdq = tu_tensor4(ctx, P.dt, NULL, P.B, P.H, P.Sq, P.Dq, P.bshd);
+    attn_tensor *tdk = tu_tensor4(ctx, P.dt, NULL, P.B, P.Hkv, P.Sk, P.Dk, P.bshd);
+    attn_tensor *tdv = tu_tensor4(ctx, P.dt, NULL, P.B, P.Hkv, P.Sk, P.Dv, P.bshd);
+    int64_t dms[4] = {P.B, P.H, P.Sq, P.Sk};
+    attn_tensor *tdm = tam ? tu_tensor(ctx, P.dt, NULL, 4, dms) : NULL;
+    attn_tensor *gouts[4] = {tdq, tdk, tdv, tdm};
+    attn_plan *fp = NULL, *fp1 = NULL;
+    attn_backward_plan *bp = NULL, *bp1 = NULL;
+    FZ_CHECK(attn_plan_create(ctx, d, tq, tk, tv, to, tw, tl, &fp) == ATTN_OK, "bwd: forward plan");
+    FZ_CHECK(attn_plan_execute(fp, tq, tk, tv, to, tw, tl) == ATTN_OK, "bwd: forward");
+    st = attn_backward_plan_create(fp, tdo, tdq, tdk, tdv, tdm, &bp);
+    FZ_CHECK(st == ATTN_OK, "backward plan: %s", attn_context_last_error(ctx));
+    fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    allocs = g_alloc[ci].count;
+    st = attn_backward_execute(bp, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm);
+    FZ_CHECK(st == ATTN_OK, "backward: %s", attn_context_last_error(ctx));
+    FZ_CHECK(g_alloc[ci].count == allocs, "backward execute allocated");
+    unsigned char *b1 = snapshot(gouts, &n1);
+    FZ_CHECK(attn_plan_create(g_ctx[0], d, tq, tk, tv, to, tw, tl, &fp1) == ATTN_OK, "bwd: plan ctx0");
+    FZ_CHECK(attn_backward_plan_create(fp1, tdo, tdq, tdk, tdv, tdm, &bp1) == ATTN_OK, "bwd: plan1");
+    fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    FZ_CHECK(attn_backward_execute(bp1, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm) == ATTN_OK,
+             "backward ctx0");
+    unsigned char *b2 = snapshot(gouts, &n2);
+    FZ_CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "backward: %d threads and 1 thread differ",
+             kThreads[ci]);
+    free(b1), free(b2);
+    /* Finite inputs, finite gradients; Σ_j dv_j = Σ_{i kept} dout_i. */
+    double *gv = malloc(bnkv * (size_t)P.Dv * 8), *gq = malloc(bnq * (size_t)P.Dq * 8);
+    double *gk = malloc(bnkv * (size_t)P.Dk * 8);
+    tu_read(tdv, gv), tu_read(tdq, gq), tu_read(tdk, gk);
+    if (P.mag <= 4) {
+      for (size_t e = 0; e < bnq * (size_t)P.Dq; e++) FZ_CHECK(isfinite(gq[e]), "dq[%zu] = %g", e, gq[e]);
+      for (size_t e = 0; e < bnkv * (size_t)P.Dk; e++) FZ_CHECK(isfinite(gk[e]), "dk[%zu] = %g", e, gk[e]);
+    }
+    const int64_t grp = P.H / P.Hkv;
+    for (int64_t b = 0; b < P.B; b++)
+      for (int64_t kh = 0; kh < P.Hkv; kh++)
+        for (int64_t x = 0; x < P.Dv; x++) {
+          double sv = 0, sd = 0, sa = 0;
+          for (int64_t j = 0; j < P.Sk; j++) sv += gv[((size_t)((b * P.Hkv + kh) * P.Sk + j)) * (size_t)P.Dv + (size_t)x];
+          for (int64_t h = kh * grp; h < (kh + 1) * grp; h++)
+            for (int64_t i = 0; i < P.Sq; i++) {
+              const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
+              if (isinf(rl[r])) continue;
+              sd += gd[r * (size_t)P.Dv + (size_t)x];
+              sa += fabs(gd[r * (size_t)P.Dv + (size_t)x]);
+            }
+          const double tol = (double)(P.Sq * grp + P.Sk + 8) * u * (sa + 1) * 4;
+          FZ_CHECK(fabs(sv - sd) <= tol, "sum_j dv[%lld,%lld,j,%lld] = %.17g, sum of kept dout %.17g",
+                   (long long)b, (long long)kh, (long long)x, sv, sd);
+        }
+    free(gv), free(gq), free(gk), free(gd);
+    attn_backward_plan_destroy(bp);
+    attn_backward_plan_destroy(bp1);
+    attn_plan_destroy(fp);
+    attn_plan_destroy(fp1);
+    for (int t2 = 0; t2 < 4; t2++) tu_tensor_free(gouts[t2]);
+    tu_tensor_free(tdo);
+  }
+
+  if (tm) { /* mass = column sums of the reference weights, each within its rows' bounds */
+    const int64_t nm = mshape[0] * mshape[1] * P.Sk, grp = P.H / P.Hkv;
+    double *gm = malloc((size_t)nm * 8), *rm = calloc((size_t)nm, 8), *tm_tol = calloc((size_t)nm, 8);
+    tu_read(tm, gm);
+    for (int64_t b = 0; b < P.B; b++)
+      for (int64_t h = 0; h < P.H; h++)
+        for (int64_t i = 0; i < P.Sq; i++) {
+          const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
+          for (int64_t j = 0; j < P.Sk; j++) {
+            const size_t m = (size_t)((b * mshape[1] + (P.mass == 2 ? h / grp : h)) * P.Sk + j);
+            rm[m] += rw[r * (size_t)P.Sk + (size_t)j];
+            tm_tol[m] += (3 * delta[r] + (double)(P.Sq + 8) * u) * rw[r * (size_t)P.Sk + (size_t)j];
+          }
+        }
+    for (int64_t m = 0; m < nm; m++)
+      FZ_CHECK(fabs(gm[m] - rm[m]) <= tm_tol[m] + (f64 ? 1e-300 : 1e-37) * (double)P.Sq * (double)P.H,
+               "mass[%lld] = %.17g, reference %.17g (tol %.3g)", (long long)m, gm[m], rm[m], tm_tol[m]);
+    free(gm), free(rm), free(tm_tol);
+  }
+
   attn_desc_destroy(d);
-  attn_tensor *all[] = {tq, tk, tv, to, tw, tl, tbm, tam, tgw, twq, twk, twb, twv};
+  attn_tensor *all[] = {tq, tk, tv, to, tw, tl, tbm, tam, tgw, twq, twk, twb, twv, tm};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) tu_tensor_free(all[i]);
   free(q), free(k), free(v), free(ro), free(rb), free(rl), free(rw), free(delta);
   free(go), free(gl), free(gwt), free(bool_dense), free(add_dense), free(bool_small), free(add_small);

@@ -57,14 +57,19 @@ static int64_t pick_dim(iter *it) {
 
 static attn_dtype pick_dtype(fz *f) {
   uint8_t x = fz_u8(f);
-  if (x < 160) return ATTN_DTYPE_F32;
-  if (x < 230) return ATTN_DTYPE_F64;
+  if (x < 150) return ATTN_DTYPE_F32;
+  if (x < 210) return ATTN_DTYPE_F64;
+  if (x < 222) return ATTN_DTYPE_BF16;
+  if (x < 230) return ATTN_DTYPE_F16;
   if (x < 245) return ATTN_DTYPE_U8;
   return (attn_dtype)(int)(int8_t)fz_u8(f);
 }
 
 static size_t dsize(attn_dtype dt) {
-  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_U8 ? 1 : 4;
+  return dt == ATTN_DTYPE_F64                                ? 8
+         : dt == ATTN_DTYPE_U8                               ? 1
+         : dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16 ? 2
+                                                             : 4;
 }
 
 /* Wrap a tensor: shape given, strides contiguous / [B,S,H,D]-style / fuzzed.
@@ -160,7 +165,7 @@ static void check_setter(iter *it, attn_status st) {
 
 static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
   fz *f = &it->in;
-  uint8_t op = fz_u8(f) % 24;
+  uint8_t op = fz_u8(f) % 27;
   attn_status st = ATTN_OK;
   int64_t n;
   attn_clear_error(it->ctx);
@@ -250,6 +255,35 @@ static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
       st = attn_desc_set_lowrank_proj(d, e, ff);
       break;
     }
+    case 23: { /* packed batch: offsets read for n + 1 entries */
+      n = fz_bool(f) ? fz_range(f, 1, 4) : fz_range(f, -2, 40);
+      int64_t *qo = NULL, *ko = NULL;
+      if (fz_u8(f) % 16) {
+        qo = own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *qo);
+        ko = fz_bool(f) ? own(it, (size_t)(n > 0 ? n + 1 : 1) * sizeof *ko) : NULL;
+        for (int64_t i = 0; qo && i <= (n > 0 ? n : 0); i++) {
+          /* Offsets that fit the totals (when the totals are small), or anything. */
+          const bool small = it->Sq >= 0 && it->Sq < (1 << 20) && it->Sk >= 0 && it->Sk < (1 << 20);
+          qo[i] = fz_bool(f) && small ? (i * it->Sq) / (n > 0 ? n : 1) : fz_i64(f);
+          if (ko) ko[i] = fz_bool(f) && small ? (i * it->Sk) / (n > 0 ? n : 1) : fz_i64(f);
+        }
+      }
+      st = attn_desc_set_varlen(d, qo, ko, qo ? n : 0);
+      break;
+    }
+    case 24: {
+      n = fz_bool(f) && it->H <= 64 ? it->H : fz_range(f, -2, 40);
+      double *s = NULL;
+      if (fz_u8(f) % 16) {
+        s = own(it, (size_t)(n > 0 ? n : 1) * sizeof *s);
+        for (int64_t i = 0; s && i < (n > 0 ? n : 1); i++) s[i] = fz_bool(f) ? 0.5 : fz_f64(f);
+      }
+      st = attn_desc_set_sinks(d, s, s ? n : 0);
+      break;
+    }
+    case 25:
+      st = attn_desc_set_key_mass(d, aux_tensor(it, dt, 3, it->B, fz_bool(f) ? it->H : it->Hkv, it->Sk, 0));
+      break;
     default: /* NULL descriptor: every setter must cope */
       st = attn_desc_set_scale(NULL, 1.0);
       FZ_CHECK(st == ATTN_ERR_NULL_ARG, "NULL desc: status %d", (int)st);
@@ -321,6 +355,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   for (int i = 0; i < 6; i++) {
     if (!present[i]) continue;
     attn_dtype tdt = dt;
+    /* 16-bit plans take f32 weights/lse (and, with a coin, an f32 out). */
+    if ((dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16) && (i >= 4 || (i == 3 && fz_bool(f))))
+      tdt = ATTN_DTYPE_F32;
     if (i == perturb) {
       uint8_t what = fz_u8(f) % 3;
       if (what == 0) shapes[i][fz_u8(f) % 4] = pick_dim(&it);

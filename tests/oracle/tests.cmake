@@ -35,3 +35,15 @@ if(ATTN_MHA_TORCH_PYTHON)
   set_tests_properties(mha_torch PROPERTIES SKIP_RETURN_CODE 77 LABELS "python;torch"
                        ENVIRONMENT "${_oracle_env}")
 endif()
+
+# backward_torch: libattn's backward pass (attn/backward.h) through attn.torch
+# against PyTorch autograd of the naive computation (f32, every mask kind),
+# torch.autograd.gradcheck in f64, and attn.torch.MultiheadAttention's
+# gradients against nn.MultiheadAttention's (test_backward_torch.py).
+if(ATTN_MHA_TORCH_PYTHON)
+  add_test(NAME backward_torch
+           COMMAND ${ATTN_MHA_TORCH_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/test_backward_torch.py
+                   $<TARGET_FILE:attn>)
+  set_tests_properties(backward_torch PROPERTIES SKIP_RETURN_CODE 77 LABELS "python;torch;oracle"
+                       ENVIRONMENT "${_oracle_env}")
+endif()

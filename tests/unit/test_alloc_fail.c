@@ -27,6 +27,14 @@ typedef struct af_fx {
   int64_t key_len[B_], query_len[B_];
   double slopes[H_];
   bool want_w, want_lse;
+  /* Backward rows: the forward plan (made by configure) and the gradients. */
+  attn_plan *fwd;
+  attn_tensor *dout, *dq, *dk, *dv, *dmask;
+  attn_paged_cache *pc; /* paged rows: two sequences of SK positions */
+  attn_tensor *pq, *pout; /* paged decode rows: [B_, H_, 1, D_] */
+  attn_tensor *mass;
+  int64_t q_off[4], k_off[4];
+  double sinks[H_];
 } af_fx;
 
 typedef struct af_row {
@@ -90,9 +98,14 @@ static void fx_setup(af_fx *f, tu_counter *cnt, const af_row *row) {
 }
 
 static void fx_teardown(af_fx *f) {
+  attn_plan_destroy(f->fwd);
   attn_tensor *ts[] = {f->q, f->k, f->v, f->out, f->w, f->lse, f->bool_mask, f->add_mask,
-                       f->gw, f->wq, f->wk, f->ab, f->av};
+                       f->gw, f->wq, f->wk, f->ab, f->av, f->mass,
+                       f->dout, f->dq, f->dk, f->dv, f->dmask};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  tu_tensor_free(f->pq);
+  tu_tensor_free(f->pout);
+  attn_paged_destroy(f->pc);
   attn_desc_destroy(f->desc);
   attn_context_destroy(f->ctx);
 }
@@ -144,12 +157,56 @@ static void cfg_additive(af_fx *f) {
   assert_int_equal(attn_desc_set_score(f->desc, ATTN_SCORE_ADDITIVE), ATTN_OK);
   assert_int_equal(attn_desc_set_additive_weights(f->desc, f->wq, f->wk, f->ab, f->av), ATTN_OK);
 }
+/* A packed batch of 3 sequences (one without keys) with causal, sinks and
+ * the per-key mass: q, k, v, out become [1, ·, total, D]. */
+static void cfg_varlen_sinks_mass(af_fx *f) {
+  const int64_t qo[4] = {0, 30, 31, SQ}, ko[4] = {0, 50, 50, SK};
+  memcpy(f->q_off, qo, sizeof qo);
+  memcpy(f->k_off, ko, sizeof ko);
+  tu_tensor_free(f->q); tu_tensor_free(f->k); tu_tensor_free(f->v); tu_tensor_free(f->out);
+  f->q = rand4(f, 1, H_, SQ, D_, 21);
+  f->k = rand4(f, 1, HKV, SK, D_, 22);
+  f->v = rand4(f, 1, HKV, SK, D_, 23);
+  f->out = rand4(f, 1, H_, SQ, D_, 24);
+  int64_t ms[3] = {1, HKV, SK};
+  f->mass = rand_n(f, 3, ms, 25);
+  for (int h = 0; h < H_; h++) f->sinks[h] = 0.5 * h;
+  assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+  assert_int_equal(attn_desc_set_varlen(f->desc, f->q_off, f->k_off, 3), ATTN_OK);
+  assert_int_equal(attn_desc_set_sinks(f->desc, f->sinks, H_), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_mass(f->desc, f->mass), ATTN_OK);
+}
+static void cfg_sinks_mass(af_fx *f) {
+  int64_t ms[3] = {B_, H_, SK};
+  f->mass = rand_n(f, 3, ms, 26);
+  for (int h = 0; h < H_; h++) f->sinks[h] = 1.0 - h;
+  cfg_window_lengths(f);
+  assert_int_equal(attn_desc_set_sinks(f->desc, f->sinks, H_), ATTN_OK);
+  assert_int_equal(attn_desc_set_key_mass(f->desc, f->mass), ATTN_OK);
+}
 static void cfg_everything(af_fx *f) {
   cfg_weights_lse(f);
   cfg_causal(f);
   cfg_window_lengths(f);
   cfg_masks(f);
   cfg_alibi_softcap(f);
+}
+
+/* Backward: the forward plan with lse over every mask, and the gradients
+ * (the additive mask's too). */
+static void cfg_backward(af_fx *f) {
+  cfg_everything(f);
+  tu_tensor_free(f->w); /* the backward's forward needs lse, not weights */
+  f->w = NULL;
+  f->dout = rand4(f, B_, H_, SQ, D_, 14);
+  f->dq = rand4(f, B_, H_, SQ, D_, 15);
+  f->dk = rand4(f, B_, HKV, SK, D_, 16);
+  f->dv = rand4(f, B_, HKV, SK, D_, 17);
+  f->dmask = rand4(f, B_, H_, SQ, SK, 18);
+  assert_int_equal(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse,
+                                    &f->fwd),
+                   ATTN_OK);
+  assert_int_equal(attn_plan_execute(f->fwd, f->q, f->k, f->v, f->out, NULL, f->lse), ATTN_OK);
 }
 
 /* ---- operations ---------------------------------------------------------------- */
@@ -180,6 +237,72 @@ static void destroy_plan(void *h) { attn_plan_destroy(h); }
 static void use_plan(af_fx *f, void *h) {
   int64_t before = f->cnt->allocs;
   assert_int_equal(attn_plan_execute(h, f->q, f->k, f->v, f->out, f->w, f->lse), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
+}
+
+/* ---- paged KV cache ---------------------------------------------------------- */
+
+static attn_status op_paged_create(af_fx *f, void **h) {
+  attn_paged_config cfg;
+  attn_paged_config_init(&cfg);
+  cfg.heads_kv = HKV;
+  cfg.d_k = D_;
+  cfg.block_size = 16;
+  cfg.num_blocks = 32;
+  cfg.max_seqs = 4;
+  cfg.dtype = f->dt;
+  return attn_paged_create(f->ctx, &cfg, (attn_paged_cache **)h);
+}
+static void destroy_paged(void *h) { attn_paged_destroy(h); }
+/* Sequences, appends (with copy-on-write), rollback and frees allocate nothing. */
+static void use_paged(af_fx *f, void *h) {
+  int64_t before = f->cnt->allocs, s, t;
+  const int64_t shape[3] = {HKV, SK, D_};
+  attn_tensor *k = NULL;
+  assert_int_equal(attn_tensor_wrap(f->ctx, f->dt, 3, shape, NULL, attn_tensor_data(f->k), &k), ATTN_OK);
+  before = f->cnt->allocs;
+  assert_int_equal(attn_paged_seq_create(h, &s), ATTN_OK);
+  assert_int_equal(attn_paged_append(h, s, k, k), ATTN_OK);
+  assert_int_equal(attn_paged_fork(h, s, &t), ATTN_OK);
+  assert_int_equal(attn_paged_append(h, t, k, k), ATTN_OK);
+  assert_int_equal(attn_paged_truncate(h, s, 5), ATTN_OK);
+  assert_int_equal(attn_paged_seq_free(h, t), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before);
+  attn_tensor_destroy(k);
+}
+/* Plan rows: a pool holding two sequences of the fixture's SK keys. */
+static void cfg_paged(af_fx *f) {
+  assert_int_equal(op_paged_create(f, (void **)&f->pc), ATTN_OK);
+  const int64_t shape[3] = {HKV, SK, D_};
+  attn_tensor *k = NULL;
+  assert_int_equal(attn_tensor_wrap(f->ctx, f->dt, 3, shape, NULL, attn_tensor_data(f->k), &k), ATTN_OK);
+  int64_t s;
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(attn_paged_seq_create(f->pc, &s), ATTN_OK);
+    assert_int_equal(attn_paged_append(f->pc, s, k, k), ATTN_OK);
+  }
+  attn_tensor_destroy(k);
+  f->pq = rand4(f, B_, H_, 1, D_, 9);
+  f->pout = rand4(f, B_, H_, 1, D_, 10);
+}
+static void cfg_paged_causal(af_fx *f) {
+  cfg_paged(f);
+  assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
+  cfg_alibi_softcap(f);
+}
+static attn_status op_paged_plan(af_fx *f, void **h) { /* prefill: n = SQ queries */
+  return attn_paged_plan_create(f->ctx, f->pc, f->desc, f->q, f->out, NULL, (attn_paged_plan **)h);
+}
+static attn_status op_paged_decode_plan(af_fx *f, void **h) {
+  return attn_paged_plan_create(f->ctx, f->pc, f->desc, f->pq, f->pout, NULL, (attn_paged_plan **)h);
+}
+static void destroy_paged_plan(void *h) { attn_paged_plan_destroy(h); }
+static void use_paged_plan(af_fx *f, void *h) {
+  const int64_t seqs[2] = {1, 0};
+  int64_t before = f->cnt->allocs;
+  attn_paged_plan *p = h;
+  const bool decode = attn_paged_plan_execute(p, 2, seqs, f->pq, f->pout, NULL, NULL) == ATTN_OK;
+  if (!decode) assert_int_equal(attn_paged_plan_execute(p, 2, seqs, f->q, f->out, NULL, NULL), ATTN_OK);
   assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
 }
 
@@ -257,6 +380,19 @@ static attn_status op_kv_int8_grow(af_fx *f, void **h) {
   return kv_op(f, h, ATTN_KVCACHE_STORE_INT8, ATTN_KVCACHE_LINEAR, true, 1);
 }
 
+static attn_status op_backward(af_fx *f, void **h) {
+  return attn_backward_plan_create(f->fwd, f->dout, f->dq, f->dk, f->dv, f->dmask,
+                                   (attn_backward_plan **)h);
+}
+static void destroy_backward(void *h) { attn_backward_plan_destroy(h); }
+static void use_backward(af_fx *f, void *h) {
+  int64_t before = f->cnt->allocs;
+  assert_int_equal(attn_backward_execute(h, f->q, f->k, f->v, f->out, f->lse, f->dout, f->dq,
+                                         f->dk, f->dv, f->dmask),
+                   ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before); /* execute allocates nothing */
+}
+
 #define OP_ROW(name, threads, dt, op, destroy) {name, threads, dt, NULL, op, destroy, NULL}
 #define PLAN_ROW(name, threads, dt, cfg) {name, threads, dt, cfg, op_plan, destroy_plan, use_plan}
 
@@ -277,12 +413,28 @@ static const af_row rows[] = {
     PLAN_ROW("plan_general", 2, ATTN_DTYPE_F64, cfg_general),
     PLAN_ROW("plan_additive", 2, ATTN_DTYPE_F32, cfg_additive),
     PLAN_ROW("plan_everything", 3, ATTN_DTYPE_F32, cfg_everything),
+    PLAN_ROW("plan_varlen_sinks_mass", 2, ATTN_DTYPE_F32, cfg_varlen_sinks_mass),
+    PLAN_ROW("plan_sinks_mass_f64", 3, ATTN_DTYPE_F64, cfg_sinks_mass),
+    {"forward_varlen_sinks_mass", 1, ATTN_DTYPE_F64, cfg_varlen_sinks_mass, op_forward, NULL, NULL},
     {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
     {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
     {"kvcache_int8_ring_decode", 2, ATTN_DTYPE_F32, cfg_causal, op_kv_int8_decode, destroy_kv, use_kv},
     {"kvcache_int4_ring_prefill", 1, ATTN_DTYPE_F32, cfg_causal, op_kv_int4_prefill, destroy_kv, use_kv},
     {"kvcache_f16_ring_decode", 3, ATTN_DTYPE_F32, cfg_causal, op_kv_f16_decode, destroy_kv, use_kv},
     {"kvcache_int8_grow", 2, ATTN_DTYPE_F32, cfg_causal, op_kv_int8_grow, destroy_kv, use_kv},
+    {"backward_everything", 3, ATTN_DTYPE_F32, cfg_backward, op_backward, destroy_backward,
+     use_backward},
+    {"backward_f64", 1, ATTN_DTYPE_F64, cfg_backward, op_backward, destroy_backward,
+     use_backward},
+    /* 16-bit plans (their tile engine's scratch joins the workspace). */
+    OP_ROW("tensor_create_bf16", 1, ATTN_DTYPE_BF16, op_tensor_create, destroy_tensor),
+    PLAN_ROW("plan_exact_bf16_threads2", 2, ATTN_DTYPE_BF16, NULL),
+    PLAN_ROW("plan_causal_f16", 1, ATTN_DTYPE_F16, cfg_causal),
+    {"forward_bf16_causal", 3, ATTN_DTYPE_BF16, cfg_causal, op_forward, NULL, NULL},
+    {"paged_create", 1, ATTN_DTYPE_F32, NULL, op_paged_create, destroy_paged, use_paged},
+    {"paged_create_f64", 1, ATTN_DTYPE_F64, NULL, op_paged_create, destroy_paged, use_paged},
+    {"paged_plan_prefill", 2, ATTN_DTYPE_F32, cfg_paged_causal, op_paged_plan, destroy_paged_plan, use_paged_plan},
+    {"paged_plan_decode", 3, ATTN_DTYPE_F64, cfg_paged, op_paged_decode_plan, destroy_paged_plan, use_paged_plan},
 };
 
 static void *const HANDLE_CANARY = (void *)(uintptr_t)0xC0FFEE00u;
@@ -352,9 +504,35 @@ static void every_allocation_failure_is_clean(void **state) {
   print_message("%zu operations, %d injected failures\n", sizeof rows / sizeof rows[0], total);
 }
 
+/* Calls documented to allocate nothing cannot fail for memory: run them
+ * under an allocator that fails every allocation, and check they succeed
+ * without asking it for anything. */
+static void allocation_free_calls_never_allocate(void **state) {
+  (void)state;
+  for (int di = 0; di < 2; di++) {
+    tu_counter cnt = {0};
+    af_row row = {"merge", 2, di ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32, cfg_weights_lse, NULL, NULL, NULL};
+    af_fx f;
+    fx_setup(&f, &cnt, &row);
+    int64_t ls[3] = {B_, H_, SQ};
+    attn_tensor *lb = rand_n(&f, 3, ls, 21);
+    const int64_t before = cnt.allocs;
+    cnt.fail_at = before + 1; /* every allocation from now on fails */
+    /* attn_merge_states, in place into out (q as the other side). */
+    assert_int_equal(attn_merge_states(f.ctx, f.out, f.lse, f.q, lb, f.out, f.lse), ATTN_OK);
+    assert_int_equal(cnt.allocs, before);
+    cnt.fail_at = 0;
+    tu_tensor_free(lb);
+    fx_teardown(&f);
+    assert_int_equal(cnt.outstanding_bytes, 0);
+  }
+  print_message("attn_merge_states: no allocation, f32 and f64\n");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(every_allocation_failure_is_clean),
+      cmocka_unit_test(allocation_free_calls_never_allocate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

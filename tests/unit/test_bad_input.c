@@ -66,6 +66,7 @@ typedef struct fx {
   attn_tensor *ht;
   attn_desc *hd;
   attn_plan *hp;
+  attn_backward_plan *hb;
   /* scratch tensors made by T(); destroyed at teardown */
   attn_tensor *extra[MAX_EXTRA];
   int nextra;
@@ -95,10 +96,11 @@ static attn_tensor *TS(fx *f, attn_dtype dt, int32_t rank, int64_t d0, int64_t d
                        int64_t d3, const int64_t *strides) {
   int64_t shape[4] = {d0, d1, d2, d3};
   attn_tensor *t = NULL;
-  int64_t extent = 1;
-  for (int i = 0; i < rank; i++) {
-    int64_t s = strides ? strides[i] : 1;
+  int64_t extent = 1, dense = 1; /* dense: the contiguous stride of dim i */
+  for (int i = rank - 1; i >= 0 && i < 4; i--) {
+    int64_t s = strides ? strides[i] : dense;
     extent += (shape[i] - 1) * (s < 0 ? 0 : s);
+    if (shape[i] > 0 && dense <= ARENA_BYTES) dense *= shape[i];
     if (extent > ARENA_BYTES / 8 || extent < 0) extent = 1; /* huge: metadata only */
   }
   unsigned char *mem = arena_take(f, (size_t)extent * 8);
@@ -150,6 +152,7 @@ static void fx_init(fx *f) {
   f->ht = HANDLE_CANARY;
   f->hd = HANDLE_CANARY;
   f->hp = HANDLE_CANARY;
+  f->hb = HANDLE_CANARY;
   f->len2[0] = 3, f->len2[1] = 6;
   f->len_neg[0] = 1, f->len_neg[1] = -1;
   f->len_big_k[0] = 6, f->len_big_k[1] = 7;
@@ -190,8 +193,9 @@ static void fx_check_and_free(fx *f, const char *name) {
     }
   if (f->size != sizeof f->buf) CASE_FAIL("%s: *size changed on failure", name);
   if (f->hc != HANDLE_CANARY || f->ht != HANDLE_CANARY || f->hd != HANDLE_CANARY ||
-      f->hp != HANDLE_CANARY)
+      f->hp != HANDLE_CANARY || f->hb != HANDLE_CANARY)
     {
+    if (f->hb != HANDLE_CANARY) attn_backward_plan_destroy(f->hb);
     CASE_FAIL("%s: an *out handle was written on failure", name);
     /* Release what a wrongly successful call made. */
     if (f->hp != HANDLE_CANARY) attn_plan_destroy(f->hp);
@@ -286,6 +290,155 @@ static attn_status plan_with_out_strides(fx *f, int target, const int64_t *strid
                           target == 4 ? t : f->w, target == 5 ? t : f->lse, &f->hp);
 }
 
+/* ---- backward (backward.h) ---- */
+
+/* Gradient tensors of the fixture's shapes in the canary arena. */
+static attn_tensor *GQ(fx *f) { return T(f, ATTN_DTYPE_F32, 4, B_, H_, SQ, D_); }
+static attn_tensor *GK(fx *f) { return T(f, ATTN_DTYPE_F32, 4, B_, H_, SK, D_); }
+
+/* attn_backward_plan_create on plan with one tensor replaced (which: 0 dout,
+ * 1 dq, 2 dk, 3 dv, 4 dmask; NULL replacement = that tensor NULL). */
+static attn_status BP(fx *f, const attn_plan *plan, int which, attn_tensor *t) {
+  attn_tensor *ts[5] = {GQ(f), GQ(f), GK(f), GK(f), NULL};
+  ts[which] = t;
+  return attn_backward_plan_create(plan, ts[0], ts[1], ts[2], ts[3], ts[4], &f->hb);
+}
+
+/* A forward plan of the fixture's tensors with lse, on a descriptor the
+ * caller configured; its backward plan with the fixture's gradients. */
+static attn_status BP_desc(fx *f) {
+  attn_plan *p = NULL;
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  attn_status st = BP(f, p, 0, GQ(f));
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* An additive mask [1, 1, S_q, S_k] in the forward; dmask as given. */
+static attn_status BP_dmask(fx *f, attn_tensor *dmask) {
+  must(attn_desc_set_additive_mask(f->desc, T(f, ATTN_DTYPE_F32, 4, 1, 1, SQ, SK)));
+  attn_plan *p = NULL;
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  attn_status st = BP(f, p, 4, dmask);
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* A valid backward plan on f->plan, executed with one tensor replaced (which:
+ * 0 q … 4 lse, 5 dout … 9 dmask). */
+static attn_status BE(fx *f, int which, attn_tensor *t, bool replace) {
+  attn_backward_plan *bp = NULL;
+  attn_tensor *ts[10] = {f->q, f->k, f->v, f->out, f->lse, GQ(f), GQ(f), GK(f), GK(f), NULL};
+  must(attn_backward_plan_create(f->plan, ts[5], ts[6], ts[7], ts[8], NULL, &bp));
+  if (replace) ts[which] = t;
+  attn_status st = attn_backward_execute(bp, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6],
+                                         ts[7], ts[8], ts[9]);
+  attn_backward_plan_destroy(bp);
+  return st;
+}
+
+/* Key lengths valid at plan time, changed past S_k before the backward runs. */
+static attn_status BE_lengths_changed(fx *f) {
+  must(attn_desc_set_key_lengths(f->desc, f->len2, 2));
+  attn_plan *p = NULL;
+  attn_backward_plan *bp = NULL;
+  attn_tensor *dq = GQ(f), *dk = GK(f), *dv = GK(f), *dout = GQ(f);
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  must(attn_backward_plan_create(p, dout, dq, dk, dv, NULL, &bp));
+  f->len2[1] = SK + 1;
+  attn_status st = attn_backward_execute(bp, f->q, f->k, f->v, f->out, f->lse, dout, dq, dk, dv, NULL);
+  attn_backward_plan_destroy(bp);
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* attn_merge_states: out_a = out_b = q (inputs), lse inputs wrapped in the
+ * input arena (lse_a at 16 KiB, lse_b at 20 KiB; `poison` writes NaN or +inf
+ * into element 3 of one of them), outputs in the canary arena. */
+static attn_tensor *lse_in(fx *f, size_t off, double poison) {
+  int64_t shape[3] = {B_, H_, SQ};
+  attn_tensor *t = NULL;
+  if (poison != 0) ((float *)(f->in_arena + off))[3] = (float)poison;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 3, shape, NULL, f->in_arena + off, &t));
+  if (f->nextra == MAX_EXTRA) fail_msg("fixture: too many scratch tensors");
+  f->extra[f->nextra++] = t;
+  return t;
+}
+static attn_status MG(fx *f, const attn_tensor *oa, const attn_tensor *la, const attn_tensor *ob,
+                      const attn_tensor *lb, attn_tensor *o, attn_tensor *l) {
+  return attn_merge_states(f->ctx, oa, la, ob, lb, o, l);
+}
+#define LA(f) lse_in((f), 16384, 0)
+#define LB(f) lse_in((f), 20480, 0)
+
+/* out one element past out_a in the same buffer: overlapping, not in place. */
+static attn_status merge_shifted_alias(fx *f) {
+  attn_tensor *oa = TS(f, ATTN_DTYPE_F32, 4, B_, H_, SQ, D_, NULL);
+  int64_t shape[4] = {B_, H_, SQ, D_};
+  attn_tensor *o = NULL;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 4, shape, NULL, (float *)attn_tensor_data(oa) + 1, &o));
+  f->extra[f->nextra++] = o;
+  return attn_merge_states(f->ctx, oa, LA(f), f->q, LB(f), o, f->lse);
+}
+/* lse written into out's memory. */
+static attn_status merge_lse_over_out(fx *f) {
+  int64_t shape[3] = {B_, H_, SQ};
+  attn_tensor *l = NULL;
+  must(attn_tensor_wrap(f->ctx, ATTN_DTYPE_F32, 3, shape, NULL, attn_tensor_data(f->out), &l));
+  f->extra[f->nextra++] = l;
+  return attn_merge_states(f->ctx, f->q, LA(f), f->q, LB(f), f->out, l);
+}
+
+/* ---- serving: packed batches, sinks, the per-key mass ---- */
+
+static int64_t vl_good[3] = {0, 2, SQ}, vl_kgood[3] = {0, 4, SK}, vl_dec[3] = {0, 4, 3};
+static int64_t vl_short[3] = {0, 2, SQ - 1}, vl_first[3] = {1, 2, SQ};
+
+/* A packed plan (batch dim 1) on the fixture's memory with offsets qo/ko. */
+static attn_status varlen_plan(fx *f, const int64_t *qo, const int64_t *ko, attn_plan **out) {
+  must(attn_desc_set_varlen(f->desc, qo, ko, 2));
+  attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_), *k = T(f, ATTN_DTYPE_F32, 4, 1, H_, SK, D_);
+  attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_);
+  return attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, out);
+}
+
+/* Offsets valid at plan creation, broken (decreasing or short) before execute. */
+static attn_status varlen_exec_after_change(fx *f, int which) {
+  static int64_t qo[3], ko[3];
+  memcpy(qo, vl_good, sizeof qo);
+  memcpy(ko, vl_kgood, sizeof ko);
+  attn_plan *p = NULL;
+  attn_tensor *q = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_), *k = T(f, ATTN_DTYPE_F32, 4, 1, H_, SK, D_);
+  attn_tensor *o = T(f, ATTN_DTYPE_F32, 4, 1, H_, SQ, D_);
+  must(attn_desc_set_varlen(f->desc, qo, ko, 2));
+  must(attn_plan_create(f->ctx, f->desc, q, k, k, o, NULL, NULL, &p));
+  if (which == 0) qo[1] = SQ + 1; /* decreasing */
+  else ko[2] = SK - 1;           /* last ≠ total */
+  attn_status st = attn_plan_execute(p, q, k, k, o, NULL, NULL);
+  attn_plan_destroy(p);
+  return st;
+}
+
+static double sk_good[2] = {0.5, -1.0}, sk_nan[2] = {0.5, NAN}, sk_inf[2] = {INFINITY, 0};
+
+/* Sinks valid at plan creation, NaN before execute: nothing written. */
+static attn_status sinks_exec_after_nan(fx *f) {
+  static double lg[2];
+  memcpy(lg, sk_good, sizeof lg);
+  attn_plan *p = NULL;
+  must(attn_desc_set_sinks(f->desc, lg, H_));
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, f->w, f->lse, &p));
+  lg[1] = NAN;
+  attn_status st = attn_plan_execute(p, f->q, f->k, f->v, f->out, f->w, f->lse);
+  attn_plan_destroy(p);
+  return st;
+}
+
+static attn_status mass_plan(fx *f, attn_tensor *mass) {
+  must(attn_desc_set_key_mass(f->desc, mass));
+  return P(f);
+}
+
 #define F32 ATTN_DTYPE_F32
 #define F64 ATTN_DTYPE_F64
 #define U8 ATTN_DTYPE_U8
@@ -347,6 +500,23 @@ static attn_status kv_view(fx *f, attn_kvcache_storage st, int how) {
       }
   }
   /* Keep the message past destroy (destroy does not touch it). */
+  attn_kvcache_destroy(c);
+  return r;
+}
+
+/* A valid ring cache of storage st, then keep_first = 2 (quantized
+ * storages have no kept-first store: unsupported, keep stays 0). */
+static attn_status kv_keep(fx *f, attn_kvcache_storage st) {
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.capacity = 8;
+  cfg.d_k = 32;
+  cfg.mode = ATTN_KVCACHE_RING;
+  cfg.storage = st;
+  cfg.group_size = 8;
+  attn_kvcache *c = NULL;
+  must(attn_kvcache_create(f->ctx, &cfg, &c));
+  const attn_status r = attn_kvcache_set_keep_first(c, 2);
   attn_kvcache_destroy(c);
   return r;
 }
@@ -644,6 +814,93 @@ static attn_status kv_view(fx *f, attn_kvcache_storage st, int how) {
   X(forward_out_null, ATTN_ERR_NULL_ARG, "out:", attn_forward(f->ctx, f->desc, f->q, f->k, f->v, NULL, NULL, NULL)) \
   X(forward_key_length_past_sk, ATTN_ERR_INVALID_ARG, "key_lengths",                              \
     (must(attn_desc_set_key_lengths(f->desc, f->len_big_k, 2)), F(f)))                            \
+  /* ---- merging partial results ---- */                                                        \
+  X(merge_ctx_null, ATTN_ERR_NULL_ARG, NOCTX,                                                     \
+    attn_merge_states(NULL, f->q, LA(f), f->q, LB(f), f->out, f->lse))                            \
+  X(merge_out_a_null, ATTN_ERR_NULL_ARG, "out_a", MG(f, NULL, LA(f), f->q, LB(f), f->out, f->lse)) \
+  X(merge_lse_a_null, ATTN_ERR_NULL_ARG, "lse_a", MG(f, f->q, NULL, f->q, LB(f), f->out, f->lse)) \
+  X(merge_out_b_null, ATTN_ERR_NULL_ARG, "out_b", MG(f, f->q, LA(f), NULL, LB(f), f->out, f->lse)) \
+  X(merge_lse_b_null, ATTN_ERR_NULL_ARG, "lse_b", MG(f, f->q, LA(f), f->q, NULL, f->out, f->lse)) \
+  X(merge_out_null, ATTN_ERR_NULL_ARG, "out", MG(f, f->q, LA(f), f->q, LB(f), NULL, f->lse))      \
+  X(merge_out_a_u8, ATTN_ERR_DTYPE, "out_a",                                                      \
+    MG(f, T(f, U8, 4, B_, H_, SQ, D_), LA(f), f->q, LB(f), f->out, f->lse))                       \
+  X(merge_lse_b_f64, ATTN_ERR_DTYPE, "lse_b",                                                     \
+    MG(f, f->q, LA(f), f->q, T(f, F64, 3, B_, H_, SQ, 0), f->out, f->lse))                        \
+  X(merge_out_f64, ATTN_ERR_DTYPE, "out",                                                         \
+    MG(f, f->q, LA(f), f->q, LB(f), T(f, F64, 4, B_, H_, SQ, D_), f->lse))                        \
+  X(merge_out_a_rank3, ATTN_ERR_SHAPE, "out_a",                                                   \
+    MG(f, T(f, F32, 3, B_, H_, SQ, 0), LA(f), f->q, LB(f), f->out, f->lse))                       \
+  X(merge_lse_a_rank4, ATTN_ERR_SHAPE, "lse_a",                                                   \
+    MG(f, f->q, T(f, F32, 4, B_, H_, SQ, 1), f->q, LB(f), f->out, f->lse))                        \
+  X(merge_out_b_seq6, ATTN_ERR_SHAPE, "out_b",                                                    \
+    MG(f, f->q, LA(f), T(f, F32, 4, B_, H_, SQ + 1, D_), LB(f), f->out, f->lse))                  \
+  X(merge_lse_b_heads1, ATTN_ERR_SHAPE, "lse_b",                                                  \
+    MG(f, f->q, LA(f), f->q, T(f, F32, 3, B_, 1, SQ, 0), f->out, f->lse))                         \
+  X(merge_out_dim3, ATTN_ERR_SHAPE, "out",                                                        \
+    MG(f, f->q, LA(f), f->q, LB(f), T(f, F32, 4, B_, H_, SQ, D_ - 1), f->lse))                    \
+  X(merge_lse_batch1, ATTN_ERR_SHAPE, "lse",                                                      \
+    MG(f, f->q, LA(f), f->q, LB(f), f->out, T(f, F32, 3, 1, H_, SQ, 0)))                          \
+  X(merge_out_head_stride_zero, ATTN_ERR_LAYOUT, "out",                                           \
+    MG(f, f->q, LA(f), f->q, LB(f), TS(f, F32, 4, B_, H_, SQ, D_, STR(SQ * D_, 0, D_, 1)), f->lse)) \
+  X(merge_lse_rows_overlap, ATTN_ERR_LAYOUT, "lse",                                               \
+    MG(f, f->q, LA(f), f->q, LB(f), f->out, TS(f, F32, 3, B_, H_, SQ, 0, STR(H_ * SQ, SQ, 0))))   \
+  X(merge_out_overlaps_out_a_shifted, ATTN_ERR_LAYOUT, "out_a",                                   \
+    merge_shifted_alias(f))                                                                       \
+  X(merge_lse_is_out, ATTN_ERR_LAYOUT, "lse",                                                     \
+    merge_lse_over_out(f))                                                                        \
+  X(merge_lse_a_nan, ATTN_ERR_INVALID_ARG, "lse_a",                                               \
+    MG(f, f->q, lse_in(f, 16384, NAN), f->q, LB(f), f->out, f->lse))                              \
+  X(merge_lse_b_plus_inf, ATTN_ERR_INVALID_ARG, "lse_b",                                          \
+    MG(f, f->q, LA(f), f->q, lse_in(f, 20480, INFINITY), f->out, f->lse))                         \
+  /* ---- serving: packed batches, sinks, per-key mass ---- */                                     \
+  X(set_varlen_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_varlen(NULL, vl_good, NULL, 2))   \
+  X(set_varlen_q_null, ATTN_ERR_NULL_ARG, "q_offsets", attn_desc_set_varlen(f->desc, NULL, NULL, 2)) \
+  X(set_varlen_n_negative, ATTN_ERR_INVALID_ARG, "n_seqs",                                        \
+    attn_desc_set_varlen(f->desc, vl_good, NULL, -1))                                             \
+  X(set_varlen_clear_with_offsets, ATTN_ERR_INVALID_ARG, "n_seqs",                                \
+    attn_desc_set_varlen(f->desc, vl_good, NULL, 0))                                              \
+  X(set_varlen_decreasing, ATTN_ERR_INVALID_ARG, "q_offsets",                                     \
+    attn_desc_set_varlen(f->desc, vl_dec, NULL, 2))                                               \
+  X(set_varlen_k_decreasing, ATTN_ERR_INVALID_ARG, "k_offsets",                                   \
+    attn_desc_set_varlen(f->desc, vl_good, vl_dec, 2))                                            \
+  X(set_varlen_first_not_0, ATTN_ERR_INVALID_ARG, "q_offsets",                                    \
+    attn_desc_set_varlen(f->desc, vl_first, NULL, 2))                                             \
+  X(plan_varlen_batch_2, ATTN_ERR_SHAPE, "batch dim 1",                                           \
+    (must(attn_desc_set_varlen(f->desc, vl_good, vl_kgood, 2)), P(f)))                            \
+  X(plan_varlen_last_not_total, ATTN_ERR_INVALID_ARG, "q_offsets",                                \
+    varlen_plan(f, vl_short, vl_kgood, &f->hp))                                                   \
+  X(plan_varlen_k_last_not_total, ATTN_ERR_INVALID_ARG, "k_offsets",                              \
+    varlen_plan(f, vl_good, vl_good, &f->hp))                                                     \
+  X(plan_varlen_key_lengths, ATTN_ERR_UNSUPPORTED, "key_lengths",                                 \
+    (must(attn_desc_set_key_lengths(f->desc, f->len2, 2)), varlen_plan(f, vl_good, vl_kgood, &f->hp))) \
+  X(plan_varlen_longformer, ATTN_ERR_UNSUPPORTED, "varlen",                                       \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LONGFORMER)),                               \
+     varlen_plan(f, vl_good, vl_kgood, &f->hp)))                                                  \
+  X(execute_varlen_decreasing, ATTN_ERR_INVALID_ARG, "q_offsets", varlen_exec_after_change(f, 0)) \
+  X(execute_varlen_last_not_total, ATTN_ERR_INVALID_ARG, "k_offsets",                             \
+    varlen_exec_after_change(f, 1))                                                               \
+  X(set_sinks_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_sinks(NULL, sk_good, 2))         \
+  X(set_sinks_null_logits, ATTN_ERR_NULL_ARG, "logits", attn_desc_set_sinks(f->desc, NULL, 2))    \
+  X(set_sinks_count_negative, ATTN_ERR_INVALID_ARG, "count", attn_desc_set_sinks(f->desc, sk_good, -1)) \
+  X(set_sinks_nan, ATTN_ERR_INVALID_ARG, "sinks", attn_desc_set_sinks(f->desc, sk_nan, 2))         \
+  X(set_sinks_inf, ATTN_ERR_INVALID_ARG, "sinks", attn_desc_set_sinks(f->desc, sk_inf, 2))         \
+  X(plan_sinks_count_not_h, ATTN_ERR_SHAPE, "sinks",                                              \
+    (must(attn_desc_set_sinks(f->desc, sk_good, 1)), P(f)))                                       \
+  X(execute_sinks_nan, ATTN_ERR_INVALID_ARG, "sinks", sinks_exec_after_nan(f))                    \
+  X(set_key_mass_null_desc, ATTN_ERR_NULL_ARG, NOCTX, attn_desc_set_key_mass(NULL, NULL))         \
+  X(set_key_mass_rank4, ATTN_ERR_SHAPE, "mass", attn_desc_set_key_mass(f->desc, f->out))          \
+  X(plan_mass_wrong_keys, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, B_, H_, SK + 1, 0)))   \
+  X(plan_mass_wrong_heads, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, B_, H_ + 1, SK, 0)))  \
+  X(plan_mass_wrong_batch, ATTN_ERR_SHAPE, "mass", mass_plan(f, T(f, F32, 3, 1, H_, SK, 0)))       \
+  X(plan_mass_f64, ATTN_ERR_DTYPE, "mass", mass_plan(f, T(f, F64, 3, B_, H_, SK, 0)))              \
+  X(plan_mass_strided_keys, ATTN_ERR_LAYOUT, "mass",                                              \
+    mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(H_ * SK * 2, SK * 2, 2))))                       \
+  X(plan_mass_overlapping, ATTN_ERR_LAYOUT, "mass",                                               \
+    mass_plan(f, TS(f, F32, 3, B_, H_, SK, 0, STR(0, SK, 1))))                                    \
+  X(plan_mass_linformer, ATTN_ERR_UNSUPPORTED, "key_mass",                                        \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                                \
+     must(attn_desc_set_key_mass(f->desc, T(f, F32, 3, B_, H_, SK, 0))),                          \
+     attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &f->hp)))          \
   /* ---- plan queries ---- */                                                                    \
   X(block_layout_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_block_layout(NULL, f->buf, &f->size)) \
   X(block_layout_size_null, ATTN_ERR_NULL_ARG, "size", attn_plan_block_layout(f->plan, f->buf, NULL)) \
@@ -671,7 +928,51 @@ static attn_status kv_view(fx *f, attn_kvcache_storage st, int how) {
   X(kvcache_view_raw_null, ATTN_ERR_NULL_ARG, "raw", kv_view(f, ATTN_KVCACHE_STORE_INT4, 1))      \
   X(kvcache_view_raw_struct_size, ATTN_ERR_INVALID_ARG, "raw.struct_size",                        \
     kv_view(f, ATTN_KVCACHE_STORE_INT4, 2))                                                       \
-  X(kvcache_view_raw_cache_null, ATTN_ERR_NULL_ARG, NOCTX, attn_kvcache_view_raw(NULL, NULL))
+  X(kvcache_view_raw_cache_null, ATTN_ERR_NULL_ARG, NOCTX, attn_kvcache_view_raw(NULL, NULL)) \
+  X(kvcache_keep_first_int8, ATTN_ERR_UNSUPPORTED, "int8", kv_keep(f, ATTN_KVCACHE_STORE_INT8)) \
+  X(kvcache_keep_first_int4, ATTN_ERR_UNSUPPORTED, "int4", kv_keep(f, ATTN_KVCACHE_STORE_INT4)) \
+  /* ---- backward ---- */                                                                        \
+  X(backward_forward_null, ATTN_ERR_NULL_ARG, NOCTX, BP(f, NULL, 0, GQ(f)))                       \
+  X(backward_out_null, ATTN_ERR_NULL_ARG, "plan",                                                 \
+    attn_backward_plan_create(f->plan, GQ(f), GQ(f), GK(f), GK(f), NULL, NULL))                   \
+  X(backward_dout_null, ATTN_ERR_NULL_ARG, "dout", BP(f, f->plan, 0, NULL))                       \
+  X(backward_dq_null, ATTN_ERR_NULL_ARG, "dq", BP(f, f->plan, 1, NULL))                           \
+  X(backward_dk_null, ATTN_ERR_NULL_ARG, "dk", BP(f, f->plan, 2, NULL))                           \
+  X(backward_dv_null, ATTN_ERR_NULL_ARG, "dv", BP(f, f->plan, 3, NULL))                           \
+  X(backward_forward_without_lse, ATTN_ERR_INVALID_ARG, "lse", BP(f, f->plan_nw, 0, GQ(f)))       \
+  X(backward_dout_shape, ATTN_ERR_SHAPE, "dout", BP(f, f->plan, 0, T(f, F32, 4, B_, H_, SQ + 1, D_))) \
+  X(backward_dout_rank, ATTN_ERR_SHAPE, "dout", BP(f, f->plan, 0, T(f, F32, 3, B_, H_, SQ, 0)))  \
+  X(backward_dq_shape, ATTN_ERR_SHAPE, "dq", BP(f, f->plan, 1, T(f, F32, 4, B_, H_, SQ, D_ + 1))) \
+  X(backward_dk_shape, ATTN_ERR_SHAPE, "dk", BP(f, f->plan, 2, T(f, F32, 4, B_, 1, SK, D_)))      \
+  X(backward_dv_shape, ATTN_ERR_SHAPE, "dv", BP(f, f->plan, 3, T(f, F32, 4, B_, H_, SQ, D_)))     \
+  X(backward_dout_dtype, ATTN_ERR_DTYPE, "dout", BP(f, f->plan, 0, T(f, F64, 4, B_, H_, SQ, D_))) \
+  X(backward_dk_dtype, ATTN_ERR_DTYPE, "dk", BP(f, f->plan, 2, T(f, U8, 4, B_, H_, SK, D_)))      \
+  X(backward_dq_last_dim_strided, ATTN_ERR_LAYOUT, "dq",                                          \
+    BP(f, f->plan, 1, TS(f, F32, 4, B_, H_, SQ, D_, STR(H_ * SQ * D_ * 2, SQ * D_ * 2, D_ * 2, 2)))) \
+  X(backward_dk_rows_overlap, ATTN_ERR_LAYOUT, "dk",                                              \
+    BP(f, f->plan, 2, TS(f, F32, 4, B_, H_, SK, D_, STR(H_ * D_, D_, 0, 1))))                     \
+  X(backward_dmask_without_additive_mask, ATTN_ERR_INVALID_ARG, "dmask",                          \
+    BP(f, f->plan, 4, T(f, F32, 4, B_, H_, SQ, SK)))                                              \
+  X(backward_dmask_shape, ATTN_ERR_SHAPE, "dmask",                                                \
+    BP_dmask(f, T(f, F32, 4, 1, 1, SQ, SK)))                                                      \
+  X(backward_linformer_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                              \
+    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                               \
+     must(attn_desc_set_lowrank(f->desc, 3, 1)), BP_desc(f)))                                     \
+  X(backward_general_score_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                          \
+    (must(attn_desc_set_score(f->desc, ATTN_SCORE_GENERAL)),                                     \
+     must(attn_desc_set_general_weight(f->desc, T(f, F32, 2, D_, D_, 0, 0))), BP_desc(f)))       \
+  X(backward_sinks_unsupported, ATTN_ERR_UNSUPPORTED, "sinks",                                   \
+    (must(attn_desc_set_sinks(f->desc, f->slopes2, 2)), BP_desc(f)))                              \
+  X(backward_execute_null, ATTN_ERR_NULL_ARG, NOCTX,                                              \
+    attn_backward_execute(NULL, f->q, f->k, f->v, f->out, f->lse, GQ(f), GQ(f), GK(f), GK(f), NULL)) \
+  X(backward_execute_lse_null, ATTN_ERR_NULL_ARG, "lse", BE(f, 4, NULL, true))                    \
+  X(backward_execute_q_null, ATTN_ERR_NULL_ARG, "q:", BE(f, 0, NULL, true))                       \
+  X(backward_execute_dout_shape, ATTN_ERR_MISMATCH, "dout",                                       \
+    BE(f, 5, T(f, F32, 4, B_, H_, SQ + 1, D_), true))                                             \
+  X(backward_execute_dq_dtype, ATTN_ERR_MISMATCH, "dq", BE(f, 6, T(f, F64, 4, B_, H_, SQ, D_), true)) \
+  X(backward_execute_dmask_unplanned, ATTN_ERR_MISMATCH, "dmask",                                 \
+    BE(f, 9, T(f, F32, 4, B_, H_, SQ, SK), true))                                                 \
+  X(backward_execute_key_length_changed, ATTN_ERR_INVALID_ARG, "key_lengths", BE_lengths_changed(f))
 
 #define X_FN(name, want, msg, expr) \
   static attn_status case_##name(fx *f) { return (expr); }
@@ -724,7 +1025,7 @@ typedef struct meta_row {
 #define P40 (INT64_C(1) << 40)
 static const meta_row meta_rows[] = {
     {"dtype_zero", (attn_dtype)0, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
-    {"dtype_past_end", (attn_dtype)4, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
+    {"dtype_past_end", (attn_dtype)6, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"dtype_negative", (attn_dtype)-1, 1, {4}, false, {0}, ATTN_ERR_DTYPE, ATTN_ERR_DTYPE, "dtype"},
     {"rank_zero", F32, 0, {4}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
     {"rank_five", F32, 5, {1, 1, 1, 1}, false, {0}, ATTN_ERR_SHAPE, ATTN_ERR_SHAPE, "rank"},
@@ -837,6 +1138,18 @@ static const mutation mutations[] = {
     {"lse_f64", TLSE, F64, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse:"},
     {"lse_sq6", TLSE, F32, 3, {B_, H_, SQ + 1}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
     {"lse_heads1", TLSE, F32, 3, {B_, 1, SQ}, false, {0}, ATTN_ERR_SHAPE, "lse:"},
+    /* 16-bit dtypes (issue 15): only q, k, v of one 16-bit type, out in it
+     * or f32, weights/lse f32; anything else names the tensor and q. */
+    {"q_bf16_others_f32", TQ, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype f32, expected bf16 (q is bf16)"},
+    {"k_bf16", TK, ATTN_DTYPE_BF16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "k: dtype bf16, expected f32 (q is f32)"},
+    {"v_f16", TV, ATTN_DTYPE_F16, 4, {B_, H_, SK, D_}, false, {0}, ATTN_ERR_DTYPE, "v: dtype f16"},
+    {"out_bf16_q_f32", TOUT, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, D_}, false, {0}, ATTN_ERR_DTYPE,
+     "out: dtype bf16"},
+    {"weights_bf16", TW, ATTN_DTYPE_BF16, 4, {B_, H_, SQ, SK}, false, {0}, ATTN_ERR_DTYPE,
+     "weights: dtype bf16"},
+    {"lse_f16", TLSE, ATTN_DTYPE_F16, 3, {B_, H_, SQ}, false, {0}, ATTN_ERR_DTYPE, "lse: dtype f16"},
 };
 
 static void every_wrong_tensor_is_rejected_by_plan_forward_and_execute(void **state) {
@@ -886,6 +1199,30 @@ static void null_handles_and_accessors_are_safe(void **state) {
   assert_int_equal(attn_tensor_numel(NULL), 0);
   assert_null(attn_tensor_data(NULL));
   assert_int_equal(attn_plan_workspace_size(NULL), 0);
+  /* paged KV cache (paged.h): NULL handles are refused or read as empty */
+  int64_t id = -9, cnt = -9;
+  attn_paged_config_init(NULL);
+  attn_paged_destroy(NULL);
+  attn_paged_plan_destroy(NULL);
+  assert_int_equal(attn_paged_create(NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_seq_create(NULL, &id), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_seq_free(NULL, 0), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_fork(NULL, 0, &id), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_append(NULL, 0, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_truncate(NULL, 0, 0), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_block_table(NULL, 0, NULL, 0, &cnt), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_plan_create(NULL, NULL, NULL, NULL, NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_paged_plan_execute(NULL, 0, NULL, NULL, NULL, NULL, NULL), ATTN_ERR_NULL_ARG);
+  assert_int_equal(id, -9);
+  assert_int_equal(cnt, -9);
+  assert_int_equal(attn_paged_seq_length(NULL, 0), -1);
+  assert_int_equal(attn_paged_free_blocks(NULL), 0);
+  assert_int_equal(attn_paged_num_blocks(NULL), 0);
+  assert_int_equal(attn_paged_block_size(NULL), 0);
+  assert_int_equal(attn_paged_num_seqs(NULL), 0);
+  assert_int_equal(attn_paged_memory_size(NULL), 0);
+  assert_int_equal(attn_paged_memory_used(NULL), 0);
+  assert_int_equal(attn_paged_plan_workspace_size(NULL), 0);
   assert_string_equal(attn_status_string((attn_status)-1), "unknown status");
   assert_string_equal(attn_status_string((attn_status)1000), "unknown status");
   fx *f = malloc(sizeof *f);

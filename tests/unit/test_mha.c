@@ -34,15 +34,14 @@ static attn_tensor *seq_tensor(attn_context *ctx, attn_dtype dt, const double *x
   shape[2] = F;
   strides[2] = 1;
   size_t n = (size_t)(shape[0] * strides[0] + 64);
-  size_t es = dt == ATTN_DTYPE_F32 ? 4 : 8;
+  size_t es = dt == ATTN_DTYPE_F64 ? 8 : tu_is_16bit(dt) ? 2 : 4;
   void *mem = calloc(n, es);
   for (int64_t b = 0; b < B; b++)
     for (int64_t s = 0; s < S; s++)
       for (int64_t f = 0; f < F; f++) {
         int64_t off = (batch_first ? b * strides[0] + s * strides[1] : s * strides[0] + b * strides[1]) + f;
         double v = x ? x[(b * S + s) * F + f] : NAN;
-        if (dt == ATTN_DTYPE_F32) ((float *)mem)[off] = (float)v;
-        else ((double *)mem)[off] = v;
+        tu_store(mem, dt, off, v);
       }
   attn_tensor *t = NULL;
   assert_int_equal(attn_tensor_wrap(ctx, dt, 3, shape, strides, mem, &t), ATTN_OK);
@@ -57,9 +56,7 @@ static void read_seq(const attn_tensor *t, bool batch_first, double *dst) {
       for (int64_t f = 0; f < F; f++) {
         int64_t i0 = batch_first ? b : s, i1 = batch_first ? s : b;
         int64_t off = i0 * attn_tensor_stride(t, 0) + i1 * attn_tensor_stride(t, 1) + f;
-        dst[(b * S + s) * F + f] = attn_tensor_dtype(t) == ATTN_DTYPE_F32
-                                       ? ((const float *)attn_tensor_data(t))[off]
-                                       : ((const double *)attn_tensor_data(t))[off];
+        dst[(b * S + s) * F + f] = tu_load(attn_tensor_data(t), attn_tensor_dtype(t), off);
       }
 }
 
@@ -160,6 +157,9 @@ static attn_tensor *mat(attn_context *ctx, attn_dtype dt, const double *x, int32
 /* Runs a case on ctx and compares with the reference; returns max error. */
 static double run(attn_context *ctx, const mcase *c, uint64_t seed, tu_counter *counter) {
   const attn_dtype dt = c->dt;
+  /* 16-bit layers compute in f32: masks and weights outputs are f32. */
+  const bool half = tu_is_16bit(dt);
+  const attn_dtype ct = half ? ATTN_DTYPE_F32 : dt;
   const int64_t E = c->E, H = c->H, D = E / H, Ekv = c->Hkv * D, B = c->B, Sq = c->Sq;
   const int64_t Sk = c->self ? c->Sq : c->Sk;
   const int64_t kd = c->self || !c->kdim ? E : c->kdim, vd = c->self || !c->vdim ? E : c->vdim;
@@ -190,6 +190,15 @@ static double run(attn_context *ctx, const mcase *c, uint64_t seed, tu_counter *
     d.kpm = malloc((size_t)(B * Sk));
     for (int64_t b = 0; b < B; b++)
       for (int64_t j = 0; j < Sk; j++) d.kpm[b * Sk + j] = j < Sk - (b % 3) || j == 0;
+  }
+  if (half) { /* the reference sees the values the layer stores */
+    double *arrs[] = {d.xq, c->self ? NULL : d.xk, c->self ? NULL : d.xv, d.wq, d.wk, d.wv, d.wo,
+                      d.bin, d.bo, d.bk, d.bv};
+    const int64_t lens[] = {B * Sq * E, B * Sk * kd, B * Sk * vd, E * E, Ekv * kd, Ekv * vd, E * E,
+                            E + 2 * Ekv, E, Ekv, Ekv};
+    for (size_t a = 0; a < sizeof arrs / sizeof arrs[0]; a++)
+      for (int64_t i = 0; arrs[a] && i < lens[a]; i++)
+        arrs[a][i] = dt == ATTN_DTYPE_BF16 ? tu_round_bf16(arrs[a][i]) : tu_round_f16(arrs[a][i]);
   }
   if (c->bool_mask) {
     d.bmask = malloc((size_t)(H * Sq * Sk));
@@ -268,15 +277,15 @@ static double run(attn_context *ctx, const mcase *c, uint64_t seed, tu_counter *
   }
   if (c->add_mask) {
     int64_t s[4] = {B, 1, Sq, Sk};
-    tam = tu_tensor(ctx, dt, d.amask, 4, s);
+    tam = tu_tensor(ctx, ct, d.amask, 4, s);
     assert_int_equal(attn_desc_set_additive_mask(desc, tam), ATTN_OK);
   }
   if (c->weights == 3) {
     int64_t s[3] = {B, Sq, Skx};
-    tww = tu_tensor(ctx, dt, NULL, 3, s);
+    tww = tu_tensor(ctx, ct, NULL, 3, s);
   } else if (c->weights == 4) {
     int64_t s[4] = {B, H, Sq, Skx};
-    tww = tu_tensor(ctx, dt, NULL, 4, s);
+    tww = tu_tensor(ctx, ct, NULL, 4, s);
   }
   attn_mha_plan *plan = NULL;
   st = attn_mha_plan_create(layer, desc, tq, tk, tv, tkpm, to, tww, &plan);
@@ -293,14 +302,18 @@ static double run(attn_context *ctx, const mcase *c, uint64_t seed, tu_counter *
   read_seq(to, c->batch_first, go);
   bool f64 = dt == ATTN_DTYPE_F64;
   double max_err, e;
-  size_t bad = tu_violations(go, ro, NULL, no, f64 ? 1e-11 : 2e-5, f64 ? 1e-12 : 2e-5, &max_err);
+  /* 16-bit: the f32 computation's error plus out's one rounding (unit
+   * roundoff 2⁻⁸ bf16, 2⁻¹¹ f16) relative to |out|. */
+  const double r16 = dt == ATTN_DTYPE_BF16 ? ldexp(1, -8) : dt == ATTN_DTYPE_F16 ? ldexp(1, -11) : 0;
+  size_t bad = tu_violations(go, ro, NULL, no, f64 ? 1e-11 : 2e-5 + r16, f64 ? 1e-12 : 2e-5, &max_err);
   if (bad)
     fail_msg("out: %zu of %zu off (max %g): E%lld H%lld/%lld B%lld Sq%lld Sk%lld kd%lld vd%lld "
              "bias%d kv%d zero%d bf%d self%d packed%d kpm%d causal%d bm%d am%d w%d %s",
              bad, no, max_err, (long long)E, (long long)H, (long long)c->Hkv, (long long)B,
              (long long)Sq, (long long)Sk, (long long)kd, (long long)vd, c->bias, c->bias_kv,
              c->zero_attn, c->batch_first, c->self, c->packed, c->kpm, c->causal, c->bool_mask,
-             c->add_mask, c->weights, f64 ? "f64" : "f32");
+             c->add_mask, c->weights,
+             f64 ? "f64" : dt == ATTN_DTYPE_BF16 ? "bf16" : dt == ATTN_DTYPE_F16 ? "f16" : "f32");
   if (c->weights) {
     tu_read(tww, gw);
     if (c->weights == 3) { /* average the reference over heads */
@@ -366,6 +379,34 @@ static void layer_matches_reference(void **state) {
   mcase c = base(ATTN_DTYPE_F32);
   c.E = 64; c.H = 4; c.Hkv = 4; c.Sq = 300; c.Sk = 700; c.B = 1; c.kpm = true; c.causal = false;
   run(ctx, &c, 11, NULL);
+  attn_context_destroy(ctx);
+}
+
+/* bf16 and f16 layers (parameters, inputs and out in 16 bits, f32 inside)
+ * against the f64 reference on the same rounded values: out within 2⁻⁸
+ * (bf16) or 2⁻¹¹ (f16) of |out| plus the f32 error; weights outputs (f32)
+ * within the f32 bounds. Packed and separate weights, bias_kv and
+ * zero_attn rows, key padding and masks, GQA, both layouts. */
+static void half_layers_match_reference(void **state) {
+  (void)state;
+  attn_context *ctx = NULL;
+  assert_int_equal(attn_context_create(NULL, &ctx), ATTN_OK);
+  const attn_dtype dts[2] = {ATTN_DTYPE_BF16, ATTN_DTYPE_F16};
+  for (int f = 0; f < 2; f++)
+    for (int bf = 0; bf < 2; bf++) {
+      mcase c = base(dts[f]);
+      c.batch_first = bf;
+      run(ctx, &c, 21, NULL);
+      c.self = true; c.weights = 3; c.causal = true; run(ctx, &c, 22, NULL);
+      c = base(dts[f]); c.batch_first = bf;
+      c.packed = false; c.kdim = 20; c.vdim = 44; c.weights = 4; c.kpm = true; run(ctx, &c, 23, NULL);
+      c = base(dts[f]); c.batch_first = bf; c.bias_kv = true; c.zero_attn = true; c.kpm = true;
+      c.bool_mask = true; c.add_mask = true; c.weights = 3; run(ctx, &c, 24, NULL);
+      c = base(dts[f]); c.batch_first = bf; c.pad_rows = true; c.Hkv = 2; run(ctx, &c, 25, NULL);
+    }
+  mcase c = base(ATTN_DTYPE_BF16); /* several projection chunks and tiles */
+  c.E = 64; c.Sq = 150; c.Sk = 300; c.B = 1; c.causal = true;
+  run(ctx, &c, 26, NULL);
   attn_context_destroy(ctx);
 }
 
@@ -603,6 +644,7 @@ static void allocation_failure_is_clean(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(layer_matches_reference),
+      cmocka_unit_test(half_layers_match_reference),
       cmocka_unit_test(gqa_and_mqa_match_repeated_heads),
       cmocka_unit_test(execute_allocates_nothing_and_nothing_leaks),
       cmocka_unit_test(bad_config_and_weights_are_rejected),

@@ -142,7 +142,7 @@ static void unsupported_dtypes_are_named(void **state) {
   (void)state;
   struct { const char *descr, *name; } cases[] = {
       {"<i8", "int64"},     {"<i4", "int32"},      {"|i1", "int8"},       {"<u2", "uint16"},
-      {"<f2", "float16"},   {"<c8", "complex64"},  {"<c16", "complex128"}, {"|O", "object"},
+      {"<f16", "float128"}, {"<c8", "complex64"},  {"<c16", "complex128"}, {"|O", "object"},
       {"<U5", "string"},    {"|S3", "string"},     {"<M8[ns]", "datetime"}, {"|V8", "structured"},
       {"<x9", "not supported"}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -15,6 +15,12 @@ endforeach()
 # test_npy tests the attn command's .npy reader/writer (tools/npy.c).
 target_sources(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c)
 target_include_directories(test_npy PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+# test_npz: the .npz reader/writer (tools/npz.c, over npy.c; zlib as the attn command).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(ATTN_TEST_ZLIB REQUIRED IMPORTED_TARGET zlib)
+target_sources(test_npz PRIVATE ${PROJECT_SOURCE_DIR}/tools/npy.c ${PROJECT_SOURCE_DIR}/tools/npz.c)
+target_include_directories(test_npz PRIVATE ${PROJECT_SOURCE_DIR}/tools)
+target_link_libraries(test_npz PRIVATE PkgConfig::ATTN_TEST_ZLIB)
 
 # The KV-cache tests again with the vector-math dispatch lowered to AVX2, so
 # the f32 decode path goes through GEMM instead of the AVX-512 loops (both
@@ -31,3 +37,22 @@ foreach(isa avx2 generic)
   set_tests_properties(test_kvquant_${isa} PROPERTIES
     ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=${isa}" LABELS "unit")
 endforeach()
+
+# The 16-bit tests again on the convert engines (no AVX-512: widen to f32,
+# then OpenBLAS), and the exact tests with f32 kept on OpenBLAS instead of
+# the AVX-512 tile engine: every engine meets the same bounds.
+add_test(NAME test_half_avx2 COMMAND test_half)
+set_tests_properties(test_half_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
+# On AMX CPUs test_half runs the AMX engine; this one keeps bf16 on the
+# AVX512_BF16 (vdpbf16ps) engine.
+add_test(NAME test_half_avx512 COMMAND test_half)
+set_tests_properties(test_half_avx512 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=avx512" LABELS "unit")
+add_test(NAME test_exact_blas COMMAND test_exact)
+set_tests_properties(test_exact_blas PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
+# The paged-cache tests on the GEMM path too (AVX-512 lowered to AVX2).
+add_test(NAME test_paged_avx2 COMMAND test_paged)
+set_tests_properties(test_paged_avx2 PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")

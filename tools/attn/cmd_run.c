@@ -1,5 +1,8 @@
-/* attn run: attention on NumPy .npy files, so results can be checked against
- * another framework. Inputs rank 4 [B,H,S,D] or rank 3 [H,S,D] (B = 1);
+/* attn run: attention on NumPy .npy / .npz files, so results can be checked
+ * against another framework. Any file argument may be an .npz archive
+ * ("A.npz" = its member named after the option, e.g. q for --q, or its only
+ * member; "A.npz:NAME" = member NAME); outputs given the same .npz path are
+ * written as members out / weights / lse of one archive. Inputs rank 4 [B,H,S,D] or rank 3 [H,S,D] (B = 1);
  * outputs have the rank of q. Errors: bad files exit 3 with the parser's
  * message; the library's own messages (shape mismatches, bad options) are
  * passed through and exit 1. */
@@ -11,6 +14,7 @@
 
 #include "cli.h"
 #include "npy.h"
+#include "npz.h"
 
 #define CMD "run"
 #define MAX_LIST 4096
@@ -19,12 +23,20 @@ static void run_usage(FILE *f) {
   fprintf(f,
           "Usage: attn run --variant NAME --q Q.npy --k K.npy --v V.npy -o OUT.npy\n"
           "                [--weights W.npy] [--lse L.npy] [options]\n"
+          "       attn run --variant NAME --in IN.npz -o OUT.npz [--weights OUT.npz] ...\n"
           "\n"
           "Computes attention on NumPy arrays with libattn and writes the result as\n"
-          ".npy, to compare with another framework. q, k, v: float32 or float64 (all\n"
-          "the same), C order, rank 4 [B, H, S, D] or rank 3 [H, S, D] (B = 1); k and\n"
-          "v may have fewer heads than q (GQA). OUT has q's dtype and rank:\n"
-          "[B, H, S_q, D_v]; weights [B, H, S_q, S_k]; lse [B, H, S_q].\n"
+          ".npy, to compare with another framework. q, k, v: float32, float64 or\n"
+          "float16 (all the same), C order, rank 4 [B, H, S, D] or rank 3 [H, S, D]\n"
+          "(B = 1); k and v may have fewer heads than q (GQA). OUT has q's dtype and\n"
+          "rank: [B, H, S_q, D_v]; weights [B, H, S_q, S_k]; lse [B, H, S_q] (float32\n"
+          "for float16 inputs, which compute in float32; masks are then float32).\n"
+          "\n"
+          ".npz archives (np.savez / np.savez_compressed): every file argument may be\n"
+          "A.npz (its member named after the option: q, k, v, bool_mask, ...; or its\n"
+          "only member) or A.npz:NAME. --in A.npz = --q A.npz --k A.npz --v A.npz.\n"
+          "Outputs with the same .npz path go into one archive as members out,\n"
+          "weights and lse (A.npz:NAME names the member).\n"
           "\n"
           "Variants (--variant):\n"
           "  exact (sdpa)   softmax attention; the mask options below apply\n"
@@ -61,12 +73,20 @@ static void run_usage(FILE *f) {
           "  --features M SEED      Performer random features\n"
           "  --rank K SEED          Linformer projected length\n"
           "  --proj E.npy F.npy     Linformer projections [K, S_k] or [H_kv, K, S_k]\n"
+          "  --varlen a,b,...       packed batch: q, k, v are [T, H, D]; sequence s owns\n"
+          "                         rows a_s..a_{s+1}-1 (offsets from 0 to T); outputs\n"
+          "                         are packed too: out [T_q, H, D_v], lse [H, T_q],\n"
+          "                         weights [H, T_q, T_k], mass [H, T_k]\n"
+          "  --varlen-k a,b,...     key offsets (cross-attention; default: --varlen's)\n"
+          "  --sinks s1,s2,...      sink logits, one per query head (no value)\n"
+          "  --mass M.npy           write the per-key attention mass [B, H, S_k]\n"
+          "  --mass-group M.npy     the same summed over each KV group [B, H_kv, S_k]\n"
           "  --threads N            libattn worker threads\n"
           "\n" CLI_EXIT_TABLE);
 }
 
 typedef struct run_opts {
-  const char *variant, *q, *k, *v, *out, *weights, *lse;
+  const char *variant, *q, *k, *v, *out, *weights, *lse, *in;
   attn_causal causal;
   bool causal_set;
   bool window_set;
@@ -92,6 +112,11 @@ typedef struct run_opts {
   bool rank_set;
   int64_t rank;
   uint64_t rank_seed;
+  int64_t vl_q[MAX_LIST], nvl_q, vl_k[MAX_LIST], nvl_k;
+  double sinks[MAX_LIST];
+  int64_t nsinks;
+  const char *mass;
+  bool mass_group;
 } run_opts;
 
 /* ---- option parsing ---------------------------------------------------------- */
@@ -132,6 +157,9 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
     } else if (cli_opt_is(a, "--variant", &val)) {
       VALUE("--variant");
       o->variant = v;
+    } else if (cli_opt_is(a, "--in", &val)) {
+      VALUE("--in");
+      o->in = v;
     } else if (cli_opt_is(a, "--q", &val)) {
       VALUE("--q");
       o->q = v;
@@ -204,6 +232,23 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
     } else if (cli_opt_is(a, "--global", &val)) {
       VALUE("--global");
       if ((o->nglobal = cli_parse_i64_list(v, 0, INT64_MAX, o->global, MAX_LIST)) < 0) BAD("--global");
+    } else if (cli_opt_is(a, "--varlen", &val)) {
+      VALUE("--varlen");
+      if ((o->nvl_q = cli_parse_i64_list(v, 0, INT64_MAX, o->vl_q, MAX_LIST)) < 2) BAD("--varlen");
+    } else if (cli_opt_is(a, "--varlen-k", &val)) {
+      VALUE("--varlen-k");
+      if ((o->nvl_k = cli_parse_i64_list(v, 0, INT64_MAX, o->vl_k, MAX_LIST)) < 2) BAD("--varlen-k");
+    } else if (cli_opt_is(a, "--sinks", &val)) {
+      VALUE("--sinks");
+      if ((o->nsinks = cli_parse_f64_list(v, o->sinks, MAX_LIST)) < 1) BAD("--sinks");
+    } else if (cli_opt_is(a, "--mass", &val)) {
+      VALUE("--mass");
+      o->mass = v;
+      o->mass_group = false;
+    } else if (cli_opt_is(a, "--mass-group", &val)) {
+      VALUE("--mass-group");
+      o->mass = v;
+      o->mass_group = true;
     } else if (cli_opt_is(a, "--bool-mask", &val)) {
       VALUE("--bool-mask");
       o->bool_mask = v;
@@ -284,6 +329,24 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
 #undef BAD
   }
   if (o->variant == NULL) o->variant = "exact";
+  if (o->nvl_k > 0 && o->nvl_q == 0) {
+    cli_err(CMD, "--varlen-k needs --varlen");
+    return CLI_EXIT_USAGE;
+  }
+  if (o->nvl_k > 0 && o->nvl_k != o->nvl_q) {
+    cli_err(CMD, "--varlen-k: %lld offsets, --varlen has %lld", (long long)o->nvl_k,
+            (long long)o->nvl_q);
+    return CLI_EXIT_USAGE;
+  }
+  if (o->in != NULL) {
+    if (!npz_is_npz_path(o->in)) {
+      cli_err(CMD, "--in: '%s' is not an .npz archive", o->in);
+      return CLI_EXIT_USAGE;
+    }
+    if (!o->q) o->q = o->in;
+    if (!o->k) o->k = o->in;
+    if (!o->v) o->v = o->in;
+  }
   const char *missing = !o->q ? "--q" : !o->k ? "--k" : !o->v ? "--v" : !o->out ? "-o" : NULL;
   if (missing != NULL) {
     cli_err(CMD, "%s is required (see attn run --help)", missing);
@@ -293,6 +356,40 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
 }
 
 /* ---- files to tensors ----------------------------------------------------------- */
+
+/* "A.npz:NAME" -> archive "A.npz", *member NAME; "A.npz" -> *member NULL.
+ * Returns 1 for an .npz spec, 0 for anything else (a .npy path). */
+static int npz_spec(const char *spec, char *archive, size_t cap, const char **member) {
+  *member = NULL;
+  const char *cut = NULL;
+  for (const char *p = spec; (p = strchr(p, ':')) != NULL; p++)
+    if (p - spec >= 4 && p[1] != '\0') {
+      char ext[5];
+      memcpy(ext, p - 4, 4);
+      ext[4] = '\0';
+      for (int i = 0; i < 4; i++) ext[i] = (char)(ext[i] >= 'A' && ext[i] <= 'Z' ? ext[i] + 32 : ext[i]);
+      if (strcmp(ext, ".npz") == 0) cut = p;
+    }
+  size_t n = cut ? (size_t)(cut - spec) : strlen(spec);
+  if (n >= cap) n = cap - 1;
+  memcpy(archive, spec, n);
+  archive[n] = '\0';
+  if (!npz_is_npz_path(archive)) return 0;
+  if (cut) *member = cut + 1;
+  return 1;
+}
+
+/* The member an option reads from a bare A.npz: "--bool-mask" -> "bool_mask",
+ * "--proj E" -> "proj_e" (lower case, dashes to underscores). */
+static void default_member(const char *what, char *out, size_t cap) {
+  size_t o = 0;
+  for (const char *p = what; *p && o + 1 < cap; p++) {
+    if (o == 0 && *p == '-') continue;
+    char c = *p == '-' || *p == ' ' ? '_' : *p;
+    out[o++] = (char)(c >= 'A' && c <= 'Z' ? c + 32 : c);
+  }
+  out[o] = '\0';
+}
 
 typedef struct loaded {
   npy_array a[16];
@@ -309,18 +406,32 @@ static void loaded_free(loaded *l) {
 }
 
 static attn_dtype to_attn(npy_dtype d) {
-  return d == NPY_F32 ? ATTN_DTYPE_F32 : d == NPY_F64 ? ATTN_DTYPE_F64 : ATTN_DTYPE_U8;
+  return d == NPY_F32   ? ATTN_DTYPE_F32
+         : d == NPY_F64 ? ATTN_DTYPE_F64
+         : d == NPY_F16 ? ATTN_DTYPE_F16
+                        : ATTN_DTYPE_U8;
 }
 
-enum { KIND_FLOAT, KIND_BOOL };
+/* KIND_DATA: q, k, v (float32, float64 or float16); KIND_FLOAT: auxiliary
+ * float inputs (float32 or float64); KIND_BOOL: masks and layouts. */
+enum { KIND_FLOAT, KIND_BOOL, KIND_DATA };
 
 /* Load `path` and wrap it as a tensor of rank `want_rank`, padding the shape
  * with leading 1s from rank min_rank..want_rank. Returns CLI_EXIT_* or 0. */
 static int load_as(attn_context *ctx, loaded *l, const char *what, const char *path, int kind,
                    int32_t min_rank, int32_t want_rank, attn_tensor **out, int32_t *file_rank) {
-  char err[512];
+  char err[640];
   npy_array *a = &l->a[l->n];
-  if (npy_load(path, a, err, sizeof err) != 0) {
+  char archive[4096], member[64];
+  const char *name = NULL;
+  int rc_load;
+  if (npz_spec(path, archive, sizeof archive, &name)) {
+    if (name == NULL) default_member(what, member, sizeof member);
+    rc_load = npz_load(archive, name ? name : member, name == NULL, a, err, sizeof err);
+  } else {
+    rc_load = npy_load(path, a, err, sizeof err);
+  }
+  if (rc_load != 0) {
     cli_err(CMD, "%s: %s", what, err);
     return CLI_EXIT_IO;
   }
@@ -329,6 +440,11 @@ static int load_as(attn_context *ctx, loaded *l, const char *what, const char *p
   npy_dtype dt = a->h.dtype;
   if (kind == KIND_FLOAT && dt != NPY_F32 && dt != NPY_F64) {
     cli_err(CMD, "%s: %s: dtype %s; expected float32 or float64", what, path, npy_dtype_name(dt));
+    return CLI_EXIT_IO;
+  }
+  if (kind == KIND_DATA && dt != NPY_F32 && dt != NPY_F64 && dt != NPY_F16) {
+    cli_err(CMD, "%s: %s: dtype %s; expected float32, float64 or float16", what, path,
+            npy_dtype_name(dt));
     return CLI_EXIT_IO;
   }
   if (kind == KIND_BOOL && dt != NPY_U8 && dt != NPY_BOOL) {
@@ -487,12 +603,27 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   attn_tensor *tmp = NULL;
   int32_t qrank = 4;
 
-  LOAD("--q", o->q, KIND_FLOAT, 3, 4, &q, &qrank);
-  LOAD("--k", o->k, KIND_FLOAT, 3, 4, &k, NULL);
-  LOAD("--v", o->v, KIND_FLOAT, 3, 4, &v, NULL);
-  const attn_dtype dt = attn_tensor_dtype(q);
+  attn_tensor *views[5] = {NULL, NULL, NULL, NULL, NULL}; /* packed: q, k, v, out as [1, H, T, D]; mass */
+  attn_tensor *out_packed = NULL;
+  const bool packed = o->nvl_q > 0;
+  LOAD("--q", o->q, KIND_DATA, 3, packed ? 3 : 4, &q, &qrank);
+  LOAD("--k", o->k, KIND_DATA, 3, packed ? 3 : 4, &k, NULL);
+  LOAD("--v", o->v, KIND_DATA, 3, packed ? 3 : 4, &v, NULL);
+  if (packed) { /* [T, H, D] files seen as [1, H, T, D] */
+    attn_tensor **ts[3] = {&q, &k, &v};
+    for (int i = 0; i < 3; i++) {
+      attn_tensor *t = *ts[i];
+      const int64_t T = attn_tensor_dim(t, 0), Hh = attn_tensor_dim(t, 1), D = attn_tensor_dim(t, 2);
+      const int64_t sh[4] = {1, Hh, T, D}, st[4] = {T * Hh * D, D, Hh * D, 1};
+      LIBCHECK(attn_tensor_wrap(ctx, attn_tensor_dtype(t), 4, sh, st, attn_tensor_data(t), &views[i]));
+      *ts[i] = views[i];
+    }
+  }
+  /* dt: q's (and out's) dtype; ct: the compute type (weights, lse, masks). */
+  const attn_dtype qdt = attn_tensor_dtype(q);
+  const attn_dtype dt = qdt == ATTN_DTYPE_F16 ? ATTN_DTYPE_F32 : qdt;
   const int64_t B = attn_tensor_dim(q, 0), H = attn_tensor_dim(q, 1), Sq = attn_tensor_dim(q, 2);
-  const int64_t Sk = attn_tensor_dim(k, 2), Dv = attn_tensor_dim(v, 3);
+  const int64_t Sk = attn_tensor_dim(k, 2), Dv = attn_tensor_dim(v, 3), Hkv = attn_tensor_dim(k, 1);
 
   LIBCHECK(attn_desc_create(ctx, &d));
   LIBCHECK(attn_desc_set_variant(d, vn->v));
@@ -505,6 +636,9 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   if (o->nkey_len > 0) LIBCHECK(attn_desc_set_key_lengths(d, o->key_len, o->nkey_len));
   if (o->nquery_len > 0) LIBCHECK(attn_desc_set_query_lengths(d, o->query_len, o->nquery_len));
   if (o->nalibi > 0) LIBCHECK(attn_desc_set_alibi(d, o->alibi, o->nalibi));
+  if (packed)
+    LIBCHECK(attn_desc_set_varlen(d, o->vl_q, o->nvl_k > 0 ? o->vl_k : NULL, o->nvl_q - 1));
+  if (o->nsinks > 0) LIBCHECK(attn_desc_set_sinks(d, o->sinks, o->nsinks));
   if (o->nglobal > 0) LIBCHECK(attn_desc_set_global_tokens(d, o->global, o->nglobal));
   if (o->block > 0) LIBCHECK(attn_desc_set_block_size(d, o->block));
   if (o->bigbird_set) LIBCHECK(attn_desc_set_bigbird(d, o->bb_w, o->bb_g, o->bb_r, o->bb_seed));
@@ -567,7 +701,19 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   /* Outputs: the library validates every shape against q, k, v and names the
    * mismatch; the output tensors are only created when the shapes are sane. */
   const int64_t osh[4] = {B, H, Sq, Dv}, wsh[4] = {B, H, Sq, Sk}, lsh[3] = {B, H, Sq};
-  LIBCHECK(attn_tensor_create(ctx, dt, 4, osh, &out));
+  const int64_t msh[3] = {B, o->mass_group ? Hkv : H, Sk};
+  if (packed) { /* out written [T_q, H, D_v] */
+    const int64_t psh[4] = {1, Sq, H, Dv}, st[4] = {Sq * H * Dv, Dv, H * Dv, 1};
+    LIBCHECK(attn_tensor_create(ctx, qdt, 4, psh, &out_packed));
+    LIBCHECK(attn_tensor_wrap(ctx, qdt, 4, osh, st, attn_tensor_data(out_packed), &views[3]));
+    out = views[3];
+  } else {
+    LIBCHECK(attn_tensor_create(ctx, qdt, 4, osh, &out));
+  }
+  if (o->mass) {
+    LIBCHECK(attn_tensor_create(ctx, dt, 3, msh, &views[4]));
+    LIBCHECK(attn_desc_set_key_mass(d, views[4]));
+  }
   if (o->weights) LIBCHECK(attn_tensor_create(ctx, dt, 4, wsh, &w));
   if (o->lse) LIBCHECK(attn_tensor_create(ctx, dt, 3, lsh, &lse));
   LIBCHECK(attn_plan_create(ctx, d, q, k, v, out, w, lse, &plan));
@@ -576,17 +722,47 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   /* Write with q's rank: rank-3 input [H,S,D] gives rank-3 outputs. */
   {
     const npy_dtype nd = dt == ATTN_DTYPE_F32 ? NPY_F32 : NPY_F64;
+    const npy_dtype od = qdt == ATTN_DTYPE_F16 ? NPY_F16 : nd;
     const int drop = qrank == 3 ? 1 : 0;
-    char err[512];
+    char err[640];
+    static const char *const out_names[4] = {"out", "weights", "lse", "mass"};
+    bool written[4] = {false, false, false, false};
+    const int64_t posh[4] = {1, Sq, H, Dv};
     struct {
       const char *path;
       attn_tensor *t;
       const int64_t *shape;
       int32_t rank;
-    } outs[3] = {{o->out, out, osh, 4}, {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}};
-    for (int i = 0; i < 3; i++) {
-      if (outs[i].path == NULL) continue;
-      if (npy_save(outs[i].path, nd, outs[i].rank - drop, outs[i].shape + drop,
+    } outs[4] = {{o->out, packed ? out_packed : out, packed ? posh : osh, 4},
+                 {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}, {o->mass, views[4], msh, 3}};
+    for (int i = 0; i < 4; i++) {
+      if (outs[i].path == NULL || written[i]) continue;
+      char archive[4096], other[4096];
+      const char *name = NULL, *oname = NULL;
+      if (npz_spec(outs[i].path, archive, sizeof archive, &name)) {
+        /* every output aimed at this archive becomes one of its members */
+        npz_member mem[4];
+        int nm = 0;
+        for (int j = i; j < 4; j++) {
+          if (outs[j].path == NULL || !npz_spec(outs[j].path, other, sizeof other, &oname) ||
+              strcmp(other, archive) != 0)
+            continue;
+          mem[nm].name = oname ? oname : out_names[j];
+          mem[nm].dtype = j == 0 ? od : nd;
+          mem[nm].rank = outs[j].rank - drop;
+          mem[nm].shape = outs[j].shape + drop;
+          mem[nm].data = attn_tensor_data(outs[j].t);
+          nm++;
+          written[j] = true;
+        }
+        if (npz_save(archive, mem, nm, err, sizeof err) != 0) {
+          cli_err(CMD, "%s", err);
+          rc = CLI_EXIT_IO;
+          goto done;
+        }
+        continue;
+      }
+      if (npy_save(outs[i].path, i == 0 ? od : nd, outs[i].rank - drop, outs[i].shape + drop,
                    attn_tensor_data(outs[i].t), err, sizeof err) != 0) {
         cli_err(CMD, "%s", err);
         rc = CLI_EXIT_IO;
@@ -598,7 +774,9 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
 done:
   attn_plan_destroy(plan);
   attn_desc_destroy(d);
-  attn_tensor_destroy(out);
+  if (!packed) attn_tensor_destroy(out);
+  attn_tensor_destroy(out_packed);
+  for (int i = 0; i < 5; i++) attn_tensor_destroy(views[i]);
   attn_tensor_destroy(w);
   attn_tensor_destroy(lse);
   loaded_free(&l);

@@ -196,6 +196,12 @@ static int write_png(const char *path, const canvas *c, const char *title, const
 
 int picture_heatmap_png(const char *path, const char *title, const char *subtitle,
                         const double *vals, int64_t rows, int64_t cols, char *err, size_t errlen) {
+  return picture_heatmap_bar_png(path, title, subtitle, vals, rows, cols, NULL, NULL, err, errlen);
+}
+
+int picture_heatmap_bar_png(const char *path, const char *title, const char *subtitle,
+                            const double *vals, int64_t rows, int64_t cols, const double *bar,
+                            const char *bar_label, char *err, size_t errlen) {
   if (rows < 1 || cols < 1 || rows > 4096 || cols > 4096) {
     seterr(err, errlen, "%s: picture size %lldx%lld out of range", path, (long long)rows,
            (long long)cols);
@@ -213,7 +219,8 @@ int picture_heatmap_png(const char *path, const char *title, const char *subtitl
   if (w < tw) w = tw;
   if (w < sw) w = sw;
   int top = margin + title_h + 6 + sub_h + gap + 7 + 4; /* title, subtitle, "key ->" */
-  int h = top + mh + 4 + 7 + margin;
+  const int bar_h = 48, bar_gap = 8 + 7 + 4; /* the bar strip under "QUERY I DOWN" */
+  int h = top + mh + 4 + 7 + margin + (bar ? bar_gap + bar_h + 4 + 7 : 0);
   canvas c = {w, h, calloc((size_t)w * (size_t)h, 3)};
   if (c.rgb == NULL) {
     seterr(err, errlen, "%s: out of memory", path);
@@ -249,6 +256,19 @@ int picture_heatmap_png(const char *path, const char *title, const char *subtitl
     }
   }
   draw_text(&c, mx, my + mh + 4, 1, "QUERY I DOWN", soft);
+  if (bar != NULL) { /* one bar per key column, heights scaled to the largest */
+    const int by = my + mh + bar_gap;
+    double bm = 0.0;
+    for (int64_t j = 0; j < cols; j++)
+      if (isfinite(bar[j]) && bar[j] > bm) bm = bar[j];
+    const unsigned char frame[3] = {200, 200, 200}, fillc[3] = {68, 1, 84};
+    fill_rect(&c, mx, by + bar_h, mw, 1, frame);
+    for (int64_t j = 0; j < cols && bm > 0.0; j++) {
+      int hh = isfinite(bar[j]) && bar[j] > 0 ? (int)lround(bar[j] / bm * bar_h) : 0;
+      fill_rect(&c, mx + (int)j * cell, by + bar_h - hh, cell > 1 ? cell - 1 : 1, hh, fillc);
+    }
+    draw_text(&c, mx, by + bar_h + 4, 1, bar_label ? bar_label : "", soft);
+  }
 
   /* colour bar: top = row max (1), bottom = 0 or -max */
   int bx = mx + mw + 12;

@@ -15,4 +15,11 @@
 int picture_heatmap_png(const char *path, const char *title, const char *subtitle,
                         const double *vals, int64_t rows, int64_t cols, char *err, size_t errlen);
 
+/* The same with a bar chart of bar[cols] (non-negative, e.g. the per-key
+ * attention mass) under the matrix, one bar per key column, scaled to its
+ * largest value; bar NULL: none. */
+int picture_heatmap_bar_png(const char *path, const char *title, const char *subtitle,
+                            const double *vals, int64_t rows, int64_t cols, const double *bar,
+                            const char *bar_label, char *err, size_t errlen);
+
 #endif

@@ -135,6 +135,20 @@ class KVCacheRaw(ctypes.Structure):
                 ("total_bytes", c_int64)]
 
 
+class PagedConfig(ctypes.Structure):
+    """attn_paged_config (paged.h); fill with attn_paged_config_init."""
+    _fields_ = [("struct_size", c_size_t),
+                ("heads_kv", c_int64),
+                ("d_k", c_int64),
+                ("d_v", c_int64),
+                ("block_size", c_int64),
+                ("num_blocks", c_int64),
+                ("max_seqs", c_int64),
+                ("max_seq_len", c_int64),
+                ("dtype", c_int),
+                ("storage", c_int)]
+
+
 STATUS = "status"   # restype marker: returns attn_status, checked
 _P = c_void_p        # every opaque handle
 _PP = POINTER(c_void_p)
@@ -172,6 +186,7 @@ _FUNCTIONS = [
     ("attn_plan_block_layout", STATUS, [_P, POINTER(ctypes.c_uint8), POINTER(c_size_t)]),
     ("attn_plan_redraw_features", STATUS, [_P, c_uint64]),
     ("attn_forward", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P]),
+    ("attn_merge_states", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
     # multi-head (heads.h)
     ("attn_heads_split_view", STATUS, [_P, _P, c_int64, _PP]),
     ("attn_heads_merge_view", STATUS, [_P, _P, _PP]),
@@ -191,6 +206,7 @@ _FUNCTIONS = [
     ("attn_kvcache_destroy", None, [_P]),
     ("attn_kvcache_append", STATUS, [_P, _P, _P, _I64P]),
     ("attn_kvcache_truncate", STATUS, [_P, _I64P]),
+    ("attn_kvcache_set_keep_first", STATUS, [_P, c_int64]),
     ("attn_kvcache_length", c_int64, [_P, c_int64]),
     ("attn_kvcache_first", c_int64, [_P, c_int64]),
     ("attn_kvcache_capacity", c_int64, [_P]),
@@ -202,14 +218,41 @@ _FUNCTIONS = [
     ("attn_kvcache_plan_execute", STATUS, [_P, _P, _P, _P, _I64P]),
     ("attn_kvcache_plan_workspace_size", c_size_t, [_P]),
     ("attn_kvcache_plan_destroy", None, [_P]),
+    # backward pass (backward.h)
+    ("attn_backward_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_backward_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
+    ("attn_backward_plan_workspace_size", c_size_t, [_P]),
+    ("attn_backward_plan_destroy", None, [_P]),
+    # paged KV cache (paged.h)
+    ("attn_paged_config_init", None, [POINTER(PagedConfig)]),
+    ("attn_paged_create", STATUS, [_P, POINTER(PagedConfig), _PP]),
+    ("attn_paged_destroy", None, [_P]),
+    ("attn_paged_seq_create", STATUS, [_P, _I64P]),
+    ("attn_paged_seq_free", STATUS, [_P, c_int64]),
+    ("attn_paged_fork", STATUS, [_P, c_int64, _I64P]),
+    ("attn_paged_append", STATUS, [_P, c_int64, _P, _P]),
+    ("attn_paged_truncate", STATUS, [_P, c_int64, c_int64]),
+    ("attn_paged_seq_length", c_int64, [_P, c_int64]),
+    ("attn_paged_block_table", STATUS, [_P, c_int64, _I64P, c_int64, _I64P]),
+    ("attn_paged_free_blocks", c_int64, [_P]),
+    ("attn_paged_num_blocks", c_int64, [_P]),
+    ("attn_paged_block_size", c_int64, [_P]),
+    ("attn_paged_num_seqs", c_int64, [_P]),
+    ("attn_paged_memory_size", c_size_t, [_P]),
+    ("attn_paged_memory_used", c_size_t, [_P]),
+    ("attn_paged_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_paged_plan_execute", STATUS, [_P, c_int64, _I64P, _P, _P, _P, _I64P]),
+    ("attn_paged_plan_workspace_size", c_size_t, [_P]),
+    ("attn_paged_plan_destroy", None, [_P]),
 ]
 
 # Status-returning functions whose first argument is the context; for the
 # others the first argument is a handle whose context _owner knows.
 _CTX_FIRST = {"attn_tensor_create", "attn_tensor_wrap", "attn_desc_create",
-              "attn_plan_create", "attn_forward", "attn_heads_split_view",
+              "attn_plan_create", "attn_forward", "attn_merge_states", "attn_heads_split_view",
               "attn_heads_merge_view", "attn_heads_split", "attn_heads_merge",
-              "attn_mha_create", "attn_kvcache_create"}
+              "attn_mha_create", "attn_kvcache_create", "attn_paged_create",
+              "attn_paged_plan_create"}
 
 # Which context a handle belongs to, so an errcheck can fetch the context's
 # message for calls whose first argument is a tensor/descriptor/plan.
@@ -275,30 +318,54 @@ class _Library:
         return cls(status, function, message, text)
 
 
+def _system_candidates():
+    """libattn from the system: pkg-config's libdir for attn (honours
+    $PKG_CONFIG_PATH), then ldconfig's cache (ctypes.util.find_library)."""
+    out = []
+    try:
+        import subprocess
+        r = subprocess.run(["pkg-config", "--variable=libdir", "attn"], capture_output=True,
+                           text=True, timeout=10)
+        if r.returncode == 0 and r.stdout.strip():
+            out.append(os.path.join(r.stdout.strip(), "libattn.so.%d" % EXPECTED_MAJOR))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    found = ctypes.util.find_library("attn")
+    if found:
+        out.append(found)
+    out.append("libattn.so.%d" % EXPECTED_MAJOR)   # the dynamic loader's own search
+    return out
+
+
 def _candidates():
     """Where to look for libattn, in order (see load())."""
     here = os.path.dirname(os.path.abspath(__file__))
-    repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
     out = []
     build_dir = os.environ.get("ATTN_BUILD_DIR")
     if build_dir:
         out.append(os.path.join(build_dir, "libattn.so.%d" % EXPECTED_MAJOR))
-    out.append(os.path.join(repo, "build", "libattn.so.%d" % EXPECTED_MAJOR))
-    found = ctypes.util.find_library("attn")
-    if found:
-        out.append(found)
-    out.append("libattn.so.%d" % EXPECTED_MAJOR)
-    return out
+    # Bundled into the package at build time (ATTN_BUNDLE_LIBRARY, see setup.py).
+    out.append(os.path.join(here, "_libs", "libattn.so.%d" % EXPECTED_MAJOR))
+    # Running from a source checkout (bindings/python/attn): its build/ directory.
+    repo = os.path.normpath(os.path.join(here, "..", "..", ".."))
+    if os.path.exists(os.path.join(repo, "include", "attn", "attn.h")):
+        out.append(os.path.join(repo, "build", "libattn.so.%d" % EXPECTED_MAJOR))
+    return out + _system_candidates()
 
 
 def load():
     """Find and load libattn.
 
     1. ``$ATTN_LIBRARY`` (a path to the .so; if set it must load),
-    2. the build tree: ``$ATTN_BUILD_DIR/libattn.so.0``, then ``build/`` at the
-       root of the source tree this package sits in,
-    3. the system: ``ctypes.util.find_library("attn")``, then ``libattn.so.0``
-       through the dynamic loader's usual search.
+    2. ``$ATTN_BUILD_DIR/libattn.so.0`` (a build tree),
+    3. the library bundled into the installed package at build time
+       (``attn/_libs/libattn.so.0``, present when built with
+       ``ATTN_BUNDLE_LIBRARY``),
+    4. ``build/`` at the root of the source tree, when the package is used
+       from a checkout,
+    5. the system: ``pkg-config --variable=libdir attn`` (so an install
+       prefix on ``$PKG_CONFIG_PATH`` is found), ``ctypes.util.find_library``
+       (ldconfig), then ``libattn.so.0`` through the dynamic loader's search.
 
     Raises ImportError when nothing loads or the major version differs.
     """

@@ -15,7 +15,8 @@ import unittest
 
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if not os.environ.get("ATTN_TEST_INSTALLED"):   # else: the pip-installed package
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import attn  # noqa: E402
 
 NONE, TOP_LEFT, BOTTOM_RIGHT = attn.Causal.NONE, attn.Causal.TOP_LEFT, attn.Causal.BOTTOM_RIGHT
@@ -113,7 +114,7 @@ class TestLoad(unittest.TestCase):
 
     def run_import(self, env):
         import subprocess
-        pkg = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        pkg = os.path.dirname(os.path.dirname(os.path.abspath(attn.__file__)))
         code = "import sys; sys.path.insert(0, %r); import attn; print(attn.library_path())" % pkg
         return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                               text=True)
@@ -385,6 +386,93 @@ class TestErrors(unittest.TestCase):
         self.assertTrue((out2 == 9.0).all())
         self.expect(attn.Status.ERR_MISMATCH, "weights", plan.execute, self.q, self.q, self.q,
                     out, np.zeros((1, 2, 5, 5), np.float32))
+
+
+class TestHalf(Case):
+    """float16 arrays and bfloat16 (uint16 tagged by attn.as_bf16) against the
+    float64 reference on the same rounded inputs: |out - ref| <= c*u*sum_j p|v|
+    with u = 2^-8, c = 2 (bf16: P rounded for P.V, out rounded once) and
+    u = 2^-11, c = 1 (f16: exact in f32, out rounded once), as in attn.h."""
+
+    def inputs(self, rng, shape_q, shape_k):
+        q = rng.uniform(-3, 3, shape_q).astype(np.float32)
+        k = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        v = rng.uniform(-1, 1, shape_k).astype(np.float32)
+        return q, k, v
+
+    def check(self, got, ref, bound, tol):
+        err = np.abs(np.asarray(got, np.float64) - ref)
+        self.assertTrue(np.all(err <= tol * bound + 1e-6), "max err %g" % err.max())
+
+    def test_bf16_round_trip_is_round_to_nearest_even(self):
+        x = np.array([1.0, 1.00390625, 1.01171875, -2.5, 1.0048828125, np.inf, 0.0], np.float32)
+        # 1 + 2^-8 is a tie: even (1.0); 1 + 3*2^-8 is a tie: even (1 + 2^-6);
+        # 1 + 2^-8 + 2^-11 is above the tie: up (1 + 2^-7)
+        self.assertEqual(attn.from_bf16(attn.to_bf16(x)).tolist(),
+                         [1.0, 1.0, 1.015625, -2.5, 1.0078125, np.inf, 0.0])
+        self.assertTrue(np.isnan(attn.from_bf16(attn.to_bf16(np.float32(np.nan)))))
+        with self.assertRaises(TypeError):
+            attn.as_bf16(np.zeros(3, np.float32))
+
+    def test_bf16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(15)
+        for causal in (NONE, TOP_LEFT):
+            for (H, Hkv) in ((4, 4), (4, 2)):
+                q, k, v = self.inputs(rng, (2, H, 33, 16), (2, Hkv, 40, 16))
+                qb, kb, vb = attn.to_bf16(q), attn.to_bf16(k), attn.to_bf16(v)
+                ro, rw, rl, bound = reference(attn.from_bf16(qb), attn.from_bf16(kb),
+                                              attn.from_bf16(vb), causal=causal)
+                out, w, lse = attn.attention(qb, kb, vb, causal=causal, return_weights=True,
+                                             return_lse=True)
+                self.assertIsInstance(out, attn.BF16Array)
+                self.assertEqual(w.dtype, np.float32)
+                self.assertEqual(lse.dtype, np.float32)
+                self.check(attn.from_bf16(out), ro, bound, 2 * 2.0**-8)
+                self.check(w, rw, np.ones_like(rw), 1e-4)
+                # f32 out from bf16 inputs
+                o32 = np.empty(ro.shape, np.float32)
+                attn.attention(qb, kb, vb, causal=causal, out=o32)
+                self.check(o32, ro, bound, 2 * 2.0**-8)
+
+    def test_f16_matches_reference_on_rounded_inputs(self):
+        rng = np.random.default_rng(16)
+        q, k, v = (a.astype(np.float16) for a in self.inputs(rng, (1, 2, 20, 8), (1, 2, 30, 8)))
+        for layout in ("bhsd", "bshd"):
+            ro, _, _, bound = reference(q, k, v, causal=TOP_LEFT)
+            args = (q, k, v) if layout == "bhsd" else \
+                tuple(np.ascontiguousarray(a.transpose(0, 2, 1, 3)) for a in (q, k, v))
+            out = attn.attention(*args, causal=True, layout=layout)
+            self.assertEqual(out.dtype, np.float16)
+            if layout == "bshd":
+                out = out.transpose(0, 2, 1, 3)
+            self.check(out, ro, bound, 2.0**-11)
+
+    def test_torch_bfloat16_and_float16_tensors(self):
+        try:
+            import torch
+        except ImportError:
+            self.skipTest("torch does not import")
+        rng = np.random.default_rng(17)
+        q, k, v = self.inputs(rng, (1, 2, 12, 8), (1, 2, 20, 8))
+        for tdt, tol in ((torch.bfloat16, 2 * 2.0**-8), (torch.float16, 2.0**-11)):
+            tq, tk, tv = (torch.from_numpy(a).to(tdt) for a in (q, k, v))
+            ro, _, _, bound = reference(*(t.to(torch.float64).numpy() for t in (tq, tk, tv)),
+                                        causal=TOP_LEFT)
+            out = attn.attention(tq, tk, tv, causal=True)
+            self.assertIsInstance(out, torch.Tensor)
+            self.assertEqual(out.dtype, tdt)
+            self.check(out.to(torch.float64).numpy(), ro, bound, tol)
+
+    def test_untagged_uint16_and_mixed_dtypes_are_rejected(self):
+        q = np.zeros((1, 1, 4, 8), np.uint16)
+        with self.assertRaisesRegex(TypeError, "as_bf16"):
+            attn.attention(q, q, q)
+        qb = attn.as_bf16(q)
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.attention(qb, q.astype(np.float16), qb)
+        self.assertEqual(cm.exception.status, attn.Status.ERR_DTYPE)
+        self.assertIn("k:", cm.exception.message)
+        self.assertIn("q is bf16", cm.exception.message)
 
 
 class TestTorch(Case):
@@ -972,6 +1060,32 @@ class TestMHA(Case):
          dict(kpm=True)),
     ]
 
+    def test_bf16_and_f16_layers_match_the_f32_layer_on_rounded_values(self):
+        # A 16-bit layer computes in f32 on its 16-bit parameters and inputs and
+        # rounds out once: within the format's unit roundoff of the f32 layer's
+        # out on the same (rounded) values, plus f32-level differences.
+        E, H, B, L = 16, 4, 2, 6
+        rng = np.random.default_rng(33)
+        w = make_mha_weights(rng, E, H, 2, None, None, True, False, packed=True,
+                             dtype=np.float32)
+        x = rand(rng, (B, L, E), np.float32)
+        for name, to16, back, dt, u in (
+                ("bf16", attn.to_bf16, attn.from_bf16, attn.DType.BF16, 2.0**-8),
+                ("f16", lambda a: np.asarray(a, np.float16), lambda a: a.astype(np.float32),
+                 attn.DType.F16, 2.0**-11)):
+            w16 = {n: to16(a) for n, a in w.items()}
+            w32 = {n: back(a) for n, a in w16.items()}
+            x16 = to16(x)
+            ref_layer = attn.MHA(w32, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True)
+            layer = attn.MHA(w16, embed_dim=E, num_heads=H, num_kv_heads=2, batch_first=True,
+                             dtype=dt)
+            want, wwant = ref_layer(back(x16), causal="top_left")
+            got, wgot = layer(x16, causal="top_left")
+            self.assertEqual(wgot.dtype, np.float32, name)
+            got = back(got)
+            np.testing.assert_allclose(got, want, rtol=u + 1e-5, atol=1e-5, err_msg=name)
+            np.testing.assert_allclose(wgot, wwant, rtol=1e-5, atol=1e-6, err_msg=name)
+
     def run_case(self, seed, cfg, data):
         E, H, B, L = 16, 4, 3, 5
         S = L if data.get("self_attn") or data.get("same_len") else 7
@@ -1112,7 +1226,9 @@ class TestMHATorch(Case):
                         for n, p in m.named_parameters():
                             if "bias" in n:
                                 p.uniform_(-0.5, 0.5)
+                    # PyTorch's polarity (from_torch's default) and libattn's.
                     layer = attn.MHA.from_torch(m)
+                    layer_keep = attn.MHA.from_torch(m, mask_convention="attn")
                     bf = cfg.get("batch_first", False)
                     rng = np.random.default_rng(i)
                     shape = (lambda n, F: (B, n, F)) if bf else (lambda n, F: (n, B, F))
@@ -1138,11 +1254,54 @@ class TestMHATorch(Case):
                         want, want_w = m(*(torch.from_numpy(a) for a in (q, k, v)),
                                          key_padding_mask=t_kpm, attn_mask=t_mask,
                                          need_weights=True, average_attn_weights=avg)
-                    out, w = layer(q, k, v, key_padding_mask=keep_kpm,
-                                   average_attn_weights=avg, **settings)
                     tol = 1e-5 if dtype == np.float32 else 1e-12
+                    out, w = layer_keep(q, k, v, key_padding_mask=keep_kpm,
+                                        average_attn_weights=avg, **settings)
                     np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
                     np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
+                    # The PyTorch call, unchanged: torch masks in torch's polarity.
+                    out, w = layer(q, k, v, key_padding_mask=t_kpm, attn_mask=t_mask,
+                                   average_attn_weights=avg)
+                    np.testing.assert_allclose(out, want.numpy(), rtol=tol, atol=tol)
+                    np.testing.assert_allclose(w, want_w.numpy(), rtol=tol, atol=tol)
+
+
+class MergeStatesTest(unittest.TestCase):
+    """attn.merge_states: attention over two key halves merged equals the
+    numpy reference over all keys, in place too; empty sides are -inf."""
+
+    def test_split_everywhere_matches_reference(self):
+        rng = np.random.default_rng(7)
+        B, H, Sq, Sk, D = 2, 3, 5, 11, 8
+        for dt, tol in ((np.float64, 1e-12), (np.float32, 2e-5)):
+            q = (rng.standard_normal((B, H, Sq, D)) * 2).astype(dt)
+            k = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            v = rng.standard_normal((B, H, Sk, D)).astype(dt)
+            want, _w, want_lse, _b = reference(q, k, v)
+            for p in range(Sk + 1):
+                if p == 0 or p == Sk:
+                    oe = np.full((B, H, Sq, D), np.nan, dtype=dt)
+                    le = np.full((B, H, Sq), -np.inf, dtype=dt)
+                    oo, lo = attn.attention(q, k, v, return_lse=True)
+                    oa, la, ob, lb = (oe, le, oo, lo) if p == 0 else (oo, lo, oe, le)
+                else:
+                    oa, la = attn.attention(q, k[:, :, :p], v[:, :, :p], return_lse=True)
+                    ob, lb = attn.attention(q, k[:, :, p:], v[:, :, p:], return_lse=True)
+                out, lse = attn.merge_states(oa, la, ob, lb, out=oa if p % 2 else None,
+                                             lse=la if p % 2 else None)
+                np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
+                np.testing.assert_allclose(lse, want_lse, rtol=tol, atol=tol)
+
+    def test_both_empty_and_bad_lse(self):
+        o = np.full((1, 1, 2, 3), np.nan)
+        l = np.full((1, 1, 2), -np.inf)
+        out, lse = attn.merge_states(o, l, o.copy(), l.copy())
+        self.assertTrue(np.all(out == 0) and np.all(np.isneginf(lse)))
+        l2 = l.copy()
+        l2[0, 0, 1] = np.nan
+        with self.assertRaises(attn.AttnError) as cm:
+            attn.merge_states(o, l2, o, l)
+        self.assertIn("lse_a", str(cm.exception))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import unittest
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if not os.environ.get("ATTN_TEST_INSTALLED"):   # else: the pip-installed package
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import attn  # noqa: E402
 from test_attn import TOP_LEFT, Case, rand, reference  # noqa: E402
 
@@ -145,7 +146,8 @@ class TestKVCacheDecode(KVCase):
                 with self.subTest(dtype=dtype, layout=layout):
                     seq = Seq(1, B=1, H=3, Hkv=3, T=90, Dk=16, Dv=8, dtype=dtype)
                     with self.cache_for(seq) as cache:
-                        out, lse = seq.feed(cache, (20, 1), dict(causal=True), layout=layout)
+                        out, lse = seq.feed(cache, (20, 1), dict(causal="bottom_right"),
+                                            layout=layout)
                         self.assertEqual(cache.lengths.tolist(), [90])
                     self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
@@ -153,7 +155,7 @@ class TestKVCacheDecode(KVCase):
         # The decode path splits the key range into chunks of 512 positions.
         seq = Seq(2, B=1, H=2, Hkv=1, T=1100, Dk=32)
         with self.cache_for(seq) as cache:
-            out, lse = seq.feed(cache, (1060, 1), dict(causal=True))
+            out, lse = seq.feed(cache, (1060, 1), dict(causal="bottom_right"))
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
     def test_gqa_and_mqa(self):
@@ -161,38 +163,39 @@ class TestKVCacheDecode(KVCase):
             with self.subTest(H=H, Hkv=Hkv):
                 seq = Seq(3, B=2, H=H, Hkv=Hkv, T=60, Dk=16)
                 with self.cache_for(seq) as cache:
-                    out, lse = seq.feed(cache, (7, 2), dict(causal=True))
+                    out, lse = seq.feed(cache, (7, 2), dict(causal="bottom_right"))
                 self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
     def test_unequal_batch_lengths(self):
         seq = Seq(4, B=3, H=4, Hkv=2, T=50, Dk=8, lengths=[50, 13, 31])
         with self.cache_for(seq) as cache:
-            out, lse = seq.feed(cache, (20, 3), dict(causal=True))
+            out, lse = seq.feed(cache, (20, 3), dict(causal="bottom_right"))
             self.assertEqual(cache.lengths.tolist(), [50, 13, 31])
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
     def test_rollback_of_speculative_tokens(self):
         seq = Seq(5, B=2, H=4, Hkv=2, T=40, Dk=8, lengths=[40, 29])
         with self.cache_for(seq, capacity=48) as cache:
-            out, lse = seq.feed(cache, (5, 2), dict(causal=True), spec=4)
+            out, lse = seq.feed(cache, (5, 2), dict(causal="bottom_right"), spec=4)
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
     def test_ring_equals_window_attention(self):
         # No window in the descriptor: the ring of W positions is the window.
         seq = Seq(6, B=2, H=2, Hkv=2, T=70, Dk=8, lengths=[70, 45])
         with self.cache_for(seq, capacity=16, mode="ring") as cache:
-            out, lse = seq.feed(cache, (1, 1), dict(causal=True))
+            out, lse = seq.feed(cache, (1, 1), dict(causal="bottom_right"))
             self.assertEqual(cache.firsts.tolist(), [70 - 16, 45 - 16])
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT, window=(15, 0)))
         # Window 12 in the descriptor with rollbacks of 3: capacity 12 + 3 keeps it exact.
         with self.cache_for(seq, capacity=15, mode=attn.KVCacheMode.RING) as cache:
-            out, lse = seq.feed(cache, (1, 1), dict(causal=True, window=(11, 0)), spec=3)
+            out, lse = seq.feed(cache, (1, 1), dict(causal="bottom_right", window=(11, 0)),
+                                spec=3)
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT, window=(11, 0)))
 
     def test_alibi_softcap_scale_follow_absolute_positions(self):
         seq = Seq(7, B=1, H=4, Hkv=2, T=64, Dk=8)
         slopes = [0.5, 0.25, 0.125, 0.0625]
-        kw = dict(causal=True, alibi=slopes, softcap=2.0, scale=0.4)
+        kw = dict(causal="bottom_right", alibi=slopes, softcap=2.0, scale=0.4)
         with self.cache_for(seq) as cache:
             out, lse = seq.feed(cache, (10, 1), kw)
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT, alibi=slopes, softcap=2.0,
@@ -201,14 +204,14 @@ class TestKVCacheDecode(KVCase):
     def test_growth_keeps_contents_and_plans(self):
         seq = Seq(8, B=2, H=2, Hkv=1, T=100, Dk=8, lengths=[100, 70])
         with self.cache_for(seq, capacity=8, grow=True) as cache:
-            out, lse = seq.feed(cache, (5, 3), dict(causal=True))
+            out, lse = seq.feed(cache, (5, 3), dict(causal="bottom_right"))
             self.assertGreaterEqual(cache.capacity, 100)
         self.check_seq(seq, out, lse, seq.ref(causal=TOP_LEFT))
 
     def test_bf16_storage_equals_attention_on_rounded_keys_and_values(self):
         seq = Seq(9, B=1, H=2, Hkv=2, T=40, Dk=16)
         with self.cache_for(seq, storage="bf16") as cache:
-            out, lse = seq.feed(cache, (8, 1), dict(causal=True))
+            out, lse = seq.feed(cache, (8, 1), dict(causal="bottom_right"))
             with self.assertRaises(attn.UnsupportedError) as cm:
                 cache.view()
             self.assertEqual(cm.exception.status, attn.Status.ERR_UNSUPPORTED)
@@ -235,7 +238,7 @@ class TestKVCacheDecode(KVCase):
                         cache.append(k[:, :, t:t + 3], v[:, :, t:t + 3])   # speculate 3
                         cache.truncate(t)                                  # roll back
                         cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1])
-                        out = cache.attend(q[:, :, t:t + 1], causal=True)
+                        out = cache.attend(q[:, :, t:t + 1], causal="bottom_right")
                         kd, vd = cache.dequantized()
                         first = int(cache.firsts[0])
                         rows = [p % 64 for p in range(first, t + 1)]
@@ -397,7 +400,7 @@ class TestKVCacheErrors(KVCase):
         out = np.full((2, 2, 1, 4), 7.0, np.float32)
         self.expect(attn.Status.ERR_SHAPE, "q", self.cache.plan, np.ones((3, 2, 1, 4), np.float32),
                     np.ones((3, 2, 1, 4), np.float32))   # batch 3, the cache has 2
-        plan = self.cache.plan(q, out, causal=True)
+        plan = self.cache.plan(q, out, causal="bottom_right")
         self.assertGreater(plan.workspace_size, 0)
         self.expect(attn.Status.ERR_MISMATCH, "q", plan.execute, np.ones((2, 2, 2, 4), np.float32),
                     np.zeros((2, 2, 2, 4), np.float32))

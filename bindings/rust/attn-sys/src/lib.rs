@@ -1,5 +1,5 @@
 //! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
-//! `attn/heads.h`, `attn/kvcache.h`),
+//! `attn/heads.h`, `attn/kvcache.h`, `attn/paged.h`),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -27,6 +27,12 @@ pub struct attn_plan {
     _private: [u8; 0],
 }
 
+/// Opaque `attn_backward_plan` (backward.h).
+#[repr(C)]
+pub struct attn_backward_plan {
+    _private: [u8; 0],
+}
+
 /// Opaque `attn_mha` (heads.h).
 #[repr(C)]
 pub struct attn_mha {
@@ -45,6 +51,16 @@ pub struct attn_kvcache {
 /// Opaque `attn_kvcache_plan` (kvcache.h).
 #[repr(C)]
 pub struct attn_kvcache_plan {
+    _private: [u8; 0],
+}
+/// Opaque `attn_paged_cache` (paged.h).
+#[repr(C)]
+pub struct attn_paged_cache {
+    _private: [u8; 0],
+}
+/// Opaque `attn_paged_plan` (paged.h).
+#[repr(C)]
+pub struct attn_paged_plan {
     _private: [u8; 0],
 }
 
@@ -68,6 +84,8 @@ pub type attn_dtype = c_int;
 pub const ATTN_DTYPE_F32: attn_dtype = 1;
 pub const ATTN_DTYPE_F64: attn_dtype = 2;
 pub const ATTN_DTYPE_U8: attn_dtype = 3;
+pub const ATTN_DTYPE_BF16: attn_dtype = 4;
+pub const ATTN_DTYPE_F16: attn_dtype = 5;
 
 pub type attn_variant = c_int;
 pub const ATTN_VARIANT_EXACT: attn_variant = 0;
@@ -196,6 +214,22 @@ pub struct attn_kvcache_raw {
     pub total_bytes: i64,
 }
 
+/// `attn_paged_config` (paged.h); initialise with `attn_paged_config_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_paged_config {
+    pub struct_size: usize,
+    pub heads_kv: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+    pub block_size: i64,
+    pub num_blocks: i64,
+    pub max_seqs: i64,
+    pub max_seq_len: i64,
+    pub dtype: attn_dtype,
+    pub storage: attn_kvcache_storage,
+}
+
 extern "C" {
     // version, status
     pub fn attn_version_number() -> u32;
@@ -235,6 +269,9 @@ extern "C" {
     pub fn attn_desc_set_additive_mask(desc: *mut attn_desc, mask: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_alibi(desc: *mut attn_desc, slopes: *const f64, count: i64) -> attn_status;
     pub fn attn_desc_set_softcap(desc: *mut attn_desc, cap: f64) -> attn_status;
+    pub fn attn_desc_set_varlen(desc: *mut attn_desc, q_offsets: *const i64, k_offsets: *const i64, n_seqs: i64) -> attn_status;
+    pub fn attn_desc_set_sinks(desc: *mut attn_desc, logits: *const f64, count: i64) -> attn_status;
+    pub fn attn_desc_set_key_mass(desc: *mut attn_desc, mass: *mut attn_tensor) -> attn_status;
     pub fn attn_desc_set_general_weight(desc: *mut attn_desc, w: *const attn_tensor) -> attn_status;
     pub fn attn_desc_set_additive_weights(desc: *mut attn_desc, w_q: *const attn_tensor, w_k: *const attn_tensor, bias: *const attn_tensor, v: *const attn_tensor) -> attn_status;
 
@@ -256,7 +293,14 @@ extern "C" {
     pub fn attn_plan_execute(plan: *mut attn_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
     pub fn attn_plan_workspace_size(plan: *const attn_plan) -> usize;
     pub fn attn_plan_destroy(plan: *mut attn_plan);
+    // backward pass (backward.h)
+    pub fn attn_backward_plan_create(forward: *const attn_plan, dout: *const attn_tensor, dq: *const attn_tensor, dk: *const attn_tensor, dv: *const attn_tensor, dmask: *const attn_tensor, plan: *mut *mut attn_backward_plan) -> attn_status;
+    pub fn attn_backward_execute(plan: *mut attn_backward_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, dout: *const attn_tensor, dq: *mut attn_tensor, dk: *mut attn_tensor, dv: *mut attn_tensor, dmask: *mut attn_tensor) -> attn_status;
+    pub fn attn_backward_plan_workspace_size(plan: *const attn_backward_plan) -> usize;
+    pub fn attn_backward_plan_destroy(plan: *mut attn_backward_plan);
     pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
+
+    pub fn attn_merge_states(ctx: *mut attn_context, out_a: *const attn_tensor, lse_a: *const attn_tensor, out_b: *const attn_tensor, lse_b: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;
 
     // multi-head (heads.h)
     pub fn attn_heads_split_view(ctx: *mut attn_context, x: *const attn_tensor, num_heads: i64, out: *mut *mut attn_tensor) -> attn_status;
@@ -278,6 +322,7 @@ extern "C" {
     pub fn attn_kvcache_destroy(cache: *mut attn_kvcache);
     pub fn attn_kvcache_append(cache: *mut attn_kvcache, k_new: *const attn_tensor, v_new: *const attn_tensor, counts: *const i64) -> attn_status;
     pub fn attn_kvcache_truncate(cache: *mut attn_kvcache, lengths: *const i64) -> attn_status;
+    pub fn attn_kvcache_set_keep_first(cache: *mut attn_kvcache, n: i64) -> attn_status;
     pub fn attn_kvcache_length(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_first(cache: *const attn_kvcache, b: i64) -> i64;
     pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;
@@ -289,6 +334,27 @@ extern "C" {
     pub fn attn_kvcache_plan_execute(plan: *mut attn_kvcache_plan, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
     pub fn attn_kvcache_plan_workspace_size(plan: *const attn_kvcache_plan) -> usize;
     pub fn attn_kvcache_plan_destroy(plan: *mut attn_kvcache_plan);
+    // paged KV cache (paged.h)
+    pub fn attn_paged_config_init(cfg: *mut attn_paged_config);
+    pub fn attn_paged_create(ctx: *mut attn_context, cfg: *const attn_paged_config, out: *mut *mut attn_paged_cache) -> attn_status;
+    pub fn attn_paged_destroy(cache: *mut attn_paged_cache);
+    pub fn attn_paged_seq_create(cache: *mut attn_paged_cache, seq: *mut i64) -> attn_status;
+    pub fn attn_paged_seq_free(cache: *mut attn_paged_cache, seq: i64) -> attn_status;
+    pub fn attn_paged_fork(cache: *mut attn_paged_cache, src: i64, dst: *mut i64) -> attn_status;
+    pub fn attn_paged_append(cache: *mut attn_paged_cache, seq: i64, k_new: *const attn_tensor, v_new: *const attn_tensor) -> attn_status;
+    pub fn attn_paged_truncate(cache: *mut attn_paged_cache, seq: i64, length: i64) -> attn_status;
+    pub fn attn_paged_seq_length(cache: *const attn_paged_cache, seq: i64) -> i64;
+    pub fn attn_paged_block_table(cache: *const attn_paged_cache, seq: i64, ids: *mut i64, cap: i64, count: *mut i64) -> attn_status;
+    pub fn attn_paged_free_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_blocks(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_block_size(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_num_seqs(cache: *const attn_paged_cache) -> i64;
+    pub fn attn_paged_memory_size(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_memory_used(cache: *const attn_paged_cache) -> usize;
+    pub fn attn_paged_plan_create(ctx: *mut attn_context, cache: *mut attn_paged_cache, desc: *const attn_desc, q: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_paged_plan) -> attn_status;
+    pub fn attn_paged_plan_execute(plan: *mut attn_paged_plan, count: i64, seq_ids: *const i64, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
+    pub fn attn_paged_plan_workspace_size(plan: *const attn_paged_plan) -> usize;
+    pub fn attn_paged_plan_destroy(plan: *mut attn_paged_plan);
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Safe Rust API for libattn: attention mechanisms as GEMM calls into BLAS.
 //!
-//! ```no_run
+//! ```
 //! use attn::{Causal, Context, Desc, Dims};
 //! # fn main() -> Result<(), attn::Error> {
 //! let ctx = Context::new()?;
@@ -10,6 +10,8 @@
 //! let q = vec![0.5f32; dims.q_len()];
 //! let mut out = vec![0.0f32; dims.out_len()];
 //! attn::attention(&desc, &dims, &q, &q, &q, &mut out)?;
+//! // Every value is 0.5, so every convex combination of them is too.
+//! assert!(out.iter().all(|&o| (o - 0.5).abs() < 1e-6));
 //! # Ok(()) }
 //! ```
 //!
@@ -206,7 +208,8 @@ c_enum!(
     }
 );
 
-/// Element types a tensor can hold. Sealed: f32, f64 (data) and u8 (masks).
+/// Element types a tensor can hold. Sealed: f32, f64 (data), [`Bf16`] and
+/// [`F16`] (16-bit storage of q, k, v, out) and u8 (masks).
 pub trait Element: Copy + private::Sealed {
     #[doc(hidden)]
     const DTYPE: sys::attn_dtype;
@@ -218,6 +221,8 @@ mod private {
     impl Sealed for f32 {}
     impl Sealed for f64 {}
     impl Sealed for u8 {}
+    impl Sealed for super::Bf16 {}
+    impl Sealed for super::F16 {}
 }
 impl Element for f32 {
     const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F32;
@@ -230,6 +235,91 @@ impl Element for u8 {
 }
 impl Float for f32 {}
 impl Float for f64 {}
+/// bfloat16: the top 16 bits of an IEEE f32 (8-bit significand, f32's range).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bf16(pub u16);
+impl Bf16 {
+    /// Round to nearest even (NaN stays a quiet NaN).
+    pub fn from_f32(x: f32) -> Bf16 {
+        let u = x.to_bits();
+        if (u & 0x7fff_ffff) > 0x7f80_0000 {
+            return Bf16(((u >> 16) | 0x40) as u16);
+        }
+        Bf16((u.wrapping_add(0x7fff + ((u >> 16) & 1)) >> 16) as u16)
+    }
+    /// Exact.
+    pub fn to_f32(self) -> f32 {
+        f32::from_bits((self.0 as u32) << 16)
+    }
+}
+
+/// IEEE binary16 (11-bit significand, largest finite 65504).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct F16(pub u16);
+impl F16 {
+    /// Round to nearest even; overflow gives ±inf, NaN a quiet NaN.
+    pub fn from_f32(x: f32) -> F16 {
+        let u = x.to_bits();
+        let sign = ((u >> 16) & 0x8000) as u16;
+        let a = u & 0x7fff_ffff;
+        if a > 0x7f80_0000 {
+            return F16(sign | 0x7e00 | ((a >> 13) & 0x3ff) as u16);
+        }
+        if a >= 0x477f_f000 {
+            return F16(sign | 0x7c00);
+        }
+        if a >= 0x3880_0000 {
+            let r = a - 0x3800_0000;
+            let r = r + 0xfff + ((r >> 13) & 1);
+            return F16(sign | (r >> 13) as u16);
+        }
+        if a < 0x3300_0000 {
+            return F16(sign);
+        }
+        let e = a >> 23;
+        let m = (a & 0x7f_ffff) | 0x80_0000;
+        let shift = 126 - e;
+        let mut q = m >> shift;
+        let rem = m & ((1 << shift) - 1);
+        let half = 1 << (shift - 1);
+        if rem > half || (rem == half && (q & 1) == 1) {
+            q += 1;
+        }
+        F16(sign | q as u16)
+    }
+    /// Exact.
+    pub fn to_f32(self) -> f32 {
+        let h = self.0 as u32;
+        let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+        let e = ((h >> 10) & 0x1f) as i32;
+        let m = (h & 0x3ff) as f32;
+        match e {
+            0 => sign * m * (2.0f32).powi(-24),
+            31 => {
+                if m == 0.0 {
+                    sign * f32::INFINITY
+                } else {
+                    f32::NAN
+                }
+            }
+            _ => sign * (1024.0 + m) * (2.0f32).powi(e - 25),
+        }
+    }
+}
+
+impl Element for Bf16 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_BF16;
+}
+impl Element for F16 {
+    const DTYPE: sys::attn_dtype = sys::ATTN_DTYPE_F16;
+}
+/// 16-bit storage types of q, k, v (and out): computed in f32 (attn.h).
+pub trait Half: Element {}
+impl Half for Bf16 {}
+impl Half for F16 {}
+
 /// Element type of boolean masks and block layouts: u8 (non-zero = keep).
 pub trait Byte: Element {}
 impl Byte for u8 {}
@@ -519,6 +609,39 @@ impl<'a> Desc<'a> {
         alibi => attn_desc_set_alibi(&[f64]);
         /// Longformer global token indices; empty clears.
         global_tokens => attn_desc_set_global_tokens(&[i64]);
+        /// Sink logits, one per query head (an extra softmax logit with no value); empty clears.
+        sinks => attn_desc_set_sinks(&[f64]);
+    }
+
+    /// Packed variable-length batch: sequence s owns rows q_offsets[s]..q_offsets[s+1]
+    /// of q and k_offsets' rows of k, v (None: q's offsets). Use Dims with batch 1,
+    /// seq_q/seq_k the totals and bshd = true for the [T, H, D] layout. Empty clears.
+    pub fn varlen(&mut self, q_offsets: &'a [i64], k_offsets: Option<&'a [i64]>) -> Result<&mut Self> {
+        let n = q_offsets.len().saturating_sub(1) as i64;
+        if let Some(k) = k_offsets {
+            if k.len() != q_offsets.len() {
+                return Err(binding_error(Status::InvalidArg, "attn_desc_set_varlen",
+                    format!("k_offsets: {} offsets, q_offsets has {}", k.len(), q_offsets.len())));
+            }
+        }
+        let qp = if n > 0 { q_offsets.as_ptr() } else { ptr::null() };
+        let kp = match k_offsets { Some(k) if n > 0 => k.as_ptr(), _ => ptr::null() };
+        let st = unsafe { sys::attn_desc_set_varlen(self.raw.as_ptr(), qp, kp, n) };
+        check(self.ctx.ptr(), st, "attn_desc_set_varlen")?;
+        Ok(self)
+    }
+
+    /// Per-key attention mass output, [B, H, S_k] (per head) or [B, H_kv, S_k]
+    /// (per KV group), written by every execute of plans made from this
+    /// descriptor. Borrowed mutably for the descriptor's lifetime: read it
+    /// once the descriptor (and its plans) are dropped.
+    pub fn key_mass<T: Float>(&mut self, mass: &'a mut [T], layout: &Layout) -> Result<&mut Self> {
+        let h = Handle::wrap(self.ctx, layout, mass.as_mut_ptr(), "mass")?;
+        h.check_len(mass.len(), "mass")?;
+        let st = unsafe { sys::attn_desc_set_key_mass(self.raw.as_ptr(), h.raw.as_ptr()) };
+        check(self.ctx.ptr(), st, "attn_desc_set_key_mass")?;
+        self.keep("key_mass", vec![h]);
+        Ok(self)
     }
 
     tensor_setters! {
@@ -775,6 +898,88 @@ impl<T: Float> Drop for Plan<'_, T> {
     }
 }
 
+const TRAIN_NAMES: [&str; 9] = ["q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"];
+
+/// A forward plan with lse and its backward (`attn_backward_plan`, backward.h):
+/// `forward` computes out and lse, `backward` the gradients dq, dk, dv of a
+/// loss from dout = ∂L/∂out (FlashAttention-2 style, deterministic for any
+/// thread count, no allocation). Gradients have the layouts of q, k, v; dout
+/// the layout of out. Variants exact/longformer/bigbird/block_sparse and the
+/// (scaled) dot score; anything else gives `Status::Unsupported` here.
+pub struct TrainPlan<'p, T: Float> {
+    fwd: Plan<'p, T>,
+    raw: NonNull<sys::attn_backward_plan>,
+    handles: Vec<Handle>, // q, k, v, out, lse, dout, dq, dk, dv
+}
+
+impl<'p, T: Float> TrainPlan<'p, T> {
+    /// Plans for the layouts in `dims` (lse [B, H, S_q] contiguous).
+    pub fn new(desc: &'p Desc<'p>, dims: &Dims) -> Result<TrainPlan<'p, T>> {
+        let fwd = Plan::<T>::new(desc, dims, false, true)?;
+        let ctx = desc.ctx;
+        let layouts = [dims.q_layout(), dims.k_layout(), dims.v_layout(), dims.out_layout(), dims.lse_layout(), dims.out_layout(), dims.q_layout(), dims.k_layout(), dims.v_layout()];
+        let mut handles = Vec::with_capacity(9);
+        for (i, l) in layouts.iter().enumerate() {
+            handles.push(Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), TRAIN_NAMES[i])?);
+        }
+        let mut raw = ptr::null_mut();
+        let h = |i: usize| handles[i].raw.as_ptr() as *const sys::attn_tensor;
+        let st = unsafe { sys::attn_backward_plan_create(fwd.raw.as_ptr(), h(5), h(6), h(7), h(8), ptr::null(), &mut raw) };
+        check(ctx.ptr(), st, "attn_backward_plan_create")?;
+        Ok(TrainPlan { fwd, raw: NonNull::new(raw).expect("attn_backward_plan_create returned OK and NULL"), handles })
+    }
+
+    /// Bytes of workspace the backward plan holds (the forward's: `forward_plan().workspace_size()`).
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_backward_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// The forward plan.
+    pub fn forward_plan(&self) -> &Plan<'p, T> {
+        &self.fwd
+    }
+
+    /// out and lse for q, k, v.
+    pub fn forward(&mut self, q: &[T], k: &[T], v: &[T], out: &mut [T], lse: &mut [T]) -> Result<()> {
+        self.fwd.execute(q, k, v, out, None, Some(lse))
+    }
+
+    /// dq, dk, dv (overwritten) from the forward's inputs, its out and lse, and dout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(&mut self, q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: &[T], dq: &mut [T], dk: &mut [T], dv: &mut [T]) -> Result<()> {
+        let ptrs: [(*mut T, usize); 9] = [
+            (q.as_ptr() as *mut T, q.len()),
+            (k.as_ptr() as *mut T, k.len()),
+            (v.as_ptr() as *mut T, v.len()),
+            (out.as_ptr() as *mut T, out.len()),
+            (lse.as_ptr() as *mut T, lse.len()),
+            (dout.as_ptr() as *mut T, dout.len()),
+            (dq.as_mut_ptr(), dq.len()),
+            (dk.as_mut_ptr(), dk.len()),
+            (dv.as_mut_ptr(), dv.len()),
+        ];
+        let ctx = self.fwd.desc.ctx;
+        for (i, (_, len)) in ptrs.iter().enumerate() {
+            self.handles[i].check_len(*len, TRAIN_NAMES[i])?;
+        }
+        for (i, (p, _)) in ptrs.iter().enumerate() {
+            let st = unsafe { sys::attn_tensor_set_data(self.handles[i].raw.as_ptr(), *p as *mut c_void) };
+            check(ctx.ptr(), st, "attn_tensor_set_data")?;
+        }
+        let h = |i: usize| self.handles[i].raw.as_ptr();
+        let st = unsafe { sys::attn_backward_execute(self.raw.as_ptr(), h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7), h(8), ptr::null_mut()) };
+        check(ctx.ptr(), st, "attn_backward_execute")
+    }
+}
+
+impl<T: Float> Drop for TrainPlan<'_, T> {
+    fn drop(&mut self) {
+        // The backward plan borrows the forward plan: destroy it first (the
+        // forward plan is a field, dropped after this).
+        unsafe { sys::attn_backward_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
 /// One-shot attention: plan, execute, drop. `out` is written in `dims`' layout.
 pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T]) -> Result<()> {
     let mut plan = Plan::<T>::new(desc, dims, false, false)?;
@@ -786,6 +991,68 @@ pub fn attention<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[
 pub fn attention_with_stats<T: Float>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [T], weights: &mut [T], lse: &mut [T]) -> Result<()> {
     let mut plan = Plan::<T>::new(desc, dims, true, true)?;
     plan.execute(q, k, v, out, Some(weights), Some(lse))
+}
+
+/// One-shot attention on 16-bit q, k, v (`T` = [`Bf16`] or [`F16`]) into
+/// `out` of type `O`, which must be `T` or `f32` (others: [`Status::DType`]
+/// from the library, naming out and q); optional weights and lse are f32.
+/// Accumulation is f32; error bounds in attn.h (attn_plan_create).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_half<T: Half, O: Element>(desc: &Desc<'_>, dims: &Dims, q: &[T], k: &[T], v: &[T], out: &mut [O], weights: Option<&mut [f32]>, lse: Option<&mut [f32]>) -> Result<()> {
+    let ctx = desc.ctx;
+    let wl = dims.weights_layout();
+    let ll = dims.lse_layout();
+    let hq = Handle::over(ctx, q, &dims.q_layout(), "q")?;
+    let hk = Handle::over(ctx, k, &dims.k_layout(), "k")?;
+    let hv = Handle::over(ctx, v, &dims.v_layout(), "v")?;
+    let ho = Handle::over(ctx, &*out, &dims.out_layout(), "out")?;
+    let hw = match &weights {
+        Some(w) => Some(Handle::over(ctx, &**w, &wl, "weights")?),
+        None => None,
+    };
+    let hl = match &lse {
+        Some(l) => Some(Handle::over(ctx, &**l, &ll, "lse")?),
+        None => None,
+    };
+    let opt = |h: &Option<Handle>| h.as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+    let st = unsafe {
+        sys::attn_forward(ctx.ptr(), desc.raw.as_ptr(), hq.raw.as_ptr(), hk.raw.as_ptr(), hv.raw.as_ptr(), ho.raw.as_ptr(), opt(&hw), opt(&hl))
+    };
+    check(ctx.ptr(), st, "attn_forward")
+}
+
+// ---------------------------------------------------------------------------
+// Merging partial results
+
+/// `attn_merge_states`: merge attention results of the same queries over two
+/// disjoint key sets, (out_a, lse_a) and (out_b, lse_b), into the union's
+/// (out, lse). The outs share `out_layout` ([B, H, S, d_v], any strides) and
+/// the lses `lse_layout` ([B, H, S]). A side with lse −inf kept no key (its
+/// out is not read); both −inf gives 0 and −inf.
+#[allow(clippy::too_many_arguments)]
+pub fn merge_states<T: Float>(ctx: &Context, out_a: &[T], lse_a: &[T], out_b: &[T], lse_b: &[T], out: &mut [T], lse: &mut [T], out_layout: &Layout, lse_layout: &Layout) -> Result<()> {
+    let ha = Handle::over(ctx, out_a, out_layout, "out_a")?;
+    let hla = Handle::over(ctx, lse_a, lse_layout, "lse_a")?;
+    let hb = Handle::over(ctx, out_b, out_layout, "out_b")?;
+    let hlb = Handle::over(ctx, lse_b, lse_layout, "lse_b")?;
+    let ho = Handle::wrap(ctx, out_layout, out.as_mut_ptr(), "out")?;
+    ho.check_len(out.len(), "out")?;
+    let hl = Handle::wrap(ctx, lse_layout, lse.as_mut_ptr(), "lse")?;
+    hl.check_len(lse.len(), "lse")?;
+    let st = unsafe { sys::attn_merge_states(ctx.ptr(), ha.raw.as_ptr(), hla.raw.as_ptr(), hb.raw.as_ptr(), hlb.raw.as_ptr(), ho.raw.as_ptr(), hl.raw.as_ptr()) };
+    check(ctx.ptr(), st, "attn_merge_states")
+}
+
+/// [`merge_states`] in place: (out_a, lse_a) becomes the union's result.
+pub fn merge_states_into<T: Float>(ctx: &Context, out_a: &mut [T], lse_a: &mut [T], out_b: &[T], lse_b: &[T], out_layout: &Layout, lse_layout: &Layout) -> Result<()> {
+    let ha = Handle::wrap(ctx, out_layout, out_a.as_mut_ptr(), "out_a")?;
+    ha.check_len(out_a.len(), "out_a")?;
+    let hla = Handle::wrap(ctx, lse_layout, lse_a.as_mut_ptr(), "lse_a")?;
+    hla.check_len(lse_a.len(), "lse_a")?;
+    let hb = Handle::over(ctx, out_b, out_layout, "out_b")?;
+    let hlb = Handle::over(ctx, lse_b, lse_layout, "lse_b")?;
+    let st = unsafe { sys::attn_merge_states(ctx.ptr(), ha.raw.as_ptr(), hla.raw.as_ptr(), hb.raw.as_ptr(), hlb.raw.as_ptr(), ha.raw.as_ptr(), hla.raw.as_ptr()) };
+    check(ctx.ptr(), st, "attn_merge_states")
 }
 
 // ---------------------------------------------------------------------------
@@ -1387,6 +1654,13 @@ impl<'c, T: Float> KvCache<'c, T> {
         check(self.ctx.ptr(), unsafe { sys::attn_kvcache_truncate(self.raw.as_ptr(), l) }, "attn_kvcache_truncate")
     }
 
+    /// `attn_kvcache_set_keep_first`: a ring cache keeps positions 0..n−1 for
+    /// good (StreamingLLM's sink tokens); call on an empty cache.
+    pub fn set_keep_first(&self, n: i64) -> Result<()> {
+        self.mutable("attn::KvCache::set_keep_first")?;
+        check(self.ctx.ptr(), unsafe { sys::attn_kvcache_set_keep_first(self.raw.as_ptr(), n) }, "attn_kvcache_set_keep_first")
+    }
+
     /// Empty the cache (every length 0).
     pub fn reset(&self) -> Result<()> {
         self.truncate(&vec![0; self.cfg.batch as usize])
@@ -1739,5 +2013,238 @@ impl<'p, T: Float> KvPlan<'p, T> {
 impl<T: Float> Drop for KvPlan<'_, T> {
     fn drop(&mut self) {
         unsafe { sys::attn_kvcache_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Paged KV cache (paged.h)
+
+/// Configuration of a [`PagedCache`] (`attn_paged_config`, minus the dtype,
+/// which is the cache's element type). [`PagedConfig::new`] starts from the
+/// C defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedConfig {
+    pub heads_kv: i64,
+    pub d_k: i64,
+    /// 0 = d_k.
+    pub d_v: i64,
+    pub block_size: i64,
+    pub num_blocks: i64,
+    pub max_seqs: i64,
+    /// 0 = num_blocks · block_size.
+    pub max_seq_len: i64,
+    pub storage: KvStorage,
+}
+
+impl PagedConfig {
+    /// `attn_paged_config_init`'s defaults with the required fields set.
+    pub fn new(num_blocks: i64, d_k: i64) -> PagedConfig {
+        let mut c = std::mem::MaybeUninit::<sys::attn_paged_config>::zeroed();
+        let c = unsafe {
+            sys::attn_paged_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        PagedConfig { heads_kv: c.heads_kv, d_k, d_v: 0, block_size: c.block_size, num_blocks, max_seqs: c.max_seqs, max_seq_len: 0, storage: KvStorage::Native }
+    }
+}
+
+/// `attn_paged_cache`: a pool of fixed-size blocks shared by many sequences,
+/// each with its own block table; forks share blocks (copy-on-write).
+/// Mutating methods take `&mut self`, so Rust's borrow rules give the
+/// serialisation paged.h asks of callers; plans borrow the cache shared.
+///
+/// ```
+/// use attn::{Causal, Context, Desc, PagedCache, PagedConfig};
+/// let ctx = Context::new()?;
+/// let mut cache = PagedCache::<f32>::new(&ctx, &PagedConfig { heads_kv: 1, block_size: 4, ..PagedConfig::new(8, 2) })?;
+/// let s = cache.create_seq()?;
+/// cache.append(s, &[1.0, 0.0, 0.0, 1.0], &[1.0, 2.0, 3.0, 4.0], 2)?; // 2 positions
+/// let t = cache.fork(s)?;
+/// let mut desc = Desc::new(&ctx)?;
+/// desc.causal(Causal::BottomRight)?;
+/// let mut plan = cache.plan(&ctx, &desc, 2, 1, 1, false)?;
+/// let mut out = [0.0f32; 4];
+/// plan.execute(&[s, t], &[0.0, 0.0, 0.0, 0.0], &mut out, None, None)?;
+/// assert!((out[0] - 2.0).abs() < 1e-6 && (out[1] - 3.0).abs() < 1e-6);
+/// # Ok::<(), attn::Error>(())
+/// ```
+pub struct PagedCache<'c, T: Float> {
+    ctx: &'c Context,
+    raw: NonNull<sys::attn_paged_cache>,
+    cfg: PagedConfig,
+    _t: PhantomData<T>,
+}
+
+impl<'c, T: Float> PagedCache<'c, T> {
+    pub fn new(ctx: &'c Context, cfg: &PagedConfig) -> Result<PagedCache<'c, T>> {
+        let mut c = std::mem::MaybeUninit::<sys::attn_paged_config>::zeroed();
+        let mut c = unsafe {
+            sys::attn_paged_config_init(c.as_mut_ptr());
+            c.assume_init()
+        };
+        c.heads_kv = cfg.heads_kv;
+        c.d_k = cfg.d_k;
+        c.d_v = cfg.d_v;
+        c.block_size = cfg.block_size;
+        c.num_blocks = cfg.num_blocks;
+        c.max_seqs = cfg.max_seqs;
+        c.max_seq_len = cfg.max_seq_len;
+        c.dtype = T::DTYPE;
+        c.storage = cfg.storage.code();
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_paged_create(ctx.ptr(), &c, &mut raw) };
+        check(ctx.ptr(), st, "attn_paged_create")?;
+        let mut cfg = *cfg;
+        if cfg.d_v == 0 {
+            cfg.d_v = cfg.d_k;
+        }
+        Ok(PagedCache { ctx, raw: NonNull::new(raw).expect("attn_paged_create returned OK and NULL"), cfg, _t: PhantomData })
+    }
+
+    /// The configuration (d_v resolved).
+    pub fn config(&self) -> &PagedConfig {
+        &self.cfg
+    }
+    /// `attn_paged_seq_create`: a new empty sequence's id.
+    pub fn create_seq(&mut self) -> Result<i64> {
+        let mut s = -1;
+        check(self.ctx.ptr(), unsafe { sys::attn_paged_seq_create(self.raw.as_ptr(), &mut s) }, "attn_paged_seq_create")?;
+        Ok(s)
+    }
+    /// `attn_paged_seq_free`.
+    pub fn free_seq(&mut self, seq: i64) -> Result<()> {
+        check(self.ctx.ptr(), unsafe { sys::attn_paged_seq_free(self.raw.as_ptr(), seq) }, "attn_paged_seq_free")
+    }
+    /// `attn_paged_fork`: a new sequence sharing every block of `src`.
+    pub fn fork(&mut self, src: i64) -> Result<i64> {
+        let mut s = -1;
+        check(self.ctx.ptr(), unsafe { sys::attn_paged_fork(self.raw.as_ptr(), src, &mut s) }, "attn_paged_fork")?;
+        Ok(s)
+    }
+    /// `attn_paged_append` of contiguous k_new [H_kv, n, d_k], v_new [H_kv, n, d_v].
+    pub fn append(&mut self, seq: i64, k_new: &[T], v_new: &[T], n: i64) -> Result<()> {
+        let kl = Layout::contiguous(&[self.cfg.heads_kv, n, self.cfg.d_k]);
+        let vl = Layout::contiguous(&[self.cfg.heads_kv, n, self.cfg.d_v]);
+        let hk = Handle::over(self.ctx, k_new, &kl, "k_new")?;
+        let hv = Handle::over(self.ctx, v_new, &vl, "v_new")?;
+        let st = unsafe { sys::attn_paged_append(self.raw.as_ptr(), seq, hk.raw.as_ptr(), hv.raw.as_ptr()) };
+        check(self.ctx.ptr(), st, "attn_paged_append")
+    }
+    /// `attn_paged_truncate`.
+    pub fn truncate(&mut self, seq: i64, length: i64) -> Result<()> {
+        check(self.ctx.ptr(), unsafe { sys::attn_paged_truncate(self.raw.as_ptr(), seq, length) }, "attn_paged_truncate")
+    }
+    /// Length of `seq`; None if the id is not live.
+    pub fn length(&self, seq: i64) -> Option<i64> {
+        let n = unsafe { sys::attn_paged_seq_length(self.raw.as_ptr(), seq) };
+        if n < 0 { None } else { Some(n) }
+    }
+    /// `attn_paged_block_table`: the block ids of `seq`, in position order.
+    pub fn block_table(&self, seq: i64) -> Result<Vec<i64>> {
+        let mut count = 0;
+        let st = unsafe { sys::attn_paged_block_table(self.raw.as_ptr(), seq, ptr::null_mut(), 0, &mut count) };
+        if st != sys::ATTN_ERR_CAPACITY {
+            check(self.ctx.ptr(), st, "attn_paged_block_table")?;
+        }
+        let mut ids = vec![0i64; count as usize];
+        let st = unsafe { sys::attn_paged_block_table(self.raw.as_ptr(), seq, ids.as_mut_ptr(), count, &mut count) };
+        check(self.ctx.ptr(), st, "attn_paged_block_table")?;
+        Ok(ids)
+    }
+    pub fn free_blocks(&self) -> i64 {
+        unsafe { sys::attn_paged_free_blocks(self.raw.as_ptr()) }
+    }
+    pub fn num_blocks(&self) -> i64 {
+        unsafe { sys::attn_paged_num_blocks(self.raw.as_ptr()) }
+    }
+    pub fn num_seqs(&self) -> i64 {
+        unsafe { sys::attn_paged_num_seqs(self.raw.as_ptr()) }
+    }
+    pub fn memory_size(&self) -> usize {
+        unsafe { sys::attn_paged_memory_size(self.raw.as_ptr()) }
+    }
+    pub fn memory_used(&self) -> usize {
+        unsafe { sys::attn_paged_memory_used(self.raw.as_ptr()) }
+    }
+
+    /// `attn_paged_plan_create` on context `ctx` (its threads and errors; one
+    /// per caller thread) for up to `rows` sequences of `n` queries of
+    /// `heads` heads: contiguous q [rows, H, n, d_k], out [rows, H, n, d_v],
+    /// lse [rows, H, n] when `lse`.
+    pub fn plan<'p>(&'p self, ctx: &'p Context, desc: &'p Desc<'p>, rows: i64, heads: i64, n: i64, lse: bool) -> Result<PagedPlan<'p, T>> {
+        let ls = [Layout::contiguous(&[rows, heads, n, self.cfg.d_k]), Layout::contiguous(&[rows, heads, n, self.cfg.d_v]), Layout::contiguous(&[rows, heads, n])];
+        let mut handles: [Option<Handle>; 3] = Default::default();
+        for i in 0..3 {
+            if i < 2 || lse {
+                handles[i] = Some(Handle::wrap::<T>(ctx, &ls[i], NonNull::<T>::dangling().as_ptr(), KV_NAMES[i])?);
+            }
+        }
+        let p = |i: usize| handles[i].as_ref().map_or(ptr::null(), |h: &Handle| h.raw.as_ptr() as *const _);
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_paged_plan_create(ctx.ptr(), self.raw.as_ptr(), desc.raw.as_ptr(), p(0), p(1), p(2), &mut raw) };
+        check(ctx.ptr(), st, "attn_paged_plan_create")?;
+        Ok(PagedPlan { ctx, raw: NonNull::new(raw).expect("attn_paged_plan_create returned OK and NULL"), handles, _cache: PhantomData, _t: PhantomData })
+    }
+}
+
+impl<T: Float> Drop for PagedCache<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_paged_destroy(self.raw.as_ptr()) }
+    }
+}
+
+/// `attn_paged_plan`: a ragged batch against a [`PagedCache`]. Borrows the
+/// cache (no mutation while the plan lives) and the descriptor.
+pub struct PagedPlan<'p, T: Float> {
+    ctx: &'p Context,
+    raw: NonNull<sys::attn_paged_plan>,
+    handles: [Option<Handle>; 3],
+    _cache: PhantomData<&'p PagedCache<'p, T>>,
+    _t: PhantomData<T>,
+}
+
+impl<'p, T: Float> PagedPlan<'p, T> {
+    /// Bytes of workspace the plan holds.
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_paged_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// `attn_paged_plan_execute`: rows 0..seqs.len() of q/out (the plan's
+    /// full shapes) against sequences `seqs`; `query_counts` one per row or
+    /// None (n each). On error nothing is written.
+    pub fn execute(&mut self, seqs: &[i64], q: &[T], out: &mut [T], lse: Option<&mut [T]>, query_counts: Option<&[i64]>) -> Result<()> {
+        let ptrs: [Option<(*mut c_void, usize)>; 3] = [
+            Some((q.as_ptr() as *mut c_void, q.len())),
+            Some((out.as_mut_ptr() as *mut c_void, out.len())),
+            lse.map(|l| (l.as_mut_ptr() as *mut c_void, l.len())),
+        ];
+        for i in 0..3 {
+            match (&self.handles[i], ptrs[i]) {
+                (Some(h), Some((_, len))) => h.check_len(len, KV_NAMES[i])?,
+                (None, None) => {}
+                (Some(_), None) => return Err(binding_error(Status::Mismatch, "attn::PagedPlan::execute", format!("{}: the plan was created with it; pass it", KV_NAMES[i]))),
+                (None, Some(_)) => return Err(binding_error(Status::Mismatch, "attn::PagedPlan::execute", format!("{}: the plan was created without it; pass None", KV_NAMES[i]))),
+            }
+        }
+        if let Some(c) = query_counts {
+            if c.len() != seqs.len() {
+                return Err(binding_error(Status::InvalidArg, "attn::PagedPlan::execute", format!("query_counts: {} values for {} rows", c.len(), seqs.len())));
+            }
+        }
+        for i in 0..3 {
+            if let (Some(h), Some((p, _))) = (&self.handles[i], ptrs[i]) {
+                check(self.ctx.ptr(), unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), p) }, "attn_tensor_set_data")?;
+            }
+        }
+        let p = |i: usize| self.handles[i].as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr());
+        let c = query_counts.map_or(ptr::null(), |c| c.as_ptr());
+        let st = unsafe { sys::attn_paged_plan_execute(self.raw.as_ptr(), seqs.len() as i64, seqs.as_ptr(), p(0), p(1), p(2), c) };
+        check(self.ctx.ptr(), st, "attn_paged_plan_execute")
+    }
+}
+
+impl<T: Float> Drop for PagedPlan<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_paged_plan_destroy(self.raw.as_ptr()) }
     }
 }

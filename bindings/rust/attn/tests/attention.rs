@@ -575,3 +575,54 @@ fn variant_linformer_is_exact_attention_on_projected_keys_and_values() {
     let want = reference(&pd, &q, &proj(&e, &k), &proj(&f, &v), &RefOpts::default());
     assert_close(&out, &want.out, &want.bound, 1e-12, 1e-13, "linformer out");
 }
+
+/// bf16 and f16 q, k, v against the f64 reference on the same rounded
+/// inputs: |out − ref| ≤ c·u·Σ_j p_ij|v_j| with c·u = 2·2⁻⁸ (bf16) and 2⁻¹¹
+/// (f16), attn.h's bounds; f32 out and f32 weights/lse; wrong out dtype is
+/// Status::DType naming out.
+#[test]
+fn half_precision_matches_reference_on_rounded_inputs() {
+    let c = ctx();
+    let mut desc = Desc::new(&c).unwrap();
+    desc.causal(Causal::TopLeft).unwrap();
+    let dims = Dims::new(2, 4, 13, 21, 16).kv_heads(2);
+    let (q, k, v) = inputs(&dims, 15);
+    let q: Vec<f64> = q.iter().map(|x| 3.0 * x).collect();
+    // bf16
+    let (qb, kb, vb): (Vec<attn::Bf16>, Vec<attn::Bf16>, Vec<attn::Bf16>) = (
+        q.iter().map(|&x| attn::Bf16::from_f32(x as f32)).collect(),
+        k.iter().map(|&x| attn::Bf16::from_f32(x as f32)).collect(),
+        v.iter().map(|&x| attn::Bf16::from_f32(x as f32)).collect(),
+    );
+    let back = |x: &[attn::Bf16]| x.iter().map(|h| h.to_f32() as f64).collect::<Vec<f64>>();
+    let r = reference(&dims, &back(&qb), &back(&kb), &back(&vb), &RefOpts { causal: Some(Causal::TopLeft), ..Default::default() });
+    let mut out = vec![attn::Bf16(0); dims.out_len()];
+    let mut lse = vec![0f32; dims.lse_len()];
+    attn::attention_half(&desc, &dims, &qb, &kb, &vb, &mut out, None, Some(&mut lse)).unwrap_or_else(|e| panic!("{}", e));
+    let got: Vec<f64> = back(&out);
+    assert_close(&logical_out(&dims, &got), &r.out, &r.bound, 2.0 / 256.0, 1e-6, "bf16 out");
+    for i in 0..lse.len() {
+        assert!((lse[i] as f64 - r.lse[i]).abs() <= 1e-4 * (1.0 + r.lse[i].abs()), "lse[{}]", i);
+    }
+    let mut out32 = vec![0f32; dims.out_len()];
+    attn::attention_half(&desc, &dims, &qb, &kb, &vb, &mut out32, None, None).unwrap();
+    assert_close(&logical_out(&dims, &out32), &r.out, &r.bound, 2.0 / 256.0, 1e-6, "bf16→f32 out");
+    // f16
+    let (qh, kh, vh): (Vec<attn::F16>, Vec<attn::F16>, Vec<attn::F16>) = (
+        q.iter().map(|&x| attn::F16::from_f32(x as f32)).collect(),
+        k.iter().map(|&x| attn::F16::from_f32(x as f32)).collect(),
+        v.iter().map(|&x| attn::F16::from_f32(x as f32)).collect(),
+    );
+    let backh = |x: &[attn::F16]| x.iter().map(|h| h.to_f32() as f64).collect::<Vec<f64>>();
+    let r = reference(&dims, &backh(&qh), &backh(&kh), &backh(&vh), &RefOpts { causal: Some(Causal::TopLeft), ..Default::default() });
+    let mut outh = vec![attn::F16(0); dims.out_len()];
+    attn::attention_half(&desc, &dims, &qh, &kh, &vh, &mut outh, None, None).unwrap_or_else(|e| panic!("{}", e));
+    assert_close(&logical_out(&dims, &backh(&outh)), &r.out, &r.bound, 1.0 / 2048.0, 1e-6, "f16 out");
+    // f16 out for bf16 inputs: a dtype error naming out, out untouched
+    let mut bad = vec![attn::F16(0x1234); dims.out_len()];
+    expect_err(attn::attention_half(&desc, &dims, &qb, &kb, &vb, &mut bad, None, None), Status::DType, "out:");
+    assert!(bad.iter().all(|h| h.0 == 0x1234));
+    assert_eq!(attn::Bf16::from_f32(1.00390625).0, 0x3f80); // tie to even
+    assert_eq!(attn::F16::from_f32(65520.0).0, 0x7c00); // overflow to inf
+    assert_eq!(attn::F16::from_f32(5.960464477539063e-8).0, 1); // smallest subnormal
+}

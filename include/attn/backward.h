@@ -1,0 +1,140 @@
+/*
+ * libattn — the backward pass of softmax attention (training).
+ * Included by attn/attn.h; may also be included on its own.
+ *
+ * What it computes
+ * ----------------
+ * Given a forward plan (attn_plan_create() with an lse output) and the
+ * gradient dout = ∂L/∂out of a loss L, the backward computes
+ *
+ *   dq = ∂L/∂q,  dk = ∂L/∂k,  dv = ∂L/∂v   (and optionally ∂L/∂additive_mask)
+ *
+ * FlashAttention-2 style: the probabilities are recomputed tile by tile from
+ * q, k and the saved lse, never stored as an S_q×S_k matrix:
+ *
+ *   D_i   = Σ_x dout_ix · out_ix
+ *   P_ij  = exp(s_ij − lse_i)                     (0 for masked keys)
+ *   dP_ij = dout_i · v_j
+ *   dS_ij = P_ij · (dP_ij − D_i)                  (∂L/∂s, s after every transform)
+ *   dv_j  = Σ_i P_ij dout_i       dq_i = Σ_j g_ij k_j      dk_j = Σ_i g_ij q_i
+ *   with g_ij = scale · dS_ij · c'(raw_ij): c' = 1 − tanh²(raw/cap) with a
+ *   softcap (s = cap·tanh(raw/cap)), else 1; ALiBi slopes are constants.
+ *   ∂L/∂additive_mask_ij = dS_ij (0 where the key is removed).
+ *
+ * Masked tiles are skipped exactly as in the forward; rows that keep no key
+ * (lse = −inf) get dq = 0 and contribute nothing, never NaN. With GQA/MQA
+ * (H_kv < H) dk and dv are summed over each group of query heads. K/V rows
+ * past a key length and q rows past a query length are never read; their
+ * gradients are 0.
+ *
+ * Supported: variants EXACT, LONGFORMER, BIGBIRD and BLOCK_SPARSE (the sparse
+ * variants go through the same tile-skipping path), scores SCALED_DOT and
+ * DOT, every mask option (causal both alignments, window, key/query lengths,
+ * bool and additive masks, ALiBi, softcap), dtypes F32 and F64. Other
+ * variants, scores and dtypes, packed variable-length batches, attention
+ * sinks and the key-mass output give ATTN_ERR_UNSUPPORTED at plan creation.
+ *
+ * Determinism: dk/dv are accumulated per key block and dq per query row in a
+ * fixed order that depends only on the shapes, so results are bitwise
+ * identical for any thread count. No atomics.
+ */
+#ifndef ATTN_BACKWARD_H
+#define ATTN_BACKWARD_H
+
+#include "attn/attn.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------- */
+/** @defgroup backward Backward pass (gradients)
+ *  @{ */
+
+/** Opaque backward plan: a forward plan's geometry and masks bound to the
+ *  gradient tensors' shapes, with its workspace allocated. */
+typedef struct attn_backward_plan attn_backward_plan;
+
+/** Prepare the backward of @p forward for these gradient tensors.
+ *
+ *  The backward plan borrows the forward plan (its masks, descriptor copy
+ *  and context): destroy the backward plan first. It runs on the forward
+ *  plan's context and has its own workspace.
+ *
+ *  Shapes (the forward plan's dtype; last dim contiguous, rows not
+ *  overlapping; outputs need distinct memory for every element):
+ *   - dout:  [B, H, S_q, d_v], like the forward's out (B and H may broadcast
+ *     with stride 0; rows must not overlap)
+ *   - dq:    [B, H, S_q, d_q]      (output)
+ *   - dk:    [B, H_kv, S_k, d_k]   (output; summed over GQA groups)
+ *   - dv:    [B, H_kv, S_k, d_v]   (output)
+ *   - dmask: optional output, [B, H, S_q, S_k]: ∂L/∂additive_mask before any
+ *     broadcasting (sum it over the additive mask's broadcast dims). Only
+ *     with an additive mask in the forward descriptor. O(S_q·S_k) memory.
+ *  Outputs must not overlap the inputs or each other.
+ *
+ *  @param forward  a forward plan created with an lse tensor
+ *  @param dout     metadata of the incoming gradient (data not read here)
+ *  @param dq       metadata of the query gradient
+ *  @param dk       metadata of the key gradient
+ *  @param dv       metadata of the value gradient
+ *  @param dmask    metadata of the additive-mask gradient, or NULL
+ *  @param plan     receives the backward plan; untouched on failure
+ *  @return ATTN_OK; ATTN_ERR_NULL_ARG (forward, plan, dout, dq, dk, dv);
+ *          ATTN_ERR_INVALID_ARG (the forward plan has no lse, "lse"; dmask
+ *          without an additive mask, "dmask"); ATTN_ERR_DTYPE (a gradient's
+ *          dtype differs from the forward's); ATTN_ERR_SHAPE (dout's shape ≠
+ *          out's, dq ≠ q's, dk ≠ k's, dv ≠ v's, dmask ≠ [B, H, S_q, S_k]);
+ *          ATTN_ERR_LAYOUT; ATTN_ERR_UNSUPPORTED (variant, score or dtype,
+ *          naming "forward"); ATTN_ERR_OVERFLOW; ATTN_ERR_NO_MEMORY. The message is on
+ *          the forward plan's context. @since 0.2.0 */
+ATTN_API attn_status attn_backward_plan_create(const attn_plan *forward, const attn_tensor *dout,
+                                               const attn_tensor *dq, const attn_tensor *dk,
+                                               const attn_tensor *dv, const attn_tensor *dmask,
+                                               attn_backward_plan **plan);
+
+/** Run the backward. Every tensor must have the dtype, shape and strides it
+ *  had at plan time (the forward plan's for q, k, v, out, lse); data pointers
+ *  may differ. q, k, v, out, lse are the forward's inputs and results (out
+ *  and lse exactly as the forward wrote them). dq, dk, dv (and dmask) are
+ *  overwritten, not accumulated into. The descriptor's borrowed arrays
+ *  (lengths, slopes, masks) must hold what they held for the forward.
+ *  Allocates nothing; uses the forward context's threads; bitwise identical
+ *  results for any thread count. One thread at a time per backward plan.
+ *  On error no output is written.
+ *  @param plan   the backward plan
+ *  @param q      forward input q
+ *  @param k      forward input k
+ *  @param v      forward input v
+ *  @param out    forward output out
+ *  @param lse    forward output lse (required)
+ *  @param dout   ∂L/∂out
+ *  @param dq     receives ∂L/∂q
+ *  @param dk     receives ∂L/∂k
+ *  @param dv     receives ∂L/∂v
+ *  @param dmask  receives ∂L/∂additive_mask; non-NULL exactly when it was at
+ *                plan time
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (a required tensor, lse included),
+ *          ATTN_ERR_MISMATCH (a tensor differs from plan time, or dmask given
+ *          or missing against plan time), ATTN_ERR_INVALID_ARG (a borrowed
+ *          length or slope out of range), ATTN_ERR_THREAD. @since 0.2.0 */
+ATTN_API attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q,
+                                           const attn_tensor *k, const attn_tensor *v,
+                                           const attn_tensor *out, const attn_tensor *lse,
+                                           const attn_tensor *dout, attn_tensor *dq,
+                                           attn_tensor *dk, attn_tensor *dv, attn_tensor *dmask);
+
+/** Bytes of workspace the backward plan holds. 0 for NULL. @since 0.2.0 */
+ATTN_API size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan);
+
+/** Destroy a backward plan (before its forward plan). NULL is a no-op.
+ *  @since 0.2.0 */
+ATTN_API void attn_backward_plan_destroy(attn_backward_plan *plan);
+
+/** @} */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* ATTN_BACKWARD_H */

@@ -1,0 +1,309 @@
+/* The backward pass of exact (and sparse) softmax attention, FlashAttention-2
+ * style, deterministic for any thread count.
+ *
+ * Three parallel passes, each task writing only its own outputs:
+ *  1. D[b, h, i] = Σ dout·out (tasks over (b, h)).
+ *  2. Tasks over (b, kv head, key chunk). A chunk is the key blocks
+ *     kb ≡ c (mod C); the task walks them in order, and for each key block
+ *     every query head of the group and every query block the mask keeps:
+ *     S = scale·Q Kᵀ, the forward's mask/transforms (MASK_APPLY), P =
+ *     e^{S − lse}, dP = dO Vᵀ, dS = P∘(dP − D), then by GEMM
+ *     dV_j += Pᵀ dO, dK_j += scale·dSᵀ Q, dQ_i += scale·dS K_j.
+ *     dK/dV of a key block are summed in a slot and written once; dQ goes
+ *     to dq itself for chunk 0 and to a partial buffer per extra chunk.
+ *  3. dq += the partial buffers in chunk order (only when C > 1).
+ * C depends only on the shapes (enough tasks for the pool when B·H_kv is
+ * small, partial buffers capped at ATTN_BWD_PART_CAP bytes), so the sums'
+ * order never depends on the thread count. Five GEMMs per visited tile,
+ * no S_q×S_k buffer, no allocation in execute. */
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "blas/gemm.h"
+#include "kernels/backward.h"
+#include "kernels/exact.h"
+#include "kernels/vmath.h"
+#include "mask/mask.h"
+
+/* Bytes of partial dq buffers a plan may hold for extra key chunks. */
+#define ATTN_BWD_PART_CAP ((int64_t)16 << 20)
+/* Tasks the key-chunk pass aims for when B·H_kv is small. */
+#define ATTN_BWD_TASKS 8
+
+enum { BM_Q, BM_K, BM_V, BM_OUT, BM_LSE, BM_DOUT, BM_DQ, BM_DK, BM_DV, BM_DMASK, BM_N };
+static const char *const bm_names[BM_N] = {"q",    "k",  "v",  "out", "lse",
+                                           "dout", "dq", "dk", "dv",  "dmask"};
+
+struct attn_backward_plan {
+  attn_context *ctx;
+  const attn_plan *fwd;
+  attn_mask mask; /* the forward's resolved mask; executes bind a copy */
+  attn_dims dims;
+  double scale;
+  int64_t bq, bk, nqb, nkb, chunks;
+  attn_tmeta meta[BM_N];
+  struct {
+    size_t S, dP, G, dK, dV, Qz, Kz;
+  } at;
+  size_t slot_bytes;
+  size_t D_at, part_at, shared_bytes; /* shared: D [B·H·S_q], partial dq */
+  void *workspace;
+  size_t workspace_bytes;
+};
+
+typedef struct bwd_args {
+  const attn_backward_plan *bp;
+  const attn_mask *mask; /* bound for this execute */
+  attn_ws ws;
+  const attn_tensor *q, *k, *v, *out, *lse, *dout;
+  attn_tensor *dq, *dk, *dv, *dmask;
+} bwd_args;
+
+#define ATTN_TMPL_FILE "kernels/backward_impl.inc"
+#include "core/tmpl.h"
+
+/* ---- plan ------------------------------------------------------------------ */
+
+static attn_status check_grad(attn_context *ctx, const char *name, const attn_tensor *t,
+                              const attn_tmeta *like, const char *like_name) {
+  if (t == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", name);
+  if (t->dtype != like->dtype)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "%s: dtype %s differs from the forward's %s", name,
+                     attn_dtype_name(t->dtype), attn_dtype_name(like->dtype));
+  attn_status st = attn_check_tensor(ctx, name, t, like->rank, like->dtype);
+  if (st != ATTN_OK) return st;
+  char what[64];
+  snprintf(what, sizeof what, "%s's shape", like_name);
+  if ((st = attn_check_dims(ctx, name, t, like->shape, what)) != ATTN_OK) return st;
+  if ((st = attn_check_matrix_rows(ctx, name, t)) != ATTN_OK) return st;
+  return ATTN_OK;
+}
+
+/* Outputs are written by several tasks: every element needs its own memory
+ * (the same test as the forward's outputs, on the sorted strides). */
+static attn_status check_distinct(attn_context *ctx, const char *name, const attn_tensor *t) {
+  int32_t idx[ATTN_MAX_RANK], n = 0;
+  for (int32_t i = 0; i < t->rank; i++)
+    if (t->shape[i] > 1) idx[n++] = i;
+  for (int32_t a = 1; a < n; a++)
+    for (int32_t b = a; b > 0 && t->strides[idx[b - 1]] > t->strides[idx[b]]; b--) {
+      int32_t x = idx[b];
+      idx[b] = idx[b - 1];
+      idx[b - 1] = x;
+    }
+  int64_t span = 1;
+  for (int32_t a = 0; a < n; a++) {
+    const int64_t s = t->strides[idx[a]];
+    if (s < span)
+      return attn_fail(ctx, ATTN_ERR_LAYOUT,
+                       "%s: stride %" PRId64 " of dim %d makes elements overlap; a gradient "
+                       "output needs distinct memory for every element",
+                       name, s, (int)idx[a]);
+    span += (t->shape[idx[a]] - 1) * s;
+  }
+  return ATTN_OK;
+}
+
+#define BWD_NO_SCORE "the forward plan's score has no backward yet (ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT do)"
+static const attn_support bwd_support = {
+    "the backward",
+    ATTN_OPT_ALL & ~(ATTN_OPT(ATTN_OPT_SCORE_GENERAL) | ATTN_OPT(ATTN_OPT_SCORE_ADDITIVE) |
+                     ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_SINKS) |
+                     ATTN_OPT(ATTN_OPT_MASS)),
+    {[ATTN_OPT_SCORE_GENERAL] = BWD_NO_SCORE,
+     [ATTN_OPT_SCORE_ADDITIVE] = BWD_NO_SCORE,
+     [ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
+                         "backward yet",
+     [ATTN_OPT_SINKS] = "the forward plan has attention sinks, which have no backward yet",
+     [ATTN_OPT_MASS] = "the forward plan has a key-mass output, which has no backward"},
+    "the backward supports f32 and f64 plans"};
+#undef BWD_NO_SCORE
+
+static bool variant_has_backward(attn_variant v) {
+  return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
+         v == ATTN_VARIANT_BLOCK_SPARSE;
+}
+
+static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_tensor *dout,
+                         const attn_tensor *dq, const attn_tensor *dk, const attn_tensor *dv,
+                         const attn_tensor *dmask, int64_t tq, int64_t tk) {
+  attn_context *ctx = f->ctx;
+  attn_status st;
+  if (!variant_has_backward(f->desc.variant))
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "forward: variant '%s' has no backward yet (exact, longformer, bigbird and "
+                     "block_sparse do)",
+                     f->ops->support.name);
+  /* Compute-type storage only: the kernels read q, k, v, out and dout as the
+   * plan dtype (16-bit storage dtypes need converting tiles: not yet). */
+  if (f->dims.dtype != ATTN_DTYPE_F32 && f->dims.dtype != ATTN_DTYPE_F64)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "forward: the backward supports f32 and f64 plans (dtype %s)",
+                     attn_dtype_name(f->dims.dtype));
+  /* Options the forward plan uses that the backward does not differentiate
+   * (yet): rejected in one place, naming the option. */
+  if ((st = attn_options_check(ctx, &bwd_support,
+                               attn_options_used(&f->desc, f->meta[4].present,
+                                                 f->meta[5].present))) != ATTN_OK)
+    return st;
+  if (!f->meta[5].present)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "lse: the forward plan was created without lse; the backward needs it");
+  const attn_tmeta *fq = &f->meta[0], *fk = &f->meta[1], *fv = &f->meta[2], *fo = &f->meta[3];
+  if ((st = check_grad(ctx, "dout", dout, fo, "out")) != ATTN_OK) return st;
+  if ((st = check_grad(ctx, "dq", dq, fq, "q")) != ATTN_OK) return st;
+  if ((st = check_grad(ctx, "dk", dk, fk, "k")) != ATTN_OK) return st;
+  if ((st = check_grad(ctx, "dv", dv, fv, "v")) != ATTN_OK) return st;
+  if ((st = check_distinct(ctx, "dq", dq)) != ATTN_OK) return st;
+  if ((st = check_distinct(ctx, "dk", dk)) != ATTN_OK) return st;
+  if ((st = check_distinct(ctx, "dv", dv)) != ATTN_OK) return st;
+  const attn_dims *d = &f->dims;
+  if (dmask != NULL) {
+    if (f->desc.mask.add_mask == NULL)
+      return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                       "dmask: the forward descriptor has no additive mask to differentiate");
+    if ((st = attn_check_tensor(ctx, "dmask", dmask, 4, d->dtype)) != ATTN_OK) return st;
+    const int64_t want[4] = {d->B, d->H, d->Sq, d->Sk};
+    if ((st = attn_check_dims(ctx, "dmask", dmask, want, "[B, H, S_q, S_k]")) != ATTN_OK)
+      return st;
+    if ((st = attn_check_matrix_rows(ctx, "dmask", dmask)) != ATTN_OK) return st;
+    if ((st = check_distinct(ctx, "dmask", dmask)) != ATTN_OK) return st;
+  }
+
+  /* The forward's resolved mask: exact and sparse plans start with attn_exact. */
+  const attn_exact *ex = f->impl;
+  bp->mask = ex->mask;
+  bp->dims = *d;
+  bp->scale = f->scale;
+  if (ex->mask.sparse != ATTN_SPARSE_NONE) {
+    bp->bq = ex->bq; /* layout-aligned tiles skip whole blocks */
+    bp->bk = ex->bk;
+  } else {
+    /* Two score-sized tiles (P and dP) live at once, so half the forward's
+     * query block keeps a thread's tiles in L2 like the forward's one. */
+    attn_exact_tiles(d->Sq, d->Sk, d->Dk, d->Dv, &bp->bq, &bp->bk);
+    bp->bq = attn_max64(1, attn_min64(bp->bq, attn_max64(64, bp->bq / 2)));
+  }
+  if (tq > 0) bp->bq = attn_min64(tq, d->Sq);
+  if (tk > 0) bp->bk = attn_min64(tk, d->Sk);
+  bp->nqb = attn_cdiv64(d->Sq, bp->bq);
+  bp->nkb = attn_cdiv64(d->Sk, bp->bk);
+
+  const size_t es = attn_dtype_size(d->dtype);
+  int64_t bh, rowbytes;
+  if (!attn_mul_ok(d->B, d->H, &bh) || !attn_mul_ok(bh, d->Sq, &rowbytes) ||
+      !attn_mul_ok(rowbytes, d->Dq * (int64_t)es, &rowbytes))
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW, "dq: size overflows");
+  int64_t C = attn_min64(bp->nkb, attn_cdiv64(ATTN_BWD_TASKS, d->B * d->Hkv));
+  while (C > 1 && (C - 1) > ATTN_BWD_PART_CAP / attn_max64(1, rowbytes)) C--;
+  bp->chunks = attn_max64(1, C);
+
+  attn_carver c = attn_carver_start();
+  bp->at.S = attn_carve(&c, es, bp->bq, bp->bk, 1);
+  bp->at.dP = attn_carve(&c, es, bp->bq, bp->bk, 1);
+  bp->at.G = attn_carve(&c, es, bp->mask.softcap > 0 ? bp->bq : 0, bp->bk, 1);
+  bp->at.dK = attn_carve(&c, es, bp->bk, d->Dk, 1);
+  bp->at.dV = attn_carve(&c, es, bp->bk, d->Dv, 1);
+  bp->at.Qz = attn_carve(&c, es, bp->mask.has_dense ? bp->bq : 0, d->Dq, 1);
+  bp->at.Kz = attn_carve(&c, es, bp->mask.has_dense ? bp->bk : 0, d->Dk, 1);
+  attn_carver sh = attn_carver_start();
+  bp->D_at = attn_carve(&sh, es, bh, d->Sq, 1);
+  bp->part_at = attn_carve(&sh, (size_t)rowbytes, bp->chunks - 1, 1, 1);
+  int64_t total;
+  if (!c.ok || !sh.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total) ||
+      !attn_add_ok(total, sh.bytes, &total))
+    return attn_fail(ctx, ATTN_ERR_OVERFLOW, "dq: the backward's workspace size overflows");
+  bp->slot_bytes = (size_t)c.bytes;
+  bp->shared_bytes = (size_t)sh.bytes;
+  bp->workspace_bytes = (size_t)total;
+
+  memcpy(bp->meta, f->meta, 4 * sizeof(attn_tmeta)); /* q, k, v, out */
+  bp->meta[BM_LSE] = f->meta[5];
+  attn_tmeta_record(&bp->meta[BM_DOUT], dout);
+  attn_tmeta_record(&bp->meta[BM_DQ], dq);
+  attn_tmeta_record(&bp->meta[BM_DK], dk);
+  attn_tmeta_record(&bp->meta[BM_DV], dv);
+  attn_tmeta_record(&bp->meta[BM_DMASK], dmask);
+  return ATTN_OK;
+}
+
+attn_status attn_backward_plan_create(const attn_plan *forward, const attn_tensor *dout,
+                                      const attn_tensor *dq, const attn_tensor *dk,
+                                      const attn_tensor *dv, const attn_tensor *dmask,
+                                      attn_backward_plan **plan) {
+  return attn_backward_plan_create_tiled(forward, dout, dq, dk, dv, dmask, 0, 0, plan);
+}
+
+attn_status attn_backward_plan_create_tiled(const attn_plan *forward, const attn_tensor *dout,
+                                            const attn_tensor *dq, const attn_tensor *dk,
+                                            const attn_tensor *dv, const attn_tensor *dmask,
+                                            int64_t bq, int64_t bk, attn_backward_plan **plan) {
+  if (forward == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = forward->ctx;
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, plan);
+  attn_backward_plan tmp;
+  memset(&tmp, 0, sizeof tmp);
+  tmp.ctx = ctx;
+  tmp.fwd = forward;
+  attn_status st = setup(&tmp, forward, dout, dq, dk, dv, dmask, bq, bk);
+  if (st != ATTN_OK) return st;
+  if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
+  attn_backward_plan *p = attn_alloc(ctx, sizeof *p);
+  if (p == NULL)
+    return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_backward_plan_create: out of memory");
+  *p = tmp;
+  if (p->workspace_bytes > 0 && (p->workspace = attn_alloc(ctx, p->workspace_bytes)) == NULL) {
+    attn_free(ctx, p, sizeof *p);
+    return attn_fail(ctx, ATTN_ERR_NO_MEMORY,
+                     "attn_backward_plan_create: cannot allocate %zu bytes of workspace",
+                     tmp.workspace_bytes);
+  }
+  *plan = p;
+  return ATTN_OK;
+}
+
+attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q,
+                                  const attn_tensor *k, const attn_tensor *v,
+                                  const attn_tensor *out, const attn_tensor *lse,
+                                  const attn_tensor *dout, attn_tensor *dq, attn_tensor *dk,
+                                  attn_tensor *dv, attn_tensor *dmask) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  const attn_tensor *ts[BM_N] = {q, k, v, out, lse, dout, dq, dk, dv, dmask};
+  const bool required[BM_N] = {true, true, true, true, true, true, true, true, true, false};
+  attn_status st = attn_tmeta_check_all(ctx, plan->meta, ts, bm_names, required, BM_N);
+  if (st != ATTN_OK) return st;
+  attn_mask mask = plan->mask;
+  attn_mask_bind(&mask, &plan->fwd->desc);
+  if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
+
+  const attn_dims *d = &plan->dims;
+  attn_ws ws = {(char *)plan->workspace, (char *)plan->workspace + plan->shared_bytes,
+                plan->slot_bytes};
+  bwd_args a = {plan, &mask, ws, q, k, v, out, lse, dout, dq, dk, dv, dmask};
+  const bool f32 = d->dtype == ATTN_DTYPE_F32;
+  if ((st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_rowdot_task_f32 : bwd_rowdot_task_f64,
+                              &a)) != ATTN_OK)
+    return st;
+  if ((st = attn_parallel_for(ctx, d->B * d->Hkv * plan->chunks,
+                              f32 ? bwd_kv_task_f32 : bwd_kv_task_f64, &a)) != ATTN_OK)
+    return st;
+  if (plan->chunks > 1)
+    st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_reduce_task_f32 : bwd_reduce_task_f64, &a);
+  return st;
+}
+
+size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan) {
+  return plan == NULL ? 0 : plan->workspace_bytes;
+}
+
+void attn_backward_plan_destroy(attn_backward_plan *plan) {
+  if (plan == NULL) return;
+  attn_context *ctx = plan->ctx;
+  attn_free(ctx, plan->workspace, plan->workspace_bytes);
+  attn_free(ctx, plan, sizeof *plan);
+}

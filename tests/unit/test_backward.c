@@ -1,0 +1,604 @@
+/* The backward pass (attn/backward.h).
+ *
+ *  - f64 gradients against central finite differences of the loss
+ *    L = Σ dout ∘ out, for every mask kind (causal both alignments incl.
+ *    S_q > S_k, window, key/query lengths, bool and additive masks with dead
+ *    rows, the additive mask's own gradient, ALiBi, softcap), both scores,
+ *    GQA/MQA, [B,S,H,D] strides, the sparse variants; each with the default
+ *    tiles and with tiny tiles (tile edges, skipped tiles, several key chunks).
+ *    Normwise relative error ≤ 1e-6.
+ *  - f32 against the f64 gradients.
+ *  - Bitwise identical results on 1..4 threads.
+ *  - NaN/Inf planted in K/V rows past the key length and in keys/queries a
+ *    dense mask removes never reach the gradients; fully masked rows give 0.
+ *  - Zero allocations in execute; bad input: status, message, outputs untouched.
+ */
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/backward.h"
+#include "testutil.h"
+
+typedef struct bcase {
+  const char *name;
+  attn_variant variant;
+  int64_t B, H, Hkv, Sq, Sk, D, Dv;
+  int causal;
+  int64_t left, right; /* −1 = unbounded */
+  bool klen, qlen, bmask, amask, dmask, alibi, bshd;
+  double softcap;
+  int score;
+  double scale; /* 0 = default */
+  int64_t block; /* sparse */
+} bcase;
+
+/* Everything one case needs: tensors (data in the tensors' own memory). */
+typedef struct bsetup {
+  const bcase *c;
+  attn_dtype dt;
+  attn_context *ctx;
+  attn_desc *desc;
+  attn_tensor *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv, *bm, *am, *dm, *layout;
+  int64_t klen[4], qlen[4];
+  double slopes[8];
+  int64_t globals[2];
+  attn_plan *fwd;
+} bsetup;
+
+static void poison_free(bsetup *s) {
+  attn_plan_destroy(s->fwd);
+  attn_tensor *ts[] = {s->q,  s->k,  s->v,  s->out, s->lse, s->dout, s->dq,
+                       s->dk, s->dv, s->bm, s->am,  s->dm,  s->layout};
+  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  attn_desc_destroy(s->desc);
+  attn_context_destroy(s->ctx);
+  memset(s, 0, sizeof *s);
+}
+
+static double *randv(size_t n, uint64_t *seed, double lo, double hi) {
+  double *x = malloc(n * sizeof(double));
+  tu_fill(x, n, seed, lo, hi);
+  return x;
+}
+
+static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads) {
+  memset(s, 0, sizeof *s);
+  s->c = c;
+  s->dt = dt;
+  s->ctx = tu_context(threads);
+  assert_int_equal(attn_desc_create(s->ctx, &s->desc), ATTN_OK);
+  attn_desc *d = s->desc;
+  uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)(c->Sq * 131 + c->Sk * 7 + c->H);
+  const int64_t B = c->B, H = c->H, Hkv = c->Hkv, Sq = c->Sq, Sk = c->Sk, D = c->D, Dv = c->Dv;
+  double *q = randv((size_t)(B * H * Sq * D), &seed, -1, 1);
+  double *k = randv((size_t)(B * Hkv * Sk * D), &seed, -1, 1);
+  double *v = randv((size_t)(B * Hkv * Sk * Dv), &seed, -1, 1);
+  double *go = randv((size_t)(B * H * Sq * Dv), &seed, -1, 1);
+  s->q = tu_tensor4(s->ctx, dt, q, B, H, Sq, D, c->bshd);
+  s->k = tu_tensor4(s->ctx, dt, k, B, Hkv, Sk, D, c->bshd);
+  s->v = tu_tensor4(s->ctx, dt, v, B, Hkv, Sk, Dv, c->bshd);
+  s->dout = tu_tensor4(s->ctx, dt, go, B, H, Sq, Dv, c->bshd);
+  s->out = tu_tensor4(s->ctx, dt, NULL, B, H, Sq, Dv, c->bshd);
+  s->dq = tu_tensor4(s->ctx, dt, NULL, B, H, Sq, D, c->bshd);
+  s->dk = tu_tensor4(s->ctx, dt, NULL, B, Hkv, Sk, D, c->bshd);
+  s->dv = tu_tensor4(s->ctx, dt, NULL, B, Hkv, Sk, Dv, c->bshd);
+  const int64_t lshape[3] = {B, H, Sq};
+  s->lse = tu_tensor(s->ctx, dt, NULL, 3, lshape);
+  free(q);
+  free(k);
+  free(v);
+  free(go);
+
+  assert_int_equal(attn_desc_set_variant(d, c->variant), ATTN_OK);
+  assert_int_equal(attn_desc_set_score(d, (attn_score)c->score), ATTN_OK);
+  if (c->scale > 0) assert_int_equal(attn_desc_set_scale(d, c->scale), ATTN_OK);
+  assert_int_equal(attn_desc_set_causal(d, (attn_causal)c->causal), ATTN_OK);
+  if (c->left >= 0 || c->right >= 0)
+    assert_int_equal(attn_desc_set_window(d, c->left < 0 ? ATTN_WINDOW_UNBOUNDED : c->left,
+                                          c->right < 0 ? ATTN_WINDOW_UNBOUNDED : c->right),
+                     ATTN_OK);
+  if (c->klen) {
+    for (int64_t b = 0; b < B; b++) s->klen[b] = attn_max64(1, Sk - 2 - b);
+    if (B > 1) s->klen[B - 1] = 0; /* an item with no keys at all */
+    assert_int_equal(attn_desc_set_key_lengths(d, s->klen, B), ATTN_OK);
+  }
+  if (c->qlen) {
+    for (int64_t b = 0; b < B; b++) s->qlen[b] = attn_max64(1, Sq - 1 - 2 * b);
+    assert_int_equal(attn_desc_set_query_lengths(d, s->qlen, B), ATTN_OK);
+  }
+  const size_t nm = (size_t)(B * H * Sq * Sk);
+  if (c->bmask) { /* random, ~70% kept, every 4th row fully masked */
+    double *m = malloc(nm * sizeof(double));
+    for (size_t x = 0; x < nm; x++)
+      m[x] = (x / (size_t)Sk) % 4 == 1 ? 0.0 : tu_uniform(&seed, 0, 1) < 0.7;
+    const int64_t sh[4] = {B, H, Sq, Sk};
+    s->bm = tu_tensor(s->ctx, ATTN_DTYPE_U8, m, 4, sh);
+    free(m);
+    assert_int_equal(attn_desc_set_bool_mask(d, s->bm), ATTN_OK);
+  }
+  if (c->amask) { /* random values, ~20% −inf, every 5th row fully −inf */
+    double *m = malloc(nm * sizeof(double));
+    for (size_t x = 0; x < nm; x++) {
+      m[x] = tu_uniform(&seed, -1.5, 1.5);
+      if (tu_uniform(&seed, 0, 1) < 0.2 || (x / (size_t)Sk) % 5 == 2) m[x] = -INFINITY;
+    }
+    const int64_t sh[4] = {B, H, Sq, Sk};
+    s->am = tu_tensor(s->ctx, dt, m, 4, sh);
+    free(m);
+    assert_int_equal(attn_desc_set_additive_mask(d, s->am), ATTN_OK);
+    if (c->dmask) s->dm = tu_tensor(s->ctx, dt, NULL, 4, sh);
+  }
+  if (c->alibi) {
+    for (int64_t h = 0; h < H; h++) s->slopes[h] = 0.25 / (double)(h + 1);
+    assert_int_equal(attn_desc_set_alibi(d, s->slopes, H), ATTN_OK);
+  }
+  if (c->softcap > 0) assert_int_equal(attn_desc_set_softcap(d, c->softcap), ATTN_OK);
+  if (c->variant == ATTN_VARIANT_LONGFORMER) {
+    s->globals[0] = 1;
+    s->globals[1] = Sq - 2;
+    assert_int_equal(attn_desc_set_global_tokens(d, s->globals, 2), ATTN_OK);
+    assert_int_equal(attn_desc_set_block_size(d, c->block), ATTN_OK);
+  }
+  if (c->variant == ATTN_VARIANT_BIGBIRD) {
+    assert_int_equal(attn_desc_set_block_size(d, c->block), ATTN_OK);
+    assert_int_equal(attn_desc_set_bigbird(d, 1, 1, 1, 42), ATTN_OK);
+  }
+  if (c->variant == ATTN_VARIANT_BLOCK_SPARSE) {
+    const int64_t nqb = (Sq + c->block - 1) / c->block, nkb = (Sk + c->block - 1) / c->block;
+    const int64_t sh[3] = {H, nqb, nkb};
+    double *l = malloc((size_t)(H * nqb * nkb) * sizeof(double));
+    for (int64_t x = 0; x < H * nqb * nkb; x++) l[x] = (x * 7 + x / nkb) % 3 != 0;
+    s->layout = tu_tensor(s->ctx, ATTN_DTYPE_U8, l, 3, sh);
+    free(l);
+    assert_int_equal(attn_desc_set_block_size(d, c->block), ATTN_OK);
+    assert_int_equal(attn_desc_set_block_layout(d, s->layout), ATTN_OK);
+  }
+  attn_status st = attn_plan_create(s->ctx, d, s->q, s->k, s->v, s->out, NULL, s->lse, &s->fwd);
+  if (st != ATTN_OK) fail_msg("%s: forward plan: %s", c->name, attn_context_last_error(s->ctx));
+}
+
+static double loss(bsetup *s) {
+  assert_int_equal(attn_plan_execute(s->fwd, s->q, s->k, s->v, s->out, NULL, s->lse), ATTN_OK);
+  const size_t n = (size_t)attn_tensor_numel(s->out);
+  double *o = malloc(n * sizeof(double)), *g = malloc(n * sizeof(double));
+  tu_read(s->out, o);
+  tu_read(s->dout, g);
+  double l = 0;
+  for (size_t x = 0; x < n; x++) l += o[x] * g[x];
+  free(o);
+  free(g);
+  return l;
+}
+
+/* Address of logical element x (C order of the shape) of an f64 tensor. */
+static double *elem64(const attn_tensor *t, int64_t x) {
+  int64_t off = 0;
+  for (int32_t a = attn_tensor_rank(t) - 1; a >= 0; a--) {
+    const int64_t n = attn_tensor_dim(t, a);
+    off += (x % n) * attn_tensor_stride(t, a);
+    x /= n;
+  }
+  return (double *)attn_tensor_data(t) + off;
+}
+
+/* Central differences of the loss w.r.t. every element of t (f64). */
+static double *finite_diff(bsetup *s, const attn_tensor *t) {
+  const int64_t n = attn_tensor_numel(t);
+  double *fd = calloc((size_t)n, sizeof(double));
+  const double h = 1e-5;
+  for (int64_t x = 0; x < n; x++) {
+    double *p = elem64(t, x);
+    const double x0 = *p;
+    if (!isfinite(x0)) continue; /* a removed key of an additive mask */
+    *p = x0 + h;
+    const double lp = loss(s);
+    *p = x0 - h;
+    const double lm = loss(s);
+    *p = x0;
+    fd[x] = (lp - lm) / (2 * h);
+  }
+  return fd;
+}
+
+static double *read_all(const attn_tensor *t) {
+  double *x = malloc((size_t)attn_tensor_numel(t) * sizeof(double));
+  tu_read(t, x);
+  return x;
+}
+
+static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
+  attn_backward_plan *bp = NULL;
+  attn_status st = attn_backward_plan_create_tiled(s->fwd, s->dout, s->dq, s->dk, s->dv, s->dm,
+                                                   tq, tk, &bp);
+  if (st != ATTN_OK)
+    fail_msg("%s: backward plan: %s", s->c->name, attn_context_last_error(s->ctx));
+  assert_int_equal(attn_plan_execute(s->fwd, s->q, s->k, s->v, s->out, NULL, s->lse), ATTN_OK);
+  st = attn_backward_execute(bp, s->q, s->k, s->v, s->out, s->lse, s->dout, s->dq, s->dk, s->dv,
+                             s->dm);
+  if (st != ATTN_OK) fail_msg("%s: backward: %s", s->c->name, attn_context_last_error(s->ctx));
+  attn_backward_plan_destroy(bp);
+}
+
+/* Normwise relative error of got against want; NaN anywhere fails. */
+static double rel_err(const double *got, const double *want, size_t n) {
+  double num = 0, den = 0;
+  for (size_t x = 0; x < n; x++) {
+    if (!isfinite(got[x])) return INFINITY;
+    num = fmax(num, fabs(got[x] - want[x]));
+    den = fmax(den, fabs(want[x]));
+  }
+  return den > 0 ? num / den : num;
+}
+
+static const bcase cases[] = {
+    {"plain", ATTN_VARIANT_EXACT, 2, 2, 2, 7, 9, 4, 3, 0, -1, -1, .block = 0},
+    {"causal_tl", ATTN_VARIANT_EXACT, 2, 2, 2, 9, 7, 4, 4, ATTN_CAUSAL_TOP_LEFT, -1, -1, .klen = false},
+    {"causal_br", ATTN_VARIANT_EXACT, 2, 2, 2, 6, 9, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, -1, -1, .klen = false},
+    {"causal_br_sq_gt_sk", ATTN_VARIANT_EXACT, 1, 2, 2, 9, 5, 3, 3, ATTN_CAUSAL_BOTTOM_RIGHT, -1,
+     -1, .klen = false},
+    {"window", ATTN_VARIANT_EXACT, 1, 2, 2, 10, 10, 4, 4, 0, 2, 1, .klen = false},
+    {"window_causal_alibi", ATTN_VARIANT_EXACT, 1, 3, 3, 10, 12, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, 3,
+     -1, .alibi = true},
+    {"lengths", ATTN_VARIANT_EXACT, 3, 2, 2, 8, 9, 4, 4, 0, -1, -1, .klen = true, .qlen = true},
+    {"lengths_causal_br", ATTN_VARIANT_EXACT, 2, 2, 1, 8, 9, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, -1,
+     -1, .klen = true, .qlen = true},
+    {"bool_mask", ATTN_VARIANT_EXACT, 2, 2, 2, 8, 9, 4, 4, 0, -1, -1, .bmask = true},
+    {"additive_mask_dmask", ATTN_VARIANT_EXACT, 2, 2, 2, 7, 9, 4, 4, 0, -1, -1, .amask = true,
+     .dmask = true},
+    {"additive_causal_softcap", ATTN_VARIANT_EXACT, 1, 2, 2, 9, 9, 4, 4, ATTN_CAUSAL_TOP_LEFT, -1,
+     -1, .amask = true, .dmask = true, .softcap = 1.5},
+    {"softcap", ATTN_VARIANT_EXACT, 2, 2, 2, 7, 8, 4, 4, 0, -1, -1, .softcap = 0.8,
+     .scale = 2.0},
+    {"alibi", ATTN_VARIANT_EXACT, 1, 4, 4, 7, 8, 4, 4, 0, -1, -1, .alibi = true},
+    {"dot_scale", ATTN_VARIANT_EXACT, 2, 2, 2, 6, 7, 3, 5, 0, -1, -1, .score = ATTN_SCORE_DOT,
+     .scale = 0.7},
+    {"gqa", ATTN_VARIANT_EXACT, 2, 4, 2, 7, 9, 4, 4, ATTN_CAUSAL_TOP_LEFT, -1, -1, .klen = false},
+    {"mqa_masks", ATTN_VARIANT_EXACT, 1, 4, 1, 7, 9, 4, 3, 0, -1, -1, .bmask = true,
+     .alibi = true},
+    {"bshd_all", ATTN_VARIANT_EXACT, 2, 2, 2, 8, 8, 4, 4, ATTN_CAUSAL_TOP_LEFT, 5, -1,
+     .klen = true, .amask = true, .alibi = true, .softcap = 2.0, .bshd = true},
+    {"longformer", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, 0, 2, 2, .block = 4},
+    {"longformer_causal", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, ATTN_CAUSAL_TOP_LEFT, 3,
+     0, .block = 4},
+    {"bigbird", ATTN_VARIANT_BIGBIRD, 1, 2, 2, 16, 16, 4, 4, 0, -1, -1, .block = 2},
+    {"block_sparse", ATTN_VARIANT_BLOCK_SPARSE, 2, 2, 2, 12, 12, 4, 4, 0, -1, -1, .block = 3,
+     .bmask = true},
+};
+
+static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
+  bsetup s;
+  setup_case(&s, c, ATTN_DTYPE_F64, 2);
+  run_backward(&s, tq, tk);
+  const attn_tensor *inputs[4] = {s.q, s.k, s.v, s.am};
+  const attn_tensor *grads[4] = {s.dq, s.dk, s.dv, s.dm};
+  const char *names[4] = {"dq", "dk", "dv", "dmask"};
+  for (int i = 0; i < 4; i++) {
+    if (grads[i] == NULL) continue;
+    double *g = read_all(grads[i]);
+    double *fd = finite_diff(&s, inputs[i]);
+    const size_t n = (size_t)attn_tensor_numel(grads[i]);
+    const double e = rel_err(g, fd, n);
+    if (!(e <= 1e-6))
+      fail_msg("%s (tiles %lld×%lld): %s relative error %.3g vs finite differences", c->name,
+               (long long)tq, (long long)tk, names[i], e);
+    free(g);
+    free(fd);
+  }
+  poison_free(&s);
+}
+
+static void test_finite_differences(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    check_fd_case(&cases[i], 0, 0);
+    check_fd_case(&cases[i], 2, 3);
+    check_fd_case(&cases[i], 3, 2);
+  }
+}
+
+/* f32 against the f64 gradients of the same inputs (rounded to f32). */
+static void test_f32_vs_f64(void **state) {
+  (void)state;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    bsetup s64, s32;
+    setup_case(&s64, &cases[i], ATTN_DTYPE_F64, 1);
+    setup_case(&s32, &cases[i], ATTN_DTYPE_F32, 3);
+    run_backward(&s64, 0, 0);
+    run_backward(&s32, 2, 3);
+    const attn_tensor *g64[4] = {s64.dq, s64.dk, s64.dv, s64.dm};
+    const attn_tensor *g32[4] = {s32.dq, s32.dk, s32.dv, s32.dm};
+    for (int t = 0; t < 4; t++) {
+      if (g64[t] == NULL) continue;
+      double *a = read_all(g32[t]), *b = read_all(g64[t]);
+      const double e = rel_err(a, b, (size_t)attn_tensor_numel(g64[t]));
+      if (!(e <= 2e-5)) fail_msg("%s: f32 gradient %d off by %.3g", cases[i].name, t, e);
+      free(a);
+      free(b);
+    }
+    poison_free(&s64);
+    poison_free(&s32);
+  }
+}
+
+static unsigned char *raw_copy(const attn_tensor *t) {
+  const size_t n = (size_t)attn_tensor_numel(t) * (attn_tensor_dtype(t) == ATTN_DTYPE_F32 ? 4 : 8);
+  unsigned char *x = malloc(n);
+  memcpy(x, attn_tensor_data(t), n); /* contiguous tensors only */
+  return x;
+}
+
+/* Bitwise identical gradients on 1..4 threads, with several key chunks
+ * (the partial-dq path) and without. */
+static void test_threads_bitwise(void **state) {
+  (void)state;
+  const bcase tc[] = {
+      {"threads_gqa_masks", ATTN_VARIANT_EXACT, 2, 4, 2, 150, 170, 16, 16, ATTN_CAUSAL_TOP_LEFT,
+       -1, -1, .klen = true, .amask = true, .dmask = true, .alibi = true, .softcap = 3.0},
+      {"threads_one_head", ATTN_VARIANT_EXACT, 1, 1, 1, 200, 230, 8, 8, 0, -1, -1, .bmask = true},
+  };
+  for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++) {
+    unsigned char *ref[4] = {NULL};
+    for (int32_t th = 1; th <= 4; th++) {
+      bsetup s;
+      setup_case(&s, &tc[i], ATTN_DTYPE_F32, th);
+      run_backward(&s, 32, 24);
+      const attn_tensor *g[4] = {s.dq, s.dk, s.dv, s.dm};
+      for (int t = 0; t < 4; t++) {
+        if (g[t] == NULL) continue;
+        unsigned char *x = raw_copy(g[t]);
+        const size_t n = (size_t)attn_tensor_numel(g[t]) * 4;
+        if (th == 1)
+          ref[t] = x;
+        else {
+          if (memcmp(x, ref[t], n) != 0)
+            fail_msg("%s: gradient %d differs between 1 and %d threads", tc[i].name, t, th);
+          free(x);
+        }
+      }
+      poison_free(&s);
+    }
+    for (int t = 0; t < 4; t++) free(ref[t]);
+  }
+}
+
+/* NaN in K/V rows past the key length, in Q rows past the query length and
+ * in keys/queries a dense mask removes: the gradients equal the clean run's
+ * (0 for the poisoned rows), never NaN. */
+static void test_poison(void **state) {
+  (void)state;
+  const bcase c = {"poison", ATTN_VARIANT_EXACT, 2, 2, 2, 9, 11, 4, 4, 0, -1, -1,
+                   .klen = true, .qlen = true, .bmask = true};
+  for (int dt = 0; dt < 2; dt++) {
+    const attn_dtype t = dt ? ATTN_DTYPE_F32 : ATTN_DTYPE_F64;
+    bsetup clean, dirty;
+    setup_case(&clean, &c, t, 2);
+    setup_case(&dirty, &c, t, 2);
+    /* Kill key 3 of item 0 for every query, and query row 2 of item 0. */
+    uint8_t *bm = attn_tensor_data(clean.bm), *bm2 = attn_tensor_data(dirty.bm);
+    for (int64_t h = 0; h < c.H; h++)
+      for (int64_t i = 0; i < c.Sq; i++) {
+        bm[((0 * c.H + h) * c.Sq + i) * c.Sk + 3] = 0;
+        bm2[((0 * c.H + h) * c.Sq + i) * c.Sk + 3] = 0;
+        for (int64_t j = 0; j < c.Sk; j++) {
+          bm[((0 * c.H + h) * c.Sq + 2) * c.Sk + j] = 0;
+          bm2[((0 * c.H + h) * c.Sq + 2) * c.Sk + j] = 0;
+        }
+      }
+    const double nan = NAN;
+    for (int64_t b = 0; b < c.B; b++)
+      for (int64_t h = 0; h < c.H; h++) {
+        for (int64_t j = 0; j < c.Sk; j++)
+          for (int64_t x = 0; x < c.D; x++) {
+            const bool poison = j >= dirty.klen[b] || (b == 0 && j == 3);
+            if (!poison) continue;
+            const int64_t e = ((b * c.Hkv + h) * c.Sk + j) * c.D + x;
+            if (t == ATTN_DTYPE_F64) {
+              ((double *)attn_tensor_data(dirty.k))[e] = nan;
+              ((double *)attn_tensor_data(dirty.v))[e] = nan;
+            } else {
+              ((float *)attn_tensor_data(dirty.k))[e] = (float)nan;
+              ((float *)attn_tensor_data(dirty.v))[e] = (float)nan;
+            }
+          }
+        for (int64_t i = 0; i < c.Sq; i++)
+          for (int64_t x = 0; x < c.D; x++) {
+            const bool poison = i >= dirty.qlen[b] || (b == 0 && i == 2);
+            if (!poison) continue;
+            const int64_t e = ((b * c.H + h) * c.Sq + i) * c.D + x;
+            if (t == ATTN_DTYPE_F64)
+              ((double *)attn_tensor_data(dirty.q))[e] = nan;
+            else
+              ((float *)attn_tensor_data(dirty.q))[e] = (float)nan;
+          }
+      }
+    run_backward(&clean, 2, 3);
+    run_backward(&dirty, 2, 3);
+    const attn_tensor *gc[3] = {clean.dq, clean.dk, clean.dv};
+    const attn_tensor *gd[3] = {dirty.dq, dirty.dk, dirty.dv};
+    for (int g = 0; g < 3; g++) {
+      const size_t n = (size_t)attn_tensor_numel(gc[g]);
+      double *a = read_all(gc[g]), *b = read_all(gd[g]);
+      for (size_t x = 0; x < n; x++)
+        if (!(a[x] == b[x])) fail_msg("poison: gradient %d element %zu: %g vs clean %g", g, x, b[x], a[x]);
+      free(a);
+      free(b);
+    }
+    /* The fully masked row 2 of item 0 and the rows past the query length: dq = 0. */
+    double *dq = read_all(clean.dq);
+    for (int64_t b = 0; b < c.B; b++)
+      for (int64_t h = 0; h < c.H; h++)
+        for (int64_t i = 0; i < c.Sq; i++)
+          if (i >= clean.qlen[b] || (b == 0 && i == 2))
+            for (int64_t x = 0; x < c.D; x++)
+              assert_true(dq[((b * c.H + h) * c.Sq + i) * c.D + x] == 0.0);
+    free(dq);
+    poison_free(&clean);
+    poison_free(&dirty);
+  }
+}
+
+/* Execute allocates nothing. */
+static void test_no_alloc_in_execute(void **state) {
+  (void)state;
+  tu_counter cnt = {0};
+  attn_context *ctx = tu_counting_context(&cnt, 3);
+  bsetup s;
+  const bcase c = {"alloc", ATTN_VARIANT_EXACT, 1, 2, 1, 40, 50, 8, 8, ATTN_CAUSAL_TOP_LEFT, -1, -1, .klen = false};
+  setup_case(&s, &c, ATTN_DTYPE_F32, 1);
+  attn_plan *fwd = NULL;
+  attn_desc *d = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d), ATTN_OK);
+  assert_int_equal(attn_desc_set_causal(d, ATTN_CAUSAL_TOP_LEFT), ATTN_OK);
+  assert_int_equal(attn_plan_create(ctx, d, s.q, s.k, s.v, s.out, NULL, s.lse, &fwd), ATTN_OK);
+  attn_backward_plan *bp = NULL;
+  assert_int_equal(attn_backward_plan_create_tiled(fwd, s.dout, s.dq, s.dk, s.dv, NULL, 8, 8, &bp),
+                   ATTN_OK);
+  assert_true(attn_backward_plan_workspace_size(bp) > 0);
+  assert_int_equal(attn_plan_execute(fwd, s.q, s.k, s.v, s.out, NULL, s.lse), ATTN_OK);
+  const int64_t before = cnt.allocs;
+  for (int r = 0; r < 3; r++)
+    assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk,
+                                           s.dv, NULL),
+                     ATTN_OK);
+  assert_int_equal(cnt.allocs, before);
+  attn_backward_plan_destroy(bp);
+  attn_plan_destroy(fwd);
+  attn_desc_destroy(d);
+  poison_free(&s);
+  attn_context_destroy(ctx);
+  assert_int_equal(cnt.outstanding_bytes, 0);
+}
+
+static bool all_equal(const attn_tensor *t, double v) {
+  const size_t n = (size_t)attn_tensor_numel(t);
+  double *x = read_all(t);
+  bool ok = true;
+  for (size_t i = 0; i < n; i++) ok = ok && x[i] == v;
+  free(x);
+  return ok;
+}
+
+static void fill(attn_tensor *t, double v) {
+  const int64_t n = attn_tensor_numel(t);
+  for (int64_t i = 0; i < n; i++) *elem64(t, i) = v;
+}
+
+/* Bad input: documented status, a message naming the argument, outputs untouched. */
+static void test_bad_input(void **state) {
+  (void)state;
+  const bcase c = {"bad", ATTN_VARIANT_EXACT, 1, 2, 2, 5, 6, 4, 4, 0, -1, -1, .klen = false};
+  bsetup s;
+  setup_case(&s, &c, ATTN_DTYPE_F64, 1);
+  attn_context *ctx = s.ctx;
+  attn_backward_plan *bp = (attn_backward_plan *)(uintptr_t)1;
+  attn_backward_plan *const sentinel = bp;
+  assert_int_equal(attn_backward_plan_create(NULL, s.dout, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_backward_plan_create(s.fwd, NULL, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_NULL_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dout"));
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, s.dk, s.dv, NULL, NULL),
+                   ATTN_ERR_NULL_ARG);
+  /* dout's shape differs from out's. */
+  attn_tensor *wrong = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false);
+  assert_int_equal(attn_backward_plan_create(s.fwd, wrong, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dout"));
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, wrong, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dq"));
+  /* dtype mismatch. */
+  attn_tensor *f32 = tu_tensor4(ctx, ATTN_DTYPE_F32, NULL, 1, 2, 5, 4, false);
+  assert_int_equal(attn_backward_plan_create(s.fwd, f32, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_DTYPE);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dout"));
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, f32, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_DTYPE);
+  /* dk with overlapping rows (stride 0 on the sequence). */
+  const int64_t shk[4] = {1, 2, 6, 4}, stk[4] = {8, 4, 0, 1};
+  double mem[64];
+  attn_tensor *bcast = NULL;
+  assert_int_equal(attn_tensor_wrap(ctx, ATTN_DTYPE_F64, 4, shk, stk, mem, &bcast), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, bcast, s.dv, NULL, &bp),
+                   ATTN_ERR_LAYOUT);
+  /* dmask without an additive mask. */
+  const int64_t shm[4] = {1, 2, 5, 6};
+  attn_tensor *dm = tu_tensor(ctx, ATTN_DTYPE_F64, NULL, 4, shm);
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, s.dk, s.dv, dm, &bp),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dmask"));
+  assert_ptr_equal(bp, sentinel);
+
+  /* A forward plan without lse. */
+  attn_plan *nolse = NULL;
+  assert_int_equal(attn_plan_create(ctx, s.desc, s.q, s.k, s.v, s.out, NULL, NULL, &nolse), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(nolse, s.dout, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "lse"));
+  attn_plan_destroy(nolse);
+  /* Unsupported variant / score. */
+  attn_desc *d2 = NULL;
+  attn_plan *lin = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d2), ATTN_OK);
+  assert_int_equal(attn_desc_set_variant(d2, ATTN_VARIANT_LINFORMER), ATTN_OK);
+  assert_int_equal(attn_desc_set_lowrank(d2, 3, 1), ATTN_OK);
+  assert_int_equal(attn_plan_create(ctx, d2, s.q, s.k, s.v, s.out, NULL, s.lse, &lin), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(lin, s.dout, s.dq, s.dk, s.dv, NULL, &bp),
+                   ATTN_ERR_UNSUPPORTED);
+  assert_non_null(strstr(attn_context_last_error(ctx), "forward"));
+  attn_plan_destroy(lin);
+  attn_desc_destroy(d2);
+  assert_ptr_equal(bp, sentinel);
+
+  /* Execute: missing lse, mismatching tensors, dmask given against plan time. */
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, s.dk, s.dv, NULL, &bp), ATTN_OK);
+  assert_int_equal(attn_plan_execute(s.fwd, s.q, s.k, s.v, s.out, NULL, s.lse), ATTN_OK);
+  fill(s.dq, 7.0);
+  fill(s.dk, 7.0);
+  fill(s.dv, 7.0);
+  assert_int_equal(attn_backward_execute(NULL, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk,
+                                         s.dv, NULL),
+                   ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, NULL, s.dout, s.dq, s.dk, s.dv,
+                                         NULL),
+                   ATTN_ERR_NULL_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "lse"));
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, wrong, s.dq, s.dk, s.dv,
+                                         NULL),
+                   ATTN_ERR_MISMATCH);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dout"));
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, f32, s.dk, s.dv,
+                                         NULL),
+                   ATTN_ERR_MISMATCH);
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk, s.dv,
+                                         dm),
+                   ATTN_ERR_MISMATCH);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dmask"));
+  assert_true(all_equal(s.dq, 7.0));
+  assert_true(all_equal(s.dk, 7.0));
+  assert_true(all_equal(s.dv, 7.0));
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk, s.dv,
+                                         NULL),
+                   ATTN_OK);
+  assert_false(all_equal(s.dq, 7.0));
+  attn_backward_plan_destroy(bp);
+  attn_backward_plan_destroy(NULL);
+  assert_int_equal(attn_backward_plan_workspace_size(NULL), 0);
+  tu_tensor_free(wrong);
+  tu_tensor_free(f32);
+  tu_tensor_free(dm);
+  attn_tensor_destroy(bcast);
+  poison_free(&s);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_finite_differences), cmocka_unit_test(test_f32_vs_f64),
+      cmocka_unit_test(test_threads_bitwise),    cmocka_unit_test(test_poison),
+      cmocka_unit_test(test_no_alloc_in_execute), cmocka_unit_test(test_bad_input),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
