@@ -390,6 +390,7 @@ static void usage(FILE *f) {
           "                  [--B N] [--causal] [--dtype f32|f64|bf16|f16] [--threads N] [--reps N]\n"
           "                  [--window N] [--features N] [--rank N] [--block N] [--seqs N] [--json] [--list]\n"
           "                  [--loop N --gap-ms G] [--spin-us N] [--mass] [--sinks]\n"
+          "                  [--kv-storage f32|bf16|f16|int8|int4]\n"
           "Without --case: the exact-attention sweep S in {512..8192}, d in {64 (H=8), 128 (H=4)},\n"
           "causal and not, f32 and f64, fused (sdpa) and unfused (naive).\n"
           "Each line: median of --reps (default 5) runs after a warm-up to steady state\n"
@@ -458,6 +459,10 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     json_num(stdout, "max_err", r->has_err ? r->max_err : NAN, false);
     json_num(stdout, "mean_err", r->has_err ? r->mean_err : NAN, false);
     if (r->extra_name) json_num(stdout, r->extra_name, r->extra, false);
+    if (r->kv_storage) {
+      printf("\"kv_storage\":\"%s\",", r->kv_storage);
+      json_num(stdout, "kv_bytes", r->kv_bytes, false);
+    }
     for (int32_t f = 0; f < r->nfields; f++) json_num(stdout, r->field_names[f], r->field_values[f], false);
     if (o->mass) printf("\"mass\":true,");
     if (o->sinks) printf("\"sinks\":true,");
@@ -484,6 +489,7 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
            r->has_err ? r->max_err : NAN, rss);
     printf("  f_peak=%.3f", frac_peak);
     if (r->extra_name) printf("  %s=%.3g", r->extra_name, r->extra);
+    if (r->kv_storage) printf("  kv_storage=%s kv_bytes=%.0f", r->kv_storage, r->kv_bytes);
     for (int32_t f = 0; f < r->nfields; f++) printf("  %s=%.4g", r->field_names[f], r->field_values[f]);
     if (r->ratio_name) printf("  %s=%.3f", r->ratio_name, r->ratio);
     if (r->has_latency)
@@ -516,8 +522,8 @@ static int run_one(attn_context *ctx, const bench_case *c, const bench_opts *o, 
 }
 
 int main(int argc, char **argv) {
-  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64, 0, 0.0, 0,
-                  16, false, false};
+  bench_opts o = {1, 8, 0, 4096, 4096, 64, false, ATTN_DTYPE_F32, 2, 5, 256, 256, 256, 64,
+                  ATTN_KVCACHE_STORE_NATIVE, 0, 0.0, 0, 16, false, false};
   const char *cases[64];
   int ncases = 0;
   bool json = false, s_given = false, h_given = false;
@@ -583,6 +589,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "attn-bench: --dtype must be f32, f64, bf16 or f16\n");
         return 2;
       }
+      i++;
+    } else if (strcmp(a, "--kv-storage") == 0 && val) {
+      static const char *const names[] = {"f32", "bf16", "f16", "int8", "int4"};
+      static const attn_kvcache_storage st[] = {ATTN_KVCACHE_STORE_NATIVE, ATTN_KVCACHE_STORE_BF16,
+                                                ATTN_KVCACHE_STORE_F16, ATTN_KVCACHE_STORE_INT8,
+                                                ATTN_KVCACHE_STORE_INT4};
+      int found = -1;
+      for (int s = 0; s < 5; s++)
+        if (strcmp(val, names[s]) == 0) found = s;
+      if (found < 0) {
+        fprintf(stderr, "attn-bench: --kv-storage must be f32, bf16, f16, int8 or int4\n");
+        return 2;
+      }
+      o.kv_storage = (int32_t)st[found];
       i++;
     } else if (strcmp(a, "--causal") == 0) {
       o.causal = true;

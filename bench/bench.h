@@ -19,6 +19,7 @@ typedef struct bench_opts {
   int64_t features;       /* --features: Performer m */
   int64_t rank;           /* --rank: Linformer k */
   int64_t block;          /* --block: BigBird / block-sparse block size */
+  int32_t kv_storage;     /* --kv-storage (decode): an attn_kvcache_storage, native = f32 */
   int32_t loop;           /* --loop N: latency mode (sdpa, decode): N calls ... */
   double gap_ms;          /* --gap-ms G: ... with G ms of busy work between calls */
   int32_t spin_us;        /* --spin-us: the context's spin policy (0 adaptive) */
@@ -35,6 +36,8 @@ typedef struct bench_result {
   double max_err, mean_err;
   double extra;           /* case-specific number (e.g. speed-up), printed if extra_name */
   const char *extra_name;
+  const char *kv_storage; /* decode: the cache storage, printed with kv_bytes if set */
+  double kv_bytes;        /* decode: bytes the cache's contents take (scales included) */
   /* More case-specific numbers, printed as JSON fields (names fixed by the
    * contract), e.g. the paged cases' contig_ms. */
   int32_t nfields;

@@ -131,6 +131,36 @@ def main():
                 else:
                     print(f"[info] issue 7: {line}, frac_bw {r['frac_bw']:.3f} (partly cache-resident)")
 
+    if want(17):
+        # Decode from f16 / int8 / int4 KV caches vs the f32 cache, L=32768 d=128,
+        # H=8 and GQA 32/8. Each reduced-storage line also times the f32 cache on
+        # the same data in the same process (speedup_vs_f32); gbps counts the
+        # bytes the step really reads (scales included), kv_bytes the cache.
+        want_speed = {"f16": 1.8, "int8": 3.0, "int4": 5.0}
+        want_mem = {"int8": 0.27, "int4": 0.15}
+        for H, Hkv in ((8, 8), (32, 8)):
+            base = bench(a, "decode", Sk=32768, D=128, H=H, Hkv=Hkv, **{"kv-storage": "f32"})
+            if base is None:
+                continue
+            for st in ("bf16", "f16", "int8", "int4"):
+                r = bench(a, "decode", Sk=32768, D=128, H=H, Hkv=Hkv, **{"kv-storage": st})
+                if r is None:
+                    continue
+                line = (f"decode {st} KV L=32768 H={H}/{Hkv} d=128: {r['ms']:.2f} ms, "
+                        f"{r['gbps']:.1f} GB/s of {r['read_gbps']:.1f}, max_err {r['max_err']:.2e}, "
+                        f"mean_err {r['mean_err']:.2e}")
+                if st not in want_speed:
+                    print(f"[info] issue 17: {line}, speed-up vs f32 {r['speedup_vs_f32']:.2f}x")
+                    continue
+                sp = r["speedup_vs_f32"]
+                oks.append(report(17, line + " speed-up vs f32 KV", f"{sp:.2f}x", f">= {want_speed[st]}x", sp >= want_speed[st]))
+                oks.append(report(17, f"decode {st} KV H={H}/{Hkv} frac_bw (own bytes)", f"{r['frac_bw']:.3f}", ">= 0.80", r["frac_bw"] >= 0.80))
+                if st in want_mem and H == 8:
+                    m = r["kv_bytes"] / base["kv_bytes"]
+                    oks.append(report(17, f"{st} KV cache bytes / f32 cache bytes (scales included)", f"{m:.4f}", f"<= {want_mem[st]}", m <= want_mem[st]))
+                if st == "int8" and H == 8:
+                    oks.append(report(17, "int8 KV decode L=32768 H=8 d=128 vs llama.cpp f16 decode (4.24 ms)", f"{r['ms']:.2f} ms", "< 4.24 ms", r["ms"] < 4.24))
+
     if want(8):
         for case in ("window", "longformer", "bigbird", "blocksparse", "swin"):
             t = {}

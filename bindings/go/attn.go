@@ -1647,6 +1647,9 @@ type KVStorage int
 const (
 	KVStoreNative KVStorage = C.ATTN_KVCACHE_STORE_NATIVE // the cache's dtype
 	KVStoreBF16   KVStorage = C.ATTN_KVCACHE_STORE_BF16   // bfloat16 (F32 caches; no views)
+	KVStoreF16    KVStorage = C.ATTN_KVCACHE_STORE_F16    // IEEE half (F32 caches; KVViewRaw)
+	KVStoreInt8   KVStorage = C.ATTN_KVCACHE_STORE_INT8   // 8-bit codes + half scales (F32; KVViewRaw)
+	KVStoreInt4   KVStorage = C.ATTN_KVCACHE_STORE_INT4   // 4-bit codes + half scales (F32; KVViewRaw)
 )
 
 // KVCacheConfig is attn_kvcache_config. Start from NewKVCacheConfig.
@@ -1657,6 +1660,7 @@ type KVCacheConfig struct {
 	Mode                     KVCacheMode
 	Grow                     bool // linear mode: reallocate instead of StatusCapacity
 	Storage                  KVStorage
+	GroupSize                int64 // Int8/Int4: positions per K scale, channels per V scale; 0 = default
 }
 
 // NewKVCacheConfig is attn_kvcache_config_init's defaults with capacity and d_k set.
@@ -1665,7 +1669,7 @@ func NewKVCacheConfig(capacity, dk int64) KVCacheConfig {
 	C.attn_kvcache_config_init(&c)
 	return KVCacheConfig{Batch: int64(c.batch), HeadsKV: int64(c.heads_kv), Capacity: capacity,
 		DK: dk, DV: int64(c.d_v), DType: DType(c.dtype), Mode: KVCacheMode(c.mode),
-		Grow: c.grow != 0, Storage: KVStorage(c.storage)}
+		Grow: c.grow != 0, Storage: KVStorage(c.storage), GroupSize: int64(c.group_size)}
 }
 
 // KVCache is attn_kvcache: the keys and values of every position a batch of
@@ -1689,6 +1693,7 @@ func NewKVCache(ctx *Context, cfg KVCacheConfig) (*KVCache, error) {
 	c.d_k, c.d_v = C.int64_t(cfg.DK), C.int64_t(cfg.DV)
 	c.dtype, c.mode, c.grow = C.attn_dtype(cfg.DType), C.attn_kvcache_mode(cfg.Mode), b32(cfg.Grow)
 	c.storage = C.attn_kvcache_storage(cfg.Storage)
+	c.group_size = C.int64_t(cfg.GroupSize)
 	var p *C.attn_kvcache
 	st := C.attn_kvcache_create(ctx.p, &c, &p)
 	runtime.KeepAlive(ctx)
@@ -1865,6 +1870,115 @@ func (c *KVCache) Capacity() int64 {
 func (c *KVCache) MemorySize() int {
 	defer runtime.KeepAlive(c)
 	return int(C.attn_kvcache_memory_size(c.p))
+}
+
+// KVRaw is attn_kvcache_raw: the cache's stored bytes and scales as Go
+// slices over its C memory (no copy; read only; invalid once the cache grows
+// or is closed). KScales, VScales (half-float bits) and KResidual are nil
+// unless the storage is Int8/Int4; see kvcache.h for the layout.
+type KVRaw struct {
+	Storage                KVStorage
+	GroupSize, KGroups     int64
+	KRowBytes, VRowBytes   int64
+	K, V                   []byte
+	KScales, VScales       []uint16
+	KResidual              []float32
+	TotalBytes             int64
+	batch, heads, capacity int64
+	dk, dv                 int64
+}
+
+// KVViewRaw is attn_kvcache_view_raw.
+func KVViewRaw(c *KVCache) (*KVRaw, error) {
+	if err := c.open(); err != nil {
+		return nil, err
+	}
+	var r C.attn_kvcache_raw
+	C.attn_kvcache_raw_init(&r)
+	st := C.attn_kvcache_view_raw(c.p, &r)
+	runtime.KeepAlive(c)
+	if err := c.ctx.check(st, "attn_kvcache_view_raw"); err != nil {
+		return nil, err
+	}
+	B, H, Cp := int64(r.batch), int64(r.heads_kv), int64(r.capacity)
+	out := &KVRaw{Storage: KVStorage(r.storage), GroupSize: int64(r.group_size), KGroups: int64(r.k_groups),
+		KRowBytes: int64(r.k_row_bytes), VRowBytes: int64(r.v_row_bytes), TotalBytes: int64(r.total_bytes),
+		batch: B, heads: H, capacity: Cp, dk: int64(r.d_k), dv: int64(r.d_v)}
+	out.K = unsafe.Slice((*byte)(r.k), B*H*Cp*out.KRowBytes)
+	out.V = unsafe.Slice((*byte)(r.v), B*H*Cp*out.VRowBytes)
+	if out.GroupSize > 0 {
+		G := out.GroupSize
+		out.KScales = unsafe.Slice((*uint16)(unsafe.Pointer(r.k_scales)), B*H*out.KGroups*2*out.dk)
+		out.VScales = unsafe.Slice((*uint16)(unsafe.Pointer(r.v_scales)), B*H*Cp*(out.dv/G)*2)
+		out.KResidual = unsafe.Slice((*float32)(unsafe.Pointer(r.k_residual)), B*H*G*out.dk)
+	}
+	return out, nil
+}
+
+func halfToFloat(h uint16) float32 {
+	e, m := int((h>>10)&0x1f), float64(h&0x3ff)
+	var v float64
+	switch e {
+	case 0:
+		v = math.Ldexp(m, -24)
+	case 31:
+		if m == 0 {
+			v = math.Inf(1)
+		} else {
+			v = math.NaN()
+		}
+	default:
+		v = math.Ldexp(1024+m, e-25)
+	}
+	if h&0x8000 != 0 {
+		v = -v
+	}
+	return float32(v)
+}
+
+// Decode returns the key (isK) or value row of position pos (stored by item
+// b, whose current length is length) of head h as float32, as attention
+// reads it. Only F32 caches with F16/Int8/Int4/BF16 storage.
+func (r *KVRaw) Decode(isK bool, b, h, pos, length int64) []float32 {
+	d, rb, src := r.dv, r.VRowBytes, r.V
+	if isK {
+		d, rb, src = r.dk, r.KRowBytes, r.K
+	}
+	bh, row := b*r.heads+h, pos%r.capacity
+	bytes := src[(bh*r.capacity+row)*rb:][:rb]
+	out := make([]float32, d)
+	code := func(x int64) float32 {
+		if r.Storage == KVStoreInt8 {
+			return float32(bytes[x])
+		}
+		by := bytes[x/32*16+x%16]
+		if x%32 >= 16 {
+			return float32(by >> 4)
+		}
+		return float32(by & 15)
+	}
+	G := r.GroupSize
+	for x := int64(0); x < d; x++ {
+		switch r.Storage {
+		case KVStoreBF16:
+			out[x] = math.Float32frombits(uint32(uint16(bytes[2*x])|uint16(bytes[2*x+1])<<8) << 16)
+		case KVStoreF16:
+			out[x] = halfToFloat(uint16(bytes[2*x]) | uint16(bytes[2*x+1])<<8)
+		case KVStoreNative:
+			out[x] = math.Float32frombits(uint32(bytes[4*x]) | uint32(bytes[4*x+1])<<8 | uint32(bytes[4*x+2])<<16 | uint32(bytes[4*x+3])<<24)
+		default:
+			if isK && pos >= length/G*G {
+				out[x] = r.KResidual[(bh*G+pos%G)*d+x]
+			} else if isK {
+				sc := r.KScales[(bh*r.KGroups+(pos/G)%r.KGroups)*2*d:]
+				out[x] = halfToFloat(sc[x])*code(x) + halfToFloat(sc[d+x])
+			} else {
+				sc := r.VScales[((bh*r.capacity+row)*(d/G)+x/G)*2:]
+				out[x] = halfToFloat(sc[0])*code(x) + halfToFloat(sc[1])
+			}
+		}
+	}
+	return out
 }
 
 // KVView returns the storage as Go slices over the cache's C memory (no

@@ -442,3 +442,77 @@ func TestKVErrorsLeaveTheCacheUnchanged(t *testing.T) {
 		t.Fatalf("append after Close: %v", err)
 	}
 }
+
+// F16/Int8/Int4 storages: a decode step equals attention over what
+// KVViewRaw().Decode reads back (the kernel's own error) and is close to
+// attention over the original data (the storage's error); bad config.
+func TestKVQuantizedStorages(t *testing.T) {
+	ctx := newCtx(t)
+	d := causalDesc(t, ctx)
+	for _, tc := range []struct {
+		st  KVStorage
+		tol float64
+	}{{KVStoreF16, 3e-3}, {KVStoreInt8, 3e-2}, {KVStoreInt4, 3e-1}} {
+		s := newKVSeq(7, 1, 4, 2, 70, 32, 32, nil)
+		c := newKV(t, ctx, s, F32, 70, func(cfg *KVCacheConfig) { cfg.Storage, cfg.GroupSize = tc.st, 16 })
+		all := []int64{0}
+		if err := KVAppend(c, kvRows[float32](s, s.k, s.Hkv, s.Dk, all, []int64{70}, 70),
+			kvRows[float32](s, s.v, s.Hkv, s.Dv, all, []int64{70}, 70), 70, nil); err != nil {
+			t.Fatal(err)
+		}
+		pl, err := NewKVPlan(c, d, int64(s.H), 1, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pl.Close)
+		q := kvRows[float32](s, s.q, s.H, s.Dk, []int64{69}, []int64{1}, 1)
+		out := make([]float32, s.H*s.Dv)
+		if err := KVExecute(pl, q, out, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		raw, err := KVViewRaw(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if raw.Storage != tc.st || raw.TotalBytes <= 0 {
+			t.Fatalf("raw view: storage %d, %d bytes", raw.Storage, raw.TotalBytes)
+		}
+		dec := *s
+		dec.k, dec.v = make([]float64, len(s.k)), make([]float64, len(s.v))
+		for h := 0; h < s.Hkv; h++ {
+			for p := 0; p < 70; p++ {
+				for x, v := range raw.Decode(true, 0, int64(h), int64(p), 70) {
+					dec.k[(h*s.T+p)*s.Dk+x] = float64(v)
+				}
+				for x, v := range raw.Decode(false, 0, int64(h), int64(p), 70) {
+					dec.v[(h*s.T+p)*s.Dv+x] = float64(v)
+				}
+			}
+		}
+		for h := 0; h < s.H; h++ {
+			want, _, bound := dec.ref(0, h, 69, -1, nil)
+			orig, _, _ := s.ref(0, h, 69, -1, nil)
+			for x := range want {
+				got := float64(out[h*s.Dv+x])
+				if math.Abs(got-want[x]) > 1e-5*bound[x]+1e-6 {
+					t.Fatalf("storage %d head %d x %d: %g vs decoded %g", tc.st, h, x, got, want[x])
+				}
+				if math.Abs(got-orig[x]) > tc.tol {
+					t.Fatalf("storage %d head %d x %d: %g vs original %g", tc.st, h, x, got, orig[x])
+				}
+			}
+		}
+		if _, _, _, _, err := KVView[float32](c); err == nil || !strings.Contains(err.Error(), "attn_kvcache_view_raw") {
+			t.Fatalf("float view of storage %d: %v", tc.st, err)
+		}
+	}
+	cfg := NewKVCacheConfig(4, 64)
+	cfg.DType, cfg.Storage = F64, KVStoreInt8
+	if _, err := NewKVCache(ctx, cfg); err == nil || !strings.Contains(err.Error(), "cfg.storage") {
+		t.Fatalf("f64 int8 cache: %v", err)
+	}
+	cfg.DType, cfg.Storage, cfg.GroupSize = F32, KVStoreInt4, 48
+	if _, err := NewKVCache(ctx, cfg); err == nil || !strings.Contains(err.Error(), "cfg.group_size") {
+		t.Fatalf("group 48 of d 64: %v", err)
+	}
+}

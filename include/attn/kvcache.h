@@ -57,15 +57,68 @@ typedef enum attn_kvcache_mode {
   ATTN_KVCACHE_RING = 1    /**< the last capacity positions; older ones are overwritten */
 } attn_kvcache_mode;
 
-/** How K and V rows are stored. Values are ABI. */
+/** How K and V rows are stored. Values are ABI.
+ *
+ *  The reduced storages exist because a decode step reads the whole cache
+ *  once, so its time is the cache's bytes over the memory bandwidth. All of
+ *  them need an f32 cache; the attention itself always runs in f32, reading
+ *  the stored bytes directly and widening them in registers (no f32 copy of
+ *  the cache is ever made).
+ *
+ *  Quantized storages (INT8, INT4) follow KIVI: keys have a few outlier
+ *  channels and values do not, so
+ *   - K is quantized per channel over groups of G = group_size consecutive
+ *     positions: for group g = ⌊p / G⌋ and channel c,
+ *     k[p][c] ≈ kmin[g][c] + kscale[g][c]·u[p][c];
+ *   - V is quantized per position over groups of G consecutive channels:
+ *     v[p][c] ≈ vmin[p][c/G] + vscale[p][c/G]·u[p][c];
+ *  with u an unsigned integer of 8 bits (0..255) or 4 bits (0..15), and
+ *  scale = (max − min)/(2^bits − 1) and min (the zero point) stored as IEEE
+ *  half floats; u = round((x − min)/scale) clamped to the range. Zero points
+ *  pay here: a group's min/max are not symmetric about 0 (a per-channel K
+ *  group has the channel's mean offset), and folding min into the score is
+ *  one multiply-add per group. Bytes per element, scales included:
+ *  INT8 1 + 4/G, INT4 0.5 + 4/G (G = 64: 0.266 and 0.141 of f32).
+ *
+ *  Quantization happens once per token: V rows when they are appended;
+ *  K rows when their group of G positions is complete. Until then the
+ *  newest positions [G·⌊len/G⌋, len) of each (b, kv head) stay in f32 in a
+ *  G-row residual buffer (KIVI's residual), which attention reads as it is.
+ *  Ring caches: capacity must be a multiple of G, so a K group never wraps
+ *  and its scales live in slot g mod (capacity / G), overwritten exactly
+ *  when its rows are. Rollback (attn_kvcache_truncate()) within the
+ *  incomplete group only moves the length; rolling back into a completed
+ *  group moves that group's kept positions back into the residual as their
+ *  dequantized values (what attention used for them), so they are quantized
+ *  a second time when the group completes again. Values larger than the
+ *  half-float range (|x| ≥ 65504·(2^bits − 1) spread within a group)
+ *  saturate; non-finite inputs give non-finite outputs. */
 typedef enum attn_kvcache_storage {
   ATTN_KVCACHE_STORE_NATIVE = 0, /**< in the cache's dtype */
-  ATTN_KVCACHE_STORE_BF16 = 1    /**< f32 caches only: bfloat16 (8-bit mantissa), half the
+  ATTN_KVCACHE_STORE_BF16 = 1,   /**< f32 caches only: bfloat16 (8-bit mantissa), half the
                                       bytes to store and to read per decode step. Appends
                                       round to nearest even, so every stored element is
                                       within a relative 2^-9 of what was appended; the
                                       attention itself runs in f32. */
+  ATTN_KVCACHE_STORE_F16 = 2,    /**< f32 caches only: IEEE half (11-bit mantissa, range
+                                      ±65504), round to nearest even: every element within a
+                                      relative 2^-11 (normal range). Rows padded to a multiple
+                                      of 16 elements. @since 0.2.0 */
+  ATTN_KVCACHE_STORE_INT8 = 3,   /**< f32 caches only: 8-bit codes with half-float scales and
+                                      zero points (see above); rows padded to a multiple of 32
+                                      elements. @since 0.2.0 */
+  ATTN_KVCACHE_STORE_INT4 = 4    /**< f32 caches only: 4-bit codes, two per byte (in each
+                                      block of 32 elements, byte i holds element i in its low
+                                      and element i + 16 in its high nibble), with half-float
+                                      scales and zero points; rows padded to a multiple of 32
+                                      elements. @since 0.2.0 */
 } attn_kvcache_storage;
+
+/** Default quantization group (positions per K scale, channels per V
+ *  scale) when attn_kvcache_config::group_size is 0: measured at d = 128
+ *  (see bench/README.md, "KV cache storages"); the largest power of two
+ *  ≤ this that divides d_v (and, in ring mode, the capacity) is used. */
+#define ATTN_KVCACHE_DEFAULT_GROUP 64
 
 /** Options for attn_kvcache_create(). Always initialise with
  *  attn_kvcache_config_init(): the struct may grow at the end, and
@@ -82,6 +135,11 @@ typedef struct attn_kvcache_config {
   int32_t grow;           /**< linear mode only: non-zero = appends past capacity
                                reallocate instead of failing (default 0) */
   attn_kvcache_storage storage; /**< default ATTN_KVCACHE_STORE_NATIVE */
+  int64_t group_size;     /**< INT8/INT4 storage: G, positions per K scale and channels per
+                               V scale; must divide d_v and, in ring mode, the capacity.
+                               0 = ATTN_KVCACHE_DEFAULT_GROUP adapted as described there
+                               (default 0). Ignored by the other storages.
+                               @since 0.2.0 */
 } attn_kvcache_config;
 
 /** Fill @p cfg with the defaults above. NULL is a no-op. @since 0.1.0 */
@@ -93,9 +151,13 @@ ATTN_API void attn_kvcache_config_init(attn_kvcache_config *cfg);
  *  @param ctx  context (allocator, threads, errors); must outlive the cache.
  *  @param cfg  from attn_kvcache_config_init(), then filled in.
  *  @param out  receives the cache; untouched on failure.
+ *  Quantized storages also allocate their scales and the K residual
+ *  (B·H_kv·G·d_k floats).
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (bad struct_size,
- *          non-positive dims, unknown mode or storage, grow with ring mode),
- *          ATTN_ERR_DTYPE (not f32/f64; bf16 storage with f64),
+ *          non-positive dims, unknown mode or storage, grow with ring mode,
+ *          a group_size that is negative or does not divide d_v or the ring's
+ *          capacity), ATTN_ERR_DTYPE (not f32/f64; a storage other than
+ *          native with f64),
  *          ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
  *  @since 0.1.0 */
 ATTN_API attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
@@ -168,7 +230,8 @@ ATTN_API int64_t attn_kvcache_first(const attn_kvcache *cache, int64_t b);
  *  cfg.grow). 0 for NULL. @since 0.1.0 */
 ATTN_API int64_t attn_kvcache_capacity(const attn_kvcache *cache);
 
-/** Bytes the cache holds (K and V storage plus bookkeeping). 0 for NULL.
+/** Bytes the cache holds (K and V storage, for quantized storages their
+ *  scales and the K residual, plus bookkeeping). 0 for NULL.
  *  @since 0.1.0 */
 ATTN_API size_t attn_kvcache_memory_size(const attn_kvcache *cache);
 
@@ -181,9 +244,59 @@ ATTN_API size_t attn_kvcache_memory_size(const attn_kvcache *cache);
  *  truncations, and become invalid when the cache grows or is destroyed.
  *  Destroy them with attn_tensor_destroy().
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_NO_MEMORY, ATTN_ERR_UNSUPPORTED
- *          (bf16 storage: attn_dtype has no bf16); on failure *k and *v are
- *          untouched. @since 0.1.0 */
+ *          (bf16, f16, int8 or int4 storage: attn_dtype has no such type; use
+ *          attn_kvcache_view_raw()); on failure *k and *v are untouched.
+ *          @since 0.1.0 */
 ATTN_API attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor **v);
+
+/** The stored bytes of a cache of any storage, with their scales: filled by
+ *  attn_kvcache_view_raw(). Pointers borrow the cache's memory (read only;
+ *  valid until the next append that grows the cache, or destroy).
+ *  Row r of (b, h) starts at byte ((b·H_kv + h)·capacity + r)·row_bytes of
+ *  @c k (or @c v); which position a row holds is as for attn_kvcache_view().
+ *  Element decoding by @c storage: NATIVE f32/f64; BF16 the top 16 bits of
+ *  an f32; F16 IEEE half; INT8 one byte u; INT4 nibbles (see
+ *  ::attn_kvcache_storage). Quantized rows decode with the scales:
+ *   k[p][c] = kscales[((b·H_kv + h)·k_groups + g mod k_groups)·2·d_k + c]·u
+ *             + kscales[… + d_k + c]   (g = ⌊p / G⌋; halves as uint16 bits),
+ *   v[p][c] = vscales[(((b·H_kv + h)·capacity + r)·(d_v / G) + c / G)·2]·u
+ *             + vscales[… + 1],
+ *  except that positions [G·⌊len_b/G⌋, len_b) of K are in f32 in
+ *  k_residual[((b·H_kv + h)·G + p mod G)·d_k + c] (their stored K rows are
+ *  stale). Always initialise with attn_kvcache_raw_init(). */
+typedef struct attn_kvcache_raw {
+  size_t struct_size;           /**< sizeof(attn_kvcache_raw), set by init */
+  attn_kvcache_storage storage; /**< the cache's storage */
+  attn_dtype dtype;             /**< the cache's dtype (of queries and appended rows) */
+  int64_t batch;                /**< B */
+  int64_t heads_kv;             /**< H_kv */
+  int64_t capacity;             /**< rows per (b, kv head) */
+  int64_t d_k;                  /**< key head dim */
+  int64_t d_v;                  /**< value head dim */
+  int64_t group_size;           /**< G (quantized storages; else 0) */
+  int64_t k_row_bytes;          /**< bytes per stored K row (padding included) */
+  int64_t v_row_bytes;          /**< bytes per stored V row */
+  const void *k;                /**< K rows */
+  const void *v;                /**< V rows */
+  int64_t k_groups;             /**< K scale slots per (b, kv head) (quantized; else 0) */
+  const uint16_t *k_scales;     /**< half floats, see above (NULL if not quantized) */
+  const uint16_t *v_scales;     /**< half floats, see above (NULL if not quantized) */
+  const float *k_residual;      /**< f32 K residual rows (NULL if not quantized) */
+  int64_t total_bytes;          /**< bytes of K and V rows, scales and residual */
+} attn_kvcache_raw;
+
+/** Fill @p raw with zeros and its struct_size. NULL is a no-op.
+ *  @param raw the struct to initialise. @since 0.2.0 */
+ATTN_API void attn_kvcache_raw_init(attn_kvcache_raw *raw);
+
+/** Describe the cache's stored bytes and scales (any storage; see
+ *  ::attn_kvcache_raw). Nothing is copied.
+ *  @param cache the cache.
+ *  @param raw   from attn_kvcache_raw_init(); filled on success, untouched on
+ *               failure.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (raw.struct_size
+ *          is not a size this library knows). @since 0.2.0 */
+ATTN_API attn_status attn_kvcache_view_raw(const attn_kvcache *cache, attn_kvcache_raw *raw);
 
 /** Opaque attend plan: a descriptor bound to a cache and query shapes. */
 typedef struct attn_kvcache_plan attn_kvcache_plan;
@@ -240,7 +353,13 @@ ATTN_API attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_de
  *  identical for any thread count. f32 with at most 8 stacked query rows
  *  (H/H_kv · n) uses AVX-512 loops when the CPU has them (and $ATTN_CPU does
  *  not lower the choice), otherwise OpenBLAS, which runs single-threaded
- *  inside (the caller's setting is restored).
+ *  inside (the caller's setting is restored). F16, INT8 and INT4 storage
+ *  with at most 8 stacked rows: loops that read the stored codes and
+ *  scales directly and widen/dequantize them in registers (AVX-512 or AVX2
+ *  with F16C, chosen at run time; $ATTN_CPU=avx2 or generic lowers the
+ *  choice); otherwise (more rows, or $ATTN_CPU=generic) each tile of at most
+ *  512 keys is widened into the plan's workspace and multiplied by GEMM.
+ *  Either way no f32 copy of the cache exists and nothing is allocated.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH,
  *          ATTN_ERR_INVALID_ARG (query_counts), ATTN_ERR_THREAD; on failure
  *          out and lse are not written. @since 0.1.0 */

@@ -22,6 +22,7 @@
 
 #include "blas/gemm.h"
 #include "cache/attend.h"
+#include "cache/attend_q.h"
 #include "cache/attend_simd.h"
 #include "kernels/vmath.h"
 
@@ -164,8 +165,10 @@ static bool size_workspace(attn_kvcache_plan *p, int32_t threads, size_t *bytes)
   p->at.O = attn_carve(&c, es, R, p->Dv, 1);
   p->at.M = attn_carve(&c, es, R, 1, 1);
   p->at.L = attn_carve(&c, es, R, 1, 1);
-  p->at.Kf = attn_carve(&c, sizeof(float), p->cache->bf16 ? p->bk : 0, p->Dk, 1);
-  p->at.Vf = attn_carve(&c, sizeof(float), p->cache->bf16 ? p->bk : 0, p->Dv, 1);
+  const bool widened = p->cache->storage != ATTN_KVCACHE_STORE_NATIVE;
+  p->at.Kf = attn_carve(&c, sizeof(float), widened ? p->bk : 0, p->Dk, 1);
+  p->at.Vf = attn_carve(&c, sizeof(float), widened ? p->bk : 0, p->Dv, 1);
+  p->at.Qd = attn_carve(&c, sizeof(float), p->qops ? attn_kvq_scratch(R, p->Dk) : 0, 1, 1);
   attn_carver part = attn_carver_start();
   attn_carve(&part, es, R, p->Dv, 1);
   p->pat.M = attn_carve(&part, es, R, 1, 1);
@@ -235,15 +238,20 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   attn_tmeta_record(&tmp.meta[KV_META_OUT], out);
   attn_tmeta_record(&tmp.meta[KV_META_LSE], lse);
 
+  /* Few stacked rows in f32: the hand-vectorised loops, if the CPU (and
+   * $ATTN_CPU, through the vector-math dispatch) allows AVX-512 (f32, bf16)
+   * or AVX-512/AVX2 (f16, int8, int4); else the GEMM path, which widens or
+   * dequantizes each tile into the slot's scratch. */
+  const char *isa = attn_vmath_get()->isa;
+  const bool avx512 = strcmp(isa, "avx512") == 0 && attn_kv_simd_available();
+  const bool few = tmp.n <= ATTN_KV_SPLIT_MAX_N && tmp.G * tmp.n <= ATTN_KV_SIMD_ROWS;
+  const bool wide = cache->storage == ATTN_KVCACHE_STORE_NATIVE || cache->bf16;
+  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && few && wide && avx512;
+  tmp.qops = few && !wide ? attn_kvq_ops_for(isa, cache) : NULL;
+  tmp.widen = cache->bf16 ? (avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32) : NULL;
   if (!size_workspace(&tmp, ctx->num_threads, &tmp.workspace_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "q: workspace size for %" PRId64 " heads × %" PRId64
                      " queries overflows", tmp.H, tmp.n);
-  /* Few stacked rows in f32: the hand-vectorised loops, if the CPU (and
-   * $ATTN_CPU, through the vector-math dispatch) allows AVX-512. */
-  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && tmp.R <= ATTN_KV_SIMD_ROWS &&
-             strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
-  const bool avx512 = strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
-  tmp.widen = avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_kvcache_plan *p = attn_alloc(ctx, sizeof *p);
   void *ws = attn_calloc(ctx, tmp.workspace_bytes); /* touched now, not in the first step */

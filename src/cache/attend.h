@@ -33,12 +33,15 @@ struct attn_kvcache_plan {
   int64_t bk;    /* key tile */
   int64_t wave;  /* split: chunks per (b, kv head) whose partials fit at once */
   attn_to_f32_fn widen; /* bf16 → f32: the storage row's converter, or its AVX-512 form */
+  const struct attn_kvq_ops *qops; /* f16/int8/int4, R ≤ ATTN_KV_SIMD_ROWS: attend_q.c loops */
   /* Workspace (byte offsets): a thread's slot holds Qs [R·Dk], S [R·bk],
-   * O [R·Dv], M, L [R] and, for bf16 storage, K and V tiles widened to f32;
+   * O [R·Dv], M, L [R], for storages other than native K and V tiles
+   * widened/dequantized to f32 (the GEMM path), and with qops the scores
+   * loop's folded queries Qd;
    * the shared area holds the split path's partial states (O, M, L each)
    * [B·Hkv·wave] then its accumulators [B·Hkv]. */
   struct {
-    size_t Qs, S, O, M, L, Kf, Vf;
+    size_t Qs, S, O, M, L, Kf, Vf, Qd;
   } at;
   size_t slot_bytes;
   struct {

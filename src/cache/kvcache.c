@@ -18,10 +18,63 @@ void attn_kvcache_config_init(attn_kvcache_config *cfg) {
   cfg->mode = ATTN_KVCACHE_LINEAR;
 }
 
-/* Bytes of one of K/V storage for `cap` rows of `d` elements; false on overflow. */
-static bool storage_bytes(const attn_kvcache *c, int64_t cap, int64_t d, size_t *bytes) {
-  const int64_t dims[4] = {c->B, c->Hkv, cap, d};
-  return attn_bytes_ok(dims, 4, c->es, bytes);
+/* Bytes of one of K/V storage for `cap` rows of `row` bytes; false on overflow. */
+static bool storage_bytes(const attn_kvcache *c, int64_t cap, size_t row, size_t *bytes) {
+  const int64_t dims[3] = {c->B, c->Hkv, cap};
+  return attn_bytes_ok(dims, 3, row, bytes);
+}
+
+/* Bytes of a stored row of d elements (padding included); false on overflow. */
+static bool row_bytes(const attn_kvcache *c, int64_t d, size_t *bytes) {
+  int64_t padded;
+  if (!attn_mul_ok(attn_cdiv64(d, c->store->pad), c->store->pad, &padded)) return false;
+  if (c->store->bits == 0) return attn_bytes_ok(&padded, 1, attn_dtype_size(c->dtype), bytes);
+  int64_t bits;
+  if (!attn_mul_ok(padded, c->store->bits, &bits)) return false;
+  const int64_t n = bits / 8;
+  return attn_bytes_ok(&n, 1, 1, bytes);
+}
+
+/* K scale slots for `cap` rows: ring caches reuse slot g mod (cap / G). */
+static int64_t kslots_for(const attn_kvcache *c, int64_t cap) {
+  return c->mode == ATTN_KVCACHE_RING ? cap / c->gs : attn_cdiv64(cap, c->gs);
+}
+
+/* Scale bytes of a quantized cache with `cap` rows; false on overflow. */
+static bool scale_bytes(const attn_kvcache *c, int64_t cap, size_t *ks, size_t *vs) {
+  if (!c->store->quant) {
+    *ks = *vs = 0;
+    return true;
+  }
+  const int64_t kd[5] = {c->B, c->Hkv, kslots_for(c, cap), 2, c->Dk};
+  const int64_t vd[5] = {c->B, c->Hkv, cap, c->ngv, 2};
+  return attn_bytes_ok(kd, 5, sizeof(uint16_t), ks) && attn_bytes_ok(vd, 5, sizeof(uint16_t), vs);
+}
+
+/* The group size of a quantized cache: explicit, or the default adapted to
+ * d_v (and a ring's capacity). */
+static attn_status pick_group(attn_context *ctx, const attn_kvcache_config *c, int64_t *gs) {
+  if (c->group_size < 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.group_size: %" PRId64 " must be >= 0",
+                     c->group_size);
+  if (c->group_size == 0) {
+    int64_t g = ATTN_KVCACHE_DEFAULT_GROUP;
+    while (g > 1 && (c->d_v % g != 0 || (c->mode == ATTN_KVCACHE_RING && c->capacity % g != 0)))
+      g /= 2;
+    *gs = g;
+    return ATTN_OK;
+  }
+  if (c->d_v % c->group_size != 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.group_size: %" PRId64 " does not divide d_v = %" PRId64, c->group_size,
+                     c->d_v);
+  if (c->mode == ATTN_KVCACHE_RING && c->capacity % c->group_size != 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.group_size: %" PRId64 " does not divide the ring's capacity %" PRId64
+                     " (a K scale group must not wrap)",
+                     c->group_size, c->capacity);
+  *gs = c->group_size;
+  return ATTN_OK;
 }
 
 attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
@@ -63,22 +116,30 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   if (c.mode != ATTN_KVCACHE_LINEAR && c.mode != ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.mode: %d is not an attn_kvcache_mode",
                      (int)c.mode);
-  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.storage != ATTN_KVCACHE_STORE_BF16)
+  const attn_kv_store *store = attn_kv_store_row(c.storage);
+  if (store == NULL)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.storage: %d is not an attn_kvcache_storage",
                      (int)c.storage);
-  if (c.storage == ATTN_KVCACHE_STORE_BF16 && c.dtype != ATTN_DTYPE_F32)
-    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: bf16 storage needs dtype f32 (got %s)",
-                     attn_dtype_name(c.dtype));
+  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.dtype != ATTN_DTYPE_F32)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: %s storage needs dtype f32 (got %s)",
+                     store->name, attn_dtype_name(c.dtype));
   if (c.grow && c.mode == ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.grow: a ring cache has a fixed window and cannot grow");
+
+  int64_t gs = 0;
+  attn_status st;
+  if (store->quant && (st = pick_group(ctx, &c, &gs)) != ATTN_OK) return st;
 
   attn_kvcache tmp;
   memset(&tmp, 0, sizeof tmp);
   tmp.ctx = ctx;
   tmp.dtype = c.dtype;
+  tmp.storage = c.storage;
+  tmp.store = store;
   tmp.bf16 = c.storage == ATTN_KVCACHE_STORE_BF16;
-  tmp.es = tmp.bf16 ? 2 : attn_dtype_size(c.dtype);
+  tmp.es = store->quant ? 0 : store->bits ? (size_t)store->bits / 8 : attn_dtype_size(c.dtype);
+  tmp.gs = gs;
   tmp.mode = c.mode;
   tmp.grow = c.grow != 0;
   tmp.B = c.batch;
@@ -86,9 +147,18 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   tmp.Dk = c.d_k;
   tmp.Dv = c.d_v;
   tmp.cap = c.capacity;
+  if (store->quant) {
+    tmp.ngv = tmp.Dv / gs;
+    tmp.kslots = kslots_for(&tmp, tmp.cap);
+  }
   int64_t two_b;
-  if (!storage_bytes(&tmp, tmp.cap, tmp.Dk, &tmp.k_bytes) ||
-      !storage_bytes(&tmp, tmp.cap, tmp.Dv, &tmp.v_bytes) || !attn_mul_ok(2, tmp.B, &two_b) ||
+  const int64_t rdims[4] = {tmp.B, tmp.Hkv, gs, tmp.Dk};
+  if (!row_bytes(&tmp, tmp.Dk, &tmp.krow) || !row_bytes(&tmp, tmp.Dv, &tmp.vrow) ||
+      !storage_bytes(&tmp, tmp.cap, tmp.krow, &tmp.k_bytes) ||
+      !storage_bytes(&tmp, tmp.cap, tmp.vrow, &tmp.v_bytes) ||
+      !scale_bytes(&tmp, tmp.cap, &tmp.ks_bytes, &tmp.vs_bytes) ||
+      !attn_bytes_ok(rdims, 4, store->quant ? sizeof(float) : 0, &tmp.kres_bytes) ||
+      !attn_mul_ok(2, tmp.B, &two_b) ||
       !attn_bytes_ok(&two_b, 1, sizeof(int64_t), &tmp.meta_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                      "cfg: batch·heads_kv·capacity·d (%" PRId64 "·%" PRId64 "·%" PRId64
@@ -98,7 +168,18 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   attn_kvcache *cache = attn_alloc(ctx, sizeof *cache);
   int64_t *meta = attn_calloc(ctx, tmp.meta_bytes);
   void *k = attn_calloc(ctx, tmp.k_bytes), *v = attn_calloc(ctx, tmp.v_bytes);
-  if (cache == NULL || meta == NULL || k == NULL || v == NULL) {
+  uint16_t *ks = NULL, *vs = NULL;
+  float *kres = NULL;
+  if (store->quant) {
+    ks = attn_calloc(ctx, tmp.ks_bytes);
+    vs = attn_calloc(ctx, tmp.vs_bytes);
+    kres = attn_calloc(ctx, tmp.kres_bytes);
+  }
+  if (cache == NULL || meta == NULL || k == NULL || v == NULL ||
+      (store->quant && (ks == NULL || vs == NULL || kres == NULL))) {
+    attn_free(ctx, kres, tmp.kres_bytes);
+    attn_free(ctx, vs, tmp.vs_bytes);
+    attn_free(ctx, ks, tmp.ks_bytes);
     attn_free(ctx, v, tmp.v_bytes);
     attn_free(ctx, k, tmp.k_bytes);
     attn_free(ctx, meta, tmp.meta_bytes);
@@ -109,6 +190,9 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   *cache = tmp;
   cache->k = k;
   cache->v = v;
+  cache->ks = ks;
+  cache->vs = vs;
+  cache->kres = kres;
   cache->len = meta;
   cache->first = meta + tmp.B;
   *out = cache;
@@ -122,6 +206,11 @@ attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n) {
   if (cache->mode != ATTN_KVCACHE_RING)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cache: keeping the first positions needs a ring cache (this one is linear)");
+  if (n > 0 && cache->store->quant)
+    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                     "cache: keeping the first positions needs an element-wise storage (this one "
+                     "is %s)",
+                     cache->store->name);
   if (n < 0 || n > cache->cap)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "n: %" PRId64 " is outside 0..capacity = %" PRId64,
                      n, cache->cap);
@@ -134,8 +223,8 @@ attn_status attn_kvcache_set_keep_first(attn_kvcache *cache, int64_t n) {
   size_t kb = 0, vb = 0;
   void *sk = NULL, *sv = NULL;
   if (n > 0) { /* n ≤ capacity: the sizes cannot overflow where the ring's did not */
-    storage_bytes(cache, n, cache->Dk, &kb);
-    storage_bytes(cache, n, cache->Dv, &vb);
+    storage_bytes(cache, n, cache->krow, &kb);
+    storage_bytes(cache, n, cache->vrow, &vb);
     sk = attn_calloc(ctx, kb);
     sv = attn_calloc(ctx, vb);
     if (sk == NULL || sv == NULL) {
@@ -160,6 +249,9 @@ void attn_kvcache_destroy(attn_kvcache *cache) {
   attn_context *ctx = cache->ctx;
   attn_free(ctx, cache->k, cache->k_bytes);
   attn_free(ctx, cache->v, cache->v_bytes);
+  attn_free(ctx, cache->ks, cache->ks_bytes);
+  attn_free(ctx, cache->vs, cache->vs_bytes);
+  attn_free(ctx, cache->kres, cache->kres_bytes);
   attn_free(ctx, cache->sk, cache->sk_bytes);
   attn_free(ctx, cache->sv, cache->sv_bytes);
   attn_free(ctx, cache->len, cache->meta_bytes);
@@ -184,18 +276,24 @@ static attn_status check_new(const attn_kvcache *c, const char *name, const attn
   return ATTN_OK;
 }
 
-/* Copy rows [r0, r0 + nr) of src[b, h] to storage rows starting at position p. */
-static void copy_rows(const attn_kvcache *c, void *dst_base, int64_t d, const attn_tensor *src,
-                      int64_t b, int64_t h, int64_t r0, int64_t nr, int64_t p) {
+/* Copy rows [r0, r0 + nr) of src[b, h] to storage rows starting at position
+ * p (element-wise storages; quantized ones go through quant_rows). */
+static void copy_rows(const attn_kvcache *c, void *dst_base, size_t rb, int64_t d,
+                      const attn_tensor *src, int64_t b, int64_t h, int64_t r0, int64_t nr,
+                      int64_t p) {
   const size_t es = attn_dtype_size(c->dtype);
-  char *dst = (char *)dst_base + (size_t)((b * c->Hkv + h) * c->cap * d) * c->es;
+  char *dst = (char *)dst_base + (size_t)((b * c->Hkv + h) * c->cap) * rb;
   const char *s = (const char *)src->data;
   for (int64_t r = 0; r < nr; r++) {
-    char *row = dst + (size_t)(attn_kv_row(c, p + r) * d) * c->es;
+    char *row = dst + (size_t)attn_kv_row(c, p + r) * rb;
     const char *srow = s + (size_t)attn_off4(src, b, h, r0 + r, 0) * es;
-    if (c->bf16) {
+    const attn_dtype_traits *elem = c->store->elem != 0 ? attn_dtype_info(c->store->elem) : NULL;
+    if (elem != NULL) { /* bf16, f16: the storage row's converter */
       const float *f = (const float *)(const void *)srow;
-      for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)row)[x] = attn_f32_to_bf16(f[x * src->strides[3]]);
+      if (src->strides[3] == 1 || d == 1)
+        elem->from_f32(f, row, d);
+      else
+        for (int64_t x = 0; x < d; x++) elem->from_f32(f + x * src->strides[3], row + (size_t)x * elem->size, 1);
     } else if (src->strides[3] == 1 || d == 1) {
       memmove(row, srow, (size_t)d * es);
     } else if (es == 4) {
@@ -208,6 +306,29 @@ static void copy_rows(const attn_kvcache *c, void *dst_base, int64_t d, const at
   }
 }
 
+/* Quantized storages: positions p .. p + nr − 1 of (b, h) from rows
+ * r0.. of k_new/v_new. V rows are quantized now; K rows go to the residual
+ * and each group is quantized when its last position arrives. */
+static void quant_rows(attn_kvcache *c, const attn_tensor *kn, const attn_tensor *vn, int64_t b,
+                       int64_t h, int64_t r0, int64_t nr, int64_t p) {
+  const int64_t bh = b * c->Hkv + h, G = c->gs, Dk = c->Dk;
+  uint8_t *kb = (uint8_t *)c->k + (size_t)(bh * c->cap) * c->krow;
+  uint8_t *vb = (uint8_t *)c->v + (size_t)(bh * c->cap) * c->vrow;
+  float *res = c->kres + (size_t)(bh * G * Dk);
+  const float *ks = kn->data, *vs = vn->data;
+  for (int64_t r = 0; r < nr; r++) {
+    const int64_t pos = p + r, row = attn_kv_row(c, pos);
+    attn_kv_quant_v(c, vs + attn_off4(vn, b, h, r0 + r, 0), vn->strides[3],
+                    vb + (size_t)row * c->vrow, c->vs + (size_t)((bh * c->cap + row) * c->ngv) * 2);
+    const float *kr = ks + attn_off4(kn, b, h, r0 + r, 0);
+    float *dst = res + (pos % G) * Dk;
+    for (int64_t x = 0; x < Dk; x++) dst[x] = kr[x * kn->strides[3]];
+    if ((pos + 1) % G == 0) /* the group is complete; it never wraps */
+      attn_kv_quant_k(c, res, kb + (size_t)attn_kv_row(c, pos + 1 - G) * c->krow,
+                      c->ks + (size_t)((bh * c->kslots + (pos / G) % c->kslots) * 2 * Dk));
+  }
+}
+
 /* Linear mode with growth: reallocate K and V to at least `need` rows,
  * keeping rows [0, len_b). */
 static attn_status grow_to(attn_kvcache *c, int64_t need) {
@@ -215,34 +336,60 @@ static attn_status grow_to(attn_kvcache *c, int64_t need) {
   int64_t cap = c->cap;
   int64_t doubled = cap <= ATTN_KV_MAX_POSITION / 2 ? 2 * cap : ATTN_KV_MAX_POSITION;
   int64_t new_cap = need > doubled ? need : doubled;
-  size_t kb, vb;
-  if (!storage_bytes(c, new_cap, c->Dk, &kb) || !storage_bytes(c, new_cap, c->Dv, &vb)) {
+  size_t kb, vb, ksb, vsb;
+  if (!storage_bytes(c, new_cap, c->krow, &kb) || !storage_bytes(c, new_cap, c->vrow, &vb) ||
+      !scale_bytes(c, new_cap, &ksb, &vsb)) {
     new_cap = need; /* doubling overflows: try exactly what is needed */
-    if (!storage_bytes(c, new_cap, c->Dk, &kb) || !storage_bytes(c, new_cap, c->Dv, &vb))
+    if (!storage_bytes(c, new_cap, c->krow, &kb) || !storage_bytes(c, new_cap, c->vrow, &vb) ||
+        !scale_bytes(c, new_cap, &ksb, &vsb))
       return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                        "k_new: growing the cache to %" PRId64 " positions overflows", need);
   }
   char *k = attn_alloc(ctx, kb), *v = attn_alloc(ctx, vb);
-  if (k == NULL || v == NULL) {
+  uint16_t *ks = NULL, *vs = NULL;
+  if (c->store->quant) {
+    ks = attn_calloc(ctx, ksb);
+    vs = attn_calloc(ctx, vsb);
+  }
+  if (k == NULL || v == NULL || (c->store->quant && (ks == NULL || vs == NULL))) {
     attn_free(ctx, k, kb);
     attn_free(ctx, v, vb);
+    attn_free(ctx, ks, ksb);
+    attn_free(ctx, vs, vsb);
     return attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "k_new: cannot grow the cache to %" PRId64 " positions (%zu bytes)", new_cap,
                      kb + vb);
   }
-  const size_t es = c->es;
+  const int64_t new_slots = c->store->quant ? kslots_for(c, new_cap) : 0;
   for (int64_t b = 0; b < c->B; b++)
     for (int64_t h = 0; h < c->Hkv; h++) {
       size_t bh = (size_t)(b * c->Hkv + h);
-      memcpy(k + bh * (size_t)(new_cap * c->Dk) * es,
-             (const char *)c->k + bh * (size_t)(cap * c->Dk) * es,
-             (size_t)(c->len[b] * c->Dk) * es);
-      memcpy(v + bh * (size_t)(new_cap * c->Dv) * es,
-             (const char *)c->v + bh * (size_t)(cap * c->Dv) * es,
-             (size_t)(c->len[b] * c->Dv) * es);
+      /* Rows beyond len hold zeros (or stale data), as after create. */
+      memset(k + bh * (size_t)new_cap * c->krow, 0, (size_t)new_cap * c->krow);
+      memset(v + bh * (size_t)new_cap * c->vrow, 0, (size_t)new_cap * c->vrow);
+      memcpy(k + bh * (size_t)new_cap * c->krow, (const char *)c->k + bh * (size_t)cap * c->krow,
+             (size_t)c->len[b] * c->krow);
+      memcpy(v + bh * (size_t)new_cap * c->vrow, (const char *)c->v + bh * (size_t)cap * c->vrow,
+             (size_t)c->len[b] * c->vrow);
+      if (c->store->quant) {
+        const size_t kslot = (size_t)(2 * c->Dk), vr = (size_t)(2 * c->ngv);
+        memcpy(ks + bh * (size_t)new_slots * kslot, c->ks + bh * (size_t)c->kslots * kslot,
+               (size_t)c->kslots * kslot * sizeof *ks);
+        memcpy(vs + bh * (size_t)new_cap * vr, c->vs + bh * (size_t)cap * vr,
+               (size_t)c->len[b] * vr * sizeof *vs);
+      }
     }
   attn_free(ctx, c->k, c->k_bytes);
   attn_free(ctx, c->v, c->v_bytes);
+  if (c->store->quant) {
+    attn_free(ctx, c->ks, c->ks_bytes);
+    attn_free(ctx, c->vs, c->vs_bytes);
+    c->ks = ks;
+    c->vs = vs;
+    c->ks_bytes = ksb;
+    c->vs_bytes = vsb;
+    c->kslots = new_slots;
+  }
   c->k = k;
   c->v = v;
   c->k_bytes = kb;
@@ -290,18 +437,27 @@ attn_status attn_kvcache_append(attn_kvcache *cache, const attn_tensor *k_new,
     if (nb == 0) continue;
     /* Ring: of more rows than fit, only the last cap are stored. */
     int64_t skip = nb > cache->cap ? nb - cache->cap : 0;
+    /* Quantized: start at the skipped part's last K group boundary (or the
+     * current length), so every group is complete when it is quantized;
+     * the rows written too early are overwritten later in this call. */
+    if (cache->store->quant && skip > 0)
+      skip = attn_max64(0, (cache->len[b] + skip) / cache->gs * cache->gs - cache->len[b]);
     int64_t p = cache->len[b] + skip;
     for (int64_t h = 0; h < cache->Hkv; h++) {
-      copy_rows(cache, cache->k, cache->Dk, k_new, b, h, skip, nb - skip, p);
-      copy_rows(cache, cache->v, cache->Dv, v_new, b, h, skip, nb - skip, p);
+      if (cache->store->quant) {
+        quant_rows(cache, k_new, v_new, b, h, skip, nb - skip, p);
+        continue;
+      }
+      copy_rows(cache, cache->k, cache->krow, cache->Dk, k_new, b, h, skip, nb - skip, p);
+      copy_rows(cache, cache->v, cache->vrow, cache->Dv, v_new, b, h, skip, nb - skip, p);
     }
     /* Kept first positions: also into their own storage. */
     const int64_t nk = attn_min64(cache->len[b] + nb, cache->keep) - cache->len[b];
     if (nk > 0) {
       const attn_kvcache sink = attn_kv_sink_view(cache);
       for (int64_t h = 0; h < cache->Hkv; h++) {
-        copy_rows(&sink, sink.k, cache->Dk, k_new, b, h, 0, nk, cache->len[b]);
-        copy_rows(&sink, sink.v, cache->Dv, v_new, b, h, 0, nk, cache->len[b]);
+        copy_rows(&sink, sink.k, cache->krow, cache->Dk, k_new, b, h, 0, nk, cache->len[b]);
+        copy_rows(&sink, sink.v, cache->vrow, cache->Dv, v_new, b, h, 0, nk, cache->len[b]);
       }
     }
     cache->len[b] += nb;
@@ -331,6 +487,14 @@ attn_status attn_kvcache_truncate(attn_kvcache *cache, const int64_t *lengths) {
                        b, lengths[b], cache->first[b]);
   }
   for (int64_t b = 0; b < cache->B; b++) {
+    /* Quantized: rolling back into a completed K group moves its kept
+     * positions back into the residual, as their dequantized values. */
+    const int64_t l = lengths[b], g0 = l / (cache->gs ? cache->gs : 1) * cache->gs;
+    if (cache->store->quant && l < attn_kv_qlen(cache, b) && l > g0)
+      for (int64_t h = 0; h < cache->Hkv; h++)
+        attn_kv_dequant(cache, true, b, h, g0, l - g0,
+                        cache->kres + (size_t)(((b * cache->Hkv + h) * cache->gs) * cache->Dk),
+                        NULL);
     cache->len[b] = lengths[b];
     if (lengths[b] == 0) cache->first[b] = 0; /* empty: nothing evicted is needed */
   }
@@ -349,7 +513,8 @@ int64_t attn_kvcache_capacity(const attn_kvcache *cache) { return cache ? cache-
 
 size_t attn_kvcache_memory_size(const attn_kvcache *cache) {
   if (cache == NULL) return 0;
-  return cache->k_bytes + cache->v_bytes + cache->sk_bytes + cache->sv_bytes + cache->meta_bytes +
+  return cache->k_bytes + cache->v_bytes + cache->ks_bytes + cache->vs_bytes +
+         cache->kres_bytes + cache->sk_bytes + cache->sv_bytes + cache->meta_bytes +
          sizeof *cache;
 }
 
@@ -359,9 +524,11 @@ attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor 
   attn_clear_error(ctx);
   ATTN_CHECK_NULL(ctx, k);
   ATTN_CHECK_NULL(ctx, v);
-  if (cache->bf16)
+  if (cache->storage != ATTN_KVCACHE_STORE_NATIVE)
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
-                     "cache: stores bf16, which attn_tensor cannot describe; no views");
+                     "cache: stores %s, which attn_tensor cannot describe as floats; use "
+                     "attn_kvcache_view_raw()",
+                     cache->store->name);
   const int64_t ks[4] = {cache->B, cache->Hkv, cache->cap, cache->Dk};
   const int64_t vs[4] = {cache->B, cache->Hkv, cache->cap, cache->Dv};
   attn_tensor *tk = NULL, *tv = NULL;
@@ -373,5 +540,45 @@ attn_status attn_kvcache_view(attn_kvcache *cache, attn_tensor **k, attn_tensor 
   }
   *k = tk;
   *v = tv;
+  return ATTN_OK;
+}
+
+void attn_kvcache_raw_init(attn_kvcache_raw *raw) {
+  if (raw == NULL) return;
+  memset(raw, 0, sizeof *raw);
+  raw->struct_size = sizeof *raw;
+}
+
+attn_status attn_kvcache_view_raw(const attn_kvcache *cache, attn_kvcache_raw *raw) {
+  if (cache == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = cache->ctx;
+  attn_clear_error(ctx);
+  ATTN_CHECK_NULL(ctx, raw);
+  if (raw->struct_size != sizeof *raw)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "raw.struct_size: %zu is not a size this library knows (%zu); call "
+                     "attn_kvcache_raw_init()",
+                     raw->struct_size, sizeof *raw);
+  attn_kvcache_raw r;
+  attn_kvcache_raw_init(&r);
+  r.storage = cache->storage;
+  r.dtype = cache->dtype;
+  r.batch = cache->B;
+  r.heads_kv = cache->Hkv;
+  r.capacity = cache->cap;
+  r.d_k = cache->Dk;
+  r.d_v = cache->Dv;
+  r.group_size = cache->gs;
+  r.k_row_bytes = (int64_t)cache->krow;
+  r.v_row_bytes = (int64_t)cache->vrow;
+  r.k = cache->k;
+  r.v = cache->v;
+  r.k_groups = cache->kslots;
+  r.k_scales = cache->ks;
+  r.v_scales = cache->vs;
+  r.k_residual = cache->kres;
+  r.total_bytes = (int64_t)(cache->k_bytes + cache->v_bytes + cache->ks_bytes + cache->vs_bytes +
+                            cache->kres_bytes);
+  *raw = r;
   return ATTN_OK;
 }

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --causal) causal=true ;;
     --mass|--sinks) ;;
     --json) json=1 ;;
-    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--seqs) shift ;;
+    --B|--H|--D|--dtype|--Hkv|--Sq|--Sk|--window|--features|--rank|--block|--kv-storage|--seqs) shift ;;
     *) echo "fake attn-bench: unknown flag $1" >&2; exit 2 ;;
   esac
   shift

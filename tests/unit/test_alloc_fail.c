@@ -313,6 +313,73 @@ static attn_status op_forward(af_fx *f, void **h) {
   return st;
 }
 
+/* KV cache with a reduced storage: create, append every row of k/v, plan
+ * (decode: one query; prefill: all SQ queries). The bundle is test memory;
+ * everything in it comes from the context's allocator. */
+typedef struct kv_bundle {
+  attn_kvcache *cache;
+  attn_kvcache_plan *plan;
+  attn_tensor *q, *out;
+} kv_bundle;
+
+static void destroy_kv(void *h) {
+  kv_bundle *k = h;
+  attn_kvcache_plan_destroy(k->plan);
+  attn_kvcache_destroy(k->cache);
+  attn_tensor_destroy(k->q);
+  attn_tensor_destroy(k->out);
+  free(k);
+}
+
+static attn_status kv_op(af_fx *f, void **h, attn_kvcache_storage storage, attn_kvcache_mode mode,
+                         bool grow, int64_t n) {
+  kv_bundle *k = calloc(1, sizeof *k);
+  assert_non_null(k);
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.batch = B_;
+  cfg.heads_kv = HKV;
+  cfg.capacity = grow ? 16 : 96;
+  cfg.d_k = D_;
+  cfg.mode = mode;
+  cfg.grow = grow;
+  cfg.storage = storage;
+  cfg.group_size = 8;
+  const int64_t qs[4] = {B_, H_, n, D_};
+  attn_status st = attn_kvcache_create(f->ctx, &cfg, &k->cache);
+  if (st == ATTN_OK) st = attn_kvcache_append(k->cache, f->k, f->v, NULL);
+  if (st == ATTN_OK) st = attn_tensor_create(f->ctx, ATTN_DTYPE_F32, 4, qs, &k->q);
+  if (st == ATTN_OK) st = attn_tensor_create(f->ctx, ATTN_DTYPE_F32, 4, qs, &k->out);
+  if (st == ATTN_OK) st = attn_kvcache_plan_create(k->cache, f->desc, k->q, k->out, NULL, &k->plan);
+  if (st != ATTN_OK) {
+    destroy_kv(k);
+    return st;
+  }
+  *h = k;
+  return ATTN_OK;
+}
+static void use_kv(af_fx *f, void *h) {
+  kv_bundle *k = h;
+  int64_t before = f->cnt->allocs;
+  /* A ring cache appends in place; execute never allocates. */
+  if (attn_kvcache_capacity(k->cache) == 96)
+    assert_int_equal(attn_kvcache_append(k->cache, f->k, f->v, NULL), ATTN_OK);
+  assert_int_equal(attn_kvcache_plan_execute(k->plan, k->q, k->out, NULL, NULL), ATTN_OK);
+  assert_int_equal(f->cnt->allocs, before);
+}
+static attn_status op_kv_int8_decode(af_fx *f, void **h) {
+  return kv_op(f, h, ATTN_KVCACHE_STORE_INT8, ATTN_KVCACHE_RING, false, 1);
+}
+static attn_status op_kv_int4_prefill(af_fx *f, void **h) {
+  return kv_op(f, h, ATTN_KVCACHE_STORE_INT4, ATTN_KVCACHE_RING, false, SQ);
+}
+static attn_status op_kv_f16_decode(af_fx *f, void **h) {
+  return kv_op(f, h, ATTN_KVCACHE_STORE_F16, ATTN_KVCACHE_RING, false, 1);
+}
+static attn_status op_kv_int8_grow(af_fx *f, void **h) {
+  return kv_op(f, h, ATTN_KVCACHE_STORE_INT8, ATTN_KVCACHE_LINEAR, true, 1);
+}
+
 static attn_status op_backward(af_fx *f, void **h) {
   return attn_backward_plan_create(f->fwd, f->dout, f->dq, f->dk, f->dv, f->dmask,
                                    (attn_backward_plan **)h);
@@ -351,6 +418,10 @@ static const af_row rows[] = {
     {"forward_varlen_sinks_mass", 1, ATTN_DTYPE_F64, cfg_varlen_sinks_mass, op_forward, NULL, NULL},
     {"forward_everything", 3, ATTN_DTYPE_F32, cfg_everything, op_forward, NULL, NULL},
     {"forward_additive", 1, ATTN_DTYPE_F64, cfg_additive, op_forward, NULL, NULL},
+    {"kvcache_int8_ring_decode", 2, ATTN_DTYPE_F32, cfg_causal, op_kv_int8_decode, destroy_kv, use_kv},
+    {"kvcache_int4_ring_prefill", 1, ATTN_DTYPE_F32, cfg_causal, op_kv_int4_prefill, destroy_kv, use_kv},
+    {"kvcache_f16_ring_decode", 3, ATTN_DTYPE_F32, cfg_causal, op_kv_f16_decode, destroy_kv, use_kv},
+    {"kvcache_int8_grow", 2, ATTN_DTYPE_F32, cfg_causal, op_kv_int8_grow, destroy_kv, use_kv},
     {"backward_everything", 3, ATTN_DTYPE_F32, cfg_backward, op_backward, destroy_backward,
      use_backward},
     {"backward_f64", 1, ATTN_DTYPE_F64, cfg_backward, op_backward, destroy_backward,

@@ -446,6 +446,81 @@ static attn_status mass_plan(fx *f, attn_tensor *mass) {
 #define SHP(...) ((const int64_t[]){__VA_ARGS__})
 #define STR(...) ((const int64_t[]){__VA_ARGS__})
 
+/* A KV cache (B_, 1 kv head, d = D_) with this storage, dtype, group size,
+ * mode and capacity; must fail, leaving the handle alone. */
+static attn_status KVC(fx *f, attn_kvcache_storage st, attn_dtype dt, int64_t group,
+                       attn_kvcache_mode mode, int64_t cap) {
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.batch = B_;
+  cfg.capacity = cap;
+  cfg.d_k = D_;
+  cfg.dtype = dt;
+  cfg.mode = mode;
+  cfg.storage = st;
+  cfg.group_size = group;
+  attn_kvcache *c = HANDLE_CANARY;
+  attn_status r = attn_kvcache_create(f->ctx, &cfg, &c);
+  if (c != HANDLE_CANARY) {
+    CASE_FAIL("attn_kvcache_create wrote *out on failure");
+    if (r == ATTN_OK) attn_kvcache_destroy(c);
+  }
+  return r;
+}
+
+/* A valid cache of storage st, then: how 0 = attn_kvcache_view (float
+ * views, into f->ht twice), 1 = attn_kvcache_view_raw(NULL), 2 = a raw view
+ * with a bad struct_size (whose other bytes must stay untouched). */
+static attn_status kv_view(fx *f, attn_kvcache_storage st, int how) {
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.capacity = 8;
+  cfg.d_k = 32;
+  cfg.storage = st;
+  attn_kvcache *c = NULL;
+  must(attn_kvcache_create(f->ctx, &cfg, &c));
+  snprintf(f->ctx->last_error, sizeof f->ctx->last_error, "(stale message)");
+  attn_status r;
+  if (how == 0) {
+    attn_tensor *v = HANDLE_CANARY;
+    r = attn_kvcache_view(c, &f->ht, &v);
+    if (v != HANDLE_CANARY) CASE_FAIL("attn_kvcache_view wrote *v on failure");
+  } else if (how == 1) {
+    r = attn_kvcache_view_raw(c, NULL);
+  } else {
+    attn_kvcache_raw raw;
+    memset(&raw, CANARY_BYTE, sizeof raw);
+    raw.struct_size = sizeof raw - 8;
+    r = attn_kvcache_view_raw(c, &raw);
+    const unsigned char *b = (const unsigned char *)&raw + sizeof raw.struct_size;
+    for (size_t i = 0; i < sizeof raw - sizeof raw.struct_size; i++)
+      if (b[i] != CANARY_BYTE) {
+        CASE_FAIL("attn_kvcache_view_raw wrote the struct on failure");
+        break;
+      }
+  }
+  /* Keep the message past destroy (destroy does not touch it). */
+  attn_kvcache_destroy(c);
+  return r;
+}
+
+/* A valid ring cache of storage st, then keep_first = 2 (quantized
+ * storages have no kept-first store: unsupported, keep stays 0). */
+static attn_status kv_keep(fx *f, attn_kvcache_storage st) {
+  attn_kvcache_config cfg;
+  attn_kvcache_config_init(&cfg);
+  cfg.capacity = 8;
+  cfg.d_k = 32;
+  cfg.mode = ATTN_KVCACHE_RING;
+  cfg.storage = st;
+  cfg.group_size = 8;
+  attn_kvcache *c = NULL;
+  must(attn_kvcache_create(f->ctx, &cfg, &c));
+  const attn_status r = attn_kvcache_set_keep_first(c, 2);
+  attn_kvcache_destroy(c);
+  return r;
+}
+
 /* name, expected status, substring of the message (NOCTX: none reachable), call */
 #define BAD_CASES(X)                                                                              \
   /* ---- context ---- */                                                                         \
@@ -833,6 +908,29 @@ static attn_status mass_plan(fx *f, attn_tensor *mass) {
     attn_plan_block_layout(f->plan, f->buf, &f->size))                                            \
   X(redraw_plan_null, ATTN_ERR_NULL_ARG, NOCTX, attn_plan_redraw_features(NULL, 1))               \
   X(redraw_exact_plan, ATTN_ERR_UNSUPPORTED, "random features", attn_plan_redraw_features(f->plan, 1)) \
+  /* ---- KV cache storages ---- */                                                              \
+  X(kvcache_int8_with_f64, ATTN_ERR_DTYPE, "cfg.storage",                                         \
+    KVC(f, ATTN_KVCACHE_STORE_INT8, ATTN_DTYPE_F64, 0, ATTN_KVCACHE_LINEAR, 8))                  \
+  X(kvcache_int4_with_f64, ATTN_ERR_DTYPE, "cfg.storage",                                         \
+    KVC(f, ATTN_KVCACHE_STORE_INT4, ATTN_DTYPE_F64, 0, ATTN_KVCACHE_LINEAR, 8))                  \
+  X(kvcache_f16_with_f64, ATTN_ERR_DTYPE, "cfg.storage",                                          \
+    KVC(f, ATTN_KVCACHE_STORE_F16, ATTN_DTYPE_F64, 0, ATTN_KVCACHE_LINEAR, 8))                   \
+  X(kvcache_storage_5, ATTN_ERR_INVALID_ARG, "cfg.storage",                                       \
+    KVC(f, (attn_kvcache_storage)5, ATTN_DTYPE_F32, 0, ATTN_KVCACHE_LINEAR, 8))                  \
+  X(kvcache_group_not_dividing_d, ATTN_ERR_INVALID_ARG, "cfg.group_size",                         \
+    KVC(f, ATTN_KVCACHE_STORE_INT4, ATTN_DTYPE_F32, 3, ATTN_KVCACHE_LINEAR, 8))                  \
+  X(kvcache_group_negative, ATTN_ERR_INVALID_ARG, "cfg.group_size",                               \
+    KVC(f, ATTN_KVCACHE_STORE_INT8, ATTN_DTYPE_F32, -4, ATTN_KVCACHE_LINEAR, 8))                 \
+  X(kvcache_group_not_dividing_ring, ATTN_ERR_INVALID_ARG, "cfg.group_size",                      \
+    KVC(f, ATTN_KVCACHE_STORE_INT8, ATTN_DTYPE_F32, 4, ATTN_KVCACHE_RING, 6))                    \
+  X(kvcache_view_int4_as_floats, ATTN_ERR_UNSUPPORTED, "int4", kv_view(f, ATTN_KVCACHE_STORE_INT4, 0)) \
+  X(kvcache_view_int8_as_floats, ATTN_ERR_UNSUPPORTED, "int8", kv_view(f, ATTN_KVCACHE_STORE_INT8, 0)) \
+  X(kvcache_view_raw_null, ATTN_ERR_NULL_ARG, "raw", kv_view(f, ATTN_KVCACHE_STORE_INT4, 1))      \
+  X(kvcache_view_raw_struct_size, ATTN_ERR_INVALID_ARG, "raw.struct_size",                        \
+    kv_view(f, ATTN_KVCACHE_STORE_INT4, 2))                                                       \
+  X(kvcache_view_raw_cache_null, ATTN_ERR_NULL_ARG, NOCTX, attn_kvcache_view_raw(NULL, NULL)) \
+  X(kvcache_keep_first_int8, ATTN_ERR_UNSUPPORTED, "int8", kv_keep(f, ATTN_KVCACHE_STORE_INT8)) \
+  X(kvcache_keep_first_int4, ATTN_ERR_UNSUPPORTED, "int4", kv_keep(f, ATTN_KVCACHE_STORE_INT4)) \
   /* ---- backward ---- */                                                                        \
   X(backward_forward_null, ATTN_ERR_NULL_ARG, NOCTX, BP(f, NULL, 0, GQ(f)))                       \
   X(backward_out_null, ATTN_ERR_NULL_ARG, "plan",                                                 \

@@ -339,7 +339,9 @@ static void kvcache_sinks_match_reference(void **state) {
 /* StreamingLLM: a ring cache of W positions that keeps its first n_keep
  * positions for good; decode (split path) and a 20-query step (blocked
  * path) against the reference restricted to j < n_keep or j ≥ L − W, with
- * and without sink logits, native and bf16-free f32/f64. */
+ * and without sink logits, native and bf16-free f32/f64, and f32 with f16
+ * storage (the kept rows in f16 too; data f16-representable, so the same
+ * reference applies). */
 typedef struct keep_pred {
   int64_t keep, from;
 } keep_pred;
@@ -352,10 +354,10 @@ static bool keep_first_pred(void *u, int64_t b, int64_t h, int64_t i, int64_t j)
 static void kvcache_keep_first_matches_reference(void **state) {
   (void)state;
   const int64_t B = 2, Hkv = 2, H = 4, D = 16, W = 700, L = 2100, NK = 4;
-  for (int dt = 0; dt < 2; dt++)
+  for (int dt = 0; dt < 3; dt++)
     for (int step = 0; step < 2; step++) {
       const int64_t n = step ? 20 : 1;
-      const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
+      const attn_dtype T = dt == 1 ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
       uint64_t seed = 501 + (uint64_t)(dt * 2 + step);
       attn_context *ctx = tu_context(2);
       attn_kvcache_config cfg;
@@ -366,6 +368,7 @@ static void kvcache_keep_first_matches_reference(void **state) {
       cfg.d_k = D;
       cfg.dtype = T;
       cfg.mode = ATTN_KVCACHE_RING;
+      if (dt == 2) cfg.storage = ATTN_KVCACHE_STORE_F16;
       attn_kvcache *cache = NULL;
       assert_int_equal(attn_kvcache_create(ctx, &cfg, &cache), ATTN_OK);
       assert_int_equal(attn_kvcache_set_keep_first(cache, NK), ATTN_OK);
@@ -374,6 +377,11 @@ static void kvcache_keep_first_matches_reference(void **state) {
       for (int64_t i = 0; i < B * H * n * D; i++) q[i] *= 3;
       for (int64_t i = 0; i < B * Hkv * L * D; i++) /* make the kept keys matter */
         if ((i / D) % L < NK) k[i] *= 4;
+      if (dt == 2)
+        for (int64_t i = 0; i < B * Hkv * L * D; i++) {
+          k[i] = tu_round_f16(k[i]);
+          v[i] = tu_round_f16(v[i]);
+        }
       /* Append in pieces of 300 positions (the first piece covers the kept ones). */
       for (int64_t p0 = 0; p0 < L; p0 += 300) {
         const int64_t m = L - p0 < 300 ? L - p0 : 300;

@@ -29,6 +29,15 @@ add_test(NAME test_kvcache_avx2 COMMAND test_kvcache)
 set_tests_properties(test_kvcache_avx2 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=avx2" LABELS "unit")
 
+# The quantized-storage tests on every decode path: the AVX-512 loops
+# (default on such machines), the AVX2 loops, and the portable fallback
+# (each tile dequantized into scratch, then GEMM).
+foreach(isa avx2 generic)
+  add_test(NAME test_kvquant_${isa} COMMAND test_kvquant)
+  set_tests_properties(test_kvquant_${isa} PROPERTIES
+    ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=${isa}" LABELS "unit")
+endforeach()
+
 # The 16-bit tests again on the convert engines (no AVX-512: widen to f32,
 # then OpenBLAS), and the exact tests with f32 kept on OpenBLAS instead of
 # the AVX-512 tile engine: every engine meets the same bounds.

@@ -32,8 +32,8 @@ import numpy as np
 from . import _lib as _lib_mod
 from ._arrays import BF16Array, as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
-                   KVCacheConfig, MhaConfig, MhaWeights, Status, UnsupportedError, load,
-                   register_handle, unregister_handle)
+                   KVCacheConfig, KVCacheRaw, MhaConfig, MhaWeights, Status,
+                   UnsupportedError, load, register_handle, unregister_handle)
 
 __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score", "Causal",
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
@@ -1162,6 +1162,9 @@ class KVCacheMode(enum.IntEnum):
 class KVCacheStorage(enum.IntEnum):
     NATIVE = 0
     BF16 = 1
+    F16 = 2
+    INT8 = 3
+    INT4 = 4
 
 
 # attn_kvcache_config fields: keyword -> (field, convert). KVCache(...) accepts
@@ -1177,6 +1180,7 @@ _KVCACHE_CONFIG = {
     "mode": ("mode", lambda v: _enum(KVCacheMode, v)),
     "grow": ("grow", lambda v: int(bool(v))),
     "storage": ("storage", lambda v: _enum(KVCacheStorage, v)),
+    "group_size": ("group_size", lambda v: 0 if v is None else int(v)),
 }
 
 _KV_OPERANDS = ("q", "out", "lse")
@@ -1212,7 +1216,9 @@ class KVCache:
     Config keywords are the attn_kvcache_config fields (see _KVCACHE_CONFIG):
     batch, heads_kv, capacity, d_k, d_v (None = d_k), dtype (np.float32 /
     np.float64), mode ("linear" | "ring"), grow (linear mode: reallocate
-    instead of ERR_CAPACITY), storage ("native" | "bf16", f32 only).
+    instead of ERR_CAPACITY), storage ("native" | "bf16" | "f16" | "int8" |
+    "int4"; all but native need f32), group_size (int8/int4: positions per
+    K scale and channels per V scale; None/0 = the library's default).
 
     Failing calls raise AttnError (status + the library's message) and leave
     the cache unchanged. Plans made with plan() borrow the cache: close()
@@ -1308,7 +1314,8 @@ class KVCache:
         (linear) or the stored position p with p % capacity == r (ring); only
         positions in [firsts[b], lengths[b]) are valid. The views show later
         appends; they keep this object alive but become invalid when the cache
-        grows or is closed. UnsupportedError for bf16 storage."""
+        grows or is closed. UnsupportedError for the reduced storages (bf16,
+        f16, int8, int4): use view_raw() or dequantized()."""
         k, v = c_void_p(), c_void_p()
         _lib.attn_kvcache_view(self.handle, byref(k), byref(v))
         try:
@@ -1316,6 +1323,79 @@ class KVCache:
         finally:
             _lib.attn_tensor_destroy(k.value)
             _lib.attn_tensor_destroy(v.value)
+
+    def view_raw(self):
+        """attn_kvcache_view_raw: the stored bytes and scales, read-only numpy
+        views (no copy), as a dict: storage, group_size, k, v (uint8
+        [B, H_kv, capacity, row_bytes]), and for int8/int4 k_scales (float16
+        [B, H_kv, k_groups, 2, d_k]: scale, min), v_scales (float16
+        [B, H_kv, capacity, d_v / G, 2]) and k_residual (float32
+        [B, H_kv, G, d_k]); total_bytes. Decoding: see attn_kvcache_raw in
+        kvcache.h, or dequantized()."""
+        raw = KVCacheRaw()
+        _lib.attn_kvcache_raw_init(byref(raw))
+        _lib.attn_kvcache_view_raw(self.handle, byref(raw))
+        B, H, C = raw.batch, raw.heads_kv, raw.capacity
+
+        def arr(address, shape, dtype):
+            if not address:
+                return None
+            item = np.dtype(dtype).itemsize
+            strides, acc = [], item
+            for n in reversed(shape):
+                strides.insert(0, acc)
+                acc *= n
+            return np.asarray(_CMemory(self, address, tuple(shape), tuple(strides), dtype))
+
+        out = {"storage": KVCacheStorage(raw.storage), "group_size": int(raw.group_size),
+               "total_bytes": int(raw.total_bytes),
+               "k": arr(raw.k, (B, H, C, raw.k_row_bytes), np.uint8),
+               "v": arr(raw.v, (B, H, C, raw.v_row_bytes), np.uint8)}
+        if raw.group_size > 0:
+            G = raw.group_size
+            out["k_scales"] = arr(raw.k_scales, (B, H, raw.k_groups, 2, raw.d_k), np.float16)
+            out["v_scales"] = arr(raw.v_scales, (B, H, C, raw.d_v // G, 2), np.float16)
+            out["k_residual"] = arr(raw.k_residual, (B, H, G, raw.d_k), np.float32)
+        return out
+
+    def dequantized(self):
+        """(k, v): float32 copies [B, H_kv, capacity, d] of what attention
+        reads, decoded from view_raw() (any storage; rows outside
+        [firsts, lengths) are stale)."""
+        r = self.view_raw()
+        st, G = r["storage"], r["group_size"]
+        B, H, C = self.batch, self.heads_kv, self.capacity
+        res = []
+        for name, d in (("k", self.d_k), ("v", self.d_v)):
+            raw = r[name]
+            if st == KVCacheStorage.NATIVE:
+                x = raw.view(self.dtype)[..., :d]
+            elif st == KVCacheStorage.BF16:
+                x = (raw.view(np.uint16)[..., :d].astype(np.uint32) << 16).view(np.float32)
+            elif st == KVCacheStorage.F16:
+                x = raw.view(np.float16)[..., :d]
+            else:
+                if st == KVCacheStorage.INT8:
+                    u = raw[..., :d].astype(np.float32)
+                else:  # blocks of 32: byte i = element i (low nibble), i + 16 (high)
+                    blk = raw.reshape(B, H, C, -1, 16)
+                    u = np.concatenate([blk & 15, blk >> 4], axis=-1).reshape(B, H, C, -1)
+                    u = u[..., :d].astype(np.float32)
+                if name == "k":
+                    sc = r["k_scales"].astype(np.float32)
+                    g = (np.arange(C) // G) % sc.shape[2]
+                    x = sc[:, :, g, 0, :] * u + sc[:, :, g, 1, :]
+                    for b in range(B):  # the newest incomplete group: f32 residual
+                        L = int(self.lengths[b])
+                        for p in range(L // G * G, L):
+                            x[b, :, p % C, :] = r["k_residual"][b, :, p % G, :]
+                else:
+                    sc = r["v_scales"].astype(np.float32)
+                    s = np.repeat(sc[..., 0], G, axis=-1)
+                    m = np.repeat(sc[..., 1], G, axis=-1)
+                    x = s * u + m
+            res.append(np.array(x, dtype=np.float32))
+        return tuple(res)
 
     def _numpy(self, t):
         rank = _lib.attn_tensor_rank(t)

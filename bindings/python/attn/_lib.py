@@ -109,7 +109,30 @@ class KVCacheConfig(ctypes.Structure):
                 ("dtype", c_int),
                 ("mode", c_int),
                 ("grow", c_int32),
-                ("storage", c_int)]
+                ("storage", c_int),
+                ("group_size", c_int64)]
+
+
+class KVCacheRaw(ctypes.Structure):
+    """attn_kvcache_raw (kvcache.h); fill with attn_kvcache_raw_init."""
+    _fields_ = [("struct_size", c_size_t),
+                ("storage", c_int),
+                ("dtype", c_int),
+                ("batch", c_int64),
+                ("heads_kv", c_int64),
+                ("capacity", c_int64),
+                ("d_k", c_int64),
+                ("d_v", c_int64),
+                ("group_size", c_int64),
+                ("k_row_bytes", c_int64),
+                ("v_row_bytes", c_int64),
+                ("k", c_void_p),
+                ("v", c_void_p),
+                ("k_groups", c_int64),
+                ("k_scales", c_void_p),
+                ("v_scales", c_void_p),
+                ("k_residual", c_void_p),
+                ("total_bytes", c_int64)]
 
 
 class PagedConfig(ctypes.Structure):
@@ -189,6 +212,8 @@ _FUNCTIONS = [
     ("attn_kvcache_capacity", c_int64, [_P]),
     ("attn_kvcache_memory_size", c_size_t, [_P]),
     ("attn_kvcache_view", STATUS, [_P, _PP, _PP]),
+    ("attn_kvcache_raw_init", None, [POINTER(KVCacheRaw)]),
+    ("attn_kvcache_view_raw", STATUS, [_P, POINTER(KVCacheRaw)]),
     ("attn_kvcache_plan_create", STATUS, [_P, _P, _P, _P, _P, _PP]),
     ("attn_kvcache_plan_execute", STATUS, [_P, _P, _P, _P, _I64P]),
     ("attn_kvcache_plan_workspace_size", c_size_t, [_P]),

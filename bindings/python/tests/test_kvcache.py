@@ -219,6 +219,46 @@ class TestKVCacheDecode(KVCase):
         ref = seq.ref(k=bf16_round(seq.k), v=bf16_round(seq.v), causal=TOP_LEFT)
         self.check_seq(seq, out, lse, ref)
 
+    def test_quantized_storages_equal_attention_on_their_decoded_contents(self):
+        # Decode steps from f16/int8/int4 caches (GQA 4/2, ring with rollback
+        # for int): the output is attention over what dequantized() decodes
+        # (the kernel's own error), and close to the f32 result (the storage's).
+        for storage, tol in (("f16", 3e-3), ("int8", 3e-2), ("int4", 3e-1)):
+            with self.subTest(storage=storage):
+                rng = np.random.default_rng(17)
+                B, H, Hkv, T, D = 2, 4, 2, 96, 32
+                q = rng.standard_normal((B, H, T, D)).astype(np.float32)
+                k = rng.standard_normal((B, Hkv, T, D)).astype(np.float32)
+                v = rng.standard_normal((B, Hkv, T, D)).astype(np.float32)
+                with attn.KVCache(batch=B, heads_kv=Hkv, d_k=D, capacity=64, mode="ring",
+                                  storage=storage, group_size=16) as cache:
+                    self.assertEqual(cache.storage, attn.KVCacheStorage[storage.upper()])
+                    cache.append(k[:, :, :40], v[:, :, :40])
+                    for t in range(40, T):
+                        cache.append(k[:, :, t:t + 3], v[:, :, t:t + 3])   # speculate 3
+                        cache.truncate(t)                                  # roll back
+                        cache.append(k[:, :, t:t + 1], v[:, :, t:t + 1])
+                        out = cache.attend(q[:, :, t:t + 1], causal="bottom_right")
+                        kd, vd = cache.dequantized()
+                        first = int(cache.firsts[0])
+                        rows = [p % 64 for p in range(first, t + 1)]
+                        ref, _, _, bound = reference(q[:, :, t:t + 1], kd[:, :, rows],
+                                                     vd[:, :, rows])
+                        self.assert_close(out, ref, bound, np.float32, "step %d" % t)
+                        exact, _, _, _ = reference(q[:, :, t:t + 1], k[:, :, first:t + 1],
+                                                   v[:, :, first:t + 1])
+                        self.assertLess(np.abs(out - exact).max() / np.abs(v).max(), tol)
+                    raw = cache.view_raw()
+                    self.assertEqual(raw["storage"], attn.KVCacheStorage[storage.upper()])
+                    if storage != "f16":
+                        self.assertEqual(raw["group_size"], 16)
+                        self.assertEqual(raw["k_scales"].dtype, np.float16)
+                        self.assertEqual(raw["k_residual"].shape, (B, Hkv, 16, D))
+                    self.assertLessEqual(raw["total_bytes"], cache.memory_size)
+                    with self.assertRaises(attn.UnsupportedError) as cm:
+                        cache.view()
+                    self.assertIn(storage, cm.exception.message)
+
     def test_cross_attention_to_a_cached_encoder_without_causal(self):
         seq = Seq(10, B=2, H=2, Hkv=2, T=12, Dk=8)
         with self.cache_for(seq) as cache:
@@ -346,6 +386,10 @@ class TestKVCacheErrors(KVCase):
                     mode="ring", grow=True)
         self.expect(attn.Status.ERR_DTYPE, "bf16", attn.KVCache, d_k=4, capacity=4,
                     dtype=np.float64, storage="bf16")
+        self.expect(attn.Status.ERR_DTYPE, "cfg.storage", attn.KVCache, d_k=4, capacity=4,
+                    dtype=np.float64, storage="int8")
+        self.expect(attn.Status.ERR_INVALID_ARG, "cfg.group_size", attn.KVCache, d_k=64,
+                    capacity=4, storage="int4", group_size=48)
         with self.assertRaises(TypeError):
             attn.KVCache(d_k=4, capacity=4, window=3)
         with self.assertRaises(ValueError):

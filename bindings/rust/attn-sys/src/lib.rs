@@ -118,6 +118,9 @@ pub const ATTN_KVCACHE_RING: attn_kvcache_mode = 1;
 pub type attn_kvcache_storage = c_int;
 pub const ATTN_KVCACHE_STORE_NATIVE: attn_kvcache_storage = 0;
 pub const ATTN_KVCACHE_STORE_BF16: attn_kvcache_storage = 1;
+pub const ATTN_KVCACHE_STORE_F16: attn_kvcache_storage = 2;
+pub const ATTN_KVCACHE_STORE_INT8: attn_kvcache_storage = 3;
+pub const ATTN_KVCACHE_STORE_INT4: attn_kvcache_storage = 4;
 
 /// `attn_allocator`: optional allocation hooks.
 #[repr(C)]
@@ -184,6 +187,31 @@ pub struct attn_kvcache_config {
     pub mode: attn_kvcache_mode,
     pub grow: i32,
     pub storage: attn_kvcache_storage,
+    pub group_size: i64,
+}
+
+/// `attn_kvcache_raw` (kvcache.h); initialise with `attn_kvcache_raw_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_kvcache_raw {
+    pub struct_size: usize,
+    pub storage: attn_kvcache_storage,
+    pub dtype: attn_dtype,
+    pub batch: i64,
+    pub heads_kv: i64,
+    pub capacity: i64,
+    pub d_k: i64,
+    pub d_v: i64,
+    pub group_size: i64,
+    pub k_row_bytes: i64,
+    pub v_row_bytes: i64,
+    pub k: *const c_void,
+    pub v: *const c_void,
+    pub k_groups: i64,
+    pub k_scales: *const u16,
+    pub v_scales: *const u16,
+    pub k_residual: *const f32,
+    pub total_bytes: i64,
 }
 
 /// `attn_paged_config` (paged.h); initialise with `attn_paged_config_init`.
@@ -300,6 +328,8 @@ extern "C" {
     pub fn attn_kvcache_capacity(cache: *const attn_kvcache) -> i64;
     pub fn attn_kvcache_memory_size(cache: *const attn_kvcache) -> usize;
     pub fn attn_kvcache_view(cache: *mut attn_kvcache, k: *mut *mut attn_tensor, v: *mut *mut attn_tensor) -> attn_status;
+    pub fn attn_kvcache_raw_init(raw: *mut attn_kvcache_raw);
+    pub fn attn_kvcache_view_raw(cache: *const attn_kvcache, raw: *mut attn_kvcache_raw) -> attn_status;
     pub fn attn_kvcache_plan_create(cache: *mut attn_kvcache, desc: *const attn_desc, q: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, plan: *mut *mut attn_kvcache_plan) -> attn_status;
     pub fn attn_kvcache_plan_execute(plan: *mut attn_kvcache_plan, q: *const attn_tensor, out: *mut attn_tensor, lse: *mut attn_tensor, query_counts: *const i64) -> attn_status;
     pub fn attn_kvcache_plan_workspace_size(plan: *const attn_kvcache_plan) -> usize;
@@ -381,5 +411,17 @@ mod tests {
         assert_eq!(c.struct_size, std::mem::size_of::<attn_kvcache_config>());
         assert_eq!((c.batch, c.heads_kv, c.capacity, c.d_k, c.d_v), (1, 1, 0, 0, 0));
         assert_eq!((c.dtype, c.mode, c.grow, c.storage), (ATTN_DTYPE_F32, ATTN_KVCACHE_LINEAR, 0, ATTN_KVCACHE_STORE_NATIVE));
+        assert_eq!(c.group_size, 0);
+    }
+
+    #[test]
+    fn kvcache_raw_matches_the_c_layout() {
+        let mut r = std::mem::MaybeUninit::<attn_kvcache_raw>::zeroed();
+        let r = unsafe {
+            attn_kvcache_raw_init(r.as_mut_ptr());
+            r.assume_init()
+        };
+        assert_eq!(r.struct_size, std::mem::size_of::<attn_kvcache_raw>());
+        assert!(r.k.is_null() && r.k_residual.is_null());
     }
 }

@@ -1468,8 +1468,23 @@ c_enum!(
     KvStorage {
         Native = sys::ATTN_KVCACHE_STORE_NATIVE,
         Bf16 = sys::ATTN_KVCACHE_STORE_BF16,
+        F16 = sys::ATTN_KVCACHE_STORE_F16,
+        Int8 = sys::ATTN_KVCACHE_STORE_INT8,
+        Int4 = sys::ATTN_KVCACHE_STORE_INT4,
     }
 );
+
+impl KvStorage {
+    fn from_code(c: std::os::raw::c_int) -> KvStorage {
+        match c {
+            sys::ATTN_KVCACHE_STORE_BF16 => KvStorage::Bf16,
+            sys::ATTN_KVCACHE_STORE_F16 => KvStorage::F16,
+            sys::ATTN_KVCACHE_STORE_INT8 => KvStorage::Int8,
+            sys::ATTN_KVCACHE_STORE_INT4 => KvStorage::Int4,
+            _ => KvStorage::Native,
+        }
+    }
+}
 
 /// Configuration of a [`KvCache`] (`attn_kvcache_config`, minus the dtype,
 /// which is the cache's element type). [`KvCacheConfig::new`] starts from the
@@ -1486,8 +1501,12 @@ pub struct KvCacheConfig {
     pub mode: KvCacheMode,
     /// Linear mode: appends past capacity reallocate instead of failing.
     pub grow: bool,
-    /// `Bf16`: f32 caches only; no views.
+    /// `Bf16`, `F16`, `Int8`, `Int4`: f32 caches only; no float views
+    /// (see [`KvCache::view_raw`]).
     pub storage: KvStorage,
+    /// `Int8`/`Int4`: positions per K scale and channels per V scale
+    /// (must divide d_v); 0 = the library's default.
+    pub group_size: i64,
 }
 
 impl KvCacheConfig {
@@ -1507,7 +1526,8 @@ impl KvCacheConfig {
             d_v: c.d_v,
             mode: if c.mode == sys::ATTN_KVCACHE_RING { KvCacheMode::Ring } else { KvCacheMode::Linear },
             grow: c.grow != 0,
-            storage: if c.storage == sys::ATTN_KVCACHE_STORE_BF16 { KvStorage::Bf16 } else { KvStorage::Native },
+            storage: KvStorage::from_code(c.storage),
+            group_size: c.group_size,
         }
     }
     fn d_v_or_k(&self) -> i64 {
@@ -1576,6 +1596,7 @@ impl<'c, T: Float> KvCache<'c, T> {
         c.mode = cfg.mode.code();
         c.grow = cfg.grow as i32;
         c.storage = cfg.storage.code();
+        c.group_size = cfg.group_size;
         let mut raw = ptr::null_mut();
         let st = unsafe { sys::attn_kvcache_create(ctx.ptr(), &c, &mut raw) };
         check(ctx.ptr(), st, "attn_kvcache_create")?;
@@ -1694,6 +1715,38 @@ impl<'c, T: Float> KvCache<'c, T> {
         Ok(KvView { cache: self, k: ks, v: vs, k_layout: kl, v_layout: vl })
     }
 
+    /// `attn_kvcache_view_raw`: the stored bytes with their scales (any
+    /// storage, no copy). While the view lives, append/truncate return an
+    /// error.
+    pub fn view_raw(&self) -> Result<KvRawView<'_, 'c, T>> {
+        let mut r = std::mem::MaybeUninit::<sys::attn_kvcache_raw>::zeroed();
+        let mut r = unsafe {
+            sys::attn_kvcache_raw_init(r.as_mut_ptr());
+            r.assume_init()
+        };
+        let st = unsafe { sys::attn_kvcache_view_raw(self.raw.as_ptr(), &mut r) };
+        check(self.ctx.ptr(), st, "attn_kvcache_view_raw")?;
+        let (b, h, c) = (r.batch as usize, r.heads_kv as usize, r.capacity as usize);
+        // The cache owns this memory; it does not change while the view
+        // lives (mutation is refused) and the view cannot outlive the cache.
+        let bytes = |p: *const std::os::raw::c_void, row: i64| unsafe { std::slice::from_raw_parts(p as *const u8, b * h * c * row as usize) };
+        let quant = r.group_size > 0;
+        let (ks, vs, kr) = if quant {
+            let g = r.group_size as usize;
+            unsafe {
+                (
+                    std::slice::from_raw_parts(r.k_scales, b * h * r.k_groups as usize * 2 * r.d_k as usize),
+                    std::slice::from_raw_parts(r.v_scales, b * h * c * (r.d_v as usize / g) * 2),
+                    std::slice::from_raw_parts(r.k_residual, b * h * g * r.d_k as usize),
+                )
+            }
+        } else {
+            (&[][..], &[][..], &[][..])
+        };
+        self.views.set(self.views.get() + 1);
+        Ok(KvRawView { cache: self, raw: r, k: bytes(r.k, r.k_row_bytes), v: bytes(r.v, r.v_row_bytes), k_scales: ks, v_scales: vs, k_residual: kr })
+    }
+
     /// A plan for `n` new queries of `heads` heads in contiguous
     /// [B, H, n, d] q/out (and [B, H, n] lse when `lse`).
     pub fn plan<'p>(&'p self, desc: &'p Desc<'p>, heads: i64, n: i64, lse: bool) -> Result<KvPlan<'p, T>> {
@@ -1789,6 +1842,121 @@ impl<'v, 'c, T: Float> KvView<'v, 'c, T> {
 }
 
 impl<T: Float> Drop for KvView<'_, '_, T> {
+    fn drop(&mut self) {
+        self.cache.views.set(self.cache.views.get() - 1);
+    }
+}
+
+/// The stored bytes of a [`KvCache`] with their scales (see
+/// [`KvCache::view_raw`] and `attn_kvcache_raw` in kvcache.h).
+pub struct KvRawView<'v, 'c, T: Float> {
+    cache: &'v KvCache<'c, T>,
+    raw: sys::attn_kvcache_raw,
+    k: &'v [u8],
+    v: &'v [u8],
+    k_scales: &'v [u16],
+    v_scales: &'v [u16],
+    k_residual: &'v [f32],
+}
+
+/// IEEE half bits to f32.
+fn half_to_f32(h: u16) -> f32 {
+    let (e, m) = (((h >> 10) & 0x1f) as i32, (h & 0x3ff) as f32);
+    let v = match e {
+        0 => m * (2.0f32).powi(-24),
+        31 => if m == 0.0 { f32::INFINITY } else { f32::NAN },
+        _ => (1024.0 + m) * (2.0f32).powi(e - 25),
+    };
+    if h & 0x8000 != 0 { -v } else { v }
+}
+
+impl<'v, 'c, T: Float> KvRawView<'v, 'c, T> {
+    pub fn storage(&self) -> KvStorage {
+        KvStorage::from_code(self.raw.storage)
+    }
+    /// G (int8/int4), else 0.
+    pub fn group_size(&self) -> i64 {
+        self.raw.group_size
+    }
+    /// K rows, [B, H_kv, capacity] rows of `k_row_bytes()` bytes.
+    pub fn k_bytes(&self) -> &[u8] {
+        self.k
+    }
+    /// V rows, [B, H_kv, capacity] rows of `v_row_bytes()` bytes.
+    pub fn v_bytes(&self) -> &[u8] {
+        self.v
+    }
+    pub fn k_row_bytes(&self) -> i64 {
+        self.raw.k_row_bytes
+    }
+    pub fn v_row_bytes(&self) -> i64 {
+        self.raw.v_row_bytes
+    }
+    /// Half-float (scale, min) per K channel: [B, H_kv, k_groups, 2, d_k] (int only).
+    pub fn k_scales(&self) -> &[u16] {
+        self.k_scales
+    }
+    /// Half-float (scale, min) per V group: [B, H_kv, capacity, d_v / G, 2] (int only).
+    pub fn v_scales(&self) -> &[u16] {
+        self.v_scales
+    }
+    /// f32 K rows of the newest incomplete group: [B, H_kv, G, d_k] (int only).
+    pub fn k_residual(&self) -> &[f32] {
+        self.k_residual
+    }
+    /// Bytes of rows, scales and residual.
+    pub fn total_bytes(&self) -> i64 {
+        self.raw.total_bytes
+    }
+    /// The key (`is_k`) or value of position `pos` of item `b`, head `h`,
+    /// decoded to f32 as attention reads it (None if not stored).
+    pub fn decode(&self, is_k: bool, b: i64, h: i64, pos: i64) -> Option<Vec<f32>> {
+        let r = &self.raw;
+        let (first, len) = (self.cache.first(b)?, self.cache.length(b)?);
+        if h < 0 || h >= r.heads_kv || pos < first || pos >= len {
+            return None;
+        }
+        let d = if is_k { r.d_k } else { r.d_v } as usize;
+        let rb = if is_k { r.k_row_bytes } else { r.v_row_bytes } as usize;
+        let bh = (b * r.heads_kv + h) as usize;
+        let row = (pos % r.capacity) as usize;
+        let bytes = &(if is_k { self.k } else { self.v })[(bh * r.capacity as usize + row) * rb..][..rb];
+        let half = |i: usize| half_to_f32(u16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]));
+        let code = |x: usize| -> f32 {
+            if r.storage == sys::ATTN_KVCACHE_STORE_INT8 {
+                bytes[x] as f32
+            } else {
+                let byte = bytes[x / 32 * 16 + x % 16];
+                (if x % 32 >= 16 { byte >> 4 } else { byte & 15 }) as f32
+            }
+        };
+        let g = r.group_size as usize;
+        Some(match r.storage {
+            sys::ATTN_KVCACHE_STORE_BF16 => (0..d).map(|x| f32::from_bits((u16::from_le_bytes([bytes[2 * x], bytes[2 * x + 1]]) as u32) << 16)).collect(),
+            sys::ATTN_KVCACHE_STORE_F16 => (0..d).map(half).collect(),
+            sys::ATTN_KVCACHE_STORE_NATIVE => {
+                let es = if T::DTYPE == sys::ATTN_DTYPE_F64 { 8 } else { 4 };
+                (0..d).map(|x| if es == 8 { f64::from_le_bytes(bytes[8 * x..8 * x + 8].try_into().unwrap()) as f32 } else { f32::from_le_bytes(bytes[4 * x..4 * x + 4].try_into().unwrap()) }).collect()
+            }
+            _ if is_k => {
+                let p = pos as usize;
+                if pos >= len / r.group_size * r.group_size {
+                    self.k_residual[(bh * g + p % g) * d..][..d].to_vec()
+                } else {
+                    let sc = &self.k_scales[(bh * r.k_groups as usize + (p / g) % r.k_groups as usize) * 2 * d..][..2 * d];
+                    (0..d).map(|x| half_to_f32(sc[x]) * code(x) + half_to_f32(sc[d + x])).collect()
+                }
+            }
+            _ => {
+                let ng = d / g;
+                let sc = &self.v_scales[(bh * r.capacity as usize + row) * ng * 2..][..ng * 2];
+                (0..d).map(|x| half_to_f32(sc[x / g * 2]) * code(x) + half_to_f32(sc[x / g * 2 + 1])).collect()
+            }
+        })
+    }
+}
+
+impl<T: Float> Drop for KvRawView<'_, '_, T> {
     fn drop(&mut self) {
         self.cache.views.set(self.cache.views.get() - 1);
     }

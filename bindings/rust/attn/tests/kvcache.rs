@@ -376,3 +376,65 @@ fn bad_config_plan_and_execute_errors() {
     plan.execute(&q, &mut out, None, None).unwrap();
     assert!(out.iter().all(|&x| x == 0.0));
 }
+
+/// f16/int8/int4 storages: one decode step against exact attention computed
+/// here over what `view_raw().decode()` reads back (the kernel's own error),
+/// and against the original f32 data (the storage's error); bad config.
+#[test]
+fn quantized_storages_decode_their_contents() {
+    let ctx = ctx();
+    let (hkv, h, d, n) = (2usize, 4usize, 32usize, 80usize);
+    let mut s = 12345u64;
+    let mut rnd = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let k: Vec<f32> = (0..hkv * n * d).map(|_| rnd() as f32).collect();
+    let v: Vec<f32> = (0..hkv * n * d).map(|_| rnd() as f32).collect();
+    let q: Vec<f32> = (0..h * d).map(|_| rnd() as f32).collect();
+    for (st, tol) in [(KvStorage::F16, 3e-3), (KvStorage::Int8, 3e-2), (KvStorage::Int4, 3e-1)] {
+        let cfg = KvCacheConfig { heads_kv: hkv as i64, storage: st, group_size: 16, ..KvCacheConfig::new(n as i64, d as i64) };
+        let cache = KvCache::<f32>::new(&ctx, &cfg).unwrap();
+        cache.append(&k, &v, n as i64, None).unwrap();
+        let desc = causal_desc(&ctx);
+        let mut plan = cache.plan(&desc, h as i64, 1, false).unwrap();
+        let mut out = vec![0.0f32; h * d];
+        plan.execute(&q, &mut out, None, None).unwrap();
+        let raw = cache.view_raw().unwrap();
+        assert_eq!(raw.storage(), st);
+        assert!(raw.total_bytes() > 0);
+        let scale = 1.0 / (d as f64).sqrt();
+        for qh in 0..h {
+            let kh = qh / (h / hkv);
+            for (decoded, bound) in [(true, 1e-4), (false, tol)] {
+                let row = |is_k: bool, p: usize| -> Vec<f64> {
+                    if decoded {
+                        raw.decode(is_k, 0, kh as i64, p as i64).unwrap().iter().map(|&x| x as f64).collect()
+                    } else {
+                        let src = if is_k { &k } else { &v };
+                        src[(kh * n + p) * d..][..d].iter().map(|&x| x as f64).collect()
+                    }
+                };
+                let s: Vec<f64> = (0..n).map(|p| row(true, p).iter().zip(&q[qh * d..][..d]).map(|(a, b)| a * *b as f64).sum::<f64>() * scale).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                for x in 0..d {
+                    let want: f64 = (0..n).map(|p| w[p] * row(false, p)[x]).sum::<f64>() / sum;
+                    let got = out[qh * d + x] as f64;
+                    assert!((got - want).abs() <= bound, "{:?} decoded={} head {} x {}: {} vs {}", st, decoded, qh, x, got, want);
+                }
+            }
+        }
+        let e = cache.view().err().unwrap();
+        assert_eq!(e.status, Status::Unsupported);
+    }
+    let e = KvCache::<f64>::new(&ctx, &KvCacheConfig { storage: KvStorage::Int8, ..KvCacheConfig::new(4, 4) }).err().unwrap();
+    assert_eq!(e.status, Status::DType);
+    assert!(e.message.contains("cfg.storage"), "{}", e);
+    let e = KvCache::<f32>::new(&ctx, &KvCacheConfig { storage: KvStorage::Int4, group_size: 3, ..KvCacheConfig::new(4, 4) }).err().unwrap();
+    assert_eq!(e.status, Status::InvalidArg);
+    assert!(e.message.contains("cfg.group_size"), "{}", e);
+}
