@@ -18,6 +18,7 @@
  * query i of item b at position len_b − n_b + i. */
 #include <inttypes.h>
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "blas/gemm.h"
@@ -79,45 +80,59 @@ static attn_status check_desc(attn_context *ctx, const attn_desc *d, bool lse) {
   return attn_options_check(ctx, &kv_support, attn_options_used(d, false, lse));
 }
 
+attn_status attn_kv_check_step(attn_context *ctx, attn_dtype dtype, int64_t rows, int64_t Hkv,
+                               int64_t Dk, int64_t Dv, const attn_tensor *q,
+                               const attn_tensor *out, const attn_tensor *lse,
+                               const char *rows_name, attn_kv_step *s) {
+  attn_status st;
+  char a[96], what[64];
+  if ((st = attn_check_tensor(ctx, "q", q, 4, dtype)) != ATTN_OK) return st;
+  if ((st = attn_check_tensor(ctx, "out", out, 4, dtype)) != ATTN_OK) return st;
+  s->rows = q->shape[0];
+  s->H = q->shape[1];
+  s->n = q->shape[2];
+  if (rows >= 0 && s->rows != rows)
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s, batch should be the cache's %" PRId64,
+                     attn_shape_str(q, a, sizeof a), rows);
+  if (q->shape[3] != Dk)
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s, head dim should be the cache's d_k %" PRId64,
+                     attn_shape_str(q, a, sizeof a), Dk);
+  if (s->H % Hkv != 0)
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "q: %" PRId64 " heads (shape %s) are not a multiple of the cache's %" PRId64
+                     " key/value heads",
+                     s->H, attn_shape_str(q, a, sizeof a), Hkv);
+  const int64_t owant[4] = {s->rows, s->H, s->n, Dv};
+  snprintf(what, sizeof what, "[%s, H, n, d_v] of q and the cache", rows_name);
+  if ((st = attn_check_dims(ctx, "out", out, owant, what)) != ATTN_OK) return st;
+  if (lse != NULL) {
+    snprintf(what, sizeof what, "[%s, H, n] of q", rows_name);
+    if ((st = attn_check_tensor(ctx, "lse", lse, 3, dtype)) != ATTN_OK) return st;
+    if ((st = attn_check_dims(ctx, "lse", lse, owant, what)) != ATTN_OK) return st;
+  }
+  if (q->strides[3] != 1 && Dk != 1)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "q: last dim stride is %" PRId64 "; it must be 1",
+                     q->strides[3]);
+  if (out->strides[3] != 1 && Dv != 1)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "out: last dim stride is %" PRId64 "; it must be 1",
+                     out->strides[3]);
+  return ATTN_OK;
+}
+
 static attn_status check_tensors(attn_kvcache_plan *p, const attn_tensor *q,
                                  const attn_tensor *out, const attn_tensor *lse) {
-  attn_context *ctx = p->ctx;
   const attn_kvcache *c = p->cache;
-  attn_status st;
-  char a[96];
-  if ((st = attn_check_tensor(ctx, "q", q, 4, c->dtype)) != ATTN_OK) return st;
-  if ((st = attn_check_tensor(ctx, "out", out, 4, c->dtype)) != ATTN_OK) return st;
+  attn_kv_step s;
+  attn_status st =
+      attn_kv_check_step(p->ctx, c->dtype, c->B, c->Hkv, c->Dk, c->Dv, q, out, lse, "B", &s);
+  if (st != ATTN_OK) return st;
   p->B = c->B;
   p->Hkv = c->Hkv;
   p->Dk = c->Dk;
   p->Dv = c->Dv;
-  p->H = q->shape[1];
-  p->n = q->shape[2];
-  if (q->shape[0] != c->B)
-    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s, batch should be the cache's %" PRId64,
-                     attn_shape_str(q, a, sizeof a), c->B);
-  if (q->shape[3] != c->Dk)
-    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s, head dim should be the cache's d_k %" PRId64,
-                     attn_shape_str(q, a, sizeof a), c->Dk);
-  if (p->H % c->Hkv != 0)
-    return attn_fail(ctx, ATTN_ERR_SHAPE,
-                     "q: %" PRId64 " heads (shape %s) are not a multiple of the cache's %" PRId64
-                     " key/value heads",
-                     p->H, attn_shape_str(q, a, sizeof a), c->Hkv);
-  p->G = p->H / c->Hkv;
-  const int64_t owant[4] = {p->B, p->H, p->n, p->Dv};
-  if ((st = attn_check_dims(ctx, "out", out, owant, "[B, H, n, d_v] of q and the cache")) != ATTN_OK)
-    return st;
-  if (lse != NULL) {
-    if ((st = attn_check_tensor(ctx, "lse", lse, 3, c->dtype)) != ATTN_OK) return st;
-    if ((st = attn_check_dims(ctx, "lse", lse, owant, "[B, H, n] of q")) != ATTN_OK) return st;
-  }
-  if (q->strides[3] != 1 && p->Dk != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "q: last dim stride is %" PRId64 "; it must be 1",
-                     q->strides[3]);
-  if (out->strides[3] != 1 && p->Dv != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "out: last dim stride is %" PRId64 "; it must be 1",
-                     out->strides[3]);
+  p->H = s.H;
+  p->n = s.n;
+  p->G = s.H / c->Hkv;
   return ATTN_OK;
 }
 

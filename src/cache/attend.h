@@ -70,6 +70,18 @@ typedef struct kv_args {
   attn_tensor *mass; /* per-key mass output or NULL */
 } kv_args;
 
+/* The step tensors of a cache plan (contiguous or paged): q [rows, H, n,
+ * d_k] and out [rows, H, n, d_v] in dtype, lse [rows, H, n]; H a multiple
+ * of H_kv. rows < 0: any number of rows. rows_name ("B", "N") is used in
+ * messages. The one checker for both caches. */
+typedef struct attn_kv_step {
+  int64_t rows, H, n;
+} attn_kv_step;
+attn_status attn_kv_check_step(attn_context *ctx, attn_dtype dtype, int64_t rows, int64_t Hkv,
+                               int64_t Dk, int64_t Dv, const attn_tensor *q,
+                               const attn_tensor *out, const attn_tensor *lse,
+                               const char *rows_name, attn_kv_step *s);
+
 /* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */
 void attn_kv_key_range(const struct attn_kvcache_plan *p, const attn_mask *mask, int64_t b,
                        int64_t i0, int64_t i1, int64_t *lo, int64_t *hi);

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "blas/gemm.h"
+#include "cache/attend.h"
 #include "cache/attend_simd.h"
 #include "cache/paged_attend.h"
 #include "kernels/vmath.h"
@@ -45,43 +46,22 @@ static const attn_support pg_support = {
 
 static attn_status check_tensors(attn_paged_plan *p, const attn_tensor *q, const attn_tensor *out,
                                  const attn_tensor *lse) {
-  attn_context *ctx = p->ctx;
   const attn_paged_cache *c = p->cache;
-  attn_status st;
+  attn_kv_step s;
+  attn_status st =
+      attn_kv_check_step(p->ctx, c->dtype, -1, c->Hkv, c->Dk, c->Dv, q, out, lse, "N", &s);
+  if (st != ATTN_OK) return st;
   char a[96];
-  if ((st = attn_check_tensor(ctx, "q", q, 4, c->dtype)) != ATTN_OK) return st;
-  if ((st = attn_check_tensor(ctx, "out", out, 4, c->dtype)) != ATTN_OK) return st;
-  p->N = q->shape[0];
+  if (s.rows < 1 || s.n < 1)
+    return attn_fail(p->ctx, ATTN_ERR_SHAPE, "q: shape %s needs N >= 1 rows and n >= 1 queries",
+                     attn_shape_str(q, a, sizeof a));
+  p->N = s.rows;
   p->Hkv = c->Hkv;
   p->Dk = c->Dk;
   p->Dv = c->Dv;
-  p->H = q->shape[1];
-  p->n = q->shape[2];
-  if (p->N < 1 || p->n < 1)
-    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s needs N >= 1 rows and n >= 1 queries",
-                     attn_shape_str(q, a, sizeof a));
-  if (q->shape[3] != c->Dk)
-    return attn_fail(ctx, ATTN_ERR_SHAPE, "q: shape %s, head dim should be the cache's d_k %" PRId64,
-                     attn_shape_str(q, a, sizeof a), c->Dk);
-  if (p->H % c->Hkv != 0)
-    return attn_fail(ctx, ATTN_ERR_SHAPE,
-                     "q: %" PRId64 " heads (shape %s) are not a multiple of the cache's %" PRId64
-                     " key/value heads",
-                     p->H, attn_shape_str(q, a, sizeof a), c->Hkv);
-  p->G = p->H / c->Hkv;
-  const int64_t owant[4] = {p->N, p->H, p->n, p->Dv};
-  if ((st = attn_check_dims(ctx, "out", out, owant, "[N, H, n, d_v] of q and the cache")) != ATTN_OK)
-    return st;
-  if (lse != NULL) {
-    if ((st = attn_check_tensor(ctx, "lse", lse, 3, c->dtype)) != ATTN_OK) return st;
-    if ((st = attn_check_dims(ctx, "lse", lse, owant, "[N, H, n] of q")) != ATTN_OK) return st;
-  }
-  if (q->strides[3] != 1 && p->Dk != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "q: last dim stride is %" PRId64 "; it must be 1",
-                     q->strides[3]);
-  if (out->strides[3] != 1 && p->Dv != 1)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "out: last dim stride is %" PRId64 "; it must be 1",
-                     out->strides[3]);
+  p->H = s.H;
+  p->n = s.n;
+  p->G = s.H / c->Hkv;
   return ATTN_OK;
 }
 

@@ -301,6 +301,14 @@ attn_status attn_exact_setup(attn_exact *ex, attn_context *ctx, const attn_desc 
   ex->prepack = eng != NULL && eng->nr == 32 && ex->nqb > 1 && ex->nseq == 0 &&
                 ex->mask.sparse == ATTN_SPARSE_NONE && ex->mask.left == ATTN_WINDOW_UNBOUNDED &&
                 (ex->bk % 32 == 0 || ex->nkt == 1);
+  /* ... and when the packs stay modest: they hold every head's K and V at
+   * once (32 MiB at S_k = 65536, d = 64, one head), while repacking per
+   * query block costs a few percent; long sequences keep O(tile) memory. */
+  if (ex->prepack) {
+    const double pack_bytes = (double)d->B * (double)d->Hkv * (double)d->Sk *
+                              (double)(d->Dk + d->Dv) * (double)eng->elem;
+    if (pack_bytes > 24.0 * 1048576.0) ex->prepack = false;
+  }
   if (ex->prepack) {
     ex->pk_head = attn_tile_k_elems(eng, d->Sk, d->Dk);
     ex->pv_head = attn_tile_v_elems(eng, d->Sk, d->Dv);
