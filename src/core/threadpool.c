@@ -270,6 +270,14 @@ attn_status attn_parallel_for_cost(attn_context *ctx, int64_t ntasks, double flo
     struct attn_threadpool *pool = ctx->pool;
     for (int64_t base = 0; base < ntasks; base += ATTN_BATCH) {
       uint32_t n = (uint32_t)attn_min64(ATTN_BATCH, ntasks - base);
+      /* Close the previous job before writing this one's fields: a worker
+       * still holding that job's state (gen, i ≥ its task count) could
+       * otherwise read this job's larger task count and claim index i of
+       * the old generation — running a task of this job outside it and
+       * counting it twice (a lost completion: the caller waited forever).
+       * With the index set past any task count its CAS fails instead. */
+      atomic_store(&pool->state, (atomic_load(&pool->state) & ~(uint64_t)0xffffffffu) |
+                                     (uint64_t)0xffffffffu);
       pool->fn = fn;
       pool->arg = arg;
       pool->base = base;

@@ -139,12 +139,44 @@ static void tiny_jobs_stay_on_the_caller(void **state) {
   attn_context_destroy(ctx);
 }
 
+/* Back-to-back jobs of different sizes with the workers spinning: every
+ * task of every job runs exactly once and each call returns. (A worker
+ * holding a finished job's state could once claim an index of the next,
+ * larger job under the old generation: a task ran twice and a completion
+ * was lost, so the caller waited forever.) */
+typedef struct count_job {
+  int32_t runs[64];
+} count_job;
+
+static void count_task(void *arg, int64_t t, int32_t thread) {
+  (void)thread;
+  count_job *j = arg;
+  __atomic_fetch_add(&j->runs[t], 1, __ATOMIC_RELAXED);
+}
+
+static void every_task_runs_once_back_to_back(void **state) {
+  (void)state;
+  attn_context *ctx = make_ctx(2, 200); /* spinning workers: the tight window */
+  assert_int_equal(attn_threadpool_ensure(ctx), ATTN_OK);
+  for (int it = 0; it < 20000; it++) {
+    count_job j;
+    memset(&j, 0, sizeof j);
+    const int64_t n = it % 2 ? 64 : 2 + it % 7;
+    assert_int_equal(attn_parallel_for_cost(ctx, n, 1e12, count_task, &j), ATTN_OK);
+    for (int64_t t = 0; t < 64; t++)
+      if (j.runs[t] != (t < n ? 1 : 0))
+        fail_msg("job %d (%d tasks): task %d ran %d times", it, (int)n, (int)t, (int)j.runs[t]);
+  }
+  attn_context_destroy(ctx);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(spin_setter_is_validated),
       cmocka_unit_test(spin_env_sets_the_default),
       cmocka_unit_test(results_do_not_depend_on_policy_or_serial_cutoff),
       cmocka_unit_test(tiny_jobs_stay_on_the_caller),
+      cmocka_unit_test(every_task_runs_once_back_to_back),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
