@@ -8,15 +8,40 @@
 
 #include "cache/kvcache_internal.h"
 
-void attn_kvcache_config_init(attn_kvcache_config *cfg) {
+/* libattn 0.1's attn_kvcache_config ended at `storage`: binaries built
+ * against 0.1 headers allocate only that much. */
+#define KVCACHE_CONFIG_SIZE_0_1 (offsetof(attn_kvcache_config, storage) + sizeof(attn_kvcache_storage))
+
+/* The defaults, in the first `size` bytes (every non-zero default lies in
+ * 0.1's part; later fields default to 0). */
+static void config_defaults(attn_kvcache_config *cfg, size_t size) {
   if (cfg == NULL) return;
-  memset(cfg, 0, sizeof *cfg);
-  cfg->struct_size = sizeof *cfg;
+  memset(cfg, 0, size);
+  cfg->struct_size = size;
   cfg->batch = 1;
   cfg->heads_kv = 1;
   cfg->dtype = ATTN_DTYPE_F32;
   cfg->mode = ATTN_KVCACHE_LINEAR;
 }
+
+/* attn_kvcache_config_init is versioned (docs/design.md, "Growing a public
+ * struct"): binaries linked against 0.1 keep calling ATTN_0.1's version,
+ * which writes 0.1's 64 bytes, not today's sizeof (writing the whole struct
+ * would run past the caller's). New binaries bind to ATTN_0.2's. Where
+ * symbol versions do not exist (static library users compile against the
+ * headers they link with), the plain name is the current version. */
+#if defined(__ELF__) && defined(ATTN_BUILDING_SHARED) && !defined(ATTN_NO_SYMVER)
+ATTN_API void attn_kvcache_config_init_v0_1(attn_kvcache_config *cfg);
+ATTN_API void attn_kvcache_config_init_v0_2(attn_kvcache_config *cfg);
+__asm__(".symver attn_kvcache_config_init_v0_1, attn_kvcache_config_init@ATTN_0.1");
+__asm__(".symver attn_kvcache_config_init_v0_2, attn_kvcache_config_init@@ATTN_0.2");
+void attn_kvcache_config_init_v0_1(attn_kvcache_config *cfg) {
+  config_defaults(cfg, KVCACHE_CONFIG_SIZE_0_1);
+}
+void attn_kvcache_config_init_v0_2(attn_kvcache_config *cfg) { config_defaults(cfg, sizeof *cfg); }
+#else
+void attn_kvcache_config_init(attn_kvcache_config *cfg) { config_defaults(cfg, sizeof *cfg); }
+#endif
 
 /* Bytes of one of K/V storage for `cap` rows of `row` bytes; false on overflow. */
 static bool storage_bytes(const attn_kvcache *c, int64_t cap, size_t row, size_t *bytes) {
@@ -84,14 +109,13 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   ATTN_CHECK_NULL(ctx, cfg);
   ATTN_CHECK_NULL(ctx, out);
   /* v0.1 callers know every field up to `storage`. */
-  const size_t known = offsetof(attn_kvcache_config, storage) + sizeof cfg->storage;
-  if (cfg->struct_size < known || cfg->struct_size > sizeof *cfg)
+  if (cfg->struct_size < KVCACHE_CONFIG_SIZE_0_1 || cfg->struct_size > sizeof *cfg)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "cfg.struct_size: %zu is not a size this library knows (%zu); call "
                      "attn_kvcache_config_init()",
                      cfg->struct_size, sizeof *cfg);
   attn_kvcache_config c;
-  attn_kvcache_config_init(&c);
+  config_defaults(&c, sizeof c);
   memcpy(&c, cfg, cfg->struct_size);
   if (c.batch < 1)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.batch: %" PRId64 " must be >= 1", c.batch);

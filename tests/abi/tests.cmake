@@ -23,3 +23,15 @@ if(ATTN_NM AND TARGET attn_mpi)
                    ${PROJECT_SOURCE_DIR}/src/mpi/attn_mpi.map)
   set_tests_properties(abi_mpi_exports_match_map PROPERTIES LABELS "abi;mpi")
 endif()
+# A grown public struct stays safe for binaries built against the old header
+# (versioned attn_kvcache_config_init): loads the built libattn.so with dlvsym.
+if(CMAKE_SYSTEM_NAME STREQUAL "Linux")
+  add_executable(test_struct_growth ${CMAKE_CURRENT_LIST_DIR}/test_struct_growth.c)
+  target_include_directories(test_struct_growth PRIVATE ${PROJECT_SOURCE_DIR}/include
+                                                        ${PROJECT_BINARY_DIR}/include)
+  target_compile_options(test_struct_growth PRIVATE ${ATTN_WARN})
+  target_link_libraries(test_struct_growth PRIVATE ${CMAKE_DL_LIBS})
+  add_dependencies(test_struct_growth attn)
+  add_test(NAME abi_struct_growth COMMAND test_struct_growth $<TARGET_FILE:attn>)
+  set_tests_properties(abi_struct_growth PROPERTIES LABELS "abi")
+endif()
