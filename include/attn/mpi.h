@@ -202,6 +202,71 @@ ATTN_API attn_status attn_mpi_plan_stats(const attn_mpi_plan *plan, attn_mpi_sta
  *  NULL is a no-op. @since 0.2.0 */
 ATTN_API void attn_mpi_plan_destroy(attn_mpi_plan *plan);
 
+/* ------------------------------------------------------------------------- */
+/** Backward plan over the ring: the gradients of a ring-mode MPI plan (the
+ *  single-process backward of attn/backward.h, distributed). */
+typedef struct attn_mpi_backward_plan attn_mpi_backward_plan;
+
+/** Prepare the backward of @p forward, collectively over its communicator.
+ *
+ *  Each rank gets the gradients of its own shard: for a loss L of the whole
+ *  sequence's outputs, with dout = ∂L/∂out of its rows, dq = ∂L/∂q,
+ *  dk = ∂L/∂k and dv = ∂L/∂v of its rows — equal, within the backward's
+ *  bound, to attn_backward_execute() on the concatenated sequence. The
+ *  ring of the forward runs again: K/V travel as there, each rank runs the
+ *  single-process backward of its tiles with the global out and lse, dq
+ *  stays home, and dK/dV travel one step behind their block, summed rank by
+ *  rank, then go straight back to their owner. Bitwise reproducible for a
+ *  fixed rank count and layout, for any thread count.
+ *
+ *  Shapes on rank r (the forward plan's dtype; last dim contiguous):
+ *  dout [B, H, S_r, d_v] (as out), dq [B, H, S_r, d_q], dk [B, H_kv, S_r,
+ *  d_k], dv [B, H_kv, S_r, d_v]; dq, dk and dv need distinct memory for
+ *  every element. Supported: what ring-mode plans support, with the scores
+ *  of attn_backward_plan_create() (SCALED_DOT and DOT; GENERAL and ADDITIVE
+ *  fail with ATTN_ERR_UNSUPPORTED on every rank).
+ *
+ *  The backward plan borrows @p forward (its schedule and K/V buffers):
+ *  destroy it first, and do not execute the two at the same time. Its
+ *  workspace is four K/V blocks, one tile's dq and dq for the shard.
+ *  Failures are collective as for attn_mpi_plan_create(), except a NULL
+ *  @p forward (ATTN_ERR_NULL_ARG, local: there is no communicator).
+ *  @param forward  a ring-mode plan created with an lse tensor
+ *  @param dout, dq, dk, dv  metadata only (data pointers unused here)
+ *  @param plan     receives the plan; untouched on failure
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (the forward has
+ *          no lse, "lse"), ATTN_ERR_UNSUPPORTED (a Ulysses-mode forward,
+ *          "forward"; a score the backward lacks), ATTN_ERR_SHAPE,
+ *          ATTN_ERR_DTYPE, ATTN_ERR_LAYOUT, ATTN_ERR_OVERFLOW,
+ *          ATTN_ERR_NO_MEMORY, ATTN_ERR_INTERNAL (an MPI error).
+ *  @since 0.2.0 */
+ATTN_API attn_status attn_mpi_backward_plan_create(attn_mpi_plan *forward,
+                                                   const attn_tensor *dout,
+                                                   const attn_tensor *dq,
+                                                   const attn_tensor *dk,
+                                                   const attn_tensor *dv,
+                                                   attn_mpi_backward_plan **plan);
+
+/** Run the backward, collectively. q, k, v, out and lse are the forward's
+ *  inputs and results on this rank (out and lse as the forward wrote them),
+ *  with the forward plan's shapes and strides; dout, dq, dk, dv those of
+ *  plan time. dq, dk, dv are overwritten. Checks are collective: a failure
+ *  on any rank is a failure on every rank, and then no rank writes its
+ *  outputs. Allocates nothing. attn_mpi_plan_stats() on the forward plan
+ *  then describes this execute (bytes sent, waiting, wall time).
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (lse included), ATTN_ERR_MISMATCH,
+ *          ATTN_ERR_INVALID_ARG (borrowed lengths), ATTN_ERR_THREAD,
+ *          ATTN_ERR_INTERNAL. @since 0.2.0 */
+ATTN_API attn_status attn_mpi_backward_execute(attn_mpi_backward_plan *plan,
+                                               const attn_tensor *q, const attn_tensor *k,
+                                               const attn_tensor *v, const attn_tensor *out,
+                                               const attn_tensor *lse, const attn_tensor *dout,
+                                               attn_tensor *dq, attn_tensor *dk, attn_tensor *dv);
+
+/** Destroy a backward plan (before its forward plan). Not collective: it
+ *  only frees memory. NULL is a no-op. @since 0.2.0 */
+ATTN_API void attn_mpi_backward_plan_destroy(attn_mpi_backward_plan *plan);
+
 /** @} */
 
 #ifdef __cplusplus

@@ -117,9 +117,29 @@ attn_status uly_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tenso
 void uly_store(const attn_mpi_plan *p, attn_tensor *out, attn_tensor *lse);
 void uly_destroy(attn_mpi_plan *p);
 
-/* Copy the accumulator-typed rows [B, H, n, dv] (dense, stride n·dv per
- * head) into a strided rank-4 tensor, and [B, H, n] into a rank-3 one. */
-void mpi_store4(const char *src, int64_t n, attn_tensor *dst);
+/* Own K and V (any strides) into a block buffer [B, H_kv, nmax, d_k] then
+ * [B, H_kv, nmax, d_v]. */
+void ring_pack_kv(const attn_mpi_plan *p, const attn_tensor *k, const attn_tensor *v, char *buf);
+/* Set the per-tile key/query lengths of w's core plan from the global ones;
+ * false when the tile keeps no (query, key) pair (padding only). */
+bool ring_tile_lengths(attn_mpi_plan *p, const ring_work *w);
+
+/* Validation shared by plan creation and the executes (mpi_plan.c). */
+attn_status mpi_check4(attn_context *ctx, const char *name, const attn_tensor *t, attn_dtype dt,
+                       bool output);
+void mpi_meta_record(attn_tmeta *m, const attn_tensor *t);
+/* Each ts[i] against metas[i] (the first `required` must be non-NULL). */
+attn_status mpi_check_tensors(attn_context *ctx, const attn_tmeta *metas,
+                              const attn_tensor *const *ts, const char *const *names, int n,
+                              int required);
+/* Agree on `local`, then check the borrowed lengths (range, and the same on
+ * every rank) collectively. */
+attn_status mpi_execute_checks(attn_mpi_plan *p, attn_status local);
+
+/* Copy accumulator-typed rows [B, H, stride, dv] (dense; the first n of
+ * each head's rows) into a strided rank-4 tensor, and [B, H, n] into a
+ * rank-3 one. */
+void mpi_store4(const char *src, int64_t n, int64_t stride, attn_tensor *dst);
 void mpi_store3(const char *src, int64_t n, attn_tensor *dst);
 
 #endif

@@ -116,8 +116,8 @@ attn_status mpi_agree(attn_mpi_plan *p, MPI_Comm comm, attn_context *ctx, attn_s
 
 /* ---- local validation ----------------------------------------------------------- */
 
-static attn_status check4(attn_context *ctx, const char *name, const attn_tensor *t,
-                          attn_dtype dt, bool output) {
+attn_status mpi_check4(attn_context *ctx, const char *name, const attn_tensor *t, attn_dtype dt,
+                       bool output) {
   if (t == NULL) return mpi_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", name);
   if (t->rank != 4) return mpi_fail(ctx, ATTN_ERR_SHAPE, "%s: rank %d, expected 4", name, (int)t->rank);
   if (t->dtype != dt)
@@ -152,8 +152,10 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   const attn_dtype dt = q->dtype;
   if (dt != ATTN_DTYPE_F32 && dt != ATTN_DTYPE_F64)
     return mpi_fail(ctx, ATTN_ERR_DTYPE, "q: dtype must be f32 or f64");
-  if ((st = check4(ctx, "q", q, dt, false)) != ATTN_OK || (st = check4(ctx, "k", k, dt, false)) != ATTN_OK ||
-      (st = check4(ctx, "v", v, dt, false)) != ATTN_OK || (st = check4(ctx, "out", out, dt, true)) != ATTN_OK)
+  if ((st = mpi_check4(ctx, "q", q, dt, false)) != ATTN_OK ||
+      (st = mpi_check4(ctx, "k", k, dt, false)) != ATTN_OK ||
+      (st = mpi_check4(ctx, "v", v, dt, false)) != ATTN_OK ||
+      (st = mpi_check4(ctx, "out", out, dt, true)) != ATTN_OK)
     return st;
   d->dtype = dt;
   d->B = q->shape[0];
@@ -354,7 +356,7 @@ static attn_status compare(attn_mpi_plan *p, const int64_t *all, attn_context *c
 /* ---- plans ------------------------------------------------------------------------ */
 
 /* attn_tmeta_record is hidden in libattn: the same record here. */
-static void meta_record(attn_tmeta *m, const attn_tensor *t) {
+void mpi_meta_record(attn_tmeta *m, const attn_tensor *t) {
   memset(m, 0, sizeof *m);
   if (t == NULL) return;
   m->present = true;
@@ -452,11 +454,11 @@ attn_status attn_mpi_plan_create(attn_context *ctx, MPI_Comm comm, const attn_de
     dup = MPI_COMM_NULL;
     p->key_len = desc->mask.key_lengths;
     p->query_len = desc->mask.query_lengths;
-    meta_record(&p->meta[0], q);
-    meta_record(&p->meta[1], k);
-    meta_record(&p->meta[2], v);
-    meta_record(&p->meta[3], out);
-    meta_record(&p->meta[4], lse);
+    mpi_meta_record(&p->meta[0], q);
+    mpi_meta_record(&p->meta[1], k);
+    mpi_meta_record(&p->meta[2], v);
+    mpi_meta_record(&p->meta[3], out);
+    mpi_meta_record(&p->meta[4], lse);
     st = p->mode == ATTN_MPI_MODE_RING ? ring_setup(p) : uly_setup(p, desc);
     st = mpi_agree(p, p->comm, ctx, st);
   }
@@ -485,25 +487,24 @@ static bool meta_matches(const attn_tmeta *m, const attn_tensor *t) {
   return true;
 }
 
-attn_status attn_mpi_plan_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tensor *k,
-                                  const attn_tensor *v, attn_tensor *out, attn_tensor *lse) {
-  if (p == NULL) return ATTN_ERR_NULL_ARG;
-  attn_context *ctx = p->ctx;
-  ctx->last_error[0] = '\0';
-  const double t0 = MPI_Wtime();
-  /* Local checks, then agreement (nothing is sent before everyone is fine). */
-  attn_status st = ATTN_OK;
-  const attn_tensor *ts[5] = {q, k, v, out, lse};
-  static const char *const names[5] = {"q", "k", "v", "out", "lse"};
-  for (int i = 0; i < 5 && st == ATTN_OK; i++) {
-    if (i < 4 && ts[i] == NULL) st = mpi_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", names[i]);
-    else if (!meta_matches(&p->meta[i], ts[i]))
-      st = mpi_fail(ctx, ATTN_ERR_MISMATCH,
-                    "%s: %s", names[i],
-                    !p->meta[i].present ? "the plan was created without it; pass NULL"
-                    : ts[i] == NULL     ? "the plan was created with it; pass it"
+attn_status mpi_check_tensors(attn_context *ctx, const attn_tmeta *metas,
+                              const attn_tensor *const *ts, const char *const *names, int n,
+                              int required) {
+  for (int i = 0; i < n; i++) {
+    if (i < required && ts[i] == NULL)
+      return mpi_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", names[i]);
+    if (!meta_matches(&metas[i], ts[i]))
+      return mpi_fail(ctx, ATTN_ERR_MISMATCH, "%s: %s", names[i],
+                      !metas[i].present ? "the plan was created without it; pass NULL"
+                      : ts[i] == NULL   ? "the plan was created with it; pass it"
                                         : "dtype/shape/strides differ from the plan's tensor");
   }
+  return ATTN_OK;
+}
+
+attn_status mpi_execute_checks(attn_mpi_plan *p, attn_status local) {
+  attn_context *ctx = p->ctx;
+  attn_status st = local;
   const int64_t *lens[2] = {p->key_len, p->query_len};
   for (int i = 0; i < 2 && st == ATTN_OK; i++)
     for (int64_t b = 0; lens[i] != NULL && b < p->d.B; b++)
@@ -524,8 +525,21 @@ attn_status attn_mpi_plan_execute(attn_mpi_plan *p, const attn_tensor *q, const 
       st = mpi_fail(ctx, ATTN_ERR_MISMATCH, "%s: the ranks' lengths differ",
                     r[0] != -r[2] ? "key_lengths" : "query_lengths");
     st = mpi_agree(p, p->comm, ctx, st);
-    if (st != ATTN_OK) return st;
   }
+  return st;
+}
+
+attn_status attn_mpi_plan_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tensor *k,
+                                  const attn_tensor *v, attn_tensor *out, attn_tensor *lse) {
+  if (p == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = p->ctx;
+  ctx->last_error[0] = '\0';
+  const double t0 = MPI_Wtime();
+  /* Local checks, then agreement (nothing is sent before everyone is fine). */
+  const attn_tensor *ts[5] = {q, k, v, out, lse};
+  static const char *const names[5] = {"q", "k", "v", "out", "lse"};
+  attn_status st = mpi_check_tensors(ctx, p->meta, ts, names, 5, 4);
+  if ((st = mpi_execute_checks(p, st)) != ATTN_OK) return st;
   p->stats.wait_seconds = 0;
   p->stats.bytes_sent = 0;
   st = p->mode == ATTN_MPI_MODE_RING ? ring_execute(p, q, k, v, out, lse)
@@ -557,14 +571,14 @@ void attn_mpi_plan_destroy(attn_mpi_plan *plan) { plan_free(plan); }
 
 /* ---- output stores -------------------------------------------------------------------- */
 
-void mpi_store4(const char *src, int64_t n, attn_tensor *dst) {
+void mpi_store4(const char *src, int64_t n, int64_t stride, attn_tensor *dst) {
   const size_t es = mpi_esize(dst->dtype);
   const int64_t B = dst->shape[0], H = dst->shape[1], D = dst->shape[3];
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
       for (int64_t i = 0; i < n; i++)
         memcpy((char *)dst->data + (size_t)attn_off4(dst, b, h, i, 0) * es,
-               src + (size_t)(((b * H + h) * n + i) * D) * es, (size_t)D * es);
+               src + (size_t)(((b * H + h) * stride + i) * D) * es, (size_t)D * es);
 }
 
 void mpi_store3(const char *src, int64_t n, attn_tensor *dst) {

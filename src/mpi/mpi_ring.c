@@ -268,22 +268,25 @@ void ring_destroy(attn_mpi_plan *p) {
 
 /* ---- execute ---------------------------------------------------------------------------- */
 
+bool ring_tile_lengths(attn_mpi_plan *p, const ring_work *w) {
+  ring_pp *pp = &p->ring.pps[w->pp];
+  if (pp->klen == NULL && pp->qlen == NULL) return true;
+  bool any = false;
+  for (int64_t b = 0; b < p->d.B; b++) {
+    int64_t kl = pp->nk, ql = pp->nq;
+    if (pp->klen) pp->klen[b] = kl = attn_max64(0, attn_min64(pp->nk, p->key_len[b] - w->kpos));
+    if (pp->qlen) pp->qlen[b] = ql = attn_max64(0, attn_min64(pp->nq, p->query_len[b] - w->qpos));
+    any = any || (kl > 0 && ql > 0);
+  }
+  return any;
+}
+
 static attn_status run_tile(attn_mpi_plan *p, const ring_work *w, const attn_tensor *q,
                             const char *kv) {
   ring_pp *pp = &p->ring.pps[w->pp];
   const attn_dims *d = &p->d;
   const size_t es = mpi_esize(d->dtype);
-  bool any = true;
-  if (pp->klen != NULL || pp->qlen != NULL) {
-    any = false;
-    for (int64_t b = 0; b < d->B; b++) {
-      int64_t kl = pp->nk, ql = pp->nq;
-      if (pp->klen) pp->klen[b] = kl = attn_max64(0, attn_min64(pp->nk, p->key_len[b] - w->kpos));
-      if (pp->qlen) pp->qlen[b] = ql = attn_max64(0, attn_min64(pp->nq, p->query_len[b] - w->qpos));
-      any = any || (kl > 0 && ql > 0);
-    }
-  }
-  if (!any) return ATTN_OK; /* padding only: nothing to add */
+  if (!ring_tile_lengths(p, w)) return ATTN_OK; /* padding only: nothing to add */
   const size_t kbytes = (size_t)(d->B * d->Hkv * p->ring.nmax * d->Dk) * es;
   attn_status st;
   if ((st = attn_tensor_set_data(pp->q, (char *)q->data + (size_t)(w->qrow * q->strides[2]) * es)) != ATTN_OK ||
@@ -297,8 +300,7 @@ static attn_status run_tile(attn_mpi_plan *p, const ring_work *w, const attn_ten
   return attn_merge_states(p->ctx, pp->acc_o, pp->acc_l, pp->o, pp->l, pp->acc_o, pp->acc_l);
 }
 
-/* Own K and V (any strides) into a block buffer [B, H_kv, nmax, d]. */
-static void pack_kv(const attn_mpi_plan *p, const attn_tensor *k, const attn_tensor *v, char *buf) {
+void ring_pack_kv(const attn_mpi_plan *p, const attn_tensor *k, const attn_tensor *v, char *buf) {
   const attn_dims *d = &p->d;
   const size_t es = mpi_esize(d->dtype);
   const int64_t n = p->ring.nmax;
@@ -324,7 +326,7 @@ attn_status ring_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tens
   const attn_dims *d = &p->d;
   const size_t es = mpi_esize(d->dtype);
   const int64_t nrow = d->B * d->H * d->Sq;
-  pack_kv(p, k, v, r->kv[0]);
+  ring_pack_kv(p, k, v, r->kv[0]);
   memset(r->acc_o, 0, (size_t)(nrow * d->Dv) * es);
   for (int64_t i = 0; i < nrow; i++) {
     if (d->dtype == ATTN_DTYPE_F32) ((float *)(void *)r->acc_l)[i] = -INFINITY;
@@ -364,6 +366,6 @@ attn_status ring_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tens
 }
 
 void ring_store(const attn_mpi_plan *p, attn_tensor *out, attn_tensor *lse) {
-  mpi_store4(p->ring.acc_o, p->d.Sq, out);
+  mpi_store4(p->ring.acc_o, p->d.Sq, p->d.Sq, out);
   if (lse != NULL) mpi_store3(p->ring.acc_l, p->d.Sq, lse);
 }

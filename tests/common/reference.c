@@ -109,3 +109,51 @@ void ref_attention(const ref_problem *p, const double *q, const double *k, const
     }
   free(s);
 }
+
+void ref_attention_backward(const ref_problem *p, const double *q, const double *k,
+                            const double *v, const double *dout, double *dq, double *dk,
+                            double *dv) {
+  const int64_t B = p->B, H = p->H, Sq = p->Sq, Sk = p->Sk, group = p->H / p->Hkv;
+  double *w = malloc((size_t)(B * H * Sq * Sk) * sizeof *w);
+  double *o = malloc((size_t)(B * H * Sq * p->Dv) * sizeof *o);
+  double *dp = malloc((size_t)Sk * sizeof *dp);
+  ref_attention(p, q, k, v, o, w, NULL, NULL);
+  memset(dq, 0, (size_t)(B * H * Sq * p->Dq) * sizeof *dq);
+  memset(dk, 0, (size_t)(B * p->Hkv * Sk * p->Dk) * sizeof *dk);
+  memset(dv, 0, (size_t)(B * p->Hkv * Sk * p->Dv) * sizeof *dv);
+  const double scale = p->scale > 0 ? p->scale : (p->score == 0 ? 1.0 / sqrt((double)p->Dk) : 1.0);
+  for (int64_t b = 0; b < B; b++)
+    for (int64_t h = 0; h < H; h++) {
+      const int64_t kh = h / group;
+      for (int64_t i = 0; i < Sq; i++) {
+        const int64_t row = (b * H + h) * Sq + i;
+        const double *qi = q + row * p->Dq, *gi = dout + row * p->Dv, *wi = w + row * Sk;
+        /* dP_ij = dout_i · v_j; the softmax's Jacobian subtracts Σ_j w_ij dP_ij. */
+        double mean = 0;
+        for (int64_t j = 0; j < Sk; j++) {
+          const double *vj = v + ((b * p->Hkv + kh) * Sk + j) * p->Dv;
+          dp[j] = 0;
+          for (int64_t x = 0; x < p->Dv; x++) dp[j] += gi[x] * vj[x];
+          mean += wi[j] * dp[j];
+        }
+        for (int64_t j = 0; j < Sk; j++) {
+          if (wi[j] == 0) continue;
+          const double *kj = k + ((b * p->Hkv + kh) * Sk + j) * p->Dk;
+          double *dkj = dk + ((b * p->Hkv + kh) * Sk + j) * p->Dk;
+          double *dvj = dv + ((b * p->Hkv + kh) * Sk + j) * p->Dv;
+          double ds = wi[j] * (dp[j] - mean); /* ∂L/∂(final logit) */
+          if (p->softcap > 0) {               /* logit = cap·tanh(raw/cap) */
+            double raw = 0;
+            for (int64_t x = 0; x < p->Dk; x++) raw += qi[x] * kj[x];
+            const double t = tanh(scale * raw / p->softcap);
+            ds *= 1 - t * t;
+          }
+          const double g = ds * scale; /* raw = scale · q·k */
+          for (int64_t x = 0; x < p->Dq; x++) dq[row * p->Dq + x] += g * kj[x];
+          for (int64_t x = 0; x < p->Dk; x++) dkj[x] += g * qi[x];
+          for (int64_t x = 0; x < p->Dv; x++) dvj[x] += wi[j] * gi[x];
+        }
+      }
+    }
+  free(w), free(o), free(dp);
+}

@@ -34,6 +34,15 @@ void ref_problem_init(ref_problem *p, int64_t B, int64_t H, int64_t Sq, int64_t 
 void ref_attention(const ref_problem *p, const double *q, const double *k, const double *v,
                    double *out, double *weights, double *lse, double *bound);
 
+/* Gradients of a loss L with ∂L/∂out = dout ([B][H][Sq][Dv]), by the chain
+ * rule through the softmax written out for the dot-product scores (score 0
+ * and 1; softcap, ALiBi, masks, lengths, windows and sinks as in
+ * ref_attention): dq [B][H][Sq][Dq], dk [B][Hkv][Sk][Dk], dv [B][Hkv][Sk][Dv]
+ * (summed over each GQA group). Uses ref_attention's weights, O(B·H·Sq·Sk). */
+void ref_attention_backward(const ref_problem *p, const double *q, const double *k,
+                            const double *v, const double *dout, double *dq, double *dk,
+                            double *dv);
+
 /* The score before masking and the keep decision, exposed for other references. */
 bool ref_kept(const ref_problem *p, int64_t b, int64_t h, int64_t i, int64_t j);
 

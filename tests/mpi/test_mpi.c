@@ -5,7 +5,10 @@
  * that skip ring steps), key and query padding, GQA/MQA, f32/f64, uneven
  * contiguous shards and the zig-zag layout, [B,S,H,D] strides, softcap,
  * ALiBi and bool masks (Ulysses); every execute twice and on 1 and 3
- * threads, bitwise identical. Then the faults: a rank with a different
+ * threads, bitwise identical. The ring's cases run the backward over the
+ * ring too: dq, dk, dv against the naive f64 backward of the whole
+ * sequence (ref_attention_backward), reproducible and allocation-free.
+ * Then the faults: a rank with a different
  * shape, dtype, descriptor, a NULL tensor, a wrong zig-zag shard, wrong
  * tensors or lengths at execute, unsupported options — the same failure on
  * every rank, no hang, outputs untouched; the plan's communicator returns
@@ -293,6 +296,150 @@ static void run_case(const mcase *c) {
   free(q), free(k), free(v), free(ro), free(rb), free(rl), free(bm);
 }
 
+/* ---- the backward over the ring ------------------------------------------------------ */
+
+/* max |got − want| over this rank's rows of a global [B, H, S, D] array,
+ * and max |want| over them. */
+static void grad_err(const mcase *c, const attn_tensor *t, const double *want, int64_t H,
+                     int64_t D, const int64_t st[2], const int64_t ln[2], double *err,
+                     double *mag) {
+  const int64_t n = ln[0] + ln[1];
+  for (int64_t b = 0; b < c->B; b++)
+    for (int64_t h = 0; h < H; h++)
+      for (int64_t i = 0; i < n; i++) {
+        const int64_t gi = i < ln[0] ? st[0] + i : st[1] + i - ln[0];
+        for (int64_t x = 0; x < D; x++) {
+          const double w = want[((b * H + h) * c->S + gi) * D + x], g = get4(t, b, h, i, x);
+          const double e = fabs(g - w);
+          if (!(e <= *err)) *err = isnan(e) ? INFINITY : e;
+          if (fabs(w) > *mag) *mag = fabs(w);
+        }
+      }
+}
+
+/* The ring forward, then its backward: every rank's dq, dk, dv against the
+ * naive f64 backward over the whole sequence (normwise: max error ≤ tol ·
+ * max |gradient|), twice and on 1 and 3 threads bitwise identical, no
+ * allocation in the backward's execute. */
+static void run_bwd_case(const mcase *c) {
+  g_cases++;
+  const int64_t B = c->B, H = c->H, G = c->Hkv, S = c->S, D = c->D, Dv = c->Dv;
+  uint64_t seed = 0xbadc0ffeULL + (uint64_t)S * 7 + (uint64_t)H;
+  const size_t nq = (size_t)(B * H * S * D), nk = (size_t)(B * G * S * D),
+               nv = (size_t)(B * G * S * Dv), no = (size_t)(B * H * S * Dv);
+  double *q = malloc(sizeof(double) * nq), *k = malloc(sizeof(double) * nk);
+  double *v = malloc(sizeof(double) * nv), *go = malloc(sizeof(double) * no);
+  double *dq = malloc(sizeof(double) * nq), *dk = malloc(sizeof(double) * nk);
+  double *dv = malloc(sizeof(double) * nv);
+  for (size_t i = 0; i < nq; i++) q[i] = 2.0 * rnd(&seed);
+  for (size_t i = 0; i < nk; i++) k[i] = rnd(&seed);
+  for (size_t i = 0; i < nv; i++) v[i] = rnd(&seed);
+  for (size_t i = 0; i < no; i++) go[i] = rnd(&seed);
+  if (c->dt == ATTN_DTYPE_F32) {
+    for (size_t i = 0; i < nq; i++) q[i] = (float)q[i];
+    for (size_t i = 0; i < nk; i++) k[i] = (float)k[i];
+    for (size_t i = 0; i < nv; i++) v[i] = (float)v[i];
+    for (size_t i = 0; i < no; i++) go[i] = (float)go[i];
+  }
+  int64_t klen[4], qlen[4];
+  for (int64_t b = 0; b < B; b++) klen[b] = S - 1 - 3 * b, qlen[b] = S - 2 * b;
+  ref_problem rp;
+  ref_problem_init(&rp, B, H, S, S, D);
+  rp.Hkv = G, rp.Dv = Dv, rp.causal = c->causal, rp.left = c->left, rp.right = c->right;
+  if (c->klen) rp.key_len = klen;
+  if (c->qlen) rp.query_len = qlen;
+  if (c->softcap) rp.softcap = 2.5;
+  ref_attention_backward(&rp, q, k, v, go, dq, dk, dv);
+
+  int64_t st[2], ln[2];
+  my_runs(c, st, ln);
+  const double tol = c->dt == ATTN_DTYPE_F64 ? 1e-10 : 5e-4;
+  const int threads[2] = {1, 3};
+  unsigned char *first = NULL;
+  size_t first_n = 0;
+  for (int ti = 0; ti < 2; ti++) {
+    counter cnt;
+    attn_context *ctx = counted_context(&cnt, threads[ti]);
+    attn_tensor *tq = shard(ctx, c, q, H, D, st, ln, c->bshd), *tk = shard(ctx, c, k, G, D, st, ln, c->bshd);
+    attn_tensor *tv = shard(ctx, c, v, G, Dv, st, ln, c->bshd), *to = shard(ctx, c, NULL, H, Dv, st, ln, c->bshd);
+    attn_tensor *tgo = shard(ctx, c, go, H, Dv, st, ln, c->bshd);
+    attn_tensor *tdq = shard(ctx, c, NULL, H, D, st, ln, c->bshd), *tdk = shard(ctx, c, NULL, G, D, st, ln, false);
+    attn_tensor *tdv = shard(ctx, c, NULL, G, Dv, st, ln, c->bshd);
+    const int64_t n = ln[0] + ln[1], lshape[3] = {B, H, n};
+    attn_tensor *tl = NULL;
+    attn_tensor_create(ctx, c->dt, 3, lshape, &tl);
+    attn_desc *desc = NULL;
+    attn_desc_create(ctx, &desc);
+    attn_desc_set_causal(desc, (attn_causal)c->causal);
+    attn_desc_set_window(desc, c->left < 0 ? ATTN_WINDOW_UNBOUNDED : c->left,
+                         c->right < 0 ? ATTN_WINDOW_UNBOUNDED : c->right);
+    if (c->klen) attn_desc_set_key_lengths(desc, klen, B);
+    if (c->qlen) attn_desc_set_query_lengths(desc, qlen, B);
+    if (c->softcap) attn_desc_set_softcap(desc, 2.5);
+    attn_mpi_config cfg;
+    attn_mpi_config_init(&cfg);
+    cfg.mode = ATTN_MPI_MODE_RING;
+    cfg.layout = c->layout;
+    attn_mpi_plan *plan = NULL;
+    attn_mpi_backward_plan *bplan = NULL;
+    attn_status s = attn_mpi_plan_create(ctx, MPI_COMM_WORLD, desc, &cfg, tq, tk, tv, to, tl, &plan);
+    CHECK(s == ATTN_OK, "%s: plan: %s", c->name, attn_context_last_error(ctx));
+    attn_desc_destroy(desc);
+    if (s == ATTN_OK) {
+      s = attn_mpi_plan_execute(plan, tq, tk, tv, to, tl);
+      CHECK(s == ATTN_OK, "%s: forward: %s", c->name, attn_context_last_error(ctx));
+      s = attn_mpi_backward_plan_create(plan, tgo, tdq, tdk, tdv, &bplan);
+      CHECK(s == ATTN_OK, "%s: backward plan: %s", c->name, attn_context_last_error(ctx));
+    }
+    if (s == ATTN_OK) {
+      s = attn_mpi_backward_execute(bplan, tq, tk, tv, to, tl, tgo, tdq, tdk, tdv);
+      CHECK(s == ATTN_OK, "%s: backward: %s", c->name, attn_context_last_error(ctx));
+      const size_t b1 = tbytes(tdq), b2 = tbytes(tdk), b3 = tbytes(tdv);
+      unsigned char *snap = malloc(b1 + b2 + b3);
+      memcpy(snap, attn_tensor_data(tdq), b1);
+      memcpy(snap + b1, attn_tensor_data(tdk), b2);
+      memcpy(snap + b1 + b2, attn_tensor_data(tdv), b3);
+      const int64_t allocs = cnt.allocs;
+      s = attn_mpi_backward_execute(bplan, tq, tk, tv, to, tl, tgo, tdq, tdk, tdv);
+      CHECK(s == ATTN_OK, "%s: backward 2: %s", c->name, attn_context_last_error(ctx));
+      CHECK(cnt.allocs == allocs, "%s: the backward's execute allocated", c->name);
+      CHECK(memcmp(snap, attn_tensor_data(tdq), b1) == 0 &&
+                memcmp(snap + b1, attn_tensor_data(tdk), b2) == 0 &&
+                memcmp(snap + b1 + b2, attn_tensor_data(tdv), b3) == 0,
+            "%s: a second backward differs", c->name);
+      if (first == NULL) {
+        first = snap, first_n = b1 + b2 + b3;
+      } else {
+        CHECK(memcmp(first, snap, first_n) == 0, "%s: backward on 1 and 3 threads differs", c->name);
+        free(snap);
+      }
+      double e[3] = {0, 0, 0}, m[3] = {0, 0, 0};
+      grad_err(c, tdq, dq, H, D, st, ln, &e[0], &m[0]);
+      grad_err(c, tdk, dk, G, D, st, ln, &e[1], &m[1]);
+      grad_err(c, tdv, dv, G, Dv, st, ln, &e[2], &m[2]);
+      /* The bound is on the whole gradient: take every rank's maxima. */
+      double le[6] = {e[0], e[1], e[2], m[0], m[1], m[2]}, ge[6];
+      MPI_Allreduce(le, ge, 6, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+      static const char *const nm[3] = {"dq", "dk", "dv"};
+      for (int i = 0; i < 3; i++)
+        CHECK(ge[i] <= tol * ge[3 + i], "%s (%s, N=%d): %s max error %g > %g · max|%s| %g", c->name,
+              c->dt == ATTN_DTYPE_F64 ? "f64" : "f32", g_size, nm[i], ge[i], tol, nm[i], ge[3 + i]);
+      if (g_rank == 0 && ti == 0)
+        printf("ok backward %-34s %s np=%d rel_err dq %.2g dk %.2g dv %.2g\n", c->name,
+               c->dt == ATTN_DTYPE_F64 ? "f64" : "f32", g_size, ge[0] / ge[3], ge[1] / ge[4],
+               ge[2] / ge[5]);
+    }
+    attn_mpi_backward_plan_destroy(bplan);
+    attn_mpi_plan_destroy(plan);
+    tfree(tq), tfree(tk), tfree(tv), tfree(to), tfree(tgo), tfree(tdq), tfree(tdk), tfree(tdv);
+    attn_tensor_destroy(tl);
+    attn_context_destroy(ctx);
+    CHECK_NO_LEAK(&cnt, c->name);
+  }
+  free(first);
+  free(q), free(k), free(v), free(go), free(dq), free(dk), free(dv);
+}
+
 /* ---- faults ------------------------------------------------------------------------ */
 
 typedef struct fx {
@@ -353,6 +500,90 @@ static attn_status create(fx *f, attn_mpi_mode mode, attn_mpi_plan **plan) {
   cfg.layout = f->c.layout;
   return attn_mpi_plan_create(f->ctx, MPI_COMM_WORLD, f->desc, &cfg, f->q, f->k, f->v, f->out,
                               f->lse, plan);
+}
+
+/* The backward's faults: a Ulysses or lse-less forward, one rank's wrong
+ * gradient shape at creation, one rank's wrong dout at execute (nobody
+ * writes dq), NULLs. */
+static void bwd_faults(void) {
+  const int last = g_size - 1;
+  fx f;
+  attn_mpi_plan *plan = NULL;
+  attn_mpi_backward_plan *bp = NULL;
+  fx_init(&f, g_size, ATTN_DTYPE_F32, ATTN_MPI_LAYOUT_CONTIGUOUS); /* H = N: Ulysses can run */
+  const int64_t n = f.ln[0] + f.ln[1], lshape[3] = {f.c.B, f.c.H, n};
+  attn_tensor *lse = NULL;
+  attn_tensor_create(f.ctx, ATTN_DTYPE_F32, 3, lshape, &lse);
+  attn_tensor *dout = shard(f.ctx, &f.c, NULL, f.c.H, 8, f.st, f.ln, false);
+  attn_tensor *dq = shard(f.ctx, &f.c, NULL, f.c.H, 8, f.st, f.ln, false);
+  attn_tensor *dk = shard(f.ctx, &f.c, NULL, f.c.H, 8, f.st, f.ln, false);
+  attn_tensor *dv = shard(f.ctx, &f.c, NULL, f.c.H, 8, f.st, f.ln, false);
+  memset(attn_tensor_data(dout), 0, tbytes(dout));
+  attn_mpi_config cfg;
+  attn_mpi_config_init(&cfg);
+  cfg.mode = ATTN_MPI_MODE_ULYSSES;
+  attn_status s = attn_mpi_plan_create(f.ctx, MPI_COMM_WORLD, f.desc, &cfg, f.q, f.k, f.v, f.out,
+                                       lse, &plan);
+  CHECK(s == ATTN_OK, "ulysses plan: %s", attn_context_last_error(f.ctx));
+  s = attn_mpi_backward_plan_create(plan, dout, dq, dk, dv, &bp);
+  expect_all("backward_of_ulysses", f.ctx, s, ATTN_ERR_UNSUPPORTED, "ATTN_MPI_MODE_RING");
+  CHECK(bp == NULL, "backward plan handle");
+  attn_mpi_plan_destroy(plan), plan = NULL;
+
+  cfg.mode = ATTN_MPI_MODE_RING;
+  s = attn_mpi_plan_create(f.ctx, MPI_COMM_WORLD, f.desc, &cfg, f.q, f.k, f.v, f.out, NULL, &plan);
+  CHECK(s == ATTN_OK, "ring plan: %s", attn_context_last_error(f.ctx));
+  s = attn_mpi_backward_plan_create(plan, dout, dq, dk, dv, &bp);
+  expect_all("backward_without_lse", f.ctx, s, ATTN_ERR_INVALID_ARG, "lse");
+  attn_mpi_plan_destroy(plan), plan = NULL;
+
+  s = attn_mpi_plan_create(f.ctx, MPI_COMM_WORLD, f.desc, &cfg, f.q, f.k, f.v, f.out, lse, &plan);
+  CHECK(s == ATTN_OK, "ring plan: %s", attn_context_last_error(f.ctx));
+  /* The last rank's dq has one row less than its shard. */
+  attn_tensor *short_dq = NULL;
+  const int64_t sh[4] = {f.c.B, f.c.H, n > 1 ? n - 1 : 2, 8};
+  attn_tensor_create(f.ctx, ATTN_DTYPE_F32, 4, sh, &short_dq);
+  s = attn_mpi_backward_plan_create(plan, dout, g_rank == last ? short_dq : dq, dk, dv, &bp);
+  expect_all("backward_dq_shape_on_last_rank", f.ctx, s, ATTN_ERR_SHAPE,
+             g_rank == last ? "dq:" : "failed");
+  CHECK(bp == NULL, "backward plan handle");
+  s = attn_mpi_backward_plan_create(plan, dout, dq, dk, NULL, &bp);
+  expect_all("backward_dv_null", f.ctx, s, ATTN_ERR_NULL_ARG, "dv");
+  s = attn_mpi_backward_plan_create(plan, dout, dq, dk, dv, NULL);
+  expect_all("backward_plan_out_null", f.ctx, s, ATTN_ERR_NULL_ARG, "plan");
+  CHECK(attn_mpi_backward_plan_create(NULL, dout, dq, dk, dv, &bp) == ATTN_ERR_NULL_ARG,
+        "backward of NULL");
+  s = attn_mpi_backward_plan_create(plan, dout, dq, dk, dv, &bp);
+  CHECK(s == ATTN_OK, "backward plan: %s", attn_context_last_error(f.ctx));
+  if (s == ATTN_OK) {
+    s = attn_mpi_plan_execute(plan, f.q, f.k, f.v, f.out, lse);
+    CHECK(s == ATTN_OK, "forward: %s", attn_context_last_error(f.ctx));
+    memset(attn_tensor_data(dq), 0xA5, tbytes(dq));
+    /* The last rank's dout has another shape than at plan time: every rank
+     * fails, nobody writes dq. */
+    s = attn_mpi_backward_execute(bp, f.q, f.k, f.v, f.out, lse,
+                                  g_rank == last ? short_dq : dout, dq, dk, dv);
+    expect_all("backward_dout_differs_on_last_rank", f.ctx, s, ATTN_ERR_MISMATCH,
+               g_rank == last ? "dout" : "failed");
+    const unsigned char *pq = attn_tensor_data(dq);
+    bool untouched = true;
+    for (size_t i = 0; i < tbytes(dq); i++) untouched = untouched && pq[i] == 0xA5;
+    CHECK(untouched, "a failed backward wrote dq");
+    s = attn_mpi_backward_execute(bp, f.q, f.k, f.v, f.out, NULL, dout, dq, dk, dv);
+    expect_all("backward_lse_null", f.ctx, s, ATTN_ERR_NULL_ARG, "lse");
+    s = attn_mpi_backward_execute(bp, f.q, f.k, f.v, f.out, lse, dout, dq, dk, dv);
+    expect_all("backward_after_faults", f.ctx, s, ATTN_OK, NULL);
+    CHECK(attn_mpi_backward_execute(NULL, f.q, f.k, f.v, f.out, lse, dout, dq, dk, dv) ==
+              ATTN_ERR_NULL_ARG,
+          "backward execute NULL");
+  }
+  attn_mpi_backward_plan_destroy(bp);
+  attn_mpi_backward_plan_destroy(NULL);
+  attn_mpi_plan_destroy(plan);
+  attn_tensor_destroy(short_dq);
+  attn_tensor_destroy(lse);
+  tfree(dout), tfree(dq), tfree(dk), tfree(dv);
+  fx_free(&f);
 }
 
 static void faults(void) {
@@ -499,6 +730,7 @@ static void faults(void) {
   CHECK(attn_mpi_shard((attn_mpi_layout)5, 10, 3, 0, s0, l0) == ATTN_ERR_INVALID_ARG, "shard layout");
   CHECK(attn_mpi_shard(ATTN_MPI_LAYOUT_CONTIGUOUS, 10, 3, 0, NULL, l0) == ATTN_ERR_NULL_ARG, "shard null");
   fx_free(&f);
+  bwd_faults();
 }
 
 int main(int argc, char **argv) {
@@ -539,6 +771,9 @@ int main(int argc, char **argv) {
       if (c.mode == U && c.H < g_size) continue; /* Ulysses needs H ≥ N (fault test covers it) */
       if (c.mode == A && c.want_mode == U && (c.H < g_size || (c.alibi == 0 && c.H % g_size))) c.want_mode = A;
       run_case(&c);
+      /* The backward over the ring, for the ring's cases (dk in [B,H,S,D]
+       * even when the rest is [B,S,H,D]: mixed strides). */
+      if (c.mode == R) run_bwd_case(&c);
     }
   if (!only_cases) faults();
   int all = 0;
