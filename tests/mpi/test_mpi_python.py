@@ -38,6 +38,33 @@ def reference(q, k, v, causal, key_len=None):
     return np.einsum("bhij,bhjd->bhid", p / l, v), (m + np.log(l))[..., 0]
 
 
+def reference_backward(q, k, v, dout, causal, key_len=None):
+    """Gradients of the reference by hand (float64): P the weights,
+    dS = P·(dP − Σ_j P·dP), dq = scale·dS·k, dk = scale·dSᵀ·q, dv = Pᵀ·dout,
+    the K/V ones summed over each group of query heads."""
+    B, H, S, D = q.shape
+    Hkv = k.shape[1]
+    g = H // Hkv
+    kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    scale = 1 / math.sqrt(D)
+    s = np.einsum("bhid,bhjd->bhij", q, kr) * scale
+    keep = np.ones((B, 1, S, S), dtype=bool)
+    if causal:
+        keep &= np.tril(np.ones((S, S), dtype=bool))[None, None]
+    if key_len is not None:
+        for b, n in enumerate(key_len):
+            keep[b, :, :, n:] = False
+    s = np.where(keep, s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    dp = np.einsum("bhid,bhjd->bhij", dout, vr)
+    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    dq = np.einsum("bhij,bhjd->bhid", ds, kr) * scale
+    dk = np.einsum("bhij,bhid->bhjd", ds, q) * scale
+    dv = np.einsum("bhij,bhid->bhjd", p, dout)
+    return dq, dk.reshape(B, Hkv, g, S, D).sum(2), dv.reshape(B, Hkv, g, S, D).sum(2)
+
+
 def check(name, cond, msg=""):
     global failures
     if not cond:
@@ -64,6 +91,21 @@ for layout in ("contiguous", "zigzag"):
             err = np.abs(out - want[:, :, rows]).max()
             check("%s %s causal=%s" % (layout, mode, causal),
                   err < 1e-12 and np.abs(lse - want_lse[:, :, rows]).max() < 1e-12, "err %g" % err)
+
+# the backward over the ring
+dout = rng.standard_normal((B, H, S, D))
+for layout in ("contiguous", "zigzag"):
+    rows = np.concatenate([np.arange(s, s + n) for s, n in attn.mpi.shard(layout, S, comm.size, comm.rank)])
+    for causal in (False, True):
+        kl = [S - 3, S]
+        parts = [np.ascontiguousarray(a[:, :, rows]) for a in (q, k, v, dout)]
+        out, lse = attn.mpi.attention(comm, *parts[:3], mode="ring", layout=layout, causal=causal,
+                                      key_lengths=kl, return_lse=True)
+        dq, dk, dv = attn.mpi.attention_backward(comm, *parts[:3], out, lse, parts[3],
+                                                 layout=layout, causal=causal, key_lengths=kl)
+        want = reference_backward(q, k, v, dout, causal, kl)
+        err = max(np.abs(got - w[:, :, rows]).max() for got, w in zip((dq, dk, dv), want))
+        check("backward %s causal=%s" % (layout, causal), err < 1e-12, "err %g" % err)
 
 # float32, the plan object, stats
 q32, k32, v32 = (a[:, :, :S].astype(np.float32) for a in (q, k, v))

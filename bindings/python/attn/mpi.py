@@ -32,7 +32,8 @@ try:
 except ImportError as e:  # pragma: no cover
     raise ImportError("attn.mpi needs mpi4py (Debian: python3-mpi4py): %s" % e)
 
-__all__ = ["Mode", "Layout", "Plan", "attention", "shard", "library_path"]
+__all__ = ["Mode", "Layout", "Plan", "BackwardPlan", "attention", "attention_backward", "shard",
+           "library_path"]
 
 
 class Mode(enum.IntEnum):
@@ -101,6 +102,13 @@ _declare("attn_mpi_plan_execute", c_int, [c_void_p] * 6,
                                            else getattr(args[0], "value", None)))
 _declare("attn_mpi_plan_stats", c_int, [c_void_p, POINTER(_Stats)])
 _declare("attn_mpi_plan_destroy", None, [c_void_p])
+_declare("attn_mpi_backward_plan_create", c_int, [c_void_p] * 5 + [POINTER(c_void_p)],
+         ctx_of=lambda args: _plan_ctx.get(args[0] if isinstance(args[0], int)
+                                           else getattr(args[0], "value", None)))
+_declare("attn_mpi_backward_execute", c_int, [c_void_p] * 10,
+         ctx_of=lambda args: _plan_ctx.get(args[0] if isinstance(args[0], int)
+                                           else getattr(args[0], "value", None)))
+_declare("attn_mpi_backward_plan_destroy", None, [c_void_p])
 
 _plan_ctx = {}
 
@@ -208,6 +216,78 @@ class Plan:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _handles(ctx, tensors, names, arrays, writeable):
+    """Tensor handles for arrays: the plan-time tensors re-pointed when the
+    layout matches, else temporaries (kept alive in the returned list)."""
+    handles, temps = [], []
+    for name, t, a in zip(names, tensors, arrays):
+        if a is None:
+            handles.append(None)
+        elif t is not None and t.matches(a):
+            t.set_data(a)
+            handles.append(t.handle)
+        else:
+            tmp = _as_tensor(ctx, a, name, writeable=name in writeable,
+                             contiguous_last=name != "lse")
+            temps.append(tmp)
+            handles.append(tmp.handle)
+    return handles, temps
+
+
+class BackwardPlan:
+    """attn_mpi_backward_plan, created collectively: the gradients over the
+    ring of ``plan`` (a ring-mode Plan created with lse) for this rank's
+    dout [B, H, S_r, d_v], dq [B, H, S_r, d], dk/dv [B, H_kv, S_r, d]. Close
+    it before the forward plan."""
+
+    def __init__(self, plan, dout, dq, dk, dv):
+        self.plan = plan
+        self.ctx = plan.ctx
+        self._tensors = [_as_tensor(self.ctx, a, n, writeable=n != "dout")
+                         for n, a in zip(("dout", "dq", "dk", "dv"), (dout, dq, dk, dv))]
+        handle = c_void_p()
+        _mpi.attn_mpi_backward_plan_create(plan.handle, *[t.handle for t in self._tensors],
+                                           byref(handle))
+        self._handle = handle.value
+        _plan_ctx[self._handle] = self.ctx.handle
+
+    def execute(self, q, k, v, out, lse, dout, dq, dk, dv):
+        """Collective: the forward's q, k, v, out, lse and the incoming
+        gradient dout of this rank; writes dq, dk, dv in place."""
+        fh, ft = _handles(self.ctx, self.plan._tensors, ("q", "k", "v", "out", "lse"),
+                          (q, k, v, out, lse), ())
+        gh, gt = _handles(self.ctx, self._tensors, ("dout", "dq", "dk", "dv"),
+                          (dout, dq, dk, dv), ("dq", "dk", "dv"))
+        _mpi.attn_mpi_backward_execute(self._handle, *(fh + gh))
+        del ft, gt
+        return dq, dk, dv
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            _plan_ctx.pop(self._handle, None)
+            _mpi.attn_mpi_backward_plan_destroy(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def attention_backward(comm, q, k, v, out, lse, dout, *, layout="contiguous", ctx=None,
+                       **settings):
+    """One-shot, collective: this rank's (dq, dk, dv) for the ring attention
+    whose forward gave out and lse (e.g. attention(..., mode="ring",
+    return_lse=True) with the same settings), given dout = ∂L/∂out of its
+    rows."""
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    with Plan(comm, q, k, v, out, lse, mode="ring", layout=layout, ctx=ctx, **settings) as p:
+        with BackwardPlan(p, dout, dq, dk, dv) as b:
+            b.execute(q, k, v, out, lse, dout, dq, dk, dv)
+    return dq, dk, dv
 
 
 def attention(comm, q, k, v, *, mode="auto", layout="contiguous", return_lse=False, ctx=None,
