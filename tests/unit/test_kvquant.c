@@ -371,7 +371,7 @@ static void test_threads_bitwise(void **state) {
       size_t nref = 0;
       for (int32_t t = 1; t <= (quick() ? 2 : 4); t++) {
         qcase c = {.st = kQuant[s], .B = 2, .H = 8, .Hkv = 2, .Dk = 64, .Dv = 64, .cap = 4096,
-                   .mode = ATTN_KVCACHE_LINEAR, .prefill = 600, .steps = 2,
+                   .mode = ATTN_KVCACHE_LINEAR, .prefill = quick() ? 160 : 600, .steps = 2,
                    .n = nq ? 20 : 1, .win = -1, .causal = true, .threads = t,
                    .skip_prefill_ref = t > 1};
         run_q(&c, 99);

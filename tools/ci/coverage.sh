@@ -1,5 +1,5 @@
 #!/bin/sh
-# Line coverage of src/ by the unit tests (gcc --coverage, -O0), measured with
+# Line coverage of src/ by the unit and MPI tests (gcc --coverage, -O0), measured with
 # gcovr: prints the per-file table and the summary, and fails below
 # $ATTN_COVERAGE_MIN percent of src/ lines (default 90).
 # ATTN_CPU=avx2 and =generic runs are added, so every vector-math path counts.
@@ -13,8 +13,10 @@ command -v gcovr >/dev/null || ci_die "gcovr not installed (apt-get install gcov
 ci_build coverage -DCMAKE_C_COMPILER=gcc -DCMAKE_BUILD_TYPE=Debug -DATTN_COVERAGE=ON \
   -DCMAKE_C_FLAGS=-fprofile-update=atomic
 find "$BUILD" -name '*.gcda' -delete
-ci_log "ctest (unit)"
-ctest --test-dir "$BUILD" -L unit -j"$JOBS" --output-on-failure >"$BUILD/ci-ctest.log" 2>&1 || {
+# The MPI tests (label "mpi", under mpirun) count too: src/mpi/ is part of
+# src/. Every rank adds its counts to the same .gcda files (gcov locks them).
+ci_log "ctest (unit, mpi)"
+ctest --test-dir "$BUILD" -L 'unit|mpi' -j"$JOBS" --output-on-failure >"$BUILD/ci-ctest.log" 2>&1 || {
   tail -n 40 "$BUILD/ci-ctest.log"
   ci_die "tests failed in the coverage build"
 }

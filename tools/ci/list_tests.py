@@ -1,6 +1,8 @@
 #!/usr/bin/python3
 """Print the command line of every ctest test carrying a label (default
-"unit"), one per line as: workdir<TAB>argv0<TAB>argv1..., for valgrind.sh."""
+"unit"), one per line as: workdir<TAB>env<TAB>argv0<TAB>argv1..., for
+valgrind.sh. env is the test's ENVIRONMENT property as space-separated
+NAME=VALUE words ("-" when it has none)."""
 import json
 import subprocess
 import sys
@@ -14,4 +16,5 @@ for t in info.get("tests", []):
     if label not in labels or props.get("DISABLED"):
         continue
     wd = props.get("WORKING_DIRECTORY", build)
-    print("\t".join([wd] + t["command"]))
+    env = " ".join(props.get("ENVIRONMENT", [])) or "-"
+    print("\t".join([wd, env] + t["command"]))
