@@ -464,8 +464,10 @@ ATTN_API attn_status attn_desc_set_varlen(attn_desc *desc, const int64_t *q_offs
  *  lse_i = log(e^{sink_h} + Σ_kept e^{s_ij}) (includes the sink). A row that
  *  keeps no key gives out 0 and lse = sink_h. −inf is no sink for that head.
  *  Weights and the per-key mass are the p_ij above (rows sum to < 1).
- *  Exact, Longformer, BigBird and block-sparse plans, and the KV cache
- *  (attn_kvcache_plan_create()). Borrowed: re-checked at every execute.
+ *  Exact, Longformer, BigBird and block-sparse plans, the KV cache
+ *  (attn_kvcache_plan_create()), and the backward pass
+ *  (attn_backward_plan_set_sink_grad() gives the logits' own gradient).
+ *  Borrowed: re-checked at every execute.
  *  @param desc    the descriptor
  *  @param logits  [count] sink logits, one per query head (borrowed), or NULL to clear
  *  @param count   H at plan time (ATTN_ERR_SHAPE naming "sinks" otherwise); 0 with NULL

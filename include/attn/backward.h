@@ -30,9 +30,11 @@
  * Supported: variants EXACT, LONGFORMER, BIGBIRD and BLOCK_SPARSE (the sparse
  * variants go through the same tile-skipping path), scores SCALED_DOT and
  * DOT, every mask option (causal both alignments, window, key/query lengths,
- * bool and additive masks, ALiBi, softcap), dtypes F32 and F64. Other
- * variants, scores and dtypes, packed variable-length batches, attention
- * sinks and the key-mass output give ATTN_ERR_UNSUPPORTED at plan creation.
+ * bool and additive masks, ALiBi, softcap), attention sinks (their lse
+ * share is already in the forward's lse; their own gradient with
+ * attn_backward_plan_set_sink_grad()), dtypes F32 and F64. Other variants,
+ * scores and dtypes, packed variable-length batches and the key-mass output
+ * give ATTN_ERR_UNSUPPORTED at plan creation.
  *
  * Determinism: dk/dv are accumulated per key block and dq per query row in a
  * fixed order that depends only on the shapes, so results are bitwise
@@ -123,6 +125,24 @@ ATTN_API attn_status attn_backward_execute(attn_backward_plan *plan, const attn_
                                            const attn_tensor *out, const attn_tensor *lse,
                                            const attn_tensor *dout, attn_tensor *dq,
                                            attn_tensor *dk, attn_tensor *dv, attn_tensor *dmask);
+
+/** Also compute the gradient of the attention-sink logits
+ *  (attn_desc_set_sinks) at every execute:
+ *
+ *    dsinks[h] = ∂L/∂sink_h = −Σ_{b,i} e^{sink_h − lse_bhi} · (dout_bhi · out_bhi)
+ *
+ *  (a sink takes the share e^{sink − lse} of each row's softmax and carries
+ *  no value; a head with sink −inf gets 0). Written after the other
+ *  gradients, in f64, in a fixed order; not written when execute fails.
+ *  @param plan    the backward plan
+ *  @param dsinks  [count] output (borrowed: must stay valid while set), or
+ *                 NULL (with count 0) to stop computing it
+ *  @param count   H, the number of query heads
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (plan; dsinks NULL with count > 0),
+ *          ATTN_ERR_INVALID_ARG (the forward plan has no sinks, "dsinks"),
+ *          ATTN_ERR_SHAPE (count ≠ H, "dsinks"). @since 0.2.0 */
+ATTN_API attn_status attn_backward_plan_set_sink_grad(attn_backward_plan *plan, double *dsinks,
+                                                      int64_t count);
 
 /** Bytes of workspace the backward plan holds. 0 for NULL. @since 0.2.0 */
 ATTN_API size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan);

@@ -51,6 +51,7 @@ struct attn_backward_plan {
   size_t D_at, part_at, shared_bytes; /* shared: D [B·H·S_q], partial dq */
   void *workspace;
   size_t workspace_bytes;
+  double *dsinks; /* [H] ∂L/∂sinks (attn_backward_plan_set_sink_grad), or NULL */
 };
 
 typedef struct bwd_args {
@@ -110,13 +111,11 @@ static attn_status check_distinct(attn_context *ctx, const char *name, const att
 static const attn_support bwd_support = {
     "the backward",
     ATTN_OPT_ALL & ~(ATTN_OPT(ATTN_OPT_SCORE_GENERAL) | ATTN_OPT(ATTN_OPT_SCORE_ADDITIVE) |
-                     ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_SINKS) |
-                     ATTN_OPT(ATTN_OPT_MASS)),
+                     ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_MASS)),
     {[ATTN_OPT_SCORE_GENERAL] = BWD_NO_SCORE,
      [ATTN_OPT_SCORE_ADDITIVE] = BWD_NO_SCORE,
      [ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
                          "backward yet",
-     [ATTN_OPT_SINKS] = "the forward plan has attention sinks, which have no backward yet",
      [ATTN_OPT_MASS] = "the forward plan has a key-mass output, which has no backward"},
     "the backward supports f32 and f64 plans"};
 #undef BWD_NO_SCORE
@@ -265,6 +264,50 @@ attn_status attn_backward_plan_create_tiled(const attn_plan *forward, const attn
   return ATTN_OK;
 }
 
+/* ∂L/∂sink_h = −Σ_{b,i} e^{sink_h − lse_bhi} · D_bhi: the sink's share of
+ * each row's softmax times the row's D = dout·out (in the workspace after
+ * pass 1). Rows with lse = −inf or D = 0 add nothing. f64, fixed order. */
+static void sink_grad(const attn_backward_plan *bp, const attn_tensor *lse, const double *sinks) {
+  const attn_dims *d = &bp->dims;
+  const bool f32 = d->dtype == ATTN_DTYPE_F32;
+  const char *D = (const char *)bp->workspace + bp->D_at;
+  for (int64_t h = 0; h < d->H; h++) {
+    double acc = 0;
+    for (int64_t b = 0; sinks[h] > -INFINITY && b < d->B; b++)
+      for (int64_t i = 0; i < d->Sq; i++) {
+        const int64_t r = (b * d->H + h) * d->Sq + i;
+        const int64_t lo = b * lse->strides[0] + h * lse->strides[1] + i * lse->strides[2];
+        const double l = f32 ? ((const float *)lse->data)[lo] : ((const double *)lse->data)[lo];
+        const double Dr = f32 ? ((const float *)(const void *)D)[r] : ((const double *)(const void *)D)[r];
+        if (!(l > -INFINITY) || Dr == 0) continue;
+        acc -= exp(sinks[h] - l) * Dr;
+      }
+    bp->dsinks[h] = acc;
+  }
+}
+
+attn_status attn_backward_plan_set_sink_grad(attn_backward_plan *plan, double *dsinks,
+                                             int64_t count) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  if (dsinks == NULL) {
+    if (count != 0)
+      return attn_fail(ctx, ATTN_ERR_NULL_ARG, "dsinks: NULL with count %" PRId64, count);
+    plan->dsinks = NULL;
+    return ATTN_OK;
+  }
+  if (plan->fwd->desc.sinks.logits == NULL)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "dsinks: the forward plan has no attention sinks to differentiate");
+  if (count != plan->dims.H)
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "dsinks: count %" PRId64 ", expected H = %" PRId64 " (one per query head)",
+                     count, plan->dims.H);
+  plan->dsinks = dsinks;
+  return ATTN_OK;
+}
+
 attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q,
                                   const attn_tensor *k, const attn_tensor *v,
                                   const attn_tensor *out, const attn_tensor *lse,
@@ -280,6 +323,10 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
   attn_mask mask = plan->mask;
   attn_mask_bind(&mask, &plan->fwd->desc);
   if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
+  const attn_desc *fd = &plan->fwd->desc;
+  if (plan->dsinks != NULL &&
+      (st = attn_check_sinks(ctx, fd->sinks.logits, fd->sinks.n, plan->dims.dtype)) != ATTN_OK)
+    return st;
 
   const attn_dims *d = &plan->dims;
   attn_ws ws = {(char *)plan->workspace, (char *)plan->workspace + plan->shared_bytes,
@@ -292,9 +339,12 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
   if ((st = attn_parallel_for(ctx, d->B * d->Hkv * plan->chunks,
                               f32 ? bwd_kv_task_f32 : bwd_kv_task_f64, &a)) != ATTN_OK)
     return st;
-  if (plan->chunks > 1)
-    st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_reduce_task_f32 : bwd_reduce_task_f64, &a);
-  return st;
+  if (plan->chunks > 1 &&
+      (st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_reduce_task_f32 : bwd_reduce_task_f64,
+                              &a)) != ATTN_OK)
+    return st;
+  if (plan->dsinks != NULL) sink_grad(plan, lse, fd->sinks.logits);
+  return ATTN_OK;
 }
 
 size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan) {

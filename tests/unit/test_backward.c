@@ -28,7 +28,7 @@ typedef struct bcase {
   int64_t B, H, Hkv, Sq, Sk, D, Dv;
   int causal;
   int64_t left, right; /* −1 = unbounded */
-  bool klen, qlen, bmask, amask, dmask, alibi, bshd;
+  bool klen, qlen, bmask, amask, dmask, alibi, bshd, sinks;
   double softcap;
   int score;
   double scale; /* 0 = default */
@@ -44,6 +44,7 @@ typedef struct bsetup {
   attn_tensor *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv, *bm, *am, *dm, *layout;
   int64_t klen[4], qlen[4];
   double slopes[8];
+  double sinks[8], dsinks[8]; /* sink logits (one head −inf) and their gradient */
   int64_t globals[2];
   attn_plan *fwd;
 } bsetup;
@@ -136,6 +137,10 @@ static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads
     assert_int_equal(attn_desc_set_alibi(d, s->slopes, H), ATTN_OK);
   }
   if (c->softcap > 0) assert_int_equal(attn_desc_set_softcap(d, c->softcap), ATTN_OK);
+  if (c->sinks) {
+    for (int64_t h = 0; h < H; h++) s->sinks[h] = h == 1 ? -INFINITY : 0.4 - 0.3 * (double)h;
+    assert_int_equal(attn_desc_set_sinks(d, s->sinks, H), ATTN_OK);
+  }
   if (c->variant == ATTN_VARIANT_LONGFORMER) {
     s->globals[0] = 1;
     s->globals[1] = Sq - 2;
@@ -215,6 +220,10 @@ static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
                                                    tq, tk, &bp);
   if (st != ATTN_OK)
     fail_msg("%s: backward plan: %s", s->c->name, attn_context_last_error(s->ctx));
+  if (s->c->sinks) {
+    for (int64_t h = 0; h < s->c->H; h++) s->dsinks[h] = NAN;
+    assert_int_equal(attn_backward_plan_set_sink_grad(bp, s->dsinks, s->c->H), ATTN_OK);
+  }
   assert_int_equal(attn_plan_execute(s->fwd, s->q, s->k, s->v, s->out, NULL, s->lse), ATTN_OK);
   st = attn_backward_execute(bp, s->q, s->k, s->v, s->out, s->lse, s->dout, s->dq, s->dk, s->dv,
                              s->dm);
@@ -266,6 +275,12 @@ static const bcase cases[] = {
     {"bigbird", ATTN_VARIANT_BIGBIRD, 1, 2, 2, 16, 16, 4, 4, 0, -1, -1, .block = 2},
     {"block_sparse", ATTN_VARIANT_BLOCK_SPARSE, 2, 2, 2, 12, 12, 4, 4, 0, -1, -1, .block = 3,
      .bmask = true},
+    /* Sinks: one head without (−inf), rows with no key left (lse = sink). */
+    {"sinks", ATTN_VARIANT_EXACT, 2, 3, 3, 7, 9, 4, 4, 0, -1, -1, .sinks = true},
+    {"sinks_causal_lengths_gqa", ATTN_VARIANT_EXACT, 2, 4, 2, 8, 9, 4, 4,
+     ATTN_CAUSAL_BOTTOM_RIGHT, 3, -1, .klen = true, .qlen = true, .sinks = true, .softcap = 1.7},
+    {"sinks_longformer", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, 0, 2, 2, .block = 4,
+     .sinks = true},
 };
 
 static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
@@ -286,6 +301,27 @@ static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
                (long long)tq, (long long)tk, names[i], e);
     free(g);
     free(fd);
+  }
+  if (c->sinks) { /* ∂L/∂sink_h against central differences in the (borrowed) logit */
+    double num = 0, den = 0;
+    for (int64_t h = 0; h < c->H; h++) {
+      double want = 0;
+      if (isfinite(s.sinks[h])) {
+        const double x0 = s.sinks[h], e = 1e-5;
+        s.sinks[h] = x0 + e;
+        const double lp = loss(&s);
+        s.sinks[h] = x0 - e;
+        const double lm = loss(&s);
+        s.sinks[h] = x0;
+        want = (lp - lm) / (2 * e);
+      }
+      if (!isfinite(s.dsinks[h])) fail_msg("%s: dsinks[%lld] = %g", c->name, (long long)h, s.dsinks[h]);
+      num = fmax(num, fabs(s.dsinks[h] - want));
+      den = fmax(den, fabs(want));
+    }
+    if (!(den > 0 && num <= 1e-6 * den))
+      fail_msg("%s (tiles %lld×%lld): dsinks error %.3g of %.3g vs finite differences", c->name,
+               (long long)tq, (long long)tk, num, den);
   }
   poison_free(&s);
 }
@@ -487,6 +523,37 @@ static void fill(attn_tensor *t, double v) {
 }
 
 /* Bad input: documented status, a message naming the argument, outputs untouched. */
+/* The sink gradient's own bad input: a count other than H; a sink logit
+ * turned NaN after planning fails the execute and writes nothing. */
+static void test_sink_grad_bad_input(void **state) {
+  (void)state;
+  const bcase c = {"sinkbad", ATTN_VARIANT_EXACT, 1, 2, 2, 5, 6, 4, 4, 0, -1, -1, .sinks = true};
+  bsetup s;
+  setup_case(&s, &c, ATTN_DTYPE_F64, 1);
+  attn_backward_plan *bp = NULL;
+  assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, s.dk, s.dv, NULL, &bp), ATTN_OK);
+  assert_int_equal(attn_backward_plan_set_sink_grad(bp, s.dsinks, 3), ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(s.ctx), "dsinks"));
+  s.dsinks[0] = s.dsinks[1] = 9;
+  assert_int_equal(attn_backward_plan_set_sink_grad(bp, s.dsinks, 2), ATTN_OK);
+  assert_int_equal(attn_plan_execute(s.fwd, s.q, s.k, s.v, s.out, NULL, s.lse), ATTN_OK);
+  fill(s.dq, 7.0);
+  s.sinks[0] = NAN;
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk,
+                                         s.dv, NULL),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(s.ctx), "sinks"));
+  assert_true(all_equal(s.dq, 7.0));
+  assert_true(s.dsinks[0] == 9 && s.dsinks[1] == 9);
+  s.sinks[0] = 0.25;
+  assert_int_equal(attn_backward_execute(bp, s.q, s.k, s.v, s.out, s.lse, s.dout, s.dq, s.dk,
+                                         s.dv, NULL),
+                   ATTN_OK);
+  assert_true(isfinite(s.dsinks[0]) && s.dsinks[0] != 9);
+  attn_backward_plan_destroy(bp);
+  poison_free(&s);
+}
+
 static void test_bad_input(void **state) {
   (void)state;
   const bcase c = {"bad", ATTN_VARIANT_EXACT, 1, 2, 2, 5, 6, 4, 4, 0, -1, -1, .klen = false};
@@ -555,6 +622,13 @@ static void test_bad_input(void **state) {
 
   /* Execute: missing lse, mismatching tensors, dmask given against plan time. */
   assert_int_equal(attn_backward_plan_create(s.fwd, s.dout, s.dq, s.dk, s.dv, NULL, &bp), ATTN_OK);
+  /* The sink gradient: no sinks in this forward; NULL plan; NULL with a count. */
+  double dsk[2] = {5, 5};
+  assert_int_equal(attn_backward_plan_set_sink_grad(bp, dsk, 2), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(ctx), "dsinks"));
+  assert_int_equal(attn_backward_plan_set_sink_grad(NULL, dsk, 2), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_backward_plan_set_sink_grad(bp, NULL, 2), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_backward_plan_set_sink_grad(bp, NULL, 0), ATTN_OK);
   assert_int_equal(attn_plan_execute(s.fwd, s.q, s.k, s.v, s.out, NULL, s.lse), ATTN_OK);
   fill(s.dq, 7.0);
   fill(s.dk, 7.0);
@@ -599,6 +673,7 @@ int main(void) {
       cmocka_unit_test(test_finite_differences), cmocka_unit_test(test_f32_vs_f64),
       cmocka_unit_test(test_threads_bitwise),    cmocka_unit_test(test_poison),
       cmocka_unit_test(test_no_alloc_in_execute), cmocka_unit_test(test_bad_input),
+      cmocka_unit_test(test_sink_grad_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

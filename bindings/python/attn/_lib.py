@@ -223,6 +223,7 @@ _FUNCTIONS = [
     ("attn_backward_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _P]),
     ("attn_backward_plan_workspace_size", c_size_t, [_P]),
     ("attn_backward_plan_destroy", None, [_P]),
+    ("attn_backward_plan_set_sink_grad", STATUS, [_P, POINTER(c_double), c_int64]),
     # paged KV cache (paged.h)
     ("attn_paged_config_init", None, [POINTER(PagedConfig)]),
     ("attn_paged_create", STATUS, [_P, POINTER(PagedConfig), _PP]),
