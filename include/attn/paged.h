@@ -217,7 +217,10 @@ typedef struct attn_paged_plan attn_paged_plan;
  *  @param cache the cache the plan reads (must outlive the plan).
  *  @param desc  as for attn_kvcache_plan_create(): variant EXACT, score
  *               SCALED_DOT or DOT, causal BOTTOM_RIGHT or NONE, window,
- *               ALiBi (H slopes, borrowed), softcap. Copied.
+ *               ALiBi (H slopes, borrowed), softcap, attention sinks (H
+ *               logits, borrowed, re-checked at every execute; a row's
+ *               queries get the sink, rows past its query count stay 0 and
+ *               −inf). Copied.
  *  @param q     [N, H, n, d_k], the cache's dtype, H a multiple of H_kv, last
  *               dim contiguous: N rows (sequences) per call at most, n
  *               queries per row at most. n ≤ 16 uses the split-KV decode

@@ -136,6 +136,15 @@ static attn_status check_tensors(attn_kvcache_plan *p, const attn_tensor *q,
   return ATTN_OK;
 }
 
+attn_status attn_kv_check_sinks(attn_context *ctx, const attn_desc *desc, int64_t H,
+                                attn_dtype dt) {
+  if (desc->sinks.logits == NULL) return ATTN_OK;
+  if (desc->sinks.n != H)
+    return attn_fail(ctx, ATTN_ERR_SHAPE, "sinks: %" PRId64 " logits given, q has %" PRId64 " heads",
+                     desc->sinks.n, H);
+  return attn_check_sinks(ctx, desc->sinks.logits, H, dt);
+}
+
 /* The per-key mass tensor: [B, H or H_kv, capacity], contiguous; decode
  * steps only (the split path). */
 static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
@@ -242,12 +251,7 @@ attn_status attn_kvcache_plan_create(attn_kvcache *cache, const attn_desc *desc,
   const attn_mask_geom g = {tmp.dtype, tmp.B, tmp.H, tmp.n, ATTN_KV_MASK_SK,
                             desc->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT, true};
   if ((st = attn_mask_init(&tmp.mask, ctx, desc, &g)) != ATTN_OK) return st;
-  if (desc->sinks.logits != NULL && desc->sinks.n != tmp.H)
-    return attn_fail(ctx, ATTN_ERR_SHAPE, "sinks: %" PRId64 " logits given, q has %" PRId64 " heads",
-                     desc->sinks.n, tmp.H);
-  if (desc->sinks.logits != NULL &&
-      (st = attn_check_sinks(ctx, desc->sinks.logits, tmp.H, tmp.dtype)) != ATTN_OK)
-    return st;
+  if ((st = attn_kv_check_sinks(ctx, desc, tmp.H, tmp.dtype)) != ATTN_OK) return st;
   if ((st = check_mass(&tmp, desc->mass)) != ATTN_OK) return st;
   attn_tmeta_record(&tmp.meta[KV_META_Q], q);
   attn_tmeta_record(&tmp.meta[KV_META_OUT], out);

@@ -82,6 +82,11 @@ attn_status attn_kv_check_step(attn_context *ctx, attn_dtype dtype, int64_t rows
                                const attn_tensor *out, const attn_tensor *lse,
                                const char *rows_name, attn_kv_step *s);
 
+/* The descriptor's sink logits (if any) for a cache plan of H query heads:
+ * one per head, finite or −inf (ATTN_ERR_SHAPE / INVALID_ARG naming "sinks"). */
+attn_status attn_kv_check_sinks(attn_context *ctx, const attn_desc *desc, int64_t H,
+                                attn_dtype dt);
+
 /* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */
 void attn_kv_key_range(const struct attn_kvcache_plan *p, const attn_mask *mask, int64_t b,
                        int64_t i0, int64_t i1, int64_t *lo, int64_t *hi);

@@ -31,7 +31,8 @@ static const char *const pg_meta_names[3] = {"q", "out", "lse"};
 static const attn_support pg_support = {
     "a paged KV cache",
     ATTN_OPT(ATTN_OPT_CAUSAL_BR) | ATTN_OPT(ATTN_OPT_WINDOW) | ATTN_OPT(ATTN_OPT_ALIBI) |
-        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE),
+        ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE) |
+        ATTN_OPT(ATTN_OPT_SINKS),
     {[ATTN_OPT_CAUSAL_TL] = "TOP_LEFT does not apply to a cache; use ATTN_CAUSAL_BOTTOM_RIGHT "
                             "(queries are the newest positions)",
      [ATTN_OPT_KEY_LENGTHS] = "not accepted; the sequences supply key lengths and "
@@ -142,6 +143,7 @@ attn_status attn_paged_plan_create(attn_context *ctx, attn_paged_cache *cache,
   const attn_mask_geom g = {tmp.dtype, tmp.N, tmp.H, tmp.n, ATTN_PG_MASK_SK,
                             desc->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT, true};
   if ((st = attn_mask_init(&tmp.mask, ctx, desc, &g)) != ATTN_OK) return st;
+  if ((st = attn_kv_check_sinks(ctx, desc, tmp.H, tmp.dtype)) != ATTN_OK) return st;
   attn_tmeta_record(&tmp.meta[PG_META_Q], q);
   attn_tmeta_record(&tmp.meta[PG_META_OUT], out);
   attn_tmeta_record(&tmp.meta[PG_META_LSE], lse);
@@ -184,6 +186,9 @@ attn_status attn_paged_plan_execute(attn_paged_plan *plan, int64_t count, const 
                      "count: %" PRId64 " is outside [0, N = %" PRId64 "]", count, plan->N);
   if (count == 0) return ATTN_OK;
   ATTN_CHECK_NULL(ctx, seq_ids);
+  if (plan->desc.sinks.logits != NULL &&
+      (st = attn_check_sinks(ctx, plan->desc.sinks.logits, plan->H, plan->dtype)) != ATTN_OK)
+    return st;
   const attn_paged_cache *c = plan->cache;
   char *shared = plan->workspace;
   int64_t *klen = (int64_t *)(void *)(shared + plan->klen_at);

@@ -115,7 +115,11 @@ typedef struct opts {
   int64_t left;        /* window, −1 none */
   bool alibi;
   double softcap;
+  bool sinks; /* kSinks below as attention-sink logits */
 } opts;
+
+/* Sink logits for up to 8 heads; head 1 has none (−inf). */
+static const double kSinks[8] = {0.5, -INFINITY, 0.0, -0.25, 1.0, -0.5, 0.75, 0.25};
 
 static attn_desc *make_desc(attn_context *ctx, const opts *o, double *slopes) {
   attn_desc *d = NULL;
@@ -127,6 +131,7 @@ static attn_desc *make_desc(attn_context *ctx, const opts *o, double *slopes) {
     assert_int_equal(attn_desc_set_alibi(d, slopes, o->H), ATTN_OK);
   }
   if (o->softcap > 0) assert_int_equal(attn_desc_set_softcap(d, o->softcap), ATTN_OK);
+  if (o->sinks) assert_int_equal(attn_desc_set_sinks(d, kSinks, o->H), ATTN_OK);
   return d;
 }
 
@@ -143,6 +148,7 @@ static void ref_row(const model *m, const opts *o, const double *slopes, int64_t
   p.right = o->left >= 0 ? 0 : -1;
   p.alibi = o->alibi ? slopes : NULL;
   p.softcap = o->softcap;
+  p.sink = o->sinks ? kSinks : NULL;
   double *k = malloc((size_t)(m->Hkv * (L + 1) * m->Dk) * sizeof(double));
   double *v = malloc((size_t)(m->Hkv * (L + 1) * m->Dv) * sizeof(double));
   for (int64_t h = 0; h < m->Hkv; h++) {
@@ -250,12 +256,12 @@ static void ragged(attn_dtype dt, attn_kvcache_storage st, int64_t bs) {
     }
   }
   const double tol = tol_of(dt);
-  opts o = {8, 1, 2, -1, false, 0};
+  opts o = {8, 1, 2, -1, false, 0, false};
   free(check_call(&m, &o, 5, seqs, NULL, tol));
-  opts o3 = {8, 3, 2, -1, false, 0}; /* speculative: 3 queries, ragged counts */
+  opts o3 = {8, 3, 2, -1, false, 0, false}; /* speculative: 3 queries, ragged counts */
   const int64_t counts[5] = {1, 3, 2, 0, 3};
   free(check_call(&m, &o3, 5, seqs, counts, tol));
-  opts mqa = {4, 1, 2, -1, false, 0};
+  opts mqa = {4, 1, 2, -1, false, 0, false};
   free(check_call(&m, &mqa, 3, seqs + 2, NULL, tol));
   /* the same sequence in two rows; rows in any order */
   const int64_t dup[3] = {seqs[3], seqs[0], seqs[3]};
@@ -284,14 +290,21 @@ static void test_masks(void **state) {
       assert_int_equal(model_append(&m, seqs[i], lens[i]), ATTN_OK);
     }
     const double tol = tol_of(dt);
-    opts w = {4, 2, 2, 37, false, 0};
+    opts w = {4, 2, 2, 37, false, 0, false};
     free(check_call(&m, &w, 3, seqs, NULL, tol));
-    opts wide = {4, 1, 2, 600, true, 0}; /* window across chunk boundaries + ALiBi */
+    opts wide = {4, 1, 2, 600, true, 0, false}; /* window across chunk boundaries + ALiBi */
     free(check_call(&m, &wide, 3, seqs, NULL, tol));
-    opts cap = {4, 1, 2, -1, true, 5.0};
+    opts cap = {4, 1, 2, -1, true, 5.0, false};
     free(check_call(&m, &cap, 3, seqs, NULL, tol));
-    opts none = {4, 1, 0, -1, false, 0};
+    opts none = {4, 1, 0, -1, false, 0, false};
     free(check_call(&m, &none, 3, seqs, NULL, tol));
+    /* Sinks on the split-KV decode path and on the blocked (prefill) path,
+     * with ragged query counts. */
+    opts sk = {4, 2, 2, 37, true, 0, true};
+    free(check_call(&m, &sk, 3, seqs, NULL, tol));
+    opts skp = {4, 24, 2, -1, false, 3.0, true};
+    const int64_t counts[3] = {24, 5, 17};
+    free(check_call(&m, &skp, 3, seqs, counts, tol));
     model_free(&m);
     attn_context_destroy(ctx);
   }
@@ -308,7 +321,7 @@ static void test_chunked_prefill(void **state) {
     model_init(&m, ctx, dt, 2, 16, 16, 16, 400, ATTN_KVCACHE_STORE_NATIVE);
     int64_t a = model_new(&m), b = model_new(&m);
     /* prompt of 700 in chunks of 64: append the chunk, attend it */
-    opts o = {8, 64, 2, -1, false, 0};
+    opts o = {8, 64, 2, -1, false, 0, false};
     for (int64_t done = 0; done < 700; done += 64) {
       int64_t k = 700 - done < 64 ? 700 - done : 64;
       assert_int_equal(model_append(&m, a, k), ATTN_OK);
@@ -320,7 +333,7 @@ static void test_chunked_prefill(void **state) {
     assert_int_equal(model_append(&m, a, 20), ATTN_OK);
     const int64_t two[2] = {a, b}, cnt2[2] = {20, 50};
     free(check_call(&m, &o, 2, two, cnt2, tol_of(dt)));
-    opts ow = {8, 64, 2, 100, true, 0};
+    opts ow = {8, 64, 2, 100, true, 0, false};
     free(check_call(&m, &ow, 2, two, cnt2, tol_of(dt)));
     model_free(&m);
     attn_context_destroy(ctx);
@@ -354,7 +367,7 @@ static void test_fork_cow(void **state) {
   assert_true(tb[2] != ta[2] && tb[0] == ta[0] && tb[1] == ta[1]);
   assert_int_equal(model_append(&m, a, 30), ATTN_OK); /* a's last block: still shared with c */
   assert_int_equal(model_append(&m, c, 1), ATTN_OK);
-  opts o = {4, 1, 2, -1, false, 0};
+  opts o = {4, 1, 2, -1, false, 0, false};
   const int64_t all[3] = {a, b, c};
   free(check_call(&m, &o, 3, all, NULL, 1e-10));
   /* rollback a into the shared prefix, then write: b and c are unchanged */
@@ -364,7 +377,7 @@ static void test_fork_cow(void **state) {
   free(check_call(&m, &o, 3, all, NULL, 1e-10));
   /* speculative rollback on b: append 4, attend them, drop them */
   assert_int_equal(model_append(&m, b, 4), ATTN_OK);
-  opts o4 = {4, 4, 2, -1, false, 0};
+  opts o4 = {4, 4, 2, -1, false, 0, false};
   free(check_call(&m, &o4, 1, &b, NULL, 1e-10));
   assert_int_equal(attn_paged_truncate(m.pc, b, m.len[b] - 4), ATTN_OK);
   m.len[b] -= 4;
@@ -465,7 +478,7 @@ static void test_out_of_blocks(void **state) {
   int64_t c = model_fork(&m, a);
   assert_int_equal(model_append(&m, c, 1), ATTN_ERR_CAPACITY); /* copy-on-write needs a block */
   assert_int_equal(attn_paged_seq_length(m.pc, c), 21);
-  opts o = {2, 1, 2, -1, false, 0};
+  opts o = {2, 1, 2, -1, false, 0, false};
   const int64_t all[3] = {a, b, c};
   free(check_call(&m, &o, 3, all, NULL, 2e-5));
   model_free(&m);
@@ -585,6 +598,28 @@ static void test_bad_input(void **state) {
   assert_int_equal(attn_paged_plan_create(ctx, m.pc, d, q, o2, NULL, &p), ATTN_ERR_SHAPE);
   assert_int_equal(attn_paged_plan_create(ctx, NULL, d, q, out, NULL, &p), ATTN_ERR_NULL_ARG);
   assert_int_equal(attn_paged_plan_create(NULL, m.pc, d, q, out, NULL, &p), ATTN_ERR_NULL_ARG);
+  /* Sinks: a logit per query head (3 for 4 heads fails); a logit turned NaN
+   * after planning fails the execute and writes nothing. */
+  double sk[4] = {0.5, 0.5, 0.5, 0.5};
+  assert_int_equal(attn_desc_set_sinks(d, sk, 3), ATTN_OK);
+  assert_int_equal(attn_paged_plan_create(ctx, m.pc, d, q, out, NULL, &p), ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(ctx), "sinks"));
+  assert_int_equal(attn_desc_set_sinks(d, sk, 4), ATTN_OK);
+  assert_int_equal(attn_paged_plan_create(ctx, m.pc, d, q, out, NULL, &p), ATTN_OK);
+  {
+    const int64_t one[1] = {a};
+    float *o = attn_tensor_data(out);
+    for (int i = 0; i < 32; i++) o[i] = 7.0f;
+    sk[2] = NAN;
+    assert_int_equal(attn_paged_plan_execute(p, 1, one, q, out, NULL, NULL), ATTN_ERR_INVALID_ARG);
+    assert_non_null(strstr(attn_context_last_error(ctx), "sinks"));
+    for (int i = 0; i < 32; i++) assert_true(o[i] == 7.0f);
+    sk[2] = 0.5;
+    assert_int_equal(attn_paged_plan_execute(p, 1, one, q, out, NULL, NULL), ATTN_OK);
+  }
+  attn_paged_plan_destroy(p);
+  p = NULL;
+  assert_int_equal(attn_desc_set_sinks(d, NULL, 0), ATTN_OK);
   attn_desc *tl = NULL;
   assert_int_equal(attn_desc_create(ctx, &tl), ATTN_OK);
   assert_int_equal(attn_desc_set_causal(tl, ATTN_CAUSAL_TOP_LEFT), ATTN_OK);
