@@ -484,9 +484,11 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  weights are never formed), deterministic for any thread count. Keys no
  *  query keeps get 0. Plans of ATTN_VARIANT_EXACT (every mask, packed batches:
  *  shape [1, ·, T_k]), of the sparse variants (Longformer, BigBird,
- *  block-sparse), and KV-cache decode steps (attn_kvcache_plan_create(): at
- *  most 16 queries, shape [B, H or H_kv, capacity], key j = the j-th oldest
- *  stored position).
+ *  block-sparse), and KV-cache steps (attn_kvcache_plan_create(): shape
+ *  [B, H or H_kv, capacity], key j = the j-th oldest stored position; decode
+ *  steps of at most 16 queries keep their tiles' scores, longer (prefill)
+ *  steps compute Q·Kᵀ a second time after the forward, from the final lse;
+ *  not with kept first positions).
  *
  *  The tensor is borrowed and written at every execute (its data may change
  *  between executes, its shape not): rank 3, the plan's dtype, shape

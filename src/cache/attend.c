@@ -145,8 +145,7 @@ attn_status attn_kv_check_sinks(attn_context *ctx, const attn_desc *desc, int64_
   return attn_check_sinks(ctx, desc->sinks.logits, H, dt);
 }
 
-/* The per-key mass tensor: [B, H or H_kv, capacity], contiguous; decode
- * steps only (the split path). */
+/* The per-key mass tensor: [B, H or H_kv, capacity], contiguous. */
 static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
   attn_context *ctx = p->ctx;
   attn_status st;
@@ -155,11 +154,6 @@ static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
   if (p->cache->keep > 0)
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
                      "key_mass: not with a cache that keeps its first positions (keep_first)");
-  if (p->n > ATTN_KV_SPLIT_MAX_N)
-    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
-                     "key_mass: a KV cache gives the per-key mass for steps of at most %d "
-                     "queries (q has %" PRId64 ")",
-                     ATTN_KV_SPLIT_MAX_N, p->n);
   if ((st = attn_check_tensor(ctx, "mass", m, 3, p->dtype)) != ATTN_OK) return st;
   const int64_t cap = p->cache->cap;
   if (m->shape[0] != p->B || (m->shape[1] != p->H && m->shape[1] != p->Hkv) || m->shape[2] != cap)
@@ -217,6 +211,9 @@ static bool size_workspace(attn_kvcache_plan *p, int32_t threads, size_t *bytes)
       p->mass_p_at = attn_carve(&sh, es, bkh * R, p->mass_cap, 1);
       p->mass_m_at = attn_carve(&sh, es, bkh * R, p->mass_tiles, 1);
     }
+  } else if (p->mass != NULL) {
+    p->mass_cap = p->cache->cap;
+    p->mass_lse_at = attn_carve(&sh, es, p->B * p->H, p->n, 1);
   }
   if (!sh.ok || !attn_add_ok(total, sh.bytes, &total)) return false;
   p->shared_bytes = (size_t)sh.bytes;
@@ -332,9 +329,15 @@ attn_status attn_kvcache_plan_execute(attn_kvcache_plan *plan, const attn_tensor
                          "tensor; make a new plan",
                          plan->mass_cap);
   }
-  if (!plan->split)
-    return attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv, flops,
-                                  f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
+  if (!plan->split) {
+    attn_status st =
+        attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * plan->B * plan->Hkv, flops,
+                               f32 ? kv_block_task_f32 : kv_block_task_f64, &a);
+    if (st == ATTN_OK && plan->mass != NULL) /* second pass: scores again, from the lse */
+      st = attn_parallel_for_cost(ctx, plan->B * plan->Hkv, flops / 2,
+                                  f32 ? kv_mass_block_task_f32 : kv_mass_block_task_f64, &a);
+    return st;
+  }
 
   int64_t chunks = 0; /* most chunks any item needs */
   for (int64_t b = 0; b < plan->B; b++) {

@@ -48,12 +48,13 @@ struct attn_kvcache_plan {
     size_t M, L; /* within one partial state (O at 0) */
   } pat;
   size_t part_bytes, part_at, acc_at, shared_bytes;
-  /* Per-key mass (decode path): each kept tile's p rows [B·Hkv][R][mass_cap]
-   * (by position − first) and the partial's max after it [B·Hkv][tiles][R]. */
+  /* Per-key mass. Decode path: each kept tile's p rows [B·Hkv][R][mass_cap]
+   * (by position − first) and the partial's max after it [B·Hkv][tiles][R].
+   * Blocked path: every query row's lse [B][H][n], for a second pass. */
   attn_tensor *mass;     /* borrowed from the descriptor, or NULL */
   bool mass_grouped;     /* mass rows per KV head */
   int64_t mass_cap, mass_tiles;
-  size_t mass_p_at, mass_m_at;
+  size_t mass_p_at, mass_m_at, mass_lse_at;
   void *workspace;
   size_t workspace_bytes;
 };

@@ -261,7 +261,7 @@ static void kvcache_sinks_match_reference(void **state) {
   for (int dt = 0; dt < 2; dt++)
     for (int step = 0; step < 3; step++) {
       const int64_t n = step == 1 ? 40 : step == 2 ? 3 : 1;
-      const int mass = step == 1 ? 0 : 1 + (step + dt) % 2;
+      const int mass = 1 + (step + dt) % 2;
       const attn_dtype T = dt ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
       uint64_t seed = 91 + (uint64_t)(dt * 2 + step);
       attn_context *ctx = tu_context(2);
