@@ -961,8 +961,8 @@ static attn_status kv_keep(fx *f, attn_kvcache_storage st) {
   X(backward_general_score_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                          \
     (must(attn_desc_set_score(f->desc, ATTN_SCORE_GENERAL)),                                     \
      must(attn_desc_set_general_weight(f->desc, T(f, F32, 2, D_, D_, 0, 0))), BP_desc(f)))       \
-  X(backward_sinks_unsupported, ATTN_ERR_UNSUPPORTED, "sinks",                                   \
-    (must(attn_desc_set_sinks(f->desc, f->slopes2, 2)), BP_desc(f)))                              \
+  X(backward_mass_unsupported, ATTN_ERR_UNSUPPORTED, "key_mass",                                 \
+    (must(attn_desc_set_key_mass(f->desc, T(f, F32, 3, B_, H_, SK, 0))), BP_desc(f)))             \
   X(backward_execute_null, ATTN_ERR_NULL_ARG, NOCTX,                                              \
     attn_backward_execute(NULL, f->q, f->k, f->v, f->out, f->lse, GQ(f), GQ(f), GK(f), GK(f), NULL)) \
   X(backward_execute_lse_null, ATTN_ERR_NULL_ARG, "lse", BE(f, 4, NULL, true))                    \
