@@ -211,3 +211,8 @@ attn_context *tu_context(int32_t n) {
   assert_int_equal(attn_context_create(&o, &ctx), ATTN_OK);
   return ctx;
 }
+
+bool tu_quick(void) {
+  const char *q = getenv("ATTN_TEST_QUICK");
+  return q != NULL && q[0] == '1';
+}

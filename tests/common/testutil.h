@@ -45,6 +45,10 @@ void tu_read(const attn_tensor *t, double *dst);
 size_t tu_violations(const double *got, const double *ref, const double *bound, size_t n,
                      double rtol, double atol, double *max_err);
 
+/* ATTN_TEST_QUICK=1 (set by tools/ci/valgrind.sh): tests may run fewer
+ * random cases and shorter sequences; the checks stay the same. */
+bool tu_quick(void);
+
 /* A context with n threads (fails the test if it cannot be created). */
 attn_context *tu_context(int32_t n);
 

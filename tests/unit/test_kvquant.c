@@ -291,10 +291,7 @@ static void run_q(qcase *c, uint64_t seed) {
 
 /* ATTN_TEST_QUICK=1 (valgrind runs): fewer steps and shorter caches; the
  * checks are the same. */
-static bool quick(void) {
-  const char *q = getenv("ATTN_TEST_QUICK");
-  return q != NULL && q[0] == '1';
-}
+static bool quick(void) { return tu_quick(); }
 
 static const attn_kvcache_storage kQuant[3] = {ATTN_KVCACHE_STORE_F16, ATTN_KVCACHE_STORE_INT8,
                                                ATTN_KVCACHE_STORE_INT4};
