@@ -114,7 +114,10 @@ typedef struct attn_mpi_plan attn_mpi_plan;
 
 /** Create a plan, collectively over @p comm.
  *
- *  Shapes on rank r (one dtype, f32 or f64; S_r this rank's token count):
+ *  Shapes on rank r (S_r this rank's token count). Dtypes: all f32 or all
+ *  f64; or (ring mode) q, k, v bf16 with out bf16 or f32 and lse f32 — the
+ *  tiles then run libattn's bf16 kernels, K/V travel as bf16 (half the
+ *  bytes) and partial results merge in f32, out rounded once at the end:
  *   - q: [B, H, S_r, d_q], k: [B, H_kv, S_r, d_k], v: [B, H_kv, S_r, d_v]
  *     (self-attention over the sharded sequence; H_kv divides H: GQA/MQA),
  *     last dim contiguous, any other strides;
@@ -127,7 +130,7 @@ typedef struct attn_mpi_plan attn_mpi_plan;
  *  dense masks are ATTN_ERR_UNSUPPORTED, naming the option). Ulysses mode
  *  supports every option of the local plan, with ALiBi slopes [H] and dense
  *  masks / Swin bias / block layouts over the global [B, H, S, S] problem
- *  (sliced per rank by heads), and the variants exact, Swin, Longformer,
+ *  (sliced per rank by heads; f32 and f64 only), and the variants exact, Swin, Longformer,
  *  block-sparse and linear elu+1 (BigBird's and Performer's random draws
  *  depend on the head count: ATTN_ERR_UNSUPPORTED). Weights are not an
  *  output of MPI plans.

@@ -19,7 +19,13 @@ void *mpi_alloc(attn_context *ctx, size_t size);
 void mpi_free(attn_context *ctx, void *p, size_t size);
 /* An MPI return code as a status (ATTN_ERR_INTERNAL naming the call). */
 attn_status mpi_check(attn_context *ctx, int rc, const char *call);
-static inline size_t mpi_esize(attn_dtype dt) { return dt == ATTN_DTYPE_F64 ? 8 : 4; }
+static inline size_t mpi_esize(attn_dtype dt) {
+  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_BF16 ? 2 : 4;
+}
+/* The type the plan computes and accumulates in: f32 for bf16 inputs. */
+static inline attn_dtype mpi_compute_dtype(attn_dtype dt) {
+  return dt == ATTN_DTYPE_BF16 ? ATTN_DTYPE_F32 : dt;
+}
 
 /* A run of a rank's rows: local rows [row, row + len) are global positions
  * [pos, pos + len). */
@@ -85,7 +91,8 @@ struct attn_mpi_plan {
   int32_t N, rank;
   attn_mpi_mode mode;
   attn_mpi_layout layout;
-  attn_dims d;            /* B, H, Hkv, Dq, Dk, Dv, dtype; Sq = Sk = this rank's S_r */
+  attn_dims d;            /* B, H, Hkv, Dq, Dk, Dv, dtype (of q, k, v); Sq = Sk = this rank's S_r */
+  attn_dtype cdt;         /* compute dtype: lse, accumulators (f32 for bf16 inputs) */
   int64_t S;              /* global length */
   const attn_desc *udesc; /* the caller's descriptor: read during creation only */
   const int64_t *key_len, *query_len; /* the user's global lengths ([B] or NULL) */
@@ -137,8 +144,8 @@ attn_status mpi_check_tensors(attn_context *ctx, const attn_tmeta *metas,
 attn_status mpi_execute_checks(attn_mpi_plan *p, attn_status local);
 
 /* Copy accumulator-typed rows [B, H, stride, dv] (dense; the first n of
- * each head's rows) into a strided rank-4 tensor, and [B, H, n] into a
- * rank-3 one. */
+ * each head's rows) into a strided rank-4 tensor (f32 accumulators into a
+ * bf16 tensor: rounded to nearest even), and [B, H, n] into a rank-3 one. */
 void mpi_store4(const char *src, int64_t n, int64_t stride, attn_tensor *dst);
 void mpi_store3(const char *src, int64_t n, attn_tensor *dst);
 

@@ -116,14 +116,24 @@ attn_status mpi_agree(attn_mpi_plan *p, MPI_Comm comm, attn_context *ctx, attn_s
 
 /* ---- local validation ----------------------------------------------------------- */
 
+static const char *dtype_name(attn_dtype dt) {
+  switch (dt) {
+    case ATTN_DTYPE_F32: return "f32";
+    case ATTN_DTYPE_F64: return "f64";
+    case ATTN_DTYPE_BF16: return "bf16";
+    case ATTN_DTYPE_F16: return "f16";
+    case ATTN_DTYPE_U8: return "u8";
+    default: return "unknown";
+  }
+}
+
 attn_status mpi_check4(attn_context *ctx, const char *name, const attn_tensor *t, attn_dtype dt,
                        bool output) {
   if (t == NULL) return mpi_fail(ctx, ATTN_ERR_NULL_ARG, "%s: must not be NULL", name);
   if (t->rank != 4) return mpi_fail(ctx, ATTN_ERR_SHAPE, "%s: rank %d, expected 4", name, (int)t->rank);
   if (t->dtype != dt)
-    return mpi_fail(ctx, ATTN_ERR_DTYPE, "%s: dtype %s, expected %s", name,
-                    t->dtype == ATTN_DTYPE_F64 ? "f64" : t->dtype == ATTN_DTYPE_F32 ? "f32" : "u8",
-                    dt == ATTN_DTYPE_F64 ? "f64" : "f32");
+    return mpi_fail(ctx, ATTN_ERR_DTYPE, "%s: dtype %s, expected %s", name, dtype_name(t->dtype),
+                    dtype_name(dt));
   if (t->strides[3] != 1 && t->shape[3] != 1)
     return mpi_fail(ctx, ATTN_ERR_LAYOUT, "%s: the last dim must be contiguous (stride %" PRId64 ")",
                     name, t->strides[3]);
@@ -149,13 +159,15 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
       (cfg->layout != ATTN_MPI_LAYOUT_CONTIGUOUS && cfg->layout != ATTN_MPI_LAYOUT_ZIGZAG))
     return mpi_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg: unknown layout %d", (int)cfg->layout);
   if (q == NULL) return mpi_fail(ctx, ATTN_ERR_NULL_ARG, "q: must not be NULL");
-  const attn_dtype dt = q->dtype;
-  if (dt != ATTN_DTYPE_F32 && dt != ATTN_DTYPE_F64)
-    return mpi_fail(ctx, ATTN_ERR_DTYPE, "q: dtype must be f32 or f64");
+  const attn_dtype dt = q->dtype, cdt = mpi_compute_dtype(dt);
+  if (dt != ATTN_DTYPE_F32 && dt != ATTN_DTYPE_F64 && dt != ATTN_DTYPE_BF16)
+    return mpi_fail(ctx, ATTN_ERR_DTYPE, "q: dtype %s; expected f32, f64 or bf16", dtype_name(dt));
+  /* bf16 inputs: out bf16 or f32 (the compute type). */
+  const attn_dtype odt = out != NULL && dt == ATTN_DTYPE_BF16 && out->dtype == cdt ? cdt : dt;
   if ((st = mpi_check4(ctx, "q", q, dt, false)) != ATTN_OK ||
       (st = mpi_check4(ctx, "k", k, dt, false)) != ATTN_OK ||
       (st = mpi_check4(ctx, "v", v, dt, false)) != ATTN_OK ||
-      (st = mpi_check4(ctx, "out", out, dt, true)) != ATTN_OK)
+      (st = mpi_check4(ctx, "out", out, odt, true)) != ATTN_OK)
     return st;
   d->dtype = dt;
   d->B = q->shape[0];
@@ -185,9 +197,9 @@ static attn_status validate(attn_context *ctx, const attn_desc *desc, const attn
   if (!projected && d->Dk != d->Dq)
     return mpi_fail(ctx, ATTN_ERR_SHAPE, "k: head dim %" PRId64 " differs from q's %" PRId64, d->Dk, d->Dq);
   if (lse != NULL) {
-    if (lse->rank != 3 || lse->dtype != dt)
+    if (lse->rank != 3 || lse->dtype != cdt)
       return mpi_fail(ctx, lse->rank != 3 ? ATTN_ERR_SHAPE : ATTN_ERR_DTYPE,
-                      "lse: expected rank 3 [B, H, S_r] of q's dtype");
+                      "lse: expected rank 3 [B, H, S_r] of dtype %s", dtype_name(cdt));
     if (lse->shape[0] != d->B || lse->shape[1] != d->H || lse->shape[2] != d->Sq)
       return mpi_fail(ctx, ATTN_ERR_SHAPE, "lse: shape must be [B, H, S_r] of q");
     if ((lse->shape[2] > 1 && lse->strides[2] == 0) || (lse->shape[1] > 1 && lse->strides[1] == 0) ||
@@ -226,9 +238,10 @@ static int64_t hash_lengths(const int64_t *a, int64_t n) {
 }
 
 static void signature(int64_t *s, const attn_desc *dd, const attn_mpi_config *cfg,
-                      const attn_dims *d, const attn_tensor *lse, int64_t rows) {
+                      const attn_dims *d, attn_dtype out_dtype, const attn_tensor *lse,
+                      int64_t rows) {
   s[SIG_VERSION] = ATTN_VERSION_NUMBER;
-  s[SIG_DTYPE] = d->dtype;
+  s[SIG_DTYPE] = d->dtype * 16 + out_dtype;
   s[SIG_B] = d->B, s[SIG_H] = d->H, s[SIG_HKV] = d->Hkv;
   s[SIG_DQ] = d->Dq, s[SIG_DK] = d->Dk, s[SIG_DV] = d->Dv;
   s[SIG_MODE] = cfg->mode, s[SIG_LAYOUT] = cfg->layout;
@@ -266,8 +279,9 @@ static const char *ring_unsupported(const attn_desc *d) {
   return NULL;
 }
 
-static const char *ulysses_unsupported(const attn_desc *d, int64_t H, int32_t N) {
-  if (H < N) return "mode: Ulysses needs at least as many heads as ranks";
+static const char *ulysses_unsupported(const attn_desc *d, const attn_dims *dims, int32_t N) {
+  if (dims->H < N) return "mode: Ulysses needs at least as many heads as ranks";
+  if (dims->dtype == ATTN_DTYPE_BF16) return "q: bf16 runs over the ring only (Ulysses: f32, f64)";
   switch (d->variant) {
     case ATTN_VARIANT_EXACT:
     case ATTN_VARIANT_SWIN:
@@ -334,7 +348,7 @@ static attn_status compare(attn_mpi_plan *p, const int64_t *all, attn_context *c
   }
   /* The mode. */
   const char *why_ring = ring_unsupported(d);
-  const char *why_uly = ulysses_unsupported(d, p->d.H, N);
+  const char *why_uly = ulysses_unsupported(d, &p->d, N);
   attn_mpi_mode mode = cfg->mode;
   if (mode == ATTN_MPI_MODE_AUTO) {
     const bool even = p->d.H % N == 0 && (p->d.Hkv % N == 0 || N % p->d.Hkv == 0);
@@ -436,11 +450,12 @@ attn_status attn_mpi_plan_create(attn_context *ctx, MPI_Comm comm, const attn_de
   st = mpi_agree(p, dup, ctx, st);
   if (st == ATTN_OK) {
     int64_t sig[SIG_N] = {0};
-    signature(sig, desc, &c, &d, lse, d.Sq);
+    signature(sig, desc, &c, &d, out->dtype, lse, d.Sq);
     st = mpi_check(ctx, MPI_Allgather(sig, SIG_N, MPI_INT64_T, all, SIG_N, MPI_INT64_T, dup),
                    "MPI_Allgather (argument check)");
     if (st == ATTN_OK) {
       p->d = d;
+      p->cdt = mpi_compute_dtype(d.dtype);
       p->udesc = desc;
       p->layout = c.layout;
       st = compare(p, all, ctx, &c); /* the same verdict everywhere */
@@ -571,14 +586,35 @@ void attn_mpi_plan_destroy(attn_mpi_plan *plan) { plan_free(plan); }
 
 /* ---- output stores -------------------------------------------------------------------- */
 
+/* f32 → bf16, round to nearest even (NaN stays NaN). */
+static uint16_t to_bf16(float x) {
+  uint32_t u;
+  memcpy(&u, &x, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
 void mpi_store4(const char *src, int64_t n, int64_t stride, attn_tensor *dst) {
-  const size_t es = mpi_esize(dst->dtype);
+  const bool bf16 = dst->dtype == ATTN_DTYPE_BF16;
+  const size_t es = mpi_esize(dst->dtype), ses = bf16 ? sizeof(float) : es;
   const int64_t B = dst->shape[0], H = dst->shape[1], D = dst->shape[3];
   for (int64_t b = 0; b < B; b++)
     for (int64_t h = 0; h < H; h++)
-      for (int64_t i = 0; i < n; i++)
-        memcpy((char *)dst->data + (size_t)attn_off4(dst, b, h, i, 0) * es,
-               src + (size_t)(((b * H + h) * stride + i) * D) * es, (size_t)D * es);
+      for (int64_t i = 0; i < n; i++) {
+        char *d = (char *)dst->data + (size_t)attn_off4(dst, b, h, i, 0) * es;
+        const char *s = src + (size_t)(((b * H + h) * stride + i) * D) * ses;
+        if (!bf16) {
+          memcpy(d, s, (size_t)D * es);
+          continue;
+        }
+        for (int64_t x = 0; x < D; x++) {
+          float f;
+          memcpy(&f, s + (size_t)x * sizeof f, sizeof f);
+          const uint16_t h16 = to_bf16(f);
+          memcpy(d + (size_t)x * 2, &h16, 2);
+        }
+      }
 }
 
 void mpi_store3(const char *src, int64_t n, attn_tensor *dst) {

@@ -98,11 +98,11 @@ typedef struct collect {
   attn_status st;
 } collect;
 
-static attn_tensor *wrap(attn_mpi_plan *p, int32_t rank, const int64_t *shape,
+static attn_tensor *wrap(attn_mpi_plan *p, attn_dtype dt, int32_t rank, const int64_t *shape,
                          const int64_t *strides, attn_status *st) {
   attn_tensor *t = NULL;
   if (*st != ATTN_OK) return NULL;
-  *st = attn_tensor_wrap(p->ctx, p->d.dtype, rank, shape, strides, p->mem, &t);
+  *st = attn_tensor_wrap(p->ctx, dt, rank, shape, strides, p->mem, &t);
   return t;
 }
 
@@ -157,13 +157,16 @@ static attn_status make_pp(attn_mpi_plan *p, ring_pp *pp) {
   const int64_t kst[4] = {G * n * d->Dk, n * d->Dk, d->Dk, 1}, vst[4] = {G * n * d->Dv, n * d->Dv, d->Dv, 1};
   const int64_t ost[4] = {H * pc * d->Dv, pc * d->Dv, d->Dv, 1}, lst[3] = {H * pc, pc, 1};
   const int64_t S = d->Sq, ast[4] = {H * S * d->Dv, S * d->Dv, d->Dv, 1}, alst[3] = {H * S, S, 1};
-  pp->q = wrap(p, 4, qs, p->meta[0].strides, &st);
-  pp->k = wrap(p, 4, ks, kst, &st);
-  pp->v = wrap(p, 4, vs, vst, &st);
-  pp->o = wrap(p, 4, os, ost, &st);
-  pp->l = wrap(p, 3, os, lst, &st);
-  pp->acc_o = wrap(p, 4, os, ast, &st);
-  pp->acc_l = wrap(p, 3, os, alst, &st);
+  /* q, k, v in the input dtype; the partial result and the accumulator in
+   * the compute dtype (bf16 tiles give f32 out and lse). */
+  const attn_dtype it = d->dtype, ct = p->cdt;
+  pp->q = wrap(p, it, 4, qs, p->meta[0].strides, &st);
+  pp->k = wrap(p, it, 4, ks, kst, &st);
+  pp->v = wrap(p, it, 4, vs, vst, &st);
+  pp->o = wrap(p, ct, 4, os, ost, &st);
+  pp->l = wrap(p, ct, 3, os, lst, &st);
+  pp->acc_o = wrap(p, ct, 4, os, ast, &st);
+  pp->acc_l = wrap(p, ct, 3, os, alst, &st);
   if (st != ATTN_OK) return st;
   if ((st = attn_tensor_set_data(pp->o, p->ring.part_o)) != ATTN_OK ||
       (st = attn_tensor_set_data(pp->l, p->ring.part_l)) != ATTN_OK)
@@ -219,8 +222,9 @@ attn_status ring_setup(attn_mpi_plan *p) {
     if (tiles_of(p, p->rank, t, record_work, NULL) == 0) r->idle++;
   }
   r->step_at[r->nsteps] = r->nwork;
-  /* Workspace: two K/V buffers, the accumulator, the partial result. */
-  const size_t es = mpi_esize(d->dtype);
+  /* Workspace: two K/V buffers (input dtype), the accumulator and the
+   * partial result (compute dtype). */
+  const size_t es = mpi_esize(d->dtype), ces = mpi_esize(p->cdt);
   const int64_t G = d->Hkv, B = d->B, H = d->H, S = d->Sq, pc = r->chunk;
   int64_t kel, vel, t1;
   if (!attn_mul_ok(B * G, nmax, &t1) || !attn_mul_ok(t1, d->Dk, &kel) || !attn_mul_ok(t1, d->Dv, &vel))
@@ -228,8 +232,8 @@ attn_status ring_setup(attn_mpi_plan *p) {
   size_t at = 0;
   bool ok = true;
   const size_t kv0 = carve(&at, kel + vel, es, &ok), kv1 = carve(&at, kel + vel, es, &ok);
-  const size_t ao = carve(&at, B * H * S * d->Dv, es, &ok), al = carve(&at, B * H * S, es, &ok);
-  const size_t po = carve(&at, B * H * pc * d->Dv, es, &ok), pl = carve(&at, B * H * pc, es, &ok);
+  const size_t ao = carve(&at, B * H * S * d->Dv, ces, &ok), al = carve(&at, B * H * S, ces, &ok);
+  const size_t po = carve(&at, B * H * pc * d->Dv, ces, &ok), pl = carve(&at, B * H * pc, ces, &ok);
   if (!ok) return mpi_fail(ctx, ATTN_ERR_OVERFLOW, "q: the workspace size overflows");
   r->kv_bytes = (size_t)(kel + vel) * es;
   r->npieces = (int)((r->kv_bytes + PIECE - 1) / PIECE);
@@ -287,13 +291,14 @@ static attn_status run_tile(attn_mpi_plan *p, const ring_work *w, const attn_ten
   const attn_dims *d = &p->d;
   const size_t es = mpi_esize(d->dtype);
   if (!ring_tile_lengths(p, w)) return ATTN_OK; /* padding only: nothing to add */
+  const size_t ces = mpi_esize(p->cdt);
   const size_t kbytes = (size_t)(d->B * d->Hkv * p->ring.nmax * d->Dk) * es;
   attn_status st;
   if ((st = attn_tensor_set_data(pp->q, (char *)q->data + (size_t)(w->qrow * q->strides[2]) * es)) != ATTN_OK ||
       (st = attn_tensor_set_data(pp->k, (char *)kv + (size_t)(w->krow * d->Dk) * es)) != ATTN_OK ||
       (st = attn_tensor_set_data(pp->v, (char *)kv + kbytes + (size_t)(w->krow * d->Dv) * es)) != ATTN_OK ||
-      (st = attn_tensor_set_data(pp->acc_o, p->ring.acc_o + (size_t)(w->qrow * d->Dv) * es)) != ATTN_OK ||
-      (st = attn_tensor_set_data(pp->acc_l, p->ring.acc_l + (size_t)w->qrow * es)) != ATTN_OK)
+      (st = attn_tensor_set_data(pp->acc_o, p->ring.acc_o + (size_t)(w->qrow * d->Dv) * ces)) != ATTN_OK ||
+      (st = attn_tensor_set_data(pp->acc_l, p->ring.acc_l + (size_t)w->qrow * ces)) != ATTN_OK)
     return st;
   if ((st = attn_plan_execute(pp->plan, pp->q, pp->k, pp->v, pp->o, NULL, pp->l)) != ATTN_OK)
     return st;
@@ -324,12 +329,12 @@ attn_status ring_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tens
   ring_state *r = &p->ring;
   attn_context *ctx = p->ctx;
   const attn_dims *d = &p->d;
-  const size_t es = mpi_esize(d->dtype);
+  const size_t ces = mpi_esize(p->cdt);
   const int64_t nrow = d->B * d->H * d->Sq;
   ring_pack_kv(p, k, v, r->kv[0]);
-  memset(r->acc_o, 0, (size_t)(nrow * d->Dv) * es);
+  memset(r->acc_o, 0, (size_t)(nrow * d->Dv) * ces);
   for (int64_t i = 0; i < nrow; i++) {
-    if (d->dtype == ATTN_DTYPE_F32) ((float *)(void *)r->acc_l)[i] = -INFINITY;
+    if (p->cdt == ATTN_DTYPE_F32) ((float *)(void *)r->acc_l)[i] = -INFINITY;
     else ((double *)(void *)r->acc_l)[i] = -INFINITY;
   }
   const int right = (p->rank + 1) % p->N, left = (p->rank - 1 + p->N) % p->N;

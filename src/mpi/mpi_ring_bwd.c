@@ -210,6 +210,10 @@ attn_status attn_mpi_backward_plan_create(attn_mpi_plan *forward, const attn_ten
     st = mpi_fail(ctx, ATTN_ERR_UNSUPPORTED,
                   "forward: the backward runs over the ring; this plan uses Ulysses (create it "
                   "with cfg.mode = ATTN_MPI_MODE_RING)");
+  else if (p->d.dtype != p->cdt)
+    st = mpi_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                  "forward: the backward over the ring supports f32 and f64 plans (this one "
+                  "takes bf16)");
   else if (!p->meta[4].present)
     st = mpi_fail(ctx, ATTN_ERR_INVALID_ARG,
                   "lse: the forward plan was created without lse, which the backward needs");

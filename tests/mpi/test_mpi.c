@@ -76,6 +76,27 @@ static double rnd(uint64_t *s) {
   return (double)((*s * 2685821657736338717ULL) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 
+/* bf16 storage (round to nearest even), for the bf16 ring cases. */
+static uint16_t bf16_bits(double x) {
+  float f = (float)x;
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+static double bf16_value(uint16_t h) {
+  const uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static size_t dt_size(attn_dtype dt) {
+  return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_BF16 ? 2 : 4;
+}
+static const char *dt_name(attn_dtype dt) {
+  return dt == ATTN_DTYPE_F64 ? "f64" : dt == ATTN_DTYPE_BF16 ? "bf16" : "f32";
+}
+
 typedef struct mcase {
   const char *name;
   attn_dtype dt;
@@ -110,7 +131,7 @@ static void my_runs(const mcase *c, int64_t start[2], int64_t len[2]) {
 static attn_tensor *shard(attn_context *ctx, const mcase *c, const double *g, int64_t H,
                           int64_t D, const int64_t st[2], const int64_t ln[2], bool bshd) {
   const int64_t n = ln[0] + ln[1], B = c->B;
-  const size_t es = c->dt == ATTN_DTYPE_F64 ? 8 : 4;
+  const size_t es = dt_size(c->dt);
   char *mem = calloc((size_t)(B * H * n * D) + 1, es);
   int64_t shape[4] = {B, H, n, D}, str[4];
   if (bshd) str[0] = n * H * D, str[1] = D, str[2] = H * D, str[3] = 1;
@@ -123,6 +144,7 @@ static attn_tensor *shard(attn_context *ctx, const mcase *c, const double *g, in
           const double val = g ? g[((b * H + h) * c->S + gi) * D + x] : NAN;
           const int64_t o = b * str[0] + h * str[1] + i * str[2] + x;
           if (es == 8) ((double *)mem)[o] = val;
+          else if (es == 2) ((uint16_t *)(void *)mem)[o] = bf16_bits(val);
           else ((float *)mem)[o] = (float)val;
         }
       }
@@ -140,6 +162,7 @@ static void tfree(attn_tensor *t) {
 static double get4(const attn_tensor *t, int64_t b, int64_t h, int64_t i, int64_t x) {
   const int64_t o = b * attn_tensor_stride(t, 0) + h * attn_tensor_stride(t, 1) +
                     i * attn_tensor_stride(t, 2) + (attn_tensor_rank(t) == 4 ? x * attn_tensor_stride(t, 3) : 0);
+  if (attn_tensor_dtype(t) == ATTN_DTYPE_BF16) return bf16_value(((uint16_t *)attn_tensor_data(t))[o]);
   return attn_tensor_dtype(t) == ATTN_DTYPE_F64 ? ((double *)attn_tensor_data(t))[o]
                                                  : ((float *)attn_tensor_data(t))[o];
 }
@@ -148,7 +171,7 @@ static size_t tbytes(const attn_tensor *t) {
   int64_t ext = 1;
   for (int i = 0; i < attn_tensor_rank(t); i++)
     ext += (attn_tensor_dim(t, i) - 1) * attn_tensor_stride(t, i);
-  return (size_t)ext * (attn_tensor_dtype(t) == ATTN_DTYPE_F64 ? 8 : 4);
+  return (size_t)ext * dt_size(attn_tensor_dtype(t));
 }
 
 static void run_case(const mcase *c) {
@@ -166,6 +189,15 @@ static void run_case(const mcase *c) {
     for (int64_t i = 0; i < B * G * S * D; i++) k[i] = (float)k[i];
     for (int64_t i = 0; i < B * G * S * Dv; i++) v[i] = (float)v[i];
   }
+  if (c->dt == ATTN_DTYPE_BF16) { /* ... or the bf16 ones */
+    for (int64_t i = 0; i < B * H * S * D; i++) q[i] = bf16_value(bf16_bits(q[i]));
+    for (int64_t i = 0; i < B * G * S * D; i++) k[i] = bf16_value(bf16_bits(k[i]));
+    for (int64_t i = 0; i < B * G * S * Dv; i++) v[i] = bf16_value(bf16_bits(v[i]));
+  }
+  /* bf16 inputs compute in f32: lse f32, out f32 (or bf16, "out_bf16" cases). */
+  const attn_dtype cdt = c->dt == ATTN_DTYPE_BF16 ? ATTN_DTYPE_F32 : c->dt;
+  mcase co = *c;
+  co.dt = c->dt == ATTN_DTYPE_BF16 && strstr(c->name, "out_bf16") == NULL ? cdt : c->dt;
   int64_t klen[4], qlen[4];
   for (int64_t b = 0; b < B; b++) klen[b] = S - 1 - 3 * b, qlen[b] = S - 2 * b;
   double slopes[16];
@@ -192,6 +224,8 @@ static void run_case(const mcase *c) {
   int64_t st[2], ln[2];
   my_runs(c, st, ln);
   double rtol = c->dt == ATTN_DTYPE_F64 ? 1e-12 : 1e-5 * sqrt(2.0), atol = c->dt == ATTN_DTYPE_F64 ? 1e-13 : 1e-6;
+  if (c->dt == ATTN_DTYPE_BF16) /* attn.h's bf16 bound, plus a bf16 output's rounding */
+    rtol = 2 * pow(2, -8) + (co.dt == ATTN_DTYPE_BF16 ? pow(2, -8) : 0), atol = 1e-6;
   const int threads[2] = {1, 3};
   unsigned char *first = NULL;
   size_t first_n = 0;
@@ -199,10 +233,10 @@ static void run_case(const mcase *c) {
     counter cnt;
     attn_context *ctx = counted_context(&cnt, threads[ti]);
     attn_tensor *tq = shard(ctx, c, q, H, D, st, ln, c->bshd), *tk = shard(ctx, c, k, G, D, st, ln, c->bshd);
-    attn_tensor *tv = shard(ctx, c, v, G, Dv, st, ln, c->bshd), *to = shard(ctx, c, NULL, H, Dv, st, ln, c->bshd);
+    attn_tensor *tv = shard(ctx, c, v, G, Dv, st, ln, c->bshd), *to = shard(ctx, &co, NULL, H, Dv, st, ln, c->bshd);
     const int64_t n = ln[0] + ln[1], lshape[3] = {B, H, n};
     attn_tensor *tl = NULL;
-    attn_tensor_create(ctx, c->dt, 3, lshape, &tl);
+    attn_tensor_create(ctx, cdt, 3, lshape, &tl);
     attn_tensor *tm = NULL;
     if (bm) {
       int64_t ms[4] = {1, H, S, S};
@@ -277,10 +311,10 @@ static void run_case(const mcase *c) {
             }
           }
       CHECK(bad == 0, "%s (%s, N=%d): %lld values outside the bound, max err %g", c->name,
-            c->dt == ATTN_DTYPE_F64 ? "f64" : "f32", g_size, (long long)bad, maxe);
+            dt_name(c->dt), g_size, (long long)bad, maxe);
       if (g_rank == 0 && ti == 0)
         printf("ok %-34s %s np=%d mode=%s steps=%lld idle=%lld max_err=%.2g\n", c->name,
-               c->dt == ATTN_DTYPE_F64 ? "f64" : "f32", g_size,
+               dt_name(c->dt), g_size,
                stats.mode == ATTN_MPI_MODE_RING ? "ring" : "ulysses", (long long)stats.steps,
                (long long)stats.idle_steps, maxe);
     }
@@ -584,6 +618,30 @@ static void bwd_faults(void) {
   attn_tensor_destroy(lse);
   tfree(dout), tfree(dq), tfree(dk), tfree(dv);
   fx_free(&f);
+
+  /* bf16: Ulysses and the backward refuse it on every rank; lse must be f32. */
+  fx_init(&f, g_size, ATTN_DTYPE_BF16, ATTN_MPI_LAYOUT_CONTIGUOUS);
+  const int64_t n16 = f.ln[0] + f.ln[1], ls16[3] = {f.c.B, f.c.H, n16};
+  attn_tensor *l32 = NULL, *l16 = NULL;
+  attn_tensor_create(f.ctx, ATTN_DTYPE_F32, 3, ls16, &l32);
+  attn_tensor_create(f.ctx, ATTN_DTYPE_BF16, 3, ls16, &l16);
+  f.lse = l16;
+  s = create(&f, ATTN_MPI_MODE_RING, &plan);
+  expect_all("bf16_lse_must_be_f32", f.ctx, s, ATTN_ERR_DTYPE, "lse");
+  f.lse = l32;
+  s = create(&f, ATTN_MPI_MODE_ULYSSES, &plan);
+  expect_all("bf16_ulysses_unsupported", f.ctx, s, ATTN_ERR_UNSUPPORTED, "bf16");
+  s = create(&f, ATTN_MPI_MODE_RING, &plan);
+  CHECK(s == ATTN_OK, "bf16 ring plan: %s", attn_context_last_error(f.ctx));
+  if (s == ATTN_OK) {
+    s = attn_mpi_backward_plan_create(plan, f.out, f.q, f.k, f.v, &bp);
+    expect_all("bf16_backward_unsupported", f.ctx, s, ATTN_ERR_UNSUPPORTED, "bf16");
+  }
+  attn_mpi_plan_destroy(plan), plan = NULL;
+  f.lse = NULL;
+  attn_tensor_destroy(l32);
+  attn_tensor_destroy(l16);
+  fx_free(&f);
 }
 
 static void faults(void) {
@@ -739,7 +797,7 @@ int main(int argc, char **argv) {
   MPI_Comm_size(MPI_COMM_WORLD, &g_size);
   const bool only_faults = argc > 1 && strcmp(argv[1], "faults") == 0;
   const bool only_cases = argc > 1 && strcmp(argv[1], "cases") == 0;
-  const attn_dtype F32 = ATTN_DTYPE_F32, F64 = ATTN_DTYPE_F64;
+  const attn_dtype F32 = ATTN_DTYPE_F32, F64 = ATTN_DTYPE_F64, BF16 = ATTN_DTYPE_BF16;
   const attn_mpi_mode R = ATTN_MPI_MODE_RING, U = ATTN_MPI_MODE_ULYSSES, A = ATTN_MPI_MODE_AUTO;
   const attn_mpi_layout C = ATTN_MPI_LAYOUT_CONTIGUOUS, Z = ATTN_MPI_LAYOUT_ZIGZAG;
   /* name, dt, B, H, Hkv, S, D, Dv, causal, left, right, klen, qlen, bshd, uneven, softcap,
@@ -758,6 +816,9 @@ int main(int argc, char **argv) {
       /* Long enough for several query tiles per shard (tiles of ≥ 256 rows). */
       {"ring_long_causal_window_tiles", F64, 1, 1, 1, 1300, 4, 4, 1, 300, -1, 1, 0, 0, 1, 0, 0, 0, C, R, R},
       {"ring_long_zigzag_window_tiles", F32, 1, 2, 1, 1500, 8, 8, 0, 400, 150, 0, 0, 0, 0, 0, 0, 0, Z, R, R},
+      /* bf16 inputs (f32 compute, out f32 or bf16): ring only, AUTO picks it. */
+      {"ring_bf16", BF16, 1, 2, 2, 37, 16, 16, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, C, R, R},
+      {"ring_bf16_causal_zigzag_gqa_out_bf16", BF16, 2, 4, 2, 50, 32, 32, 1, -1, -1, 1, 0, 1, 0, 0, 0, 0, Z, A, R},
       {"ulysses_plain", F64, 1, 4, 4, 39, 8, 8, 0, -1, -1, 0, 0, 0, 1, 0, 0, 0, C, U, U},
       {"ulysses_causal_gqa_zigzag", F64, 2, 4, 2, 44, 8, 16, 1, -1, -1, 0, 0, 1, 0, 0, 0, 0, Z, U, U},
       {"ulysses_mqa_f32", F32, 1, 4, 1, 35, 16, 16, 2, -1, -1, 1, 1, 0, 1, 0, 0, 0, C, U, U},
@@ -773,7 +834,7 @@ int main(int argc, char **argv) {
       run_case(&c);
       /* The backward over the ring, for the ring's cases (dk in [B,H,S,D]
        * even when the rest is [B,S,H,D]: mixed strides). */
-      if (c.mode == R) run_bwd_case(&c);
+      if (c.mode == R && c.dt != BF16) run_bwd_case(&c);
     }
   if (!only_cases) faults();
   int all = 0;
