@@ -488,7 +488,9 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  [B, H or H_kv, capacity], key j = the j-th oldest stored position; decode
  *  steps of at most 16 queries keep their tiles' scores, longer (prefill)
  *  steps compute Q·Kᵀ a second time after the forward, from the final lse;
- *  not with kept first positions).
+ *  not with kept first positions), and paged-cache calls
+ *  (attn_paged_plan_create(): shape [N, H or H_kv, max_seq_len], by the
+ *  second pass).
  *
  *  The tensor is borrowed and written at every execute (its data may change
  *  between executes, its shape not): rank 3, the plan's dtype, shape

@@ -220,7 +220,12 @@ typedef struct attn_paged_plan attn_paged_plan;
  *               ALiBi (H slopes, borrowed), softcap, attention sinks (H
  *               logits, borrowed, re-checked at every execute; a row's
  *               queries get the sink, rows past its query count stay 0 and
- *               −inf). Copied.
+ *               −inf), the per-key mass (attn_desc_set_key_mass(): a
+ *               [N, H or H_kv, max_seq_len] tensor of the plan's dtype,
+ *               contiguous; mass[b, ·, j] for position j of row b's
+ *               sequence, 0 past its length; computed by a second pass over
+ *               the keys after out and lse, from the final lse; rows
+ *               count..N−1 untouched). Copied.
  *  @param q     [N, H, n, d_k], the cache's dtype, H a multiple of H_kv, last
  *               dim contiguous: N rows (sequences) per call at most, n
  *               queries per row at most. n ≤ 16 uses the split-KV decode

@@ -32,7 +32,7 @@ static const attn_support pg_support = {
     "a paged KV cache",
     ATTN_OPT(ATTN_OPT_CAUSAL_BR) | ATTN_OPT(ATTN_OPT_WINDOW) | ATTN_OPT(ATTN_OPT_ALIBI) |
         ATTN_OPT(ATTN_OPT_SOFTCAP) | ATTN_OPT(ATTN_OPT_SCALE) | ATTN_OPT(ATTN_OPT_LSE) |
-        ATTN_OPT(ATTN_OPT_SINKS),
+        ATTN_OPT(ATTN_OPT_SINKS) | ATTN_OPT(ATTN_OPT_MASS),
     {[ATTN_OPT_CAUSAL_TL] = "TOP_LEFT does not apply to a cache; use ATTN_CAUSAL_BOTTOM_RIGHT "
                             "(queries are the newest positions)",
      [ATTN_OPT_KEY_LENGTHS] = "not accepted; the sequences supply key lengths and "
@@ -63,6 +63,27 @@ static attn_status check_tensors(attn_paged_plan *p, const attn_tensor *q, const
   p->H = s.H;
   p->n = s.n;
   p->G = s.H / c->Hkv;
+  return ATTN_OK;
+}
+
+/* The per-key mass tensor: [N, H or H_kv, max_seq_len] of the plan's dtype,
+ * contiguous; key j = position j of the row's sequence. */
+static attn_status check_mass(attn_paged_plan *p, attn_tensor *m) {
+  attn_context *ctx = p->ctx;
+  char a[96];
+  if (m == NULL) return ATTN_OK;
+  attn_status st = attn_check_tensor(ctx, "mass", m, 3, p->dtype);
+  if (st != ATTN_OK) return st;
+  const int64_t L = p->cache->max_len;
+  if (m->shape[0] != p->N || (m->shape[1] != p->H && m->shape[1] != p->Hkv) || m->shape[2] != L)
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "mass: shape %s, expected [N, H or H_kv, max_seq_len] = [%" PRId64
+                     ", %" PRId64 " or %" PRId64 ", %" PRId64 "]",
+                     attn_shape_str(m, a, sizeof a), p->N, p->H, p->Hkv, L);
+  if (m->strides[2] != 1 || m->strides[1] != L || m->strides[0] != m->shape[1] * L)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: must be contiguous with a paged cache");
+  p->mass = m;
+  p->mass_grouped = m->shape[1] != p->H;
   return ATTN_OK;
 }
 
@@ -107,6 +128,7 @@ static bool size_workspace(attn_paged_plan *p, int32_t threads, size_t *bytes) {
   p->klen_at = attn_carve(&sh, sizeof(int64_t), p->N, 1, 1);
   p->qcnt_at = attn_carve(&sh, sizeof(int64_t), p->N, 1, 1);
   p->seq_at = attn_carve(&sh, sizeof(int64_t), p->N, 1, 1);
+  if (p->mass != NULL) p->mass_lse_at = attn_carve(&sh, es, p->N * p->H, p->n, 1);
   if (!sh.ok || !attn_add_ok(total, sh.bytes, &total)) return false;
   p->shared_bytes = (size_t)sh.bytes;
   *bytes = (size_t)total;
@@ -144,6 +166,7 @@ attn_status attn_paged_plan_create(attn_context *ctx, attn_paged_cache *cache,
                             desc->mask.causal == ATTN_CAUSAL_BOTTOM_RIGHT, true};
   if ((st = attn_mask_init(&tmp.mask, ctx, desc, &g)) != ATTN_OK) return st;
   if ((st = attn_kv_check_sinks(ctx, desc, tmp.H, tmp.dtype)) != ATTN_OK) return st;
+  if ((st = check_mass(&tmp, desc->mass)) != ATTN_OK) return st;
   attn_tmeta_record(&tmp.meta[PG_META_Q], q);
   attn_tmeta_record(&tmp.meta[PG_META_OUT], out);
   attn_tmeta_record(&tmp.meta[PG_META_LSE], lse);
@@ -171,6 +194,15 @@ attn_status attn_paged_plan_create(attn_context *ctx, attn_paged_cache *cache,
   return ATTN_OK;
 }
 
+/* The per-key mass's second pass (after out and lse): rows count..N−1 of
+ * the mass tensor are not touched. */
+static attn_status mass_pass(const attn_paged_plan *plan, pg_args *a, double flops) {
+  if (plan->mass == NULL) return ATTN_OK;
+  return attn_parallel_for_cost(plan->ctx, a->count * plan->Hkv, flops / 2,
+                                plan->dtype == ATTN_DTYPE_F32 ? pg_mass_task_f32 : pg_mass_task_f64,
+                                a);
+}
+
 attn_status attn_paged_plan_execute(attn_paged_plan *plan, int64_t count, const int64_t *seq_ids,
                                     const attn_tensor *q, attn_tensor *out, attn_tensor *lse,
                                     const int64_t *query_counts) {
@@ -189,6 +221,8 @@ attn_status attn_paged_plan_execute(attn_paged_plan *plan, int64_t count, const 
   if (plan->desc.sinks.logits != NULL &&
       (st = attn_check_sinks(ctx, plan->desc.sinks.logits, plan->H, plan->dtype)) != ATTN_OK)
     return st;
+  if (plan->mass != NULL && plan->mass->data == NULL)
+    return attn_fail(ctx, ATTN_ERR_NULL_ARG, "mass: the tensor's data is NULL");
   const attn_paged_cache *c = plan->cache;
   char *shared = plan->workspace;
   int64_t *klen = (int64_t *)(void *)(shared + plan->klen_at);
@@ -227,9 +261,13 @@ attn_status attn_paged_plan_execute(attn_paged_plan *plan, int64_t count, const 
   const bool f32 = plan->dtype == ATTN_DTYPE_F32;
   const attn_ws ws = {shared, shared + plan->shared_bytes, plan->slot_bytes};
   pg_args a = {plan, &mask, ws, q, out, lse, klen, seqs, count, 0, 0, true};
-  if (!plan->split)
-    return attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * count * plan->Hkv, flops,
-                                  f32 ? pg_block_task_f32 : pg_block_task_f64, &a);
+  if (!plan->split) {
+    if ((st = attn_parallel_for_cost(ctx, attn_cdiv64(plan->n, plan->bq) * count * plan->Hkv,
+                                     flops, f32 ? pg_block_task_f32 : pg_block_task_f64, &a)) !=
+        ATTN_OK)
+      return st;
+    return mass_pass(plan, &a, flops);
+  }
 
   int64_t chunks = 0; /* most chunks any row needs */
   for (int64_t b = 0; b < count; b++) {
@@ -251,7 +289,7 @@ attn_status attn_paged_plan_execute(attn_paged_plan *plan, int64_t count, const 
                                      f32 ? pg_merge_task_f32 : pg_merge_task_f64, &a)) != ATTN_OK)
       return st;
   }
-  return ATTN_OK;
+  return mass_pass(plan, &a, flops);
 }
 
 size_t attn_paged_plan_workspace_size(const attn_paged_plan *plan) {

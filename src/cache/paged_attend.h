@@ -45,6 +45,11 @@ struct attn_paged_plan {
     size_t M, L;
   } pat;
   size_t part_bytes, part_at, acc_at, klen_at, qcnt_at, seq_at, shared_bytes;
+  /* Per-key mass (desc's key mass: [N, H or H_kv, max_seq_len]): every
+   * query row's lse [N·H·n] in the shared area, for the second pass. */
+  attn_tensor *mass;
+  bool mass_grouped;
+  size_t mass_lse_at;
   void *workspace;
   size_t workspace_bytes;
 };

@@ -24,6 +24,7 @@ typedef struct model {
   int64_t Hkv, Dk, Dv, bs;
   double *K[MAXS], *V[MAXS]; /* [Hkv][MAXL][D] doubles, what each sequence holds */
   int64_t len[MAXS];
+  int64_t maxlen; /* the cache's max_seq_len */
   uint64_t rng;
 } model;
 
@@ -46,6 +47,7 @@ static void model_init(model *m, attn_context *ctx, attn_dtype dt, int64_t Hkv, 
   cfg.num_blocks = nblocks;
   cfg.max_seqs = MAXS;
   cfg.max_seq_len = nblocks * bs < MAXL ? nblocks * bs : MAXL;
+  m->maxlen = cfg.max_seq_len;
   cfg.dtype = dt;
   cfg.storage = st;
   assert_int_equal(attn_paged_create(ctx, &cfg, &m->pc), ATTN_OK);
@@ -116,6 +118,7 @@ typedef struct opts {
   bool alibi;
   double softcap;
   bool sinks; /* kSinks below as attention-sink logits */
+  int mass;   /* per-key mass output: 0 none, 1 per head, 2 per KV head */
 } opts;
 
 /* Sink logits for up to 8 heads; head 1 has none (−inf). */
@@ -137,7 +140,7 @@ static attn_desc *make_desc(attn_context *ctx, const opts *o, double *slopes) {
 
 /* Reference for row b: sequence s, nq queries q[b] (dense [H][n][Dk]). */
 static void ref_row(const model *m, const opts *o, const double *slopes, int64_t s, int64_t nq,
-                    const double *q, double *out, double *lse) {
+                    const double *q, double *out, double *lse, double *weights) {
   const int64_t L = m->len[s];
   ref_problem p;
   ref_problem_init(&p, 1, o->H, nq, L, m->Dk);
@@ -158,7 +161,7 @@ static void ref_row(const model *m, const opts *o, const double *slopes, int64_t
   double *qq = malloc((size_t)(o->H * nq * m->Dk + 1) * sizeof(double));
   for (int64_t h = 0; h < o->H; h++)
     memcpy(qq + h * nq * m->Dk, q + h * o->n * m->Dk, (size_t)(nq * m->Dk) * sizeof(double));
-  ref_attention(&p, qq, k, v, out, NULL, lse, NULL);
+  ref_attention(&p, qq, k, v, out, weights, lse, NULL);
   free(qq);
   free(k);
   free(v);
@@ -177,27 +180,41 @@ static double *check_call(model *m, const opts *o, int64_t count, const int64_t 
   attn_tensor *tq = tu_tensor4(m->ctx, m->dt, q, N, H, n, Dk, false);
   double *got = malloc((size_t)(N * H * n * Dv) * sizeof(double));
   double *gotl = malloc((size_t)(N * H * n) * sizeof(double));
-  void *first = NULL;
+  void *first = NULL, *first_mass = NULL;
   size_t obytes = (size_t)(N * H * n * Dv) * (m->dt == ATTN_DTYPE_F64 ? 8u : 4u);
+  const int64_t maxlen = m->maxlen, mh = o->mass == 2 ? m->Hkv : H;
+  const size_t nmass = (size_t)(N * mh * maxlen);
+  double *gotm = o->mass ? malloc(nmass * sizeof(double)) : NULL;
   for (int32_t th = 1; th <= 4; th++) {
     attn_context *c = tu_context(th);
     attn_tensor *to = tu_tensor4(c, m->dt, NULL, N, H, n, Dv, false);
-    const int64_t ls[3] = {N, H, n};
+    const int64_t ls[3] = {N, H, n}, ms[3] = {N, mh, maxlen};
     attn_tensor *tl = tu_tensor(c, m->dt, NULL, 3, ls);
+    attn_tensor *tm = o->mass ? tu_tensor(c, m->dt, NULL, 3, ms) : NULL;
+    if (tm) assert_int_equal(attn_desc_set_key_mass(d, tm), ATTN_OK);
     attn_paged_plan *plan = NULL;
     assert_int_equal(attn_paged_plan_create(c, m->pc, d, tq, to, tl, &plan), ATTN_OK);
     attn_status st = attn_paged_plan_execute(plan, count, seqs, tq, to, tl, counts);
     if (st != ATTN_OK) print_message("%s\n", attn_context_last_error(c));
     assert_int_equal(st, ATTN_OK);
+    const size_t mbytes = nmass * (m->dt == ATTN_DTYPE_F64 ? 8u : 4u);
     if (th == 1) {
       first = malloc(obytes);
       memcpy(first, attn_tensor_data(to), obytes);
       tu_read(to, got);
       tu_read(tl, gotl);
+      if (tm) {
+        first_mass = malloc(mbytes);
+        memcpy(first_mass, attn_tensor_data(tm), mbytes);
+        tu_read(tm, gotm);
+      }
     } else {
       assert_memory_equal(first, attn_tensor_data(to), obytes);
+      if (tm) assert_memory_equal(first_mass, attn_tensor_data(tm), mbytes);
     }
     attn_paged_plan_destroy(plan);
+    if (tm) assert_int_equal(attn_desc_set_key_mass(d, NULL), ATTN_OK);
+    tu_tensor_free(tm);
     tu_tensor_free(to);
     tu_tensor_free(tl);
     attn_context_destroy(c);
@@ -206,7 +223,23 @@ static double *check_call(model *m, const opts *o, int64_t count, const int64_t 
     const int64_t nq = counts ? counts[b] : n;
     double *ro = calloc((size_t)(H * n * Dv + 1), sizeof(double));
     double *rl = calloc((size_t)(H * n + 1), sizeof(double));
-    if (nq > 0) ref_row(m, o, slopes, seqs[b], nq, q + b * H * n * Dk, ro, rl);
+    const int64_t L = m->len[seqs[b]];
+    double *rw = gotm ? calloc((size_t)(H * n * L + 1), sizeof(double)) : NULL;
+    if (nq > 0) ref_row(m, o, slopes, seqs[b], nq, q + b * H * n * Dk, ro, rl, rw);
+    if (gotm) { /* the mass: column sums of the weights (per head or KV head), 0 past L */
+      double *want = calloc((size_t)(mh * maxlen), sizeof(double));
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < nq; i++)
+          for (int64_t j = 0; j < L; j++)
+            want[(o->mass == 2 ? h / (H / m->Hkv) : h) * maxlen + j] += rw[(h * nq + i) * L + j];
+      double err;
+      const size_t bad = tu_violations(gotm + b * mh * maxlen, want, NULL, (size_t)(mh * maxlen),
+                                       tol, tol, &err);
+      if (bad) print_message("row %ld: %zu mass values off, max err %g\n", (long)b, bad, err);
+      assert_int_equal(bad, 0);
+      free(want);
+    }
+    free(rw);
     for (int64_t h = 0; h < H; h++)
       for (int64_t i = 0; i < n; i++) {
         const double *g = got + ((b * H + h) * n + i) * Dv;
@@ -229,6 +262,8 @@ static double *check_call(model *m, const opts *o, int64_t count, const int64_t 
     free(rl);
   }
   free(first);
+  free(first_mass);
+  free(gotm);
   free(q);
   free(gotl);
   tu_tensor_free(tq);
@@ -256,12 +291,12 @@ static void ragged(attn_dtype dt, attn_kvcache_storage st, int64_t bs) {
     }
   }
   const double tol = tol_of(dt);
-  opts o = {8, 1, 2, -1, false, 0, false};
+  opts o = {8, 1, 2, -1, false, 0, false, 0};
   free(check_call(&m, &o, 5, seqs, NULL, tol));
-  opts o3 = {8, 3, 2, -1, false, 0, false}; /* speculative: 3 queries, ragged counts */
+  opts o3 = {8, 3, 2, -1, false, 0, false, 0}; /* speculative: 3 queries, ragged counts */
   const int64_t counts[5] = {1, 3, 2, 0, 3};
   free(check_call(&m, &o3, 5, seqs, counts, tol));
-  opts mqa = {4, 1, 2, -1, false, 0, false};
+  opts mqa = {4, 1, 2, -1, false, 0, false, 0};
   free(check_call(&m, &mqa, 3, seqs + 2, NULL, tol));
   /* the same sequence in two rows; rows in any order */
   const int64_t dup[3] = {seqs[3], seqs[0], seqs[3]};
@@ -290,21 +325,26 @@ static void test_masks(void **state) {
       assert_int_equal(model_append(&m, seqs[i], lens[i]), ATTN_OK);
     }
     const double tol = tol_of(dt);
-    opts w = {4, 2, 2, 37, false, 0, false};
+    opts w = {4, 2, 2, 37, false, 0, false, 0};
     free(check_call(&m, &w, 3, seqs, NULL, tol));
-    opts wide = {4, 1, 2, 600, true, 0, false}; /* window across chunk boundaries + ALiBi */
+    opts wide = {4, 1, 2, 600, true, 0, false, 0}; /* window across chunk boundaries + ALiBi */
     free(check_call(&m, &wide, 3, seqs, NULL, tol));
-    opts cap = {4, 1, 2, -1, true, 5.0, false};
+    opts cap = {4, 1, 2, -1, true, 5.0, false, 0};
     free(check_call(&m, &cap, 3, seqs, NULL, tol));
-    opts none = {4, 1, 0, -1, false, 0, false};
+    opts none = {4, 1, 0, -1, false, 0, false, 0};
     free(check_call(&m, &none, 3, seqs, NULL, tol));
     /* Sinks on the split-KV decode path and on the blocked (prefill) path,
      * with ragged query counts. */
-    opts sk = {4, 2, 2, 37, true, 0, true};
+    opts sk = {4, 2, 2, 37, true, 0, true, 0};
     free(check_call(&m, &sk, 3, seqs, NULL, tol));
-    opts skp = {4, 24, 2, -1, false, 3.0, true};
+    opts skp = {4, 24, 2, -1, false, 3.0, true, 0};
     const int64_t counts[3] = {24, 5, 17};
     free(check_call(&m, &skp, 3, seqs, counts, tol));
+    /* The per-key mass on both paths, per head and per KV head, with sinks. */
+    opts ms1 = {4, 2, 2, 300, true, 0, true, 1};
+    free(check_call(&m, &ms1, 3, seqs, NULL, tol));
+    opts ms2 = {4, 24, 2, -1, false, 0, false, 2};
+    free(check_call(&m, &ms2, 3, seqs, counts, tol));
     model_free(&m);
     attn_context_destroy(ctx);
   }
@@ -321,7 +361,7 @@ static void test_chunked_prefill(void **state) {
     model_init(&m, ctx, dt, 2, 16, 16, 16, 400, ATTN_KVCACHE_STORE_NATIVE);
     int64_t a = model_new(&m), b = model_new(&m);
     /* prompt of 700 in chunks of 64: append the chunk, attend it */
-    opts o = {8, 64, 2, -1, false, 0, false};
+    opts o = {8, 64, 2, -1, false, 0, false, 0};
     for (int64_t done = 0; done < 700; done += 64) {
       int64_t k = 700 - done < 64 ? 700 - done : 64;
       assert_int_equal(model_append(&m, a, k), ATTN_OK);
@@ -333,7 +373,7 @@ static void test_chunked_prefill(void **state) {
     assert_int_equal(model_append(&m, a, 20), ATTN_OK);
     const int64_t two[2] = {a, b}, cnt2[2] = {20, 50};
     free(check_call(&m, &o, 2, two, cnt2, tol_of(dt)));
-    opts ow = {8, 64, 2, 100, true, 0, false};
+    opts ow = {8, 64, 2, 100, true, 0, false, 0};
     free(check_call(&m, &ow, 2, two, cnt2, tol_of(dt)));
     model_free(&m);
     attn_context_destroy(ctx);
@@ -367,7 +407,7 @@ static void test_fork_cow(void **state) {
   assert_true(tb[2] != ta[2] && tb[0] == ta[0] && tb[1] == ta[1]);
   assert_int_equal(model_append(&m, a, 30), ATTN_OK); /* a's last block: still shared with c */
   assert_int_equal(model_append(&m, c, 1), ATTN_OK);
-  opts o = {4, 1, 2, -1, false, 0, false};
+  opts o = {4, 1, 2, -1, false, 0, false, 0};
   const int64_t all[3] = {a, b, c};
   free(check_call(&m, &o, 3, all, NULL, 1e-10));
   /* rollback a into the shared prefix, then write: b and c are unchanged */
@@ -377,7 +417,7 @@ static void test_fork_cow(void **state) {
   free(check_call(&m, &o, 3, all, NULL, 1e-10));
   /* speculative rollback on b: append 4, attend them, drop them */
   assert_int_equal(model_append(&m, b, 4), ATTN_OK);
-  opts o4 = {4, 4, 2, -1, false, 0, false};
+  opts o4 = {4, 4, 2, -1, false, 0, false, 0};
   free(check_call(&m, &o4, 1, &b, NULL, 1e-10));
   assert_int_equal(attn_paged_truncate(m.pc, b, m.len[b] - 4), ATTN_OK);
   m.len[b] -= 4;
@@ -478,7 +518,7 @@ static void test_out_of_blocks(void **state) {
   int64_t c = model_fork(&m, a);
   assert_int_equal(model_append(&m, c, 1), ATTN_ERR_CAPACITY); /* copy-on-write needs a block */
   assert_int_equal(attn_paged_seq_length(m.pc, c), 21);
-  opts o = {2, 1, 2, -1, false, 0, false};
+  opts o = {2, 1, 2, -1, false, 0, false, 0};
   const int64_t all[3] = {a, b, c};
   free(check_call(&m, &o, 3, all, NULL, 2e-5));
   model_free(&m);
@@ -620,6 +660,21 @@ static void test_bad_input(void **state) {
   attn_paged_plan_destroy(p);
   p = NULL;
   assert_int_equal(attn_desc_set_sinks(d, NULL, 0), ATTN_OK);
+  /* The key mass: [N, H or H_kv, max_seq_len] of the plan's dtype. */
+  {
+    const int64_t bad[3] = {2, 4, m.maxlen + 1}, good[3] = {2, 4, m.maxlen};
+    attn_tensor *mb = tu_tensor(ctx, ATTN_DTYPE_F32, NULL, 3, bad);
+    attn_tensor *m64 = tu_tensor(ctx, ATTN_DTYPE_F64, NULL, 3, good);
+    assert_int_equal(attn_desc_set_key_mass(d, mb), ATTN_OK);
+    assert_int_equal(attn_paged_plan_create(ctx, m.pc, d, q, out, NULL, &p), ATTN_ERR_SHAPE);
+    assert_non_null(strstr(attn_context_last_error(ctx), "mass"));
+    assert_int_equal(attn_desc_set_key_mass(d, m64), ATTN_OK);
+    assert_int_equal(attn_paged_plan_create(ctx, m.pc, d, q, out, NULL, &p), ATTN_ERR_DTYPE);
+    assert_null(p);
+    assert_int_equal(attn_desc_set_key_mass(d, NULL), ATTN_OK);
+    tu_tensor_free(mb);
+    tu_tensor_free(m64);
+  }
   attn_desc *tl = NULL;
   assert_int_equal(attn_desc_create(ctx, &tl), ATTN_OK);
   assert_int_equal(attn_desc_set_causal(tl, ATTN_CAUSAL_TOP_LEFT), ATTN_OK);
