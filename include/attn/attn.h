@@ -497,7 +497,7 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  [B, H, S_k] or [B, H_kv, S_k], key dim contiguous, no overlapping elements.
  *  With the mass on, one task runs all query blocks of a (batch item, KV
  *  head), so B·H_kv bounds the parallelism, and each thread keeps a block's
- *  scores (~4M elements).
+ *  scores (~256K elements).
  *  @param desc  the descriptor
  *  @param mass  the output tensor, or NULL to clear
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG (desc), ATTN_ERR_SHAPE (rank ≠ 3). Plan
