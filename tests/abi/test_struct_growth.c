@@ -40,6 +40,13 @@ typedef struct config_0_1 {
 } config_0_1;
 
 typedef void (*init_fn)(void *);
+
+/* Bytes of canary[n] no longer 0xA5. */
+static int clobbered_bytes(const unsigned char *canary, size_t n) {
+  int c = 0;
+  for (size_t i = 0; i < n; i++) c += canary[i] != 0xA5;
+  return c;
+}
 typedef attn_status (*ctx_create_fn)(const attn_context_options *, attn_context **);
 typedef void (*ctx_destroy_fn)(attn_context *);
 typedef attn_status (*kv_create_fn)(attn_context *, const void *, attn_kvcache **);
@@ -82,8 +89,7 @@ int main(int argc, char **argv) {
   } old;
   memset(&old, 0xA5, sizeof old);
   init_01(&old.cfg);
-  int clobbered = 0;
-  for (size_t i = 0; i < sizeof old.canary; i++) clobbered += old.canary[i] != 0xA5;
+  int clobbered = clobbered_bytes(old.canary, sizeof old.canary);
   CHECK(clobbered == 0, "ATTN_0.1 init wrote %d bytes past the 0.1 struct", clobbered);
   CHECK(old.cfg.struct_size == sizeof(config_0_1), "struct_size %zu, expected %zu",
         old.cfg.struct_size, sizeof(config_0_1));
@@ -122,8 +128,7 @@ int main(int argc, char **argv) {
   } cur;
   memset(&cur, 0xA5, sizeof cur);
   init_02(&cur.cfg);
-  clobbered = 0;
-  for (size_t i = 0; i < sizeof cur.canary; i++) clobbered += cur.canary[i] != 0xA5;
+  clobbered = clobbered_bytes(cur.canary, sizeof cur.canary);
   CHECK(clobbered == 0, "ATTN_0.2 init wrote %d bytes past the struct", clobbered);
   CHECK(cur.cfg.struct_size == sizeof cur.cfg, "struct_size %zu, expected %zu",
         cur.cfg.struct_size, sizeof cur.cfg);

@@ -174,6 +174,20 @@ static size_t tbytes(const attn_tensor *t) {
   return (size_t)ext * dt_size(attn_tensor_dtype(t));
 }
 
+/* The case's descriptor: causal, window, global key/query lengths, softcap. */
+static attn_desc *case_desc(attn_context *ctx, const mcase *c, const int64_t *klen,
+                            const int64_t *qlen) {
+  attn_desc *desc = NULL;
+  attn_desc_create(ctx, &desc);
+  attn_desc_set_causal(desc, (attn_causal)c->causal);
+  attn_desc_set_window(desc, c->left < 0 ? ATTN_WINDOW_UNBOUNDED : c->left,
+                       c->right < 0 ? ATTN_WINDOW_UNBOUNDED : c->right);
+  if (c->klen) attn_desc_set_key_lengths(desc, klen, c->B);
+  if (c->qlen) attn_desc_set_query_lengths(desc, qlen, c->B);
+  if (c->softcap) attn_desc_set_softcap(desc, 2.5);
+  return desc;
+}
+
 static void run_case(const mcase *c) {
   g_cases++;
   const int64_t B = c->B, H = c->H, G = c->Hkv, S = c->S, D = c->D, Dv = c->Dv;
@@ -242,14 +256,7 @@ static void run_case(const mcase *c) {
       int64_t ms[4] = {1, H, S, S};
       attn_tensor_wrap(ctx, ATTN_DTYPE_U8, 4, ms, NULL, bm, &tm);
     }
-    attn_desc *desc = NULL;
-    attn_desc_create(ctx, &desc);
-    attn_desc_set_causal(desc, (attn_causal)c->causal);
-    attn_desc_set_window(desc, c->left < 0 ? ATTN_WINDOW_UNBOUNDED : c->left,
-                         c->right < 0 ? ATTN_WINDOW_UNBOUNDED : c->right);
-    if (c->klen) attn_desc_set_key_lengths(desc, klen, B);
-    if (c->qlen) attn_desc_set_query_lengths(desc, qlen, B);
-    if (c->softcap) attn_desc_set_softcap(desc, 2.5);
+    attn_desc *desc = case_desc(ctx, c, klen, qlen);
     if (c->alibi) attn_desc_set_alibi(desc, slopes, H);
     if (tm) attn_desc_set_bool_mask(desc, tm);
     attn_mpi_config cfg;
@@ -402,14 +409,7 @@ static void run_bwd_case(const mcase *c) {
     const int64_t n = ln[0] + ln[1], lshape[3] = {B, H, n};
     attn_tensor *tl = NULL;
     attn_tensor_create(ctx, c->dt, 3, lshape, &tl);
-    attn_desc *desc = NULL;
-    attn_desc_create(ctx, &desc);
-    attn_desc_set_causal(desc, (attn_causal)c->causal);
-    attn_desc_set_window(desc, c->left < 0 ? ATTN_WINDOW_UNBOUNDED : c->left,
-                         c->right < 0 ? ATTN_WINDOW_UNBOUNDED : c->right);
-    if (c->klen) attn_desc_set_key_lengths(desc, klen, B);
-    if (c->qlen) attn_desc_set_query_lengths(desc, qlen, B);
-    if (c->softcap) attn_desc_set_softcap(desc, 2.5);
+    attn_desc *desc = case_desc(ctx, c, klen, qlen);
     attn_mpi_config cfg;
     attn_mpi_config_init(&cfg);
     cfg.mode = ATTN_MPI_MODE_RING;

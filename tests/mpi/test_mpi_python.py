@@ -20,18 +20,23 @@ comm = MPI.COMM_WORLD
 failures = 0
 
 
-def reference(q, k, v, causal, key_len=None):
-    B, H, S, D = q.shape
-    g = H // k.shape[1]
-    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
-    s = np.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(D)
+def keep_mask(B, S, causal, key_len):
+    """[B, 1, S, S]: which (query, key) pairs attend."""
     keep = np.ones((B, 1, S, S), dtype=bool)
     if causal:
         keep &= np.tril(np.ones((S, S), dtype=bool))[None, None]
     if key_len is not None:
         for b, n in enumerate(key_len):
             keep[b, :, :, n:] = False
-    s = np.where(keep, s, -np.inf)
+    return keep
+
+
+def reference(q, k, v, causal, key_len=None):
+    B, H, S, D = q.shape
+    g = H // k.shape[1]
+    k, v = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    s = np.einsum("bhid,bhjd->bhij", q, k) / math.sqrt(D)
+    s = np.where(keep_mask(B, S, causal, key_len), s, -np.inf)
     m = s.max(axis=-1, keepdims=True)
     p = np.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
@@ -48,13 +53,7 @@ def reference_backward(q, k, v, dout, causal, key_len=None):
     kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
     scale = 1 / math.sqrt(D)
     s = np.einsum("bhid,bhjd->bhij", q, kr) * scale
-    keep = np.ones((B, 1, S, S), dtype=bool)
-    if causal:
-        keep &= np.tril(np.ones((S, S), dtype=bool))[None, None]
-    if key_len is not None:
-        for b, n in enumerate(key_len):
-            keep[b, :, :, n:] = False
-    s = np.where(keep, s, -np.inf)
+    s = np.where(keep_mask(B, S, causal, key_len), s, -np.inf)
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     dp = np.einsum("bhid,bhjd->bhij", dout, vr)

@@ -139,7 +139,26 @@ def shard(layout, seq_len, nranks, rank):
     return [(start[i], length[i]) for i in range(2) if length[i] > 0]
 
 
-class Plan:
+class _Handle:
+    """A libattn_mpi handle freed by close() (or a with block): the
+    subclass names its destroy function in _destroy."""
+
+    _destroy = None
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            _plan_ctx.pop(self._handle, None)
+            getattr(_mpi, self._destroy)(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Plan(_Handle):
     """attn_mpi_plan, created collectively over ``comm`` for this rank's
     shard arrays q [B, H, S_r, d], k/v [B, H_kv, S_r, d], out [B, H, S_r, d_v]
     (and lse [B, H, S_r]); ``desc`` an attn.Desc or None (then ``settings``
@@ -177,18 +196,10 @@ class Plan:
     def execute(self, q, k, v, out, lse=None):
         """Collective: run on this rank's shard arrays (laid out as at plan
         time). Writes out (and lse) in place and returns out."""
-        handles, temps = [], []
-        for name, t, a in zip(("q", "k", "v", "out", "lse"), self._tensors, (q, k, v, out, lse)):
-            if a is None:
-                handles.append(None)
-            elif t is not None and t.matches(a):
-                t.set_data(a)
-                handles.append(t.handle)
-            else:
-                tmp = _as_tensor(self.ctx, a, name, writeable=name in ("out", "lse"))
-                temps.append(tmp)
-                handles.append(tmp.handle)
+        handles, temps = _handles(self.ctx, self._tensors, ("q", "k", "v", "out", "lse"),
+                                  (q, k, v, out, lse), ("out", "lse"))
         _mpi.attn_mpi_plan_execute(self._handle, *handles)
+        del temps
         return out
 
     def stats(self):
@@ -204,18 +215,8 @@ class Plan:
         d["mode"] = Mode(d["mode"]).name.lower()
         return d
 
-    def close(self):
-        """Collective (frees the plan's communicator)."""
-        if getattr(self, "_handle", None):
-            _plan_ctx.pop(self._handle, None)
-            _mpi.attn_mpi_plan_destroy(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    # close() is collective: it frees the plan's communicator.
+    _destroy = "attn_mpi_plan_destroy"
 
 
 def _handles(ctx, tensors, names, arrays, writeable):
@@ -236,7 +237,7 @@ def _handles(ctx, tensors, names, arrays, writeable):
     return handles, temps
 
 
-class BackwardPlan:
+class BackwardPlan(_Handle):
     """attn_mpi_backward_plan, created collectively: the gradients over the
     ring of ``plan`` (a ring-mode Plan created with lse) for this rank's
     dout [B, H, S_r, d_v], dq [B, H, S_r, d], dk/dv [B, H_kv, S_r, d]. Close
@@ -264,17 +265,7 @@ class BackwardPlan:
         del ft, gt
         return dq, dk, dv
 
-    def close(self):
-        if getattr(self, "_handle", None):
-            _plan_ctx.pop(self._handle, None)
-            _mpi.attn_mpi_backward_plan_destroy(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    _destroy = "attn_mpi_backward_plan_destroy"
 
 
 def attention_backward(comm, q, k, v, out, lse, dout, *, layout="contiguous", ctx=None,
