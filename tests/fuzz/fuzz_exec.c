@@ -7,12 +7,16 @@
  *    below, or anything is NaN where the reference is not;
  *  - a second execute, or the same plan on a 1-thread context, is not
  *    bitwise identical; execute allocates; anything leaks.
- * With lse, a (scaled) dot score, f32/f64, no sinks and no key mass the backward (attn/backward.h) runs on
+ * With lse, a (scaled) dot score, f32/f64 and no key mass the backward (attn/backward.h) runs on
  * the same problem too (with the additive mask's gradient when there is
- * one), and traps when it fails, allocates, is not bitwise identical on one
- * thread, gives a non-finite gradient for finite inputs, or breaks the exact
- * identity Σ_j dv_j = Σ_{i kept} dout_i (per kv head, over its query heads;
- * bound (S_q·g + S_k + 8)·u·Σ|dout|).
+ * one, and the sink logits' gradient with sinks), and traps when it fails,
+ * allocates, is not bitwise identical on one thread, gives a non-finite
+ * gradient for finite inputs, or breaks the exact identity
+ * Σ_j dv_j = Σ_{i kept} (1 − p_sink,i)·dout_i (per kv head, over its query
+ * heads; p_sink,i = e^{sink − lse_i}, 0 without sinks; bound
+ * (S_q·g + S_k + 8)·u·Σ|dout|), or, with sinks, when dsinks_h is off
+ * −Σ_{b,i} p_sink,i·(dout_i·out_i) of the reference by more than
+ * 1000·(S_q + S_k + d_v + 8)·u·Σ p_sink,i·|dout_i|·|out_i|.
  *
  * Tolerance (documented in tests/fuzz/README.md). With u the unit roundoff
  * of the dtype, K the reduction length of the score, T_ij the sum of the
@@ -406,7 +410,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   /* ---- backward ---- */
-  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && !P.has_sinks && P.mass == 0 &&
+  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && P.mass == 0 &&
       (P.score == ATTN_SCORE_SCALED_DOT || P.score == ATTN_SCORE_DOT)) {
     const size_t bnq = (size_t)(P.B * P.H * P.Sq), bnkv = (size_t)(P.B * P.Hkv * P.Sk);
     double *gd = malloc(bnq * (size_t)P.Dv * 8);
@@ -425,6 +429,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FZ_CHECK(attn_plan_execute(fp, tq, tk, tv, to, tw, tl) == ATTN_OK, "bwd: forward");
     st = attn_backward_plan_create(fp, tdo, tdq, tdk, tdv, tdm, &bp);
     FZ_CHECK(st == ATTN_OK, "backward plan: %s", attn_context_last_error(ctx));
+    double dsk[8];
+    for (int h = 0; h < 8; h++) dsk[h] = NAN;
+    if (P.has_sinks)
+      FZ_CHECK(attn_backward_plan_set_sink_grad(bp, dsk, P.H) == ATTN_OK, "sink grad: %s",
+               attn_context_last_error(ctx));
     fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
     allocs = g_alloc[ci].count;
     st = attn_backward_execute(bp, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm);
@@ -458,13 +467,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             for (int64_t i = 0; i < P.Sq; i++) {
               const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
               if (isinf(rl[r])) continue;
-              sd += gd[r * (size_t)P.Dv + (size_t)x];
+              const double keep = P.has_sinks ? 1 - exp(P.sinks[h] - rl[r]) : 1;
+              sd += keep * gd[r * (size_t)P.Dv + (size_t)x];
               sa += fabs(gd[r * (size_t)P.Dv + (size_t)x]);
             }
           const double tol = (double)(P.Sq * grp + P.Sk + 8) * u * (sa + 1) * 4;
           FZ_CHECK(fabs(sv - sd) <= tol, "sum_j dv[%lld,%lld,j,%lld] = %.17g, sum of kept dout %.17g",
                    (long long)b, (long long)kh, (long long)x, sv, sd);
         }
+    if (P.has_sinks && P.mag <= 4) /* the sinks' gradient against the reference's out and lse */
+      for (int64_t h = 0; h < P.H; h++) {
+        double want = 0, mag = 0;
+        for (int64_t b = 0; b < P.B; b++)
+          for (int64_t i = 0; i < P.Sq; i++) {
+            const size_t r = (size_t)((b * P.H + h) * P.Sq + i);
+            if (isinf(rl[r]) || isinf(P.sinks[h])) continue;
+            const double ps = exp(P.sinks[h] - rl[r]);
+            double dr = 0, da = 0;
+            for (int64_t x = 0; x < P.Dv; x++) {
+              dr += gd[r * (size_t)P.Dv + (size_t)x] * ro[r * (size_t)P.Dv + (size_t)x];
+              da += fabs(gd[r * (size_t)P.Dv + (size_t)x] * ro[r * (size_t)P.Dv + (size_t)x]);
+            }
+            want -= ps * dr;
+            mag += ps * da;
+          }
+        const double tol = 1000.0 * (double)(P.Sq + P.Sk + P.Dv + 8) * u * mag + 1e-300;
+        FZ_CHECK(fabs(dsk[h] - want) <= tol, "dsinks[%lld] = %.17g, reference %.17g (tol %.3g)",
+                 (long long)h, dsk[h], want, tol);
+      }
     free(gv), free(gq), free(gk), free(gd);
     attn_backward_plan_destroy(bp);
     attn_backward_plan_destroy(bp1);

@@ -11,8 +11,11 @@
  *    live sequences' tables reference;
  *  - an execute differs from the naive f64 reference over the sequence's
  *    rows by more than 1e-4 (f32) / 1e-9 (f64) relative (the data are
- *    multiples of 1/64 in [−1, 1], exact in every storage, dims ≤ 9), or a
- *    2-thread context does not give the same bits as a 1-thread one;
+ *    multiples of 1/64 in [−1, 1], exact in every storage, dims ≤ 9), with
+ *    sink logits or not; its per-key mass (per head or per KV head, when
+ *    asked) differs from the column sums of the reference weights by as
+ *    much; or a 2-thread context does not give the same bits as a 1-thread
+ *    one;
  *  - anything leaks. */
 #include <math.h>
 
@@ -125,10 +128,19 @@ static void op_execute(fz *f, attn_paged_cache *pc, shadow *s) {
   const int64_t G = fz_range(f, 1, 3), H = G * s->Hkv;
   const bool causal = fz_bool(f), lse_on = fz_bool(f);
   const int64_t left = fz_bool(f) ? fz_range(f, 0, 40) : -1;
+  const bool sinks_on = fz_u8(f) % 3 == 0;
+  const int mass = fz_u8(f) % 3; /* 0 none, 1 per head, 2 per KV head */
+  double sinks[9];
+  for (int64_t h = 0; h < H; h++)
+    sinks[h] = fz_u8(f) % 5 == 0 ? -INFINITY : (double)((int)fz_range(f, 0, 64) - 32) / 16.0;
   attn_desc *d = NULL;
   FZ_CHECK(attn_desc_create(g_ctx, &d) == ATTN_OK, "desc");
   if (causal) attn_desc_set_causal(d, ATTN_CAUSAL_BOTTOM_RIGHT);
   if (left >= 0) attn_desc_set_window(d, left, causal ? 0 : left);
+  if (sinks_on) FZ_CHECK(attn_desc_set_sinks(d, sinks, H) == ATTN_OK, "sinks");
+  const int64_t mh = mass == 2 ? s->Hkv : H, ms[3] = {N, mh, s->max_len};
+  attn_tensor *m1 = mass ? tu_tensor(g_ctx, s->dt, NULL, 3, ms) : NULL;
+  attn_tensor *m2 = mass ? tu_tensor(g_ctx, s->dt, NULL, 3, ms) : NULL;
   double q[3 * 9 * 30 * 9];
   for (int64_t i = 0; i < N * H * n * s->Dk; i++) q[i] = (double)((int)fz_range(f, 0, 128) - 64) / 64.0;
   attn_tensor *tq = tu_tensor4(g_ctx, s->dt, q, N, H, n, s->Dk, false);
@@ -138,7 +150,9 @@ static void op_execute(fz *f, attn_paged_cache *pc, shadow *s) {
   attn_tensor *l1 = lse_on ? tu_tensor(g_ctx, s->dt, NULL, 3, ls) : NULL;
   attn_tensor *l2 = lse_on ? tu_tensor(g_ctx, s->dt, NULL, 3, ls) : NULL;
   attn_paged_plan *p1 = NULL, *p2 = NULL;
+  if (m1) attn_desc_set_key_mass(d, m1);
   attn_status st1 = attn_paged_plan_create(g_ctx, pc, d, tq, o1, l1, &p1);
+  if (m2) attn_desc_set_key_mass(d, m2);
   attn_status st2 = attn_paged_plan_create(g_ctx2, pc, d, tq, o2, l2, &p2);
   FZ_CHECK(st1 == st2, "plan statuses differ");
   if (st1 != ATTN_OK) {
@@ -166,6 +180,9 @@ static void op_execute(fz *f, attn_paged_cache *pc, shadow *s) {
   FZ_CHECK(st == want, "execute: %d, expected %d: %s", (int)st, (int)want, attn_context_last_error(g_ctx));
   FZ_CHECK(attn_paged_plan_execute(p2, count, ids, tq, o2, l2, use_counts ? cnts : NULL) == st, "2 threads");
   FZ_CHECK(memcmp(attn_tensor_data(o1), attn_tensor_data(o2), ob) == 0, "1 vs 2 threads differ");
+  const size_t mb = (size_t)(N * mh * s->max_len) * es;
+  if (m1 && st == ATTN_OK)
+    FZ_CHECK(memcmp(attn_tensor_data(m1), attn_tensor_data(m2), mb) == 0, "mass: 1 vs 2 threads differ");
   if (st != ATTN_OK) {
     for (size_t i = 0; i < ob; i++) FZ_CHECK(((uint8_t *)attn_tensor_data(o1))[i] == 0x5a, "written on failure");
     goto out;
@@ -195,8 +212,27 @@ static void op_execute(fz *f, attn_paged_cache *pc, shadow *s) {
       for (int64_t i = 0; i < nb; i++)
         for (int64_t x = 0; x < s->Dk; x++)
           rq[(h * L + L - nb + i) * s->Dk + x] = q[((b * H + h) * n + i) * s->Dk + x];
-    ref_attention(&p, rq, rk, rv, ro, NULL, NULL, NULL);
+    p.sink = sinks_on ? sinks : NULL;
+    double *rw = mass ? malloc((size_t)(H * L * L) * sizeof(double)) : NULL;
+    ref_attention(&p, rq, rk, rv, ro, rw, NULL, NULL);
     const double tol = s->dt == ATTN_DTYPE_F64 ? 1e-9 : 1e-4;
+    if (mass) { /* column sums of the reference weights of the row's queries */
+      double *gm = malloc((size_t)(mh * s->max_len) * sizeof(double));
+      double all[3 * 9 * MAXL];
+      tu_read(m1, all);
+      for (int64_t x = 0; x < mh * s->max_len; x++) gm[x] = 0;
+      for (int64_t h = 0; h < H; h++)
+        for (int64_t i = 0; i < nb; i++)
+          for (int64_t j = 0; j < L; j++)
+            gm[(mass == 2 ? h / G : h) * s->max_len + j] += rw[(h * L + L - nb + i) * L + j];
+      for (int64_t x = 0; x < mh * s->max_len; x++) {
+        const double g = all[b * mh * s->max_len + x];
+        FZ_CHECK(fabs(g - gm[x]) <= tol * (1 + fabs(gm[x])), "row %lld mass[%lld] = %g vs %g",
+                 (long long)b, (long long)x, g, gm[x]);
+      }
+      free(gm);
+    }
+    free(rw);
     for (int64_t h = 0; h < H; h++)
       for (int64_t i = 0; i < n; i++)
         for (int64_t x = 0; x < s->Dv; x++) {
@@ -214,6 +250,8 @@ out:
   tu_tensor_free(o2);
   tu_tensor_free(l1);
   tu_tensor_free(l2);
+  tu_tensor_free(m1);
+  tu_tensor_free(m2);
   attn_desc_destroy(d);
 }
 
