@@ -145,24 +145,31 @@ attn_status attn_kv_check_sinks(attn_context *ctx, const attn_desc *desc, int64_
   return attn_check_sinks(ctx, desc->sinks.logits, H, dt);
 }
 
+attn_status attn_kv_check_mass(attn_context *ctx, const attn_tensor *m, attn_dtype dt,
+                               int64_t rows, int64_t H, int64_t Hkv, int64_t len,
+                               const char *shape_doc, const char *cache_name) {
+  char a[96];
+  attn_status st = attn_check_tensor(ctx, "mass", m, 3, dt);
+  if (st != ATTN_OK) return st;
+  if (m->shape[0] != rows || (m->shape[1] != H && m->shape[1] != Hkv) || m->shape[2] != len)
+    return attn_fail(ctx, ATTN_ERR_SHAPE,
+                     "mass: shape %s, expected %s = [%" PRId64 ", %" PRId64 " or %" PRId64
+                     ", %" PRId64 "]",
+                     attn_shape_str(m, a, sizeof a), shape_doc, rows, H, Hkv, len);
+  if (m->strides[2] != 1 || m->strides[1] != len || m->strides[0] != m->shape[1] * len)
+    return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: must be contiguous with %s", cache_name);
+  return ATTN_OK;
+}
+
 /* The per-key mass tensor: [B, H or H_kv, capacity], contiguous. */
 static attn_status check_mass(attn_kvcache_plan *p, attn_tensor *m) {
-  attn_context *ctx = p->ctx;
-  attn_status st;
-  char a[96];
   if (m == NULL) return ATTN_OK;
   if (p->cache->keep > 0)
-    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
+    return attn_fail(p->ctx, ATTN_ERR_UNSUPPORTED,
                      "key_mass: not with a cache that keeps its first positions (keep_first)");
-  if ((st = attn_check_tensor(ctx, "mass", m, 3, p->dtype)) != ATTN_OK) return st;
-  const int64_t cap = p->cache->cap;
-  if (m->shape[0] != p->B || (m->shape[1] != p->H && m->shape[1] != p->Hkv) || m->shape[2] != cap)
-    return attn_fail(ctx, ATTN_ERR_SHAPE,
-                     "mass: shape %s, expected [B, H or H_kv, capacity] = [%" PRId64 ", %" PRId64
-                     " or %" PRId64 ", %" PRId64 "]",
-                     attn_shape_str(m, a, sizeof a), p->B, p->H, p->Hkv, cap);
-  if (m->strides[2] != 1 || m->strides[1] != cap || m->strides[0] != m->shape[1] * cap)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: must be contiguous with a KV cache");
+  attn_status st = attn_kv_check_mass(p->ctx, m, p->dtype, p->B, p->H, p->Hkv, p->cache->cap,
+                                      "[B, H or H_kv, capacity]", "a KV cache");
+  if (st != ATTN_OK) return st;
   p->mass = m;
   p->mass_grouped = m->shape[1] != p->H;
   return ATTN_OK;

@@ -88,6 +88,13 @@ attn_status attn_kv_check_step(attn_context *ctx, attn_dtype dtype, int64_t rows
 attn_status attn_kv_check_sinks(attn_context *ctx, const attn_desc *desc, int64_t H,
                                 attn_dtype dt);
 
+/* A per-key mass tensor for a cache plan: rank 3, dtype dt, shape
+ * [rows, H or Hkv, len], contiguous (ATTN_ERR_DTYPE/SHAPE/LAYOUT naming
+ * "mass"; shape_doc and cache_name go into the messages). */
+attn_status attn_kv_check_mass(attn_context *ctx, const attn_tensor *m, attn_dtype dt,
+                               int64_t rows, int64_t H, int64_t Hkv, int64_t len,
+                               const char *shape_doc, const char *cache_name);
+
 /* Stored key positions [*lo, *hi) that query rows [i0, i1) of item b may keep. */
 void attn_kv_key_range(const struct attn_kvcache_plan *p, const attn_mask *mask, int64_t b,
                        int64_t i0, int64_t i1, int64_t *lo, int64_t *hi);

@@ -69,19 +69,10 @@ static attn_status check_tensors(attn_paged_plan *p, const attn_tensor *q, const
 /* The per-key mass tensor: [N, H or H_kv, max_seq_len] of the plan's dtype,
  * contiguous; key j = position j of the row's sequence. */
 static attn_status check_mass(attn_paged_plan *p, attn_tensor *m) {
-  attn_context *ctx = p->ctx;
-  char a[96];
   if (m == NULL) return ATTN_OK;
-  attn_status st = attn_check_tensor(ctx, "mass", m, 3, p->dtype);
+  attn_status st = attn_kv_check_mass(p->ctx, m, p->dtype, p->N, p->H, p->Hkv, p->cache->max_len,
+                                      "[N, H or H_kv, max_seq_len]", "a paged cache");
   if (st != ATTN_OK) return st;
-  const int64_t L = p->cache->max_len;
-  if (m->shape[0] != p->N || (m->shape[1] != p->H && m->shape[1] != p->Hkv) || m->shape[2] != L)
-    return attn_fail(ctx, ATTN_ERR_SHAPE,
-                     "mass: shape %s, expected [N, H or H_kv, max_seq_len] = [%" PRId64
-                     ", %" PRId64 " or %" PRId64 ", %" PRId64 "]",
-                     attn_shape_str(m, a, sizeof a), p->N, p->H, p->Hkv, L);
-  if (m->strides[2] != 1 || m->strides[1] != L || m->strides[0] != m->shape[1] * L)
-    return attn_fail(ctx, ATTN_ERR_LAYOUT, "mass: must be contiguous with a paged cache");
   p->mass = m;
   p->mass_grouped = m->shape[1] != p->H;
   return ATTN_OK;
