@@ -131,6 +131,17 @@ void ring_pack_kv(const attn_mpi_plan *p, const attn_tensor *k, const attn_tenso
  * false when the tile keeps no (query, key) pair (padding only). */
 bool ring_tile_lengths(attn_mpi_plan *p, const ring_work *w);
 
+/* Block-sized messages go as pieces of at most MPI_PIECE bytes (counts
+ * stay ints). ring_post posts the pieces of ring.kv_bytes at buf to or from
+ * peer (tags tag0 + piece) into reqs[*nreq..], counting sent bytes in the
+ * stats; ring_wait waits for n requests, counting the time as waiting;
+ * ring_progress lets MPI move them between tiles. */
+#define MPI_PIECE ((size_t)1 << 30)
+attn_status ring_post(attn_mpi_plan *p, char *buf, bool send, int peer, int tag0,
+                      MPI_Request *reqs, int *nreq);
+attn_status ring_wait(attn_mpi_plan *p, int n, MPI_Request *reqs);
+attn_status ring_progress(attn_mpi_plan *p, int n, MPI_Request *reqs);
+
 /* Validation shared by plan creation and the executes (mpi_plan.c). */
 attn_status mpi_check4(attn_context *ctx, const char *name, const attn_tensor *t, attn_dtype dt,
                        bool output);

@@ -24,7 +24,6 @@
 #include "mpi/mpi_internal.h"
 
 #define UNB ATTN_WINDOW_UNBOUNDED
-#define PIECE ((size_t)1 << 30) /* bytes per message: counts stay ints */
 
 typedef struct tile {
   int64_t qrow, qpos, nq, krow, kpos, nk, left, right;
@@ -236,7 +235,7 @@ attn_status ring_setup(attn_mpi_plan *p) {
   const size_t po = carve(&at, B * H * pc * d->Dv, ces, &ok), pl = carve(&at, B * H * pc, ces, &ok);
   if (!ok) return mpi_fail(ctx, ATTN_ERR_OVERFLOW, "q: the workspace size overflows");
   r->kv_bytes = (size_t)(kel + vel) * es;
-  r->npieces = (int)((r->kv_bytes + PIECE - 1) / PIECE);
+  r->npieces = (int)((r->kv_bytes + MPI_PIECE - 1) / MPI_PIECE);
   if ((p->mem = mpi_alloc(ctx, at)) == NULL ||
       (r->reqs = mpi_alloc(ctx, (size_t)(2 * r->npieces + 1) * sizeof *r->reqs)) == NULL)
     return mpi_fail(ctx, ATTN_ERR_NO_MEMORY,
@@ -323,11 +322,42 @@ void ring_pack_kv(const attn_mpi_plan *p, const attn_tensor *k, const attn_tenso
   }
 }
 
+attn_status ring_post(attn_mpi_plan *p, char *buf, bool send, int peer, int tag0,
+                      MPI_Request *reqs, int *nreq) {
+  const size_t bytes = p->ring.kv_bytes;
+  for (int i = 0; i < p->ring.npieces; i++) {
+    const size_t off = (size_t)i * MPI_PIECE;
+    const size_t len = attn_min64((int64_t)MPI_PIECE, (int64_t)(bytes - off));
+    const int rc = send ? MPI_Isend(buf + off, (int)len, MPI_BYTE, peer, tag0 + i, p->comm,
+                                    &reqs[*nreq])
+                        : MPI_Irecv(buf + off, (int)len, MPI_BYTE, peer, tag0 + i, p->comm,
+                                    &reqs[*nreq]);
+    attn_status st = mpi_check(p->ctx, rc, send ? "MPI_Isend" : "MPI_Irecv");
+    if (st != ATTN_OK) return st;
+    (*nreq)++;
+  }
+  if (send) p->stats.bytes_sent += (int64_t)bytes;
+  return ATTN_OK;
+}
+
+attn_status ring_wait(attn_mpi_plan *p, int n, MPI_Request *reqs) {
+  if (n == 0) return ATTN_OK;
+  const double t0 = MPI_Wtime();
+  attn_status st = mpi_check(p->ctx, MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE), "MPI_Waitall");
+  p->stats.wait_seconds += MPI_Wtime() - t0;
+  return st;
+}
+
+attn_status ring_progress(attn_mpi_plan *p, int n, MPI_Request *reqs) {
+  if (n == 0) return ATTN_OK;
+  int flag = 0;
+  return mpi_check(p->ctx, MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE), "MPI_Testall");
+}
+
 attn_status ring_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tensor *k,
                          const attn_tensor *v, attn_tensor *out, attn_tensor *lse) {
   (void)out, (void)lse;
   ring_state *r = &p->ring;
-  attn_context *ctx = p->ctx;
   const attn_dims *d = &p->d;
   const size_t ces = mpi_esize(p->cdt);
   const int64_t nrow = d->B * d->H * d->Sq;
@@ -343,28 +373,16 @@ attn_status ring_execute(attn_mpi_plan *p, const attn_tensor *q, const attn_tens
   for (int64_t t = 0; t < r->nsteps; t++) {
     int nreq = 0;
     if (t + 1 < r->nsteps && comm == ATTN_OK) {
-      for (int i = 0; i < r->npieces && comm == ATTN_OK; i++) {
-        const size_t off = (size_t)i * PIECE, len = attn_min64((int64_t)PIECE, (int64_t)(r->kv_bytes - off));
-        comm = mpi_check(ctx, MPI_Irecv(r->kv[1 - cur] + off, (int)len, MPI_BYTE, left, i, p->comm, &r->reqs[nreq++]), "MPI_Irecv");
-        if (comm == ATTN_OK)
-          comm = mpi_check(ctx, MPI_Isend(r->kv[cur] + off, (int)len, MPI_BYTE, right, i, p->comm, &r->reqs[nreq++]), "MPI_Isend");
-      }
-      p->stats.bytes_sent += (int64_t)r->kv_bytes;
+      comm = ring_post(p, r->kv[1 - cur], false, left, 0, r->reqs, &nreq);
+      if (comm == ATTN_OK) comm = ring_post(p, r->kv[cur], true, right, 0, r->reqs, &nreq);
     }
     /* The step's tiles; after each, let MPI move the next block along. A
      * failed tile stops the computing, never the ring (others wait on it). */
     for (int64_t w = r->step_at[t]; w < r->step_at[t + 1]; w++) {
       if (st == ATTN_OK) st = run_tile(p, &r->work[w], q, r->kv[cur]);
-      if (nreq > 0 && comm == ATTN_OK) {
-        int flag = 0;
-        comm = mpi_check(ctx, MPI_Testall(nreq, r->reqs, &flag, MPI_STATUSES_IGNORE), "MPI_Testall");
-      }
+      if (comm == ATTN_OK) comm = ring_progress(p, nreq, r->reqs);
     }
-    if (nreq > 0 && comm == ATTN_OK) {
-      const double tw = MPI_Wtime();
-      comm = mpi_check(ctx, MPI_Waitall(nreq, r->reqs, MPI_STATUSES_IGNORE), "MPI_Waitall");
-      p->stats.wait_seconds += MPI_Wtime() - tw;
-    }
+    if (comm == ATTN_OK) comm = ring_wait(p, nreq, r->reqs);
     cur = 1 - cur;
   }
   return comm != ATTN_OK ? comm : st;

@@ -22,7 +22,6 @@
 
 #include "mpi/mpi_internal.h"
 
-#define PIECE ((size_t)1 << 30) /* bytes per message, as the forward */
 /* Message tags: piece i of a K/V block, of a travelling dK/dV sum, of a
  * sum going home. */
 #define TAG_KV 0
@@ -288,33 +287,6 @@ static attn_status run_tile(attn_mpi_backward_plan *bp, const ring_work *w, cons
   return ATTN_OK;
 }
 
-/* Post the pieces of one block-sized message (send or receive). */
-static attn_status post(attn_mpi_plan *p, char *buf, bool send, int peer, int tag0,
-                        MPI_Request *reqs, int *nreq) {
-  const size_t bytes = p->ring.kv_bytes;
-  for (int i = 0; i < p->ring.npieces; i++) {
-    const size_t off = (size_t)i * PIECE, len = attn_min64((int64_t)PIECE, (int64_t)(bytes - off));
-    const int rc = send ? MPI_Isend(buf + off, (int)len, MPI_BYTE, peer, tag0 + i, p->comm,
-                                    &reqs[*nreq])
-                        : MPI_Irecv(buf + off, (int)len, MPI_BYTE, peer, tag0 + i, p->comm,
-                                    &reqs[*nreq]);
-    attn_status st = mpi_check(p->ctx, rc, send ? "MPI_Isend" : "MPI_Irecv");
-    if (st != ATTN_OK) return st;
-    (*nreq)++;
-  }
-  if (send) p->stats.bytes_sent += (int64_t)bytes;
-  return ATTN_OK;
-}
-
-static attn_status wait_all(attn_mpi_plan *p, int n, MPI_Request *reqs) {
-  if (n == 0) return ATTN_OK;
-  const double t0 = MPI_Wtime();
-  attn_status st =
-      mpi_check(p->ctx, MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE), "MPI_Waitall");
-  p->stats.wait_seconds += MPI_Wtime() - t0;
-  return st;
-}
-
 static attn_status run(attn_mpi_backward_plan *bp, const attn_tensor *q, const attn_tensor *k,
                        const attn_tensor *v, const attn_tensor *out, const attn_tensor *lse,
                        const attn_tensor *dout) {
@@ -332,36 +304,33 @@ static attn_status run(attn_mpi_backward_plan *bp, const attn_tensor *q, const a
     memset(loc, 0, r->kv_bytes);
     int nreq = 0;
     if (t + 1 < r->nsteps && comm == ATTN_OK) {
-      comm = post(p, r->kv[1 - cur], false, left, TAG_KV, bp->reqs, &nreq);
-      if (comm == ATTN_OK) comm = post(p, r->kv[cur], true, right, TAG_KV, bp->reqs, &nreq);
+      comm = ring_post(p, r->kv[1 - cur], false, left, TAG_KV, bp->reqs, &nreq);
+      if (comm == ATTN_OK) comm = ring_post(p, r->kv[cur], true, right, TAG_KV, bp->reqs, &nreq);
     }
-    if (t > 0 && comm == ATTN_OK) comm = post(p, bp->dkv_in, false, left, TAG_DKV, bp->reqs, &nreq);
+    if (t > 0 && comm == ATTN_OK)
+      comm = ring_post(p, bp->dkv_in, false, left, TAG_DKV, bp->reqs, &nreq);
     /* A failed tile stops the computing, never the ring (others wait on it). */
     for (int64_t w = r->step_at[t]; w < r->step_at[t + 1]; w++) {
       if (st == ATTN_OK) st = run_tile(bp, &r->work[w], q, out, lse, dout, r->kv[cur], loc);
-      if (nreq > 0 && comm == ATTN_OK) {
-        int flag = 0;
-        comm = mpi_check(p->ctx, MPI_Testall(nreq, bp->reqs, &flag, MPI_STATUSES_IGNORE),
-                         "MPI_Testall");
-      }
+      if (comm == ATTN_OK) comm = ring_progress(p, nreq, bp->reqs);
     }
-    if (comm == ATTN_OK) comm = wait_all(p, nreq, bp->reqs);
-    if (comm == ATTN_OK) comm = wait_all(p, nsreq, bp->sreqs); /* the other buffer's send */
+    if (comm == ATTN_OK) comm = ring_wait(p, nreq, bp->reqs);
+    if (comm == ATTN_OK) comm = ring_wait(p, nsreq, bp->sreqs); /* the other buffer's send */
     nsreq = 0;
     if (comm != ATTN_OK) break;
     /* The earlier ranks' sum for this block, then this rank's parts. */
     if (t > 0) add_rows(loc, 0, 0, bp->dkv_in, 0, 0, 1, 1, (int64_t)(r->kv_bytes / es), d->dtype);
     if (t + 1 < r->nsteps) {
-      comm = post(p, loc, true, right, TAG_DKV, bp->sreqs, &nsreq);
+      comm = ring_post(p, loc, true, right, TAG_DKV, bp->sreqs, &nsreq);
     } else if (t == 0) {
       memcpy(bp->dkv_in, loc, r->kv_bytes); /* nobody else touches our block */
     } else {
       /* The block of rank r − t is complete: home it; ours comes from r + t. */
       const int owner = (int)((p->rank - t % N + N) % N), from = (int)((p->rank + t) % N);
       int nh = 0;
-      comm = post(p, bp->dkv_in, false, from, TAG_HOME, bp->reqs, &nh);
-      if (comm == ATTN_OK) comm = post(p, loc, true, owner, TAG_HOME, bp->reqs, &nh);
-      if (comm == ATTN_OK) comm = wait_all(p, nh, bp->reqs);
+      comm = ring_post(p, bp->dkv_in, false, from, TAG_HOME, bp->reqs, &nh);
+      if (comm == ATTN_OK) comm = ring_post(p, loc, true, owner, TAG_HOME, bp->reqs, &nh);
+      if (comm == ATTN_OK) comm = ring_wait(p, nh, bp->reqs);
     }
     cur = 1 - cur;
   }
