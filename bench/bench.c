@@ -169,6 +169,16 @@ const char *bench_dtype_name(attn_dtype dt) {
   }
 }
 
+const char *bench_storage_name(attn_kvcache_storage s, attn_dtype dt) {
+  switch (s) {
+    case ATTN_KVCACHE_STORE_BF16: return "bf16";
+    case ATTN_KVCACHE_STORE_F16: return "f16";
+    case ATTN_KVCACHE_STORE_INT8: return "int8";
+    case ATTN_KVCACHE_STORE_INT4: return "int4";
+    default: return bench_dtype_name(dt);
+  }
+}
+
 uint16_t bench_half_bits(attn_dtype dt, double x) {
   /* x is a multiple of 2^-7 in [-1, 1): exact in both formats. */
   if (dt == ATTN_DTYPE_BF16) {

@@ -19,7 +19,7 @@ typedef struct bench_opts {
   int64_t features;       /* --features: Performer m */
   int64_t rank;           /* --rank: Linformer k */
   int64_t block;          /* --block: BigBird / block-sparse block size */
-  int32_t kv_storage;     /* --kv-storage (decode): an attn_kvcache_storage, native = f32 */
+  int32_t kv_storage;     /* --kv-storage (decode, paged_*): an attn_kvcache_storage, native = f32 */
   int32_t loop;           /* --loop N: latency mode (sdpa, decode): N calls ... */
   double gap_ms;          /* --gap-ms G: ... with G ms of busy work between calls */
   int32_t spin_us;        /* --spin-us: the context's spin policy (0 adaptive) */
@@ -82,6 +82,8 @@ attn_tensor *bench_tensor(attn_context *ctx, attn_dtype dt, int64_t d0, int64_t 
 
 /* "f32", "f64", "bf16", "f16" (the JSON `dtype`). */
 const char *bench_dtype_name(attn_dtype dt);
+/* A KV cache storage's name as --kv-storage spells it (native: the dtype's). */
+const char *bench_storage_name(attn_kvcache_storage s, attn_dtype dt);
 /* The bits of x (exact in the format: a multiple of 2^-7 in [-1, 1)). */
 uint16_t bench_half_bits(attn_dtype dt, double x);
 

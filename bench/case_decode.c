@@ -113,15 +113,6 @@ static double step_bytes(const attn_kvcache_raw *w, int64_t L) {
   return per * (double)w->batch * (double)w->heads_kv;
 }
 
-static const char *storage_name(attn_kvcache_storage s, attn_dtype dt) {
-  switch (s) {
-    case ATTN_KVCACHE_STORE_BF16: return "bf16";
-    case ATTN_KVCACHE_STORE_F16: return "f16";
-    case ATTN_KVCACHE_STORE_INT8: return "int8";
-    case ATTN_KVCACHE_STORE_INT4: return "int4";
-    default: return dt == ATTN_DTYPE_F64 ? "f64" : "f32";
-  }
-}
 
 /* Times one step of d: --mass alternates the step with and without the
  * per-key mass, three times each (ms: the mass step's best median,
@@ -161,14 +152,14 @@ int bench_case_decode(attn_context *ctx, const bench_opts *o, bench_result *r) {
   attn_kvcache_raw_init(&raw);
   if (kn == NULL || vn == NULL || q == NULL || want == NULL) goto done;
   if (storage != ATTN_KVCACHE_STORE_NATIVE && o->dtype != ATTN_DTYPE_F32) {
-    fprintf(stderr, "decode: --kv-storage %s needs --dtype f32\n", storage_name(storage, o->dtype));
+    fprintf(stderr, "decode: --kv-storage %s needs --dtype f32\n", bench_storage_name(storage, o->dtype));
     goto done;
   }
   if (decode_setup(ctx, o, ATTN_KVCACHE_STORE_NATIVE, kn, vn, q, &f) != 0) goto done;
   double native_ms;
   if (time_step(ctx, o, &f, r, &native_ms) != 0) goto done;
   r->flops = 4.0 * (double)B * (double)H * (double)L * (double)D;
-  r->kv_storage = storage_name(storage, o->dtype);
+  r->kv_storage = bench_storage_name(storage, o->dtype);
 
   /* The newest query sees every stored key: plain attention over the views. */
   if (attn_kvcache_view(f.cache, &kv_k, &kv_v) != ATTN_OK ||

@@ -13,7 +13,10 @@
  * sharing numbers: one sequence holding an 8192-token prompt uses
  * one_seq_bytes of blocks; it and 15 forks of it use forked_bytes;
  * fork_mem_ratio = forked_bytes / one_seq_bytes. max_err: paged vs
- * contiguous outputs.
+ * contiguous outputs. --kv-storage bf16|f16|int8|int4 stores both the pool
+ * and the contiguous caches in that format (f32 only); bytes are then each
+ * position's share of its blocks (rows and scales), JSON adds kv_storage
+ * and kv_bytes (the pool's blocks in use).
  *
  * paged_prefill: a chunk of S_q (--Sq) new tokens of one sequence attends to
  * an S_k-token (--Sk) paged prefix plus itself (bottom-right causal).
@@ -88,6 +91,7 @@ static attn_paged_cache *make_pool(attn_context *ctx, const bench_opts *o, int64
   cfg.num_blocks = blocks;
   cfg.max_seqs = seqs;
   cfg.dtype = o->dtype;
+  cfg.storage = (attn_kvcache_storage)o->kv_storage;
   attn_paged_cache *pc = NULL;
   return attn_paged_create(ctx, &cfg, &pc) == ATTN_OK ? pc : NULL;
 }
@@ -99,6 +103,7 @@ static attn_kvcache *make_contig(attn_context *ctx, const bench_opts *o, int64_t
   cfg.capacity = cap;
   cfg.d_k = o->D;
   cfg.dtype = o->dtype;
+  cfg.storage = (attn_kvcache_storage)o->kv_storage;
   attn_kvcache *kc = NULL;
   return attn_kvcache_create(ctx, &cfg, &kc) == ATTN_OK ? kc : NULL;
 }
@@ -204,11 +209,21 @@ int bench_case_paged_decode(attn_context *ctx, const bench_opts *o, bench_result
         attn_kvcache_plan_create(caches[i], desc, cq[i], cout[i], NULL, &cplans[i]) != ATTN_OK)
       goto done;
   }
+  if (o->kv_storage != ATTN_KVCACHE_STORE_NATIVE) {
+    /* Bytes read: each position's share of its block (rows and scales). */
+    const double per_pos = (double)attn_paged_memory_used(pc) / ((double)blocks * (double)bs);
+    bytes = 0;
+    for (int64_t i = 0; i < N; i++) bytes += (double)lens[i] * per_pos;
+    r->kv_storage = bench_storage_name((attn_kvcache_storage)o->kv_storage, o->dtype);
+    r->kv_bytes = (double)attn_paged_memory_used(pc);
+  }
   pd_run d = {plan, N, seqs, q, out, N, cplans, cq, cout};
   double cms;
   time_pair(pd_paged, pd_contig, &d, o->reps, &r->ms, &cms);
   r->bytes = bytes;
-  r->flops = 4.0 * (double)H * (double)D * bytes / ((double)Hkv * 2.0 * (double)D * (double)es);
+  double positions = 0;
+  for (int64_t i = 0; i < N; i++) positions += (double)lens[i];
+  r->flops = 4.0 * (double)H * (double)D * positions;
   add_field(r, "contig_ms", cms);
   r->extra = cms / r->ms;
   r->extra_name = "speed_vs_contig";

@@ -17,7 +17,10 @@
  * There is no model here: a token's K, V and query rows are a deterministic
  * function of (request, position), so the check can rebuild them.
  *
- *   build/examples/serve_decode [steps]      (default 200) */
+ * The second argument picks the cache's storage: f32 (default), bf16, f16,
+ * int8 or int4 (the check then uses a contiguous cache of that storage).
+ *
+ *   build/examples/serve_decode [steps [storage]]      (default 200 f32) */
 #define _POSIX_C_SOURCE 199309L
 #include <math.h>
 #include <stdint.h>
@@ -29,7 +32,8 @@
 #include "attn/attn.h"
 
 enum { H = 8, HKV = 2, D = 64, BLOCK = 16, BLOCKS = 1536, MAX_SEQS = 24, CHUNK = 64,
-       SYSTEM = 96, MAX_LEN = 1024, PREFILL_CHUNKS = 3 };
+       SYSTEM = 96, MAX_LEN = 1024, PREFILL_CHUNKS = 3,
+       GROUP = 16 /* int8/int4: positions per K scale (divides BLOCK) */ };
 
 #define CHECK(call)                                                                   \
   do {                                                                                \
@@ -59,6 +63,8 @@ static float val(uint32_t uid, int64_t pos, int what, int64_t h, int64_t x) {
   z ^= z >> 31;
   return (float)((double)(z >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
+static attn_kvcache_storage g_storage = ATTN_KVCACHE_STORE_NATIVE;
+
 static uint32_t owner(const request *r, int64_t pos) { return r->shared && pos < SYSTEM ? 0 : r->uid; }
 
 /* k, v [HKV, n, D] for positions [p0, p0 + n) of request r. */
@@ -86,6 +92,8 @@ static int check_against_contiguous(attn_context *ctx, const attn_desc *desc, co
   cfg.heads_kv = HKV;
   cfg.capacity = len;
   cfg.d_k = D;
+  cfg.storage = g_storage;
+  cfg.group_size = GROUP; /* int8/int4: the paged cache's group, so the same codes */
   attn_kvcache *kc = NULL;
   CHECK(attn_kvcache_create(ctx, &cfg, &kc));
   float *k = malloc(sizeof(float) * (size_t)(HKV * len * D));
@@ -117,6 +125,19 @@ static int check_against_contiguous(attn_context *ctx, const attn_desc *desc, co
 
 int main(int argc, char **argv) {
   const int steps = argc > 1 ? atoi(argv[1]) : 200;
+  static const char *const names[5] = {"f32", "bf16", "f16", "int8", "int4"};
+  static const attn_kvcache_storage stores[5] = {
+      ATTN_KVCACHE_STORE_NATIVE, ATTN_KVCACHE_STORE_BF16, ATTN_KVCACHE_STORE_F16,
+      ATTN_KVCACHE_STORE_INT8, ATTN_KVCACHE_STORE_INT4};
+  int si = 0;
+  if (argc > 2) {
+    for (si = 0; si < 5 && strcmp(argv[2], names[si]) != 0; si++) continue;
+    if (si == 5) {
+      fprintf(stderr, "serve_decode: storage must be f32, bf16, f16, int8 or int4\n");
+      return 2;
+    }
+    g_storage = stores[si];
+  }
   attn_context *ctx = NULL;
   attn_context_options co;
   attn_context_options_init(&co);
@@ -131,6 +152,8 @@ int main(int argc, char **argv) {
   cfg.num_blocks = BLOCKS;
   cfg.max_seqs = MAX_SEQS;
   cfg.max_seq_len = MAX_LEN;
+  cfg.storage = g_storage;
+  cfg.group_size = GROUP;
   attn_paged_cache *pc = NULL;
   CHECK(attn_paged_create(ctx, &cfg, &pc));
 
@@ -272,7 +295,8 @@ int main(int argc, char **argv) {
          "%.2f s = %.0f tokens/s; mean decode batch %.1f; peak cache use %.1f MiB\n",
          nreq, (long long)forks, SYSTEM, finished, (long long)tokens, secs, (double)tokens / secs,
          batch_sum / (steps > 0 ? steps : 1), (double)peak_used / 1048576.0);
-  printf("self-check against contiguous caches: %s\n", failures ? "FAILED" : "ok");
+  printf("storage %s; self-check against contiguous caches: %s\n", names[si],
+         failures ? "FAILED" : "ok");
 
   attn_paged_plan_destroy(decode);
   attn_paged_plan_destroy(prefill);

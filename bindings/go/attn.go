@@ -2146,7 +2146,8 @@ type PagedConfig struct {
 	BlockSize, NumBlocks int64
 	MaxSeqs, MaxSeqLen   int64 // MaxSeqLen 0 = NumBlocks·BlockSize
 	DType                DType
-	Storage              KVStorage
+	Storage              KVStorage // Native; BF16, F16, Int8, Int4 (F32 only)
+	GroupSize            int64     // Int8/Int4: divides DV and BlockSize; 0 = default
 }
 
 // NewPagedConfig is attn_paged_config_init's defaults with num_blocks and d_k set.
@@ -2181,6 +2182,7 @@ func NewPagedCache(ctx *Context, cfg PagedConfig) (*PagedCache, error) {
 	c.block_size, c.num_blocks = C.int64_t(cfg.BlockSize), C.int64_t(cfg.NumBlocks)
 	c.max_seqs, c.max_seq_len = C.int64_t(cfg.MaxSeqs), C.int64_t(cfg.MaxSeqLen)
 	c.dtype, c.storage = C.attn_dtype(cfg.DType), C.attn_kvcache_storage(cfg.Storage)
+	c.group_size = C.int64_t(cfg.GroupSize)
 	var p *C.attn_paged_cache
 	st := C.attn_paged_create(ctx.p, &c, &p)
 	runtime.KeepAlive(ctx)

@@ -205,3 +205,76 @@ func TestPagedErrors(t *testing.T) {
 		t.Fatal("bookkeeping")
 	}
 }
+
+// F16/Int8/Int4 blocks hold what a KVCache of the same storage holds (the
+// same quantizer): a paged decode equals the contiguous one, a fork and a
+// rollback into a completed K group included.
+func TestPagedCompactStorages(t *testing.T) {
+	ctx, err := NewContext(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Close()
+	r := rng(11)
+	f32 := func(n int) []float32 {
+		out := make([]float32, n)
+		for i, x := range r.vec(n) {
+			out[i] = float32(x)
+		}
+		return out
+	}
+	for _, storage := range []KVStorage{KVStoreF16, KVStoreInt8, KVStoreInt4} {
+		cfg := NewPagedConfig(16, pgD)
+		cfg.HeadsKV, cfg.BlockSize, cfg.MaxSeqs, cfg.Storage, cfg.GroupSize = pgHkv, 16, 4, storage, 4
+		pc, err := NewPagedCache(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k1, v1, k2, v2 := f32(pgHkv*37*pgD), f32(pgHkv*37*pgD), f32(pgHkv*6*pgD), f32(pgHkv*6*pgD)
+		a, _ := pc.CreateSeq()
+		must := func(err error) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		must(PagedAppend(pc, a, k1, v1, 37))
+		b, err := pc.Fork(a)
+		must(err)
+		must(PagedAppend(pc, b, k2, v2, 6)) // copies the shared last block
+		must(pc.Truncate(a, 30))            // into the completed group 28..32
+		must(PagedAppend(pc, a, k2, v2, 6))
+		kcfg := NewKVCacheConfig(64, pgD)
+		kcfg.HeadsKV, kcfg.Storage, kcfg.GroupSize = pgHkv, storage, 4
+		var kc [2]*KVCache
+		for i := range kc {
+			kc[i], err = NewKVCache(ctx, kcfg)
+			must(err)
+			must(KVAppend(kc[i], k1, v1, 37, nil))
+		}
+		must(kc[0].Truncate([]int64{30}))
+		must(KVAppend(kc[0], k2, v2, 6, nil))
+		must(KVAppend(kc[1], k2, v2, 6, nil))
+		desc, _ := NewDesc(ctx)
+		desc.SetCausal(CausalBottomRight)
+		q, out := f32(2*pgH*pgD), make([]float32, 2*pgH*pgD)
+		plan, err := NewPagedPlan(ctx, pc, desc, 2, pgH, 1, false)
+		must(err)
+		must(PagedExecute(plan, []int64{a, b}, q, out, nil, nil))
+		for row := range kc {
+			want := make([]float32, pgH*pgD)
+			kp, err := NewKVPlan(kc[row], desc, pgH, 1, false)
+			must(err)
+			must(KVExecute(kp, q[row*pgH*pgD:(row+1)*pgH*pgD], want, nil, nil))
+			for x := range want {
+				if d := math.Abs(float64(out[row*pgH*pgD+x] - want[x])); d > 1e-5*(1+math.Abs(float64(want[x]))) {
+					t.Fatalf("storage %d row %d [%d]: %g vs %g", storage, row, x, out[row*pgH*pgD+x], want[x])
+				}
+			}
+			kp.Close()
+			kc[row].Close()
+		}
+		plan.Close()
+		desc.Close()
+		pc.Close()
+	}
+}

@@ -26,10 +26,18 @@
  * attn_paged_fork() and returned by attn_paged_seq_free().
  *
  * Storage: f32 and f64 caches store rows in their dtype; an f32 cache may
- * store bfloat16 (ATTN_KVCACHE_STORE_BF16, as attn_kvcache). The storage is a
- * per-pool row format behind one gather/convert step, so the quantized
- * formats of the contiguous cache (f16, int8, int4) can be added as further
- * attn_kvcache_storage values without changing this API.
+ * store every format of the contiguous cache (attn/kvcache.h): bfloat16,
+ * IEEE half, or int8/int4 codes with half-float scales. The formats are the
+ * contiguous cache's, block by block: rows padded the same way, V scales
+ * per position, K scales per channel over groups of group_size positions,
+ * which therefore must divide block_size (a group never straddles two
+ * blocks, so a block is shared or copied with its scales). The newest
+ * len mod group_size K rows of a quantized sequence wait in f32 in a
+ * per-sequence residual [H_kv][group_size][d_k], which attn_paged_fork()
+ * copies and attn_paged_truncate() refills (from the dequantized rows) when
+ * it rolls back into a completed group; their block rows are written when
+ * the group completes. Per element, scales included: int8 1 + 4/G bytes,
+ * int4 0.5 + 4/G (plus each live sequence's residual).
  *
  * Thread-safety. The pool's mutating calls (attn_paged_seq_create(),
  * attn_paged_append(), attn_paged_truncate(), attn_paged_fork(),
@@ -76,23 +84,31 @@ typedef struct attn_paged_config {
   int64_t max_seq_len;  /**< positions per sequence at most; 0 = num_blocks·block_size
                              (default). Sizes the block tables. */
   attn_dtype dtype;     /**< ATTN_DTYPE_F32 (default) or ATTN_DTYPE_F64 */
-  attn_kvcache_storage storage; /**< ATTN_KVCACHE_STORE_NATIVE (default) or _BF16 (f32 only) */
+  attn_kvcache_storage storage; /**< ATTN_KVCACHE_STORE_NATIVE (default); _BF16, _F16, _INT8,
+                                     _INT4 with dtype f32 only */
+  int64_t group_size;   /**< INT8/INT4 storage: G, positions per K scale and channels per V
+                             scale; must divide d_v and block_size. 0 = the largest power of
+                             two ≤ ATTN_KVCACHE_DEFAULT_GROUP dividing both (default 0).
+                             Ignored by the other storages. */
 } attn_paged_config;
 
 /** Fill @p cfg with the defaults above. NULL is a no-op. @since 0.2.0 */
 ATTN_API void attn_paged_config_init(attn_paged_config *cfg);
 
 /** Create a pool with every block free and no sequence. The pool
- *  (num_blocks·H_kv·block_size·(d_k + d_v) elements), the reference counts
- *  and the block tables (max_seqs·⌈max_seq_len / block_size⌉ ids) are
- *  allocated now through @p ctx's allocator; nothing is allocated later.
+ *  (num_blocks·H_kv·block_size·(d_k + d_v) elements of the storage, plus
+ *  int8/int4 scales), the reference counts, the block tables
+ *  (max_seqs·⌈max_seq_len / block_size⌉ ids) and, for int8/int4, the K
+ *  residuals (max_seqs·H_kv·group_size·d_k floats) are allocated now
+ *  through @p ctx's allocator; nothing is allocated later.
  *  @param ctx  context (allocator, errors of the mutating calls); must
  *              outlive the cache.
  *  @param cfg  from attn_paged_config_init(), then filled in.
  *  @param out  receives the cache; untouched on failure.
  *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_INVALID_ARG (bad struct_size,
- *          a dimension or count out of range, unknown storage),
- *          ATTN_ERR_DTYPE (not f32/f64; bf16 storage with f64),
+ *          a dimension or count out of range, unknown storage, a group_size
+ *          that is negative or does not divide d_v and block_size),
+ *          ATTN_ERR_DTYPE (not f32/f64; a storage other than native with f64),
  *          ATTN_ERR_OVERFLOW, ATTN_ERR_NO_MEMORY.
  *  @since 0.2.0 */
 ATTN_API attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
@@ -133,7 +149,9 @@ ATTN_API attn_status attn_paged_fork(attn_paged_cache *cache, int64_t src, int64
  *  @param cache the cache.
  *  @param seq   a live sequence id.
  *  @param k_new [H_kv, n, d_k], the cache's dtype, any non-negative strides.
- *               Copied (bf16 storage: rounded to nearest even).
+ *               Copied (bf16/f16 storage: rounded to nearest even;
+ *               int8/int4: V rows quantized now, K rows when their group
+ *               completes, with the contiguous cache's arithmetic).
  *  @param v_new [H_kv, n, d_v], same n. n = 0 is a no-op.
  *  The blocks needed (new ones, plus one copy when the last block is shared
  *  and partially filled) are counted first: if the pool has fewer free

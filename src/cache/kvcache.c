@@ -49,17 +49,6 @@ static bool storage_bytes(const attn_kvcache *c, int64_t cap, size_t row, size_t
   return attn_bytes_ok(dims, 3, row, bytes);
 }
 
-/* Bytes of a stored row of d elements (padding included); false on overflow. */
-static bool row_bytes(const attn_kvcache *c, int64_t d, size_t *bytes) {
-  int64_t padded;
-  if (!attn_mul_ok(attn_cdiv64(d, c->store->pad), c->store->pad, &padded)) return false;
-  if (c->store->bits == 0) return attn_bytes_ok(&padded, 1, attn_dtype_size(c->dtype), bytes);
-  int64_t bits;
-  if (!attn_mul_ok(padded, c->store->bits, &bits)) return false;
-  const int64_t n = bits / 8;
-  return attn_bytes_ok(&n, 1, 1, bytes);
-}
-
 /* K scale slots for `cap` rows: ring caches reuse slot g mod (cap / G). */
 static int64_t kslots_for(const attn_kvcache *c, int64_t cap) {
   return c->mode == ATTN_KVCACHE_RING ? cap / c->gs : attn_cdiv64(cap, c->gs);
@@ -74,32 +63,6 @@ static bool scale_bytes(const attn_kvcache *c, int64_t cap, size_t *ks, size_t *
   const int64_t kd[5] = {c->B, c->Hkv, kslots_for(c, cap), 2, c->Dk};
   const int64_t vd[5] = {c->B, c->Hkv, cap, c->ngv, 2};
   return attn_bytes_ok(kd, 5, sizeof(uint16_t), ks) && attn_bytes_ok(vd, 5, sizeof(uint16_t), vs);
-}
-
-/* The group size of a quantized cache: explicit, or the default adapted to
- * d_v (and a ring's capacity). */
-static attn_status pick_group(attn_context *ctx, const attn_kvcache_config *c, int64_t *gs) {
-  if (c->group_size < 0)
-    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.group_size: %" PRId64 " must be >= 0",
-                     c->group_size);
-  if (c->group_size == 0) {
-    int64_t g = ATTN_KVCACHE_DEFAULT_GROUP;
-    while (g > 1 && (c->d_v % g != 0 || (c->mode == ATTN_KVCACHE_RING && c->capacity % g != 0)))
-      g /= 2;
-    *gs = g;
-    return ATTN_OK;
-  }
-  if (c->d_v % c->group_size != 0)
-    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
-                     "cfg.group_size: %" PRId64 " does not divide d_v = %" PRId64, c->group_size,
-                     c->d_v);
-  if (c->mode == ATTN_KVCACHE_RING && c->capacity % c->group_size != 0)
-    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
-                     "cfg.group_size: %" PRId64 " does not divide the ring's capacity %" PRId64
-                     " (a K scale group must not wrap)",
-                     c->group_size, c->capacity);
-  *gs = c->group_size;
-  return ATTN_OK;
 }
 
 attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cfg,
@@ -153,7 +116,9 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
 
   int64_t gs = 0;
   attn_status st;
-  if (store->quant && (st = pick_group(ctx, &c, &gs)) != ATTN_OK) return st;
+  if (store->quant && (st = attn_kv_pick_group(ctx, c.group_size, c.d_v,
+                                          c.mode == ATTN_KVCACHE_RING ? c.capacity : 0,
+                                          "the ring's capacity", &gs)) != ATTN_OK) return st;
 
   attn_kvcache tmp;
   memset(&tmp, 0, sizeof tmp);
@@ -177,7 +142,7 @@ attn_status attn_kvcache_create(attn_context *ctx, const attn_kvcache_config *cf
   }
   int64_t two_b;
   const int64_t rdims[4] = {tmp.B, tmp.Hkv, gs, tmp.Dk};
-  if (!row_bytes(&tmp, tmp.Dk, &tmp.krow) || !row_bytes(&tmp, tmp.Dv, &tmp.vrow) ||
+  if (!attn_kv_row_bytes(&tmp, tmp.Dk, &tmp.krow) || !attn_kv_row_bytes(&tmp, tmp.Dv, &tmp.vrow) ||
       !storage_bytes(&tmp, tmp.cap, tmp.krow, &tmp.k_bytes) ||
       !storage_bytes(&tmp, tmp.cap, tmp.vrow, &tmp.v_bytes) ||
       !scale_bytes(&tmp, tmp.cap, &tmp.ks_bytes, &tmp.vs_bytes) ||

@@ -79,6 +79,16 @@ static inline int64_t attn_kv_qlen(const struct attn_kvcache *c, int64_t b) {
   return c->len[b] / c->gs * c->gs;
 }
 
+/* Bytes of a stored row of d elements of c's storage (padding included);
+ * false on overflow. */
+bool attn_kv_row_bytes(const struct attn_kvcache *c, int64_t d, size_t *bytes);
+/* The group size of a quantized storage: want (cfg.group_size) if it
+ * divides d_v and span (if span > 0: a ring's capacity, a paged block),
+ * else ATTN_ERR_INVALID_ARG naming span_name; want 0: the largest power of
+ * two ≤ ATTN_KVCACHE_DEFAULT_GROUP dividing both. */
+attn_status attn_kv_pick_group(attn_context *ctx, int64_t want, int64_t d_v, int64_t span,
+                               const char *span_name, int64_t *gs);
+
 /* ---- kvstore.c: quantization and dequantization (portable, exact same
  * bytes on every CPU) ------------------------------------------------------- */
 

@@ -1,6 +1,7 @@
 /* The KV cache's storages as data (attn_kv_store rows) and the portable
  * quantizers: every byte a quantized cache holds is computed here, with the
  * same arithmetic on every CPU, once per token (see attn/kvcache.h). */
+#include <inttypes.h>
 #include <math.h>
 #include <string.h>
 
@@ -17,6 +18,38 @@ static const attn_kv_store stores[] = {
 const attn_kv_store *attn_kv_store_row(attn_kvcache_storage s) {
   if ((int)s < 0 || (size_t)s >= sizeof stores / sizeof stores[0]) return NULL;
   return &stores[s];
+}
+
+bool attn_kv_row_bytes(const attn_kvcache *c, int64_t d, size_t *bytes) {
+  int64_t padded;
+  if (!attn_mul_ok(attn_cdiv64(d, c->store->pad), c->store->pad, &padded)) return false;
+  if (c->store->bits == 0) return attn_bytes_ok(&padded, 1, attn_dtype_size(c->dtype), bytes);
+  int64_t bits;
+  if (!attn_mul_ok(padded, c->store->bits, &bits)) return false;
+  const int64_t n = bits / 8;
+  return attn_bytes_ok(&n, 1, 1, bytes);
+}
+
+attn_status attn_kv_pick_group(attn_context *ctx, int64_t want, int64_t d_v, int64_t span,
+                               const char *span_name, int64_t *gs) {
+  if (want < 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.group_size: %" PRId64 " must be >= 0", want);
+  if (want == 0) {
+    int64_t g = ATTN_KVCACHE_DEFAULT_GROUP;
+    while (g > 1 && (d_v % g != 0 || (span > 0 && span % g != 0))) g /= 2;
+    *gs = g;
+    return ATTN_OK;
+  }
+  if (d_v % want != 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.group_size: %" PRId64 " does not divide d_v = %" PRId64, want, d_v);
+  if (span > 0 && span % want != 0)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "cfg.group_size: %" PRId64 " does not divide %s %" PRId64
+                     " (a K scale group must not straddle it)",
+                     want, span_name, span);
+  *gs = want;
+  return ATTN_OK;
 }
 
 /* Code range of a quantized storage: 0..levels. */

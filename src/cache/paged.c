@@ -59,12 +59,19 @@ attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
   if (c.dtype != ATTN_DTYPE_F32 && c.dtype != ATTN_DTYPE_F64)
     return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.dtype: %s, expected f32 or f64",
                      attn_dtype_name(c.dtype));
-  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.storage != ATTN_KVCACHE_STORE_BF16)
+  const attn_kv_store *store = attn_kv_store_row(c.storage);
+  if (store == NULL)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "cfg.storage: %d is not an attn_kvcache_storage",
                      (int)c.storage);
-  if (c.storage == ATTN_KVCACHE_STORE_BF16 && c.dtype != ATTN_DTYPE_F32)
-    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: bf16 storage needs dtype f32 (got %s)",
-                     attn_dtype_name(c.dtype));
+  if (c.storage != ATTN_KVCACHE_STORE_NATIVE && c.dtype != ATTN_DTYPE_F32)
+    return attn_fail(ctx, ATTN_ERR_DTYPE, "cfg.storage: %s storage needs dtype f32 (got %s)",
+                     store->name, attn_dtype_name(c.dtype));
+  int64_t gs = 0;
+  attn_status st;
+  if (store->quant &&
+      (st = attn_kv_pick_group(ctx, c.group_size, c.d_v, c.block_size, "block_size", &gs)) !=
+          ATTN_OK)
+    return st;
 
   attn_paged_cache t;
   memset(&t, 0, sizeof t);
@@ -72,40 +79,66 @@ attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
   t.dtype = c.dtype;
   t.storage = c.storage;
   t.bf16 = c.storage == ATTN_KVCACHE_STORE_BF16;
-  t.es = t.bf16 ? 2 : attn_dtype_size(c.dtype);
+  t.quant = store->quant;
   t.Hkv = c.heads_kv;
   t.Dk = c.d_k;
   t.Dv = c.d_v;
   t.bs = c.block_size;
+  t.gs = gs;
   t.nblocks = c.num_blocks;
   t.max_seqs = c.max_seqs;
   t.max_len = c.max_seq_len;
   t.max_bps = attn_cdiv64(t.max_len, t.bs);
-  /* Head-major pool (paged_internal.h): K segments [Hkv][nblocks] of
-   * bs·Dk elements, then V segments [Hkv][nblocks] of bs·Dv. */
-  const int64_t kd[4] = {t.Hkv, t.nblocks, t.bs, t.Dk}, vd[4] = {t.Hkv, t.nblocks, t.bs, t.Dv};
-  size_t kall, vall, pool;
+  /* The row format, as a contiguous cache of one item and one head. */
+  attn_kvcache *f = &t.fmt;
+  f->dtype = t.dtype;
+  f->storage = t.storage;
+  f->store = store;
+  f->bf16 = t.bf16;
+  f->es = store->bits == 0 ? attn_dtype_size(t.dtype) : store->quant ? 0 : 2;
+  f->mode = ATTN_KVCACHE_LINEAR;
+  f->B = f->Hkv = 1;
+  f->Dk = t.Dk;
+  f->Dv = t.Dv;
+  f->gs = gs;
+  f->ngv = store->quant ? t.Dv / gs : 0;
+  /* Head-major pool (paged_internal.h): K segments [Hkv][nblocks] of bs
+   * rows, then V segments, then (quantized) K and V scale segments. */
+  const int64_t kd[3] = {t.Hkv, t.nblocks, t.bs};
+  const int64_t ksd[4] = {t.Hkv, t.nblocks, store->quant ? t.bs / attn_max64(gs, 1) * 2 : 0, t.Dk};
+  const int64_t vsd[4] = {t.Hkv, t.nblocks, t.bs, f->ngv * 2};
+  size_t kall, vall, ksall, vsall;
   attn_carver meta = attn_carver_start();
   int64_t tab;
-  bool ok = attn_bytes_ok(kd, 4, t.es, &kall) && attn_bytes_ok(vd, 4, t.es, &vall) &&
-            attn_mul_ok(t.max_seqs, t.max_bps, &tab) && kall <= SIZE_MAX - vall;
+  bool ok = attn_kv_row_bytes(f, t.Dk, &t.krow) && attn_kv_row_bytes(f, t.Dv, &t.vrow) &&
+            attn_bytes_ok(kd, 3, t.krow, &kall) && attn_bytes_ok(kd, 3, t.vrow, &vall) &&
+            attn_bytes_ok(ksd, 4, sizeof(uint16_t), &ksall) &&
+            attn_bytes_ok(vsd, 4, sizeof(uint16_t), &vsall) &&
+            attn_mul_ok(t.max_seqs, t.max_bps, &tab) && kall <= SIZE_MAX - vall &&
+            ksall <= SIZE_MAX - vsall && kall + vall <= SIZE_MAX - (ksall + vsall);
   if (ok) {
     attn_carve(&meta, sizeof(int32_t), t.nblocks, 1, 1);
     attn_carve(&meta, sizeof(int32_t), t.nblocks, 1, 1);
     attn_carve(&meta, sizeof(int64_t), t.max_seqs, 1, 1);
     attn_carve(&meta, sizeof(int32_t), tab, 1, 1);
+    attn_carve(&meta, sizeof(float), t.max_seqs, t.Hkv, gs * t.Dk); /* K residual */
   }
-  if (!ok || !meta.ok || kall + vall > (size_t)INT64_MAX)
+  if (!ok || !meta.ok || kall + vall + ksall + vsall > (size_t)INT64_MAX)
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                      "cfg: the pool of %" PRId64 " blocks of %" PRId64 " positions (H_kv %" PRId64
                      ", d %" PRId64 ") overflows",
                      t.nblocks, t.bs, t.Hkv, attn_max64(t.Dk, t.Dv));
-  pool = kall + vall;
-  t.kseg = (size_t)(t.bs * t.Dk) * t.es;
-  t.vseg = (size_t)(t.bs * t.Dv) * t.es;
+  f->krow = t.krow;
+  f->vrow = t.vrow;
+  t.kseg = (size_t)t.bs * t.krow;
+  t.vseg = (size_t)t.bs * t.vrow;
+  t.ksseg = (size_t)ksd[2] * (size_t)t.Dk * sizeof(uint16_t);
+  t.vsseg = (size_t)t.bs * (size_t)vsd[3] * sizeof(uint16_t);
   t.vbase = kall;
-  t.block_bytes = (size_t)t.Hkv * (t.kseg + t.vseg);
-  t.pool_bytes = pool;
+  t.ksbase = kall + vall;
+  t.vsbase = t.ksbase + ksall;
+  t.block_bytes = (size_t)t.Hkv * (t.kseg + t.vseg + t.ksseg + t.vsseg);
+  t.pool_bytes = kall + vall + ksall + vsall;
   t.meta_bytes = (size_t)meta.bytes;
 
   attn_paged_cache *cache = attn_alloc(ctx, sizeof *cache);
@@ -118,12 +151,14 @@ attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
     return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_paged_create: cannot allocate %zu bytes",
                      t.pool_bytes + t.meta_bytes);
   }
-  /* Same carve as above: ref, free_ids, len, table. */
+  /* Same carve as above: ref, free_ids, len, table, kres. */
   attn_carver mc = attn_carver_start();
   t.ref = (int32_t *)(void *)(m + attn_carve(&mc, sizeof(int32_t), t.nblocks, 1, 1));
   t.free_ids = (int32_t *)(void *)(m + attn_carve(&mc, sizeof(int32_t), t.nblocks, 1, 1));
   t.len = (int64_t *)(void *)(m + attn_carve(&mc, sizeof(int64_t), t.max_seqs, 1, 1));
   t.table = (int32_t *)(void *)(m + attn_carve(&mc, sizeof(int32_t), tab, 1, 1));
+  const size_t res_at = attn_carve(&mc, sizeof(float), t.max_seqs, t.Hkv, gs * t.Dk);
+  t.kres = t.quant ? (float *)(void *)(m + res_at) : NULL;
   if (!mc.ok || (size_t)mc.bytes > t.meta_bytes) { /* cannot happen: same parts */
     attn_free(ctx, p, t.pool_bytes);
     attn_free(ctx, m, t.meta_bytes);
@@ -222,6 +257,9 @@ attn_status attn_paged_fork(attn_paged_cache *cache, int64_t src, int64_t *dst) 
     to[i] = from[i];
     cache->ref[from[i]]++;
   }
+  if (cache->quant) /* the K residual is the sequence's own */
+    memcpy(attn_paged_kres(cache, s, 0), attn_paged_kres(cache, src, 0),
+           (size_t)(cache->Hkv * cache->gs * cache->Dk) * sizeof(float));
   cache->len[s] = cache->len[src];
   cache->nlive++;
   *dst = s;
@@ -246,21 +284,63 @@ static attn_status check_new(const attn_paged_cache *c, const char *name, const 
   return ATTN_OK;
 }
 
-/* Store row r of src[h] (d elements, element stride sd) at dst. */
+/* Store row r of src[h] (d elements, element stride sd) at dst, in an
+ * element-wise storage (native, bf16, f16: the storage row's converter). */
 static void store_row(const attn_paged_cache *c, char *dst, const attn_tensor *src, int64_t h,
                       int64_t r, int64_t d) {
   const size_t es = attn_dtype_size(c->dtype);
   const char *s = (const char *)src->data + (size_t)(h * src->strides[0] + r * src->strides[1]) * es;
   const int64_t sd = src->strides[2];
-  if (c->bf16) {
+  const attn_dtype elem = c->fmt.store->elem;
+  if (elem != 0) {
+    const attn_dtype_traits *tr = attn_dtype_info(elem);
     const float *f = (const float *)(const void *)s;
-    for (int64_t x = 0; x < d; x++) ((uint16_t *)(void *)dst)[x] = attn_f32_to_bf16(f[x * sd]);
+    if (sd == 1 || d == 1)
+      tr->from_f32(f, dst, d);
+    else
+      for (int64_t x = 0; x < d; x++) tr->from_f32(f + x * sd, dst + (size_t)x * tr->size, 1);
   } else if (sd == 1 || d == 1) {
     memcpy(dst, s, (size_t)d * es);
   } else if (es == 4) {
     for (int64_t x = 0; x < d; x++) ((float *)(void *)dst)[x] = ((const float *)(const void *)s)[x * sd];
   } else {
     for (int64_t x = 0; x < d; x++) ((double *)(void *)dst)[x] = ((const double *)(const void *)s)[x * sd];
+  }
+}
+
+/* Quantized storages: position p (row r of k_new / v_new) of kv head h of
+ * seq. V is quantized now; K goes to the sequence's residual, and the
+ * group is quantized into its block when its last position arrives. */
+static void quant_row(attn_paged_cache *c, int64_t seq, const int32_t *tab, const attn_tensor *kn,
+                      const attn_tensor *vn, int64_t h, int64_t r, int64_t p) {
+  const int32_t blk = tab[p / c->bs];
+  const int64_t row = p % c->bs, G = c->gs, Dk = c->Dk;
+  const float *vsrc = (const float *)vn->data + h * vn->strides[0] + r * vn->strides[1];
+  attn_kv_quant_v(&c->fmt, vsrc, vn->strides[2],
+                  (uint8_t *)attn_paged_v(c, blk, h) + (size_t)row * c->vrow,
+                  attn_paged_vs(c, blk, h) + (size_t)(row * c->fmt.ngv * 2));
+  const float *ksrc = (const float *)kn->data + h * kn->strides[0] + r * kn->strides[1];
+  float *res = attn_paged_kres(c, seq, h), *dst = res + (p % G) * Dk;
+  for (int64_t x = 0; x < Dk; x++) dst[x] = ksrc[x * kn->strides[2]];
+  if ((p + 1) % G == 0) { /* the group is complete; it lies in one block */
+    const int64_t r0 = row + 1 - G;
+    attn_kv_quant_k(&c->fmt, res, (uint8_t *)attn_paged_k(c, blk, h) + (size_t)r0 * c->krow,
+                    attn_paged_ks(c, blk, h) + (size_t)(r0 / G * 2 * Dk));
+  }
+}
+
+/* Copy the first `rows` positions of block `from` into block `to`, every
+ * head, rows and scales (copy-on-write of a shared last block). */
+static void copy_block(attn_paged_cache *c, int32_t to, int32_t from, int64_t rows) {
+  for (int64_t h = 0; h < c->Hkv; h++) {
+    memcpy((char *)attn_paged_k(c, to, h), attn_paged_k(c, from, h), (size_t)rows * c->krow);
+    memcpy((char *)attn_paged_v(c, to, h), attn_paged_v(c, from, h), (size_t)rows * c->vrow);
+    if (c->quant) {
+      memcpy(attn_paged_ks(c, to, h), attn_paged_ks(c, from, h),
+             (size_t)(rows / c->gs * 2 * c->Dk) * sizeof(uint16_t));
+      memcpy(attn_paged_vs(c, to, h), attn_paged_vs(c, from, h),
+             (size_t)(rows * c->fmt.ngv * 2) * sizeof(uint16_t));
+    }
   }
 }
 
@@ -294,13 +374,7 @@ attn_status attn_paged_append(attn_paged_cache *cache, int64_t seq, const attn_t
                      seq, blocks, n, cache->nfree, cache->nblocks);
   if (cow) { /* the shared, partially filled last block: copy its rows first */
     const int32_t old = tab[have - 1], nb = cache->free_ids[--cache->nfree];
-    const int64_t rows = len % bs;
-    for (int64_t h = 0; h < cache->Hkv; h++) {
-      memcpy((char *)attn_paged_k(cache, nb, h), attn_paged_k(cache, old, h),
-             (size_t)(rows * cache->Dk) * cache->es);
-      memcpy((char *)attn_paged_v(cache, nb, h), attn_paged_v(cache, old, h),
-             (size_t)(rows * cache->Dv) * cache->es);
-    }
+    copy_block(cache, nb, old, len % bs);
     cache->ref[old]--;
     cache->ref[nb] = 1;
     tab[have - 1] = nb;
@@ -315,10 +389,14 @@ attn_status attn_paged_append(attn_paged_cache *cache, int64_t seq, const attn_t
     const int32_t blk = tab[p / bs];
     const int64_t row = p % bs;
     for (int64_t h = 0; h < cache->Hkv; h++) {
-      store_row(cache, (char *)attn_paged_k(cache, blk, h) + (size_t)(row * cache->Dk) * cache->es,
-                k_new, h, r, cache->Dk);
-      store_row(cache, (char *)attn_paged_v(cache, blk, h) + (size_t)(row * cache->Dv) * cache->es,
-                v_new, h, r, cache->Dv);
+      if (cache->quant) {
+        quant_row(cache, seq, tab, k_new, v_new, h, r, p);
+        continue;
+      }
+      store_row(cache, (char *)attn_paged_k(cache, blk, h) + (size_t)row * cache->krow, k_new, h,
+                r, cache->Dk);
+      store_row(cache, (char *)attn_paged_v(cache, blk, h) + (size_t)row * cache->vrow, v_new, h,
+                r, cache->Dv);
     }
   }
   cache->len[seq] = len + n;
@@ -336,8 +414,22 @@ attn_status attn_paged_truncate(attn_paged_cache *cache, int64_t seq, int64_t le
                      "length: %" PRId64 " is outside [0, current length %" PRId64
                      "] (truncate only shortens)",
                      length, cache->len[seq]);
-  release_blocks(cache, seq, attn_cdiv64(length, cache->bs),
-                 attn_cdiv64(cache->len[seq], cache->bs));
+  /* Quantized: rolling back into a completed K group moves its kept
+   * positions back into the residual, as their dequantized values (the
+   * block is only read: it may be shared). */
+  const int64_t len = cache->len[seq], g0 = cache->quant ? length / cache->gs * cache->gs : 0;
+  if (cache->quant && length < len / cache->gs * cache->gs && length > g0) {
+    const int32_t blk = attn_paged_table(cache, seq)[g0 / cache->bs];
+    const int64_t base = g0 / cache->bs * cache->bs;
+    for (int64_t h = 0; h < cache->Hkv; h++) {
+      attn_kvcache view;
+      int64_t vlen;
+      attn_paged_view(cache, seq, h, blk, base, cache->bs, len, &view, &vlen);
+      attn_kv_dequant(&view, true, 0, 0, g0 - base, length - g0, attn_paged_kres(cache, seq, h),
+                      NULL);
+    }
+  }
+  release_blocks(cache, seq, attn_cdiv64(length, cache->bs), attn_cdiv64(len, cache->bs));
   cache->len[seq] = length;
   return ATTN_OK;
 }

@@ -14,6 +14,7 @@
 
 #include "blas/gemm.h"
 #include "cache/attend.h"
+#include "cache/attend_q.h"
 #include "cache/attend_simd.h"
 #include "cache/paged_attend.h"
 #include "kernels/vmath.h"
@@ -43,7 +44,7 @@ static const attn_support pg_support = {
      [ATTN_OPT_ADD_MASK] = "not supported with a KV cache (use window/ALiBi/softcap)",
      [ATTN_OPT_SCORE_GENERAL] = "the KV cache supports the scaled-dot and dot scores",
      [ATTN_OPT_SCORE_ADDITIVE] = "the KV cache supports the scaled-dot and dot scores"},
-    "the paged cache stores f32, f64 or bf16 rows; q and out are f32 or f64"};
+    "the paged cache stores f32, f64, bf16, f16, int8 or int4 rows; q and out are f32 or f64"};
 
 static attn_status check_tensors(attn_paged_plan *p, const attn_tensor *q, const attn_tensor *out,
                                  const attn_tensor *lse) {
@@ -95,6 +96,7 @@ static bool size_workspace(attn_paged_plan *p, int32_t threads, size_t *bytes) {
   p->at.L = attn_carve(&c, es, R, 1, 1);
   p->at.Kf = attn_carve(&c, es, p->bk, p->Dk, 1);
   p->at.Vf = attn_carve(&c, es, p->bk, p->Dv, 1);
+  p->at.Qd = attn_carve(&c, sizeof(float), p->qops ? attn_kvq_scratch(R, p->Dk) : 0, 1, 1);
   attn_carver part = attn_carver_start();
   attn_carve(&part, es, R, p->Dv, 1);
   p->pat.M = attn_carve(&part, es, R, 1, 1);
@@ -161,14 +163,21 @@ attn_status attn_paged_plan_create(attn_context *ctx, attn_paged_cache *cache,
   attn_tmeta_record(&tmp.meta[PG_META_Q], q);
   attn_tmeta_record(&tmp.meta[PG_META_OUT], out);
   attn_tmeta_record(&tmp.meta[PG_META_LSE], lse);
+  /* Few stacked rows in f32 (decode): the hand-vectorised loops if the CPU
+   * (and $ATTN_CPU) allows, AVX-512 for f32/bf16 rows, AVX-512 or AVX2 for
+   * f16/int8/int4; else GEMM on rows widened or dequantized per tile. */
+  const char *isa = attn_vmath_get()->isa;
+  const bool avx512 = strcmp(isa, "avx512") == 0 && attn_kv_simd_available();
+  const bool wide = cache->storage == ATTN_KVCACHE_STORE_NATIVE || cache->bf16;
+  const bool few = tmp.n <= ATTN_KV_SIMD_ROWS && tmp.G * tmp.n <= ATTN_KV_SIMD_ROWS;
+  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && few && wide && avx512;
+  tmp.qops = tmp.dtype == ATTN_DTYPE_F32 && few && !wide ? attn_kvq_ops_for(isa, &cache->fmt) : NULL;
+  tmp.widen = cache->bf16 ? (avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32) : NULL;
   if (!size_workspace(&tmp, ctx->num_threads, &tmp.workspace_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,
                      "q: workspace size for %" PRId64 " rows × %" PRId64 " heads × %" PRId64
                      " queries overflows",
                      tmp.N, tmp.H, tmp.n);
-  const bool avx512 = strcmp(attn_vmath_get()->isa, "avx512") == 0 && attn_kv_simd_available();
-  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && tmp.R <= ATTN_KV_SIMD_ROWS && avx512;
-  tmp.widen = avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32;
   if ((st = attn_threadpool_ensure(ctx)) != ATTN_OK) return st;
   attn_paged_plan *p = attn_alloc(ctx, sizeof *p);
   void *ws = attn_calloc(ctx, tmp.workspace_bytes);

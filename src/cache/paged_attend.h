@@ -27,18 +27,20 @@ struct attn_paged_plan {
   double scale;
   attn_tmeta meta[3]; /* q, out, lse */
   bool split;
-  bool simd;    /* f32, R ≤ ATTN_KV_SIMD_ROWS, AVX-512: attend_simd.c loops on blocks */
+  bool simd;    /* f32/bf16 rows, R ≤ ATTN_KV_SIMD_ROWS, AVX-512: attend_simd.c loops on blocks */
+  const struct attn_kvq_ops *qops; /* f16/int8/int4 rows, few rows: attend_q.c loops on views */
   int64_t bq;   /* queries per task: n (split) or a block */
   int64_t R;    /* stacked rows per task: G · bq */
   int64_t bk;   /* key tile */
   int64_t wave; /* split: chunks per (row, kv head) whose partials fit at once */
-  attn_to_f32_fn widen; /* bf16 → f32 for the gather step */
+  attn_to_f32_fn widen; /* bf16 → f32 for the gather step (NULL: the storage's own) */
   /* Slot: Qs [R·Dk], S [R·bk], O [R·Dv], M, L [R], Kf [bk·Dk], Vf [bk·Dv]
-   * (a key tile gathered from its blocks, converted to T). Shared: the
+   * (a key tile gathered from its blocks, converted to T), Qd (qops'
+   * scratch). Shared: the
    * split path's partials [N·Hkv·wave] and accumulators [N·Hkv], then the
    * call's key lengths, query counts and sequence ids [N] each. */
   struct {
-    size_t Qs, S, O, M, L, Kf, Vf;
+    size_t Qs, S, O, M, L, Kf, Vf, Qd;
   } at;
   size_t slot_bytes;
   struct {

@@ -11,7 +11,9 @@
  *    live sequences' tables reference;
  *  - an execute differs from the naive f64 reference over the sequence's
  *    rows by more than 1e-4 (f32) / 1e-9 (f64) relative (the data are
- *    multiples of 1/64 in [−1, 1], exact in every storage, dims ≤ 9), with
+ *    multiples of 1/64 in [−1, 1], exact in f32, f64, bf16 and f16
+ *    storage, dims ≤ 9; int8 storage: 0.05, int4: 1.0, which only catches
+ *    gross errors, its quantization error being up to 1/15 per element), with
  *    sink logits or not; its per-key mass (per head or per KV head, when
  *    asked) differs from the column sums of the reference weights by as
  *    much; or a 2-thread context does not give the same bits as a 1-thread
@@ -32,6 +34,7 @@ static int64_t g_base = -1;
 typedef struct shadow {
   int64_t Hkv, Dk, Dv, bs, nblocks, max_seqs, max_len;
   attn_dtype dt;
+  attn_kvcache_storage storage;
   int64_t len[MAXS]; /* −1 free */
   double K[MAXS][3][MAXL][9], V[MAXS][3][MAXL][9];
 } shadow;
@@ -215,7 +218,10 @@ static void op_execute(fz *f, attn_paged_cache *pc, shadow *s) {
     p.sink = sinks_on ? sinks : NULL;
     double *rw = mass ? malloc((size_t)(H * L * L) * sizeof(double)) : NULL;
     ref_attention(&p, rq, rk, rv, ro, rw, NULL, NULL);
-    const double tol = s->dt == ATTN_DTYPE_F64 ? 1e-9 : 1e-4;
+    const double tol = s->dt == ATTN_DTYPE_F64                   ? 1e-9
+                       : s->storage == ATTN_KVCACHE_STORE_INT8 ? 0.05
+                       : s->storage == ATTN_KVCACHE_STORE_INT4 ? 1.0
+                                                               : 1e-4;
     if (mass) { /* column sums of the reference weights of the row's queries */
       double *gm = malloc((size_t)(mh * s->max_len) * sizeof(double));
       double all[3 * 9 * MAXL];
@@ -298,8 +304,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   cfg.max_seqs = wild ? fz_i64(&f) : fz_range(&f, 1, MAXS);
   cfg.max_seq_len = wild ? fz_i64(&f) : fz_range(&f, 0, MAXL);
   cfg.dtype = fz_bool(&f) ? ATTN_DTYPE_F64 : ATTN_DTYPE_F32;
-  cfg.storage = (attn_kvcache_storage)(fz_u8(&f) % 3 == 0 ? 1 : 0);
+  const uint8_t sto = fz_u8(&f); /* native 2/3 of the time, else bf16, f16, int8, int4 */
+  cfg.storage = (attn_kvcache_storage)(sto % 3 != 0 ? 0 : 1 + (sto / 3) % 4);
   if (wild && fz_bool(&f)) cfg.storage = (attn_kvcache_storage)fz_i64(&f);
+  if (fz_u8(&f) % 4 == 0) cfg.group_size = wild ? fz_i64(&f) : fz_range(&f, 0, 9);
   if (g_base < 0) g_base = g_alloc.outstanding;
   attn_paged_cache *pc = (attn_paged_cache *)(uintptr_t)0x1;
   attn_status st = attn_paged_create(g_ctx, &cfg, &pc);
@@ -320,6 +328,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   s->max_seqs = cfg.max_seqs;
   s->max_len = cfg.max_seq_len ? cfg.max_seq_len : pool_pos;
   s->dt = cfg.dtype;
+  s->storage = cfg.storage;
   if (s->Hkv > 3 || s->Dk > 9 || s->Dv > 9 || s->max_seqs > MAXS || s->max_len > MAXL ||
       s->nblocks > MAXL) {
     attn_paged_destroy(pc);

@@ -242,7 +242,7 @@ static void use_plan(af_fx *f, void *h) {
 
 /* ---- paged KV cache ---------------------------------------------------------- */
 
-static attn_status op_paged_create(af_fx *f, void **h) {
+static attn_status paged_create(af_fx *f, attn_kvcache_storage storage, void **h) {
   attn_paged_config cfg;
   attn_paged_config_init(&cfg);
   cfg.heads_kv = HKV;
@@ -251,7 +251,15 @@ static attn_status op_paged_create(af_fx *f, void **h) {
   cfg.num_blocks = 32;
   cfg.max_seqs = 4;
   cfg.dtype = f->dt;
+  cfg.storage = storage;
   return attn_paged_create(f->ctx, &cfg, (attn_paged_cache **)h);
+}
+static attn_status op_paged_create(af_fx *f, void **h) {
+  return paged_create(f, ATTN_KVCACHE_STORE_NATIVE, h);
+}
+/* int8: scales and a per-sequence K residual, all allocated at create. */
+static attn_status op_paged_create_int8(af_fx *f, void **h) {
+  return paged_create(f, ATTN_KVCACHE_STORE_INT8, h);
 }
 static void destroy_paged(void *h) { attn_paged_destroy(h); }
 /* Sequences, appends (with copy-on-write), rollback and frees allocate nothing. */
@@ -271,8 +279,8 @@ static void use_paged(af_fx *f, void *h) {
   attn_tensor_destroy(k);
 }
 /* Plan rows: a pool holding two sequences of the fixture's SK keys. */
-static void cfg_paged(af_fx *f) {
-  assert_int_equal(op_paged_create(f, (void **)&f->pc), ATTN_OK);
+static void fill_paged(af_fx *f, attn_kvcache_storage storage) {
+  assert_int_equal(paged_create(f, storage, (void **)&f->pc), ATTN_OK);
   const int64_t shape[3] = {HKV, SK, D_};
   attn_tensor *k = NULL;
   assert_int_equal(attn_tensor_wrap(f->ctx, f->dt, 3, shape, NULL, attn_tensor_data(f->k), &k), ATTN_OK);
@@ -285,6 +293,9 @@ static void cfg_paged(af_fx *f) {
   f->pq = rand4(f, B_, H_, 1, D_, 9);
   f->pout = rand4(f, B_, H_, 1, D_, 10);
 }
+static void cfg_paged(af_fx *f) { fill_paged(f, ATTN_KVCACHE_STORE_NATIVE); }
+/* int8 rows: the decode plan takes the quantized loops' scratch. */
+static void cfg_paged_int8(af_fx *f) { fill_paged(f, ATTN_KVCACHE_STORE_INT8); }
 static void cfg_paged_causal(af_fx *f) {
   cfg_paged(f);
   assert_int_equal(attn_desc_set_causal(f->desc, ATTN_CAUSAL_BOTTOM_RIGHT), ATTN_OK);
@@ -435,6 +446,8 @@ static const af_row rows[] = {
     {"paged_create_f64", 1, ATTN_DTYPE_F64, NULL, op_paged_create, destroy_paged, use_paged},
     {"paged_plan_prefill", 2, ATTN_DTYPE_F32, cfg_paged_causal, op_paged_plan, destroy_paged_plan, use_paged_plan},
     {"paged_plan_decode", 3, ATTN_DTYPE_F64, cfg_paged, op_paged_decode_plan, destroy_paged_plan, use_paged_plan},
+    {"paged_create_int8", 1, ATTN_DTYPE_F32, NULL, op_paged_create_int8, destroy_paged, use_paged},
+    {"paged_plan_decode_int8", 2, ATTN_DTYPE_F32, cfg_paged_int8, op_paged_decode_plan, destroy_paged_plan, use_paged_plan},
 };
 
 static void *const HANDLE_CANARY = (void *)(uintptr_t)0xC0FFEE00u;

@@ -308,6 +308,8 @@ static void test_ragged_f32(void **s) { (void)s; ragged(ATTN_DTYPE_F32, ATTN_KVC
 static void test_ragged_f64(void **s) { (void)s; ragged(ATTN_DTYPE_F64, ATTN_KVCACHE_STORE_NATIVE, 64); }
 static void test_ragged_bf16(void **s) { (void)s; ragged(ATTN_DTYPE_F32, ATTN_KVCACHE_STORE_BF16, 32); }
 static void test_ragged_block1(void **s) { (void)s; ragged(ATTN_DTYPE_F64, ATTN_KVCACHE_STORE_NATIVE, 1); }
+/* f16 holds the model's values exactly too (quantized storages: test_paged_quant). */
+static void test_ragged_f16(void **s) { (void)s; ragged(ATTN_DTYPE_F32, ATTN_KVCACHE_STORE_F16, 16); }
 
 /* ---- masks: window, ALiBi, softcap, no causal -------------------------------- */
 
@@ -884,6 +886,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_ragged_f32),      cmocka_unit_test(test_ragged_f64),
       cmocka_unit_test(test_ragged_bf16),     cmocka_unit_test(test_ragged_block1),
+      cmocka_unit_test(test_ragged_f16),
       cmocka_unit_test(test_masks),           cmocka_unit_test(test_chunked_prefill),
       cmocka_unit_test(test_fork_cow),        cmocka_unit_test(test_paged_equals_contiguous),
       cmocka_unit_test(test_out_of_blocks),   cmocka_unit_test(test_bad_input),

@@ -32,10 +32,14 @@ set_tests_properties(test_kvcache_avx2 PROPERTIES
 # The quantized-storage tests on every decode path: the AVX-512 loops
 # (default on such machines), the AVX2 loops, and the portable fallback
 # (each tile dequantized into scratch, then GEMM).
+# test_paged_quant likewise: the paged cache reads those storages through
+# the same loops, on views of its block runs.
 foreach(isa avx2 generic)
-  add_test(NAME test_kvquant_${isa} COMMAND test_kvquant)
-  set_tests_properties(test_kvquant_${isa} PROPERTIES
-    ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=${isa}" LABELS "unit")
+  foreach(t test_kvquant test_paged_quant)
+    add_test(NAME ${t}_${isa} COMMAND ${t})
+    set_tests_properties(${t}_${isa} PROPERTIES
+      ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_CPU=${isa}" LABELS "unit")
+  endforeach()
 endforeach()
 
 # The 16-bit tests again on the convert engines (no AVX-512: widen to f32,

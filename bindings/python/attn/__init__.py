@@ -1536,6 +1536,7 @@ _PAGED_CONFIG = {
     "max_seq_len": ("max_seq_len", lambda v: 0 if v is None else int(v)),
     "dtype": _MHA_CONFIG["dtype"],
     "storage": ("storage", lambda v: _enum(KVCacheStorage, v)),
+    "group_size": ("group_size", int),
 }
 
 

@@ -146,7 +146,8 @@ class PagedConfig(ctypes.Structure):
                 ("max_seqs", c_int64),
                 ("max_seq_len", c_int64),
                 ("dtype", c_int),
-                ("storage", c_int)]
+                ("storage", c_int),
+                ("group_size", c_int64)]
 
 
 STATUS = "status"   # restype marker: returns attn_status, checked

@@ -99,6 +99,44 @@ class TestPaged(unittest.TestCase):
         self.assertEqual(m.cache.length(b), -1)
         self.assertEqual(m.cache.num_seqs, 1)
 
+    def test_compact_storages_equal_the_contiguous_cache(self):
+        # f16, int8, int4 blocks hold what a contiguous cache of the same
+        # storage holds (the same quantizer), so both give the same attention,
+        # forks and rollbacks into a completed K group included.
+        rng = np.random.default_rng(5)
+        for storage in ("f16", "int8", "int4"):
+            pc = attn.PagedCache(heads_kv=HKV, d_k=D, block_size=16, num_blocks=64, max_seqs=4,
+                                 storage=storage, group_size=8)
+            kc = {}
+            a = pc.create_seq()
+            k, v = rand(rng, (HKV, 45, D), np.float32), rand(rng, (HKV, 45, D), np.float32)
+            pc.append(a, k, v)
+            b = pc.fork(a)
+            k2, v2 = rand(rng, (HKV, 3, D), np.float32), rand(rng, (HKV, 3, D), np.float32)
+            pc.append(b, k2, v2)
+            pc.truncate(a, 21)
+            k3, v3 = rand(rng, (HKV, 9, D), np.float32), rand(rng, (HKV, 9, D), np.float32)
+            pc.append(a, k3, v3)
+            for s, steps in ((a, [(k, v), (None, 21), (k3, v3)]), (b, [(k, v), (k2, v2)])):
+                kc[s] = attn.KVCache(heads_kv=HKV, d_k=D, capacity=128, storage=storage,
+                                     group_size=8)
+                for kk, vv in steps:
+                    if kk is None:
+                        kc[s].truncate([vv])
+                    else:
+                        kc[s].append(kk[None], vv[None])
+            q = rand(rng, (2, H, 1, D), np.float32)
+            out = np.zeros((2, H, 1, D), np.float32)
+            plan = pc.plan(q, out, causal="bottom_right")
+            plan.execute([a, b], q, out)
+            plan.close()
+            for row, s in enumerate((a, b)):
+                want = kc[s].attend(q[row:row + 1], causal="bottom_right")
+                np.testing.assert_allclose(out[row:row + 1], want, rtol=1e-5, atol=1e-6,
+                                           err_msg=storage)
+                kc[s].close()
+            pc.close()
+
     def test_errors(self):
         m = Model(block_size=8, num_blocks=4, max_seqs=2)
         a = m.new()

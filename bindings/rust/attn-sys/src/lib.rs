@@ -228,6 +228,7 @@ pub struct attn_paged_config {
     pub max_seq_len: i64,
     pub dtype: attn_dtype,
     pub storage: attn_kvcache_storage,
+    pub group_size: i64,
 }
 
 extern "C" {

@@ -2033,7 +2033,11 @@ pub struct PagedConfig {
     pub max_seqs: i64,
     /// 0 = num_blocks · block_size.
     pub max_seq_len: i64,
+    /// Native, or (f32 caches) Bf16, F16, Int8, Int4: the contiguous cache's formats.
     pub storage: KvStorage,
+    /// Int8/Int4: positions per K scale and channels per V scale; must divide
+    /// d_v and block_size. 0 = the library's default.
+    pub group_size: i64,
 }
 
 impl PagedConfig {
@@ -2044,7 +2048,7 @@ impl PagedConfig {
             sys::attn_paged_config_init(c.as_mut_ptr());
             c.assume_init()
         };
-        PagedConfig { heads_kv: c.heads_kv, d_k, d_v: 0, block_size: c.block_size, num_blocks, max_seqs: c.max_seqs, max_seq_len: 0, storage: KvStorage::Native }
+        PagedConfig { heads_kv: c.heads_kv, d_k, d_v: 0, block_size: c.block_size, num_blocks, max_seqs: c.max_seqs, max_seq_len: 0, storage: KvStorage::Native, group_size: 0 }
     }
 }
 
@@ -2091,6 +2095,7 @@ impl<'c, T: Float> PagedCache<'c, T> {
         c.max_seq_len = cfg.max_seq_len;
         c.dtype = T::DTYPE;
         c.storage = cfg.storage.code();
+        c.group_size = cfg.group_size;
         let mut raw = ptr::null_mut();
         let st = unsafe { sys::attn_paged_create(ctx.ptr(), &c, &mut raw) };
         check(ctx.ptr(), st, "attn_paged_create")?;

@@ -113,3 +113,48 @@ fn ragged_batch_forks_and_errors() {
     assert_eq!(cache.num_seqs(), 2);
     assert!(cache.memory_used() > 0 && cache.memory_size() > cache.memory_used());
 }
+
+/// f16/int8/int4 blocks hold what a contiguous cache of the same storage
+/// holds (the same quantizer), so a paged plan gives what the contiguous
+/// one gives, forks and a rollback into a completed K group included.
+#[test]
+fn compact_storages_equal_the_contiguous_cache() {
+    use attn::{KvCache, KvCacheConfig, KvStorage};
+    let ctx = Context::new().unwrap();
+    let mut rng = Rng(0x0bad_cafe_f00d_1234);
+    let mut f32s = |n: usize| rng.vec(n).into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    for storage in [KvStorage::F16, KvStorage::Int8, KvStorage::Int4] {
+        let cfg = PagedConfig { heads_kv: HKV as i64, block_size: 16, max_seqs: 4, storage, group_size: 4, ..PagedConfig::new(16, D as i64) };
+        let mut pc = PagedCache::<f32>::new(&ctx, &cfg).unwrap();
+        let (k1, v1, k2, v2) = (f32s(HKV * 37 * D), f32s(HKV * 37 * D), f32s(HKV * 6 * D), f32s(HKV * 6 * D));
+        let a = pc.create_seq().unwrap();
+        pc.append(a, &k1, &v1, 37).unwrap();
+        let b = pc.fork(a).unwrap();
+        pc.append(b, &k2, &v2, 6).unwrap(); // copies the shared last block
+        pc.truncate(a, 30).unwrap(); // into the completed group 28..32
+        pc.append(a, &k2, &v2, 6).unwrap();
+        let kcfg = KvCacheConfig { heads_kv: HKV as i64, storage, group_size: 4, ..KvCacheConfig::new(64, D as i64) };
+        let (ka, kb) = (KvCache::<f32>::new(&ctx, &kcfg).unwrap(), KvCache::<f32>::new(&ctx, &kcfg).unwrap());
+        for kc in [&ka, &kb] {
+            kc.append(&k1, &v1, 37, None).unwrap();
+        }
+        kb.append(&k2, &v2, 6, None).unwrap();
+        ka.truncate(&[30]).unwrap();
+        ka.append(&k2, &v2, 6, None).unwrap();
+        let mut desc = Desc::new(&ctx).unwrap();
+        desc.causal(Causal::BottomRight).unwrap();
+        let q = f32s(2 * H * D);
+        let mut out = vec![0.0f32; 2 * H * D];
+        let mut plan = pc.plan(&ctx, &desc, 2, H as i64, 1, false).unwrap();
+        plan.execute(&[a, b], &q, &mut out, None, None).unwrap();
+        for (row, kc) in [&ka, &kb].into_iter().enumerate() {
+            let mut want = vec![0.0f32; H * D];
+            let mut kp = kc.plan(&desc, H as i64, 1, false).unwrap();
+            kp.execute(&q[row * H * D..(row + 1) * H * D], &mut want, None, None).unwrap();
+            for x in 0..H * D {
+                let got = out[row * H * D + x];
+                assert!((got - want[x]).abs() <= 1e-5 * (1.0 + want[x].abs()), "{:?} row {} [{}]: {} vs {}", storage, row, x, got, want[x]);
+            }
+        }
+    }
+}
