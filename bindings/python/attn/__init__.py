@@ -1551,7 +1551,12 @@ class PagedCache:
         plan = cache.plan(q, out, causal="bottom_right")  # q [N, H, n, d_k], out [N, H, n, d_v]
         plan.execute([s, t], q, out)           # a ragged batch in one call
 
-    Config keywords are the attn_paged_config fields (see _PAGED_CONFIG).
+    Config keywords are the attn_paged_config fields (see _PAGED_CONFIG):
+    heads_kv, d_k, d_v (None = d_k), block_size, num_blocks, max_seqs,
+    max_seq_len (None = num_blocks * block_size), dtype, storage ("native" |
+    "bf16" | "f16" | "int8" | "int4"; all but native need f32: the contiguous
+    cache's formats, block by block), group_size (int8/int4: positions per K
+    scale and channels per V scale, dividing d_v and block_size; 0 = default).
     Failing calls raise AttnError (status + message) and change nothing; out
     of blocks is Status.ERR_CAPACITY. Mutating calls need the caller's lock
     when several threads share the cache; plans read only (see paged.h).
