@@ -105,7 +105,7 @@ attn_status attn_paged_create(attn_context *ctx, const attn_paged_config *cfg,
   /* Head-major pool (paged_internal.h): K segments [Hkv][nblocks] of bs
    * rows, then V segments, then (quantized) K and V scale segments. */
   const int64_t kd[3] = {t.Hkv, t.nblocks, t.bs};
-  const int64_t ksd[4] = {t.Hkv, t.nblocks, store->quant ? t.bs / attn_max64(gs, 1) * 2 : 0, t.Dk};
+  const int64_t ksd[4] = {t.Hkv, t.nblocks, store->quant ? t.bs / gs * 2 : 0, t.Dk};
   const int64_t vsd[4] = {t.Hkv, t.nblocks, t.bs, f->ngv * 2};
   size_t kall, vall, ksall, vsall;
   attn_carver meta = attn_carver_start();
@@ -302,9 +302,11 @@ static void store_row(const attn_paged_cache *c, char *dst, const attn_tensor *s
   } else if (sd == 1 || d == 1) {
     memcpy(dst, s, (size_t)d * es);
   } else if (es == 4) {
-    for (int64_t x = 0; x < d; x++) ((float *)(void *)dst)[x] = ((const float *)(const void *)s)[x * sd];
+    const float *f = (const float *)(const void *)s;
+    for (int64_t x = 0; x < d; x++) ((float *)(void *)dst)[x] = f[x * sd];
   } else {
-    for (int64_t x = 0; x < d; x++) ((double *)(void *)dst)[x] = ((const double *)(const void *)s)[x * sd];
+    const double *f = (const double *)(const void *)s;
+    for (int64_t x = 0; x < d; x++) ((double *)(void *)dst)[x] = f[x * sd];
   }
 }
 

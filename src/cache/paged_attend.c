@@ -169,9 +169,11 @@ attn_status attn_paged_plan_create(attn_context *ctx, attn_paged_cache *cache,
   const char *isa = attn_vmath_get()->isa;
   const bool avx512 = strcmp(isa, "avx512") == 0 && attn_kv_simd_available();
   const bool wide = cache->storage == ATTN_KVCACHE_STORE_NATIVE || cache->bf16;
+  /* n first, so G·n cannot overflow */
   const bool few = tmp.n <= ATTN_KV_SIMD_ROWS && tmp.G * tmp.n <= ATTN_KV_SIMD_ROWS;
-  tmp.simd = tmp.dtype == ATTN_DTYPE_F32 && few && wide && avx512;
-  tmp.qops = tmp.dtype == ATTN_DTYPE_F32 && few && !wide ? attn_kvq_ops_for(isa, &cache->fmt) : NULL;
+  const bool f32 = tmp.dtype == ATTN_DTYPE_F32;
+  tmp.simd = f32 && few && wide && avx512;
+  tmp.qops = f32 && few && !wide ? attn_kvq_ops_for(isa, &cache->fmt) : NULL;
   tmp.widen = cache->bf16 ? (avx512 ? attn_kv_widen_bf16_avx512 : attn_bf16_traits.to_f32) : NULL;
   if (!size_workspace(&tmp, ctx->num_threads, &tmp.workspace_bytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW,

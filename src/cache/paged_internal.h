@@ -30,7 +30,8 @@ struct attn_paged_cache {
   int64_t max_bps;     /* blocks per sequence at most: ⌈max_len / bs⌉ */
   size_t krow, vrow;   /* bytes per stored K / V row (padding included) */
   size_t kseg, vseg;   /* one head's rows of one block: bs·krow, bs·vrow */
-  size_t ksseg, vsseg; /* one head's scales of one block: (bs/G)·2·Dk, bs·(Dv/G)·2 halves, in bytes */
+  size_t ksseg, vsseg; /* one head's scales of one block, in bytes: (bs/G)·2·Dk and
+                          bs·(Dv/G)·2 halves */
   size_t vbase;        /* byte offsets in the pool of the V segments, */
   size_t ksbase;       /* the K scale segments */
   size_t vsbase;       /* and the V scale segments */
