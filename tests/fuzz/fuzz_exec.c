@@ -32,7 +32,9 @@
  * reference leaves empty must give exactly 0 / −inf / 0.
  * 16-bit storage (bf16, f16; dot scores only; q, k, v rounded to the format
  * before the reference sees them): u is f32's, and out also gets attn.h's
- * 16-bit term c·u₁₆·Σ_j p_ij|v_j| (bf16: 2·2⁻⁸, f16: 2⁻¹¹). */
+ * 16-bit term c·u₁₆·Σ_j p_ij|v_j| (bf16: 2·2⁻⁸, f16: 2⁻¹¹). An f16 out
+ * underflows far sooner than f32: its atol is half its smallest subnormal,
+ * 2⁻²⁵ (a reference of −7.5e−26 rightly stores −0). */
 #include <float.h>
 #include <math.h>
 
@@ -181,6 +183,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const attn_dtype ct = half ? ATTN_DTYPE_F32 : P.dt; /* compute type: weights, lse, masks */
   const double u = f64 ? DBL_EPSILON / 2 : FLT_EPSILON / 2;
   const double u16 = P.dt == ATTN_DTYPE_BF16 ? 2 * ldexp(1, -8) : P.dt == ATTN_DTYPE_F16 ? ldexp(1, -11) : 0;
+  /* out's underflow: f16 rounds below 2^-25 to zero; f32/bf16/f64 only near their minimum normal */
+  const double out_atol = f64 ? 1e-300 : P.dt == ATTN_DTYPE_F16 ? ldexp(1, -25) : 1e-37;
 
   /* ---- data ---- */
   uint64_t s = P.seed;
@@ -383,7 +387,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     double dl = delta[r];
     for (int64_t x = 0; x < P.Dv; x++) {
       size_t e = r * (size_t)P.Dv + (size_t)x;
-      double tol = (3 * dl + (double)(P.Sk + 8) * u + u16) * rb[e] + 8 * u * fabs(ro[e]) + (f64 ? 1e-300 : 1e-37);
+      double tol = (3 * dl + (double)(P.Sk + 8) * u + u16) * rb[e] + 8 * u * fabs(ro[e]) + out_atol;
       if (isinf(rl[r])) tol = 0; /* empty row: exactly 0 */
       FZ_CHECK(fabs(go[e] - ro[e]) <= tol, "out[row %zu][%lld] = %.17g, reference %.17g (tol %.3g)", r,
                (long long)x, go[e], ro[e], tol);
