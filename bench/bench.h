@@ -102,6 +102,12 @@ void bench_rel_error(const attn_tensor *got, const attn_tensor *want, double *ma
 double bench_fma_peak(int threads, int32_t reps);
 double bench_bf16_peak(int threads, int32_t reps);
 
+/* Sum of n words read front to back with the widest vector loads the CPU
+ * has (zmm, ymm, else scalar), four independent accumulators: the read
+ * bandwidth probe's inner loop (bench/probe.c), so that the probe is bound
+ * by memory, not by its own instructions. */
+uint64_t bench_read_sum(const uint64_t *p, size_t n);
+
 /* Exact (optionally causal) attention into out, for error references. */
 int bench_exact_into(attn_context *ctx, bool causal, const attn_tensor *q, const attn_tensor *k,
                      const attn_tensor *v, attn_tensor *out);

@@ -1,4 +1,5 @@
-/* The machine's compute peak, measured, not assumed: register-only loops of
+/* The machine's compute peak and the read-bandwidth probe's loop, measured,
+ * not assumed. Compute: register-only loops of
  * independent multiply-adds on `threads` threads (the bench's thread count).
  *  - f32: vfmadd231ps on zmm (AVX-512F), else on ymm (AVX2+FMA), else
  *    scalar C; 16 × 16 lanes × 2 FLOPs per iteration on zmm.
@@ -76,6 +77,59 @@ static bool has_bf16(void) {
   return (a >> 5) & 1u;
 }
 #endif
+
+#ifdef PROBE_X86
+__attribute__((target("avx512f"))) static uint64_t read_zmm(const uint64_t *p, size_t n) {
+  __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    s0 = _mm512_add_epi64(s0, _mm512_loadu_si512((const void *)(p + i)));
+    s1 = _mm512_add_epi64(s1, _mm512_loadu_si512((const void *)(p + i + 8)));
+    s2 = _mm512_add_epi64(s2, _mm512_loadu_si512((const void *)(p + i + 16)));
+    s3 = _mm512_add_epi64(s3, _mm512_loadu_si512((const void *)(p + i + 24)));
+  }
+  uint64_t t[8], sum = 0;
+  _mm512_storeu_si512((void *)t, _mm512_add_epi64(_mm512_add_epi64(s0, s1), _mm512_add_epi64(s2, s3)));
+  for (int k = 0; k < 8; k++) sum += t[k];
+  for (; i < n; i++) sum += p[i];
+  return sum;
+}
+
+__attribute__((target("avx2"))) static uint64_t read_ymm(const uint64_t *p, size_t n) {
+  __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_add_epi64(s0, _mm256_loadu_si256((const __m256i *)(const void *)(p + i)));
+    s1 = _mm256_add_epi64(s1, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 4)));
+    s2 = _mm256_add_epi64(s2, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 8)));
+    s3 = _mm256_add_epi64(s3, _mm256_loadu_si256((const __m256i *)(const void *)(p + i + 12)));
+  }
+  uint64_t t[4], sum = 0;
+  _mm256_storeu_si256((__m256i *)(void *)t,
+                      _mm256_add_epi64(_mm256_add_epi64(s0, s1), _mm256_add_epi64(s2, s3)));
+  for (int k = 0; k < 4; k++) sum += t[k];
+  for (; i < n; i++) sum += p[i];
+  return sum;
+}
+#endif
+
+uint64_t bench_read_sum(const uint64_t *p, size_t n) {
+#ifdef PROBE_X86
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return read_zmm(p, n);
+  if (__builtin_cpu_supports("avx2")) return read_ymm(p, n);
+#endif
+  uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += p[i];
+    s1 += p[i + 1];
+    s2 += p[i + 2];
+    s3 += p[i + 3];
+  }
+  for (; i < n; i++) s0 += p[i];
+  return s0 + s1 + s2 + s3;
+}
 
 static double loop_scalar(void) {
   float a[8];
