@@ -109,8 +109,9 @@ AVX512 static inline __attribute__((always_inline)) void dots(const float *Q, co
 AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, int64_t R,
                                                                 const void *Kv, int64_t nj,
                                                                 int64_t D, float alpha, float *S,
-                                                                int64_t lds, const int BF) {
-  const char *K = Kv;
+                                                                int64_t lds, const void *Vpf,
+                                                                size_t vrb, const int BF) {
+  const char *K = Kv, *Vp = Vpf;
   const size_t es = BF ? 2 : 4;
   const __m128 va = _mm_set1_ps(alpha);
   __m512 acc[4][4];
@@ -121,7 +122,10 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     float *S0 = S + r * lds, *S1 = S0 + lds, *S2 = S1 + lds, *S3 = S2 + lds;
     int64_t j = 0;
     for (; j + 2 <= nj; j += 2) {
-      if (r == 0) prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(2 * D) * es);
+      if (r == 0) {
+        prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(2 * D) * es);
+        if (Vp != NULL) prefetch_ahead(Vp + (size_t)j * vrb, vrb, 2 * vrb);
+      }
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 4, 2, BF);
       for (int k = 0; k < 2; k++) {
         _mm_storeu_ps(s, _mm_mul_ps(hsum4(acc[0][k], acc[1][k], acc[2][k], acc[3][k]), va));
@@ -145,7 +149,10 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     float *S0 = S + r * lds;
     int64_t j = 0;
     for (; j + 4 <= nj; j += 4) {
-      if (r == 0) prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(4 * D) * es);
+      if (r == 0) {
+        prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(4 * D) * es);
+        if (Vp != NULL) prefetch_ahead(Vp + (size_t)j * vrb, vrb, 4 * vrb);
+      }
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 1, 4, BF);
       _mm_storeu_ps(S0 + j, _mm_mul_ps(hsum4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]), va));
     }
@@ -157,11 +164,13 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
 }
 
 AVX512 void attn_kv_scores_avx512(const float *Q, int64_t R, const void *K, int64_t nj,
-                                  int64_t D, float alpha, float *S, int64_t lds, bool bf16) {
+                                  int64_t D, float alpha, float *S, int64_t lds, const void *V,
+                                  int64_t Dv, bool bf16) {
+  const size_t vrb = (size_t)Dv * (bf16 ? 2 : 4);
   if (bf16)
-    scores(Q, R, K, nj, D, alpha, S, lds, 1);
+    scores(Q, R, K, nj, D, alpha, S, lds, V, vrb, 1);
   else
-    scores(Q, R, K, nj, D, alpha, S, lds, 0);
+    scores(Q, R, K, nj, D, alpha, S, lds, V, vrb, 0);
 }
 
 /* O[r] += Σ_j P[r][j]·V_j for NR ≤ 4 rows, NC·16 columns of O at a time held
@@ -243,8 +252,10 @@ bool attn_kv_simd_available(void) { return __builtin_cpu_supports("avx512f"); }
 #else
 
 void attn_kv_scores_avx512(const float *Q, int64_t R, const void *K, int64_t nj, int64_t D,
-                           float alpha, float *S, int64_t lds, bool bf16) {
-  (void)Q; (void)R; (void)K; (void)nj; (void)D; (void)alpha; (void)S; (void)lds; (void)bf16;
+                           float alpha, float *S, int64_t lds, const void *V, int64_t Dv,
+                           bool bf16) {
+  (void)Q; (void)R; (void)K; (void)nj; (void)D; (void)alpha; (void)S; (void)lds; (void)V;
+  (void)Dv; (void)bf16;
 }
 void attn_kv_values_avx512(const float *P, int64_t R, int64_t lds, const void *V, int64_t nj,
                            int64_t D, float *O, bool bf16) {
