@@ -12,9 +12,12 @@ typedef struct attn_kvq_ops {
   const char *isa;
   /* S[r][j] = alpha·Q[r]·k(p0 + j) for r < R, j < nj: positions of (b, h)
    * (at most one ring wrap), K read as stored (scales, residual). Q [R×Dk]
-   * f32; scratch holds R·(round_up(Dk, 32) + 1) floats. */
+   * f32; scratch holds R·(round_up(Dk, 32) + 1) floats. pfv: also prefetch
+   * the same positions' V rows, which values() reads next (false when only
+   * the scores are wanted). */
   void (*scores)(const attn_kvcache *c, int64_t b, int64_t h, int64_t p0, int64_t nj,
-                 const float *Q, int64_t R, float alpha, float *S, int64_t lds, float *scratch);
+                 const float *Q, int64_t R, float alpha, float *S, int64_t lds, float *scratch,
+                 bool pfv);
   /* O[r] += Σ_j P[r][j]·v(p0 + j) (P row stride lds, O [R×Dv]). */
   void (*values)(const attn_kvcache *c, int64_t b, int64_t h, int64_t p0, int64_t nj,
                  const float *P, int64_t R, int64_t lds, float *O);
