@@ -20,6 +20,13 @@ QTARGET static inline qvf q_zero(void) { return _mm512_setzero_ps(); }
 QTARGET static inline qvf q_set1(float x) { return _mm512_set1_ps(x); }
 QTARGET static inline qvf q_load(const float *p) { return _mm512_loadu_ps(p); }
 QTARGET static inline void q_store(float *p, qvf v) { _mm512_storeu_ps(p, v); }
+/* The first n (0 < n < 16) floats; the rest of the vector zero / untouched. */
+QTARGET static inline qvf q_load_n(const float *p, int64_t n) {
+  return _mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1u), p);
+}
+QTARGET static inline void q_store_n(float *p, qvf v, int64_t n) {
+  _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1u), v);
+}
 QTARGET static inline qvf q_fma(qvf a, qvf b, qvf c) { return _mm512_fmadd_ps(a, b, c); }
 QTARGET static inline qvf q_add(qvf a, qvf b) { return _mm512_add_ps(a, b); }
 QTARGET static inline qvf q_mul(qvf a, qvf b) { return _mm512_mul_ps(a, b); }
@@ -56,6 +63,8 @@ typedef __m256 qvf2;
 #define q_set1 q2_set1
 #define q_load q2_load
 #define q_store q2_store
+#define q_load_n q2_load_n
+#define q_store_n q2_store_n
 #define q_fma q2_fma
 #define q_add q2_add
 #define q_mul q2_mul
@@ -67,6 +76,11 @@ QTARGET static inline qvf q_zero(void) { return _mm256_setzero_ps(); }
 QTARGET static inline qvf q_set1(float x) { return _mm256_set1_ps(x); }
 QTARGET static inline qvf q_load(const float *p) { return _mm256_loadu_ps(p); }
 QTARGET static inline void q_store(float *p, qvf v) { _mm256_storeu_ps(p, v); }
+QTARGET static inline __m256i q2_mask(int64_t n) { /* lanes < n */
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+QTARGET static inline qvf q_load_n(const float *p, int64_t n) { return _mm256_maskload_ps(p, q2_mask(n)); }
+QTARGET static inline void q_store_n(float *p, qvf v, int64_t n) { _mm256_maskstore_ps(p, q2_mask(n), v); }
 QTARGET static inline qvf q_fma(qvf a, qvf b, qvf c) { return _mm256_fmadd_ps(a, b, c); }
 QTARGET static inline qvf q_add(qvf a, qvf b) { return _mm256_add_ps(a, b); }
 QTARGET static inline qvf q_mul(qvf a, qvf b) { return _mm256_mul_ps(a, b); }
