@@ -3,6 +3,7 @@
  * its vector type and a handful of primitives; everything else (segments at
  * ring wraps, K groups and the residual, scale folding) is written once. */
 #include "cache/attend_q.h"
+#include "cache/prefetch.h"
 
 #include <string.h>
 

@@ -5,6 +5,7 @@
  * cache, for all R rows. Chosen at plan time when the CPU has AVX-512F (and
  * $ATTN_CPU does not lower it); the results do not depend on threads. */
 #include "cache/attend_simd.h"
+#include "cache/prefetch.h"
 
 #include <string.h>
 
@@ -53,25 +54,6 @@ AVX512 static inline __m512 row16_mask(const void *row, int64_t x, __mmask16 m, 
     return widen16(tmp);
   }
   return _mm512_maskz_loadu_ps(m, (const float *)row + x);
-}
-
-/* Software prefetch distance, in rows, for the streamed K and V rows. The
- * caches are read once, front to back, from DRAM; the hardware prefetchers
- * restart at every 4 KiB page and know nothing of the next run or tile, so
- * each row is asked for ATTN_KV_PREFETCH rows before it is used (prefetches
- * never fault, so running past the end of a run is harmless). Measured
- * (bench/README.md, issue 19): paged decode of 16 ragged sequences, f32,
- * d 128, went from 66 to 54 ms; 8, 16, 24 and 32 rows were within noise of
- * each other, and an L2-only hint (T1) no better than T0. */
-#ifndef ATTN_KV_PREFETCH
-#define ATTN_KV_PREFETCH 16
-#endif
-
-/* Prefetch bytes from row + ahead·row_bytes (an address computed as an
- * integer: it may lie past the end of the caller's array). */
-AVX512 static inline void prefetch_ahead(const void *row, size_t row_bytes, size_t bytes) {
-  const uintptr_t at = (uintptr_t)row + (uintptr_t)ATTN_KV_PREFETCH * row_bytes;
-  for (size_t o = 0; o < bytes; o += 64) _mm_prefetch((const char *)(at + o), _MM_HINT_T0);
 }
 
 /* Dot products of NR query rows with NK keys at once: NR·NK independent FMA
@@ -123,8 +105,8 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     int64_t j = 0;
     for (; j + 2 <= nj; j += 2) {
       if (r == 0) {
-        prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(2 * D) * es);
-        if (Vp != NULL) prefetch_ahead(Vp + (size_t)j * vrb, vrb, 2 * vrb);
+        attn_kv_prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(2 * D) * es);
+        if (Vp != NULL) attn_kv_prefetch_ahead(Vp + (size_t)j * vrb, vrb, 2 * vrb);
       }
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 4, 2, BF);
       for (int k = 0; k < 2; k++) {
@@ -150,8 +132,8 @@ AVX512 static inline __attribute__((always_inline)) void scores(const float *Q, 
     int64_t j = 0;
     for (; j + 4 <= nj; j += 4) {
       if (r == 0) {
-        prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(4 * D) * es);
-        if (Vp != NULL) prefetch_ahead(Vp + (size_t)j * vrb, vrb, 4 * vrb);
+        attn_kv_prefetch_ahead(K + (size_t)(j * D) * es, (size_t)D * es, (size_t)(4 * D) * es);
+        if (Vp != NULL) attn_kv_prefetch_ahead(Vp + (size_t)j * vrb, vrb, 4 * vrb);
       }
       dots(Q + r * D, K + (size_t)(j * D) * es, D, acc, 1, 4, BF);
       _mm_storeu_ps(S0 + j, _mm_mul_ps(hsum4(acc[0][0], acc[0][1], acc[0][2], acc[0][3]), va));
@@ -194,7 +176,7 @@ AVX512 static inline __attribute__((always_inline)) void values_rows(
       for (int c = 0; c < NC; c++) acc[r][c] = _mm512_maskz_loadu_ps(m[c], O + r * D + x0 + 16 * c);
     for (int64_t j = 0; j < nj; j++) {
       const char *v = (const char *)V + (size_t)(j * D) * es;
-      if (first) prefetch_ahead(v, (size_t)D * es, (size_t)D * es);
+      if (first) attn_kv_prefetch_ahead(v, (size_t)D * es, (size_t)D * es);
       __m512 vv[8];
       for (int c = 0; c < NC; c++)
         vv[c] = m[c] == (__mmask16)0xFFFF ? row16(v, x0 + 16 * c, BF)
