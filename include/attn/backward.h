@@ -27,13 +27,26 @@
  * past a key length and q rows past a query length are never read; their
  * gradients are 0.
  *
+ * Scores with weights differentiate through their projection:
+ *   - GENERAL (s = scale·q W kᵀ): with x = q W, dq = dx Wᵀ and, on request
+ *     (attn_backward_plan_set_general_grad()), dW = Σ_{b,h,i} q_iᵀ dx_i.
+ *   - ADDITIVE (s = vᵀ tanh(W_q q_i + W_k k_j + bias)): with h_ij the tanh
+ *     and t_ij = dS_ij · v ∘ (1 − h_ij²), dq_i = W_qᵀ Σ_j t_ij and
+ *     dk_j = W_kᵀ Σ_i t_ij (summed over a GQA group); on request
+ *     (attn_backward_plan_set_additive_grads()) dW_q = Σ (Σ_j t_ij) q_iᵀ,
+ *     dW_k = Σ (Σ_i t_ij) k_jᵀ, dbias = Σ t_ij, dv = Σ dS_ij h_ij.
+ *   The weight gradients sum over every batch item, head and kept row (query
+ *   rows past a query length and key rows past a key length are not read),
+ *   in a fixed order. Query rows a dense mask removes entirely must be finite
+ *   for dW and dW_q to be (0·NaN is NaN in the sums' GEMMs).
+ *
  * Supported: variants EXACT, LONGFORMER, BIGBIRD and BLOCK_SPARSE (the sparse
- * variants go through the same tile-skipping path), scores SCALED_DOT and
- * DOT, every mask option (causal both alignments, window, key/query lengths,
+ * variants go through the same tile-skipping path), every score (SCALED_DOT,
+ * DOT, GENERAL, ADDITIVE), every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), attention sinks (their lse
  * share is already in the forward's lse; their own gradient with
- * attn_backward_plan_set_sink_grad()), dtypes F32 and F64. Other variants,
- * scores and dtypes, packed variable-length batches and the key-mass output
+ * attn_backward_plan_set_sink_grad()), dtypes F32 and F64. Other variants
+ * and dtypes, packed variable-length batches and the key-mass output
  * give ATTN_ERR_UNSUPPORTED at plan creation.
  *
  * Determinism: dk/dv are accumulated per key block and dq per query row in a
@@ -143,6 +156,44 @@ ATTN_API attn_status attn_backward_execute(attn_backward_plan *plan, const attn_
  *          ATTN_ERR_SHAPE (count ≠ H, "dsinks"). @since 0.2.0 */
 ATTN_API attn_status attn_backward_plan_set_sink_grad(attn_backward_plan *plan, double *dsinks,
                                                       int64_t count);
+
+/** Also compute ∂L/∂general_w (ATTN_SCORE_GENERAL's W) at every execute.
+ *
+ *    dw = Σ_{b, h, i} q_bhiᵀ · (∂L/∂(q W))_bhi          [d_q, d_k]
+ *
+ *  overwritten (not accumulated into), in a fixed order, after dq, dk, dv;
+ *  not written when execute fails.
+ *  @param plan  a backward plan of an ATTN_SCORE_GENERAL forward plan
+ *  @param dw    [d_q, d_k] output in the plan's dtype (last dim contiguous,
+ *               distinct memory for every element), borrowed: the handle
+ *               must stay alive while set; NULL stops computing it
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (plan), ATTN_ERR_INVALID_ARG (the
+ *          forward's score is not GENERAL, "dw"), ATTN_ERR_DTYPE,
+ *          ATTN_ERR_SHAPE, ATTN_ERR_LAYOUT (naming "dw"). On error nothing
+ *          changes. @since 0.2.0 */
+ATTN_API attn_status attn_backward_plan_set_general_grad(attn_backward_plan *plan, attn_tensor *dw);
+
+/** Also compute the additive score's weight gradients at every execute:
+ *  ∂L/∂w_q [A, d_q], ∂L/∂w_k [A, d_k], ∂L/∂bias [A] and ∂L/∂v [A] (the
+ *  formulas are at the top of this header). Overwritten, in a fixed order,
+ *  after dq, dk, dv; not written when execute fails.
+ *  @param plan   a backward plan of an ATTN_SCORE_ADDITIVE forward plan
+ *  @param dw_q   [A, d_q] output (last dim contiguous)
+ *  @param dw_k   [A, d_k] output (last dim contiguous)
+ *  @param dbias  [A] output (any stride), or NULL; only when the forward
+ *                descriptor has a bias
+ *  @param dv     [A] output (any stride)
+ *  All in the plan's dtype, distinct memory for every element, borrowed
+ *  (the handles must stay alive while set). All four NULL stops computing
+ *  them.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (plan; dw_q, dw_k or dv NULL while
+ *          another is given), ATTN_ERR_INVALID_ARG (the forward's score is
+ *          not ADDITIVE, "dw_q"; dbias without a forward bias, "dbias"),
+ *          ATTN_ERR_DTYPE, ATTN_ERR_SHAPE, ATTN_ERR_LAYOUT (naming the
+ *          tensor). On error nothing changes. @since 0.2.0 */
+ATTN_API attn_status attn_backward_plan_set_additive_grads(attn_backward_plan *plan,
+                                                          attn_tensor *dw_q, attn_tensor *dw_k,
+                                                          attn_tensor *dbias, attn_tensor *dv);
 
 /** Bytes of workspace the backward plan holds. 0 for NULL. @since 0.2.0 */
 ATTN_API size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan);

@@ -226,8 +226,8 @@ typedef struct attn_mpi_backward_plan attn_mpi_backward_plan;
  *  dout [B, H, S_r, d_v] (as out), dq [B, H, S_r, d_q], dk [B, H_kv, S_r,
  *  d_k], dv [B, H_kv, S_r, d_v]; dq, dk and dv need distinct memory for
  *  every element. Supported: what ring-mode plans support, with the scores
- *  of attn_backward_plan_create() (SCALED_DOT and DOT; GENERAL and ADDITIVE
- *  fail with ATTN_ERR_UNSUPPORTED on every rank).
+ *  SCALED_DOT and DOT (GENERAL and ADDITIVE, whose weight gradients would
+ *  need a sum over ranks, fail with ATTN_ERR_UNSUPPORTED on every rank).
  *
  *  The backward plan borrows @p forward (its schedule and K/V buffers):
  *  destroy it first, and do not execute the two at the same time. Its

@@ -15,7 +15,21 @@
  * C depends only on the shapes (enough tasks for the pool when B·H_kv is
  * small, partial buffers capped at ATTN_BWD_PART_CAP bytes), so the sums'
  * order never depends on the thread count. Five GEMMs per visited tile,
- * no S_q×S_k buffer, no allocation in execute. */
+ * no S_q×S_k buffer, no allocation in execute.
+ *
+ * Scores with weights run the same passes on projected rows:
+ *  - Luong general (s = scale·q W kᵀ): pass 0 forms X = q W [S_q × d_k] per
+ *    (b, h); pass 2 treats X as the queries and yields dX; pass 4 forms
+ *    dq = dX Wᵀ and (on request) dW = Σ_{b,h} qᵀ dX.
+ *  - Bahdanau additive (s = vᵀ tanh(W_q q + W_k k + bias)): pass 0 forms
+ *    X = q W_qᵀ + bias [S_q × A] and Y = k W_kᵀ [S_k × A]; pass 2 recomputes
+ *    each tile's tanh in chunks (as the forward does) and accumulates
+ *    dX_i += Σ_j t_ij, dY_j += Σ_i t_ij with t_ij = dS_ij·v∘(1 − tanh²), and
+ *    a per-task ∂L/∂v; pass 4 forms dq = dX W_q, dk = dY W_k and (on request)
+ *    dW_q = Σ dXᵀ q, dW_k = Σ dYᵀ k, dbias = Σ dX, dv_a = Σ of the tasks'.
+ *  Every weight-gradient element is summed over (b, head, row) in one fixed
+ *  order by one task, so these too are bitwise identical for any thread
+ *  count. */
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
@@ -36,19 +50,35 @@ enum { BM_Q, BM_K, BM_V, BM_OUT, BM_LSE, BM_DOUT, BM_DQ, BM_DK, BM_DV, BM_DMASK,
 static const char *const bm_names[BM_N] = {"q",    "k",  "v",  "out", "lse",
                                            "dout", "dq", "dk", "dv",  "dmask"};
 
+/* Score-weight gradients (attn_backward_plan_set_general_grad and
+ * attn_backward_plan_set_additive_grads): borrowed tensors, checked when
+ * set (a tensor's shape, strides and data pointer never become invalid). */
+enum { WG_W, WG_WQ = 0, WG_WK, WG_BIAS, WG_V, WG_N };
+
 struct attn_backward_plan {
   attn_context *ctx;
   const attn_plan *fwd;
-  attn_mask mask; /* the forward's resolved mask; executes bind a copy */
+  const attn_exact *ex; /* the forward's kernel state (score weights) */
+  attn_mask mask;       /* the forward's resolved mask; executes bind a copy */
   attn_dims dims;
   double scale;
+  attn_score score;
+  /* Columns of the rows pass 2 multiplies: the queries' (d_q; d_k for
+   * general, A for additive) and the keys' (d_k; A for additive). */
+  int64_t qc, kc;
+  int64_t A, add_kc; /* additive: attention dim, keys per tanh chunk */
+  bool projected;    /* general or additive: pass 2 works on X (and Y) */
   int64_t bq, bk, nqb, nkb, chunks;
   attn_tmeta meta[BM_N];
   struct {
-    size_t S, dP, G, dK, dV, Qz, Kz;
+    size_t S, dP, G, dK, dV, Qz, Kz, X;
   } at;
   size_t slot_bytes;
   size_t D_at, part_at, shared_bytes; /* shared: D [B·H·S_q], partial dq */
+  /* Shared, projected scores: X, dX [B·H·S_q·qc]; additive Y, dY
+   * [B·H_kv·S_k·A], v and bias [2A], the tasks' ∂L/∂v [B·H_kv·C·A]. */
+  size_t X_at, dX_at, Y_at, dY_at, vb_at, dva_at;
+  attn_tensor *wgrad[WG_N]; /* borrowed; NULL: not computed */
   void *workspace;
   size_t workspace_bytes;
   double *dsinks; /* [H] ∂L/∂sinks (attn_backward_plan_set_sink_grad), or NULL */
@@ -107,18 +137,13 @@ static attn_status check_distinct(attn_context *ctx, const char *name, const att
   return ATTN_OK;
 }
 
-#define BWD_NO_SCORE "the forward plan's score has no backward yet (ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT do)"
 static const attn_support bwd_support = {
     "the backward",
-    ATTN_OPT_ALL & ~(ATTN_OPT(ATTN_OPT_SCORE_GENERAL) | ATTN_OPT(ATTN_OPT_SCORE_ADDITIVE) |
-                     ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_MASS)),
-    {[ATTN_OPT_SCORE_GENERAL] = BWD_NO_SCORE,
-     [ATTN_OPT_SCORE_ADDITIVE] = BWD_NO_SCORE,
-     [ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
+    ATTN_OPT_ALL & ~(ATTN_OPT(ATTN_OPT_VARLEN) | ATTN_OPT(ATTN_OPT_MASS)),
+    {[ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
                          "backward yet",
      [ATTN_OPT_MASS] = "the forward plan has a key-mass output, which has no backward"},
     "the backward supports f32 and f64 plans"};
-#undef BWD_NO_SCORE
 
 static bool variant_has_backward(attn_variant v) {
   return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
@@ -173,9 +198,15 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
 
   /* The forward's resolved mask: exact and sparse plans start with attn_exact. */
   const attn_exact *ex = f->impl;
+  bp->ex = ex;
   bp->mask = ex->mask;
   bp->dims = *d;
   bp->scale = f->scale;
+  bp->score = ex->score;
+  bp->A = ex->A;
+  bp->projected = ex->score == ATTN_SCORE_GENERAL || ex->score == ATTN_SCORE_ADDITIVE;
+  bp->qc = ex->score == ATTN_SCORE_GENERAL ? d->Dk : ex->score == ATTN_SCORE_ADDITIVE ? ex->A : d->Dq;
+  bp->kc = ex->score == ATTN_SCORE_ADDITIVE ? ex->A : d->Dk;
   if (ex->mask.sparse != ATTN_SPARSE_NONE) {
     bp->bq = ex->bq; /* layout-aligned tiles skip whole blocks */
     bp->bk = ex->bk;
@@ -193,7 +224,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   const size_t es = attn_dtype_size(d->dtype);
   int64_t bh, rowbytes;
   if (!attn_mul_ok(d->B, d->H, &bh) || !attn_mul_ok(bh, d->Sq, &rowbytes) ||
-      !attn_mul_ok(rowbytes, d->Dq * (int64_t)es, &rowbytes))
+      !attn_mul_ok(rowbytes, bp->qc * (int64_t)es, &rowbytes))
     return attn_fail(ctx, ATTN_ERR_OVERFLOW, "dq: size overflows");
   int64_t C = attn_min64(bp->nkb, attn_cdiv64(ATTN_BWD_TASKS, d->B * d->Hkv));
   while (C > 1 && (C - 1) > ATTN_BWD_PART_CAP / attn_max64(1, rowbytes)) C--;
@@ -203,13 +234,26 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->at.S = attn_carve(&c, es, bp->bq, bp->bk, 1);
   bp->at.dP = attn_carve(&c, es, bp->bq, bp->bk, 1);
   bp->at.G = attn_carve(&c, es, bp->mask.softcap > 0 ? bp->bq : 0, bp->bk, 1);
-  bp->at.dK = attn_carve(&c, es, bp->bk, d->Dk, 1);
+  bp->at.dK = attn_carve(&c, es, bp->bk, bp->kc, 1);
   bp->at.dV = attn_carve(&c, es, bp->bk, d->Dv, 1);
-  bp->at.Qz = attn_carve(&c, es, bp->mask.has_dense ? bp->bq : 0, d->Dq, 1);
-  bp->at.Kz = attn_carve(&c, es, bp->mask.has_dense ? bp->bk : 0, d->Dk, 1);
+  const bool additive = bp->score == ATTN_SCORE_ADDITIVE;
+  const bool zero_dead = bp->mask.has_dense && !additive; /* additive skips dS = 0 itself */
+  bp->at.Qz = attn_carve(&c, es, zero_dead ? bp->bq : 0, bp->qc, 1);
+  bp->at.Kz = attn_carve(&c, es, zero_dead ? bp->bk : 0, bp->kc, 1);
+  /* Additive: one row's tanh over a chunk of keys, kc·A ≤ 16384 elements
+   * (in L2, as the forward's). */
+  bp->add_kc = additive ? attn_max64(1, attn_min64(bp->bk, 16384 / bp->A)) : 0;
+  bp->at.X = attn_carve(&c, es, bp->add_kc, bp->A, 1);
   attn_carver sh = attn_carver_start();
   bp->D_at = attn_carve(&sh, es, bh, d->Sq, 1);
   bp->part_at = attn_carve(&sh, (size_t)rowbytes, bp->chunks - 1, 1, 1);
+  const int64_t nx = bp->projected ? d->Sq : 0, ny = additive ? d->Sk : 0;
+  bp->X_at = attn_carve(&sh, es, bh, nx, bp->qc);
+  bp->dX_at = attn_carve(&sh, es, bh, nx, bp->qc);
+  bp->Y_at = attn_carve(&sh, es, d->B * d->Hkv, ny, bp->A);
+  bp->dY_at = attn_carve(&sh, es, d->B * d->Hkv, ny, bp->A);
+  bp->vb_at = attn_carve(&sh, es, additive ? 2 : 0, bp->A, 1);
+  bp->dva_at = attn_carve(&sh, es, additive ? d->B * d->Hkv : 0, bp->chunks, bp->A);
   int64_t total;
   if (!c.ok || !sh.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total) ||
       !attn_add_ok(total, sh.bytes, &total))
@@ -308,6 +352,70 @@ attn_status attn_backward_plan_set_sink_grad(attn_backward_plan *plan, double *d
   return ATTN_OK;
 }
 
+/* A weight gradient's checks: dtype, rank, shape, rows BLAS can write (rank
+ * 2) and distinct memory for every element. */
+static attn_status check_wgrad(attn_context *ctx, const char *name, const attn_tensor *t,
+                               attn_dtype dtype, int32_t rank, const int64_t *want,
+                               const char *what) {
+  attn_status st = attn_check_tensor(ctx, name, t, rank, dtype);
+  if (st != ATTN_OK) return st;
+  if ((st = attn_check_dims(ctx, name, t, want, what)) != ATTN_OK) return st;
+  if (rank == 2 && (st = attn_check_matrix_rows(ctx, name, t)) != ATTN_OK) return st;
+  return check_distinct(ctx, name, t);
+}
+
+/* Store the weight gradients (all checked first: nothing changes on error). */
+static attn_status set_wgrads(attn_backward_plan *plan, attn_tensor *const *g) {
+  memcpy(plan->wgrad, g, sizeof plan->wgrad);
+  return ATTN_OK;
+}
+
+attn_status attn_backward_plan_set_general_grad(attn_backward_plan *plan, attn_tensor *dw) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  if (plan->score != ATTN_SCORE_GENERAL)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "dw: the forward plan's score is not ATTN_SCORE_GENERAL");
+  attn_tensor *g[WG_N] = {dw, NULL, NULL, NULL};
+  if (dw != NULL) {
+    const int64_t want[2] = {plan->dims.Dq, plan->dims.Dk};
+    attn_status st = check_wgrad(ctx, "dw", dw, plan->dims.dtype, 2, want, "general_w's [d_q, d_k]");
+    if (st != ATTN_OK) return st;
+  }
+  return set_wgrads(plan, g);
+}
+
+attn_status attn_backward_plan_set_additive_grads(attn_backward_plan *plan, attn_tensor *dw_q,
+                                                  attn_tensor *dw_k, attn_tensor *dbias,
+                                                  attn_tensor *dv) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  if (plan->score != ATTN_SCORE_ADDITIVE)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "dw_q: the forward plan's score is not ATTN_SCORE_ADDITIVE");
+  attn_tensor *g[WG_N] = {dw_q, dw_k, dbias, dv};
+  if (dw_q == NULL && dw_k == NULL && dbias == NULL && dv == NULL) return set_wgrads(plan, g);
+  ATTN_CHECK_NULL(ctx, dw_q);
+  ATTN_CHECK_NULL(ctx, dw_k);
+  ATTN_CHECK_NULL(ctx, dv);
+  const attn_exact *ex = plan->ex;
+  if (dbias != NULL && ex->abias == NULL)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "dbias: the forward descriptor's additive score has no bias");
+  const attn_dims *d = &plan->dims;
+  const int64_t wq[2] = {plan->A, d->Dq}, wk[2] = {plan->A, d->Dk}, a1[1] = {plan->A};
+  attn_status st;
+  if ((st = check_wgrad(ctx, "dw_q", dw_q, d->dtype, 2, wq, "w_q's [A, d_q]")) != ATTN_OK ||
+      (st = check_wgrad(ctx, "dw_k", dw_k, d->dtype, 2, wk, "w_k's [A, d_k]")) != ATTN_OK ||
+      (dbias != NULL &&
+       (st = check_wgrad(ctx, "dbias", dbias, d->dtype, 1, a1, "bias's [A]")) != ATTN_OK) ||
+      (st = check_wgrad(ctx, "dv", dv, d->dtype, 1, a1, "v's [A]")) != ATTN_OK)
+    return st;
+  return set_wgrads(plan, g);
+}
+
 attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q,
                                   const attn_tensor *k, const attn_tensor *v,
                                   const attn_tensor *out, const attn_tensor *lse,
@@ -333,6 +441,16 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
                 plan->slot_bytes};
   bwd_args a = {plan, &mask, ws, q, k, v, out, lse, dout, dq, dk, dv, dmask};
   const bool f32 = d->dtype == ATTN_DTYPE_F32;
+  const bool additive = plan->score == ATTN_SCORE_ADDITIVE;
+  if (additive) (f32 ? bwd_additive_prepare_f32 : bwd_additive_prepare_f64)(&a);
+  if (plan->projected &&
+      (st = attn_parallel_for(ctx, d->B * d->H,
+                              f32 ? bwd_project_q_task_f32 : bwd_project_q_task_f64, &a)) != ATTN_OK)
+    return st;
+  if (additive &&
+      (st = attn_parallel_for(ctx, d->B * d->Hkv,
+                              f32 ? bwd_project_k_task_f32 : bwd_project_k_task_f64, &a)) != ATTN_OK)
+    return st;
   if ((st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_rowdot_task_f32 : bwd_rowdot_task_f64,
                               &a)) != ATTN_OK)
     return st;
@@ -343,6 +461,22 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
       (st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_reduce_task_f32 : bwd_reduce_task_f64,
                               &a)) != ATTN_OK)
     return st;
+  if (plan->projected &&
+      (st = attn_parallel_for(ctx, d->B * d->H,
+                              f32 ? bwd_unproject_q_task_f32 : bwd_unproject_q_task_f64, &a)) !=
+          ATTN_OK)
+    return st;
+  if (additive &&
+      (st = attn_parallel_for(ctx, d->B * d->Hkv,
+                              f32 ? bwd_unproject_k_task_f32 : bwd_unproject_k_task_f64, &a)) !=
+          ATTN_OK)
+    return st;
+  if (plan->wgrad[0] != NULL) {
+    const int64_t rows = additive ? plan->A : d->Dq;
+    if ((st = attn_parallel_for(ctx, attn_cdiv64(rows, BWD_WROWS),
+                                f32 ? bwd_wgrad_task_f32 : bwd_wgrad_task_f64, &a)) != ATTN_OK)
+      return st;
+  }
   if (plan->dsinks != NULL) sink_grad(plan, lse, fd->sinks.logits);
   return ATTN_OK;
 }

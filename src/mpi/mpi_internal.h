@@ -95,6 +95,7 @@ struct attn_mpi_plan {
   attn_dtype cdt;         /* compute dtype: lse, accumulators (f32 for bf16 inputs) */
   int64_t S;              /* global length */
   const attn_desc *udesc; /* the caller's descriptor: read during creation only */
+  attn_score score;       /* the descriptor's score kind */
   const int64_t *key_len, *query_len; /* the user's global lengths ([B] or NULL) */
   int64_t *rows;          /* [N] every rank's S_r */
   mpi_seg *segs;          /* [N][2] every rank's runs */

@@ -457,6 +457,7 @@ attn_status attn_mpi_plan_create(attn_context *ctx, MPI_Comm comm, const attn_de
       p->d = d;
       p->cdt = mpi_compute_dtype(d.dtype);
       p->udesc = desc;
+      p->score = desc->score.kind;
       p->layout = c.layout;
       st = compare(p, all, ctx, &c); /* the same verdict everywhere */
     }

@@ -147,6 +147,13 @@ static attn_status setup(attn_mpi_backward_plan *bp) {
   if (r->npieces >= TAG_DKV - TAG_KV)
     return mpi_fail(ctx, ATTN_ERR_OVERFLOW, "k: a K/V block of %zu bytes needs too many messages",
                     r->kv_bytes);
+  /* The single-process backward has the projected scores; the ring has no
+   * way to sum their weight gradients over ranks yet. */
+  const attn_score sk = p->score;
+  if (sk == ATTN_SCORE_GENERAL || sk == ATTN_SCORE_ADDITIVE)
+    return mpi_fail(ctx, ATTN_ERR_UNSUPPORTED,
+                    "forward: the ring backward supports ATTN_SCORE_SCALED_DOT and ATTN_SCORE_DOT "
+                    "(score %d)", (int)sk);
   if (!part_bytes((int64_t)(r->kv_bytes / es), es, &blk) ||
       !attn_mul_ok(d->B * d->H, r->chunk, &e1) || !attn_mul_ok(e1, d->Dq, &e1) ||
       !part_bytes(e1, es, &pdq) || !attn_mul_ok(d->B * d->H, d->Sq, &e2) ||

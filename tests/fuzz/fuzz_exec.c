@@ -7,8 +7,9 @@
  *    below, or anything is NaN where the reference is not;
  *  - a second execute, or the same plan on a 1-thread context, is not
  *    bitwise identical; execute allocates; anything leaks.
- * With lse, a (scaled) dot score, f32/f64 and no key mass the backward (attn/backward.h) runs on
- * the same problem too (with the additive mask's gradient when there is
+ * With lse, f32/f64 and no key mass the backward (attn/backward.h) runs on
+ * the same problem too (every score; the general and additive scores' weight
+ * gradients too, bitwise across thread counts and finite) (with the additive mask's gradient when there is
  * one, and the sink logits' gradient with sinks), and traps when it fails,
  * allocates, is not bitwise identical on one thread, gives a non-finite
  * gradient for finite inputs, or breaks the exact identity
@@ -124,6 +125,14 @@ static double *random_vec(size_t n, uint64_t *s, double mag) {
 
 static size_t esz(attn_dtype dt) {
   return dt == ATTN_DTYPE_F64 ? 8 : dt == ATTN_DTYPE_BF16 || dt == ATTN_DTYPE_F16 ? 2 : 4;
+}
+
+/* The backward's score-weight gradients: general (dw = g[0]) or additive
+ * (dw_q, dw_k, dv, dbias = g[0..3]); neither when g[0] is NULL. */
+static attn_status set_weight_grads(attn_backward_plan *bp, bool general, attn_tensor *const *g) {
+  if (g[0] == NULL) return ATTN_OK;
+  return general ? attn_backward_plan_set_general_grad(bp, g[0])
+                 : attn_backward_plan_set_additive_grads(bp, g[0], g[1], g[3], g[2]);
 }
 
 /* Raw bytes of out, weights, lse for bitwise comparisons. */
@@ -414,8 +423,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   }
 
   /* ---- backward ---- */
-  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && P.mass == 0 &&
-      (P.score == ATTN_SCORE_SCALED_DOT || P.score == ATTN_SCORE_DOT)) {
+  if (tl && (P.dt == ATTN_DTYPE_F32 || P.dt == ATTN_DTYPE_F64) && P.mass == 0) {
     const size_t bnq = (size_t)(P.B * P.H * P.Sq), bnkv = (size_t)(P.B * P.Hkv * P.Sk);
     double *gd = malloc(bnq * (size_t)P.Dv * 8);
     uint64_t s2 = P.seed ^ 0x5bd1e995u;
@@ -427,6 +435,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     int64_t dms[4] = {P.B, P.H, P.Sq, P.Sk};
     attn_tensor *tdm = tam ? tu_tensor(ctx, P.dt, NULL, 4, dms) : NULL;
     attn_tensor *gouts[4] = {tdq, tdk, tdv, tdm};
+    /* The score weights' gradients (general: dw; additive: dw_q, dw_k, dv,
+     * then dbias), compared like dq, dk, dv. */
+    attn_tensor *wg[4] = {NULL, NULL, NULL, NULL};
+    if (tgw) wg[0] = tu_tensor(ctx, P.dt, NULL, 2, gshape);
+    if (twq) {
+      wg[0] = tu_tensor(ctx, P.dt, NULL, 2, wqs);
+      wg[1] = tu_tensor(ctx, P.dt, NULL, 2, wks);
+      wg[2] = tu_tensor(ctx, P.dt, NULL, 1, as1);
+      if (twb) wg[3] = tu_tensor(ctx, P.dt, NULL, 1, as1);
+    }
     attn_plan *fp = NULL, *fp1 = NULL;
     attn_backward_plan *bp = NULL, *bp1 = NULL;
     FZ_CHECK(attn_plan_create(ctx, d, tq, tk, tv, to, tw, tl, &fp) == ATTN_OK, "bwd: forward plan");
@@ -439,20 +457,39 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       FZ_CHECK(attn_backward_plan_set_sink_grad(bp, dsk, P.H) == ATTN_OK, "sink grad: %s",
                attn_context_last_error(ctx));
     fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    for (int t2 = 0; t2 < 4; t2++) fill_nan(wg[t2]);
+    FZ_CHECK(set_weight_grads(bp, tgw != NULL, wg) == ATTN_OK, "weight grads: %s",
+             attn_context_last_error(ctx));
     allocs = g_alloc[ci].count;
     st = attn_backward_execute(bp, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm);
     FZ_CHECK(st == ATTN_OK, "backward: %s", attn_context_last_error(ctx));
     FZ_CHECK(g_alloc[ci].count == allocs, "backward execute allocated");
-    unsigned char *b1 = snapshot(gouts, &n1);
+    attn_tensor *wg3[3] = {wg[3], NULL, NULL};
+    size_t nw1, nw2, nx1, nx2;
+    unsigned char *b1 = snapshot(gouts, &n1), *w1 = snapshot(wg, &nw1), *x1 = snapshot(wg3, &nx1);
     FZ_CHECK(attn_plan_create(g_ctx[0], d, tq, tk, tv, to, tw, tl, &fp1) == ATTN_OK, "bwd: plan ctx0");
     FZ_CHECK(attn_backward_plan_create(fp1, tdo, tdq, tdk, tdv, tdm, &bp1) == ATTN_OK, "bwd: plan1");
+    FZ_CHECK(set_weight_grads(bp1, tgw != NULL, wg) == ATTN_OK, "weight grads 1");
     fill_nan(tdq), fill_nan(tdk), fill_nan(tdv), fill_nan(tdm);
+    for (int t2 = 0; t2 < 4; t2++) fill_nan(wg[t2]);
     FZ_CHECK(attn_backward_execute(bp1, tq, tk, tv, to, tl, tdo, tdq, tdk, tdv, tdm) == ATTN_OK,
              "backward ctx0");
-    unsigned char *b2 = snapshot(gouts, &n2);
+    unsigned char *b2 = snapshot(gouts, &n2), *w2 = snapshot(wg, &nw2), *x2 = snapshot(wg3, &nx2);
     FZ_CHECK(n1 == n2 && memcmp(b1, b2, n1) == 0, "backward: %d threads and 1 thread differ",
              kThreads[ci]);
-    free(b1), free(b2);
+    FZ_CHECK(nw1 == nw2 && memcmp(w1, w2, nw1) == 0 && nx1 == nx2 && memcmp(x1, x2, nx1) == 0,
+             "backward weight gradients: %d threads and 1 thread differ", kThreads[ci]);
+    free(b1), free(b2), free(w1), free(w2), free(x1), free(x2);
+    if (P.mag <= 4)
+      for (int t2 = 0; t2 < 4; t2++) {
+        if (!wg[t2]) continue;
+        const size_t m = (size_t)attn_tensor_numel(wg[t2]);
+        double *tmp = malloc(m * sizeof *tmp);
+        tu_read(wg[t2], tmp);
+        for (size_t e = 0; e < m; e++)
+          FZ_CHECK(isfinite(tmp[e]), "weight gradient %d [%zu] = %g", t2, e, tmp[e]);
+        free(tmp);
+      }
     /* Finite inputs, finite gradients; Σ_j dv_j = Σ_{i kept} dout_i. */
     double *gv = malloc(bnkv * (size_t)P.Dv * 8), *gq = malloc(bnq * (size_t)P.Dq * 8);
     double *gk = malloc(bnkv * (size_t)P.Dk * 8);
@@ -504,7 +541,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     attn_backward_plan_destroy(bp1);
     attn_plan_destroy(fp);
     attn_plan_destroy(fp1);
-    for (int t2 = 0; t2 < 4; t2++) tu_tensor_free(gouts[t2]);
+    for (int t2 = 0; t2 < 4; t2++) tu_tensor_free(gouts[t2]), tu_tensor_free(wg[t2]);
     tu_tensor_free(tdo);
   }
 

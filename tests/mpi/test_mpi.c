@@ -571,6 +571,25 @@ static void bwd_faults(void) {
   expect_all("backward_without_lse", f.ctx, s, ATTN_ERR_INVALID_ARG, "lse");
   attn_mpi_plan_destroy(plan), plan = NULL;
 
+  /* A projected score: the ring cannot sum weight gradients over ranks. */
+  attn_desc *gd = NULL;
+  attn_tensor *gw = NULL;
+  const int64_t gws[2] = {8, 8};
+  attn_desc_create(f.ctx, &gd);
+  attn_tensor_create(f.ctx, ATTN_DTYPE_F32, 2, gws, &gw);
+  memset(attn_tensor_data(gw), 0, tbytes(gw));
+  attn_desc_set_score(gd, ATTN_SCORE_GENERAL);
+  attn_desc_set_general_weight(gd, gw);
+  s = attn_mpi_plan_create(f.ctx, MPI_COMM_WORLD, gd, &cfg, f.q, f.k, f.v, f.out, lse, &plan);
+  CHECK(s == ATTN_OK, "general ring plan: %s", attn_context_last_error(f.ctx));
+  if (s == ATTN_OK) {
+    s = attn_mpi_backward_plan_create(plan, dout, dq, dk, dv, &bp);
+    expect_all("backward_of_general_score", f.ctx, s, ATTN_ERR_UNSUPPORTED, "ring backward");
+    attn_mpi_plan_destroy(plan), plan = NULL;
+  }
+  attn_tensor_destroy(gw);
+  attn_desc_destroy(gd);
+
   s = attn_mpi_plan_create(f.ctx, MPI_COMM_WORLD, f.desc, &cfg, f.q, f.k, f.v, f.out, lse, &plan);
   CHECK(s == ATTN_OK, "ring plan: %s", attn_context_last_error(f.ctx));
   /* The last rank's dq has one row less than its shard. */

@@ -3,8 +3,9 @@
  *  - f64 gradients against central finite differences of the loss
  *    L = Σ dout ∘ out, for every mask kind (causal both alignments incl.
  *    S_q > S_k, window, key/query lengths, bool and additive masks with dead
- *    rows, the additive mask's own gradient, ALiBi, softcap), both scores,
- *    GQA/MQA, [B,S,H,D] strides, the sparse variants; each with the default
+ *    rows, the additive mask's own gradient, ALiBi, softcap), every score
+ *    (scaled dot, dot, Luong general with dW, Bahdanau additive with dW_q,
+ *    dW_k, dbias, dv), GQA/MQA, [B,S,H,D] strides, the sparse variants; each with the default
  *    tiles and with tiny tiles (tile edges, skipped tiles, several key chunks).
  *    Normwise relative error ≤ 1e-6.
  *  - f32 against the f64 gradients.
@@ -33,7 +34,13 @@ typedef struct bcase {
   int score;
   double scale; /* 0 = default */
   int64_t block; /* sparse */
+  int64_t Dq;    /* 0 = D (general and additive scores may differ) */
+  int64_t A;     /* additive: attention dim */
+  bool abias;    /* additive: with a bias */
 } bcase;
+
+/* Score-weight tensors and their gradients, in this order. */
+enum { SW_GW, SW_WQ, SW_WK, SW_BIAS, SW_V, SW_N };
 
 /* Everything one case needs: tensors (data in the tensors' own memory). */
 typedef struct bsetup {
@@ -42,6 +49,7 @@ typedef struct bsetup {
   attn_context *ctx;
   attn_desc *desc;
   attn_tensor *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv, *bm, *am, *dm, *layout;
+  attn_tensor *w[SW_N], *dw[SW_N]; /* score weights and their gradients, or NULL */
   int64_t klen[4], qlen[4];
   double slopes[8];
   double sinks[8], dsinks[8]; /* sink logits (one head −inf) and their gradient */
@@ -54,6 +62,10 @@ static void poison_free(bsetup *s) {
   attn_tensor *ts[] = {s->q,  s->k,  s->v,  s->out, s->lse, s->dout, s->dq,
                        s->dk, s->dv, s->bm, s->am,  s->dm,  s->layout};
   for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) tu_tensor_free(ts[i]);
+  for (int i = 0; i < SW_N; i++) {
+    tu_tensor_free(s->w[i]);
+    tu_tensor_free(s->dw[i]);
+  }
   attn_desc_destroy(s->desc);
   attn_context_destroy(s->ctx);
   memset(s, 0, sizeof *s);
@@ -74,16 +86,17 @@ static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads
   attn_desc *d = s->desc;
   uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)(c->Sq * 131 + c->Sk * 7 + c->H);
   const int64_t B = c->B, H = c->H, Hkv = c->Hkv, Sq = c->Sq, Sk = c->Sk, D = c->D, Dv = c->Dv;
-  double *q = randv((size_t)(B * H * Sq * D), &seed, -1, 1);
+  const int64_t Dq = c->Dq ? c->Dq : D;
+  double *q = randv((size_t)(B * H * Sq * Dq), &seed, -1, 1);
   double *k = randv((size_t)(B * Hkv * Sk * D), &seed, -1, 1);
   double *v = randv((size_t)(B * Hkv * Sk * Dv), &seed, -1, 1);
   double *go = randv((size_t)(B * H * Sq * Dv), &seed, -1, 1);
-  s->q = tu_tensor4(s->ctx, dt, q, B, H, Sq, D, c->bshd);
+  s->q = tu_tensor4(s->ctx, dt, q, B, H, Sq, Dq, c->bshd);
   s->k = tu_tensor4(s->ctx, dt, k, B, Hkv, Sk, D, c->bshd);
   s->v = tu_tensor4(s->ctx, dt, v, B, Hkv, Sk, Dv, c->bshd);
   s->dout = tu_tensor4(s->ctx, dt, go, B, H, Sq, Dv, c->bshd);
   s->out = tu_tensor4(s->ctx, dt, NULL, B, H, Sq, Dv, c->bshd);
-  s->dq = tu_tensor4(s->ctx, dt, NULL, B, H, Sq, D, c->bshd);
+  s->dq = tu_tensor4(s->ctx, dt, NULL, B, H, Sq, Dq, c->bshd);
   s->dk = tu_tensor4(s->ctx, dt, NULL, B, Hkv, Sk, D, c->bshd);
   s->dv = tu_tensor4(s->ctx, dt, NULL, B, Hkv, Sk, Dv, c->bshd);
   const int64_t lshape[3] = {B, H, Sq};
@@ -95,6 +108,29 @@ static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads
 
   assert_int_equal(attn_desc_set_variant(d, c->variant), ATTN_OK);
   assert_int_equal(attn_desc_set_score(d, (attn_score)c->score), ATTN_OK);
+  if (c->score == ATTN_SCORE_GENERAL) {
+    const int64_t sh[2] = {Dq, D};
+    double *w = randv((size_t)(Dq * D), &seed, -1, 1);
+    s->w[SW_GW] = tu_tensor(s->ctx, dt, w, 2, sh);
+    s->dw[SW_GW] = tu_tensor(s->ctx, dt, NULL, 2, sh);
+    free(w);
+    assert_int_equal(attn_desc_set_general_weight(d, s->w[SW_GW]), ATTN_OK);
+  }
+  if (c->score == ATTN_SCORE_ADDITIVE) {
+    const int64_t A = c->A;
+    const int64_t shape[SW_N][2] = {{0, 0}, {A, Dq}, {A, D}, {A, 1}, {A, 1}};
+    for (int i = SW_WQ; i < SW_N; i++) {
+      if (i == SW_BIAS && !c->abias) continue;
+      const int32_t rank = i < SW_BIAS ? 2 : 1;
+      double *w = randv((size_t)(shape[i][0] * shape[i][1]), &seed, -1, 1);
+      s->w[i] = tu_tensor(s->ctx, dt, w, rank, shape[i]);
+      s->dw[i] = tu_tensor(s->ctx, dt, NULL, rank, shape[i]);
+      free(w);
+    }
+    assert_int_equal(attn_desc_set_additive_weights(d, s->w[SW_WQ], s->w[SW_WK], s->w[SW_BIAS],
+                                                    s->w[SW_V]),
+                     ATTN_OK);
+  }
   if (c->scale > 0) assert_int_equal(attn_desc_set_scale(d, c->scale), ATTN_OK);
   assert_int_equal(attn_desc_set_causal(d, (attn_causal)c->causal), ATTN_OK);
   if (c->left >= 0 || c->right >= 0)
@@ -220,6 +256,12 @@ static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
                                                    tq, tk, &bp);
   if (st != ATTN_OK)
     fail_msg("%s: backward plan: %s", s->c->name, attn_context_last_error(s->ctx));
+  if (s->c->score == ATTN_SCORE_GENERAL)
+    assert_int_equal(attn_backward_plan_set_general_grad(bp, s->dw[SW_GW]), ATTN_OK);
+  if (s->c->score == ATTN_SCORE_ADDITIVE)
+    assert_int_equal(attn_backward_plan_set_additive_grads(bp, s->dw[SW_WQ], s->dw[SW_WK],
+                                                           s->dw[SW_BIAS], s->dw[SW_V]),
+                     ATTN_OK);
   if (s->c->sinks) {
     for (int64_t h = 0; h < s->c->H; h++) s->dsinks[h] = NAN;
     assert_int_equal(attn_backward_plan_set_sink_grad(bp, s->dsinks, s->c->H), ATTN_OK);
@@ -229,6 +271,26 @@ static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
                              s->dm);
   if (st != ATTN_OK) fail_msg("%s: backward: %s", s->c->name, attn_context_last_error(s->ctx));
   attn_backward_plan_destroy(bp);
+}
+
+/* The case's inputs with a gradient, their gradients and names (NULL
+ * where the case has none); returns the count. */
+#define NGRAD (4 + SW_N)
+static int grads_of(const bsetup *s, const attn_tensor **in, const attn_tensor **g,
+                    const char **names) {
+  static const char *const nm[NGRAD] = {"dq", "dk", "dv", "dmask", "dw", "dw_q", "dw_k", "dbias", "dv_a"};
+  const attn_tensor *x[NGRAD] = {s->q, s->k, s->v, s->am};
+  const attn_tensor *y[NGRAD] = {s->dq, s->dk, s->dv, s->dm};
+  for (int i = 0; i < SW_N; i++) {
+    x[4 + i] = s->w[i];
+    y[4 + i] = s->dw[i];
+  }
+  for (int i = 0; i < NGRAD; i++) {
+    if (in) in[i] = x[i];
+    g[i] = y[i];
+    if (names) names[i] = nm[i];
+  }
+  return NGRAD;
 }
 
 /* Normwise relative error of got against want; NaN anywhere fails. */
@@ -281,16 +343,36 @@ static const bcase cases[] = {
      ATTN_CAUSAL_BOTTOM_RIGHT, 3, -1, .klen = true, .qlen = true, .sinks = true, .softcap = 1.7},
     {"sinks_longformer", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, 0, 2, 2, .block = 4,
      .sinks = true},
+    /* Luong general: d_q ≠ d_k, dW. */
+    {"general", ATTN_VARIANT_EXACT, 2, 2, 2, 7, 9, 4, 3, 0, -1, -1, .score = ATTN_SCORE_GENERAL,
+     .Dq = 5},
+    {"general_gqa_masks", ATTN_VARIANT_EXACT, 2, 4, 2, 8, 9, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, -1,
+     -1, .klen = true, .qlen = true, .amask = true, .dmask = true, .softcap = 1.5, .scale = 0.6,
+     .score = ATTN_SCORE_GENERAL, .Dq = 3},
+    {"general_bool_mask_bshd", ATTN_VARIANT_EXACT, 2, 2, 2, 8, 9, 4, 4, 0, -1, -1, .bmask = true,
+     .alibi = true, .bshd = true, .score = ATTN_SCORE_GENERAL, .Dq = 6},
+    /* Bahdanau additive: dW_q, dW_k, dbias, dv. */
+    {"additive", ATTN_VARIANT_EXACT, 2, 2, 2, 7, 9, 4, 3, 0, -1, -1, .score = ATTN_SCORE_ADDITIVE,
+     .A = 5, .abias = true, .Dq = 3},
+    {"additive_gqa_masks", ATTN_VARIANT_EXACT, 2, 4, 2, 8, 9, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, 4,
+     -1, .klen = true, .qlen = true, .alibi = true, .softcap = 1.2,
+     .score = ATTN_SCORE_ADDITIVE, .A = 6},
+    {"additive_dense_masks", ATTN_VARIANT_EXACT, 1, 2, 1, 8, 9, 4, 4, 0, -1, -1, .bmask = true,
+     .amask = true, .dmask = true, .score = ATTN_SCORE_ADDITIVE, .A = 4, .abias = true},
+    {"additive_block_sparse", ATTN_VARIANT_BLOCK_SPARSE, 1, 2, 2, 12, 12, 4, 4, 0, -1, -1,
+     .block = 3, .score = ATTN_SCORE_ADDITIVE, .A = 5, .abias = true},
+    {"general_longformer", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, 0, 2, 2, .block = 4,
+     .score = ATTN_SCORE_GENERAL, .Dq = 4},
 };
 
 static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
   bsetup s;
   setup_case(&s, c, ATTN_DTYPE_F64, 2);
   run_backward(&s, tq, tk);
-  const attn_tensor *inputs[4] = {s.q, s.k, s.v, s.am};
-  const attn_tensor *grads[4] = {s.dq, s.dk, s.dv, s.dm};
-  const char *names[4] = {"dq", "dk", "dv", "dmask"};
-  for (int i = 0; i < 4; i++) {
+  const attn_tensor *inputs[NGRAD], *grads[NGRAD];
+  const char *names[NGRAD];
+  const int ng = grads_of(&s, inputs, grads, names);
+  for (int i = 0; i < ng; i++) {
     if (grads[i] == NULL) continue;
     double *g = read_all(grads[i]);
     double *fd = finite_diff(&s, inputs[i]);
@@ -344,9 +426,10 @@ static void test_f32_vs_f64(void **state) {
     setup_case(&s32, &cases[i], ATTN_DTYPE_F32, 3);
     run_backward(&s64, 0, 0);
     run_backward(&s32, 2, 3);
-    const attn_tensor *g64[4] = {s64.dq, s64.dk, s64.dv, s64.dm};
-    const attn_tensor *g32[4] = {s32.dq, s32.dk, s32.dv, s32.dm};
-    for (int t = 0; t < 4; t++) {
+    const attn_tensor *g64[NGRAD], *g32[NGRAD];
+    const int ng = grads_of(&s64, NULL, g64, NULL);
+    grads_of(&s32, NULL, g32, NULL);
+    for (int t = 0; t < ng; t++) {
       if (g64[t] == NULL) continue;
       double *a = read_all(g32[t]), *b = read_all(g64[t]);
       const double e = rel_err(a, b, (size_t)attn_tensor_numel(g64[t]));
@@ -374,15 +457,21 @@ static void test_threads_bitwise(void **state) {
       {"threads_gqa_masks", ATTN_VARIANT_EXACT, 2, 4, 2, 150, 170, 16, 16, ATTN_CAUSAL_TOP_LEFT,
        -1, -1, .klen = true, .amask = true, .dmask = true, .alibi = true, .softcap = 3.0},
       {"threads_one_head", ATTN_VARIANT_EXACT, 1, 1, 1, 200, 230, 8, 8, 0, -1, -1, .bmask = true},
+      {"threads_general", ATTN_VARIANT_EXACT, 1, 4, 2, 130, 150, 8, 8, ATTN_CAUSAL_BOTTOM_RIGHT,
+       -1, -1, .klen = true, .qlen = true, .score = ATTN_SCORE_GENERAL, .Dq = 20},
+      {"threads_additive", ATTN_VARIANT_EXACT, 1, 2, 1, 110, 120, 8, 8, ATTN_CAUSAL_TOP_LEFT, -1,
+       -1, .klen = true, .bmask = true, .softcap = 2.0, .score = ATTN_SCORE_ADDITIVE, .A = 24,
+       .abias = true, .Dq = 6},
   };
   for (size_t i = 0; i < sizeof tc / sizeof tc[0]; i++) {
-    unsigned char *ref[4] = {NULL};
+    unsigned char *ref[NGRAD] = {NULL};
     for (int32_t th = 1; th <= 4; th++) {
       bsetup s;
       setup_case(&s, &tc[i], ATTN_DTYPE_F32, th);
       run_backward(&s, 32, 24);
-      const attn_tensor *g[4] = {s.dq, s.dk, s.dv, s.dm};
-      for (int t = 0; t < 4; t++) {
+      const attn_tensor *g[NGRAD];
+      const int ng = grads_of(&s, NULL, g, NULL);
+      for (int t = 0; t < ng; t++) {
         if (g[t] == NULL) continue;
         unsigned char *x = raw_copy(g[t]);
         const size_t n = (size_t)attn_tensor_numel(g[t]) * 4;
@@ -396,7 +485,7 @@ static void test_threads_bitwise(void **state) {
       }
       poison_free(&s);
     }
-    for (int t = 0; t < 4; t++) free(ref[t]);
+    for (int t = 0; t < NGRAD; t++) free(ref[t]);
   }
 }
 
@@ -668,12 +757,145 @@ static void test_bad_input(void **state) {
   poison_free(&s);
 }
 
+/* Scores with weights: NaN in q rows past the query length and k/v rows
+ * past the key length reach no gradient, the weights' included. */
+static void test_poison_weights(void **state) {
+  (void)state;
+  const bcase cs[] = {
+      {"poison_general", ATTN_VARIANT_EXACT, 2, 2, 1, 9, 11, 4, 4, 0, -1, -1, .klen = true,
+       .qlen = true, .score = ATTN_SCORE_GENERAL, .Dq = 5},
+      {"poison_additive", ATTN_VARIANT_EXACT, 2, 2, 1, 9, 11, 4, 4, ATTN_CAUSAL_BOTTOM_RIGHT, -1,
+       -1, .klen = true, .qlen = true, .score = ATTN_SCORE_ADDITIVE, .A = 6, .abias = true,
+       .Dq = 5},
+  };
+  for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+    const bcase *c = &cs[ci];
+    const int64_t Dq = c->Dq;
+    bsetup clean, dirty;
+    setup_case(&clean, c, ATTN_DTYPE_F64, 2);
+    setup_case(&dirty, c, ATTN_DTYPE_F64, 2);
+    double *qd = attn_tensor_data(dirty.q), *kd = attn_tensor_data(dirty.k);
+    double *vd = attn_tensor_data(dirty.v);
+    for (int64_t b = 0; b < c->B; b++) {
+      for (int64_t h = 0; h < c->H; h++)
+        for (int64_t i = dirty.qlen[b]; i < c->Sq; i++)
+          for (int64_t x = 0; x < Dq; x++) qd[((b * c->H + h) * c->Sq + i) * Dq + x] = NAN;
+      for (int64_t h = 0; h < c->Hkv; h++)
+        for (int64_t j = dirty.klen[b]; j < c->Sk; j++)
+          for (int64_t x = 0; x < c->D; x++) {
+            kd[((b * c->Hkv + h) * c->Sk + j) * c->D + x] = NAN;
+            vd[((b * c->Hkv + h) * c->Sk + j) * c->Dv + x] = NAN;
+          }
+    }
+    run_backward(&clean, 2, 3);
+    run_backward(&dirty, 2, 3);
+    const attn_tensor *gc[NGRAD], *gd[NGRAD];
+    const char *names[NGRAD];
+    const int ng = grads_of(&clean, NULL, gc, names);
+    grads_of(&dirty, NULL, gd, NULL);
+    for (int g = 0; g < ng; g++) {
+      if (gc[g] == NULL) continue;
+      const size_t n = (size_t)attn_tensor_numel(gc[g]);
+      double *a = read_all(gc[g]), *b = read_all(gd[g]);
+      for (size_t x = 0; x < n; x++)
+        if (!(a[x] == b[x]))
+          fail_msg("%s: %s element %zu: %g vs clean %g", c->name, names[g], x, b[x], a[x]);
+      free(a);
+      free(b);
+    }
+    poison_free(&clean);
+    poison_free(&dirty);
+  }
+}
+
+/* The weight-gradient setters' bad input: a status naming the tensor,
+ * nothing set; unsetting and setting again. */
+static void test_score_grad_bad_input(void **state) {
+  (void)state;
+  const bcase cg = {"gbad", ATTN_VARIANT_EXACT, 1, 2, 2, 5, 6, 4, 4, 0, -1, -1,
+                    .score = ATTN_SCORE_GENERAL, .Dq = 3};
+  const bcase ca = {"abad", ATTN_VARIANT_EXACT, 1, 2, 2, 5, 6, 4, 4, 0, -1, -1,
+                    .score = ATTN_SCORE_ADDITIVE, .A = 3};
+  bsetup g, a;
+  setup_case(&g, &cg, ATTN_DTYPE_F64, 1);
+  setup_case(&a, &ca, ATTN_DTYPE_F64, 1);
+  attn_backward_plan *bg = NULL, *ba = NULL;
+  assert_int_equal(attn_backward_plan_create(g.fwd, g.dout, g.dq, g.dk, g.dv, NULL, &bg), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(a.fwd, a.dout, a.dq, a.dk, a.dv, NULL, &ba), ATTN_OK);
+  attn_tensor **w = a.dw;
+  assert_int_equal(attn_backward_plan_set_general_grad(NULL, g.dw[SW_GW]), ATTN_ERR_NULL_ARG);
+  assert_int_equal(attn_backward_plan_set_additive_grads(NULL, w[SW_WQ], w[SW_WK], NULL, w[SW_V]),
+                   ATTN_ERR_NULL_ARG);
+  /* The other score's setter. */
+  assert_int_equal(attn_backward_plan_set_additive_grads(bg, w[SW_WQ], w[SW_WK], NULL, w[SW_V]),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(g.ctx), "dw_q"));
+  assert_int_equal(attn_backward_plan_set_general_grad(ba, g.dw[SW_GW]), ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(a.ctx), "dw"));
+  /* Shapes (dW is [d_q, d_k] = [3, 4]) and dtype. */
+  const int64_t sh43[2] = {4, 3};
+  attn_tensor *t43 = tu_tensor(g.ctx, ATTN_DTYPE_F64, NULL, 2, sh43);
+  assert_int_equal(attn_backward_plan_set_general_grad(bg, t43), ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(g.ctx), "dw"));
+  const int64_t sh[2] = {3, 4};
+  attn_tensor *f32 = tu_tensor(g.ctx, ATTN_DTYPE_F32, NULL, 2, sh);
+  assert_int_equal(attn_backward_plan_set_general_grad(bg, f32), ATTN_ERR_DTYPE);
+  assert_int_equal(attn_backward_plan_set_additive_grads(ba, t43, w[SW_WK], NULL, w[SW_V]),
+                   ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(a.ctx), "dw_q"));
+  assert_int_equal(attn_backward_plan_set_additive_grads(ba, w[SW_WQ], NULL, NULL, w[SW_V]),
+                   ATTN_ERR_NULL_ARG);
+  assert_non_null(strstr(attn_context_last_error(a.ctx), "dw_k"));
+  /* dbias with no bias in the forward; v's gradient of the wrong length. */
+  assert_int_equal(attn_backward_plan_set_additive_grads(ba, w[SW_WQ], w[SW_WK], w[SW_V], w[SW_V]),
+                   ATTN_ERR_INVALID_ARG);
+  assert_non_null(strstr(attn_context_last_error(a.ctx), "dbias"));
+  const int64_t sh4[1] = {4};
+  attn_tensor *v4 = tu_tensor(a.ctx, ATTN_DTYPE_F64, NULL, 1, sh4);
+  assert_int_equal(attn_backward_plan_set_additive_grads(ba, w[SW_WQ], w[SW_WK], NULL, v4),
+                   ATTN_ERR_SHAPE);
+  assert_non_null(strstr(attn_context_last_error(a.ctx), "dv"));
+  /* Overlapping elements (stride 0). */
+  double mem[16];
+  const int64_t st0[1] = {0};
+  const int64_t sh3[1] = {3};
+  attn_tensor *bc = NULL;
+  assert_int_equal(attn_tensor_wrap(a.ctx, ATTN_DTYPE_F64, 1, sh3, st0, mem, &bc), ATTN_OK);
+  assert_int_equal(attn_backward_plan_set_additive_grads(ba, w[SW_WQ], w[SW_WK], NULL, bc),
+                   ATTN_ERR_LAYOUT);
+  /* Set, then unset (NULL): execute runs without it; set again, it is written. */
+  assert_int_equal(attn_backward_plan_set_general_grad(bg, g.dw[SW_GW]), ATTN_OK);
+  assert_int_equal(attn_plan_execute(g.fwd, g.q, g.k, g.v, g.out, NULL, g.lse), ATTN_OK);
+  fill(g.dq, 7.0);
+  fill(g.dw[SW_GW], 7.0);
+  assert_int_equal(attn_backward_plan_set_general_grad(bg, NULL), ATTN_OK);
+  assert_int_equal(attn_backward_execute(bg, g.q, g.k, g.v, g.out, g.lse, g.dout, g.dq, g.dk,
+                                         g.dv, NULL),
+                   ATTN_OK);
+  assert_true(all_equal(g.dw[SW_GW], 7.0));
+  assert_false(all_equal(g.dq, 7.0));
+  assert_int_equal(attn_backward_plan_set_general_grad(bg, g.dw[SW_GW]), ATTN_OK);
+  assert_int_equal(attn_backward_execute(bg, g.q, g.k, g.v, g.out, g.lse, g.dout, g.dq, g.dk,
+                                         g.dv, NULL),
+                   ATTN_OK);
+  assert_false(all_equal(g.dw[SW_GW], 7.0));
+  attn_tensor_destroy(bc);
+  tu_tensor_free(f32);
+  tu_tensor_free(v4);
+  tu_tensor_free(t43);
+  attn_backward_plan_destroy(bg);
+  attn_backward_plan_destroy(ba);
+  poison_free(&g);
+  poison_free(&a);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_finite_differences), cmocka_unit_test(test_f32_vs_f64),
       cmocka_unit_test(test_threads_bitwise),    cmocka_unit_test(test_poison),
       cmocka_unit_test(test_no_alloc_in_execute), cmocka_unit_test(test_bad_input),
-      cmocka_unit_test(test_sink_grad_bad_input),
+      cmocka_unit_test(test_sink_grad_bad_input), cmocka_unit_test(test_poison_weights),
+      cmocka_unit_test(test_score_grad_bad_input),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

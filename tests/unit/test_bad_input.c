@@ -337,6 +337,42 @@ static attn_status BE(fx *f, int which, attn_tensor *t, bool replace) {
   return st;
 }
 
+/* The weight-gradient setters on a backward plan of a general (score 2) or
+ * additive (score 3, A = 4, no bias) forward of the fixture's tensors, with
+ * one gradient replaced (which: 0 dw or dw_q, 1 dw_k, 2 dbias, 3 dv). */
+static attn_status BW(fx *f, int score, int which, attn_tensor *t) {
+  const attn_dtype F = ATTN_DTYPE_F32;
+  must(attn_desc_set_score(f->desc, (attn_score)score));
+  if (score == ATTN_SCORE_GENERAL)
+    must(attn_desc_set_general_weight(f->desc, T(f, F, 2, D_, D_, 0, 0)));
+  else
+    must(attn_desc_set_additive_weights(f->desc, T(f, F, 2, 4, D_, 0, 0), T(f, F, 2, 4, D_, 0, 0),
+                                        NULL, T(f, F, 1, 4, 0, 0, 0)));
+  attn_plan *p = NULL;
+  attn_backward_plan *bp = NULL;
+  must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  must(attn_backward_plan_create(p, GQ(f), GQ(f), GK(f), GK(f), NULL, &bp));
+  attn_tensor *g[4] = {T(f, F, 2, 4, D_, 0, 0), T(f, F, 2, 4, D_, 0, 0), NULL,
+                       T(f, F, 1, 4, 0, 0, 0)};
+  if (score == ATTN_SCORE_GENERAL) g[0] = T(f, F, 2, D_, D_, 0, 0);
+  g[which] = t;
+  attn_status st = score == ATTN_SCORE_GENERAL
+                       ? attn_backward_plan_set_general_grad(bp, g[0])
+                       : attn_backward_plan_set_additive_grads(bp, g[0], g[1], g[2], g[3]);
+  attn_backward_plan_destroy(bp);
+  attn_plan_destroy(p);
+  return st;
+}
+
+/* attn_backward_plan_set_general_grad on the fixture's (scaled-dot) plan. */
+static attn_status BW_dot(fx *f) {
+  attn_backward_plan *bp = NULL;
+  must(attn_backward_plan_create(f->plan, GQ(f), GQ(f), GK(f), GK(f), NULL, &bp));
+  attn_status st = attn_backward_plan_set_general_grad(bp, T(f, ATTN_DTYPE_F32, 2, D_, D_, 0, 0));
+  attn_backward_plan_destroy(bp);
+  return st;
+}
+
 /* Key lengths valid at plan time, changed past S_k before the backward runs. */
 static attn_status BE_lengths_changed(fx *f) {
   must(attn_desc_set_key_lengths(f->desc, f->len2, 2));
@@ -958,9 +994,18 @@ static attn_status kv_keep(fx *f, attn_kvcache_storage st) {
   X(backward_linformer_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                              \
     (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                               \
      must(attn_desc_set_lowrank(f->desc, 3, 1)), BP_desc(f)))                                     \
-  X(backward_general_score_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                          \
-    (must(attn_desc_set_score(f->desc, ATTN_SCORE_GENERAL)),                                     \
-     must(attn_desc_set_general_weight(f->desc, T(f, F32, 2, D_, D_, 0, 0))), BP_desc(f)))       \
+  X(backward_general_grad_of_dot_score, ATTN_ERR_INVALID_ARG, "dw", BW_dot(f))                    \
+  X(backward_general_grad_shape, ATTN_ERR_SHAPE, "dw",                                            \
+    BW(f, ATTN_SCORE_GENERAL, 0, T(f, F32, 2, D_, D_ + 1, 0, 0)))                                \
+  X(backward_general_grad_dtype, ATTN_ERR_DTYPE, "dw",                                            \
+    BW(f, ATTN_SCORE_GENERAL, 0, T(f, F64, 2, D_, D_, 0, 0)))                                     \
+  X(backward_additive_grads_dw_k_null, ATTN_ERR_NULL_ARG, "dw_k", BW(f, ATTN_SCORE_ADDITIVE, 1, NULL)) \
+  X(backward_additive_grads_dw_q_shape, ATTN_ERR_SHAPE, "dw_q",                                   \
+    BW(f, ATTN_SCORE_ADDITIVE, 0, T(f, F32, 2, 5, D_, 0, 0)))                                     \
+  X(backward_additive_grads_dbias_without_bias, ATTN_ERR_INVALID_ARG, "dbias",                    \
+    BW(f, ATTN_SCORE_ADDITIVE, 2, T(f, F32, 1, 4, 0, 0, 0)))                                      \
+  X(backward_additive_grads_dv_rank, ATTN_ERR_SHAPE, "dv",                                        \
+    BW(f, ATTN_SCORE_ADDITIVE, 3, T(f, F32, 2, 4, 1, 0, 0)))                                      \
   X(backward_mass_unsupported, ATTN_ERR_UNSUPPORTED, "key_mass",                                 \
     (must(attn_desc_set_key_mass(f->desc, T(f, F32, 3, B_, H_, SK, 0))), BP_desc(f)))             \
   X(backward_execute_null, ATTN_ERR_NULL_ARG, NOCTX,                                              \
