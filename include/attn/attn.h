@@ -493,7 +493,8 @@ ATTN_API attn_status attn_desc_set_sinks(attn_desc *desc, const double *logits, 
  *  second pass).
  *
  *  The tensor is borrowed and written at every execute (its data may change
- *  between executes, its shape not): rank 3, the plan's dtype, shape
+ *  between executes, its shape not): rank 3, the plan's compute dtype (as
+ *  lse: f32 for bf16/f16 plans), shape
  *  [B, H, S_k] or [B, H_kv, S_k], key dim contiguous, no overlapping elements.
  *  With the mass on, one task runs all query blocks of a (batch item, KV
  *  head), so B·H_kv bounds the parallelism, and each thread keeps a block's

@@ -63,7 +63,10 @@ static attn_status validate_serving(attn_context *ctx, const attn_desc *desc, co
   }
   const attn_tensor *m = desc->mass;
   if (m != NULL) {
-    if ((st = attn_check_tensor(ctx, "mass", m, 3, d->dtype)) != ATTN_OK) return st;
+    /* The compute type, as lse and weights: a bf16/f16 plan's kernel sums
+     * the mass in f32 and writes f32. */
+    if ((st = attn_check_tensor(ctx, "mass", m, 3, attn_dtype_compute(d->dtype))) != ATTN_OK)
+      return st;
     if (m->shape[0] != d->B || (m->shape[1] != d->H && m->shape[1] != d->Hkv) ||
         m->shape[2] != d->Sk)
       return attn_fail(ctx, ATTN_ERR_SHAPE,
