@@ -403,7 +403,7 @@ static void usage(FILE *f) {
           "dense-equivalent 4*B*H*Sq*Sk*D. --loop N --gap-ms G (sdpa, decode): the first call\n"
           "after the plan, then N calls with G ms of busy work between them: first_ms, p50_ms,\n"
           "p90_ms, p99_ms, max_ms. --spin-us sets the context's spin policy (0 adaptive).\n"
-          "--dtype bf16|f16 applies to the sdpa case only.\n"
+          "--dtype bf16|f16 applies to the sdpa and sdpa_bwd cases only.\n"
           "--mass (sdpa, decode): with the per-key mass output (mass_ratio: time over the\n"
           "time without it, same run); --sinks (sdpa): with sink logits (sinks_ratio).\n");
 }
@@ -633,8 +633,8 @@ int main(int argc, char **argv) {
   if (o.Hkv == 0 || o.Hkv > o.H) o.Hkv = o.H;
   if (o.dtype == ATTN_DTYPE_BF16 || o.dtype == ATTN_DTYPE_F16) {
     for (int i = 0; i < ncases; i++)
-      if (strcmp(cases[i], "sdpa") != 0) {
-        fprintf(stderr, "attn-bench: --dtype %s applies to the sdpa case only\n",
+      if (strcmp(cases[i], "sdpa") != 0 && strcmp(cases[i], "sdpa_bwd") != 0) {
+        fprintf(stderr, "attn-bench: --dtype %s applies to the sdpa and sdpa_bwd cases only\n",
                 bench_dtype_name(o.dtype));
         return 2;
       }

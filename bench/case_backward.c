@@ -49,7 +49,10 @@ static int case_sdpa_bwd(attn_context *ctx, const bench_opts *o, bench_result *r
   s.dk = bench_tensor(ctx, o->dtype, o->B, o->Hkv, o->Sk, o->D, 7);
   s.dv = bench_tensor(ctx, o->dtype, o->B, o->Hkv, o->Sk, o->D, 8);
   const int64_t lshape[3] = {o->B, o->H, o->Sq};
-  if (attn_tensor_create(ctx, o->dtype, 3, lshape, &s.lse) != ATTN_OK) s.lse = NULL;
+  /* lse in the compute type (f32 for bf16/f16 plans). */
+  const attn_dtype ldt =
+      o->dtype == ATTN_DTYPE_BF16 || o->dtype == ATTN_DTYPE_F16 ? ATTN_DTYPE_F32 : o->dtype;
+  if (attn_tensor_create(ctx, ldt, 3, lshape, &s.lse) != ATTN_OK) s.lse = NULL;
   if (!s.q || !s.k || !s.v || !s.out || !s.dout || !s.dq || !s.dk || !s.dv || !s.lse) goto done;
   if (attn_desc_create(ctx, &s.desc) != ATTN_OK) goto done;
   if (o->causal) attn_desc_set_causal(s.desc, ATTN_CAUSAL_TOP_LEFT);

@@ -45,8 +45,12 @@
  * DOT, GENERAL, ADDITIVE), every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), attention sinks (their lse
  * share is already in the forward's lse; their own gradient with
- * attn_backward_plan_set_sink_grad()), dtypes F32 and F64. Other variants
- * and dtypes, packed variable-length batches and the key-mass output
+ * attn_backward_plan_set_sink_grad()), dtypes F32, F64, BF16 and F16. A
+ * 16-bit plan's backward widens q, k, v, out and dout into f32 copies in its
+ * workspace (exactly), runs the f32 passes (f32 accumulation) and rounds
+ * each gradient once to the storage type; its lse and dmask are f32, the
+ * plan's compute type. Other variants, packed variable-length batches and
+ * the key-mass output
  * give ATTN_ERR_UNSUPPORTED at plan creation.
  *
  * Determinism: dk/dv are accumulated per key block and dq per query row in a
@@ -83,7 +87,8 @@ typedef struct attn_backward_plan attn_backward_plan;
  *   - dq:    [B, H, S_q, d_q]      (output)
  *   - dk:    [B, H_kv, S_k, d_k]   (output; summed over GQA groups)
  *   - dv:    [B, H_kv, S_k, d_v]   (output)
- *   - dmask: optional output, [B, H, S_q, S_k]: ∂L/∂additive_mask before any
+ *   - dmask: optional output, [B, H, S_q, S_k] in the compute type (the
+ *     additive mask's: f32 for bf16/f16 plans): ∂L/∂additive_mask before any
  *     broadcasting (sum it over the additive mask's broadcast dims). Only
  *     with an additive mask in the forward descriptor. O(S_q·S_k) memory.
  *  Outputs must not overlap the inputs or each other.

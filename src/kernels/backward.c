@@ -54,6 +54,8 @@ static const char *const bm_names[BM_N] = {"q",    "k",  "v",  "out", "lse",
  * attn_backward_plan_set_additive_grads): borrowed tensors, checked when
  * set (a tensor's shape, strides and data pointer never become invalid). */
 enum { WG_W, WG_WQ = 0, WG_WK, WG_BIAS, WG_V, WG_N };
+/* The f32 copies a 16-bit plan's backward works on (inputs, then outputs). */
+enum cv_tensor { CV_Q, CV_K, CV_V, CV_OUT, CV_DOUT, CV_DQ, CV_DK, CV_DV, CV_N };
 
 struct attn_backward_plan {
   attn_context *ctx;
@@ -79,6 +81,10 @@ struct attn_backward_plan {
    * [B·H_kv·S_k·A], v and bias [2A], the tasks' ∂L/∂v [B·H_kv·C·A]. */
   size_t X_at, dX_at, Y_at, dY_at, vb_at, dva_at;
   attn_tensor *wgrad[WG_N]; /* borrowed; NULL: not computed */
+  /* 16-bit storage (sdt bf16/f16; dims.dtype is then f32): the f32 copies'
+   * offsets in the shared area, in the order of enum cv_tensor. */
+  attn_dtype sdt;
+  size_t cv_at[CV_N];
   void *workspace;
   size_t workspace_bytes;
   double *dsinks; /* [H] ∂L/∂sinks (attn_backward_plan_set_sink_grad), or NULL */
@@ -143,7 +149,7 @@ static const attn_support bwd_support = {
     {[ATTN_OPT_VARLEN] = "the forward plan is a packed variable-length batch, which has no "
                          "backward yet",
      [ATTN_OPT_MASS] = "the forward plan has a key-mass output, which has no backward"},
-    "the backward supports f32 and f64 plans"};
+    "the backward supports f32, f64, bf16 and f16 plans"};
 
 static bool variant_has_backward(attn_variant v) {
   return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
@@ -160,12 +166,9 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
                      "forward: variant '%s' has no backward yet (exact, longformer, bigbird and "
                      "block_sparse do)",
                      f->ops->support.name);
-  /* Compute-type storage only: the kernels read q, k, v, out and dout as the
-   * plan dtype (16-bit storage dtypes need converting tiles: not yet). */
-  if (f->dims.dtype != ATTN_DTYPE_F32 && f->dims.dtype != ATTN_DTYPE_F64)
-    return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
-                     "forward: the backward supports f32 and f64 plans (dtype %s)",
-                     attn_dtype_name(f->dims.dtype));
+  /* 16-bit storage runs the f32 passes on f32 copies (see conv below; such
+   * plans have the dot scores only, so no weights need converting). */
+  const attn_exact *ex = f->impl;
   /* Options the forward plan uses that the backward does not differentiate
    * (yet): rejected in one place, naming the option. */
   if ((st = attn_options_check(ctx, &bwd_support,
@@ -188,7 +191,9 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
     if (f->desc.mask.add_mask == NULL)
       return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                        "dmask: the forward descriptor has no additive mask to differentiate");
-    if ((st = attn_check_tensor(ctx, "dmask", dmask, 4, d->dtype)) != ATTN_OK) return st;
+    /* The additive mask's dtype: the compute type (f32 for 16-bit plans). */
+    if ((st = attn_check_tensor(ctx, "dmask", dmask, 4, attn_dtype_compute(d->dtype))) != ATTN_OK)
+      return st;
     const int64_t want[4] = {d->B, d->H, d->Sq, d->Sk};
     if ((st = attn_check_dims(ctx, "dmask", dmask, want, "[B, H, S_q, S_k]")) != ATTN_OK)
       return st;
@@ -197,10 +202,11 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   }
 
   /* The forward's resolved mask: exact and sparse plans start with attn_exact. */
-  const attn_exact *ex = f->impl;
   bp->ex = ex;
   bp->mask = ex->mask;
   bp->dims = *d;
+  bp->sdt = d->dtype;
+  bp->dims.dtype = attn_dtype_compute(d->dtype); /* the passes' type */
   bp->scale = f->scale;
   bp->score = ex->score;
   bp->A = ex->A;
@@ -221,7 +227,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->nqb = attn_cdiv64(d->Sq, bp->bq);
   bp->nkb = attn_cdiv64(d->Sk, bp->bk);
 
-  const size_t es = attn_dtype_size(d->dtype);
+  const size_t es = attn_dtype_size(bp->dims.dtype);
   int64_t bh, rowbytes;
   if (!attn_mul_ok(d->B, d->H, &bh) || !attn_mul_ok(bh, d->Sq, &rowbytes) ||
       !attn_mul_ok(rowbytes, bp->qc * (int64_t)es, &rowbytes))
@@ -254,6 +260,19 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->dY_at = attn_carve(&sh, es, d->B * d->Hkv, ny, bp->A);
   bp->vb_at = attn_carve(&sh, es, additive ? 2 : 0, bp->A, 1);
   bp->dva_at = attn_carve(&sh, es, additive ? d->B * d->Hkv : 0, bp->chunks, bp->A);
+  /* 16-bit storage: contiguous f32 copies of q, k, v, out, dout (converted
+   * before pass 1) and f32 dq, dk, dv (rounded into the outputs after the
+   * last pass). Exact inputs, f32 accumulation, one rounding per gradient. */
+  const bool conv = attn_dtype_is_16bit(d->dtype);
+  const int64_t nq = conv ? bh : 0, nkv = conv ? d->B * d->Hkv : 0;
+  bp->cv_at[CV_Q] = attn_carve(&sh, es, nq, d->Sq, d->Dq);
+  bp->cv_at[CV_K] = attn_carve(&sh, es, nkv, d->Sk, d->Dk);
+  bp->cv_at[CV_V] = attn_carve(&sh, es, nkv, d->Sk, d->Dv);
+  bp->cv_at[CV_OUT] = attn_carve(&sh, es, nq, d->Sq, d->Dv);
+  bp->cv_at[CV_DOUT] = attn_carve(&sh, es, nq, d->Sq, d->Dv);
+  bp->cv_at[CV_DQ] = attn_carve(&sh, es, nq, d->Sq, d->Dq);
+  bp->cv_at[CV_DK] = attn_carve(&sh, es, nkv, d->Sk, d->Dk);
+  bp->cv_at[CV_DV] = attn_carve(&sh, es, nkv, d->Sk, d->Dv);
   int64_t total;
   if (!c.ok || !sh.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total) ||
       !attn_add_ok(total, sh.bytes, &total))
@@ -306,6 +325,53 @@ attn_status attn_backward_plan_create_tiled(const attn_plan *forward, const attn
   }
   *plan = p;
   return ATTN_OK;
+}
+
+/* ---- 16-bit storage ------------------------------------------------------- */
+
+typedef struct conv_args {
+  const attn_backward_plan *bp;
+  const attn_tensor *user[CV_N]; /* the caller's tensors, cv_tensor order */
+  const attn_tensor *views;      /* [CV_N] f32 views of the workspace copies */
+} conv_args;
+
+/* Rows of tensors ids[0..n) for head (b, h) between the caller's 16-bit
+ * tensor and the f32 copy: widened exactly (in) or rounded to nearest even
+ * (out). */
+static void conv_rows(const conv_args *c, const int *ids, int n, int64_t b, int64_t h, bool in) {
+  const attn_dtype_traits *tr = attn_dtype_info(c->bp->sdt);
+  for (int x = 0; x < n; x++) {
+    const attn_tensor *u = c->user[ids[x]], *v = &c->views[ids[x]];
+    const int64_t rows = u->shape[2], cols = u->shape[3];
+    for (int64_t i = 0; i < rows; i++) {
+      char *ur = (char *)u->data + (size_t)attn_off4(u, b, h, i, 0) * tr->size;
+      float *vr = (float *)v->data + attn_off4(v, b, h, i, 0);
+      if (in)
+        tr->to_f32(ur, vr, cols);
+      else
+        tr->from_f32(vr, ur, cols);
+    }
+  }
+}
+
+/* Tasks [0, B·H): query-side tensors of (b, h); then [B·H, B·(H + H_kv)):
+ * key-side tensors of (b, kv head). */
+static void conv_task(const conv_args *c, int64_t t, bool in) {
+  const attn_dims *d = &c->bp->dims;
+  static const int qin[3] = {CV_Q, CV_OUT, CV_DOUT}, kin[2] = {CV_K, CV_V};
+  static const int qout[1] = {CV_DQ}, kout[2] = {CV_DK, CV_DV};
+  if (t < d->B * d->H)
+    conv_rows(c, in ? qin : qout, in ? 3 : 1, t / d->H, t % d->H, in);
+  else
+    conv_rows(c, in ? kin : kout, 2, (t - d->B * d->H) / d->Hkv, (t - d->B * d->H) % d->Hkv, in);
+}
+static void conv_in_task(void *arg, int64_t t, int32_t thread) {
+  (void)thread;
+  conv_task(arg, t, true);
+}
+static void conv_out_task(void *arg, int64_t t, int32_t thread) {
+  (void)thread;
+  conv_task(arg, t, false);
 }
 
 /* ∂L/∂sink_h = −Σ_{b,i} e^{sink_h − lse_bhi} · D_bhi: the sink's share of
@@ -440,6 +506,21 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
   attn_ws ws = {(char *)plan->workspace, (char *)plan->workspace + plan->shared_bytes,
                 plan->slot_bytes};
   bwd_args a = {plan, &mask, ws, q, k, v, out, lse, dout, dq, dk, dv, dmask};
+  /* 16-bit storage: the passes run on f32 views of the workspace copies. */
+  attn_tensor views[CV_N];
+  conv_args cv = {plan, {q, k, v, out, dout, dq, dk, dv}, views};
+  if (attn_dtype_is_16bit(plan->sdt)) {
+    for (int i = 0; i < CV_N; i++) {
+      const bool kv = i == CV_K || i == CV_V || i == CV_DK || i == CV_DV;
+      const int64_t shape[4] = {d->B, kv ? d->Hkv : d->H, kv ? d->Sk : d->Sq,
+                                cv.user[i]->shape[3]};
+      views[i] = attn_tensor_view4(ATTN_DTYPE_F32, shape, NULL, ws.shared + plan->cv_at[i]);
+    }
+    if ((st = attn_parallel_for(ctx, d->B * (d->H + d->Hkv), conv_in_task, &cv)) != ATTN_OK)
+      return st;
+    a.q = &views[CV_Q], a.k = &views[CV_K], a.v = &views[CV_V], a.out = &views[CV_OUT];
+    a.dout = &views[CV_DOUT], a.dq = &views[CV_DQ], a.dk = &views[CV_DK], a.dv = &views[CV_DV];
+  }
   const bool f32 = d->dtype == ATTN_DTYPE_F32;
   const bool additive = plan->score == ATTN_SCORE_ADDITIVE;
   if (additive) (f32 ? bwd_additive_prepare_f32 : bwd_additive_prepare_f64)(&a);
@@ -477,6 +558,9 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
                                 f32 ? bwd_wgrad_task_f32 : bwd_wgrad_task_f64, &a)) != ATTN_OK)
       return st;
   }
+  if (attn_dtype_is_16bit(plan->sdt) &&
+      (st = attn_parallel_for(ctx, d->B * (d->H + d->Hkv), conv_out_task, &cv)) != ATTN_OK)
+    return st;
   if (plan->dsinks != NULL) sink_grad(plan, lse, fd->sinks.logits);
   return ATTN_OK;
 }
