@@ -40,8 +40,13 @@
  *   in a fixed order. Query rows a dense mask removes entirely must be finite
  *   for dW and dW_q to be (0·NaN is NaN in the sums' GEMMs).
  *
- * Supported: variants EXACT, LONGFORMER, BIGBIRD and BLOCK_SPARSE (the sparse
- * variants go through the same tile-skipping path), every score (SCALED_DOT,
+ * Linformer (ATTN_VARIANT_LINFORMER) runs the same passes on its projected
+ * keys and values K' = E·K, V' = F·V (recomputed) and maps their gradients
+ * back: dk = Eᵀ·dK', dv = Fᵀ·dV' (key rows past a key length get 0); dE and
+ * dF on request (attn_backward_plan_set_lowrank_grads()).
+ *
+ * Supported: variants EXACT, LONGFORMER, BIGBIRD, BLOCK_SPARSE (the sparse
+ * variants go through the same tile-skipping path) and LINFORMER, every score (SCALED_DOT,
  * DOT, GENERAL, ADDITIVE), every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), attention sinks (their lse
  * share is already in the forward's lse; their own gradient with
@@ -199,6 +204,31 @@ ATTN_API attn_status attn_backward_plan_set_general_grad(attn_backward_plan *pla
 ATTN_API attn_status attn_backward_plan_set_additive_grads(attn_backward_plan *plan,
                                                           attn_tensor *dw_q, attn_tensor *dw_k,
                                                           attn_tensor *dbias, attn_tensor *dv);
+
+/** Also compute Linformer's projection gradients at every execute (a
+ *  forward plan of ATTN_VARIANT_LINFORMER whose E and F were given with
+ *  attn_desc_set_lowrank_proj()):
+ *
+ *    dE = Σ_b dK'_b · K_bᵀ,   dF = Σ_b dV'_b · V_bᵀ
+ *
+ *  where K' = E·K, V' = F·V are the projected keys and values and dK', dV'
+ *  their gradients; summed over batch items (and over kv heads for a shared
+ *  [k, S_k] projection) and over each item's key positions below its key
+ *  length, in a fixed order. Overwritten after dq, dk, dv; not written when
+ *  execute fails.
+ *  @param plan  a backward plan of a Linformer forward plan
+ *  @param de    output of e's shape ([k, S_k] or [H_kv, k, S_k]), the plan's
+ *               dtype, last dim contiguous, distinct memory for every element;
+ *               borrowed (the handle must stay alive while set)
+ *  @param df    the same for f
+ *  Both NULL stops computing them.
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG (plan; one of de, df NULL),
+ *          ATTN_ERR_INVALID_ARG (not a Linformer plan, or its projections
+ *          were drawn from a seed, "de"), ATTN_ERR_DTYPE, ATTN_ERR_SHAPE,
+ *          ATTN_ERR_LAYOUT (naming the tensor). On error nothing changes.
+ *          @since 0.2.0 */
+ATTN_API attn_status attn_backward_plan_set_lowrank_grads(attn_backward_plan *plan, attn_tensor *de,
+                                                         attn_tensor *df);
 
 /** Bytes of workspace the backward plan holds. 0 for NULL. @since 0.2.0 */
 ATTN_API size_t attn_backward_plan_workspace_size(const attn_backward_plan *plan);

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "approx/lowrank.h"
 #include "approx/rng.h"
 #include "kernels/exact.h"
 
@@ -24,8 +25,12 @@ typedef struct lowrank_impl {
 
 typedef struct lowrank_args {
   const attn_plan *plan;
-  char *shared;
+  char *kp, *vp; /* K', V' [B, H_kv, k, d] */
   const attn_tensor *k, *v;
+  /* The backward's way back (attn_lowrank_unproject): dK', dV' and the
+   * outputs dk, dv, dE, dF (dE/dF NULL: not wanted). */
+  const char *dkp, *dvp;
+  attn_tensor *dk, *dv, *de, *df;
 } lowrank_args;
 
 /* Projection for key/value head kh: pointer and leading dimension. */
@@ -59,8 +64,8 @@ static void lowrank_task(void *argp, int64_t t, int32_t thread) {
   const void *E = proj_for(p, p->desc.lowrank.e, 0, kh, &lde);
   const void *F = proj_for(p, p->desc.lowrank.f, 1, kh, &ldf);
   const size_t es = tr->size;
-  char *kp = a->shared + im->kp_at + (size_t)((b * d->Hkv + kh) * im->k * d->Dk) * es;
-  char *vp = a->shared + im->vp_at + (size_t)((b * d->Hkv + kh) * im->k * d->Dv) * es;
+  char *kp = a->kp + (size_t)((b * d->Hkv + kh) * im->k * d->Dk) * es;
+  char *vp = a->vp + (size_t)((b * d->Hkv + kh) * im->k * d->Dv) * es;
   if (klen == 0) { /* every key is padding: K' = V' = 0, so out = 0 */
     memset(kp, 0, (size_t)(im->k * d->Dk) * es);
     memset(vp, 0, (size_t)(im->k * d->Dv) * es);
@@ -72,17 +77,13 @@ static void lowrank_task(void *argp, int64_t t, int32_t thread) {
   tr->gemm(false, false, im->k, d->Dv, klen, 1.0, F, ldf, V, a->v->strides[2], 0.0, vp, d->Dv);
 }
 
-attn_status attn_lowrank_plan_execute(const attn_plan *p, const attn_run *run,
-                                      const attn_tensor *q, const attn_tensor *k,
-                                      const attn_tensor *v, attn_tensor *out,
-                                      attn_tensor *weights, attn_tensor *lse) {
-  (void)weights;
+/* Borrowed key lengths may have changed since the plan: re-check them, then
+ * the inner lengths (k for an item with keys, 0 without) and K', V'. */
+attn_status attn_lowrank_project(const attn_plan *p, attn_context *ctx, const attn_tensor *k,
+                                 const attn_tensor *v, void *kp, void *vp, int64_t *inner_len) {
   const lowrank_impl *im = p->impl;
   const attn_dims *d = &p->dims;
-  attn_context *ctx = run->ctx;
   const int64_t *klen = p->desc.mask.key_lengths;
-  /* Borrowed lengths may have changed since the plan: re-check before reading K/V. */
-  int64_t *inner_len = NULL;
   if (klen != NULL) {
     for (int64_t b = 0; b < d->B; b++)
       if (klen[b] < 0 || klen[b] > d->Sk)
@@ -91,16 +92,114 @@ attn_status attn_lowrank_plan_execute(const attn_plan *p, const attn_run *run,
                          b, klen[b], d->Sk);
     /* An item whose keys are all padding keeps no projected key either, so
      * its rows give out 0 and lse −inf like any row with no kept key. */
-    inner_len = (int64_t *)(void *)(run->ws.shared + im->len_at);
     for (int64_t b = 0; b < d->B; b++) inner_len[b] = klen[b] > 0 ? im->k : 0;
   }
+  lowrank_args a = {.plan = p, .kp = kp, .vp = vp, .k = k, .v = v};
+  return attn_parallel_for(ctx, d->B * d->Hkv, lowrank_task, &a);
+}
+
+int64_t attn_lowrank_rank(const attn_plan *p) { return ((const lowrank_impl *)p->impl)->k; }
+
+/* dk = Eᵀ dK', dv = Fᵀ dV' for (b, kv head) t: the item's key rows; rows
+ * past its key length get 0. */
+static void unproject_task(void *argp, int64_t t, int32_t thread) {
+  (void)thread;
+  const lowrank_args *a = argp;
+  const attn_plan *p = a->plan;
+  const attn_dims *d = &p->dims;
+  const lowrank_impl *im = p->impl;
+  const attn_dtype_traits *tr = attn_dtype_info(d->dtype);
+  const size_t es = tr->size;
+  const int64_t b = t / d->Hkv, kh = t % d->Hkv;
+  const int64_t klen = p->desc.mask.key_lengths ? p->desc.mask.key_lengths[b] : d->Sk;
+  attn_tensor *const outs[2] = {a->dk, a->dv};
+  const char *const grads[2] = {a->dkp, a->dvp};
+  const int64_t cols[2] = {d->Dk, d->Dv};
+  for (int w = 0; w < 2; w++) {
+    int64_t ldp;
+    const void *P = proj_for(p, w == 0 ? p->desc.lowrank.e : p->desc.lowrank.f, w, kh, &ldp);
+    attn_tensor *o = outs[w];
+    char *dst = (char *)o->data + (size_t)attn_off4(o, b, kh, 0, 0) * es;
+    const char *g = grads[w] + (size_t)((b * d->Hkv + kh) * im->k * cols[w]) * es;
+    if (klen > 0)
+      tr->gemm(true, false, klen, cols[w], im->k, 1.0, P, ldp, g, cols[w], 0.0, dst,
+               o->strides[2]);
+    for (int64_t r = klen; r < d->Sk; r++)
+      memset(dst + (size_t)(r * o->strides[2]) * es, 0, (size_t)cols[w] * es);
+  }
+}
+
+/* Rows of dE/dF one task owns. */
+#define LOWRANK_GROWS 16
+
+/* dE = Σ dK' Kᵀ and dF = Σ dV' Vᵀ, rows [r0, r0 + 16) of the projection of
+ * kv head kh (or of the shared [k, S_k] projection: every kv head), summed
+ * over (b, kv head) in order over each item's key columns. */
+static void projgrad_task(void *argp, int64_t t, int32_t thread) {
+  (void)thread;
+  const lowrank_args *a = argp;
+  const attn_plan *p = a->plan;
+  const attn_dims *d = &p->dims;
+  const lowrank_impl *im = p->impl;
+  const attn_dtype_traits *tr = attn_dtype_info(d->dtype);
+  const size_t es = tr->size;
+  const bool per_head = a->de->rank == 3;
+  const int64_t nrb = attn_cdiv64(im->k, LOWRANK_GROWS);
+  const int64_t kh0 = per_head ? t / nrb : 0, nkh = per_head ? 1 : d->Hkv;
+  const int64_t r0 = (t % nrb) * LOWRANK_GROWS, nr = attn_min64(LOWRANK_GROWS, im->k - r0);
+  attn_tensor *const outs[2] = {a->de, a->df};
+  const attn_tensor *const ins[2] = {a->k, a->v};
+  const char *const grads[2] = {a->dkp, a->dvp};
+  const int64_t cols[2] = {d->Dk, d->Dv};
+  for (int w = 0; w < 2; w++) {
+    attn_tensor *o = outs[w];
+    const int64_t ldo = o->strides[o->rank - 2];
+    char *dst = (char *)o->data + (size_t)((per_head ? kh0 * o->strides[0] : 0) + r0 * ldo) * es;
+    for (int64_t r = 0; r < nr; r++) memset(dst + (size_t)(r * ldo) * es, 0, (size_t)d->Sk * es);
+    for (int64_t b = 0; b < d->B; b++) {
+      const int64_t klen = p->desc.mask.key_lengths ? p->desc.mask.key_lengths[b] : d->Sk;
+      for (int64_t kh = kh0; klen > 0 && kh < kh0 + nkh; kh++) {
+        const attn_tensor *x = ins[w];
+        const char *X = (const char *)x->data + (size_t)attn_off4(x, b, kh, 0, 0) * es;
+        const char *g = grads[w] + (size_t)(((b * d->Hkv + kh) * im->k + r0) * cols[w]) * es;
+        tr->gemm(false, true, nr, klen, cols[w], 1.0, g, cols[w], X, x->strides[2], 1.0, dst, ldo);
+      }
+    }
+  }
+}
+
+attn_status attn_lowrank_unproject(const attn_plan *p, attn_context *ctx, const attn_tensor *k,
+                                   const attn_tensor *v, const void *dkp, const void *dvp,
+                                   attn_tensor *dk, attn_tensor *dv, attn_tensor *de,
+                                   attn_tensor *df) {
+  const lowrank_impl *im = p->impl;
+  const attn_dims *d = &p->dims;
+  lowrank_args a = {.plan = p, .k = k, .v = v, .dkp = dkp, .dvp = dvp,
+                    .dk = dk, .dv = dv, .de = de, .df = df};
+  attn_status st = attn_parallel_for(ctx, d->B * d->Hkv, unproject_task, &a);
+  if (st != ATTN_OK || de == NULL) return st;
+  const int64_t tasks = (de->rank == 3 ? d->Hkv : 1) * attn_cdiv64(im->k, LOWRANK_GROWS);
+  return attn_parallel_for(ctx, tasks, projgrad_task, &a);
+}
+
+attn_status attn_lowrank_plan_execute(const attn_plan *p, const attn_run *run,
+                                      const attn_tensor *q, const attn_tensor *k,
+                                      const attn_tensor *v, attn_tensor *out,
+                                      attn_tensor *weights, attn_tensor *lse) {
+  (void)weights;
+  const lowrank_impl *im = p->impl;
+  const attn_dims *d = &p->dims;
+  attn_context *ctx = run->ctx;
+  int64_t *inner_len = p->desc.mask.key_lengths != NULL
+                           ? (int64_t *)(void *)(run->ws.shared + im->len_at)
+                           : NULL;
+  attn_status st = attn_lowrank_project(p, ctx, k, v, run->ws.shared + im->kp_at,
+                                        run->ws.shared + im->vp_at, inner_len);
+  if (st != ATTN_OK) return st;
   attn_mask mask = im->ex.mask;
   attn_mask_bind(&mask, &p->desc);
   mask.key_len = inner_len; /* the caller's lengths are applied by the projection */
-  attn_status st = attn_mask_check(&mask, ctx);
-  if (st != ATTN_OK) return st;
-  lowrank_args a = {p, run->ws.shared, k, v};
-  if ((st = attn_parallel_for(ctx, d->B * d->Hkv, lowrank_task, &a)) != ATTN_OK) return st;
+  if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
   const int64_t ks[4] = {d->B, d->Hkv, im->k, d->Dk}, vs[4] = {d->B, d->Hkv, im->k, d->Dv};
   const attn_tensor kp = attn_tensor_view4(d->dtype, ks, NULL, run->ws.shared + im->kp_at);
   const attn_tensor vp = attn_tensor_view4(d->dtype, vs, NULL, run->ws.shared + im->vp_at);

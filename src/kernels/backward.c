@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "approx/lowrank.h"
 #include "blas/gemm.h"
 #include "kernels/backward.h"
 #include "kernels/exact.h"
@@ -50,9 +51,10 @@ enum { BM_Q, BM_K, BM_V, BM_OUT, BM_LSE, BM_DOUT, BM_DQ, BM_DK, BM_DV, BM_DMASK,
 static const char *const bm_names[BM_N] = {"q",    "k",  "v",  "out", "lse",
                                            "dout", "dq", "dk", "dv",  "dmask"};
 
-/* Score-weight gradients (attn_backward_plan_set_general_grad and
- * attn_backward_plan_set_additive_grads): borrowed tensors, checked when
- * set (a tensor's shape, strides and data pointer never become invalid). */
+/* Weight gradients (attn_backward_plan_set_general_grad, _additive_grads;
+ * Linformer's dE, dF in slots 0 and 1 with _lowrank_grads): borrowed
+ * tensors, checked when set (a tensor's shape, strides and data pointer
+ * never become invalid). */
 enum { WG_W, WG_WQ = 0, WG_WK, WG_BIAS, WG_V, WG_N };
 /* The f32 copies a 16-bit plan's backward works on (inputs, then outputs). */
 enum cv_tensor { CV_Q, CV_K, CV_V, CV_OUT, CV_DOUT, CV_DQ, CV_DK, CV_DV, CV_N };
@@ -85,6 +87,9 @@ struct attn_backward_plan {
    * offsets in the shared area, in the order of enum cv_tensor. */
   attn_dtype sdt;
   size_t cv_at[CV_N];
+  /* Linformer (dims.S_k is then k): K', V', dK', dV', inner key lengths. */
+  bool lowrank;
+  size_t lr_at[4], lr_len_at;
   void *workspace;
   size_t workspace_bytes;
   double *dsinks; /* [H] ∂L/∂sinks (attn_backward_plan_set_sink_grad), or NULL */
@@ -153,7 +158,7 @@ static const attn_support bwd_support = {
 
 static bool variant_has_backward(attn_variant v) {
   return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
-         v == ATTN_VARIANT_BLOCK_SPARSE;
+         v == ATTN_VARIANT_BLOCK_SPARSE || v == ATTN_VARIANT_LINFORMER;
 }
 
 static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_tensor *dout,
@@ -163,8 +168,8 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   attn_status st;
   if (!variant_has_backward(f->desc.variant))
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
-                     "forward: variant '%s' has no backward yet (exact, longformer, bigbird and "
-                     "block_sparse do)",
+                     "forward: variant '%s' has no backward yet (exact, longformer, bigbird, "
+                     "block_sparse and linformer do)",
                      f->ops->support.name);
   /* 16-bit storage runs the f32 passes on f32 copies (see conv below; such
    * plans have the dot scores only, so no weights need converting). */
@@ -201,12 +206,16 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
     if ((st = check_distinct(ctx, "dmask", dmask)) != ATTN_OK) return st;
   }
 
-  /* The forward's resolved mask: exact and sparse plans start with attn_exact. */
+  /* The forward's resolved mask: exact, sparse and Linformer plans start
+   * with attn_exact. Linformer's kernel runs on (K', V'): its dims have
+   * S_k = k, and the passes run on K', V' and give dK', dV'. */
   bp->ex = ex;
   bp->mask = ex->mask;
-  bp->dims = *d;
-  bp->sdt = d->dtype;
-  bp->dims.dtype = attn_dtype_compute(d->dtype); /* the passes' type */
+  bp->lowrank = f->desc.variant == ATTN_VARIANT_LINFORMER;
+  bp->dims = bp->lowrank ? ex->dims : *d;
+  d = &bp->dims; /* from here on, the passes' dims */
+  bp->sdt = f->dims.dtype;
+  bp->dims.dtype = attn_dtype_compute(f->dims.dtype); /* the passes' type */
   bp->scale = f->scale;
   bp->score = ex->score;
   bp->A = ex->A;
@@ -263,7 +272,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   /* 16-bit storage: contiguous f32 copies of q, k, v, out, dout (converted
    * before pass 1) and f32 dq, dk, dv (rounded into the outputs after the
    * last pass). Exact inputs, f32 accumulation, one rounding per gradient. */
-  const bool conv = attn_dtype_is_16bit(d->dtype);
+  const bool conv = attn_dtype_is_16bit(bp->sdt);
   const int64_t nq = conv ? bh : 0, nkv = conv ? d->B * d->Hkv : 0;
   bp->cv_at[CV_Q] = attn_carve(&sh, es, nq, d->Sq, d->Dq);
   bp->cv_at[CV_K] = attn_carve(&sh, es, nkv, d->Sk, d->Dk);
@@ -273,6 +282,13 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->cv_at[CV_DQ] = attn_carve(&sh, es, nq, d->Sq, d->Dq);
   bp->cv_at[CV_DK] = attn_carve(&sh, es, nkv, d->Sk, d->Dk);
   bp->cv_at[CV_DV] = attn_carve(&sh, es, nkv, d->Sk, d->Dv);
+  /* Linformer: K', V', dK', dV' [B, H_kv, k, d] and the inner key lengths. */
+  const int64_t nlr = bp->lowrank ? d->B * d->Hkv : 0;
+  bp->lr_at[0] = attn_carve(&sh, es, nlr, d->Sk, d->Dk);
+  bp->lr_at[1] = attn_carve(&sh, es, nlr, d->Sk, d->Dv);
+  bp->lr_at[2] = attn_carve(&sh, es, nlr, d->Sk, d->Dk);
+  bp->lr_at[3] = attn_carve(&sh, es, nlr, d->Sk, d->Dv);
+  bp->lr_len_at = attn_carve(&sh, sizeof(int64_t), bp->lowrank ? d->B : 0, 1, 1);
   int64_t total;
   if (!c.ok || !sh.ok || !attn_mul_ok(c.bytes, ctx->num_threads, &total) ||
       !attn_add_ok(total, sh.bytes, &total))
@@ -419,14 +435,14 @@ attn_status attn_backward_plan_set_sink_grad(attn_backward_plan *plan, double *d
 }
 
 /* A weight gradient's checks: dtype, rank, shape, rows BLAS can write (rank
- * 2) and distinct memory for every element. */
+ * ≥ 2) and distinct memory for every element. */
 static attn_status check_wgrad(attn_context *ctx, const char *name, const attn_tensor *t,
                                attn_dtype dtype, int32_t rank, const int64_t *want,
                                const char *what) {
   attn_status st = attn_check_tensor(ctx, name, t, rank, dtype);
   if (st != ATTN_OK) return st;
   if ((st = attn_check_dims(ctx, name, t, want, what)) != ATTN_OK) return st;
-  if (rank == 2 && (st = attn_check_matrix_rows(ctx, name, t)) != ATTN_OK) return st;
+  if (rank >= 2 && (st = attn_check_matrix_rows(ctx, name, t)) != ATTN_OK) return st;
   return check_distinct(ctx, name, t);
 }
 
@@ -482,6 +498,30 @@ attn_status attn_backward_plan_set_additive_grads(attn_backward_plan *plan, attn
   return set_wgrads(plan, g);
 }
 
+attn_status attn_backward_plan_set_lowrank_grads(attn_backward_plan *plan, attn_tensor *de,
+                                                 attn_tensor *df) {
+  if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_context *ctx = plan->ctx;
+  attn_clear_error(ctx);
+  if (!plan->lowrank)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG, "de: the forward plan is not ATTN_VARIANT_LINFORMER");
+  attn_tensor *g[WG_N] = {de, df, NULL, NULL};
+  if (de == NULL && df == NULL) return set_wgrads(plan, g);
+  ATTN_CHECK_NULL(ctx, de);
+  ATTN_CHECK_NULL(ctx, df);
+  const attn_tensor *e = plan->fwd->desc.lowrank.e;
+  if (e == NULL)
+    return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
+                     "de: the forward's projections are drawn from a seed "
+                     "(attn_desc_set_lowrank), not given (attn_desc_set_lowrank_proj): "
+                     "they have no gradient");
+  attn_status st;
+  if ((st = check_wgrad(ctx, "de", de, plan->dims.dtype, e->rank, e->shape, "e's shape")) != ATTN_OK ||
+      (st = check_wgrad(ctx, "df", df, plan->dims.dtype, e->rank, e->shape, "f's shape")) != ATTN_OK)
+    return st;
+  return set_wgrads(plan, g);
+}
+
 attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q,
                                   const attn_tensor *k, const attn_tensor *v,
                                   const attn_tensor *out, const attn_tensor *lse,
@@ -496,6 +536,16 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
   if (st != ATTN_OK) return st;
   attn_mask mask = plan->mask;
   attn_mask_bind(&mask, &plan->fwd->desc);
+  char *shared = (char *)plan->workspace;
+  if (plan->lowrank) { /* K', V' as the forward formed them; the caller's lengths apply there */
+    int64_t *inner = plan->fwd->desc.mask.key_lengths != NULL
+                         ? (int64_t *)(void *)(shared + plan->lr_len_at)
+                         : NULL;
+    if ((st = attn_lowrank_project(plan->fwd, ctx, k, v, shared + plan->lr_at[0],
+                                   shared + plan->lr_at[1], inner)) != ATTN_OK)
+      return st;
+    mask.key_len = inner;
+  }
   if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
   const attn_desc *fd = &plan->fwd->desc;
   if (plan->dsinks != NULL &&
@@ -520,6 +570,14 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
       return st;
     a.q = &views[CV_Q], a.k = &views[CV_K], a.v = &views[CV_V], a.out = &views[CV_OUT];
     a.dout = &views[CV_DOUT], a.dq = &views[CV_DQ], a.dk = &views[CV_DK], a.dv = &views[CV_DV];
+  }
+  attn_tensor lr[4]; /* Linformer: the passes run on K', V' and give dK', dV' */
+  if (plan->lowrank) {
+    for (int i = 0; i < 4; i++) {
+      const int64_t shape[4] = {d->B, d->Hkv, d->Sk, i % 2 == 0 ? d->Dk : d->Dv};
+      lr[i] = attn_tensor_view4(d->dtype, shape, NULL, shared + plan->lr_at[i]);
+    }
+    a.k = &lr[0], a.v = &lr[1], a.dk = &lr[2], a.dv = &lr[3];
   }
   const bool f32 = d->dtype == ATTN_DTYPE_F32;
   const bool additive = plan->score == ATTN_SCORE_ADDITIVE;
@@ -552,7 +610,12 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
                               f32 ? bwd_unproject_k_task_f32 : bwd_unproject_k_task_f64, &a)) !=
           ATTN_OK)
     return st;
-  if (plan->wgrad[0] != NULL) {
+  if (plan->lowrank &&
+      (st = attn_lowrank_unproject(plan->fwd, ctx, k, v, shared + plan->lr_at[2],
+                                   shared + plan->lr_at[3], dk, dv, plan->wgrad[0],
+                                   plan->wgrad[1])) != ATTN_OK)
+    return st;
+  if (plan->projected && plan->wgrad[0] != NULL) {
     const int64_t rows = additive ? plan->A : d->Dq;
     if ((st = attn_parallel_for(ctx, attn_cdiv64(rows, BWD_WROWS),
                                 f32 ? bwd_wgrad_task_f32 : bwd_wgrad_task_f64, &a)) != ATTN_OK)

@@ -5,8 +5,9 @@
  *    S_q > S_k, window, key/query lengths, bool and additive masks with dead
  *    rows, the additive mask's own gradient, ALiBi, softcap), every score
  *    (scaled dot, dot, Luong general with dW, Bahdanau additive with dW_q,
- *    dW_k, dbias, dv), GQA/MQA, [B,S,H,D] strides, the sparse variants; each with the default
- *    tiles and with tiny tiles (tile edges, skipped tiles, several key chunks).
+ *    dW_k, dbias, dv), GQA/MQA, [B,S,H,D] strides, the sparse variants and
+ *    Linformer (with dE, dF); each with the default tiles and with tiny
+ *    tiles (tile edges, skipped tiles, several key chunks).
  *    Normwise relative error ≤ 1e-6.
  *  - f32 against the f64 gradients.
  *  - Bitwise identical results on 1..4 threads.
@@ -37,10 +38,14 @@ typedef struct bcase {
   int64_t Dq;    /* 0 = D (general and additive scores may differ) */
   int64_t A;     /* additive: attention dim */
   bool abias;    /* additive: with a bias */
+  int64_t lr_k;  /* Linformer: k */
+  bool lr_given; /* Linformer: E, F given (with dE, dF), else seeded */
+  bool lr_head;  /* Linformer: E, F per kv head [H_kv, k, S_k] */
 } bcase;
 
-/* Score-weight tensors and their gradients, in this order. */
-enum { SW_GW, SW_WQ, SW_WK, SW_BIAS, SW_V, SW_N };
+/* Weight tensors with a gradient, in this order: the scores' (general,
+ * additive) and Linformer's projections. */
+enum { SW_GW, SW_WQ, SW_WK, SW_BIAS, SW_V, SW_E, SW_F, SW_N };
 
 /* Everything one case needs: tensors (data in the tensors' own memory). */
 typedef struct bsetup {
@@ -188,6 +193,22 @@ static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads
     assert_int_equal(attn_desc_set_block_size(d, c->block), ATTN_OK);
     assert_int_equal(attn_desc_set_bigbird(d, 1, 1, 1, 42), ATTN_OK);
   }
+  if (c->variant == ATTN_VARIANT_LINFORMER) {
+    if (c->lr_given) {
+      const int64_t sh[3] = {Hkv, c->lr_k, Sk};
+      const int32_t rank = c->lr_head ? 3 : 2;
+      const int64_t n = (c->lr_head ? Hkv : 1) * c->lr_k * Sk;
+      for (int i = SW_E; i <= SW_F; i++) {
+        double *w = randv((size_t)n, &seed, -0.6, 0.6);
+        s->w[i] = tu_tensor(s->ctx, dt, w, rank, c->lr_head ? sh : sh + 1);
+        s->dw[i] = tu_tensor(s->ctx, dt, NULL, rank, c->lr_head ? sh : sh + 1);
+        free(w);
+      }
+      assert_int_equal(attn_desc_set_lowrank_proj(d, s->w[SW_E], s->w[SW_F]), ATTN_OK);
+    } else {
+      assert_int_equal(attn_desc_set_lowrank(d, c->lr_k, 7), ATTN_OK);
+    }
+  }
   if (c->variant == ATTN_VARIANT_BLOCK_SPARSE) {
     const int64_t nqb = (Sq + c->block - 1) / c->block, nkb = (Sk + c->block - 1) / c->block;
     const int64_t sh[3] = {H, nqb, nkb};
@@ -263,6 +284,8 @@ static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
     assert_int_equal(attn_backward_plan_set_additive_grads(bp, s->dw[SW_WQ], s->dw[SW_WK],
                                                            s->dw[SW_BIAS], s->dw[SW_V]),
                      ATTN_OK);
+  if (s->c->lr_given)
+    assert_int_equal(attn_backward_plan_set_lowrank_grads(bp, s->dw[SW_E], s->dw[SW_F]), ATTN_OK);
   if (s->c->sinks) {
     for (int64_t h = 0; h < s->c->H; h++) s->dsinks[h] = NAN;
     assert_int_equal(attn_backward_plan_set_sink_grad(bp, s->dsinks, s->c->H), ATTN_OK);
@@ -279,7 +302,8 @@ static void run_backward(bsetup *s, int64_t tq, int64_t tk) {
 #define NGRAD (4 + SW_N)
 static int grads_of(const bsetup *s, const attn_tensor **in, const attn_tensor **g,
                     const char **names) {
-  static const char *const nm[NGRAD] = {"dq", "dk", "dv", "dmask", "dw", "dw_q", "dw_k", "dbias", "dv_a"};
+  static const char *const nm[NGRAD] = {"dq",   "dk",   "dv",    "dmask", "dw", "dw_q",
+                                        "dw_k", "dbias", "dv_a", "de",    "df"};
   const attn_tensor *x[NGRAD] = {s->q, s->k, s->v, s->am};
   const attn_tensor *y[NGRAD] = {s->dq, s->dk, s->dv, s->dm};
   for (int i = 0; i < SW_N; i++) {
@@ -364,6 +388,13 @@ static const bcase cases[] = {
      .block = 3, .score = ATTN_SCORE_ADDITIVE, .A = 5, .abias = true},
     {"general_longformer", ATTN_VARIANT_LONGFORMER, 1, 2, 2, 12, 12, 4, 4, 0, 2, 2, .block = 4,
      .score = ATTN_SCORE_GENERAL, .Dq = 4},
+    /* Linformer: dk = Eᵀ dK', dv = Fᵀ dV', dE, dF. */
+    {"linformer", ATTN_VARIANT_LINFORMER, 2, 2, 2, 7, 12, 4, 3, 0, -1, -1, .lr_k = 5,
+     .lr_given = true},
+    {"linformer_gqa_lengths_per_head", ATTN_VARIANT_LINFORMER, 3, 4, 2, 8, 11, 4, 4, 0, -1, -1,
+     .klen = true, .qlen = true, .softcap = 1.5, .lr_k = 4, .lr_given = true, .lr_head = true},
+    {"linformer_seeded_dot", ATTN_VARIANT_LINFORMER, 1, 2, 2, 6, 10, 4, 4, 0, -1, -1,
+     .score = ATTN_SCORE_DOT, .scale = 0.8, .lr_k = 3},
 };
 
 static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
@@ -460,6 +491,8 @@ static void test_threads_bitwise(void **state) {
       {"threads_one_head", ATTN_VARIANT_EXACT, 1, 1, 1, 200, 230, 8, 8, 0, -1, -1, .bmask = true},
       {"threads_general", ATTN_VARIANT_EXACT, 1, 4, 2, 130, 150, 8, 8, ATTN_CAUSAL_BOTTOM_RIGHT,
        -1, -1, .klen = true, .qlen = true, .score = ATTN_SCORE_GENERAL, .Dq = 20},
+      {"threads_linformer", ATTN_VARIANT_LINFORMER, 2, 4, 2, 70, 150, 8, 8, 0, -1, -1,
+       .klen = true, .lr_k = 40, .lr_given = true},
       {"threads_additive", ATTN_VARIANT_EXACT, 1, 2, 1, 110, 120, 8, 8, ATTN_CAUSAL_TOP_LEFT, -1,
        -1, .klen = true, .bmask = true, .softcap = 2.0, .score = ATTN_SCORE_ADDITIVE, .A = 24,
        .abias = true, .Dq = 6},
@@ -696,18 +729,24 @@ static void test_bad_input(void **state) {
                    ATTN_ERR_INVALID_ARG);
   assert_non_null(strstr(attn_context_last_error(ctx), "lse"));
   attn_plan_destroy(nolse);
-  /* Unsupported variant / score. */
+  /* Unsupported variant: Swin (S = 2×2 grid, 2×2 windows). */
   attn_desc *d2 = NULL;
-  attn_plan *lin = NULL;
+  attn_plan *sw = NULL;
+  attn_tensor *t4 = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false);
+  attn_tensor *o4 = tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false);
+  const int64_t l4s[3] = {1, 2, 4};
+  attn_tensor *l4 = tu_tensor(ctx, ATTN_DTYPE_F64, NULL, 3, l4s);
   assert_int_equal(attn_desc_create(ctx, &d2), ATTN_OK);
-  assert_int_equal(attn_desc_set_variant(d2, ATTN_VARIANT_LINFORMER), ATTN_OK);
-  assert_int_equal(attn_desc_set_lowrank(d2, 3, 1), ATTN_OK);
-  assert_int_equal(attn_plan_create(ctx, d2, s.q, s.k, s.v, s.out, NULL, s.lse, &lin), ATTN_OK);
-  assert_int_equal(attn_backward_plan_create(lin, s.dout, s.dq, s.dk, s.dv, NULL, &bp),
-                   ATTN_ERR_UNSUPPORTED);
+  assert_int_equal(attn_desc_set_variant(d2, ATTN_VARIANT_SWIN), ATTN_OK);
+  assert_int_equal(attn_desc_set_swin(d2, 2, 2, 2, 0), ATTN_OK);
+  assert_int_equal(attn_plan_create(ctx, d2, t4, t4, t4, o4, NULL, l4, &sw), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(sw, o4, o4, o4, o4, NULL, &bp), ATTN_ERR_UNSUPPORTED);
   assert_non_null(strstr(attn_context_last_error(ctx), "forward"));
-  attn_plan_destroy(lin);
+  attn_plan_destroy(sw);
   attn_desc_destroy(d2);
+  tu_tensor_free(t4);
+  tu_tensor_free(o4);
+  tu_tensor_free(l4);
   assert_ptr_equal(bp, sentinel);
 
   /* Execute: missing lse, mismatching tensors, dmask given against plan time. */

@@ -364,6 +364,26 @@ static attn_status BW(fx *f, int score, int which, attn_tensor *t) {
   return st;
 }
 
+/* attn_backward_plan_set_lowrank_grads with [3, S_k] gradients on the
+ * backward of the fixture's exact plan, or (linformer) of a Linformer plan
+ * with seeded projections (k = 3). */
+static attn_status BL(fx *f, bool linformer, int which, attn_tensor *t) {
+  (void)which, (void)t;
+  attn_plan *p = f->plan;
+  if (linformer) {
+    must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER));
+    must(attn_desc_set_lowrank(f->desc, 3, 1));
+    must(attn_plan_create(f->ctx, f->desc, f->q, f->k, f->v, f->out, NULL, f->lse, &p));
+  }
+  attn_backward_plan *bp = NULL;
+  must(attn_backward_plan_create(p, GQ(f), GQ(f), GK(f), GK(f), NULL, &bp));
+  attn_status st = attn_backward_plan_set_lowrank_grads(bp, T(f, ATTN_DTYPE_F32, 2, 3, SK, 0, 0),
+                                                        T(f, ATTN_DTYPE_F32, 2, 3, SK, 0, 0));
+  attn_backward_plan_destroy(bp);
+  if (linformer) attn_plan_destroy(p);
+  return st;
+}
+
 /* attn_backward_plan_set_general_grad on the fixture's (scaled-dot) plan. */
 static attn_status BW_dot(fx *f) {
   attn_backward_plan *bp = NULL;
@@ -991,9 +1011,8 @@ static attn_status kv_keep(fx *f, attn_kvcache_storage st) {
     BP(f, f->plan, 4, T(f, F32, 4, B_, H_, SQ, SK)))                                              \
   X(backward_dmask_shape, ATTN_ERR_SHAPE, "dmask",                                                \
     BP_dmask(f, T(f, F32, 4, 1, 1, SQ, SK)))                                                      \
-  X(backward_linformer_unsupported, ATTN_ERR_UNSUPPORTED, "forward",                              \
-    (must(attn_desc_set_variant(f->desc, ATTN_VARIANT_LINFORMER)),                               \
-     must(attn_desc_set_lowrank(f->desc, 3, 1)), BP_desc(f)))                                     \
+  X(backward_lowrank_grads_of_exact, ATTN_ERR_INVALID_ARG, "de", BL(f, false, 0, NULL))           \
+  X(backward_lowrank_grads_seeded, ATTN_ERR_INVALID_ARG, "de", BL(f, true, 0, NULL))              \
   X(backward_general_grad_of_dot_score, ATTN_ERR_INVALID_ARG, "dw", BW_dot(f))                    \
   X(backward_general_grad_shape, ATTN_ERR_SHAPE, "dw",                                            \
     BW(f, ATTN_SCORE_GENERAL, 0, T(f, F32, 2, D_, D_ + 1, 0, 0)))                                \

@@ -227,6 +227,7 @@ _FUNCTIONS = [
     ("attn_backward_plan_set_sink_grad", STATUS, [_P, POINTER(c_double), c_int64]),
     ("attn_backward_plan_set_general_grad", STATUS, [_P, _P]),
     ("attn_backward_plan_set_additive_grads", STATUS, [_P, _P, _P, _P, _P]),
+    ("attn_backward_plan_set_lowrank_grads", STATUS, [_P, _P, _P]),
     # paged KV cache (paged.h)
     ("attn_paged_config_init", None, [POINTER(PagedConfig)]),
     ("attn_paged_create", STATUS, [_P, POINTER(PagedConfig), _PP]),
