@@ -45,8 +45,19 @@
  * back: dk = Eᵀ·dK', dv = Fᵀ·dV' (key rows past a key length get 0); dE and
  * dF on request (attn_backward_plan_set_lowrank_grads()).
  *
+ * Linear attention (LINEAR_ELU, PERFORMER) has no softmax and no lse: its
+ * backward recomputes the state Sₐ = Σ_j φ(k_j)[v_jᵀ 1] and, with
+ * gₐ_i = [dout_i, −dout_i·out_i] / den_i, forms dφ(q_i) = Sₐ_i gₐ_i,
+ * dφ(k_j) = R_j [v_j; 1], dv_j = (φ(k_j)ᵀ R_j)[:d_v] with
+ * R_j = Σ_{i keeping j} φ(q_i) gₐ_iᵀ, then the chain through φ. Causal elu+1
+ * uses the forward's chunked prefix form (a forward pass for dq, a reverse
+ * pass for dk and dv). Its plan takes no lse (pass NULL at execute). The
+ * causal Performer (whose feature stabiliser runs per chunk) has no backward
+ * yet: ATTN_ERR_UNSUPPORTED.
+ *
  * Supported: variants EXACT, LONGFORMER, BIGBIRD, BLOCK_SPARSE (the sparse
- * variants go through the same tile-skipping path) and LINFORMER, every score (SCALED_DOT,
+ * variants go through the same tile-skipping path), LINFORMER, LINEAR_ELU
+ * and non-causal PERFORMER, every score (SCALED_DOT,
  * DOT, GENERAL, ADDITIVE), every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), attention sinks (their lse
  * share is already in the forward's lse; their own gradient with
@@ -98,7 +109,8 @@ typedef struct attn_backward_plan attn_backward_plan;
  *     with an additive mask in the forward descriptor. O(S_q·S_k) memory.
  *  Outputs must not overlap the inputs or each other.
  *
- *  @param forward  a forward plan created with an lse tensor
+ *  @param forward  a forward plan created with an lse tensor (linear
+ *                  attention: without, as its forward takes none)
  *  @param dout     metadata of the incoming gradient (data not read here)
  *  @param dq       metadata of the query gradient
  *  @param dk       metadata of the key gradient
@@ -132,7 +144,7 @@ ATTN_API attn_status attn_backward_plan_create(const attn_plan *forward, const a
  *  @param k      forward input k
  *  @param v      forward input v
  *  @param out    forward output out
- *  @param lse    forward output lse (required)
+ *  @param lse    forward output lse (required; NULL for linear attention)
  *  @param dout   ∂L/∂out
  *  @param dq     receives ∂L/∂q
  *  @param dk     receives ∂L/∂k

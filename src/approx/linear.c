@@ -30,6 +30,13 @@ typedef struct linear_impl {
   struct { /* byte offsets in a thread's slot */
     size_t Sa, Qf, Kf, A, Va, Oa, hn;
   } at;
+  /* The backward's slot (attn_linear_bwd_run), laid out at plan time,
+   * allocated by the backward plan: bwd_slot bytes. */
+  struct {
+    size_t Sa, R, Qf, Kf, dQf, dKf, A, A2, Va, Oa, GA, dVa, hn, den;
+  } bat;
+  size_t bwd_slot;
+  bool bwd_ok; /* the slot's size did not overflow */
 } linear_impl;
 
 typedef struct linear_args {
@@ -39,6 +46,14 @@ typedef struct linear_args {
   const attn_tensor *q, *k, *v;
   attn_tensor *out;
 } linear_args;
+
+typedef struct linear_bwd_args {
+  const attn_plan *plan;
+  const attn_mask *mask; /* bound for this execute */
+  attn_ws ws;
+  const attn_tensor *q, *k, *v, *out, *dout;
+  attn_tensor *dq, *dk, *dv;
+} linear_bwd_args;
 
 /* ---- FAVOR+ projection -------------------------------------------------------- */
 
@@ -167,6 +182,26 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
   im->at.Va = attn_carve(&c, es, C, Dv1, 1);
   im->at.Oa = attn_carve(&c, es, C, Dv1, 1);
   im->at.hn = attn_carve(&c, es, C, 1, 1);
+  /* The backward's slot: Sₐ and R (m × (d_v+1)), φ(Q_c), φ(K_c) and their
+   * gradients (C × m), two C×C products, Vₐ, Oₐ, gₐ, dVₐ (C × (d_v+1)), C
+   * key norms and den for every query row. */
+  attn_carver bc = attn_carver_start();
+  im->bat.Sa = attn_carve(&bc, es, m, Dv1, 1);
+  im->bat.R = attn_carve(&bc, es, m, Dv1, 1);
+  im->bat.Qf = attn_carve(&bc, es, C, m, 1);
+  im->bat.Kf = attn_carve(&bc, es, C, m, 1);
+  im->bat.dQf = attn_carve(&bc, es, C, m, 1);
+  im->bat.dKf = attn_carve(&bc, es, C, m, 1);
+  im->bat.A = attn_carve(&bc, es, C, C, 1);
+  im->bat.A2 = attn_carve(&bc, es, C, C, 1);
+  im->bat.Va = attn_carve(&bc, es, C, Dv1, 1);
+  im->bat.Oa = attn_carve(&bc, es, C, Dv1, 1);
+  im->bat.GA = attn_carve(&bc, es, C, Dv1, 1);
+  im->bat.dVa = attn_carve(&bc, es, C, Dv1, 1);
+  im->bat.hn = attn_carve(&bc, es, C, 1, 1);
+  im->bat.den = attn_carve(&bc, es, d->Sq, 1, 1);
+  im->bwd_ok = bc.ok;
+  im->bwd_slot = bc.ok ? (size_t)bc.bytes : 0;
   attn_carver w = attn_carver_start();
   if (favor) {
     attn_carve(&w, sizeof(double), m, d->Dk, 1);
@@ -189,4 +224,35 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
     linear_draw(p, p->desc.features.seed);
   }
   return ATTN_OK;
+}
+
+/* ---- backward ---------------------------------------------------------------- */
+
+attn_status attn_linear_bwd_slot(const attn_plan *p, size_t *slot_bytes) {
+  const linear_impl *im = p->impl;
+  if (p->desc.variant == ATTN_VARIANT_PERFORMER && p->desc.mask.causal != ATTN_CAUSAL_NONE)
+    return attn_fail(p->ctx, ATTN_ERR_UNSUPPORTED,
+                     "forward: the causal Performer has no backward yet (its running feature "
+                     "stabiliser differs per chunk; the non-causal Performer and causal "
+                     "elu+1 have one)");
+  if (!im->bwd_ok)
+    return attn_fail(p->ctx, ATTN_ERR_OVERFLOW, "dq: the linear backward's workspace overflows");
+  *slot_bytes = im->bwd_slot;
+  return ATTN_OK;
+}
+
+attn_status attn_linear_bwd_run(const attn_plan *p, attn_context *ctx, const attn_ws *ws,
+                                const attn_tensor *q, const attn_tensor *k, const attn_tensor *v,
+                                const attn_tensor *out, const attn_tensor *dout, attn_tensor *dq,
+                                attn_tensor *dk, attn_tensor *dv) {
+  const linear_impl *im = p->impl;
+  attn_mask mask = im->mask;
+  attn_mask_bind(&mask, &p->desc);
+  attn_status st = attn_mask_check(&mask, ctx); /* borrowed lengths may have changed */
+  if (st != ATTN_OK) return st;
+  linear_bwd_args a = {p, &mask, *ws, q, k, v, out, dout, dq, dk, dv};
+  return attn_parallel_for(ctx, p->dims.B * p->dims.Hkv,
+                           p->dims.dtype == ATTN_DTYPE_F32 ? linear_bwd_task_f32
+                                                           : linear_bwd_task_f64,
+                           &a);
 }

@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "approx/linear.h"
 #include "approx/lowrank.h"
 #include "blas/gemm.h"
 #include "kernels/backward.h"
@@ -89,6 +90,7 @@ struct attn_backward_plan {
   size_t cv_at[CV_N];
   /* Linformer (dims.S_k is then k): K', V', dK', dV', inner key lengths. */
   bool lowrank;
+  bool linear; /* elu+1 or Performer: approx/linear.c's passes, no lse */
   size_t lr_at[4], lr_len_at;
   void *workspace;
   size_t workspace_bytes;
@@ -158,7 +160,26 @@ static const attn_support bwd_support = {
 
 static bool variant_has_backward(attn_variant v) {
   return v == ATTN_VARIANT_EXACT || v == ATTN_VARIANT_LONGFORMER || v == ATTN_VARIANT_BIGBIRD ||
-         v == ATTN_VARIANT_BLOCK_SPARSE || v == ATTN_VARIANT_LINFORMER;
+         v == ATTN_VARIANT_BLOCK_SPARSE || v == ATTN_VARIANT_LINFORMER ||
+         v == ATTN_VARIANT_LINEAR_ELU || v == ATTN_VARIANT_PERFORMER;
+}
+
+static bool variant_is_linear(attn_variant v) {
+  return v == ATTN_VARIANT_LINEAR_ELU || v == ATTN_VARIANT_PERFORMER;
+}
+
+/* The tensors an execute must match: the forward's q, k, v, out, lse
+ * (absent for linear attention) and the gradients'. */
+static void record_meta(attn_backward_plan *bp, const attn_plan *f, const attn_tensor *dout,
+                        const attn_tensor *dq, const attn_tensor *dk, const attn_tensor *dv,
+                        const attn_tensor *dmask) {
+  memcpy(bp->meta, f->meta, 4 * sizeof(attn_tmeta)); /* q, k, v, out */
+  bp->meta[BM_LSE] = f->meta[5];
+  attn_tmeta_record(&bp->meta[BM_DOUT], dout);
+  attn_tmeta_record(&bp->meta[BM_DQ], dq);
+  attn_tmeta_record(&bp->meta[BM_DK], dk);
+  attn_tmeta_record(&bp->meta[BM_DV], dv);
+  attn_tmeta_record(&bp->meta[BM_DMASK], dmask);
 }
 
 static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_tensor *dout,
@@ -169,7 +190,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   if (!variant_has_backward(f->desc.variant))
     return attn_fail(ctx, ATTN_ERR_UNSUPPORTED,
                      "forward: variant '%s' has no backward yet (exact, longformer, bigbird, "
-                     "block_sparse and linformer do)",
+                     "block_sparse, linformer, linear_elu and performer do)",
                      f->ops->support.name);
   /* 16-bit storage runs the f32 passes on f32 copies (see conv below; such
    * plans have the dot scores only, so no weights need converting). */
@@ -180,7 +201,10 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
                                attn_options_used(&f->desc, f->meta[4].present,
                                                  f->meta[5].present))) != ATTN_OK)
     return st;
-  if (!f->meta[5].present)
+  /* Softmax variants recompute P from the saved lse; linear attention has
+   * none (its forward takes no lse) and recomputes its state. */
+  const bool linear = variant_is_linear(f->desc.variant);
+  if (!linear && !f->meta[5].present)
     return attn_fail(ctx, ATTN_ERR_INVALID_ARG,
                      "lse: the forward plan was created without lse; the backward needs it");
   const attn_tmeta *fq = &f->meta[0], *fk = &f->meta[1], *fv = &f->meta[2], *fo = &f->meta[3];
@@ -206,6 +230,21 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
     if ((st = check_distinct(ctx, "dmask", dmask)) != ATTN_OK) return st;
   }
 
+  if (linear) { /* its own passes (approx/linear.c), one slot per thread */
+    size_t slot;
+    int64_t total;
+    if ((st = attn_linear_bwd_slot(f, &slot)) != ATTN_OK) return st;
+    if (!attn_mul_ok((int64_t)slot, ctx->num_threads, &total))
+      return attn_fail(ctx, ATTN_ERR_OVERFLOW, "dq: the backward's workspace size overflows");
+    bp->linear = true;
+    bp->dims = *d;
+    bp->sdt = d->dtype;
+    bp->score = f->desc.score.kind;
+    bp->slot_bytes = slot;
+    bp->workspace_bytes = (size_t)total;
+    record_meta(bp, f, dout, dq, dk, dv, dmask);
+    return ATTN_OK;
+  }
   /* The forward's resolved mask: exact, sparse and Linformer plans start
    * with attn_exact. Linformer's kernel runs on (K', V'): its dims have
    * S_k = k, and the passes run on K', V' and give dK', dV'. */
@@ -297,13 +336,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->shared_bytes = (size_t)sh.bytes;
   bp->workspace_bytes = (size_t)total;
 
-  memcpy(bp->meta, f->meta, 4 * sizeof(attn_tmeta)); /* q, k, v, out */
-  bp->meta[BM_LSE] = f->meta[5];
-  attn_tmeta_record(&bp->meta[BM_DOUT], dout);
-  attn_tmeta_record(&bp->meta[BM_DQ], dq);
-  attn_tmeta_record(&bp->meta[BM_DK], dk);
-  attn_tmeta_record(&bp->meta[BM_DV], dv);
-  attn_tmeta_record(&bp->meta[BM_DMASK], dmask);
+  record_meta(bp, f, dout, dq, dk, dv, dmask);
   return ATTN_OK;
 }
 
@@ -531,9 +564,13 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
   attn_context *ctx = plan->ctx;
   attn_clear_error(ctx);
   const attn_tensor *ts[BM_N] = {q, k, v, out, lse, dout, dq, dk, dv, dmask};
-  const bool required[BM_N] = {true, true, true, true, true, true, true, true, true, false};
+  const bool required[BM_N] = {true, true, true, true, !plan->linear, true, true, true, true, false};
   attn_status st = attn_tmeta_check_all(ctx, plan->meta, ts, bm_names, required, BM_N);
   if (st != ATTN_OK) return st;
+  if (plan->linear) {
+    const attn_ws lws = {NULL, plan->workspace, plan->slot_bytes};
+    return attn_linear_bwd_run(plan->fwd, ctx, &lws, q, k, v, out, dout, dq, dk, dv);
+  }
   attn_mask mask = plan->mask;
   attn_mask_bind(&mask, &plan->fwd->desc);
   char *shared = (char *)plan->workspace;

@@ -106,7 +106,9 @@ static void setup_case(bsetup *s, const bcase *c, attn_dtype dt, int32_t threads
   s->dv = tu_tensor4(s->ctx, dt, NULL, B, Hkv, Sk, Dv, c->bshd);
   const int64_t lshape[3] = {B, H, Sq};
   const attn_dtype ct = tu_is_16bit(dt) ? ATTN_DTYPE_F32 : dt; /* lse, additive mask */
-  s->lse = tu_tensor(s->ctx, ct, NULL, 3, lshape);
+  /* Linear attention has no lse (its backward recomputes its state). */
+  const bool linear = c->variant == ATTN_VARIANT_LINEAR_ELU || c->variant == ATTN_VARIANT_PERFORMER;
+  s->lse = linear ? NULL : tu_tensor(s->ctx, ct, NULL, 3, lshape);
   free(q);
   free(k);
   free(v);
@@ -395,6 +397,17 @@ static const bcase cases[] = {
      .klen = true, .qlen = true, .softcap = 1.5, .lr_k = 4, .lr_given = true, .lr_head = true},
     {"linformer_seeded_dot", ATTN_VARIANT_LINFORMER, 1, 2, 2, 6, 10, 4, 4, 0, -1, -1,
      .score = ATTN_SCORE_DOT, .scale = 0.8, .lr_k = 3},
+    /* Linear attention (no lse): elu+1 non-causal and causal through the
+     * chunked prefix form (32-row chunks: several chunks, partial ones),
+     * both alignments, rows with no key, GQA, lengths; Performer non-causal. */
+    {"linear_elu", ATTN_VARIANT_LINEAR_ELU, 2, 2, 2, 7, 9, 4, 3, 0, -1, -1, .klen = false},
+    {"linear_elu_causal_gqa_lengths", ATTN_VARIANT_LINEAR_ELU, 3, 4, 2, 40, 45, 4, 3,
+     ATTN_CAUSAL_TOP_LEFT, -1, -1, .klen = true, .qlen = true},
+    {"linear_elu_causal_br", ATTN_VARIANT_LINEAR_ELU, 1, 2, 2, 37, 70, 3, 4,
+     ATTN_CAUSAL_BOTTOM_RIGHT, -1, -1, .klen = false},
+    {"linear_elu_causal_br_sq_gt_sk", ATTN_VARIANT_LINEAR_ELU, 1, 2, 1, 70, 37, 3, 3,
+     ATTN_CAUSAL_BOTTOM_RIGHT, -1, -1, .klen = false},
+    {"performer", ATTN_VARIANT_PERFORMER, 2, 2, 1, 9, 40, 4, 4, 0, -1, -1, .klen = true},
 };
 
 static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
@@ -493,6 +506,10 @@ static void test_threads_bitwise(void **state) {
        -1, -1, .klen = true, .qlen = true, .score = ATTN_SCORE_GENERAL, .Dq = 20},
       {"threads_linformer", ATTN_VARIANT_LINFORMER, 2, 4, 2, 70, 150, 8, 8, 0, -1, -1,
        .klen = true, .lr_k = 40, .lr_given = true},
+      {"threads_linear_causal", ATTN_VARIANT_LINEAR_ELU, 2, 4, 2, 100, 90, 8, 8,
+       ATTN_CAUSAL_BOTTOM_RIGHT, -1, -1, .klen = true, .qlen = true},
+      {"threads_performer", ATTN_VARIANT_PERFORMER, 1, 4, 1, 70, 80, 8, 8, 0, -1, -1,
+       .klen = true},
       {"threads_additive", ATTN_VARIANT_EXACT, 1, 2, 1, 110, 120, 8, 8, ATTN_CAUSAL_TOP_LEFT, -1,
        -1, .klen = true, .bmask = true, .softcap = 2.0, .score = ATTN_SCORE_ADDITIVE, .A = 24,
        .abias = true, .Dq = 6},
@@ -744,6 +761,33 @@ static void test_bad_input(void **state) {
   assert_non_null(strstr(attn_context_last_error(ctx), "forward"));
   attn_plan_destroy(sw);
   attn_desc_destroy(d2);
+  /* The causal Performer (no lse): no backward yet; the linear backward
+   * takes no lse at execute. */
+  attn_plan *pf = NULL;
+  assert_int_equal(attn_desc_create(ctx, &d2), ATTN_OK);
+  assert_int_equal(attn_desc_set_variant(d2, ATTN_VARIANT_PERFORMER), ATTN_OK);
+  assert_int_equal(attn_desc_set_causal(d2, ATTN_CAUSAL_TOP_LEFT), ATTN_OK);
+  assert_int_equal(attn_plan_create(ctx, d2, t4, t4, t4, o4, NULL, NULL, &pf), ATTN_OK);
+  assert_int_equal(attn_backward_plan_create(pf, o4, o4, o4, o4, NULL, &bp), ATTN_ERR_UNSUPPORTED);
+  assert_non_null(strstr(attn_context_last_error(ctx), "causal Performer"));
+  attn_plan_destroy(pf);
+  assert_int_equal(attn_desc_set_causal(d2, ATTN_CAUSAL_NONE), ATTN_OK);
+  assert_int_equal(attn_plan_create(ctx, d2, t4, t4, t4, o4, NULL, NULL, &pf), ATTN_OK);
+  attn_tensor *g4[3] = {tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false),
+                        tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false),
+                        tu_tensor4(ctx, ATTN_DTYPE_F64, NULL, 1, 2, 4, 4, false)};
+  attn_backward_plan *bpf = NULL;
+  assert_int_equal(attn_backward_plan_create(pf, o4, g4[0], g4[1], g4[2], NULL, &bpf), ATTN_OK);
+  assert_int_equal(attn_plan_execute(pf, t4, t4, t4, o4, NULL, NULL), ATTN_OK);
+  assert_int_equal(attn_backward_execute(bpf, t4, t4, t4, o4, l4, o4, g4[0], g4[1], g4[2], NULL),
+                   ATTN_ERR_MISMATCH);
+  assert_non_null(strstr(attn_context_last_error(ctx), "lse"));
+  assert_int_equal(attn_backward_execute(bpf, t4, t4, t4, o4, NULL, o4, g4[0], g4[1], g4[2], NULL),
+                   ATTN_OK);
+  attn_backward_plan_destroy(bpf);
+  attn_plan_destroy(pf);
+  attn_desc_destroy(d2);
+  for (int i = 0; i < 3; i++) tu_tensor_free(g4[i]);
   tu_tensor_free(t4);
   tu_tensor_free(o4);
   tu_tensor_free(l4);
