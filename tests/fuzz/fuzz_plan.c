@@ -3,6 +3,7 @@
  * out of range, every setter gets arbitrary values (variants included), and
  * allocations sometimes fail. Only statuses are checked (plus: known status,
  * *out untouched and a message on failure, no leak); nothing is executed.
+ * A plan that is created also gets a backward plan (every variant's setup).
  *
  * q/k/v/out/weights/lse point at a small dummy buffer whatever their
  * metadata says: plan creation reads no tensor data (attn.h). Everything a
@@ -397,6 +398,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     attn_tensor *wrong_w = ts[4] ? NULL : ts[3];
     st = attn_plan_execute(plan, ts[0], ts[1], ts[2], ts[3], wrong_w, ts[5]);
     FZ_CHECK(st == ATTN_ERR_MISMATCH, "execute with a wrong weights tensor: %d", (int)st);
+    /* Its backward, gradients of the inputs' metadata (dout = out): every
+     * variant's setup (workspace sizes of projected scores, Linformer,
+     * 16-bit copies, linear attention) on arbitrary dims. Only planned. */
+    attn_backward_plan *bp = (attn_backward_plan *)CANARY;
+    attn_clear_error(it.ctx);
+    st = attn_backward_plan_create(plan, ts[3], ts[0], ts[1], ts[2], NULL, &bp);
+    FZ_CHECK(fz_status_known(st), "backward_plan_create: %d", (int)st);
+    if (st == ATTN_OK) {
+      FZ_CHECK(bp != NULL && bp != (attn_backward_plan *)CANARY, "backward: OK without a plan");
+      attn_backward_plan_destroy(bp);
+    } else {
+      FZ_CHECK(bp == (attn_backward_plan *)CANARY, "backward_plan_create wrote *out on failure");
+      FZ_CHECK(attn_context_last_error(it.ctx)[0] != '\0', "backward failed without a message");
+    }
     attn_plan_destroy(plan);
   } else {
     FZ_CHECK(plan == CANARY, "plan_create wrote *out on failure");
