@@ -98,8 +98,6 @@ attn_status attn_lowrank_project(const attn_plan *p, attn_context *ctx, const at
   return attn_parallel_for(ctx, d->B * d->Hkv, lowrank_task, &a);
 }
 
-int64_t attn_lowrank_rank(const attn_plan *p) { return ((const lowrank_impl *)p->impl)->k; }
-
 /* dk = Eᵀ dK', dv = Fᵀ dV' for (b, kv head) t: the item's key rows; rows
  * past its key length get 0. */
 static void unproject_task(void *argp, int64_t t, int32_t thread) {

@@ -6,9 +6,6 @@
 
 #include "core/internal.h"
 
-/* k, the projected length of a Linformer plan. */
-int64_t attn_lowrank_rank(const struct attn_plan *p);
-
 /* One execute's projections: re-checks the borrowed key lengths (named
  * message), writes inner_len [B] (k, or 0 for an item with no keys; not
  * written when NULL, i.e. without key lengths) and K' = E·K, V' = F·V as
