@@ -1,18 +1,15 @@
 /* Case `mha_bwd`: a training step of the multi-head self-attention layer
- * (nn.MultiheadAttention's computation, batch-first, E = H·D, in/out
- * projections with biases), composed from public calls the way a C training
- * loop (or attn.torch.MultiheadAttention) runs it: the projections by
- * OpenBLAS GEMMs on the caller's buffers, the attention core by an attn_plan
- * with lse and its attn_backward_plan on head views of those buffers (no
- * copies). libattn's attn_mha layer has no backward entry point yet.
+ * (nn.MultiheadAttention's computation, batch-first, E = H·D, packed in/out
+ * projections with biases) through libattn's layer API: attn_mha with an
+ * attn_mha_backward_plan.
  *
- *   forward:  QKV = x W_inᵀ + b_in;  O = attention(Q, K, V);  y = O W_oᵀ + b_o
- *   backward: dW_o = dyᵀ O, db_o = Σ dy, dO = dy W_o; attention backward →
- *             dQ, dK, dV; dW_in = dQKVᵀ x, db_in = Σ dQKV, dx = dQKV W_in
+ *   forward:  attn_mha_forward_train (projections, attention with lse,
+ *             out-projection; the activations kept in `saved`)
+ *   backward: attn_mha_backward_execute: dx (the sum over query, key and
+ *             value: one input), dW_in, db_in, dW_o, db_o
  *
- * `ms` is the backward alone, `fwd_ms` (the extra) the forward, both in this
- * process; FLOPs are the backward's: 2.5 × 4·B·H·S²·D + 2 · 2·B·S·(3E·E + E·E). */
-#include <cblas.h>
+ * `ms` is the backward alone, `fwd_ms` (the extra) the training forward, both
+ * in this process; FLOPs are the backward's: 2.5 × 4·B·H·S²·D + 2 · 2·B·S·(3E·E + E·E). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,177 +17,124 @@
 
 #include "bench.h"
 
+enum { T_X, T_Y, T_DY, T_DX, T_WIN, T_BIN, T_WO, T_BO, T_GWIN, T_GBIN, T_GWO, T_GBO, T_N };
+
 typedef struct mhab {
-  const bench_opts *o;
-  int64_t B, S, E, H, D;
-  size_t es;
-  /* caller buffers (row-major): x, y, dy, dx [B·S, E]; QKV, dQKV [B·S, 3E];
-   * O, dO [B·S, E]; weights W_in [3E, E], b_in [3E], W_o [E, E], b_o [E] and
-   * their gradients. */
-  void *x, *y, *dy, *dx, *qkv, *dqkv, *ao, *dao, *w_in, *b_in, *w_o, *b_o;
-  void *gw_in, *gb_in, *gw_o, *gb_o;
-  attn_tensor *q, *k, *v, *out, *lse, *dout, *dq, *dk, *dv; /* head views */
-  attn_desc *desc;
-  attn_plan *fwd;
-  attn_backward_plan *bwd;
+  attn_tensor *t[T_N];
+  attn_mha *mha;
+  attn_mha_backward_plan *plan;
+  attn_mha_grads grads;
+  void *saved;
+  size_t saved_size;
 } mhab;
-
-/* C[M×N] = op(A)·op(B) + beta·C (row-major) in the bench dtype. */
-static void gemm(const mhab *m, bool ta, bool tb, int64_t M, int64_t N, int64_t K, const void *A,
-                 int64_t lda, const void *B, int64_t ldb, double beta, void *C, int64_t ldc) {
-  const CBLAS_TRANSPOSE a = ta ? CblasTrans : CblasNoTrans, b = tb ? CblasTrans : CblasNoTrans;
-  if (m->es == 4)
-    cblas_sgemm(CblasRowMajor, a, b, (int)M, (int)N, (int)K, 1.0f, A, (int)lda, B, (int)ldb,
-                (float)beta, C, (int)ldc);
-  else
-    cblas_dgemm(CblasRowMajor, a, b, (int)M, (int)N, (int)K, 1.0, A, (int)lda, B, (int)ldb, beta,
-                C, (int)ldc);
-}
-
-/* rows[r][c] += bias[c] for R rows of N. */
-static void add_bias(const mhab *m, void *rows, const void *bias, int64_t R, int64_t N) {
-  for (int64_t r = 0; r < R; r++)
-    for (int64_t c = 0; c < N; c++)
-      if (m->es == 4)
-        ((float *)rows)[r * N + c] += ((const float *)bias)[c];
-      else
-        ((double *)rows)[r * N + c] += ((const double *)bias)[c];
-}
-
-/* g[c] = Σ_r rows[r][c]. */
-static void col_sum(const mhab *m, const void *rows, void *g, int64_t R, int64_t N) {
-  memset(g, 0, (size_t)N * m->es);
-  for (int64_t r = 0; r < R; r++)
-    for (int64_t c = 0; c < N; c++)
-      if (m->es == 4)
-        ((float *)g)[c] += ((const float *)rows)[r * N + c];
-      else
-        ((double *)g)[c] += ((const double *)rows)[r * N + c];
-}
 
 static int mhab_forward(void *arg) {
   mhab *m = arg;
-  const int64_t R = m->B * m->S, E = m->E;
-  gemm(m, false, true, R, 3 * E, E, m->x, E, m->w_in, E, 0.0, m->qkv, 3 * E);
-  add_bias(m, m->qkv, m->b_in, R, 3 * E);
-  if (attn_plan_execute(m->fwd, m->q, m->k, m->v, m->out, NULL, m->lse) != ATTN_OK) return 1;
-  gemm(m, false, true, R, E, E, m->ao, E, m->w_o, E, 0.0, m->y, E);
-  add_bias(m, m->y, m->b_o, R, E);
-  return 0;
+  return attn_mha_forward_train(m->plan, m->t[T_X], m->t[T_X], m->t[T_X], NULL, m->t[T_Y],
+                                m->saved, m->saved_size) != ATTN_OK;
 }
 
 static int mhab_backward(void *arg) {
   mhab *m = arg;
-  const int64_t R = m->B * m->S, E = m->E;
-  gemm(m, true, false, E, E, R, m->dy, E, m->ao, E, 0.0, m->gw_o, E);
-  col_sum(m, m->dy, m->gb_o, R, E);
-  gemm(m, false, false, R, E, E, m->dy, E, m->w_o, E, 0.0, m->dao, E);
-  if (attn_backward_execute(m->bwd, m->q, m->k, m->v, m->out, m->lse, m->dout, m->dq, m->dk,
-                            m->dv, NULL) != ATTN_OK)
-    return 1;
-  gemm(m, true, false, 3 * E, E, R, m->dqkv, 3 * E, m->x, E, 0.0, m->gw_in, E);
-  col_sum(m, m->dqkv, m->gb_in, R, 3 * E);
-  gemm(m, false, false, R, E, 3 * E, m->dqkv, 3 * E, m->w_in, E, 0.0, m->dx, E);
-  return 0;
+  return attn_mha_backward_execute(m->plan, m->t[T_X], m->t[T_X], m->t[T_X], NULL, m->t[T_DY],
+                                   m->saved, m->saved_size, m->t[T_DX], m->t[T_DX], m->t[T_DX],
+                                   &m->grads) != ATTN_OK;
 }
 
-/* A [B, H, S, D] view of columns [col, col + E) of a [B·S, ld] buffer. */
-static attn_tensor *heads_view(attn_context *ctx, const mhab *m, void *buf, int64_t ld,
-                               int64_t col) {
-  const int64_t shape[4] = {m->B, m->H, m->S, m->D};
-  const int64_t strides[4] = {m->S * ld, m->D, ld, 1};
+/* A tensor of uniform values in [-a, a) (a = 0: zeros). */
+static attn_tensor *filled(attn_context *ctx, attn_dtype dt, int32_t rank, int64_t d0,
+                           int64_t d1, int64_t d2, double a, uint64_t seed) {
+  const int64_t all[3] = {d0, d1, d2};
+  const int64_t *shape = all + (3 - rank);
   attn_tensor *t = NULL;
-  char *base = (char *)buf + (size_t)col * m->es;
-  if (attn_tensor_wrap(ctx, m->o->dtype, 4, shape, strides, base, &t) != ATTN_OK) return NULL;
-  return t;
-}
-
-static void *filled(size_t n, size_t es, double a, uint64_t seed) {
-  void *p = malloc(n * es);
-  if (p == NULL) return NULL;
+  if (attn_tensor_create(ctx, dt, rank, shape, &t) != ATTN_OK) return NULL;
+  const int64_t n = attn_tensor_numel(t);
   uint64_t s = seed * 0x9E3779B97F4A7C15ULL + 1;
-  for (size_t i = 0; i < n; i++) {
+  for (int64_t i = 0; i < n; i++) {
     s ^= s << 13;
     s ^= s >> 7;
     s ^= s << 17;
     const double x = a * (2.0 * (double)(s >> 11) / 9007199254740992.0 - 1.0);
-    if (es == 4)
-      ((float *)p)[i] = (float)x;
+    if (dt == ATTN_DTYPE_F32)
+      ((float *)attn_tensor_data(t))[i] = (float)x;
     else
-      ((double *)p)[i] = x;
+      ((double *)attn_tensor_data(t))[i] = x;
   }
-  return p;
+  return t;
 }
 
 static int case_mha_bwd(attn_context *ctx, const bench_opts *o, bench_result *r) {
-  mhab m;
-  memset(&m, 0, sizeof m);
-  m.o = o;
-  m.B = o->B, m.S = o->Sq, m.H = o->H, m.D = o->D, m.E = o->H * o->D;
-  m.es = o->dtype == ATTN_DTYPE_F64 ? 8 : 4;
-  int rc = 1;
   if (o->Sq != o->Sk || (o->Hkv > 0 && o->Hkv != o->H)) {
     fprintf(stderr, "attn-bench: mha_bwd is self-attention with H_kv = H (no --Sq/--Sk/--Hkv)\n");
     return 1;
   }
-  const size_t R = (size_t)(m.B * m.S), E = (size_t)m.E, es = m.es;
+  if (o->dtype != ATTN_DTYPE_F32 && o->dtype != ATTN_DTYPE_F64) {
+    fprintf(stderr, "attn-bench: mha_bwd runs f32 or f64 layers\n");
+    return 1;
+  }
+  mhab m;
+  memset(&m, 0, sizeof m);
+  const attn_dtype dt = o->dtype;
+  const int64_t B = o->B, S = o->Sq, H = o->H, E = o->H * o->D;
   const double a = 1.0 / sqrt((double)E);
-  m.x = filled(R * E, es, 1.0, 1);
-  m.dy = filled(R * E, es, 1.0, 2);
-  m.w_in = filled(3 * E * E, es, a, 3);
-  m.b_in = filled(3 * E, es, 0.1, 4);
-  m.w_o = filled(E * E, es, a, 5);
-  m.b_o = filled(E, es, 0.1, 6);
-  void **bufs[] = {&m.y, &m.dx, &m.qkv, &m.dqkv, &m.ao, &m.dao, &m.gw_in, &m.gb_in, &m.gw_o, &m.gb_o};
-  const size_t sizes[] = {R * E, R * E, R * 3 * E, R * 3 * E, R * E, R * E, 3 * E * E, 3 * E, E * E, E};
-  bool ok = m.x && m.dy && m.w_in && m.b_in && m.w_o && m.b_o;
-  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
-    ok = ok && (*bufs[i] = calloc(sizes[i], es)) != NULL;
-  const int64_t lshape[3] = {m.B, m.H, m.S};
+  m.t[T_X] = filled(ctx, dt, 3, B, S, E, 1.0, 1);
+  m.t[T_DY] = filled(ctx, dt, 3, B, S, E, 1.0, 2);
+  m.t[T_Y] = filled(ctx, dt, 3, B, S, E, 0, 0);
+  m.t[T_DX] = filled(ctx, dt, 3, B, S, E, 0, 0);
+  m.t[T_WIN] = filled(ctx, dt, 2, 0, 3 * E, E, a, 3);
+  m.t[T_BIN] = filled(ctx, dt, 1, 0, 0, 3 * E, 0.1, 4);
+  m.t[T_WO] = filled(ctx, dt, 2, 0, E, E, a, 5);
+  m.t[T_BO] = filled(ctx, dt, 1, 0, 0, E, 0.1, 6);
+  m.t[T_GWIN] = filled(ctx, dt, 2, 0, 3 * E, E, 0, 0);
+  m.t[T_GBIN] = filled(ctx, dt, 1, 0, 0, 3 * E, 0, 0);
+  m.t[T_GWO] = filled(ctx, dt, 2, 0, E, E, 0, 0);
+  m.t[T_GBO] = filled(ctx, dt, 1, 0, 0, E, 0, 0);
+  bool ok = true;
+  for (int i = 0; i < T_N; i++) ok = ok && m.t[i] != NULL;
+  attn_desc *desc = NULL;
+  int rc = 1;
   if (ok) {
-    m.q = heads_view(ctx, &m, m.qkv, 3 * m.E, 0);
-    m.k = heads_view(ctx, &m, m.qkv, 3 * m.E, m.E);
-    m.v = heads_view(ctx, &m, m.qkv, 3 * m.E, 2 * m.E);
-    m.out = heads_view(ctx, &m, m.ao, m.E, 0);
-    m.dout = heads_view(ctx, &m, m.dao, m.E, 0);
-    m.dq = heads_view(ctx, &m, m.dqkv, 3 * m.E, 0);
-    m.dk = heads_view(ctx, &m, m.dqkv, 3 * m.E, m.E);
-    m.dv = heads_view(ctx, &m, m.dqkv, 3 * m.E, 2 * m.E);
-    ok = m.q && m.k && m.v && m.out && m.dout && m.dq && m.dk && m.dv &&
-         attn_tensor_create(ctx, o->dtype, 3, lshape, &m.lse) == ATTN_OK &&
-         attn_desc_create(ctx, &m.desc) == ATTN_OK;
-  }
-  if (ok && o->causal) attn_desc_set_causal(m.desc, ATTN_CAUSAL_TOP_LEFT);
-  if (ok && (attn_plan_create(ctx, m.desc, m.q, m.k, m.v, m.out, NULL, m.lse, &m.fwd) != ATTN_OK ||
-             attn_backward_plan_create(m.fwd, m.dout, m.dq, m.dk, m.dv, NULL, &m.bwd) != ATTN_OK)) {
-    fprintf(stderr, "attn-bench: mha_bwd plan: %s\n", attn_context_last_error(ctx));
-    ok = false;
+    attn_mha_config cfg;
+    attn_mha_config_init(&cfg);
+    cfg.embed_dim = E, cfg.num_heads = H, cfg.batch_first = 1, cfg.dtype = dt;
+    attn_mha_weights w;
+    attn_mha_weights_init(&w);
+    w.in_proj_weight = m.t[T_WIN], w.in_proj_bias = m.t[T_BIN];
+    w.out_proj_weight = m.t[T_WO], w.out_proj_bias = m.t[T_BO];
+    attn_mha_grads_init(&m.grads);
+    m.grads.in_proj_weight = m.t[T_GWIN], m.grads.in_proj_bias = m.t[T_GBIN];
+    m.grads.out_proj_weight = m.t[T_GWO], m.grads.out_proj_bias = m.t[T_GBO];
+    ok = attn_desc_create(ctx, &desc) == ATTN_OK &&
+         (!o->causal || attn_desc_set_causal(desc, ATTN_CAUSAL_TOP_LEFT) == ATTN_OK) &&
+         attn_mha_create(ctx, &cfg, &w, &m.mha) == ATTN_OK &&
+         attn_mha_backward_plan_create(m.mha, desc, m.t[T_X], m.t[T_X], m.t[T_X], NULL, m.t[T_Y],
+                                       &m.plan) == ATTN_OK;
+    if (!ok) fprintf(stderr, "attn-bench: mha_bwd plan: %s\n", attn_context_last_error(ctx));
   }
   if (ok) {
-    const int prev = openblas_get_num_threads();
-    openblas_set_num_threads(o->threads); /* the projections: OpenBLAS's own threads */
-    if (mhab_forward(&m) == 0) {
-      r->ms = bench_time_ms(mhab_backward, &m, o->reps);
-      r->extra = bench_time_ms(mhab_forward, &m, o->reps);
-      r->extra_name = "fwd_ms";
-      const double Bd = (double)m.B, S = (double)m.S, Ed = (double)m.E;
-      r->flops = 2.5 * 4.0 * Bd * (double)m.H * S * S * (double)m.D +
-                 2.0 * 2.0 * Bd * S * (3.0 * Ed * Ed + Ed * Ed);
-      rc = isnan(r->ms) || isnan(r->extra);
-    }
-    openblas_set_num_threads(prev);
+    m.saved_size = attn_mha_backward_saved_size(m.plan);
+    ok = (m.saved = malloc(m.saved_size)) != NULL;
+    if (ok) memset(m.saved, 0, m.saved_size);
   }
-  attn_backward_plan_destroy(m.bwd);
-  attn_plan_destroy(m.fwd);
-  attn_desc_destroy(m.desc);
-  attn_tensor *ts[] = {m.q, m.k, m.v, m.out, m.lse, m.dout, m.dq, m.dk, m.dv};
-  for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) attn_tensor_destroy(ts[i]);
-  void *all[] = {m.x, m.y, m.dy, m.dx, m.qkv, m.dqkv, m.ao, m.dao, m.w_in, m.b_in, m.w_o, m.b_o,
-                 m.gw_in, m.gb_in, m.gw_o, m.gb_o};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) free(all[i]);
+  if (ok && mhab_forward(&m) == 0) {
+    r->ms = bench_time_ms(mhab_backward, &m, o->reps);
+    r->extra = bench_time_ms(mhab_forward, &m, o->reps);
+    r->extra_name = "fwd_ms";
+    const double Bd = (double)B, Sd = (double)S, Ed = (double)E;
+    r->flops = 2.5 * 4.0 * Bd * (double)H * Sd * Sd * (double)o->D +
+               2.0 * 2.0 * Bd * Sd * (3.0 * Ed * Ed + Ed * Ed);
+    rc = isnan(r->ms) || isnan(r->extra);
+  } else if (ok) {
+    fprintf(stderr, "attn-bench: mha_bwd: %s\n", attn_context_last_error(ctx));
+  }
+  free(m.saved);
+  attn_mha_backward_plan_destroy(m.plan);
+  attn_mha_destroy(m.mha);
+  attn_desc_destroy(desc);
+  for (int i = 0; i < T_N; i++) attn_tensor_destroy(m.t[i]);
   return rc;
 }
 
 const bench_case bench_case_mha_bwd = {
     "mha_bwd", case_mha_bwd,
-    "MHA self-attention layer training step (projections + attention backward); extra fwd_ms"};
+    "MHA self-attention layer training step (attn_mha backward plan); extra fwd_ms"};

@@ -271,6 +271,174 @@ ATTN_API attn_status attn_mha_plan_execute_on(const attn_mha_plan *plan, attn_co
 /** Destroy a plan. NULL is a no-op. @since 0.1.0 */
 ATTN_API void attn_mha_plan_destroy(attn_mha_plan *plan);
 
+/* ------------------------------------------------------------------------- */
+/** @defgroup mha_backward Training the multi-head layer (backward)
+ *
+ *  A training step of an attn_mha layer is three calls on one backward plan:
+ *
+ *      attn_mha_forward_train(plan, query, key, value, kpm, out, saved, n);
+ *      ...the loss, dout = ∂L/∂out...
+ *      attn_mha_backward_execute(plan, query, key, value, kpm, dout, saved, n,
+ *                                dquery, dkey, dvalue, &grads);
+ *
+ *  The forward keeps what the backward needs (the projected Q, K, V with
+ *  the appended bias/zero rows, the merged attention output and the
+ *  softmax's log-sum-exp) in @c saved, caller memory of
+ *  attn_mha_backward_saved_size() bytes, so one plan serves any number of
+ *  steps in flight (gradient accumulation, pipelining) and is only read by
+ *  both calls. The backward then runs, all in the layer's dtype:
+ *
+ *    dW_o = Σ dout_rowᵀ · merge(O)_row     db_o = Σ dout_row
+ *    dO   = dout · W_o   → the attention backward (attn/backward.h) on the
+ *                          head views → dQ, dK, dV (GQA: summed per group)
+ *    dW_q = Σ dQ_rowᵀ · query_row, db_q = Σ dQ_row, dquery = dQ · W_q
+ *    (likewise K, V over the S_k real keys; the appended bias_k/bias_v row's
+ *    gradient, summed over the batch, is dbias_k/dbias_v; the zero row has
+ *    none)
+ *
+ *  Every sum over rows runs in a fixed order per output block, so results
+ *  are bitwise identical for any thread count. Gradients equal PyTorch's
+ *  nn.MultiheadAttention autograd (tests/oracle/test_mha_torch.py).
+ *
+ *  Supported: what attn_mha_plan_create() supports for F32 and F64 layers
+ *  (packed or separate weights, kdim/vdim, bias, add_bias_kv,
+ *  add_zero_attn, GQA/MQA, either sequence order, key_padding_mask, every
+ *  desc option the attention backward supports). Not (ATTN_ERR_UNSUPPORTED
+ *  at plan creation): bf16/f16 layers, and desc variants without an
+ *  attention backward. The attention weights output is not available in
+ *  training (use attn_mha_plan_execute() for it).
+ *  @{ */
+
+/** Opaque backward plan of an attn_mha layer for fixed shapes. */
+typedef struct attn_mha_backward_plan attn_mha_backward_plan;
+
+/** Where attn_mha_backward_execute() writes the parameter gradients: each
+ *  a tensor of the same shape and dtype as the parameter of that name in
+ *  attn_mha_weights (last dim contiguous), or NULL when that gradient is
+ *  not wanted. Gradients are overwritten, not accumulated into. Give only
+ *  fields the layer has (in_proj_weight for a packed layer, q/k/v for a
+ *  separate one). Initialise with attn_mha_grads_init(). */
+typedef struct attn_mha_grads {
+  size_t struct_size;            /**< sizeof(attn_mha_grads), set by init */
+  attn_tensor *in_proj_weight;   /**< [E + 2·E_kv, E], or NULL */
+  attn_tensor *q_proj_weight;    /**< [E, E], or NULL */
+  attn_tensor *k_proj_weight;    /**< [E_kv, kdim], or NULL */
+  attn_tensor *v_proj_weight;    /**< [E_kv, vdim], or NULL */
+  attn_tensor *in_proj_bias;     /**< [E + 2·E_kv], or NULL */
+  attn_tensor *out_proj_weight;  /**< [E, E], or NULL */
+  attn_tensor *out_proj_bias;    /**< [E], or NULL */
+  attn_tensor *bias_k;           /**< [1, 1, E_kv], or NULL */
+  attn_tensor *bias_v;           /**< [1, 1, E_kv], or NULL */
+} attn_mha_grads;
+
+/** Set struct_size and every tensor to NULL. NULL is a no-op. @since 0.2.0 */
+ATTN_API void attn_mha_grads_init(attn_mha_grads *g);
+
+/** Plan training steps of @p mha for these tensors (metadata only), with
+ *  the arguments and checks of attn_mha_plan_create() without weights.
+ *  Allocates the plan's workspace now (the projected gradients dQ, dK, dV
+ *  and the merged dO besides the forward's workspace, plus the attention
+ *  backward's own).
+ *  @param mha               the layer (f32 or f64); must outlive the plan
+ *  @param desc              attention options as for attn_mha_plan_create(),
+ *                           or NULL
+ *  @param query             metadata of the query input
+ *  @param key               metadata of the key input
+ *  @param value             metadata of the value input
+ *  @param key_padding_mask  metadata of the key padding mask, or NULL
+ *  @param out               metadata of the output
+ *  @param plan              receives the plan; untouched on failure
+ *  @return as attn_mha_plan_create(), plus ATTN_ERR_UNSUPPORTED (a
+ *          bf16/f16 layer, naming "mha"; a desc the attention backward does
+ *          not support, naming "desc"). @since 0.2.0 */
+ATTN_API attn_status attn_mha_backward_plan_create(attn_mha *mha, const attn_desc *desc,
+                                                   const attn_tensor *query,
+                                                   const attn_tensor *key,
+                                                   const attn_tensor *value,
+                                                   const attn_tensor *key_padding_mask,
+                                                   const attn_tensor *out,
+                                                   attn_mha_backward_plan **plan);
+
+/** Bytes of @c saved one training step needs (any alignment; includes the
+ *  slack to align it). 0 for NULL. @since 0.2.0 */
+ATTN_API size_t attn_mha_backward_saved_size(const attn_mha_backward_plan *plan);
+
+/** The layer's forward (as attn_mha_plan_execute() without weights; out is
+ *  bitwise what it writes) keeping the activations in @p saved for
+ *  attn_mha_backward_execute(). Allocates nothing. One thread at a time per
+ *  plan.
+ *  @param plan              the backward plan
+ *  @param query             as for attn_mha_plan_execute(): plan-time
+ *                           dtype, shape and strides
+ *  @param key               likewise
+ *  @param value             likewise
+ *  @param key_padding_mask  likewise (non-NULL exactly when it was at plan time)
+ *  @param out               receives the layer's output
+ *  @param saved             caller memory (any alignment) that receives the
+ *                           activations
+ *  @param saved_size        its size: ≥ attn_mha_backward_saved_size()
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH (a tensor differs
+ *          from plan time), ATTN_ERR_INVALID_ARG (saved_size too small, a
+ *          borrowed length or slope out of range), ATTN_ERR_THREAD.
+ *  @since 0.2.0 */
+ATTN_API attn_status attn_mha_forward_train(attn_mha_backward_plan *plan,
+                                            const attn_tensor *query, const attn_tensor *key,
+                                            const attn_tensor *value,
+                                            const attn_tensor *key_padding_mask,
+                                            attn_tensor *out, void *saved, size_t saved_size);
+
+/** The gradients of a training step. query, key, value, key_padding_mask,
+ *  the layer's parameters and the descriptor's borrowed arrays must hold
+ *  what they held for the attn_mha_forward_train() that filled @p saved.
+ *  Allocates nothing; one thread at a time per plan; bitwise identical for
+ *  any thread count. On a validation error no output is written.
+ *  @param plan              the backward plan
+ *  @param query             the forward's query (plan-time metadata)
+ *  @param key               the forward's key
+ *  @param value             the forward's value
+ *  @param key_padding_mask  the forward's key padding mask, or NULL as at
+ *                           plan time
+ *  @param dout              ∂L/∂out, out's shape (any strides, last dim
+ *                           contiguous)
+ *  @param saved             what attn_mha_forward_train() wrote (read only)
+ *  @param saved_size        its size: ≥ attn_mha_backward_saved_size()
+ *  @param dquery            receives ∂L/∂query (query's shape; any strides,
+ *                           last dim contiguous), or NULL if not wanted
+ *  @param dkey              receives ∂L/∂key (key's shape), or NULL
+ *  @param dvalue            receives ∂L/∂value (value's shape), or NULL.
+ *                           Self-attention: pass one tensor for two or three
+ *                           of dquery, dkey, dvalue (the same object, or the
+ *                           same data and metadata) and it receives their
+ *                           sum, as autograd gives for an input used three
+ *                           times. Otherwise the outputs must not overlap
+ *                           each other or the inputs.
+ *  @param grads             parameter gradients (see attn_mha_grads), or
+ *                           NULL for none
+ *  @return ATTN_OK, ATTN_ERR_NULL_ARG, ATTN_ERR_MISMATCH, ATTN_ERR_SHAPE,
+ *          ATTN_ERR_DTYPE, ATTN_ERR_LAYOUT (a gradient tensor, named),
+ *          ATTN_ERR_INVALID_ARG (saved_size too small, grads.struct_size
+ *          unknown, a gradient for a parameter the layer does not have, an
+ *          input gradient sharing another's data with other metadata),
+ *          ATTN_ERR_THREAD.
+ *  @since 0.2.0 */
+ATTN_API attn_status attn_mha_backward_execute(attn_mha_backward_plan *plan,
+                                               const attn_tensor *query, const attn_tensor *key,
+                                               const attn_tensor *value,
+                                               const attn_tensor *key_padding_mask,
+                                               const attn_tensor *dout, const void *saved,
+                                               size_t saved_size, attn_tensor *dquery,
+                                               attn_tensor *dkey, attn_tensor *dvalue,
+                                               const attn_mha_grads *grads);
+
+/** Bytes of workspace the backward plan holds (its attention plans' included).
+ *  0 for NULL. @since 0.2.0 */
+ATTN_API size_t attn_mha_backward_plan_workspace_size(const attn_mha_backward_plan *plan);
+
+/** Destroy a backward plan (before its layer). NULL is a no-op. @since 0.2.0 */
+ATTN_API void attn_mha_backward_plan_destroy(attn_mha_backward_plan *plan);
+
+/** @} */
+
 /** @} */
 
 #ifdef __cplusplus

@@ -21,16 +21,6 @@ static inline const void *cat(const void *base, int64_t off, size_t es) {
 #define ATTN_TMPL_FILE "heads/mha_impl.inc"
 #include "core/tmpl.h"
 
-/* C[M×N] = A[M×K] · W[N×K]ᵀ */
-static void gemm_nt(attn_dtype dt, int64_t M, int64_t N, int64_t K, const void *A, int64_t lda,
-                    const void *W, int64_t ldw, void *C, int64_t ldc) {
-  if (M == 1) { /* a single row: any leading dimensions will do, BLAS checks them */
-    lda = K;
-    ldc = N;
-  }
-  attn_dtype_info(dt)->gemm(false, true, M, N, K, 1.0, A, lda, W, ldw, 0.0, C, ldc);
-}
-
 /* dst(b, s) = src(b, s) · Wᵀ + bias for s < S (rows strided (sb, ss) and
  * (dsb, dss)). Runs on the context's pool in fixed chunks of PROJ_ROWS rows
  * per batch item, each a single-threaded GEMM: OpenBLAS's own threads stay
@@ -48,6 +38,8 @@ typedef struct proj_job {
   char *conv;             /* per-thread row scratch (16-bit layers) */
   size_t conv_slot;
   int64_t conv_y;         /* offset (elements) of the output rows in a slot */
+  bool w_kn;              /* W is [K × N] (dst = src·W), else [N × K] (dst = src·Wᵀ) */
+  double beta;            /* 1: add into dst (f32/f64 dst only) */
 } proj_job;
 
 static void proj_task(void *arg, int64_t t, int32_t thread) {
@@ -71,7 +63,12 @@ static void proj_task(void *arg, int64_t t, int32_t thread) {
     dst = slot + j->conv_y;
     ldd = j->N;
   }
-  gemm_nt(j->dt, rows, j->N, j->K, src, lda, j->W, j->ldw, dst, ldd);
+  if (rows == 1) { /* a single row: any leading dimensions will do, BLAS checks them */
+    lda = j->K;
+    ldd = j->N;
+  }
+  attn_dtype_info(j->dt)->gemm(false, !j->w_kn, rows, j->N, j->K, 1.0, src, lda, j->W, j->ldw,
+                               j->beta, dst, ldd);
   if (j->bias != NULL)
     for (int64_t s = 0; s < rows; s++) {
       if (j->dt == ATTN_DTYPE_F32)
@@ -102,7 +99,18 @@ static attn_status project(attn_context *ctx, attn_dtype dt, const proj_io *io, 
                            int64_t dsb, int64_t dss) {
   proj_job j = {dt,  io->sdt, io->ddt, S,   N,   K,        attn_cdiv64(S, PROJ_ROWS),
                 src, W,       bias,    sb,  ss,  ldw,      dsb,
-                dss, dst,     io->conv, io->conv_slot, io->conv_y};
+                dss, dst,     io->conv, io->conv_slot, io->conv_y, false, 0.0};
+  return attn_parallel_for_cost(ctx, B * j.chunks, 2.0 * (double)B * (double)S * (double)N * (double)K,
+                                proj_task, &j);
+}
+
+attn_status attn_mha_rows_gemm(attn_context *ctx, attn_dtype dt, int64_t B, int64_t S,
+                               const void *src, int64_t sb, int64_t ss, const void *W,
+                               int64_t ldw, bool w_kn, int64_t N, int64_t K, double beta,
+                               void *dst, int64_t dsb, int64_t dss) {
+  proj_job j = {dt,  dt,  dt,  S,   N,   K,    attn_cdiv64(S, PROJ_ROWS),
+                src, W,   NULL, sb, ss,  ldw,  dsb,
+                dss, dst, NULL, 0,  0,   w_kn, beta};
   return attn_parallel_for_cost(ctx, B * j.chunks, 2.0 * (double)B * (double)S * (double)N * (double)K,
                                 proj_task, &j);
 }
@@ -115,39 +123,11 @@ static void widen(attn_dtype dt, const void *src, int64_t rows, int64_t cols, in
     tr->to_f32((const char *)src + (size_t)(r * ld) * attn_dtype_size(dt), dst + r * cols, cols);
 }
 
-static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
-                       const attn_tensor *query, const attn_tensor *key, const attn_tensor *value,
-                       const attn_tensor *key_padding_mask, attn_tensor *out,
-                       attn_tensor *weights) {
-  const attn_tensor *ts[M_COUNT] = {query, key, value, key_padding_mask, out, weights};
-  bool required[M_COUNT] = {false};
-  required[M_QUERY] = required[M_KEY] = required[M_VALUE] = required[M_OUT] = true;
-  attn_status st = attn_tmeta_check_all(ctx, p->meta, ts, meta_names, required, M_COUNT);
-  if (st != ATTN_OK) return st;
-
-  const attn_mha *m = p->mha;
-  const attn_dtype dt = m->ct; /* everything inside computes in f32/f64 */
-  const attn_dtype sdt = m->dt; /* inputs, outputs, parameters */
-  const bool half = sdt != dt;
-  const bool f32 = dt == ATTN_DTYPE_F32;
-  const size_t es = attn_dtype_size(dt), ses = attn_dtype_size(sdt);
-  const int64_t B = p->B, E = m->E, Ekv = m->Ekv;
+void attn_mha_in_weights(const attn_mha *m, const void *W[3], int64_t ldw[3],
+                         const void *bias[3]) {
   const attn_mha_weights *w = &m->w;
-  void *buf[3] = {ws + p->buf_at[0], ws + p->buf_at[1], ws + p->buf_at[2]};
-
-  /* The combined mask first: borrowed lengths/slopes are re-checked before
-   * anything is written. */
-  attn_mask mask;
-  if (p->materialize) {
-    mask = p->mask;
-    attn_mask_bind(&mask, &p->udesc);
-    if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
-    mask.has_transform = mask.alibi != NULL || mask.add_mask != NULL; /* softcap: the kernel's */
-  }
-
-  /* Projection weights (row-major [out, in]) and biases. */
-  const void *W[3];
-  int64_t ldw[3];
+  const size_t ses = attn_dtype_size(m->dt);
+  const int64_t E = m->E, Ekv = m->Ekv;
   if (w->in_proj_weight != NULL) {
     const attn_tensor *t = w->in_proj_weight;
     for (int i = 0; i < 3; i++) {
@@ -161,10 +141,71 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
       ldw[i] = t[i]->shape[0] > 1 ? t[i]->strides[0] : t[i]->shape[1];
     }
   }
-  const void *bias[3] = {NULL, NULL, NULL};
-  if (w->in_proj_bias != NULL)
-    for (int i = 0; i < 3; i++)
-      bias[i] = cat(w->in_proj_bias->data, i == 0 ? 0 : E + (i - 1) * Ekv, ses);
+  for (int i = 0; i < 3; i++)
+    bias[i] = w->in_proj_bias == NULL
+                  ? NULL
+                  : cat(w->in_proj_bias->data, i == 0 ? 0 : E + (i - 1) * Ekv, ses);
+  const int64_t K[3] = {E, m->kdim, m->vdim};
+  for (int i = 0; i < 3; i++)
+    if (ldw[i] < K[i]) ldw[i] = K[i]; /* a single-row weight */
+}
+
+attn_status attn_mha_bind_masks(const attn_mha_plan *p, attn_context *ctx, char *ws,
+                                const attn_tensor *kpm, attn_plan *ip, attn_tensor *tmask,
+                                attn_tensor *tkpm) {
+  *ip = *p->aplan;
+  if (p->materialize) {
+    attn_mask mask = p->mask;
+    attn_mask_bind(&mask, &p->udesc);
+    attn_status st = attn_mask_check(&mask, ctx);
+    if (st != ATTN_OK) return st;
+    mask.has_transform = mask.alibi != NULL || mask.add_mask != NULL; /* softcap: the kernel's */
+    void *mm = ws + p->mm_at;
+    if (p->mha->ct == ATTN_DTYPE_F32)
+      mha_materialize_f32(p, &mask, kpm, mm);
+    else
+      mha_materialize_f64(p, &mask, kpm, mm);
+    *tmask = attn_tensor_view4(p->mha->ct, p->mdims, NULL, mm);
+    ip->desc.mask.add_mask = tmask;
+  } else if (kpm != NULL) {
+    const int64_t str[4] = {kpm->strides[0], 0, 0, kpm->strides[1]};
+    *tkpm = attn_tensor_view4(ATTN_DTYPE_U8, p->kpm_shape, str, kpm->data);
+    ip->desc.mask.bool_mask = tkpm;
+  }
+  return ATTN_OK;
+}
+
+attn_status attn_mha_run(const attn_mha_plan *p, attn_context *ctx, char *ws, char *acts,
+                         const attn_tensor *query, const attn_tensor *key,
+                         const attn_tensor *value, const attn_tensor *key_padding_mask,
+                         attn_tensor *out, attn_tensor *weights) {
+  const attn_tensor *ts[M_COUNT] = {query, key, value, key_padding_mask, out, weights};
+  bool required[M_COUNT] = {false};
+  required[M_QUERY] = required[M_KEY] = required[M_VALUE] = required[M_OUT] = true;
+  attn_status st = attn_tmeta_check_all(ctx, p->meta, ts, meta_names, required, M_COUNT);
+  if (st != ATTN_OK) return st;
+
+  const attn_mha *m = p->mha;
+  const attn_dtype dt = m->ct; /* everything inside computes in f32/f64 */
+  const attn_dtype sdt = m->dt; /* inputs, outputs, parameters */
+  const bool half = sdt != dt;
+  const bool f32 = dt == ATTN_DTYPE_F32;
+  const size_t es = attn_dtype_size(dt);
+  const int64_t B = p->B, E = m->E, Ekv = m->Ekv;
+  const attn_mha_weights *w = &m->w;
+  void *buf[3] = {acts + p->buf_at[0], acts + p->buf_at[1], acts + p->buf_at[2]};
+
+  /* The masks first: borrowed lengths/slopes are re-checked before
+   * anything is written. */
+  attn_plan ip;
+  attn_tensor tmask, tkpm;
+  if ((st = attn_mha_bind_masks(p, ctx, ws, key_padding_mask, &ip, &tmask, &tkpm)) != ATTN_OK)
+    return st;
+
+  /* Projection weights (row-major [out, in]) and biases. */
+  const void *W[3], *bias[3];
+  int64_t ldw[3];
+  attn_mha_in_weights(m, W, ldw, bias);
 
   const int64_t K[3] = {E, m->kdim, m->vdim}, N[3] = {E, Ekv, Ekv};
   /* 16-bit layers: the parameters widened to f32 in the workspace (borrowed
@@ -178,7 +219,7 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   if (half) {
     for (int i = 0; i < 3; i++) {
       float *w32 = (float *)(void *)(ws + p->w32_at[i]);
-      widen(sdt, W[i], N[i], K[i], ldw[i] < K[i] ? K[i] : ldw[i], w32);
+      widen(sdt, W[i], N[i], K[i], ldw[i], w32);
       W[i] = w32;
       ldw[i] = K[i];
       if (bias[i] != NULL) {
@@ -205,7 +246,6 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   const attn_tensor *in[3] = {query, key, value};
   for (int i = 0; i < 3; i++) {
     int64_t S = i == 0 ? p->Sq : p->Sk;
-    if (ldw[i] < K[i]) ldw[i] = K[i]; /* a single-row weight */
     st = project(ctx, dt, &io_in, B, S, in[i]->data, p->in_sb[i], p->in_ss[i], W[i], ldw[i], N[i],
                  K[i], bias[i], buf[i], p->buf_sb[i], p->buf_ss[i]);
     if (st != ATTN_OK) return st;
@@ -227,31 +267,19 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
         memset(at(buf[i], b * p->buf_sb[i] + row * p->buf_ss[i], es), 0, (size_t)Ekv * es);
     }
 
-  /* The inner attention on views of this run's workspace: a local copy of
-   * its plan whose descriptor points at this run's mask buffers. */
-  attn_plan ip = *p->aplan;
-  attn_tensor tmask, tkpm;
-  if (p->materialize) {
-    void *mm = ws + p->mm_at;
-    if (f32)
-      mha_materialize_f32(p, &mask, key_padding_mask, mm);
-    else
-      mha_materialize_f64(p, &mask, key_padding_mask, mm);
-    tmask = attn_tensor_view4(dt, p->mdims, NULL, mm);
-    ip.desc.mask.add_mask = &tmask;
-  } else if (key_padding_mask != NULL) {
-    const int64_t str[4] = {key_padding_mask->strides[0], 0, 0, key_padding_mask->strides[1]};
-    tkpm = attn_tensor_view4(ATTN_DTYPE_U8, p->kpm_shape, str, key_padding_mask->data);
-    ip.desc.mask.bool_mask = &tkpm;
-  }
+  /* The inner attention on views of this run's workspace (ip: a local copy
+   * of its plan whose descriptor points at this run's mask buffers). */
   const attn_tensor tq = attn_tensor_view4(dt, p->qshape, p->qstr, buf[0]);
   const attn_tensor tk = attn_tensor_view4(dt, p->kshape, p->kstr, buf[1]);
   const attn_tensor tv = attn_tensor_view4(dt, p->kshape, p->vstr, buf[2]);
-  attn_tensor to = attn_tensor_view4(dt, p->qshape, p->ostr, ws + p->ao_at);
+  attn_tensor to = attn_tensor_view4(dt, p->qshape, p->ostr, acts + p->ao_at);
+  attn_tensor tlse = {.dtype = dt, .rank = 3, .shape = {B, m->H, p->Sq},
+                      .strides = {m->H * p->Sq, p->Sq, 1}, .data = acts + p->lse_at};
   attn_tensor tw = attn_tensor_view4(dt, p->wdims, NULL, ws + p->wh_at);
   attn_tensor *aw = weights == NULL ? NULL : p->avg_weights ? &tw : weights;
   const attn_run irun = {ctx, attn_plan_ws_at(p->aplan, ws + p->inner_at)};
-  if ((st = ip.ops->execute(&ip, &irun, &tq, &tk, &tv, &to, aw, NULL)) != ATTN_OK) return st;
+  attn_tensor *lse = p->aplan->meta[5].present ? &tlse : NULL;
+  if ((st = ip.ops->execute(&ip, &irun, &tq, &tk, &tv, &to, aw, lse)) != ATTN_OK) return st;
   if (p->avg_weights) {
     if (f32)
       mha_average_f32(p, ws + p->wh_at, weights);
@@ -260,7 +288,7 @@ static attn_status run(const attn_mha_plan *p, attn_context *ctx, char *ws,
   }
 
   /* out = merge(O) · W_oᵀ + b_o, reading the merged heads in place. */
-  return project(ctx, dt, &io_out, B, p->Sq, ws + p->ao_at, p->ao_sb, p->ao_ss, Wo, ldo, E, E, bo,
+  return project(ctx, dt, &io_out, B, p->Sq, acts + p->ao_at, p->ao_sb, p->ao_ss, Wo, ldo, E, E, bo,
                  out->data, p->out_sb, p->out_ss);
 }
 
@@ -270,7 +298,7 @@ attn_status attn_mha_plan_execute(attn_mha_plan *p, const attn_tensor *query,
                                   attn_tensor *weights) {
   if (p == NULL) return ATTN_ERR_NULL_ARG;
   attn_clear_error(p->ctx);
-  return run(p, p->ctx, p->ws, query, key, value, key_padding_mask, out, weights);
+  return attn_mha_run(p, p->ctx, p->ws, p->ws, query, key, value, key_padding_mask, out, weights);
 }
 
 attn_status attn_mha_plan_execute_on(const attn_mha_plan *p, attn_context *ctx, void *workspace,
@@ -291,5 +319,5 @@ attn_status attn_mha_plan_execute_on(const attn_mha_plan *p, attn_context *ctx, 
   if (st != ATTN_OK) return st;
   const uintptr_t a = (uintptr_t)workspace;
   char *base = (char *)workspace + ((ATTN_ALIGN - a % ATTN_ALIGN) % ATTN_ALIGN);
-  return run(p, ctx, base, query, key, value, key_padding_mask, out, weights);
+  return attn_mha_run(p, ctx, base, base, query, key, value, key_padding_mask, out, weights);
 }

@@ -39,6 +39,12 @@ struct attn_mha_plan {
    * per-head weights (averaged case), the combined mask; each with (b, s)
    * strides in elements; then the inner attention plan's workspace. */
   size_t buf_at[3], ao_at, wh_at, mm_at, inner_at;
+  /* Training plans (mha_backward.c) keep the activations the backward reads
+   * (Q, K, V, the merged attention output, and lse [B, H, S_q]) in the
+   * caller's `saved` buffer instead: buf_at, ao_at and lse_at are then
+   * offsets into it, of saved_bytes in all. */
+  bool train;
+  size_t lse_at, saved_bytes;
   /* 16-bit layers: the parameters widened to f32 at each execute (W_q, W_k,
    * W_v, W_o, in-projection bias, out bias), and per thread (after the inner
    * plan's workspace) conv_slot bytes of row scratch. */
@@ -65,6 +71,42 @@ struct attn_mha_plan {
 /* Rows per projection task (mha_exec.c): the projections run on the
  * context's pool in chunks of this many rows per batch item. */
 #define ATTN_MHA_PROJ_ROWS 64
+
+/* Check a [B, S, F] operand (batch-first or sequence-first; B, S < 0: any)
+ * and return its (b, s) strides. */
+attn_status attn_mha_check_operand(attn_context *ctx, const char *name, const attn_tensor *t,
+                                   attn_dtype dt, bool batch_first, int64_t B, int64_t S,
+                                   int64_t F, int64_t *sb, int64_t *ss);
+/* attn_mha_plan_create(), or with train a training plan: no weights output,
+ * the inner attention writes lse, the activations live in `saved`. */
+attn_status attn_mha_plan_build(attn_mha *mha, const attn_desc *desc, const attn_tensor *query,
+                                const attn_tensor *key, const attn_tensor *value,
+                                const attn_tensor *kpm, const attn_tensor *out,
+                                const attn_tensor *weights, bool train, attn_mha_plan **plan);
+/* One forward run of p on ctx: ws is the run's aligned workspace, acts where
+ * the activations go (ws itself unless p->train). */
+attn_status attn_mha_run(const attn_mha_plan *p, attn_context *ctx, char *ws, char *acts,
+                         const attn_tensor *query, const attn_tensor *key,
+                         const attn_tensor *value, const attn_tensor *kpm, attn_tensor *out,
+                         attn_tensor *weights);
+/* A local copy *ip of p's attention plan whose descriptor points at this
+ * run's masks: the combined mask (checked, then materialized into ws) or
+ * the key padding mask as a bool-mask view (tmask, tkpm: storage for the
+ * views, alive while ip is used). */
+attn_status attn_mha_bind_masks(const attn_mha_plan *p, attn_context *ctx, char *ws,
+                                const attn_tensor *kpm, attn_plan *ip, attn_tensor *tmask,
+                                attn_tensor *tkpm);
+/* dst(b, s) = src(b, s) · op(W) (+ beta·dst) for s < S, f32/f64 rows with
+ * (b, s) strides, on ctx's pool in fixed chunks of rows: W is [K × N] if
+ * w_kn, else [N × K] (used transposed). */
+attn_status attn_mha_rows_gemm(attn_context *ctx, attn_dtype dt, int64_t B, int64_t S,
+                               const void *src, int64_t sb, int64_t ss, const void *W,
+                               int64_t ldw, bool w_kn, int64_t N, int64_t K, double beta,
+                               void *dst, int64_t dsb, int64_t dss);
+/* The weight pointers and leading dimensions of the three input projections
+ * (storage dtype; rows [out, in]) and their biases (NULL without bias). */
+void attn_mha_in_weights(const attn_mha *m, const void *W[3], int64_t ldw[3],
+                         const void *bias[3]);
 
 /* Rows of a [B, S, ·] operand with strides (sb, ss): which GEMM shape fits. */
 row_order attn_mha_rows_of(int64_t B, int64_t S, int64_t sb, int64_t ss);

@@ -22,9 +22,9 @@ row_order attn_mha_rows_of(int64_t B, int64_t S, int64_t sb, int64_t ss) {
 
 /* A [B, S, F] operand given sequence-first or batch-first: dtype, rank,
  * shape, contiguous features, rows that do not overlap. */
-static attn_status check_operand(attn_context *ctx, const char *name, const attn_tensor *t,
-                                 attn_dtype dt, bool batch_first, int64_t B, int64_t S,
-                                 int64_t F, int64_t *sb, int64_t *ss) {
+attn_status attn_mha_check_operand(attn_context *ctx, const char *name, const attn_tensor *t,
+                                   attn_dtype dt, bool batch_first, int64_t B, int64_t S,
+                                   int64_t F, int64_t *sb, int64_t *ss) {
   attn_status st = attn_check_tensor(ctx, name, t, 3, dt);
   if (st != ATTN_OK) return st;
   int ib = batch_first ? 0 : 1, is = batch_first ? 1 : 0;
@@ -86,20 +86,20 @@ static attn_status check_shapes(attn_mha_plan *p, const attn_tensor *query, cons
   attn_status st;
   char got[96];
   if (query == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "query: must not be NULL");
-  if ((st = check_operand(ctx, "query", query, dt, m->batch_first, -1, -1, m->E, &p->in_sb[0],
+  if ((st = attn_mha_check_operand(ctx, "query", query, dt, m->batch_first, -1, -1, m->E, &p->in_sb[0],
                           &p->in_ss[0])) != ATTN_OK)
     return st;
   p->B = query->shape[m->batch_first ? 0 : 1];
   p->Sq = query->shape[m->batch_first ? 1 : 0];
   if (key == NULL) return attn_fail(ctx, ATTN_ERR_NULL_ARG, "key: must not be NULL");
-  if ((st = check_operand(ctx, "key", key, dt, m->batch_first, p->B, -1, m->kdim, &p->in_sb[1],
+  if ((st = attn_mha_check_operand(ctx, "key", key, dt, m->batch_first, p->B, -1, m->kdim, &p->in_sb[1],
                           &p->in_ss[1])) != ATTN_OK)
     return st;
   p->Sk = key->shape[m->batch_first ? 1 : 0];
-  if ((st = check_operand(ctx, "value", value, dt, m->batch_first, p->B, p->Sk, m->vdim,
+  if ((st = attn_mha_check_operand(ctx, "value", value, dt, m->batch_first, p->B, p->Sk, m->vdim,
                           &p->in_sb[2], &p->in_ss[2])) != ATTN_OK)
     return st;
-  if ((st = check_operand(ctx, "out", out, dt, m->batch_first, p->B, -1, m->E, &p->out_sb,
+  if ((st = attn_mha_check_operand(ctx, "out", out, dt, m->batch_first, p->B, -1, m->E, &p->out_sb,
                           &p->out_ss)) != ATTN_OK)
     return st;
   if (out->shape[m->batch_first ? 1 : 0] != p->Sq)
@@ -189,11 +189,17 @@ static attn_status layout_workspace(attn_mha_plan *p) {
   }
   place(p->out_order == ROWS_SEQ_MAJOR ? ROWS_SEQ_MAJOR : ROWS_BATCH_MAJOR, B, Sq, m->E,
         &p->ao_sb, &p->ao_ss);
-  attn_carver c = attn_carver_start();
-  p->buf_at[0] = attn_carve(&c, es, B, Sq, m->E);
-  p->buf_at[1] = attn_carve(&c, es, B, Skx, m->Ekv);
-  p->buf_at[2] = attn_carve(&c, es, B, Skx, m->Ekv);
-  p->ao_at = attn_carve(&c, es, B, Sq, m->E);
+  attn_carver c = attn_carver_start(), sc = attn_carver_start();
+  attn_carver *acts = p->train ? &sc : &c; /* the activations: workspace or saved */
+  p->buf_at[0] = attn_carve(acts, es, B, Sq, m->E);
+  p->buf_at[1] = attn_carve(acts, es, B, Skx, m->Ekv);
+  p->buf_at[2] = attn_carve(acts, es, B, Skx, m->Ekv);
+  p->ao_at = attn_carve(acts, es, B, Sq, m->E);
+  if (p->train) {
+    p->lse_at = attn_carve(&sc, es, B, m->H, Sq);
+    p->saved_bytes = (size_t)sc.bytes;
+    if (!sc.ok) c.ok = false;
+  }
   p->wh_at = attn_carve(&c, es, p->avg_weights ? B * m->H : 0, Sq, Skx);
   p->mm_at = attn_carve(&c, es, p->materialize ? B * p->Hm : 0, Sq, Skx);
   if (m->dt != m->ct) { /* 16-bit layer: f32 parameters and per-thread row scratch */
@@ -264,7 +270,13 @@ static attn_status plan_attention(attn_mha_plan *p, const attn_tensor *kpm,
     id.mask.bool_mask = &tkpm;
   }
   const attn_tensor *aw = weights == NULL ? NULL : p->avg_weights ? &tw : weights;
-  attn_status st = attn_plan_create(ctx, &id, &tq, &tk, &tv, &to, aw, NULL, &p->aplan);
+  const attn_tensor tlse = {.dtype = dt, .rank = 3, .shape = {B, H, Sq}, .strides = {H * Sq, Sq, 1},
+                            .data = meta_only};
+  /* Linear attention has no softmax and so no lse. */
+  const bool lse = p->train && id.variant != ATTN_VARIANT_LINEAR_ELU &&
+                   id.variant != ATTN_VARIANT_PERFORMER;
+  attn_status st = attn_plan_create(ctx, &id, &tq, &tk, &tv, &to, aw, lse ? &tlse : NULL,
+                                    &p->aplan);
   if (st != ATTN_OK) return st;
   /* The plan's copy must not keep pointers to these stack views. */
   p->aplan->desc.mask.add_mask = p->materialize ? NULL : p->aplan->desc.mask.add_mask;
@@ -306,13 +318,22 @@ attn_status attn_mha_plan_create(attn_mha *mha, const attn_desc *desc, const att
                                  const attn_tensor *key_padding_mask, const attn_tensor *out,
                                  const attn_tensor *weights, attn_mha_plan **plan) {
   if (mha == NULL) return ATTN_ERR_NULL_ARG;
+  attn_clear_error(mha->ctx);
+  return attn_mha_plan_build(mha, desc, query, key, value, key_padding_mask, out, weights, false,
+                             plan);
+}
+
+attn_status attn_mha_plan_build(attn_mha *mha, const attn_desc *desc, const attn_tensor *query,
+                                const attn_tensor *key, const attn_tensor *value,
+                                const attn_tensor *key_padding_mask, const attn_tensor *out,
+                                const attn_tensor *weights, bool train, attn_mha_plan **plan) {
   attn_context *ctx = mha->ctx;
-  attn_clear_error(ctx);
   ATTN_CHECK_NULL(ctx, plan);
   attn_mha_plan *p = attn_calloc(ctx, sizeof *p);
   if (p == NULL) return attn_fail(ctx, ATTN_ERR_NO_MEMORY, "attn_mha_plan_create: out of memory");
   p->ctx = ctx;
   p->mha = mha;
+  p->train = train;
   attn_status st;
   if ((st = check_shapes(p, query, key, value, key_padding_mask, out, weights)) == ATTN_OK &&
       (st = resolve_masks(p, desc, key_padding_mask)) == ATTN_OK &&

@@ -561,30 +561,37 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
                                   const attn_tensor *dout, attn_tensor *dq, attn_tensor *dk,
                                   attn_tensor *dv, attn_tensor *dmask) {
   if (plan == NULL) return ATTN_ERR_NULL_ARG;
+  attn_clear_error(plan->ctx);
+  return attn_backward_run(plan, plan->fwd, q, k, v, out, lse, dout, dq, dk, dv, dmask);
+}
+
+attn_status attn_backward_run(attn_backward_plan *plan, const attn_plan *fwd, const attn_tensor *q,
+                              const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
+                              const attn_tensor *lse, const attn_tensor *dout, attn_tensor *dq,
+                              attn_tensor *dk, attn_tensor *dv, attn_tensor *dmask) {
   attn_context *ctx = plan->ctx;
-  attn_clear_error(ctx);
   const attn_tensor *ts[BM_N] = {q, k, v, out, lse, dout, dq, dk, dv, dmask};
   const bool required[BM_N] = {true, true, true, true, !plan->linear, true, true, true, true, false};
   attn_status st = attn_tmeta_check_all(ctx, plan->meta, ts, bm_names, required, BM_N);
   if (st != ATTN_OK) return st;
   if (plan->linear) {
     const attn_ws lws = {NULL, plan->workspace, plan->slot_bytes};
-    return attn_linear_bwd_run(plan->fwd, ctx, &lws, q, k, v, out, dout, dq, dk, dv);
+    return attn_linear_bwd_run(fwd, ctx, &lws, q, k, v, out, dout, dq, dk, dv);
   }
   attn_mask mask = plan->mask;
-  attn_mask_bind(&mask, &plan->fwd->desc);
+  attn_mask_bind(&mask, &fwd->desc);
   char *shared = (char *)plan->workspace;
   if (plan->lowrank) { /* K', V' as the forward formed them; the caller's lengths apply there */
-    int64_t *inner = plan->fwd->desc.mask.key_lengths != NULL
+    int64_t *inner = fwd->desc.mask.key_lengths != NULL
                          ? (int64_t *)(void *)(shared + plan->lr_len_at)
                          : NULL;
-    if ((st = attn_lowrank_project(plan->fwd, ctx, k, v, shared + plan->lr_at[0],
+    if ((st = attn_lowrank_project(fwd, ctx, k, v, shared + plan->lr_at[0],
                                    shared + plan->lr_at[1], inner)) != ATTN_OK)
       return st;
     mask.key_len = inner;
   }
   if ((st = attn_mask_check(&mask, ctx)) != ATTN_OK) return st;
-  const attn_desc *fd = &plan->fwd->desc;
+  const attn_desc *fd = &fwd->desc;
   if (plan->dsinks != NULL &&
       (st = attn_check_sinks(ctx, fd->sinks.logits, fd->sinks.n, plan->dims.dtype)) != ATTN_OK)
     return st;
@@ -648,7 +655,7 @@ attn_status attn_backward_execute(attn_backward_plan *plan, const attn_tensor *q
           ATTN_OK)
     return st;
   if (plan->lowrank &&
-      (st = attn_lowrank_unproject(plan->fwd, ctx, k, v, shared + plan->lr_at[2],
+      (st = attn_lowrank_unproject(fwd, ctx, k, v, shared + plan->lr_at[2],
                                    shared + plan->lr_at[3], dk, dv, plan->wgrad[0],
                                    plan->wgrad[1])) != ATTN_OK)
     return st;

@@ -13,4 +13,12 @@ attn_status attn_backward_plan_create_tiled(const attn_plan *forward, const attn
                                             const attn_tensor *dv, const attn_tensor *dmask,
                                             int64_t bq, int64_t bk, attn_backward_plan **plan);
 
+/* attn_backward_execute() on `fwd`, a copy of the plan's forward plan whose
+ * descriptor's mask tensors point at this run's buffers (the multi-head
+ * layer's combined mask and key padding mask). The error is not cleared. */
+attn_status attn_backward_run(attn_backward_plan *plan, const attn_plan *fwd, const attn_tensor *q,
+                              const attn_tensor *k, const attn_tensor *v, const attn_tensor *out,
+                              const attn_tensor *lse, const attn_tensor *dout, attn_tensor *dq,
+                              attn_tensor *dk, attn_tensor *dv, attn_tensor *dmask);
+
 #endif
