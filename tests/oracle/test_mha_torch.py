@@ -8,6 +8,11 @@ Exits 77 (CTest SKIP_RETURN_CODE) when torch or numpy is missing.
 Every case builds an nn.MultiheadAttention, copies its parameters into
 attn_mha (no copies on our side: the numpy arrays are wrapped), runs both and
 requires max |ours - torch| <= 1e-5 in f32 for the output and the weights.
+
+GRAD_CASES: a training step (attn.MHATrainPlan: attn_mha_forward_train +
+attn_mha_backward_execute) against torch autograd of the same module with
+L = sum(out * dout): every input gradient and every parameter's .grad,
+max |ours - torch| <= 1e-4 * max(1, max|torch|) in f32 (1e-10 in f64).
 """
 import gc
 import os
@@ -166,8 +171,121 @@ CASES = [
 ]
 
 
+def torch_masks(g, B, H, L, S, kpm, attn_mask, causal, tdt, dtype):
+    """(torch kpm, torch attn_mask, our kpm, our desc settings) for the same masks."""
+    t_kpm = ours_kpm = t_mask = None
+    settings = {}
+    if kpm:
+        t_kpm = torch.zeros(B, S, dtype=torch.bool)
+        for b in range(B):
+            t_kpm[b, S - (b % 3):] = True
+        ours_kpm = (~t_kpm).numpy().astype(np.uint8)
+    if attn_mask == "bool2d":
+        t_mask = torch.rand((L, S), generator=g) < 0.3
+        t_mask[..., 0] = False
+        settings["bool_mask"] = (~t_mask).numpy().astype(np.uint8).reshape(1, 1, L, S)
+    elif attn_mask == "float3d":
+        t_mask = torch.randn((B * H, L, S), generator=g, dtype=tdt)
+        t_mask[..., 0] = 0.0
+        settings["additive_mask"] = np.ascontiguousarray(t_mask.numpy().astype(dtype)
+                                                         .reshape(B, H, L, S))
+    if causal:
+        assert t_mask is None
+        t_mask = torch.triu(torch.full((L, S), float("-inf"), dtype=tdt), diagonal=1)
+        settings["causal"] = attn.Causal.TOP_LEFT
+    return t_kpm, t_mask, ours_kpm, settings
+
+
+def run_grad_case(name, *, E=32, H=4, B=3, L=6, S=6, kdim=None, vdim=None, bias=True,
+                  add_bias_kv=False, add_zero_attn=False, batch_first=False, self_attn=False,
+                  kpm=False, attn_mask=None, causal=False, dtype=np.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tdt = torch.float32 if dtype == np.float32 else torch.float64
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    mha = torch.nn.MultiheadAttention(E, H, bias=bias, add_bias_kv=add_bias_kv,
+                                      add_zero_attn=add_zero_attn, kdim=kdim, vdim=vdim,
+                                      batch_first=batch_first, dtype=tdt)
+    with torch.no_grad():
+        for n, prm in mha.named_parameters():
+            if "bias" in n:
+                prm.uniform_(-0.5, 0.5, generator=g)
+
+    def seq(S_, F):
+        shape = (B, S_, F) if batch_first else (S_, B, F)
+        return (torch.rand(shape, generator=g, dtype=tdt) * 2 - 1).requires_grad_()
+
+    query = seq(L, E)
+    key, value = (query, query) if self_attn else (seq(S, kdim or E), seq(S, vdim or E))
+    t_kpm, t_mask, ours_kpm, settings = torch_masks(g, B, H, L, S, kpm, attn_mask, causal,
+                                                    tdt, dtype)
+    want, _ = mha(query, key, value, key_padding_mask=t_kpm, attn_mask=t_mask,
+                  need_weights=False)
+    dout = torch.rand(want.shape, generator=g, dtype=tdt) * 2 - 1
+    (want * dout).sum().backward()
+
+    weights = {n: np_of(p, dtype) for n, p in mha.named_parameters()}
+    layer = attn.MHA(weights, ctx=CTX, embed_dim=E, num_heads=H, kdim=kdim, vdim=vdim, bias=bias,
+                     add_bias_kv=add_bias_kv, add_zero_attn=add_zero_attn,
+                     batch_first=batch_first, dtype=dtype)
+    q_np = np_of(query, dtype)
+    k_np = q_np if self_attn else np_of(key, dtype)
+    v_np = q_np if self_attn else np_of(value, dtype)
+    out_np = np.full(tuple(want.shape), np.nan, dtype=dtype)
+    step = layer.train_plan(q_np, k_np, v_np, out_np, key_padding_mask=ours_kpm, **settings)
+    dq = np.full(q_np.shape, np.nan, dtype=dtype)
+    dk = dq if self_attn else np.full(k_np.shape, np.nan, dtype=dtype)
+    dv = dq if self_attn else np.full(v_np.shape, np.nan, dtype=dtype)
+    step.forward(q_np, k_np, v_np, out_np, key_padding_mask=ours_kpm)
+    grads = step.backward(q_np, k_np, v_np, np_of(dout, dtype), key_padding_mask=ours_kpm,
+                          dquery=dq, dkey=dk, dvalue=dv)
+    step.close()
+    layer.close()
+
+    pairs = [("out", out_np, want.detach()), ("dquery", dq, query.grad)]
+    if not self_attn:
+        pairs += [("dkey", dk, key.grad), ("dvalue", dv, value.grad)]
+    for n, prm in mha.named_parameters():
+        pairs.append((n, grads[n.replace("out_proj.", "out_proj_")], prm.grad))
+    ok = True
+    worst = ("", 0.0)
+    for n, ours, ref in pairs:
+        ref = ref.numpy()
+        err = float(np.max(np.abs(ours - ref))) / max(1.0, float(np.max(np.abs(ref))))
+        if not np.isfinite(ours).all() or not err <= tol:
+            print(f"FAIL {name}: {n} error {err:.3g} > {tol:g}")
+            ok = False
+        if err > worst[1]:
+            worst = (n, err)
+    if ok:
+        print(f"ok   grad {name}: {len(pairs)} tensors, worst {worst[0]} {worst[1]:.3g}")
+    return ok
+
+
+GRAD_CASES = [
+    ("self attention, seq-first", dict(self_attn=True, L=7, S=7)),
+    ("self attention, causal, batch-first, key_padding_mask",
+     dict(self_attn=True, L=9, S=9, causal=True, batch_first=True, kpm=True)),
+    ("cross, kdim/vdim, add_bias_kv + add_zero_attn + kpm + bool mask",
+     dict(L=5, S=8, kdim=24, vdim=40, add_bias_kv=True, add_zero_attn=True, kpm=True,
+          attn_mask="bool2d")),
+    ("cross, no bias, float 3-D mask, batch-first",
+     dict(L=6, S=7, bias=False, attn_mask="float3d", batch_first=True)),
+    ("larger: E=64 H=8 L=130 S=150, key_padding_mask", dict(E=64, H=8, B=2, L=130, S=150, kpm=True)),
+    ("f64: add_bias_kv, kpm, float mask", dict(dtype=np.float64, L=5, S=9, add_bias_kv=True,
+                                                kpm=True, attn_mask="float3d")),
+]
+
+
 def main():
     failures = 0
+    for i, (name, kw) in enumerate(GRAD_CASES):
+        try:
+            if not run_grad_case(name, seed=100 + i, **kw):
+                failures += 1
+        except attn.AttnError as e:
+            print(f"FAIL grad {name}: {e}")
+            failures += 1
     for i, (name, kw) in enumerate(CASES):
         try:
             if not run_case(name, seed=i + 1, **kw):
@@ -175,7 +293,8 @@ def main():
         except attn.AttnError as e:
             print(f"FAIL {name}: {e}")
             failures += 1
-    print(f"{len(CASES) - failures}/{len(CASES)} cases equal to nn.MultiheadAttention")
+    total = len(CASES) + len(GRAD_CASES)
+    print(f"{total - failures}/{total} cases equal to nn.MultiheadAttention")
     gc.collect()  # layers, plans and tensors go before their context
     CTX.close()
     return 1 if failures else 0

@@ -32,13 +32,13 @@ import numpy as np
 from . import _lib as _lib_mod
 from ._arrays import BF16Array, as_numpy, empty_like_input, is_torch
 from ._lib import (EXPECTED_MAJOR, MHA_WEIGHT_FIELDS, AttnError, ContextOptions,
-                   KVCacheConfig, KVCacheRaw, MhaConfig, MhaWeights, Status,
+                   KVCacheConfig, KVCacheRaw, MhaConfig, MhaGrads, MhaWeights, Status,
                    UnsupportedError, load, register_handle, unregister_handle)
 
 __all__ = ["AttnError", "UnsupportedError", "Status", "DType", "Variant", "Score", "Causal",
            "Context", "Tensor", "Desc", "Plan", "attention", "version", "version_number",
            "library_path", "WINDOW_UNBOUNDED", "EXPECTED_MAJOR", "heads_split_view",
-           "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "KVCache",
+           "heads_merge_view", "heads_split", "heads_merge", "MHA", "MHAPlan", "MHATrainPlan", "KVCache",
            "KVCachePlan", "KVCacheMode", "KVCacheStorage", "as_numpy", "__version__", "merge_states",
            "BF16Array", "as_bf16", "to_bf16", "from_bf16", "PagedCache", "PagedPlan"]
 
@@ -998,6 +998,10 @@ class MHA:
         """An MHAPlan for arrays laid out like these (see MHAPlan)."""
         return MHAPlan(self, query, key, value, out, key_padding_mask, weights, desc, **settings)
 
+    def train_plan(self, query, key, value, out, key_padding_mask=None, desc=None, **settings):
+        """An MHATrainPlan (forward + backward) for arrays laid out like these."""
+        return MHATrainPlan(self, query, key, value, out, key_padding_mask, desc, **settings)
+
     def _keep_mask(self, mask, name):
         """A key padding / bool mask in libattn's polarity (non-zero = attend):
         as given for mask_convention "attn", inverted (a new uint8 array) for
@@ -1146,6 +1150,113 @@ class MHAPlan:
         if getattr(self, "_handle", None):
             unregister_handle(self._handle)
             _lib.attn_mha_plan_destroy(self._handle)
+            self._handle = None
+
+    __del__ = close
+
+
+class MHATrainPlan:
+    """attn_mha_backward_plan: training steps of an f32/f64 MHA layer.
+
+        step = layer.train_plan(x, x, x, out)          # self-attention
+        step.forward(x, x, x, out)                     # out, activations kept
+        grads = step.backward(x, x, x, dout, dquery=dx, dkey=dx, dvalue=dx)
+
+    forward() keeps the activations in ``self.saved`` (or the ``saved``
+    bytes given); backward() reads them, so it needs the same query, key,
+    value and key_padding_mask (and unchanged weights). dquery/dkey/dvalue
+    are written in place when given (pass one array for several to get their
+    sum, as for an input used three times). ``grads`` maps parameter names
+    (the layer's weights, PyTorch names) to arrays to write; None = new
+    arrays for every parameter the layer has. Returns the grads dict.
+    Masks follow the layer's mask_convention; descriptor settings as for
+    MHAPlan (the attention weights output is not available in training).
+    """
+
+    def __init__(self, mha, query, key, value, out, key_padding_mask=None, desc=None,
+                 _mask_ready=False, **settings):
+        self.mha = mha
+        self.ctx = mha.ctx
+        if not _mask_ready:
+            key_padding_mask = mha._keep_mask(key_padding_mask, "key_padding_mask")
+        if settings:
+            if desc is not None:
+                raise TypeError("give desc or descriptor settings, not both")
+            desc = Desc(self.ctx, **settings)
+        self.desc = desc
+        self._borrowed = list(desc._keep.values()) if desc is not None else []
+        arrays = (query, key, value, key_padding_mask, out)
+        ts = [_as_tensor(self.ctx, a, n, contiguous_last=n != "key_padding_mask")
+              for n, a in zip(_MHA_OPERANDS, arrays)]
+        handle = c_void_p()
+        _lib.attn_mha_backward_plan_create(mha.handle,
+                                           desc.handle if desc is not None else None,
+                                           *[t.handle if t is not None else None for t in ts],
+                                           byref(handle))
+        self._handle = handle.value
+        register_handle(self._handle, self.ctx.handle)
+        mha._plans.add(self)
+        self.saved = np.zeros(int(_lib.attn_mha_backward_saved_size(self._handle)), np.uint8)
+
+    @property
+    def workspace_size(self):
+        return int(_lib.attn_mha_backward_plan_workspace_size(self._handle))
+
+    def _inputs(self, query, key, value, key_padding_mask):
+        kpm = self.mha._keep_mask(key_padding_mask, "key_padding_mask")
+        arrays = (query, key, value, kpm)
+        return [_as_tensor(self.ctx, a, n, contiguous_last=n != "key_padding_mask")
+                for n, a in zip(_MHA_OPERANDS, arrays)]
+
+    def _saved(self, saved):
+        saved = self.saved if saved is None else saved
+        if not isinstance(saved, np.ndarray) or saved.dtype != np.uint8 or \
+                not saved.flags.c_contiguous:
+            raise TypeError("saved: a C-contiguous uint8 numpy array")
+        return c_void_p(saved.ctypes.data), saved.nbytes
+
+    def forward(self, query, key, value, out, key_padding_mask=None, saved=None):
+        """The layer's forward into out (in place), keeping the activations."""
+        ts = self._inputs(query, key, value, key_padding_mask)
+        o = _as_tensor(self.ctx, out, "out", writeable=True, contiguous_last=True)
+        ptr, n = self._saved(saved)
+        _lib.attn_mha_forward_train(self._handle, *[t.handle if t is not None else None
+                                                    for t in ts], o.handle, ptr, n)
+        return out
+
+    def backward(self, query, key, value, dout, key_padding_mask=None, dquery=None, dkey=None,
+                 dvalue=None, grads=None, saved=None):
+        """Gradients of the last forward() on these inputs; see the class."""
+        ts = self._inputs(query, key, value, key_padding_mask)
+        d = _as_tensor(self.ctx, dout, "dout", contiguous_last=True)
+        outs = []
+        for name, a in (("dquery", dquery), ("dkey", dkey), ("dvalue", dvalue)):
+            outs.append(_as_tensor(self.ctx, a, name, writeable=True, contiguous_last=True))
+        if grads is None:
+            grads = {n: np.zeros(t.shape, t.dtype) for n, t in
+                     ((n, self.mha._weights[n].array) for n in self.mha._weights)}
+        g = MhaGrads()
+        _lib.attn_mha_grads_init(byref(g))
+        keep = []
+        for name, array in grads.items():
+            field = _TORCH_WEIGHT_NAMES.get(name, name)
+            if field not in MHA_WEIGHT_FIELDS:
+                raise TypeError("unknown MHA gradient %r (known: %s)"
+                                % (name, ", ".join(MHA_WEIGHT_FIELDS)))
+            t = _as_tensor(self.ctx, array, "grads." + field, writeable=True,
+                           contiguous_last=True)
+            keep.append(t)
+            setattr(g, field, t.handle)
+        ptr, n = self._saved(saved)
+        _lib.attn_mha_backward_execute(
+            self._handle, *[t.handle if t is not None else None for t in ts], d.handle, ptr, n,
+            *[t.handle if t is not None else None for t in outs], byref(g))
+        return grads
+
+    def close(self):
+        if getattr(self, "_handle", None):
+            unregister_handle(self._handle)
+            _lib.attn_mha_backward_plan_destroy(self._handle)
             self._handle = None
 
     __del__ = close

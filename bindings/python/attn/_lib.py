@@ -98,6 +98,12 @@ class MhaWeights(ctypes.Structure):
     _fields_ = [("struct_size", c_size_t)] + [(n, c_void_p) for n in MHA_WEIGHT_FIELDS]
 
 
+class MhaGrads(ctypes.Structure):
+    """attn_mha_grads (heads.h): gradient tensor handles, the weights' field
+    names; fill with attn_mha_grads_init."""
+    _fields_ = [("struct_size", c_size_t)] + [(n, c_void_p) for n in MHA_WEIGHT_FIELDS]
+
+
 class KVCacheConfig(ctypes.Structure):
     """attn_kvcache_config (kvcache.h); fill with attn_kvcache_config_init."""
     _fields_ = [("struct_size", c_size_t),
@@ -201,6 +207,14 @@ _FUNCTIONS = [
     ("attn_mha_plan_execute", STATUS, [_P, _P, _P, _P, _P, _P, _P]),
     ("attn_mha_plan_workspace_size", c_size_t, [_P]),
     ("attn_mha_plan_destroy", None, [_P]),
+    ("attn_mha_grads_init", None, [POINTER(MhaGrads)]),
+    ("attn_mha_backward_plan_create", STATUS, [_P, _P, _P, _P, _P, _P, _P, _PP]),
+    ("attn_mha_backward_saved_size", c_size_t, [_P]),
+    ("attn_mha_forward_train", STATUS, [_P, _P, _P, _P, _P, _P, _P, c_size_t]),
+    ("attn_mha_backward_execute", STATUS,
+     [_P, _P, _P, _P, _P, _P, _P, c_size_t, _P, _P, _P, POINTER(MhaGrads)]),
+    ("attn_mha_backward_plan_workspace_size", c_size_t, [_P]),
+    ("attn_mha_backward_plan_destroy", None, [_P]),
     # KV cache (kvcache.h)
     ("attn_kvcache_config_init", None, [POINTER(KVCacheConfig)]),
     ("attn_kvcache_create", STATUS, [_P, POINTER(KVCacheConfig), _PP]),
