@@ -31,7 +31,9 @@
 //     descriptor and every plan made from it are closed.
 //
 //   - Mha weights are Tensors (C memory): the layer borrows them for its
-//     whole life. MhaPlan execution takes Go slices like Plan.Execute.
+//     whole life. MhaPlan execution takes Go slices like Plan.Execute, and
+//     so do ForwardMha/BackwardMha of an MhaTrainPlan (inputs, gradients and
+//     the plan's own saved-activations buffer, all for one call only).
 //
 //   - KVCache appends copy Go slices into the cache (C memory) in one helper
 //     call, like Plan.Execute; KVView returns Go slices over the cache's C
@@ -100,6 +102,51 @@ static attn_status attn_go_mha_execute(attn_mha_plan *plan, attn_tensor *tq, att
     if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
   if (st == ATTN_OK) st = attn_mha_plan_execute(plan, tq, tk, tv, tm, to, tw);
   for (int i = 0; i < 6; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
+// A training step of an MHA layer on caller memory for the duration of one
+// call. ts: the plan's handles, a Go array of C pointers (NULL = absent or
+// not wanted); the data pointers are separate arguments, since Go memory
+// passed to C may not hold Go pointers.
+// Forward: ts = query, key, value, key_padding_mask, out.
+static attn_status attn_go_mha_forward_train(attn_mha_backward_plan *plan, attn_tensor *const *ts,
+                                             void *saved, size_t saved_size, void *q, void *k,
+                                             void *v, void *m, void *o) {
+  void *ps[5] = {q, k, v, m, o};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 5 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK)
+    st = attn_mha_forward_train(plan, ts[0], ts[1], ts[2], ts[3], ts[4], saved, saved_size);
+  for (int i = 0; i < 5; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
+// Backward: ts = query, key, value, key_padding_mask, dout, dquery, dkey,
+// dvalue, then the nine parameter gradients in attn_mha_grads order.
+static attn_status attn_go_mha_backward(attn_mha_backward_plan *plan, attn_tensor *const *ts,
+                                        const void *saved, size_t saved_size, void *q, void *k,
+                                        void *v, void *m, void *dout, void *dq, void *dk,
+                                        void *dv, void *g0, void *g1, void *g2, void *g3,
+                                        void *g4, void *g5, void *g6, void *g7, void *g8) {
+  void *ps[17] = {q, k, v, m, dout, dq, dk, dv, g0, g1, g2, g3, g4, g5, g6, g7, g8};
+  attn_status st = ATTN_OK;
+  for (int i = 0; i < 17 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK) {
+    attn_mha_grads g;
+    attn_mha_grads_init(&g);
+    attn_tensor **fields[9] = {&g.in_proj_weight, &g.q_proj_weight, &g.k_proj_weight,
+                               &g.v_proj_weight,  &g.in_proj_bias,  &g.out_proj_weight,
+                               &g.out_proj_bias,  &g.bias_k,        &g.bias_v};
+    for (int i = 0; i < 9; i++) *fields[i] = ts[8 + i];
+    st = attn_mha_backward_execute(plan, ts[0], ts[1], ts[2], ts[3], ts[4], saved, saved_size,
+                                   ts[5], ts[6], ts[7], &g);
+  }
+  for (int i = 0; i < 17; i++)
     if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
   return st;
 }
@@ -1628,6 +1675,372 @@ func MhaForward[T Float](m *Mha, desc *Desc, dims MhaDims, query, key, value []T
 	}
 	defer pl.Close()
 	return ExecuteMha(pl, query, key, value, keyPaddingMask, out, weights)
+}
+
+// ---------------------------------------------------------------------------
+// Training the multi-head layer (heads.h: attn_mha_backward_plan)
+
+// mhaParams are the parameters' names (PyTorch's), in attn_mha_weights /
+// attn_mha_grads order.
+var mhaParams = [9]string{"in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+	"in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k", "bias_v"}
+
+// paramShapes are the PyTorch shapes of the nine parameters (mhaParams order).
+func (c MhaConfig) paramShapes() [9][]int64 {
+	e, hkv, kd, vd := c.EmbedDim, c.NumKVHeads, c.KDim, c.VDim
+	if hkv == 0 {
+		hkv = c.NumHeads
+	}
+	if kd == 0 {
+		kd = e
+	}
+	if vd == 0 {
+		vd = e
+	}
+	ekv := int64(0)
+	if c.NumHeads > 0 {
+		ekv = hkv * (e / c.NumHeads)
+	}
+	return [9][]int64{{e + 2*ekv, e}, {e, e}, {ekv, kd}, {ekv, vd}, {e + 2*ekv}, {e, e}, {e}, {1, 1, ekv}, {1, 1, ekv}}
+}
+
+// MhaGrads says where BackwardMha writes the parameter gradients: Go slices
+// with the names of MhaWeights, each holding exactly its parameter's
+// elements (contiguous, PyTorch's layout), or nil when that gradient is not
+// wanted. Gradients are overwritten, not accumulated into. Give only
+// parameters the layer has (InProjWeight for a packed layer, Q/K/VProjWeight
+// for a separate one, BiasK/BiasV with AddBiasKV): others are
+// StatusInvalidArg from the library.
+type MhaGrads[T Float] struct {
+	InProjWeight  []T // [E + 2·E_kv, E]
+	QProjWeight   []T // [E, E]
+	KProjWeight   []T // [E_kv, kdim]
+	VProjWeight   []T // [E_kv, vdim]
+	InProjBias    []T // [E + 2·E_kv]
+	OutProjWeight []T // [E, E]
+	OutProjBias   []T // [E]
+	BiasK         []T // [1, 1, E_kv]
+	BiasV         []T // [1, 1, E_kv]
+}
+
+func (g *MhaGrads[T]) slices() [9][]T {
+	if g == nil {
+		return [9][]T{}
+	}
+	return [9][]T{g.InProjWeight, g.QProjWeight, g.KProjWeight, g.VProjWeight, g.InProjBias,
+		g.OutProjWeight, g.OutProjBias, g.BiasK, g.BiasV}
+}
+
+var mhaTrainNames = [9]string{"query", "key", "value", "key_padding_mask", "out", "dout", "dquery", "dkey", "dvalue"}
+
+// MhaTrainPlan is attn_mha_backward_plan: training steps of an F32/F64 Mha
+// layer for fixed shapes. A step is ForwardMha (the layer's output, bitwise
+// what ExecuteMha writes, with the activations kept in the plan's own saved
+// buffer) then BackwardMha on the same inputs with dout = ∂L/∂out: the input
+// gradients and the parameter gradients of MhaGrads. Results are bitwise
+// identical for any thread count; neither call allocates. The weights'
+// Tensors must hold the same values for both calls.
+type MhaTrainPlan struct {
+	mha       *Mha
+	keep      *borrowed // the descriptor's borrowed arrays/tensors, or nil
+	p         *C.attn_mha_backward_plan
+	handles   [9]*handle // mhaTrainNames
+	grads     [9]*handle // mhaParams, contiguous parameter shapes
+	saved     []byte     // the activations of one step (Go memory, passed per call)
+	forwarded bool       // saved holds a successful ForwardMha's activations
+}
+
+// NewMhaTrainPlan plans training steps for contiguous inputs of these sizes,
+// laid out as for NewMhaPlan. desc may be nil (plain scaled-dot attention);
+// options the attention backward does not support, and BF16/F16 layers,
+// give StatusUnsupported. keyPaddingMask: a U8 [B, S] mask will be passed
+// (NON-ZERO = ATTEND, the opposite of PyTorch).
+func NewMhaTrainPlan(m *Mha, desc *Desc, dims MhaDims, keyPaddingMask bool) (*MhaTrainPlan, error) {
+	e, kd, vd := m.cfg.EmbedDim, m.cfg.KDim, m.cfg.VDim
+	if kd == 0 {
+		kd = e
+	}
+	if vd == 0 {
+		vd = e
+	}
+	q := m.SeqLayout(dims.Batch, dims.SeqQ, e)
+	var kpm *Layout
+	if keyPaddingMask {
+		l := Contiguous(dims.Batch, dims.SeqK)
+		kpm = &l
+	}
+	return NewMhaTrainPlanLayouts(m, desc, [4]Layout{q, m.SeqLayout(dims.Batch, dims.SeqK, kd), m.SeqLayout(dims.Batch, dims.SeqK, vd), q}, kpm)
+}
+
+// NewMhaTrainPlanLayouts plans training steps for any layouts of query,
+// key, value, out (rank 3, last dim contiguous) and the key padding mask
+// (U8 [B, S]). dquery, dkey, dvalue take the layouts of query, key, value;
+// dout the layout of out.
+func NewMhaTrainPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask *Layout) (*MhaTrainPlan, error) {
+	if m.p == nil || m.closed {
+		return nil, errClosed("mha")
+	}
+	var dp *C.attn_desc
+	pl := &MhaTrainPlan{mha: m}
+	if desc != nil {
+		if desc.p == nil {
+			return nil, errClosed("desc")
+		}
+		dp, pl.keep = desc.p, desc.keep
+	}
+	layouts := [9]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], keyPaddingMask, &qkvo[3], &qkvo[3], &qkvo[0], &qkvo[1], &qkvo[2]}
+	for i, l := range layouts {
+		if l == nil {
+			continue
+		}
+		dt := m.cfg.DType
+		if i == 3 {
+			dt = U8
+		}
+		h, err := wrap(m.ctx, dt, *l, C.attn_go_placeholder(), mhaTrainNames[i])
+		if err != nil {
+			pl.destroyHandles()
+			return nil, err
+		}
+		pl.handles[i] = h
+	}
+	for i, shape := range m.cfg.paramShapes() {
+		h, err := wrap(m.ctx, m.cfg.DType, Contiguous(shape...), C.attn_go_placeholder(), mhaParams[i])
+		if err != nil {
+			pl.destroyHandles()
+			return nil, err
+		}
+		pl.grads[i] = h
+	}
+	hp := func(i int) *C.attn_tensor {
+		if pl.handles[i] == nil {
+			return nil
+		}
+		return pl.handles[i].p
+	}
+	st := C.attn_mha_backward_plan_create(m.p, dp, hp(0), hp(1), hp(2), hp(3), hp(4), &pl.p)
+	runtime.KeepAlive(m)
+	runtime.KeepAlive(desc)
+	if err := m.ctx.check(st, "attn_mha_backward_plan_create"); err != nil {
+		pl.destroyHandles()
+		return nil, err
+	}
+	pl.saved = make([]byte, int(C.attn_mha_backward_saved_size(pl.p)))
+	m.mu.Lock()
+	m.refs++
+	m.mu.Unlock()
+	if pl.keep != nil {
+		pl.keep.acquire()
+	}
+	runtime.SetFinalizer(pl, (*MhaTrainPlan).Close)
+	return pl, nil
+}
+
+func (pl *MhaTrainPlan) destroyHandles() {
+	for i := range pl.handles {
+		pl.handles[i].destroy()
+		pl.handles[i] = nil
+	}
+	for i := range pl.grads {
+		pl.grads[i].destroy()
+		pl.grads[i] = nil
+	}
+}
+
+// Close destroys the plan (the layer is freed with its last plan).
+func (pl *MhaTrainPlan) Close() {
+	if pl.p != nil {
+		C.attn_mha_backward_plan_destroy(pl.p)
+		pl.p = nil
+		pl.destroyHandles()
+		pl.saved = nil
+		if pl.keep != nil {
+			pl.keep.release()
+		}
+		pl.mha.release()
+	}
+}
+
+// WorkspaceSize is the bytes of workspace the plan holds (its attention plans' included).
+func (pl *MhaTrainPlan) WorkspaceSize() int {
+	defer runtime.KeepAlive(pl)
+	return int(C.attn_mha_backward_plan_workspace_size(pl.p))
+}
+
+// SavedSize is the bytes of activations one step keeps (the plan's own buffer).
+func (pl *MhaTrainPlan) SavedSize() int { return len(pl.saved) }
+
+func (pl *MhaTrainPlan) handlePtrs(at []int) [17]*C.attn_tensor {
+	var ts [17]*C.attn_tensor
+	for j, i := range at {
+		if pl.handles[i] != nil {
+			ts[j] = pl.handles[i].p
+		}
+	}
+	return ts
+}
+
+// checkOperands: each slice present exactly when the plan has that operand
+// (optional ones may be nil) and long enough for its layout.
+func (pl *MhaTrainPlan) checkOperands(fn string, at []int, lens []int, given []bool, optional []bool) error {
+	for j, i := range at {
+		h := pl.handles[i]
+		switch {
+		case h == nil && given[j]:
+			return &Error{Status: StatusMismatch, Func: fn, Message: mhaTrainNames[i] + ": the plan was created without it; pass nil"}
+		case h != nil && !given[j] && !optional[j]:
+			return &Error{Status: StatusMismatch, Func: fn, Message: mhaTrainNames[i] + ": the plan was created with it; pass it"}
+		case h != nil && given[j] && int64(lens[j]) < h.extent:
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", mhaTrainNames[i], lens[j], h.extent)}
+		}
+	}
+	return nil
+}
+
+func bytesPtr(b []byte) unsafe.Pointer {
+	if len(b) == 0 {
+		return nil
+	}
+	return unsafe.Pointer(&b[0])
+}
+
+// ForwardMha (attn_mha_forward_train) writes the layer's output for these
+// inputs into out (as ExecuteMha without weights) and keeps the activations
+// for BackwardMha. keyPaddingMask (NON-ZERO = ATTEND) is nil exactly when the
+// plan was made without it. Self-attention: pass the same slice as query,
+// key and value. On error nothing is written to out.
+func ForwardMha[T Float](pl *MhaTrainPlan, query, key, value []T, keyPaddingMask []byte, out []T) error {
+	const fn = "attn.ForwardMha"
+	if pl.p == nil {
+		return errClosed("mha train plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.mha.cfg.DType {
+		return &Error{Status: StatusDType, Func: fn, Message: fmt.Sprintf("slices have dtype %d, the layer %d", dt, pl.mha.cfg.DType)}
+	}
+	at := []int{0, 1, 2, 3, 4}
+	if err := pl.checkOperands(fn, at,
+		[]int{len(query), len(key), len(value), len(keyPaddingMask), len(out)},
+		[]bool{query != nil, key != nil, value != nil, keyPaddingMask != nil, out != nil},
+		[]bool{false, false, false, false, false}); err != nil {
+		return err
+	}
+	ts := pl.handlePtrs(at)
+	pl.forwarded = false
+	st := C.attn_go_mha_forward_train(pl.p, &ts[0], bytesPtr(pl.saved), C.size_t(len(pl.saved)),
+		ptrOf(query), ptrOf(key), ptrOf(value), bytesPtr(keyPaddingMask), ptrOf(out))
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(query)
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+	runtime.KeepAlive(keyPaddingMask)
+	runtime.KeepAlive(out)
+	if err := pl.mha.ctx.check(st, "attn_mha_forward_train"); err != nil {
+		return err
+	}
+	pl.forwarded = true
+	return nil
+}
+
+// span is the byte range of a slice's elements (empty for an empty slice).
+func span[T Float](xs []T) (lo, hi uintptr) {
+	if len(xs) == 0 {
+		return 0, 0
+	}
+	lo = uintptr(unsafe.Pointer(&xs[0]))
+	return lo, lo + uintptr(len(xs))*unsafe.Sizeof(xs[0])
+}
+
+// BackwardMha (attn_mha_backward_execute) computes the gradients of the last
+// ForwardMha, which must have run on the same query, key, value and
+// keyPaddingMask, from dout = ∂L/∂out (out's layout). dquery, dkey, dvalue
+// (the layouts of query, key, value; nil = not wanted) and the non-nil
+// slices of grads (nil = no parameter gradients) are overwritten.
+//
+// Self-attention: pass the same slice as dquery, dkey and dvalue (the plan's
+// query, key and value layouts being equal) and it receives their sum, as
+// autograd gives for an input used three times. Otherwise the outputs must
+// not overlap each other or the inputs (StatusInvalidArg). On error nothing
+// is written.
+func BackwardMha[T Float](pl *MhaTrainPlan, query, key, value []T, keyPaddingMask []byte, dout, dquery, dkey, dvalue []T, grads *MhaGrads[T]) error {
+	const fn = "attn.BackwardMha"
+	if pl.p == nil {
+		return errClosed("mha train plan")
+	}
+	if dt := dtypeOf[T](); dt != pl.mha.cfg.DType {
+		return &Error{Status: StatusDType, Func: fn, Message: fmt.Sprintf("slices have dtype %d, the layer %d", dt, pl.mha.cfg.DType)}
+	}
+	if !pl.forwarded {
+		return &Error{Status: StatusInvalidArg, Func: fn, Message: "saved: no activations; run ForwardMha on these inputs first"}
+	}
+	at := []int{0, 1, 2, 3, 5, 6, 7, 8}
+	if err := pl.checkOperands(fn, at,
+		[]int{len(query), len(key), len(value), len(keyPaddingMask), len(dout), len(dquery), len(dkey), len(dvalue)},
+		[]bool{query != nil, key != nil, value != nil, keyPaddingMask != nil, dout != nil, dquery != nil, dkey != nil, dvalue != nil},
+		[]bool{false, false, false, false, false, true, true, true}); err != nil {
+		return err
+	}
+	gs := grads.slices()
+	for i, g := range gs {
+		if g != nil && int64(len(g)) != pl.grads[i].extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("grads.%s: slice has %d elements, the parameter %v has %d",
+				mhaParams[i], len(g), pl.mha.cfg.paramShapes()[i], pl.grads[i].extent)}
+		}
+	}
+	// Outputs may not overlap the inputs or each other, except dquery, dkey
+	// and dvalue starting at one address (the library then checks that their
+	// layouts agree and writes the sum).
+	ins := [4][]T{query, key, value, dout}
+	inNames := [4]string{"query", "key", "value", "dout"}
+	outs := append([][]T{dquery, dkey, dvalue}, gs[:]...)
+	outName := func(j int) string {
+		if j < 3 {
+			return mhaTrainNames[6+j]
+		}
+		return "grads." + mhaParams[j-3]
+	}
+	for j, o := range outs {
+		lo, hi := span(o)
+		if lo == hi {
+			continue
+		}
+		for i, x := range ins {
+			if xlo, xhi := span(x); lo < xhi && xlo < hi {
+				return &Error{Status: StatusInvalidArg, Func: fn, Message: outName(j) + ": overlaps " + inNames[i]}
+			}
+		}
+		for k := 0; k < j; k++ {
+			if klo, khi := span(outs[k]); lo < khi && klo < hi && !(j < 3 && lo == klo) {
+				return &Error{Status: StatusInvalidArg, Func: fn, Message: outName(j) + ": overlaps " + outName(k)}
+			}
+		}
+	}
+	ts := pl.handlePtrs([]int{0, 1, 2, 3, 5, 6, 7, 8})
+	for j, o := range []([]T){dquery, dkey, dvalue} {
+		if o == nil {
+			ts[5+j] = nil
+		}
+	}
+	for i, g := range gs {
+		if g != nil {
+			ts[8+i] = pl.grads[i].p
+		}
+	}
+	st := C.attn_go_mha_backward(pl.p, &ts[0], bytesPtr(pl.saved), C.size_t(len(pl.saved)),
+		ptrOf(query), ptrOf(key), ptrOf(value), bytesPtr(keyPaddingMask), ptrOf(dout),
+		ptrOf(dquery), ptrOf(dkey), ptrOf(dvalue),
+		ptrOf(gs[0]), ptrOf(gs[1]), ptrOf(gs[2]), ptrOf(gs[3]), ptrOf(gs[4]), ptrOf(gs[5]),
+		ptrOf(gs[6]), ptrOf(gs[7]), ptrOf(gs[8]))
+	runtime.KeepAlive(pl)
+	runtime.KeepAlive(query)
+	runtime.KeepAlive(key)
+	runtime.KeepAlive(value)
+	runtime.KeepAlive(keyPaddingMask)
+	runtime.KeepAlive(dout)
+	runtime.KeepAlive(dquery)
+	runtime.KeepAlive(dkey)
+	runtime.KeepAlive(dvalue)
+	runtime.KeepAlive(gs)
+	return pl.mha.ctx.check(st, "attn_mha_backward_execute")
 }
 
 // ---------------------------------------------------------------------------

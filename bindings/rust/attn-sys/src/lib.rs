@@ -43,6 +43,11 @@ pub struct attn_mha {
 pub struct attn_mha_plan {
     _private: [u8; 0],
 }
+/// Opaque `attn_mha_backward_plan` (heads.h): training steps of an `attn_mha`.
+#[repr(C)]
+pub struct attn_mha_backward_plan {
+    _private: [u8; 0],
+}
 /// Opaque `attn_kvcache` (kvcache.h).
 #[repr(C)]
 pub struct attn_kvcache {
@@ -171,6 +176,23 @@ pub struct attn_mha_weights {
     pub out_proj_bias: *const attn_tensor,
     pub bias_k: *const attn_tensor,
     pub bias_v: *const attn_tensor,
+}
+
+/// `attn_mha_grads` (heads.h): where `attn_mha_backward_execute` writes the
+/// parameter gradients (NULL = not wanted); initialise with `attn_mha_grads_init`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct attn_mha_grads {
+    pub struct_size: usize,
+    pub in_proj_weight: *mut attn_tensor,
+    pub q_proj_weight: *mut attn_tensor,
+    pub k_proj_weight: *mut attn_tensor,
+    pub v_proj_weight: *mut attn_tensor,
+    pub in_proj_bias: *mut attn_tensor,
+    pub out_proj_weight: *mut attn_tensor,
+    pub out_proj_bias: *mut attn_tensor,
+    pub bias_k: *mut attn_tensor,
+    pub bias_v: *mut attn_tensor,
 }
 
 /// `attn_kvcache_config` (kvcache.h); initialise with `attn_kvcache_config_init`.
@@ -316,6 +338,14 @@ extern "C" {
     pub fn attn_mha_plan_execute(plan: *mut attn_mha_plan, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor) -> attn_status;
     pub fn attn_mha_plan_workspace_size(plan: *const attn_mha_plan) -> usize;
     pub fn attn_mha_plan_destroy(plan: *mut attn_mha_plan);
+    // training the multi-head layer (heads.h, since 0.2.0)
+    pub fn attn_mha_grads_init(g: *mut attn_mha_grads);
+    pub fn attn_mha_backward_plan_create(mha: *mut attn_mha, desc: *const attn_desc, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, out: *const attn_tensor, plan: *mut *mut attn_mha_backward_plan) -> attn_status;
+    pub fn attn_mha_backward_saved_size(plan: *const attn_mha_backward_plan) -> usize;
+    pub fn attn_mha_forward_train(plan: *mut attn_mha_backward_plan, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, out: *mut attn_tensor, saved: *mut c_void, saved_size: usize) -> attn_status;
+    pub fn attn_mha_backward_execute(plan: *mut attn_mha_backward_plan, query: *const attn_tensor, key: *const attn_tensor, value: *const attn_tensor, key_padding_mask: *const attn_tensor, dout: *const attn_tensor, saved: *const c_void, saved_size: usize, dquery: *mut attn_tensor, dkey: *mut attn_tensor, dvalue: *mut attn_tensor, grads: *const attn_mha_grads) -> attn_status;
+    pub fn attn_mha_backward_plan_workspace_size(plan: *const attn_mha_backward_plan) -> usize;
+    pub fn attn_mha_backward_plan_destroy(plan: *mut attn_mha_backward_plan);
 
     // KV cache (kvcache.h)
     pub fn attn_kvcache_config_init(cfg: *mut attn_kvcache_config);
@@ -400,6 +430,13 @@ mod tests {
         };
         assert_eq!(w.struct_size, std::mem::size_of::<attn_mha_weights>());
         assert!(w.in_proj_weight.is_null() && w.bias_v.is_null());
+        let mut g = std::mem::MaybeUninit::<attn_mha_grads>::zeroed();
+        let g = unsafe {
+            attn_mha_grads_init(g.as_mut_ptr());
+            g.assume_init()
+        };
+        assert_eq!(g.struct_size, std::mem::size_of::<attn_mha_grads>());
+        assert!(g.in_proj_weight.is_null() && g.bias_v.is_null());
     }
 
     #[test]

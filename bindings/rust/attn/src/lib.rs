@@ -1162,7 +1162,28 @@ impl MhaConfig {
     pub fn attended_keys(&self, seq_k: i64) -> i64 {
         seq_k + self.add_bias_kv as i64 + self.add_zero_attn as i64
     }
+
+    /// PyTorch shapes of the nine parameters, in `attn_mha_weights` order
+    /// (the names in `MHA_PARAMS`).
+    fn param_shapes(&self) -> [Vec<i64>; 9] {
+        let (e, ekv) = (self.embed_dim, self.kv_features());
+        let in_rows = e.saturating_add(ekv.saturating_mul(2));
+        [
+            vec![in_rows, e],
+            vec![e, e],
+            vec![ekv, self.kdim_or_e()],
+            vec![ekv, self.vdim_or_e()],
+            vec![in_rows],
+            vec![e, e],
+            vec![e],
+            vec![1, 1, ekv],
+            vec![1, 1, ekv],
+        ]
+    }
 }
+
+/// The parameters' names (PyTorch's), in `attn_mha_weights` / `attn_mha_grads` order.
+const MHA_PARAMS: [&str; 9] = ["in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias", "out_proj_weight", "out_proj_bias", "bias_k", "bias_v"];
 
 fn raw_config() -> sys::attn_mha_config {
     let mut c = std::mem::MaybeUninit::<sys::attn_mha_config>::zeroed();
@@ -1257,23 +1278,24 @@ impl<'a, T: Float> Mha<'a, T> {
             sys::attn_mha_weights_init(w.as_mut_ptr());
             w.assume_init()
         };
-        let (e, ekv) = (cfg.embed_dim, cfg.kv_features());
+        let e = cfg.embed_dim;
         let hkv = if cfg.num_kv_heads == 0 { cfg.num_heads } else { cfg.num_kv_heads };
         let valid = e >= 1 && cfg.num_heads >= 1 && e % cfg.num_heads == 0 && hkv >= 1 && cfg.num_heads % hkv == 0 && cfg.kdim >= 0 && cfg.vdim >= 0;
         let mut handles = Vec::new();
         if valid {
             // One row per weight: slice, its field, PyTorch shape. (An invalid
             // configuration passes none and lets the library name the problem.)
+            let [s0, s1, s2, s3, s4, s5, s6, s7, s8] = cfg.param_shapes();
             let table: [WeightRow<'a, '_, T>; 9] = [
-                (weights.in_proj_weight, &mut w.in_proj_weight, "in_proj_weight", vec![e + 2 * ekv, e]),
-                (weights.q_proj_weight, &mut w.q_proj_weight, "q_proj_weight", vec![e, e]),
-                (weights.k_proj_weight, &mut w.k_proj_weight, "k_proj_weight", vec![ekv, cfg.kdim_or_e()]),
-                (weights.v_proj_weight, &mut w.v_proj_weight, "v_proj_weight", vec![ekv, cfg.vdim_or_e()]),
-                (weights.in_proj_bias, &mut w.in_proj_bias, "in_proj_bias", vec![e + 2 * ekv]),
-                (weights.out_proj_weight, &mut w.out_proj_weight, "out_proj_weight", vec![e, e]),
-                (weights.out_proj_bias, &mut w.out_proj_bias, "out_proj_bias", vec![e]),
-                (weights.bias_k, &mut w.bias_k, "bias_k", vec![1, 1, ekv]),
-                (weights.bias_v, &mut w.bias_v, "bias_v", vec![1, 1, ekv]),
+                (weights.in_proj_weight, &mut w.in_proj_weight, MHA_PARAMS[0], s0),
+                (weights.q_proj_weight, &mut w.q_proj_weight, MHA_PARAMS[1], s1),
+                (weights.k_proj_weight, &mut w.k_proj_weight, MHA_PARAMS[2], s2),
+                (weights.v_proj_weight, &mut w.v_proj_weight, MHA_PARAMS[3], s3),
+                (weights.in_proj_bias, &mut w.in_proj_bias, MHA_PARAMS[4], s4),
+                (weights.out_proj_weight, &mut w.out_proj_weight, MHA_PARAMS[5], s5),
+                (weights.out_proj_bias, &mut w.out_proj_bias, MHA_PARAMS[6], s6),
+                (weights.bias_k, &mut w.bias_k, MHA_PARAMS[7], s7),
+                (weights.bias_v, &mut w.bias_v, MHA_PARAMS[8], s8),
             ];
             for (slice, field, name, shape) in table {
                 if let Some(s) = slice {
@@ -1450,6 +1472,349 @@ impl<'p, T: Float> MhaPlan<'p, T> {
 impl<T: Float> Drop for MhaPlan<'_, T> {
     fn drop(&mut self) {
         unsafe { sys::attn_mha_plan_destroy(self.raw.as_ptr()) }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Training the multi-head layer (heads.h: attn_mha_backward_plan)
+
+/// Where [`MhaTrainPlan::backward`] writes the parameter gradients: one
+/// optional mutable slice per parameter, with the names of [`MhaWeights`]
+/// and the parameter's shape (contiguous, exactly its element count; a
+/// slice of another length is [`Status::Shape`]). `None` = that gradient is
+/// not wanted. Gradients are overwritten, not accumulated into. Give only
+/// parameters the layer has (`in_proj_weight` for a packed layer,
+/// `q/k/v_proj_weight` for a separate one, `bias_k`/`bias_v` with
+/// add_bias_kv); others are [`Status::InvalidArg`] from the library.
+#[derive(Debug)]
+pub struct MhaGrads<'g, T> {
+    /// ∂L/∂in_proj_weight, [E + 2·E_kv, E].
+    pub in_proj_weight: Option<&'g mut [T]>,
+    /// ∂L/∂q_proj_weight, [E, E].
+    pub q_proj_weight: Option<&'g mut [T]>,
+    /// ∂L/∂k_proj_weight, [E_kv, kdim].
+    pub k_proj_weight: Option<&'g mut [T]>,
+    /// ∂L/∂v_proj_weight, [E_kv, vdim].
+    pub v_proj_weight: Option<&'g mut [T]>,
+    /// ∂L/∂in_proj_bias, [E + 2·E_kv].
+    pub in_proj_bias: Option<&'g mut [T]>,
+    /// ∂L/∂out_proj_weight, [E, E].
+    pub out_proj_weight: Option<&'g mut [T]>,
+    /// ∂L/∂out_proj_bias, `[E]`.
+    pub out_proj_bias: Option<&'g mut [T]>,
+    /// ∂L/∂bias_k, [1, 1, E_kv].
+    pub bias_k: Option<&'g mut [T]>,
+    /// ∂L/∂bias_v, [1, 1, E_kv].
+    pub bias_v: Option<&'g mut [T]>,
+}
+
+impl<'g, T> Default for MhaGrads<'g, T> {
+    /// No gradient wanted.
+    fn default() -> Self {
+        MhaGrads { in_proj_weight: None, q_proj_weight: None, k_proj_weight: None, v_proj_weight: None, in_proj_bias: None, out_proj_weight: None, out_proj_bias: None, bias_k: None, bias_v: None }
+    }
+}
+
+impl<'g, T> MhaGrads<'g, T> {
+    /// Pointer and length of each slice, in `attn_mha_grads` order (`MHA_PARAMS`).
+    fn raw(&mut self) -> [Option<(*mut c_void, usize)>; 9] {
+        fn r<T>(s: &mut Option<&mut [T]>) -> Option<(*mut c_void, usize)> {
+            s.as_mut().map(|s| (s.as_mut_ptr() as *mut c_void, s.len()))
+        }
+        [
+            r(&mut self.in_proj_weight),
+            r(&mut self.q_proj_weight),
+            r(&mut self.k_proj_weight),
+            r(&mut self.v_proj_weight),
+            r(&mut self.in_proj_bias),
+            r(&mut self.out_proj_weight),
+            r(&mut self.out_proj_bias),
+            r(&mut self.bias_k),
+            r(&mut self.bias_v),
+        ]
+    }
+}
+
+const MHA_TRAIN_NAMES: [&str; 9] = ["query", "key", "value", "key_padding_mask", "out", "dout", "dquery", "dkey", "dvalue"];
+
+impl<'a, T: Float> Mha<'a, T> {
+    /// Training steps (`attn_mha_backward_plan`) for contiguous inputs of
+    /// these sizes, laid out as for [`Mha::plan`]: query/out [B, L, E],
+    /// key [B, S, kdim], value [B, S, vdim] (or [S, B, ·] unless
+    /// batch_first), key_padding_mask u8 [B, S] when `key_padding_mask`.
+    /// `desc`: attention options the attention backward supports (None =
+    /// plain scaled-dot); others are [`Status::Unsupported`].
+    pub fn train_plan<'p>(&'p self, desc: Option<&'p Desc<'p>>, dims: &MhaDims, key_padding_mask: bool) -> Result<MhaTrainPlan<'p, T>> {
+        let (b, l, s, e) = (dims.batch, dims.seq_q, dims.seq_k, self.cfg.embed_dim);
+        let q = self.seq_layout(b, l, e);
+        let kpm = Layout::contiguous(&[b, s]);
+        self.train_plan_with_layouts(
+            desc,
+            [&q, &self.seq_layout(b, s, self.cfg.kdim_or_e()), &self.seq_layout(b, s, self.cfg.vdim_or_e()), &q],
+            if key_padding_mask { Some(&kpm) } else { None },
+        )
+    }
+
+    /// Training steps for any layouts of query, key, value, out (rank 3,
+    /// last dim contiguous) and key_padding_mask (u8 [B, S]). The input
+    /// gradients dquery, dkey, dvalue take the layouts of query, key, value;
+    /// dout the layout of out.
+    pub fn train_plan_with_layouts<'p>(&'p self, desc: Option<&'p Desc<'p>>, qkvo: [&Layout; 4], key_padding_mask: Option<&Layout>) -> Result<MhaTrainPlan<'p, T>> {
+        let ctx = self.ctx;
+        // query, key, value, key_padding_mask, out, dout, dquery, dkey, dvalue
+        let layouts = [Some(qkvo[0]), Some(qkvo[1]), Some(qkvo[2]), key_padding_mask, Some(qkvo[3]), Some(qkvo[3]), Some(qkvo[0]), Some(qkvo[1]), Some(qkvo[2])];
+        let mut handles: [Option<Handle>; 9] = Default::default();
+        for (i, l) in layouts.iter().enumerate() {
+            if let Some(l) = l {
+                // Data pointers are set at each call; plan creation reads only metadata.
+                handles[i] = Some(if i == 3 {
+                    Handle::wrap::<u8>(ctx, l, NonNull::<u8>::dangling().as_ptr(), MHA_TRAIN_NAMES[i])?
+                } else {
+                    Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), MHA_TRAIN_NAMES[i])?
+                });
+            }
+        }
+        let mut grads = Vec::with_capacity(9);
+        for (shape, name) in self.cfg.param_shapes().iter().zip(MHA_PARAMS.iter()) {
+            grads.push(Handle::wrap::<T>(ctx, &Layout::contiguous(shape), NonNull::<T>::dangling().as_ptr(), name)?);
+        }
+        let p = |i: usize| handles[i].as_ref().map_or(ptr::null(), |h: &Handle| h.raw.as_ptr() as *const _);
+        let d = desc.map_or(ptr::null(), |d| d.raw.as_ptr() as *const _);
+        let mut raw = ptr::null_mut();
+        let st = unsafe { sys::attn_mha_backward_plan_create(self.raw.as_ptr(), d, p(0), p(1), p(2), p(3), p(4), &mut raw) };
+        check(ctx.ptr(), st, "attn_mha_backward_plan_create")?;
+        let raw = NonNull::new(raw).expect("attn_mha_backward_plan_create returned OK and NULL");
+        let saved_size = unsafe { sys::attn_mha_backward_saved_size(raw.as_ptr()) };
+        let self_attention = qkvo[0] == qkvo[1] && qkvo[0] == qkvo[2];
+        Ok(MhaTrainPlan { mha: self, raw, handles, grads, saved: vec![0u8; saved_size], forwarded: false, self_attention, _desc: PhantomData })
+    }
+}
+
+/// `attn_mha_backward_plan`: training steps of an [`Mha`] layer (f32/f64)
+/// for fixed shapes. Borrows the layer and the descriptor it was made with,
+/// and owns the `saved` activations one step needs
+/// ([`MhaTrainPlan::saved_size`] bytes).
+///
+/// A step is [`forward`](MhaTrainPlan::forward) (out, bitwise what the
+/// layer's [`MhaPlan`] writes, with the activations kept) then
+/// [`backward`](MhaTrainPlan::backward) on the same inputs with dout =
+/// ∂L/∂out: the input gradients (each optional) and the parameter gradients
+/// of [`MhaGrads`]. Self-attention (query = key = value = x) uses
+/// [`backward_self`](MhaTrainPlan::backward_self), whose dx receives the sum
+/// dquery + dkey + dvalue, as autograd gives for an input used three times.
+/// Results are bitwise identical for any thread count; neither call
+/// allocates. The layer's weights are borrowed immutably while the layer
+/// lives, so they hold the same values for both calls.
+///
+/// ```
+/// use attn::{Context, Mha, MhaConfig, MhaDims, MhaGrads, MhaWeights};
+/// # fn main() -> Result<(), attn::Error> {
+/// let ctx = Context::new()?;
+/// let cfg = MhaConfig { batch_first: true, ..MhaConfig::new(4, 2) };
+/// let (w_in, b_in, w_out, b_out) = (vec![0.1f64; 48], vec![0.0f64; 12], vec![0.1f64; 16], vec![0.0f64; 4]);
+/// let weights = MhaWeights { in_proj_weight: Some(&w_in), in_proj_bias: Some(&b_in), out_proj_weight: Some(&w_out), out_proj_bias: Some(&b_out), ..Default::default() };
+/// let layer = Mha::<f64>::new(&ctx, &cfg, &weights)?;
+/// let mut step = layer.train_plan(None, &MhaDims { batch: 2, seq_q: 3, seq_k: 3 }, false)?;
+/// let x = vec![0.5f64; 2 * 3 * 4]; // [B=2, S=3, E=4]
+/// let mut out = vec![0.0f64; x.len()];
+/// step.forward(&x, &x, &x, None, &mut out)?;
+/// let dout = vec![1.0f64; out.len()]; // L = Σ out
+/// let (mut dx, mut d_w_in, mut d_b_out) = (vec![0.0f64; x.len()], vec![0.0f64; 48], vec![0.0f64; 4]);
+/// let mut grads = MhaGrads { in_proj_weight: Some(&mut d_w_in), out_proj_bias: Some(&mut d_b_out), ..Default::default() };
+/// step.backward_self(&x, None, &dout, Some(&mut dx), &mut grads)?;
+/// assert!(d_b_out.iter().all(|&g| g == 6.0)); // B·L rows of dout
+/// # Ok(()) }
+/// ```
+///
+/// A plan cannot outlive its layer:
+/// ```compile_fail
+/// use attn::{Context, Mha, MhaConfig, MhaDims, MhaWeights};
+/// let ctx = Context::new().unwrap();
+/// let w = vec![0.1f64; 64];
+/// let weights = MhaWeights { in_proj_weight: Some(&w[..48]), out_proj_weight: Some(&w[48..]), ..Default::default() };
+/// let step;
+/// {
+///     let layer = Mha::<f64>::new(&ctx, &MhaConfig { bias: false, ..MhaConfig::new(4, 2) }, &weights).unwrap();
+///     step = layer.train_plan(None, &MhaDims { batch: 1, seq_q: 2, seq_k: 2 }, false).unwrap();
+/// }
+/// drop(step);
+/// ```
+pub struct MhaTrainPlan<'p, T: Float> {
+    mha: &'p Mha<'p, T>,
+    raw: NonNull<sys::attn_mha_backward_plan>,
+    handles: [Option<Handle>; 9], // MHA_TRAIN_NAMES
+    grads: Vec<Handle>,           // MHA_PARAMS, contiguous parameter shapes
+    saved: Vec<u8>,
+    forwarded: bool, // saved holds a successful forward's activations
+    self_attention: bool, // query, key and value have one layout
+    _desc: PhantomData<&'p Desc<'p>>,
+}
+
+impl<'p, T: Float> MhaTrainPlan<'p, T> {
+    /// Bytes of workspace the plan holds (its attention plans' included).
+    pub fn workspace_size(&self) -> usize {
+        unsafe { sys::attn_mha_backward_plan_workspace_size(self.raw.as_ptr()) }
+    }
+
+    /// Bytes of the `saved` activations the plan owns (one step in flight).
+    pub fn saved_size(&self) -> usize {
+        self.saved.len()
+    }
+
+    fn handle(&self, i: usize) -> *mut sys::attn_tensor {
+        self.handles[i].as_ref().map_or(ptr::null_mut(), |h| h.raw.as_ptr())
+    }
+
+    /// Check the slices at handle positions `at` (present exactly when the
+    /// plan has that operand, long enough), then point the handles at them.
+    fn bind(&self, at: &[usize], ptrs: &[Option<(*mut c_void, usize)>], function: &'static str) -> Result<()> {
+        for (&i, p) in at.iter().zip(ptrs) {
+            match (&self.handles[i], p) {
+                (Some(h), Some((_, len))) => h.check_len(*len, MHA_TRAIN_NAMES[i])?,
+                (None, None) => {}
+                (Some(_), None) => return Err(binding_error(Status::Mismatch, function, format!("{}: the plan was created with it; pass it", MHA_TRAIN_NAMES[i]))),
+                (None, Some(_)) => return Err(binding_error(Status::Mismatch, function, format!("{}: the plan was created without it; pass None", MHA_TRAIN_NAMES[i]))),
+            }
+        }
+        for (&i, p) in at.iter().zip(ptrs) {
+            if let (Some(h), Some((p, _))) = (&self.handles[i], p) {
+                check(self.mha.ctx.ptr(), unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), *p) }, "attn_tensor_set_data")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `attn_mha_forward_train`: the layer's output for these inputs (as
+    /// [`MhaPlan::execute`] without weights), keeping the activations for
+    /// [`backward`](MhaTrainPlan::backward). key_padding_mask (u8 [B, S],
+    /// **non-zero = attend**) exactly when the plan was made with it. On
+    /// error nothing is written to `out`.
+    pub fn forward(&mut self, query: &[T], key: &[T], value: &[T], key_padding_mask: Option<&[u8]>, out: &mut [T]) -> Result<()> {
+        let ptrs = [
+            Some((query.as_ptr() as *mut c_void, query.len())),
+            Some((key.as_ptr() as *mut c_void, key.len())),
+            Some((value.as_ptr() as *mut c_void, value.len())),
+            key_padding_mask.map(|m| (m.as_ptr() as *mut c_void, m.len())),
+            Some((out.as_mut_ptr() as *mut c_void, out.len())),
+        ];
+        self.bind(&[0, 1, 2, 3, 4], &ptrs, "attn::MhaTrainPlan::forward")?;
+        self.forwarded = false;
+        let (saved, n) = (self.saved.as_mut_ptr() as *mut c_void, self.saved.len());
+        let st = unsafe { sys::attn_mha_forward_train(self.raw.as_ptr(), self.handle(0), self.handle(1), self.handle(2), self.handle(3), self.handle(4), saved, n) };
+        check(self.mha.ctx.ptr(), st, "attn_mha_forward_train")?;
+        self.forwarded = true;
+        Ok(())
+    }
+
+    /// `attn_mha_backward_execute`: the gradients of the last
+    /// [`forward`](MhaTrainPlan::forward), which must have run on the same
+    /// query, key, value and key_padding_mask, from `dout` = ∂L/∂out (out's
+    /// layout). Writes (overwrites) ∂L/∂query, ∂L/∂key, ∂L/∂value into the
+    /// given slices (layouts of query, key, value; None = not wanted) and
+    /// the parameter gradients given in `grads`. For self-attention use
+    /// [`backward_self`](MhaTrainPlan::backward_self). On error nothing is
+    /// written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(&mut self, query: &[T], key: &[T], value: &[T], key_padding_mask: Option<&[u8]>, dout: &[T], dquery: Option<&mut [T]>, dkey: Option<&mut [T]>, dvalue: Option<&mut [T]>, grads: &mut MhaGrads<'_, T>) -> Result<()> {
+        let x = |s: &[T]| (s.as_ptr() as *mut c_void, s.len());
+        let dx = |s: Option<&mut [T]>| s.map(|s| (s.as_mut_ptr() as *mut c_void, s.len()));
+        self.run_backward([x(query), x(key), x(value)], key_padding_mask, dout, [dx(dquery), dx(dkey), dx(dvalue)], grads, "attn::MhaTrainPlan::backward")
+    }
+
+    /// [`backward`](MhaTrainPlan::backward) for self-attention: `x` was
+    /// passed as query, key and value to [`forward`](MhaTrainPlan::forward),
+    /// and `dx` (x's layout; None = not wanted) receives ∂L/∂x, the sum of
+    /// the query, key and value gradients. The plan's query, key and value
+    /// layouts must be one layout (else [`Status::Mismatch`]).
+    pub fn backward_self(&mut self, x: &[T], key_padding_mask: Option<&[u8]>, dout: &[T], dx: Option<&mut [T]>, grads: &mut MhaGrads<'_, T>) -> Result<()> {
+        const F: &str = "attn::MhaTrainPlan::backward_self";
+        if !self.self_attention {
+            return Err(binding_error(Status::Mismatch, F, "query, key, value: the plan was created with different layouts for them (not self-attention); use backward".to_string()));
+        }
+        let xp = (x.as_ptr() as *mut c_void, x.len());
+        let dxp = dx.map(|s| (s.as_mut_ptr() as *mut c_void, s.len()));
+        // The same memory and metadata for dquery, dkey and dvalue: the
+        // library writes their sum.
+        self.run_backward([xp, xp, xp], key_padding_mask, dout, [dxp, dxp, dxp], grads, F)
+    }
+
+    fn run_backward(&mut self, x: [(*mut c_void, usize); 3], key_padding_mask: Option<&[u8]>, dout: &[T], dx: [Option<(*mut c_void, usize)>; 3], grads: &mut MhaGrads<'_, T>, function: &'static str) -> Result<()> {
+        if !self.forwarded {
+            return Err(binding_error(Status::InvalidArg, function, "saved: no activations; run forward on these inputs first".to_string()));
+        }
+        // Everything is checked before any handle is pointed anywhere.
+        for (j, d) in dx.iter().enumerate() {
+            if let (Some(h), Some((_, len))) = (&self.handles[6 + j], d) {
+                h.check_len(*len, MHA_TRAIN_NAMES[6 + j])?;
+            }
+        }
+        let g = grads.raw();
+        for (i, gi) in g.iter().enumerate() {
+            if let Some((_, len)) = gi {
+                if *len != self.grads[i].extent {
+                    let shapes = self.mha.cfg.param_shapes();
+                    return Err(binding_error(Status::Shape, function, format!("grads.{}: slice has {} elements, the parameter {:?} has {}", MHA_PARAMS[i], len, shapes[i], self.grads[i].extent)));
+                }
+            }
+        }
+        let ins = [Some(x[0]), Some(x[1]), Some(x[2]), key_padding_mask.map(|m| (m.as_ptr() as *mut c_void, m.len())), Some((dout.as_ptr() as *mut c_void, dout.len()))];
+        self.bind(&[0, 1, 2, 3, 5], &ins, function)?;
+        let ctx = self.mha.ctx;
+        let mut dxh = [ptr::null_mut(); 3];
+        for (j, d) in dx.iter().enumerate() {
+            if let Some((p, _)) = d {
+                let h = self.handle(6 + j);
+                check(ctx.ptr(), unsafe { sys::attn_tensor_set_data(h, *p) }, "attn_tensor_set_data")?;
+                dxh[j] = h;
+            }
+        }
+        let mut cg = std::mem::MaybeUninit::<sys::attn_mha_grads>::zeroed();
+        let mut cg = unsafe {
+            sys::attn_mha_grads_init(cg.as_mut_ptr());
+            cg.assume_init()
+        };
+        let fields: [&mut *mut sys::attn_tensor; 9] = [
+            &mut cg.in_proj_weight,
+            &mut cg.q_proj_weight,
+            &mut cg.k_proj_weight,
+            &mut cg.v_proj_weight,
+            &mut cg.in_proj_bias,
+            &mut cg.out_proj_weight,
+            &mut cg.out_proj_bias,
+            &mut cg.bias_k,
+            &mut cg.bias_v,
+        ];
+        for (i, field) in fields.into_iter().enumerate() {
+            if let Some((p, _)) = g[i] {
+                let h = self.grads[i].raw.as_ptr();
+                check(ctx.ptr(), unsafe { sys::attn_tensor_set_data(h, p) }, "attn_tensor_set_data")?;
+                *field = h;
+            }
+        }
+        let st = unsafe {
+            sys::attn_mha_backward_execute(
+                self.raw.as_ptr(),
+                self.handle(0),
+                self.handle(1),
+                self.handle(2),
+                self.handle(3),
+                self.handle(5),
+                self.saved.as_ptr() as *const c_void,
+                self.saved.len(),
+                dxh[0],
+                dxh[1],
+                dxh[2],
+                &cg,
+            )
+        };
+        check(ctx.ptr(), st, "attn_mha_backward_execute")
+    }
+}
+
+impl<T: Float> Drop for MhaTrainPlan<'_, T> {
+    fn drop(&mut self) {
+        unsafe { sys::attn_mha_backward_plan_destroy(self.raw.as_ptr()) }
+        // The handles drop after: the plan no longer refers to them.
     }
 }
 
