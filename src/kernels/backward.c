@@ -40,6 +40,7 @@
 #include "blas/gemm.h"
 #include "kernels/backward.h"
 #include "kernels/exact.h"
+#include "kernels/tile.h"
 #include "kernels/vmath.h"
 #include "mask/mask.h"
 
@@ -77,7 +78,14 @@ struct attn_backward_plan {
   attn_tmeta meta[BM_N];
   struct {
     size_t S, dP, G, dK, dV, Qz, Kz, X;
+    size_t Kp, Vk, Kv, Pp, dSp; /* the tile engine's packed operands */
   } at;
+  /* f32 passes on CPUs with the avx512-f32 tile engine (no dense masks,
+   * not additive): pass 2's five GEMMs on its micro-kernel instead of
+   * OpenBLAS. dK, dV accumulate transposed (dKᵀ += Qᵀ·dS, dVᵀ += dOᵀ·P),
+   * from Qᵀ and dOᵀ transposed once per head in pass 1 (shared QT, dOT). */
+  const attn_tile_engine *eng;
+  size_t QT_at, dOT_at;
   size_t slot_bytes;
   size_t D_at, part_at, shared_bytes; /* shared: D [B·H·S_q], partial dq */
   /* Shared, projected scores: X, dX [B·H·S_q·qc]; additive Y, dY
@@ -107,6 +115,183 @@ typedef struct bwd_args {
 
 #define ATTN_TMPL_FILE "kernels/backward_impl.inc"
 #include "core/tmpl.h"
+
+/* ---- pass 1 and 2 on the tile engine (f32) -------------------------------- */
+
+/* dst[c·ldd + r] = src[r·lds + c] for r < rows, c < cols, in 16 × 16 blocks. */
+static void transpose_f32(const float *src, int64_t lds, int64_t rows, int64_t cols, float *dst,
+                          int64_t ldd) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 16)
+    for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+      const int64_t r1 = attn_min64(rows, r0 + 16), c1 = attn_min64(cols, c0 + 16);
+      for (int64_t c = c0; c < c1; c++)
+        for (int64_t r = r0; r < r1; r++) dst[c * ldd + r] = src[r * lds + c];
+    }
+}
+
+/* Pass 1 with the engine: D, and Qᵀ (X for projected scores), dOᵀ of (b, h),
+ * per query block: block qb of Qᵀ is [qc × bq] (row stride bq, so the
+ * micro-kernel's rows stay a few hundred bytes apart, not S_q·4). */
+static void bwd_rowdot_task_eng(void *argp, int64_t t, int32_t thread) {
+  bwd_rowdot_task_f32(argp, t, thread);
+  const bwd_args *a = argp;
+  const attn_backward_plan *bp = a->bp;
+  const attn_dims *d = &bp->dims;
+  const int64_t b = t / d->H, h = t % d->H;
+  const float *Q = (const float *)a->q->data + attn_off4(a->q, b, h, 0, 0);
+  int64_t ldq = a->q->strides[2];
+  if (bp->projected) {
+    Q = (const float *)(const void *)(a->ws.shared + bp->X_at) + t * d->Sq * bp->qc;
+    ldq = bp->qc;
+  }
+  const int64_t bq = bp->bq, span = bp->nqb * bq;
+  float *QT = (float *)(void *)(a->ws.shared + bp->QT_at) + t * bp->qc * span;
+  float *dOT = (float *)(void *)(a->ws.shared + bp->dOT_at) + t * d->Dv * span;
+  const float *dO = (const float *)a->dout->data + attn_off4(a->dout, b, h, 0, 0);
+  const int64_t ldo = a->dout->strides[2];
+  for (int64_t qb = 0; qb < bp->nqb; qb++) {
+    const int64_t i0 = qb * bq, ni = attn_min64(bq, d->Sq - i0);
+    transpose_f32(Q + i0 * ldq, ldq, ni, bp->qc, QT + qb * bp->qc * bq, bq);
+    transpose_f32(dO + i0 * ldo, ldo, ni, d->Dv, dOT + qb * d->Dv * bq, bq);
+  }
+}
+
+/* Pass 2 with the engine: as bwd_kv_task (backward_impl.inc) for f32 plans
+ * without dense masks or the additive score. Per key block, K and V are
+ * packed once (K as S's and dQ's B operand, V as dP's); per tile
+ *   S  = α Q Kᵀ,  P = e^{S − lse} (masks, transforms)
+ *   dP = dO Vᵀ,   dS = α P ∘ (dP − D)
+ *   dVᵀ += dOᵀ P,  dKᵀ += Qᵀ dS,  dQ += dS K
+ * Key tiles start on a 32-key panel of the block: the columns a causal or
+ * banded tile adds on the left are masked like any other. */
+static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
+  const bwd_args *a = argp;
+  const attn_backward_plan *bp = a->bp;
+  const attn_tile_engine *e = bp->eng;
+  const attn_dims *d = &bp->dims;
+  const attn_mask *mask = a->mask;
+  const int64_t C = bp->chunks, c = t % C, bkv = t / C;
+  const int64_t b = bkv / d->Hkv, kh = bkv % d->Hkv, grp = d->H / d->Hkv;
+  const int64_t bq = bp->bq, bk = bp->bk, qc = bp->qc, kc = bp->kc, Dv = d->Dv;
+  const float alpha = (float)bp->scale, cap = (float)mask->softcap;
+  const int64_t ql = mask->query_len ? mask->query_len[b] : d->Sq;
+  const int64_t pvs = attn_tile_vps(e, bq), kvs = attn_tile_vps(e, bk);
+
+  char *slot = attn_ws_slot(&a->ws, thread);
+  float *S = (float *)(void *)(slot + bp->at.S);
+  float *dP = (float *)(void *)(slot + bp->at.dP);
+  float *G = (float *)(void *)(slot + bp->at.G);
+  float *dKT = (float *)(void *)(slot + bp->at.dK); /* [kc × bk] */
+  float *dVT = (float *)(void *)(slot + bp->at.dV); /* [Dv × bk] */
+  float *Kp = (float *)(void *)(slot + bp->at.Kp);
+  float *Vk = (float *)(void *)(slot + bp->at.Vk);
+  float *Kv = (float *)(void *)(slot + bp->at.Kv);
+  float *Pp = (float *)(void *)(slot + bp->at.Pp);
+  float *dSp = (float *)(void *)(slot + bp->at.dSp);
+  float *X = (float *)(void *)(a->ws.shared + bp->X_at);
+  float *dX = (float *)(void *)(a->ws.shared + bp->dX_at);
+  const float *K = (const float *)a->k->data + attn_off4(a->k, b, kh, 0, 0);
+  const int64_t ldk = a->k->strides[2];
+  const float *V = (const float *)a->v->data + attn_off4(a->v, b, kh, 0, 0);
+  const int64_t ldv = a->v->strides[2];
+  const float *Dall = (const float *)(const void *)(a->ws.shared + bp->D_at);
+  float *part = (float *)(void *)(a->ws.shared + bp->part_at);
+  const float *QTall = (const float *)(const void *)(a->ws.shared + bp->QT_at);
+  const float *dOTall = (const float *)(const void *)(a->ws.shared + bp->dOT_at);
+
+  /* This chunk's dq target per head: dq itself (chunk 0) or a partial buffer. */
+  for (int64_t g = 0; g < grp; g++) {
+    const int64_t h = kh * grp + g;
+    if (c == 0 && !bp->projected) {
+      float *dq = (float *)a->dq->data + attn_off4(a->dq, b, h, 0, 0);
+      for (int64_t i = 0; i < d->Sq; i++)
+        memset(dq + i * a->dq->strides[2], 0, (size_t)qc * sizeof(float));
+    } else {
+      float *pq = c == 0 ? dX + (b * d->H + h) * d->Sq * qc
+                         : part + (((c - 1) * d->B + b) * d->H + h) * d->Sq * qc;
+      memset(pq, 0, (size_t)(d->Sq * qc) * sizeof(float));
+    }
+  }
+
+  for (int64_t kb = c; kb < bp->nkb; kb += C) {
+    const int64_t j0 = kb * bk, nj = attn_min64(bk, d->Sk - j0);
+    memset(dKT, 0, (size_t)(kc * bk) * sizeof(float));
+    memset(dVT, 0, (size_t)(Dv * bk) * sizeof(float));
+    e->pack_k(K + j0 * ldk, ldk, nj, kc, Kp);
+    e->pack_k(V + j0 * ldv, ldv, nj, Dv, Vk);
+    e->pack_v(K + j0 * ldk, ldk, nj, kc, Kv, kvs);
+    for (int64_t g = 0; g < grp; g++) {
+      const int64_t h = kh * grp + g, bh = b * d->H + h;
+      const float *Q = (const float *)a->q->data + attn_off4(a->q, b, h, 0, 0);
+      int64_t ldq = a->q->strides[2];
+      if (bp->projected) {
+        Q = X + bh * d->Sq * qc;
+        ldq = qc;
+      }
+      const float *dO = (const float *)a->dout->data + attn_off4(a->dout, b, h, 0, 0);
+      const int64_t ldo = a->dout->strides[2];
+      const attn_tensor *lt = a->lse;
+      const float *lse = (const float *)lt->data + b * lt->strides[0] + h * lt->strides[1];
+      const float *Dh = Dall + bh * d->Sq;
+      const int64_t span = bp->nqb * bq;
+      const float *QT = QTall + bh * qc * span, *dOT = dOTall + bh * Dv * span;
+      float *dQ;
+      int64_t lddq;
+      if (c == 0 && !bp->projected) {
+        dQ = (float *)a->dq->data + attn_off4(a->dq, b, h, 0, 0);
+        lddq = a->dq->strides[2];
+      } else {
+        dQ = c == 0 ? dX + bh * d->Sq * qc : part + (((c - 1) * d->B + b) * d->H + h) * d->Sq * qc;
+        lddq = qc;
+      }
+      for (int64_t qb = 0; qb < bp->nqb; qb++) {
+        const int64_t i0 = qb * bq;
+        if (i0 >= ql) break;
+        const int64_t ni = attn_min64(bq, ql - i0);
+        int64_t lo, hi;
+        attn_mask_key_range(mask, b, i0, i0 + ni, &lo, &hi);
+        int64_t jt = attn_max64(j0, lo);
+        const int64_t je = attn_min64(j0 + nj, hi);
+        if (je <= jt) continue;
+        jt = j0 + (jt - j0) / e->nr * e->nr; /* the panel the tile starts in */
+        const int64_t nt = je - jt, off = jt - j0;
+        const attn_tile_class cls = attn_mask_classify(mask, b, h, i0, i0 + ni, jt, je);
+        if (cls == ATTN_TILE_SKIP) continue;
+
+        e->mm(ni, nt, kc, Q + i0 * ldq, ldq, Kp + off * kc, kc * e->nr, S, bk, alpha, false);
+        if (cap > 0)
+          for (int64_t r = 0; r < ni; r++) memcpy(G + r * bk, S + r * bk, (size_t)nt * sizeof(float));
+        if (cls == ATTN_TILE_PARTIAL || mask->has_transform)
+          attn_mask_apply_f32(mask, cls, b, h, i0, ni, jt, nt, S, bk);
+        for (int64_t r = 0; r < ni; r++) osm_probs_f32(S + r * bk, nt, lse[(i0 + r) * lt->strides[2]]);
+        e->mm(ni, nt, Dv, dO + i0 * ldo, ldo, Vk + off * Dv, Dv * e->nr, dP, bk, 1.0f, false);
+        for (int64_t r = 0; r < ni; r++) osm_dscores_f32(S + r * bk, dP + r * bk, nt, Dh[i0 + r]);
+        if (cap > 0) { /* chain rule through cap·tanh(raw/cap) */
+          for (int64_t r = 0; r < ni; r++) {
+            float *gr = G + r * bk, *dr = dP + r * bk;
+            for (int64_t x = 0; x < nt; x++) gr[x] /= cap;
+            attn_vmath_fast()->tanh_f32(gr, nt);
+            for (int64_t x = 0; x < nt; x++)
+              dr[x] = osm_select_f32(dr[x] != 0.0f, dr[x] * (1.0f - gr[x] * gr[x]));
+          }
+        }
+        for (int64_t r = 0; r < ni; r++) {
+          float *dr = dP + r * bk;
+          for (int64_t x = 0; x < nt; x++) dr[x] *= alpha;
+        }
+        e->pack_v(S, bk, ni, nt, Pp, pvs);
+        e->pack_v(dP, bk, ni, nt, dSp, pvs);
+        e->mm(Dv, nt, ni, dOT + qb * Dv * bq, bq, Pp, pvs, dVT + off, bk, 1.0f, true);
+        e->mm(kc, nt, ni, QT + qb * kc * bq, bq, dSp, pvs, dKT + off, bk, 1.0f, true);
+        e->mm(ni, qc, nt, dP, bk, Kv + off * e->nr, kvs, dQ + i0 * lddq, lddq, 1.0f, true);
+      }
+    }
+    float *dk = (float *)a->dk->data + attn_off4(a->dk, b, kh, j0, 0);
+    float *dv = (float *)a->dv->data + attn_off4(a->dv, b, kh, j0, 0);
+    transpose_f32(dKT, bk, kc, nj, dk, a->dk->strides[2]);
+    transpose_f32(dVT, bk, Dv, nj, dv, a->dv->strides[2]);
+  }
+}
 
 /* ---- plan ------------------------------------------------------------------ */
 
@@ -284,13 +469,24 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   while (C > 1 && (C - 1) > ATTN_BWD_PART_CAP / attn_max64(1, rowbytes)) C--;
   bp->chunks = attn_max64(1, C);
 
+  const bool additive = bp->score == ATTN_SCORE_ADDITIVE;
+  bp->eng = NULL;
+  if (bp->dims.dtype == ATTN_DTYPE_F32 && !additive && !bp->mask.has_dense) {
+    const attn_tile_engine *e = attn_tile_engine_for(ATTN_DTYPE_F32, d->Dk, d->Dv);
+    if (e != NULL && e->mm != NULL) bp->eng = e;
+  }
+  const attn_tile_engine *e = bp->eng;
   attn_carver c = attn_carver_start();
   bp->at.S = attn_carve(&c, es, bp->bq, bp->bk, 1);
   bp->at.dP = attn_carve(&c, es, bp->bq, bp->bk, 1);
   bp->at.G = attn_carve(&c, es, bp->mask.softcap > 0 ? bp->bq : 0, bp->bk, 1);
   bp->at.dK = attn_carve(&c, es, bp->bk, bp->kc, 1);
   bp->at.dV = attn_carve(&c, es, bp->bk, d->Dv, 1);
-  const bool additive = bp->score == ATTN_SCORE_ADDITIVE;
+  bp->at.Kp = attn_carve(&c, es, e ? attn_tile_k_elems(e, bp->bk, bp->kc) : 0, 1, 1);
+  bp->at.Vk = attn_carve(&c, es, e ? attn_tile_k_elems(e, bp->bk, d->Dv) : 0, 1, 1);
+  bp->at.Kv = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bk, bp->kc) : 0, 1, 1);
+  bp->at.Pp = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bq, bp->bk) : 0, 1, 1);
+  bp->at.dSp = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bq, bp->bk) : 0, 1, 1);
   const bool zero_dead = bp->mask.has_dense && !additive; /* additive skips dS = 0 itself */
   bp->at.Qz = attn_carve(&c, es, zero_dead ? bp->bq : 0, bp->qc, 1);
   bp->at.Kz = attn_carve(&c, es, zero_dead ? bp->bk : 0, bp->kc, 1);
@@ -300,6 +496,8 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->at.X = attn_carve(&c, es, bp->add_kc, bp->A, 1);
   attn_carver sh = attn_carver_start();
   bp->D_at = attn_carve(&sh, es, bh, d->Sq, 1);
+  bp->QT_at = attn_carve(&sh, es, e ? bh : 0, bp->qc, bp->nqb * bp->bq);
+  bp->dOT_at = attn_carve(&sh, es, e ? bh : 0, d->Dv, bp->nqb * bp->bq);
   bp->part_at = attn_carve(&sh, (size_t)rowbytes, bp->chunks - 1, 1, 1);
   const int64_t nx = bp->projected ? d->Sq : 0, ny = additive ? d->Sk : 0;
   bp->X_at = attn_carve(&sh, es, bh, nx, bp->qc);
@@ -634,11 +832,16 @@ attn_status attn_backward_run(attn_backward_plan *plan, const attn_plan *fwd, co
       (st = attn_parallel_for(ctx, d->B * d->Hkv,
                               f32 ? bwd_project_k_task_f32 : bwd_project_k_task_f64, &a)) != ATTN_OK)
     return st;
-  if ((st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_rowdot_task_f32 : bwd_rowdot_task_f64,
+  /* The tile engine's passes, unless this run's masks are dense after all. */
+  const bool eng = plan->eng != NULL && !mask.has_dense;
+  if ((st = attn_parallel_for(ctx, d->B * d->H,
+                              eng ? bwd_rowdot_task_eng
+                                  : f32 ? bwd_rowdot_task_f32 : bwd_rowdot_task_f64,
                               &a)) != ATTN_OK)
     return st;
   if ((st = attn_parallel_for(ctx, d->B * d->Hkv * plan->chunks,
-                              f32 ? bwd_kv_task_f32 : bwd_kv_task_f64, &a)) != ATTN_OK)
+                              eng ? bwd_kv_task_eng : f32 ? bwd_kv_task_f32 : bwd_kv_task_f64,
+                              &a)) != ATTN_OK)
     return st;
   if (plan->chunks > 1 &&
       (st = attn_parallel_for(ctx, d->B * d->H, f32 ? bwd_reduce_task_f32 : bwd_reduce_task_f64,

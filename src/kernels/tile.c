@@ -115,9 +115,9 @@ static void cv_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t 
 }
 
 static const attn_tile_engine eng_convert_bf16 = {
-    "convert-bf16", 4, 1, 1, cv_pack_a_bf16, cv_pack_k_bf16, cv_pack_v_bf16, cv_qk, cv_pv};
+    "convert-bf16", 4, 1, 1, cv_pack_a_bf16, cv_pack_k_bf16, cv_pack_v_bf16, cv_qk, cv_pv, NULL};
 static const attn_tile_engine eng_convert_f16 = {
-    "convert-f16", 4, 1, 1, cv_pack_a_f16, cv_pack_k_f16, cv_pack_v_f16, cv_qk, cv_pv};
+    "convert-f16", 4, 1, 1, cv_pack_a_f16, cv_pack_k_f16, cv_pack_v_f16, cv_qk, cv_pv, NULL};
 
 /* ---- AVX-512 ---------------------------------------------------------------- */
 
@@ -201,6 +201,27 @@ AVX512 static void f32_gemm(int64_t rows, int64_t ncols, int64_t K, const float 
         break;
     }
   }
+}
+
+/* f32_gemm for the backward's operands, with `accumulate` a constant in
+ * each call so GCC specialises the loop as for qk/pv below (a run-time
+ * flag made it keep B on the stack: one more load per FMA). */
+AVX512 static void f32_gemm_acc(int64_t rows, int64_t ncols, int64_t K, const float *A,
+                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc) {
+  f32_gemm(rows, ncols, K, A, lda, Bp, bps, C, ldc, 1.0f, true);
+}
+AVX512 static void f32_gemm_set(int64_t rows, int64_t ncols, int64_t K, const float *A,
+                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc,
+                                float alpha) {
+  f32_gemm(rows, ncols, K, A, lda, Bp, bps, C, ldc, alpha, false);
+}
+AVX512 static void f32_gemm_any(int64_t rows, int64_t ncols, int64_t K, const float *A,
+                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc,
+                                float alpha, bool accumulate) {
+  if (accumulate)
+    f32_gemm_acc(rows, ncols, K, A, lda, Bp, bps, C, ldc);
+  else
+    f32_gemm_set(rows, ncols, K, A, lda, Bp, bps, C, ldc, alpha);
 }
 
 /* f32 A rows: copy (f32) or widen (f16, vcvtph2ps), zero-padded. */
@@ -307,9 +328,10 @@ AVX512 static void x_pv_f32(int64_t rows, int64_t Dv, int64_t nj, const float *P
 }
 
 static const attn_tile_engine eng_avx512_f32 = {
-    "avx512-f32", 4, 1, NR, x_pack_a_f32, x_pack_k_f32, x_pack_v_f32, x_qk_f32, x_pv_f32};
+    "avx512-f32", 4, 1, NR, x_pack_a_f32, x_pack_k_f32, x_pack_v_f32, x_qk_f32, x_pv_f32,
+    f32_gemm_any};
 static const attn_tile_engine eng_avx512_f32_f16 = {
-    "avx512-f32-f16", 4, 1, NR, x_pack_a_f16, x_pack_k_f16, x_pack_v_f16, x_qk_f32, x_pv_f32};
+    "avx512-f32-f16", 4, 1, NR, x_pack_a_f16, x_pack_k_f16, x_pack_v_f16, x_qk_f32, x_pv_f32, NULL};
 
 /* -- bf16: C[mr × 32] (+)= A[mr × 2np] · Bpanel, both in bf16 pairs -- */
 AVX512BF16 static INLINE void bf16_tile(const int mr, int64_t np, const uint16_t *A, int64_t lda,
@@ -460,7 +482,7 @@ AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P
 }
 
 static const attn_tile_engine eng_avx512_bf16 = {
-    "avx512-bf16", 2, 2, NR, b_pack_a, b_pack_k, b_pack_v, b_qk, b_pv};
+    "avx512-bf16", 2, 2, NR, b_pack_a, b_pack_k, b_pack_v, b_qk, b_pv, NULL};
 
 /* -- AMX (AMX-TILE + AMX-BF16): the same packed operands, K padded to 32 --
  * Tiles: C in tmm0..3 (2 × 2 blocks of 16 rows × 16 f32 columns), A in
@@ -596,7 +618,7 @@ AMX static void a_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64
 }
 
 static const attn_tile_engine eng_amx_bf16 = {
-    "amx-bf16", 2, KP_AMX, NR, b_pack_a, a_pack_k, a_pack_v, a_qk, a_pv};
+    "amx-bf16", 2, KP_AMX, NR, b_pack_a, a_pack_k, a_pack_v, a_qk, a_pv, NULL};
 
 #endif /* ATTN_TILE_X86 */
 

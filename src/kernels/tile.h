@@ -45,6 +45,12 @@ typedef struct attn_tile_engine {
    * uint16; V's column panels vps elements apart. */
   void (*pv)(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp, void *pscratch,
              const void *Vp, int64_t vps, float *O, int64_t ldo);
+  /* f32 engines only (else NULL), for the backward's five GEMMs: C (+)= A·B
+   * with A f32 row-major [rows × K] (row stride lda) and B f32 packed as
+   * pack_k or pack_v lay it out (column panels of nr, bps elements apart):
+   * C = alpha·A·B, or C += A·B (accumulate; alpha unused). */
+  void (*mm)(int64_t rows, int64_t ncols, int64_t K, const float *A, int64_t lda, const float *Bp,
+             int64_t bps, float *C, int64_t ldc, float alpha, bool accumulate);
 } attn_tile_engine;
 
 /* The engine for q/k/v of dtype `storage` and head dims D (q·k) and Dv, or

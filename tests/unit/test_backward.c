@@ -463,27 +463,50 @@ static void test_finite_differences(void **state) {
 }
 
 /* f32 against the f64 gradients of the same inputs (rounded to f32). */
+/* Longer sequences for the f32 comparison only: with tiles of 16 × 80 a
+ * causal or banded tile starts inside a 32-key panel of its key block. */
+static const bcase long_cases[] = {
+    {"long_causal_tl_gqa", ATTN_VARIANT_EXACT, 1, 4, 2, 150, 170, 16, 16, ATTN_CAUSAL_TOP_LEFT,
+     -1, -1, .klen = true},
+    {"long_causal_br_alibi_softcap", ATTN_VARIANT_EXACT, 2, 2, 2, 130, 140, 16, 8,
+     ATTN_CAUSAL_BOTTOM_RIGHT, -1, -1, .qlen = true, .alibi = true, .softcap = 4.0},
+    {"long_window", ATTN_VARIANT_EXACT, 1, 2, 2, 140, 140, 16, 16, 0, 45, 7, .qlen = true},
+    {"long_general_causal", ATTN_VARIANT_EXACT, 1, 2, 1, 120, 130, 8, 8, ATTN_CAUSAL_TOP_LEFT, -1,
+     -1, .score = ATTN_SCORE_GENERAL, .Dq = 12},
+};
+
 static void test_f32_vs_f64(void **state) {
   (void)state;
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    bsetup s64, s32;
-    setup_case(&s64, &cases[i], ATTN_DTYPE_F64, 1);
-    setup_case(&s32, &cases[i], ATTN_DTYPE_F32, 3);
+  const size_t nshort = sizeof cases / sizeof cases[0];
+  for (size_t ci = 0; ci < nshort + sizeof long_cases / sizeof long_cases[0]; ci++) {
+    const bcase *c = ci < nshort ? &cases[ci] : &long_cases[ci - nshort];
+    bsetup s64;
+    setup_case(&s64, c, ATTN_DTYPE_F64, 1);
     run_backward(&s64, 0, 0);
-    run_backward(&s32, 2, 3);
     const attn_tensor *g64[NGRAD], *g32[NGRAD];
     const int ng = grads_of(&s64, NULL, g64, NULL);
-    grads_of(&s32, NULL, g32, NULL);
-    for (int t = 0; t < ng; t++) {
-      if (g64[t] == NULL) continue;
-      double *a = read_all(g32[t]), *b = read_all(g64[t]);
-      const double e = rel_err(a, b, (size_t)attn_tensor_numel(g64[t]));
-      if (!(e <= 2e-5)) fail_msg("%s: f32 gradient %d off by %.3g", cases[i].name, t, e);
-      free(a);
-      free(b);
+    /* Tiny tiles, and tiles wider than the f32 tile engine's 32-key panels
+     * (a causal or banded tile then starts mid-panel and is widened to the
+     * panel's start). */
+    const int64_t tiles[2][2] = {{2, 3}, {16, 80}};
+    for (int ti = 0; ti < 2; ti++) {
+      bsetup s32;
+      setup_case(&s32, c, ATTN_DTYPE_F32, 3);
+      run_backward(&s32, tiles[ti][0], tiles[ti][1]);
+      grads_of(&s32, NULL, g32, NULL);
+      for (int t = 0; t < ng; t++) {
+        if (g64[t] == NULL) continue;
+        double *a = read_all(g32[t]), *b = read_all(g64[t]);
+        const double e = rel_err(a, b, (size_t)attn_tensor_numel(g64[t]));
+        if (!(e <= 2e-5))
+          fail_msg("%s: f32 gradient %d (tiles %lld x %lld) off by %.3g", c->name, t,
+                   (long long)tiles[ti][0], (long long)tiles[ti][1], e);
+        free(a);
+        free(b);
+      }
+      poison_free(&s32);
     }
     poison_free(&s64);
-    poison_free(&s32);
   }
 }
 

@@ -53,6 +53,9 @@ set_tests_properties(test_half_avx2 PROPERTIES
 add_test(NAME test_half_avx512 COMMAND test_half)
 set_tests_properties(test_half_avx512 PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=avx512" LABELS "unit")
+add_test(NAME test_backward_blas COMMAND test_backward)
+set_tests_properties(test_backward_blas PROPERTIES
+  ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
 add_test(NAME test_exact_blas COMMAND test_exact)
 set_tests_properties(test_exact_blas PROPERTIES
   ENVIRONMENT "CMOCKA_MESSAGE_OUTPUT=stdout;ATTN_TILE=blas" LABELS "unit")
