@@ -156,6 +156,32 @@ static void bwd_rowdot_task_eng(void *argp, int64_t t, int32_t thread) {
   }
 }
 
+/* One pass over a tile: dS = α·P∘(dP − D) (exactly 0 where P = 0) into dP
+ * (row-major, dQ's A operand) and into dSp, and P into Pp, both as column
+ * panels of nr (pack_v's layout, zero past nt): the four passes of
+ * osm_dscores, the α scaling and two pack_v in one. */
+static void dscores_pack(const float *S, float *dP, int64_t ni, int64_t nt, int64_t bk,
+                         const float *D, float alpha, int64_t nr, float *Pp, float *dSp,
+                         int64_t pvs) {
+  for (int64_t r = 0; r < ni; r++) {
+    const float *s = S + r * bk;
+    float *dp = dP + r * bk;
+    const float Dr = D[r];
+    for (int64_t p0 = 0; p0 < nt; p0 += nr) {
+      float *pd = Pp + (p0 / nr) * pvs + r * nr, *sd = dSp + (p0 / nr) * pvs + r * nr;
+      const int64_t nc = attn_min64(nr, nt - p0);
+      for (int64_t c = 0; c < nc; c++) {
+        const float pv = s[p0 + c];
+        const float ds = osm_select_f32(pv != 0.0f, pv * (dp[p0 + c] - Dr)) * alpha;
+        dp[p0 + c] = ds;
+        pd[c] = pv;
+        sd[c] = ds;
+      }
+      for (int64_t c = nc; c < nr; c++) pd[c] = sd[c] = 0.0f;
+    }
+  }
+}
+
 /* Pass 2 with the engine: as bwd_kv_task (backward_impl.inc) for f32 plans
  * without dense masks or the additive score. Per key block, K and V are
  * packed once (K as S's and dQ's B operand, V as dP's); per tile
@@ -265,22 +291,20 @@ static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
           attn_mask_apply_f32(mask, cls, b, h, i0, ni, jt, nt, S, bk);
         for (int64_t r = 0; r < ni; r++) osm_probs_f32(S + r * bk, nt, lse[(i0 + r) * lt->strides[2]]);
         e->mm(ni, nt, Dv, dO + i0 * ldo, ldo, Vk + off * Dv, Dv * e->nr, dP, bk, 1.0f, false);
-        for (int64_t r = 0; r < ni; r++) osm_dscores_f32(S + r * bk, dP + r * bk, nt, Dh[i0 + r]);
-        if (cap > 0) { /* chain rule through cap·tanh(raw/cap) */
+        if (cap > 0) { /* dS, the chain rule through cap·tanh(raw/cap), α; then pack */
           for (int64_t r = 0; r < ni; r++) {
             float *gr = G + r * bk, *dr = dP + r * bk;
+            osm_dscores_f32(S + r * bk, dr, nt, Dh[i0 + r]);
             for (int64_t x = 0; x < nt; x++) gr[x] /= cap;
             attn_vmath_fast()->tanh_f32(gr, nt);
             for (int64_t x = 0; x < nt; x++)
-              dr[x] = osm_select_f32(dr[x] != 0.0f, dr[x] * (1.0f - gr[x] * gr[x]));
+              dr[x] = osm_select_f32(dr[x] != 0.0f, dr[x] * (1.0f - gr[x] * gr[x])) * alpha;
           }
+          e->pack_v(S, bk, ni, nt, Pp, pvs);
+          e->pack_v(dP, bk, ni, nt, dSp, pvs);
+        } else {
+          dscores_pack(S, dP, ni, nt, bk, Dh + i0, alpha, e->nr, Pp, dSp, pvs);
         }
-        for (int64_t r = 0; r < ni; r++) {
-          float *dr = dP + r * bk;
-          for (int64_t x = 0; x < nt; x++) dr[x] *= alpha;
-        }
-        e->pack_v(S, bk, ni, nt, Pp, pvs);
-        e->pack_v(dP, bk, ni, nt, dSp, pvs);
         e->mm(Dv, nt, ni, dOT + qb * Dv * bq, bq, Pp, pvs, dVT + off, bk, 1.0f, true);
         e->mm(kc, nt, ni, QT + qb * kc * bq, bq, dSp, pvs, dKT + off, bk, 1.0f, true);
         e->mm(ni, qc, nt, dP, bk, Kv + off * e->nr, kvs, dQ + i0 * lddq, lddq, 1.0f, true);
