@@ -136,6 +136,30 @@ static inline attn_context *fz_context(fz_alloc *a, int32_t threads) {
   return ctx;
 }
 
+/* n contexts (threads[i] each, allocating through alloc[i]) with their
+ * pools started: one plan starts a pool and its memory stays with the
+ * context, so baseline[i] is what a context holds between iterations. */
+static inline void fz_start_contexts(int n, const int32_t *threads, fz_alloc *alloc,
+                                     attn_context **ctx, int64_t *baseline) {
+  for (int i = 0; i < n; i++) {
+    alloc[i].cap = (size_t)64 << 20;
+    ctx[i] = fz_context(&alloc[i], threads[i]);
+    static float buf[4];
+    int64_t shape[4] = {1, 1, 1, 4};
+    attn_tensor *t = NULL;
+    attn_desc *d = NULL;
+    attn_plan *p = NULL;
+    if (attn_tensor_wrap(ctx[i], ATTN_DTYPE_F32, 4, shape, NULL, buf, &t) != ATTN_OK ||
+        attn_desc_create(ctx[i], &d) != ATTN_OK ||
+        attn_plan_create(ctx[i], d, t, t, t, t, NULL, NULL, &p) != ATTN_OK)
+      abort();
+    attn_plan_destroy(p);
+    attn_desc_destroy(d);
+    attn_tensor_destroy(t);
+    baseline[i] = alloc[i].outstanding;
+  }
+}
+
 static inline bool fz_status_known(attn_status st) {
   return (int)st >= (int)ATTN_OK && (int)st <= (int)ATTN_ERR_INTERNAL && st != ATTN_ERR_INTERNAL;
 }

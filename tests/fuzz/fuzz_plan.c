@@ -293,26 +293,7 @@ static void apply_setter(iter *it, attn_desc *d, attn_dtype dt) {
   check_setter(it, st);
 }
 
-static void start_pools(void) {
-  for (int i = 0; i < N_CTX; i++) {
-    g_alloc[i].cap = (size_t)64 << 20;
-    g_ctx[i] = fz_context(&g_alloc[i], kThreads[i]);
-    /* One plan starts the pool; its memory stays with the context. */
-    static float buf[4];
-    int64_t shape[4] = {1, 1, 1, 4};
-    attn_tensor *t = NULL;
-    attn_desc *d = NULL;
-    attn_plan *p = NULL;
-    if (attn_tensor_wrap(g_ctx[i], ATTN_DTYPE_F32, 4, shape, NULL, buf, &t) != ATTN_OK ||
-        attn_desc_create(g_ctx[i], &d) != ATTN_OK ||
-        attn_plan_create(g_ctx[i], d, t, t, t, t, NULL, NULL, &p) != ATTN_OK)
-      abort();
-    attn_plan_destroy(p);
-    attn_desc_destroy(d);
-    attn_tensor_destroy(t);
-    g_baseline[i] = g_alloc[i].outstanding;
-  }
-}
+static void start_pools(void) { fz_start_contexts(N_CTX, kThreads, g_alloc, g_ctx, g_baseline); }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {

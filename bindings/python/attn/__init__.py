@@ -1094,6 +1094,23 @@ class MHA:
     __del__ = close
 
 
+def _mha_plan_setup(plan, mha, key_padding_mask, desc, mask_ready, settings):
+    """What MHAPlan and MHATrainPlan share: the layer and context, the key
+    padding mask in libattn's polarity, and the descriptor (a Desc, or one
+    made from keyword settings, kept with the arrays it borrows)."""
+    plan.mha = mha
+    plan.ctx = mha.ctx
+    if not mask_ready:
+        key_padding_mask = mha._keep_mask(key_padding_mask, "key_padding_mask")
+    if settings:
+        if desc is not None:
+            raise TypeError("give desc or descriptor settings, not both")
+        desc = Desc(plan.ctx, **settings)
+    plan.desc = desc
+    plan._borrowed = list(desc._keep.values()) if desc is not None else []
+    return key_padding_mask, desc
+
+
 class MHAPlan:
     """attn_mha_plan: the layer planned for these arrays' dtype/shapes/strides;
     execute() any number of times on arrays laid out the same way.
@@ -1106,16 +1123,8 @@ class MHAPlan:
 
     def __init__(self, mha, query, key, value, out, key_padding_mask=None, weights=None,
                  desc=None, _mask_ready=False, **settings):
-        self.mha = mha
-        self.ctx = mha.ctx
-        if not _mask_ready:
-            key_padding_mask = mha._keep_mask(key_padding_mask, "key_padding_mask")
-        if settings:
-            if desc is not None:
-                raise TypeError("give desc or descriptor settings, not both")
-            desc = Desc(self.ctx, **settings)
-        self.desc = desc
-        self._borrowed = list(desc._keep.values()) if desc is not None else []
+        key_padding_mask, desc = _mha_plan_setup(self, mha, key_padding_mask, desc,
+                                                 _mask_ready, settings)
         arrays = (query, key, value, key_padding_mask, out, weights)
         self._tensors = [self._tensor(n, a) for n, a in zip(_MHA_OPERANDS, arrays)]
         handles = [t.handle if t is not None else None for t in self._tensors]
@@ -1175,16 +1184,8 @@ class MHATrainPlan:
 
     def __init__(self, mha, query, key, value, out, key_padding_mask=None, desc=None,
                  _mask_ready=False, **settings):
-        self.mha = mha
-        self.ctx = mha.ctx
-        if not _mask_ready:
-            key_padding_mask = mha._keep_mask(key_padding_mask, "key_padding_mask")
-        if settings:
-            if desc is not None:
-                raise TypeError("give desc or descriptor settings, not both")
-            desc = Desc(self.ctx, **settings)
-        self.desc = desc
-        self._borrowed = list(desc._keep.values()) if desc is not None else []
+        key_padding_mask, desc = _mha_plan_setup(self, mha, key_padding_mask, desc,
+                                                 _mask_ready, settings)
         arrays = (query, key, value, key_padding_mask, out)
         ts = [_as_tensor(self.ctx, a, n, contiguous_last=n != "key_padding_mask")
               for n, a in zip(_MHA_OPERANDS, arrays)]
