@@ -156,32 +156,6 @@ static void bwd_rowdot_task_eng(void *argp, int64_t t, int32_t thread) {
   }
 }
 
-/* One pass over a tile: dS = α·P∘(dP − D) (exactly 0 where P = 0) into dP
- * (row-major, dQ's A operand) and into dSp, and P into Pp, both as column
- * panels of nr (pack_v's layout, zero past nt): the four passes of
- * osm_dscores, the α scaling and two pack_v in one. */
-static void dscores_pack(const float *S, float *dP, int64_t ni, int64_t nt, int64_t bk,
-                         const float *D, float alpha, int64_t nr, float *Pp, float *dSp,
-                         int64_t pvs) {
-  for (int64_t r = 0; r < ni; r++) {
-    const float *s = S + r * bk;
-    float *dp = dP + r * bk;
-    const float Dr = D[r];
-    for (int64_t p0 = 0; p0 < nt; p0 += nr) {
-      float *pd = Pp + (p0 / nr) * pvs + r * nr, *sd = dSp + (p0 / nr) * pvs + r * nr;
-      const int64_t nc = attn_min64(nr, nt - p0);
-      for (int64_t c = 0; c < nc; c++) {
-        const float pv = s[p0 + c];
-        const float ds = osm_select_f32(pv != 0.0f, pv * (dp[p0 + c] - Dr)) * alpha;
-        dp[p0 + c] = ds;
-        pd[c] = pv;
-        sd[c] = ds;
-      }
-      for (int64_t c = nc; c < nr; c++) pd[c] = sd[c] = 0.0f;
-    }
-  }
-}
-
 /* Pass 2 with the engine: as bwd_kv_task (backward_impl.inc) for f32 plans
  * without dense masks or the additive score. Per key block, K and V are
  * packed once (K as S's and dQ's B operand, V as dP's); per tile
@@ -303,7 +277,7 @@ static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
           e->pack_v(S, bk, ni, nt, Pp, pvs);
           e->pack_v(dP, bk, ni, nt, dSp, pvs);
         } else {
-          dscores_pack(S, dP, ni, nt, bk, Dh + i0, alpha, e->nr, Pp, dSp, pvs);
+          e->dscores_pack(S, dP, ni, nt, bk, Dh + i0, alpha, Pp, dSp, pvs);
         }
         e->mm(Dv, nt, ni, dOT + qb * Dv * bq, bq, Pp, pvs, dVT + off, bk, 1.0f, true);
         e->mm(kc, nt, ni, QT + qb * kc * bq, bq, dSp, pvs, dKT + off, bk, 1.0f, true);
@@ -497,7 +471,7 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->eng = NULL;
   if (bp->dims.dtype == ATTN_DTYPE_F32 && !additive && !bp->mask.has_dense) {
     const attn_tile_engine *e = attn_tile_engine_for(ATTN_DTYPE_F32, d->Dk, d->Dv);
-    if (e != NULL && e->mm != NULL) bp->eng = e;
+    if (e != NULL && e->mm != NULL && e->dscores_pack != NULL) bp->eng = e;
   }
   const attn_tile_engine *e = bp->eng;
   attn_carver c = attn_carver_start();

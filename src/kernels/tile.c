@@ -115,9 +115,9 @@ static void cv_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t 
 }
 
 static const attn_tile_engine eng_convert_bf16 = {
-    "convert-bf16", 4, 1, 1, cv_pack_a_bf16, cv_pack_k_bf16, cv_pack_v_bf16, cv_qk, cv_pv, NULL};
+    "convert-bf16", 4, 1, 1, cv_pack_a_bf16, cv_pack_k_bf16, cv_pack_v_bf16, cv_qk, cv_pv, NULL, NULL};
 static const attn_tile_engine eng_convert_f16 = {
-    "convert-f16", 4, 1, 1, cv_pack_a_f16, cv_pack_k_f16, cv_pack_v_f16, cv_qk, cv_pv, NULL};
+    "convert-f16", 4, 1, 1, cv_pack_a_f16, cv_pack_k_f16, cv_pack_v_f16, cv_qk, cv_pv, NULL, NULL};
 
 /* ---- AVX-512 ---------------------------------------------------------------- */
 
@@ -222,6 +222,33 @@ AVX512 static void f32_gemm_any(int64_t rows, int64_t ncols, int64_t K, const fl
     f32_gemm_acc(rows, ncols, K, A, lda, Bp, bps, C, ldc);
   else
     f32_gemm_set(rows, ncols, K, A, lda, Bp, bps, C, ldc, alpha);
+}
+
+/* The backward's dS and both packs in one pass (see tile.h). `p != 0` is
+ * C's (true for NaN: _CMP_NEQ_UQ) and the products are rounded as the
+ * scalar osm_dscores then × α rounds them, so the results are the same. */
+AVX512 static void x_dscores_pack(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld,
+                                  const float *D, float alpha, float *Pp, float *dSp,
+                                  int64_t pvs) {
+  const __m512 va = _mm512_set1_ps(alpha), zero = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; r++) {
+    const __m512 vd = _mm512_set1_ps(D[r]);
+    const float *pr = P + r * ld;
+    float *dr = dP + r * ld;
+    for (int64_t c0 = 0; c0 < n; c0 += NR) {
+      float *pd = Pp + (c0 / NR) * pvs + r * NR, *sd = dSp + (c0 / NR) * pvs + r * NR;
+      for (int64_t h = 0; h < NR; h += 16) {
+        const __mmask16 k = mask16(n - c0 - h);
+        const __m512 p = _mm512_maskz_loadu_ps(k, pr + c0 + h);
+        const __m512 g = _mm512_maskz_loadu_ps(k, dr + c0 + h);
+        const __mmask16 keep = _mm512_cmp_ps_mask(p, zero, _CMP_NEQ_UQ);
+        const __m512 ds = _mm512_mul_ps(_mm512_maskz_mul_ps(keep, p, _mm512_sub_ps(g, vd)), va);
+        _mm512_mask_storeu_ps(dr + c0 + h, k, ds);
+        _mm512_storeu_ps(pd + h, p);
+        _mm512_storeu_ps(sd + h, ds);
+      }
+    }
+  }
 }
 
 /* f32 A rows: copy (f32) or widen (f16, vcvtph2ps), zero-padded. */
@@ -329,9 +356,9 @@ AVX512 static void x_pv_f32(int64_t rows, int64_t Dv, int64_t nj, const float *P
 
 static const attn_tile_engine eng_avx512_f32 = {
     "avx512-f32", 4, 1, NR, x_pack_a_f32, x_pack_k_f32, x_pack_v_f32, x_qk_f32, x_pv_f32,
-    f32_gemm_any};
+    f32_gemm_any, x_dscores_pack};
 static const attn_tile_engine eng_avx512_f32_f16 = {
-    "avx512-f32-f16", 4, 1, NR, x_pack_a_f16, x_pack_k_f16, x_pack_v_f16, x_qk_f32, x_pv_f32, NULL};
+    "avx512-f32-f16", 4, 1, NR, x_pack_a_f16, x_pack_k_f16, x_pack_v_f16, x_qk_f32, x_pv_f32, NULL, NULL};
 
 /* -- bf16: C[mr × 32] (+)= A[mr × 2np] · Bpanel, both in bf16 pairs -- */
 AVX512BF16 static INLINE void bf16_tile(const int mr, int64_t np, const uint16_t *A, int64_t lda,
@@ -482,7 +509,7 @@ AVX512BF16 static void b_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P
 }
 
 static const attn_tile_engine eng_avx512_bf16 = {
-    "avx512-bf16", 2, 2, NR, b_pack_a, b_pack_k, b_pack_v, b_qk, b_pv, NULL};
+    "avx512-bf16", 2, 2, NR, b_pack_a, b_pack_k, b_pack_v, b_qk, b_pv, NULL, NULL};
 
 /* -- AMX (AMX-TILE + AMX-BF16): the same packed operands, K padded to 32 --
  * Tiles: C in tmm0..3 (2 × 2 blocks of 16 rows × 16 f32 columns), A in
@@ -618,7 +645,7 @@ AMX static void a_pv(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64
 }
 
 static const attn_tile_engine eng_amx_bf16 = {
-    "amx-bf16", 2, KP_AMX, NR, b_pack_a, a_pack_k, a_pack_v, a_qk, a_pv, NULL};
+    "amx-bf16", 2, KP_AMX, NR, b_pack_a, a_pack_k, a_pack_v, a_qk, a_pv, NULL, NULL};
 
 #endif /* ATTN_TILE_X86 */
 

@@ -51,6 +51,13 @@ typedef struct attn_tile_engine {
    * C = alpha·A·B, or C += A·B (accumulate; alpha unused). */
   void (*mm)(int64_t rows, int64_t ncols, int64_t K, const float *A, int64_t lda, const float *Bp,
              int64_t bps, float *C, int64_t ldc, float alpha, bool accumulate);
+  /* f32 engines only: the backward's softmax step on a rows × n tile (row
+   * stride ld) in one pass: dS = α·P∘(dP − D_r), exactly +0 where P = 0
+   * (as osm_dscores, then × α), written over dP and into dSp, and P into
+   * Pp; both panels laid out as pack_v lays out a rows × n matrix (panels
+   * pvs elements apart, zero past n). */
+  void (*dscores_pack)(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld,
+                       const float *D, float alpha, float *Pp, float *dSp, int64_t pvs);
 } attn_tile_engine;
 
 /* The engine for q/k/v of dtype `storage` and head dims D (q·k) and Dv, or
