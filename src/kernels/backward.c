@@ -78,7 +78,7 @@ struct attn_backward_plan {
   attn_tmeta meta[BM_N];
   struct {
     size_t S, dP, G, dK, dV, Qz, Kz, X;
-    size_t Kp, Vk, Kv, Pp, dSp; /* the tile engine's packed operands */
+    size_t Kp, Vk, Kv; /* the tile engine's packed K and V */
   } at;
   /* f32 passes on CPUs with the avx512-f32 tile engine (no dense masks,
    * not additive): pass 2's five GEMMs on its micro-kernel instead of
@@ -86,6 +86,7 @@ struct attn_backward_plan {
    * from Qᵀ and dOᵀ transposed once per head in pass 1 (shared QT, dOT). */
   const attn_tile_engine *eng;
   size_t QT_at, dOT_at;
+  int64_t lds; /* row stride of the S, dP and G tiles */
   size_t slot_bytes;
   size_t D_at, part_at, shared_bytes; /* shared: D [B·H·S_q], partial dq */
   /* Shared, projected scores: X, dX [B·H·S_q·qc]; additive Y, dY
@@ -175,7 +176,8 @@ static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
   const int64_t bq = bp->bq, bk = bp->bk, qc = bp->qc, kc = bp->kc, Dv = d->Dv;
   const float alpha = (float)bp->scale, cap = (float)mask->softcap;
   const int64_t ql = mask->query_len ? mask->query_len[b] : d->Sq;
-  const int64_t pvs = attn_tile_vps(e, bq), kvs = attn_tile_vps(e, bk);
+  const int64_t kvs = attn_tile_vps(e, bk);
+  const int64_t lds = bp->lds; /* S, dP, G: rows padded to whole panels */
 
   char *slot = attn_ws_slot(&a->ws, thread);
   float *S = (float *)(void *)(slot + bp->at.S);
@@ -186,8 +188,6 @@ static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
   float *Kp = (float *)(void *)(slot + bp->at.Kp);
   float *Vk = (float *)(void *)(slot + bp->at.Vk);
   float *Kv = (float *)(void *)(slot + bp->at.Kv);
-  float *Pp = (float *)(void *)(slot + bp->at.Pp);
-  float *dSp = (float *)(void *)(slot + bp->at.dSp);
   float *X = (float *)(void *)(a->ws.shared + bp->X_at);
   float *dX = (float *)(void *)(a->ws.shared + bp->dX_at);
   const float *K = (const float *)a->k->data + attn_off4(a->k, b, kh, 0, 0);
@@ -258,30 +258,31 @@ static void bwd_kv_task_eng(void *argp, int64_t t, int32_t thread) {
         const attn_tile_class cls = attn_mask_classify(mask, b, h, i0, i0 + ni, jt, je);
         if (cls == ATTN_TILE_SKIP) continue;
 
-        e->mm(ni, nt, kc, Q + i0 * ldq, ldq, Kp + off * kc, kc * e->nr, S, bk, alpha, false);
+        e->mm(ni, nt, kc, Q + i0 * ldq, ldq, Kp + off * kc, kc * e->nr, e->nr, S, lds, alpha,
+              false);
         if (cap > 0)
-          for (int64_t r = 0; r < ni; r++) memcpy(G + r * bk, S + r * bk, (size_t)nt * sizeof(float));
+          for (int64_t r = 0; r < ni; r++) memcpy(G + r * lds, S + r * lds, (size_t)nt * sizeof(float));
         if (cls == ATTN_TILE_PARTIAL || mask->has_transform)
-          attn_mask_apply_f32(mask, cls, b, h, i0, ni, jt, nt, S, bk);
-        for (int64_t r = 0; r < ni; r++) osm_probs_f32(S + r * bk, nt, lse[(i0 + r) * lt->strides[2]]);
-        e->mm(ni, nt, Dv, dO + i0 * ldo, ldo, Vk + off * Dv, Dv * e->nr, dP, bk, 1.0f, false);
-        if (cap > 0) { /* dS, the chain rule through cap·tanh(raw/cap), α; then pack */
+          attn_mask_apply_f32(mask, cls, b, h, i0, ni, jt, nt, S, lds);
+        for (int64_t r = 0; r < ni; r++) osm_probs_f32(S + r * lds, nt, lse[(i0 + r) * lt->strides[2]]);
+        e->mm(ni, nt, Dv, dO + i0 * ldo, ldo, Vk + off * Dv, Dv * e->nr, e->nr, dP, lds, 1.0f,
+              false);
+        if (cap > 0) { /* dS, the chain rule through cap·tanh(raw/cap), α */
           for (int64_t r = 0; r < ni; r++) {
-            float *gr = G + r * bk, *dr = dP + r * bk;
-            osm_dscores_f32(S + r * bk, dr, nt, Dh[i0 + r]);
+            float *gr = G + r * lds, *dr = dP + r * lds;
+            osm_dscores_f32(S + r * lds, dr, nt, Dh[i0 + r]);
             for (int64_t x = 0; x < nt; x++) gr[x] /= cap;
             attn_vmath_fast()->tanh_f32(gr, nt);
             for (int64_t x = 0; x < nt; x++)
               dr[x] = osm_select_f32(dr[x] != 0.0f, dr[x] * (1.0f - gr[x] * gr[x])) * alpha;
           }
-          e->pack_v(S, bk, ni, nt, Pp, pvs);
-          e->pack_v(dP, bk, ni, nt, dSp, pvs);
         } else {
-          e->dscores_pack(S, dP, ni, nt, bk, Dh + i0, alpha, Pp, dSp, pvs);
+          e->dscores(S, dP, ni, nt, lds, Dh + i0, alpha);
         }
-        e->mm(Dv, nt, ni, dOT + qb * Dv * bq, bq, Pp, pvs, dVT + off, bk, 1.0f, true);
-        e->mm(kc, nt, ni, QT + qb * kc * bq, bq, dSp, pvs, dKT + off, bk, 1.0f, true);
-        e->mm(ni, qc, nt, dP, bk, Kv + off * e->nr, kvs, dQ + i0 * lddq, lddq, 1.0f, true);
+        /* P and dS are B operands as they lie (row-major, ld lds). */
+        e->mm(Dv, nt, ni, dOT + qb * Dv * bq, bq, S, e->nr, lds, dVT + off, bk, 1.0f, true);
+        e->mm(kc, nt, ni, QT + qb * kc * bq, bq, dP, e->nr, lds, dKT + off, bk, 1.0f, true);
+        e->mm(ni, qc, nt, dP, lds, Kv + off * e->nr, kvs, e->nr, dQ + i0 * lddq, lddq, 1.0f, true);
       }
     }
     float *dk = (float *)a->dk->data + attn_off4(a->dk, b, kh, j0, 0);
@@ -471,20 +472,20 @@ static attn_status setup(attn_backward_plan *bp, const attn_plan *f, const attn_
   bp->eng = NULL;
   if (bp->dims.dtype == ATTN_DTYPE_F32 && !additive && !bp->mask.has_dense) {
     const attn_tile_engine *e = attn_tile_engine_for(ATTN_DTYPE_F32, d->Dk, d->Dv);
-    if (e != NULL && e->mm != NULL && e->dscores_pack != NULL) bp->eng = e;
+    if (e != NULL && e->mm != NULL && e->dscores != NULL) bp->eng = e;
   }
   const attn_tile_engine *e = bp->eng;
   attn_carver c = attn_carver_start();
-  bp->at.S = attn_carve(&c, es, bp->bq, bp->bk, 1);
-  bp->at.dP = attn_carve(&c, es, bp->bq, bp->bk, 1);
-  bp->at.G = attn_carve(&c, es, bp->mask.softcap > 0 ? bp->bq : 0, bp->bk, 1);
+  /* The engine reads P and dS rows as B panels of nr: pad rows to panels. */
+  bp->lds = e ? attn_cdiv64(bp->bk, e->nr) * e->nr : bp->bk;
+  bp->at.S = attn_carve(&c, es, bp->bq, bp->lds, 1);
+  bp->at.dP = attn_carve(&c, es, bp->bq, bp->lds, 1);
+  bp->at.G = attn_carve(&c, es, bp->mask.softcap > 0 ? bp->bq : 0, bp->lds, 1);
   bp->at.dK = attn_carve(&c, es, bp->bk, bp->kc, 1);
   bp->at.dV = attn_carve(&c, es, bp->bk, d->Dv, 1);
   bp->at.Kp = attn_carve(&c, es, e ? attn_tile_k_elems(e, bp->bk, bp->kc) : 0, 1, 1);
   bp->at.Vk = attn_carve(&c, es, e ? attn_tile_k_elems(e, bp->bk, d->Dv) : 0, 1, 1);
   bp->at.Kv = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bk, bp->kc) : 0, 1, 1);
-  bp->at.Pp = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bq, bp->bk) : 0, 1, 1);
-  bp->at.dSp = attn_carve(&c, es, e ? attn_tile_v_elems(e, bp->bq, bp->bk) : 0, 1, 1);
   const bool zero_dead = bp->mask.has_dense && !additive; /* additive skips dS = 0 itself */
   bp->at.Qz = attn_carve(&c, es, zero_dead ? bp->bq : 0, bp->qc, 1);
   bp->at.Kz = attn_carve(&c, es, zero_dead ? bp->bk : 0, bp->kc, 1);

@@ -155,7 +155,7 @@ static inline __mmask16 mask16(int64_t n) {
 
 /* -- f32: C[mr × 32] (+)= A[mr × K] · Bpanel[K × 32] -- */
 AVX512 static INLINE void f32_tile(const int mr, int64_t K, const float *A, int64_t lda,
-                                   const float *B, float *C, int64_t ldc, int64_t ncols,
+                                   const float *B, int64_t ldb, float *C, int64_t ldc, int64_t ncols,
                                    float alpha, bool accumulate) {
   __m512 acc[MR][2];
   const __mmask16 k0 = mask16(ncols), k1 = mask16(ncols - 16);
@@ -169,7 +169,7 @@ AVX512 static INLINE void f32_tile(const int mr, int64_t K, const float *A, int6
     }
   }
   for (int64_t k = 0; k < K; k++) {
-    const __m512 b0 = _mm512_loadu_ps(B + k * NR), b1 = _mm512_loadu_ps(B + k * NR + 16);
+    const __m512 b0 = _mm512_loadu_ps(B + k * ldb), b1 = _mm512_loadu_ps(B + k * ldb + 16);
     for (int i = 0; i < mr; i++) {
       const __m512 a = _mm512_set1_ps(A[i * lda + k]);
       acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
@@ -182,18 +182,18 @@ AVX512 static INLINE void f32_tile(const int mr, int64_t K, const float *A, int6
 /* C (+)= A · Bp for a matrix: rows × ncols_total, B packed in panels of
  * NR columns × K, consecutive panels bps elements apart. */
 AVX512 static void f32_gemm(int64_t rows, int64_t ncols, int64_t K, const float *A, int64_t lda,
-                            const float *Bp, int64_t bps, float *C, int64_t ldc, float alpha,
+                            const float *Bp, int64_t bps, int64_t ldb, float *C, int64_t ldc, float alpha,
                             bool accumulate) {
   for (int64_t j = 0; j < ncols; j += NR) {
     const float *B = Bp + (j / NR) * bps;
     const int64_t nc = attn_min64(NR, ncols - j);
     int64_t i = 0;
     for (; i + MR <= rows; i += MR)
-      f32_tile(MR, K, A + i * lda, lda, B, C + i * ldc + j, ldc, nc, alpha, accumulate);
+      f32_tile(MR, K, A + i * lda, lda, B, ldb, C + i * ldc + j, ldc, nc, alpha, accumulate);
     switch (rows - i) {
 #define TAIL(n)                                                                          \
   case n:                                                                                \
-    f32_tile(n, K, A + i * lda, lda, B, C + i * ldc + j, ldc, nc, alpha, accumulate);    \
+    f32_tile(n, K, A + i * lda, lda, B, ldb, C + i * ldc + j, ldc, nc, alpha, accumulate); \
     break;
       TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7) TAIL(8) TAIL(9) TAIL(10) TAIL(11)
 #undef TAIL
@@ -207,46 +207,41 @@ AVX512 static void f32_gemm(int64_t rows, int64_t ncols, int64_t K, const float 
  * each call so GCC specialises the loop as for qk/pv below (a run-time
  * flag made it keep B on the stack: one more load per FMA). */
 AVX512 static void f32_gemm_acc(int64_t rows, int64_t ncols, int64_t K, const float *A,
-                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc) {
-  f32_gemm(rows, ncols, K, A, lda, Bp, bps, C, ldc, 1.0f, true);
+                                int64_t lda, const float *Bp, int64_t bps, int64_t ldb, float *C,
+                                int64_t ldc) {
+  f32_gemm(rows, ncols, K, A, lda, Bp, bps, ldb, C, ldc, 1.0f, true);
 }
 AVX512 static void f32_gemm_set(int64_t rows, int64_t ncols, int64_t K, const float *A,
-                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc,
-                                float alpha) {
-  f32_gemm(rows, ncols, K, A, lda, Bp, bps, C, ldc, alpha, false);
+                                int64_t lda, const float *Bp, int64_t bps, int64_t ldb, float *C,
+                                int64_t ldc, float alpha) {
+  f32_gemm(rows, ncols, K, A, lda, Bp, bps, ldb, C, ldc, alpha, false);
 }
 AVX512 static void f32_gemm_any(int64_t rows, int64_t ncols, int64_t K, const float *A,
-                                int64_t lda, const float *Bp, int64_t bps, float *C, int64_t ldc,
-                                float alpha, bool accumulate) {
+                                int64_t lda, const float *Bp, int64_t bps, int64_t ldb, float *C,
+                                int64_t ldc, float alpha, bool accumulate) {
   if (accumulate)
-    f32_gemm_acc(rows, ncols, K, A, lda, Bp, bps, C, ldc);
+    f32_gemm_acc(rows, ncols, K, A, lda, Bp, bps, ldb, C, ldc);
   else
-    f32_gemm_set(rows, ncols, K, A, lda, Bp, bps, C, ldc, alpha);
+    f32_gemm_set(rows, ncols, K, A, lda, Bp, bps, ldb, C, ldc, alpha);
 }
 
-/* The backward's dS and both packs in one pass (see tile.h). `p != 0` is
- * C's (true for NaN: _CMP_NEQ_UQ) and the products are rounded as the
- * scalar osm_dscores then × α rounds them, so the results are the same. */
-AVX512 static void x_dscores_pack(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld,
-                                  const float *D, float alpha, float *Pp, float *dSp,
-                                  int64_t pvs) {
+/* The backward's dS over a tile in place (see tile.h). `p != 0` is C's
+ * (true for NaN: _CMP_NEQ_UQ) and the products are rounded as the scalar
+ * osm_dscores then × α rounds them, so the results are the same. */
+AVX512 static void x_dscores(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld,
+                             const float *D, float alpha) {
   const __m512 va = _mm512_set1_ps(alpha), zero = _mm512_setzero_ps();
   for (int64_t r = 0; r < rows; r++) {
     const __m512 vd = _mm512_set1_ps(D[r]);
     const float *pr = P + r * ld;
     float *dr = dP + r * ld;
-    for (int64_t c0 = 0; c0 < n; c0 += NR) {
-      float *pd = Pp + (c0 / NR) * pvs + r * NR, *sd = dSp + (c0 / NR) * pvs + r * NR;
-      for (int64_t h = 0; h < NR; h += 16) {
-        const __mmask16 k = mask16(n - c0 - h);
-        const __m512 p = _mm512_maskz_loadu_ps(k, pr + c0 + h);
-        const __m512 g = _mm512_maskz_loadu_ps(k, dr + c0 + h);
-        const __mmask16 keep = _mm512_cmp_ps_mask(p, zero, _CMP_NEQ_UQ);
-        const __m512 ds = _mm512_mul_ps(_mm512_maskz_mul_ps(keep, p, _mm512_sub_ps(g, vd)), va);
-        _mm512_mask_storeu_ps(dr + c0 + h, k, ds);
-        _mm512_storeu_ps(pd + h, p);
-        _mm512_storeu_ps(sd + h, ds);
-      }
+    for (int64_t c = 0; c < n; c += 16) {
+      const __mmask16 k = mask16(n - c);
+      const __m512 p = _mm512_maskz_loadu_ps(k, pr + c);
+      const __m512 g = _mm512_maskz_loadu_ps(k, dr + c);
+      const __mmask16 keep = _mm512_cmp_ps_mask(p, zero, _CMP_NEQ_UQ);
+      _mm512_mask_storeu_ps(dr + c, k,
+                            _mm512_mul_ps(_mm512_maskz_mul_ps(keep, p, _mm512_sub_ps(g, vd)), va));
     }
   }
 }
@@ -345,18 +340,18 @@ AVX512 static void x_pack_v_f16(const void *Vv, int64_t ldv, int64_t nj, int64_t
 
 AVX512 static void x_qk_f32(int64_t rows, int64_t nj, int64_t D, float alpha, const void *A,
                             const void *Kp, float *S, int64_t lds) {
-  f32_gemm(rows, nj, D, A, D, Kp, D * NR, S, lds, alpha, false);
+  f32_gemm(rows, nj, D, A, D, Kp, D * NR, NR, S, lds, alpha, false);
 }
 
 AVX512 static void x_pv_f32(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp,
                             void *pscratch, const void *Vp, int64_t vps, float *O, int64_t ldo) {
   (void)pscratch;
-  f32_gemm(rows, Dv, nj, P, ldp, Vp, vps, O, ldo, 1.0f, true);
+  f32_gemm(rows, Dv, nj, P, ldp, Vp, vps, NR, O, ldo, 1.0f, true);
 }
 
 static const attn_tile_engine eng_avx512_f32 = {
     "avx512-f32", 4, 1, NR, x_pack_a_f32, x_pack_k_f32, x_pack_v_f32, x_qk_f32, x_pv_f32,
-    f32_gemm_any, x_dscores_pack};
+    f32_gemm_any, x_dscores};
 static const attn_tile_engine eng_avx512_f32_f16 = {
     "avx512-f32-f16", 4, 1, NR, x_pack_a_f16, x_pack_k_f16, x_pack_v_f16, x_qk_f32, x_pv_f32, NULL, NULL};
 

@@ -46,18 +46,19 @@ typedef struct attn_tile_engine {
   void (*pv)(int64_t rows, int64_t Dv, int64_t nj, const float *P, int64_t ldp, void *pscratch,
              const void *Vp, int64_t vps, float *O, int64_t ldo);
   /* f32 engines only (else NULL), for the backward's five GEMMs: C (+)= A·B
-   * with A f32 row-major [rows × K] (row stride lda) and B f32 packed as
-   * pack_k or pack_v lay it out (column panels of nr, bps elements apart):
+   * with A f32 row-major [rows × K] (row stride lda) and B f32 in column
+   * panels of nr: element (k, c) of panel p at Bp[p·bps + k·ldb + c]. B
+   * packed by pack_k / pack_v has ldb = nr; a row-major [K × n] matrix with
+   * row stride ld is B with bps = nr, ldb = ld (every row must be readable
+   * up to its last panel's end; columns past ncols are read, never used).
    * C = alpha·A·B, or C += A·B (accumulate; alpha unused). */
   void (*mm)(int64_t rows, int64_t ncols, int64_t K, const float *A, int64_t lda, const float *Bp,
-             int64_t bps, float *C, int64_t ldc, float alpha, bool accumulate);
+             int64_t bps, int64_t ldb, float *C, int64_t ldc, float alpha, bool accumulate);
   /* f32 engines only: the backward's softmax step on a rows × n tile (row
-   * stride ld) in one pass: dS = α·P∘(dP − D_r), exactly +0 where P = 0
-   * (as osm_dscores, then × α), written over dP and into dSp, and P into
-   * Pp; both panels laid out as pack_v lays out a rows × n matrix (panels
-   * pvs elements apart, zero past n). */
-  void (*dscores_pack)(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld,
-                       const float *D, float alpha, float *Pp, float *dSp, int64_t pvs);
+   * stride ld) in place: dP ← α·P∘(dP − D_r), exactly +0 where P = 0 (as
+   * osm_dscores, then × α). */
+  void (*dscores)(const float *P, float *dP, int64_t rows, int64_t n, int64_t ld, const float *D,
+                  float alpha);
 } attn_tile_engine;
 
 /* The engine for q/k/v of dtype `storage` and head dims D (q·k) and Dv, or
