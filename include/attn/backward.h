@@ -51,13 +51,14 @@
  * dφ(k_j) = R_j [v_j; 1], dv_j = (φ(k_j)ᵀ R_j)[:d_v] with
  * R_j = Σ_{i keeping j} φ(q_i) gₐ_iᵀ, then the chain through φ. Causal elu+1
  * uses the forward's chunked prefix form (a forward pass for dq, a reverse
- * pass for dk and dv). Its plan takes no lse (pass NULL at execute). The
- * causal Performer (whose feature stabiliser runs per chunk) has no backward
- * yet: ATTN_ERR_UNSUPPORTED.
+ * pass for dk and dv; the causal Performer's reverse pass brings the
+ * later rows' sum to each chunk's key stabiliser, e^{M_chunk − M_next} ≤ 1,
+ * as the forward rescales its state). Its plan takes no lse (pass NULL at
+ * execute).
  *
  * Supported: variants EXACT, LONGFORMER, BIGBIRD, BLOCK_SPARSE (the sparse
  * variants go through the same tile-skipping path), LINFORMER, LINEAR_ELU
- * and non-causal PERFORMER, every score (SCALED_DOT,
+ * and PERFORMER, every score (SCALED_DOT,
  * DOT, GENERAL, ADDITIVE), every mask option (causal both alignments, window, key/query lengths,
  * bool and additive masks, ALiBi, softcap), attention sinks (their lse
  * share is already in the forward's lse; their own gradient with

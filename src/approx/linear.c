@@ -33,7 +33,7 @@ typedef struct linear_impl {
   /* The backward's slot (attn_linear_bwd_run), laid out at plan time,
    * allocated by the backward plan: bwd_slot bytes. */
   struct {
-    size_t Sa, R, Qf, Kf, dQf, dKf, A, A2, Va, Oa, GA, dVa, hn, den;
+    size_t Sa, R, Qf, Kf, dQf, dKf, A, A2, Va, Oa, GA, dVa, hn, den, Mc;
   } bat;
   size_t bwd_slot;
   bool bwd_ok; /* the slot's size did not overflow */
@@ -184,7 +184,8 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
   im->at.hn = attn_carve(&c, es, C, 1, 1);
   /* The backward's slot: Sₐ and R (m × (d_v+1)), φ(Q_c), φ(K_c) and their
    * gradients (C × m), two C×C products, Vₐ, Oₐ, gₐ, dVₐ (C × (d_v+1)), C
-   * key norms and den for every query row. */
+   * key norms, den for every query row, and (causal) the FAVOR+ key
+   * stabiliser of the prefix and of every chunk. */
   attn_carver bc = attn_carver_start();
   im->bat.Sa = attn_carve(&bc, es, m, Dv1, 1);
   im->bat.R = attn_carve(&bc, es, m, Dv1, 1);
@@ -200,6 +201,7 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
   im->bat.dVa = attn_carve(&bc, es, C, Dv1, 1);
   im->bat.hn = attn_carve(&bc, es, C, 1, 1);
   im->bat.den = attn_carve(&bc, es, d->Sq, 1, 1);
+  im->bat.Mc = attn_carve(&bc, es, attn_cdiv64(d->Sq, C) + 1, 1, 1);
   im->bwd_ok = bc.ok;
   im->bwd_slot = bc.ok ? (size_t)bc.bytes : 0;
   attn_carver w = attn_carver_start();
@@ -229,13 +231,7 @@ attn_status attn_linear_plan_init(struct attn_plan *p) {
 /* ---- backward ---------------------------------------------------------------- */
 
 attn_status attn_linear_bwd_slot(const attn_plan *p, size_t *slot_bytes) {
-  const linear_impl *im = p->impl;
-  if (p->desc.variant == ATTN_VARIANT_PERFORMER && p->desc.mask.causal != ATTN_CAUSAL_NONE)
-    return attn_fail(p->ctx, ATTN_ERR_UNSUPPORTED,
-                     "forward: the causal Performer has no backward yet (its running feature "
-                     "stabiliser differs per chunk; the non-causal Performer and causal "
-                     "elu+1 have one)");
-  if (!im->bwd_ok)
+  const linear_impl *im = p->impl;  if (!im->bwd_ok)
     return attn_fail(p->ctx, ATTN_ERR_OVERFLOW, "dq: the linear backward's workspace overflows");
   *slot_bytes = im->bwd_slot;
   return ATTN_OK;
