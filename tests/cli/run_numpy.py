@@ -314,6 +314,61 @@ run("varlen_bad_offsets", base[:6] + ["--varlen", "0,9,4,13", "-o", os.path.join
 if os.path.exists(os.path.join(d, "bad.npy")):
     failures.append("varlen_bad_offsets: wrote an output")
 
+# The backward (--dout, --dq, --dk, --dv) against a float64 NumPy backward
+# written from the definitions: P = softmax(s), dP = dout·vᵀ,
+# dS = P∘(dP − rowsum(dout∘out)), dq = scale·dS·k, dk = scale·dSᵀ·q summed
+# over each GQA group, dv = Pᵀ·dout summed likewise.
+def reference_backward(q, k, v, dout, **ref):
+    out, w, _ = reference(q, k, v, **ref)
+    B, H, Sq, D = q.shape
+    Hkv = k.shape[1]
+    rep = H // Hkv
+    kr, vr = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    scale = ref.get("scale") or 1.0 / np.sqrt(D)
+    dP = np.einsum("bhid,bhjd->bhij", dout, vr)
+    dS = w * (dP - (dout * out).sum(axis=-1, keepdims=True))
+    dq = scale * np.einsum("bhij,bhjd->bhid", dS, kr)
+    dk = scale * np.einsum("bhij,bhid->bhjd", dS, q).reshape(B, Hkv, rep, -1, D).sum(axis=2)
+    dv = np.einsum("bhij,bhid->bhjd", w, dout).reshape(B, Hkv, rep, -1, v.shape[3]).sum(axis=2)
+    return dq, dk, dv
+
+
+for name, dtype, causal, klen, tol in (("backward_causal_gqa_f64", np.float64, "top-left", None, 1e-11),
+                                       ("backward_br_lengths_f32", np.float32, "bottom-right", [9, 6], 5e-5)):
+    d = os.path.join(WORK, name)
+    os.makedirs(d)
+    q, k, v = data(2, 4, 2, 9, 11, 8, 6)
+    dout = rng.standard_normal((2, 4, 9, 6))
+    paths = {n: os.path.join(d, n + ".npy") for n in ("q", "k", "v", "do", "o", "dq", "dk", "dv")}
+    for n, a in (("q", q), ("k", k), ("v", v), ("do", dout)):
+        np.save(paths[n], a.astype(dtype))
+    args = ["--variant", "exact", "--causal", causal, "--q", paths["q"], "--k", paths["k"],
+            "--v", paths["v"], "-o", paths["o"], "--dout", paths["do"], "--dq", paths["dq"],
+            "--dk", paths["dk"], "--dv", paths["dv"]]
+    if klen:
+        args += ["--key-lengths", ",".join(map(str, klen))]
+    if run(name, args):
+        want = reference_backward(*(a.astype(dtype).astype(np.float64) for a in (q, k, v, dout)),
+                                  causal=causal, key_lengths=klen)
+        for what, w in zip(("dq", "dk", "dv"), want):
+            got = np.load(paths[what])
+            if got.dtype != np.dtype(dtype):
+                failures.append("%s: %s dtype %s" % (name, what, got.dtype))
+            close(name, what, got, w, tol)
+d = os.path.join(WORK, "backward_usage")
+os.makedirs(d)
+np.save(os.path.join(d, "q.npy"), np.zeros((1, 1, 4, 4), np.float32))
+qp = os.path.join(d, "q.npy")
+run("backward_dq_without_dout", ["--variant", "exact", "--q", qp, "--k", qp, "--v", qp, "-o",
+                                 os.path.join(d, "o.npy"), "--dq", os.path.join(d, "dq.npy")],
+    expect_status=2)
+np.save(os.path.join(d, "do.npy"), np.zeros((1, 1, 5, 4), np.float32))
+run("backward_dout_wrong_shape", ["--variant", "exact", "--q", qp, "--k", qp, "--v", qp, "-o",
+                                  os.path.join(d, "o2.npy"), "--dout", os.path.join(d, "do.npy"),
+                                  "--dq", os.path.join(d, "dq2.npy")], expect_status=1)
+if os.path.exists(os.path.join(d, "dq2.npy")):
+    failures.append("backward_dout_wrong_shape: wrote dq")
+
 if failures:
     print("\n".join(["FAILED:"] + failures))
     sys.exit(1)

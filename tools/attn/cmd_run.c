@@ -49,7 +49,8 @@ static void run_usage(FILE *f) {
           "  linear_elu     linear attention, phi = elu + 1\n"
           "  performer      --features M SEED\n"
           "  linformer      --rank K SEED [--proj E.npy F.npy]\n"
-          "\n"
+          "\n");
+  fprintf(f,
           "Options:\n"
           "  --causal [top-left|bottom-right]  causal mask (default alignment top-left)\n"
           "  --window L R           keep i-L <= j <= i+R (L or R may be 'inf')\n"
@@ -81,6 +82,11 @@ static void run_usage(FILE *f) {
           "  --sinks s1,s2,...      sink logits, one per query head (no value)\n"
           "  --mass M.npy           write the per-key attention mass [B, H, S_k]\n"
           "  --mass-group M.npy     the same summed over each KV group [B, H_kv, S_k]\n"
+          "  --dout D.npy           the backward too: dout = dL/dout (out's shape and\n"
+          "                         dtype); writes --dq, --dk, --dv (any of them; q's,\n"
+          "                         k's, v's shapes and dtype). Not with --varlen or\n"
+          "                         --mass\n"
+          "  --dq G.npy, --dk G.npy, --dv G.npy  where the gradients go\n"
           "  --threads N            libattn worker threads\n"
           "\n" CLI_EXIT_TABLE);
 }
@@ -117,6 +123,7 @@ typedef struct run_opts {
   int64_t nsinks;
   const char *mass;
   bool mass_group;
+  const char *dout, *dq, *dk, *dv; /* the backward: dout in, gradients out */
 } run_opts;
 
 /* ---- option parsing ---------------------------------------------------------- */
@@ -178,6 +185,18 @@ static int parse_args(int argc, char **argv, run_opts *o, cli_global *g) {
     } else if (cli_opt_is(a, "--lse", &val)) {
       VALUE("--lse");
       o->lse = v;
+    } else if (cli_opt_is(a, "--dout", &val)) {
+      VALUE("--dout");
+      o->dout = v;
+    } else if (cli_opt_is(a, "--dq", &val)) {
+      VALUE("--dq");
+      o->dq = v;
+    } else if (cli_opt_is(a, "--dk", &val)) {
+      VALUE("--dk");
+      o->dk = v;
+    } else if (cli_opt_is(a, "--dv", &val)) {
+      VALUE("--dv");
+      o->dv = v;
     } else if (cli_opt_is(a, "--threads", &val)) {
       int64_t n;
       VALUE("--threads");
@@ -600,7 +619,8 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   attn_desc *d = NULL;
   attn_plan *plan = NULL;
   attn_tensor *q = NULL, *k = NULL, *v = NULL, *out = NULL, *w = NULL, *lse = NULL;
-  attn_tensor *tmp = NULL;
+  attn_tensor *tmp = NULL, *dout = NULL, *grads[3] = {NULL, NULL, NULL};
+  attn_backward_plan *bwd = NULL;
   int32_t qrank = 4;
 
   attn_tensor *views[5] = {NULL, NULL, NULL, NULL, NULL}; /* packed: q, k, v, out as [1, H, T, D]; mass */
@@ -715,9 +735,35 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
     LIBCHECK(attn_desc_set_key_mass(d, views[4]));
   }
   if (o->weights) LIBCHECK(attn_tensor_create(ctx, dt, 4, wsh, &w));
-  if (o->lse) LIBCHECK(attn_tensor_create(ctx, dt, 3, lsh, &lse));
+  const bool linear = vn->v == ATTN_VARIANT_LINEAR_ELU || vn->v == ATTN_VARIANT_PERFORMER;
+  if (o->lse || (o->dout && !linear)) LIBCHECK(attn_tensor_create(ctx, dt, 3, lsh, &lse));
   LIBCHECK(attn_plan_create(ctx, d, q, k, v, out, w, lse, &plan));
   LIBCHECK(attn_plan_execute(plan, q, k, v, out, w, lse));
+
+  /* The backward: dout in (out's shape), dq, dk, dv in q's, k's, v's. */
+  if (o->dout == NULL && (o->dq || o->dk || o->dv)) {
+    cli_err(CMD, "--dq/--dk/--dv need --dout");
+    rc = CLI_EXIT_USAGE;
+    goto done;
+  }
+  if (o->dout != NULL) {
+    if (packed || o->mass) {
+      cli_err(CMD, "--dout: the backward of %s is not available", packed ? "--varlen" : "--mass");
+      rc = CLI_EXIT_USAGE;
+      goto done;
+    }
+    int32_t drank = 4;
+    LOAD("--dout", o->dout, KIND_DATA, 3, 4, &dout, &drank);
+    attn_tensor *const in3[3] = {q, k, v};
+    for (int i = 0; i < 3; i++) {
+      const int64_t gsh[4] = {attn_tensor_dim(in3[i], 0), attn_tensor_dim(in3[i], 1),
+                              attn_tensor_dim(in3[i], 2), attn_tensor_dim(in3[i], 3)};
+      LIBCHECK(attn_tensor_create(ctx, qdt, 4, gsh, &grads[i]));
+    }
+    LIBCHECK(attn_backward_plan_create(plan, dout, grads[0], grads[1], grads[2], NULL, &bwd));
+    LIBCHECK(attn_backward_execute(bwd, q, k, v, out, lse, dout, grads[0], grads[1], grads[2],
+                                   NULL));
+  }
 
   /* Write with q's rank: rank-3 input [H,S,D] gives rank-3 outputs. */
   {
@@ -725,30 +771,35 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
     const npy_dtype od = qdt == ATTN_DTYPE_F16 ? NPY_F16 : nd;
     const int drop = qrank == 3 ? 1 : 0;
     char err[640];
-    static const char *const out_names[4] = {"out", "weights", "lse", "mass"};
-    bool written[4] = {false, false, false, false};
+    static const char *const out_names[7] = {"out", "weights", "lse", "mass", "dq", "dk", "dv"};
+    bool written[7] = {false, false, false, false, false, false, false};
     const int64_t posh[4] = {1, Sq, H, Dv};
+    int64_t gsh[3][4];
+    for (int i = 0; i < 3; i++)
+      for (int x = 0; x < 4; x++) gsh[i][x] = grads[i] ? attn_tensor_dim(grads[i], x) : 0;
     struct {
       const char *path;
       attn_tensor *t;
       const int64_t *shape;
       int32_t rank;
-    } outs[4] = {{o->out, packed ? out_packed : out, packed ? posh : osh, 4},
-                 {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}, {o->mass, views[4], msh, 3}};
-    for (int i = 0; i < 4; i++) {
+    } outs[7] = {{o->out, packed ? out_packed : out, packed ? posh : osh, 4},
+                 {o->weights, w, wsh, 4}, {o->lse, lse, lsh, 3}, {o->mass, views[4], msh, 3},
+                 {o->dq, grads[0], gsh[0], 4}, {o->dk, grads[1], gsh[1], 4},
+                 {o->dv, grads[2], gsh[2], 4}};
+    for (int i = 0; i < 7; i++) {
       if (outs[i].path == NULL || written[i]) continue;
       char archive[4096], other[4096];
       const char *name = NULL, *oname = NULL;
       if (npz_spec(outs[i].path, archive, sizeof archive, &name)) {
         /* every output aimed at this archive becomes one of its members */
-        npz_member mem[4];
+        npz_member mem[7];
         int nm = 0;
-        for (int j = i; j < 4; j++) {
+        for (int j = i; j < 7; j++) {
           if (outs[j].path == NULL || !npz_spec(outs[j].path, other, sizeof other, &oname) ||
               strcmp(other, archive) != 0)
             continue;
           mem[nm].name = oname ? oname : out_names[j];
-          mem[nm].dtype = j == 0 ? od : nd;
+          mem[nm].dtype = j == 0 || j >= 4 ? od : nd; /* out and gradients: q's dtype */
           mem[nm].rank = outs[j].rank - drop;
           mem[nm].shape = outs[j].shape + drop;
           mem[nm].data = attn_tensor_data(outs[j].t);
@@ -762,7 +813,7 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
         }
         continue;
       }
-      if (npy_save(outs[i].path, i == 0 ? od : nd, outs[i].rank - drop, outs[i].shape + drop,
+      if (npy_save(outs[i].path, i == 0 || i >= 4 ? od : nd, outs[i].rank - drop, outs[i].shape + drop,
                    attn_tensor_data(outs[i].t), err, sizeof err) != 0) {
         cli_err(CMD, "%s", err);
         rc = CLI_EXIT_IO;
@@ -772,6 +823,8 @@ int cmd_run(const cli_global *g0, int argc, char **argv) {
   }
 
 done:
+  attn_backward_plan_destroy(bwd);
+  for (int i = 0; i < 3; i++) attn_tensor_destroy(grads[i]);
   attn_plan_destroy(plan);
   attn_desc_destroy(d);
   if (!packed) attn_tensor_destroy(out);
