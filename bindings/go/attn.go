@@ -1539,22 +1539,20 @@ func NewMhaPlan(m *Mha, desc *Desc, dims MhaDims, keyPaddingMask bool, need Need
 	return NewMhaPlanLayouts(m, desc, [4]Layout{q, m.SeqLayout(dims.Batch, dims.SeqK, kd), m.SeqLayout(dims.Batch, dims.SeqK, vd), q}, kpm, w)
 }
 
-// NewMhaPlanLayouts plans for any layouts of query, key, value, out (rank 3,
-// last dim contiguous), the key padding mask (U8 [B, S]) and weights.
-func NewMhaPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask, weights *Layout) (*MhaPlan, error) {
-	if m.p == nil || m.closed {
-		return nil, errClosed("mha")
+// mhaDesc is the C descriptor of desc (nil: none) and what it borrows.
+func mhaDesc(desc *Desc) (*C.attn_desc, *borrowed, error) {
+	if desc == nil {
+		return nil, nil, nil
 	}
-	var dp *C.attn_desc
-	pl := &MhaPlan{mha: m}
-	if desc != nil {
-		if desc.p == nil {
-			return nil, errClosed("desc")
-		}
-		dp, pl.keep = desc.p, desc.keep
+	if desc.p == nil {
+		return nil, nil, errClosed("desc")
 	}
-	layouts := [6]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], keyPaddingMask, &qkvo[3], weights}
-	var cp [6]*C.attn_tensor
+	return desc.p, desc.keep, nil
+}
+
+// wrapOperands makes placeholder tensors of the layer's dtype for the
+// non-nil layouts (index 3, the key padding mask, is U8) into handles.
+func (m *Mha) wrapOperands(layouts []*Layout, names []string, handles []*handle) error {
 	for i, l := range layouts {
 		if l == nil {
 			continue
@@ -1563,13 +1561,37 @@ func NewMhaPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask, weigh
 		if i == 3 {
 			dt = U8
 		}
-		h, err := wrap(m.ctx, dt, *l, C.attn_go_placeholder(), mhaNames[i])
+		h, err := wrap(m.ctx, dt, *l, C.attn_go_placeholder(), names[i])
 		if err != nil {
-			pl.destroyHandles()
-			return nil, err
+			return err
 		}
-		pl.handles[i] = h
-		cp[i] = h.p
+		handles[i] = h
+	}
+	return nil
+}
+
+// NewMhaPlanLayouts plans for any layouts of query, key, value, out (rank 3,
+// last dim contiguous), the key padding mask (U8 [B, S]) and weights.
+func NewMhaPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask, weights *Layout) (*MhaPlan, error) {
+	if m.p == nil || m.closed {
+		return nil, errClosed("mha")
+	}
+	pl := &MhaPlan{mha: m}
+	dp, keep, err := mhaDesc(desc)
+	if err != nil {
+		return nil, err
+	}
+	pl.keep = keep
+	layouts := [6]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], keyPaddingMask, &qkvo[3], weights}
+	if err := m.wrapOperands(layouts[:], mhaNames[:], pl.handles[:]); err != nil {
+		pl.destroyHandles()
+		return nil, err
+	}
+	var cp [6]*C.attn_tensor
+	for i, h := range pl.handles {
+		if h != nil {
+			cp[i] = h.p
+		}
 	}
 	st := C.attn_mha_plan_create(m.p, dp, cp[0], cp[1], cp[2], cp[3], cp[4], cp[5], &pl.p)
 	runtime.KeepAlive(m)
@@ -1780,29 +1802,16 @@ func NewMhaTrainPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask *
 	if m.p == nil || m.closed {
 		return nil, errClosed("mha")
 	}
-	var dp *C.attn_desc
 	pl := &MhaTrainPlan{mha: m}
-	if desc != nil {
-		if desc.p == nil {
-			return nil, errClosed("desc")
-		}
-		dp, pl.keep = desc.p, desc.keep
+	dp, keep, err := mhaDesc(desc)
+	if err != nil {
+		return nil, err
 	}
+	pl.keep = keep
 	layouts := [9]*Layout{&qkvo[0], &qkvo[1], &qkvo[2], keyPaddingMask, &qkvo[3], &qkvo[3], &qkvo[0], &qkvo[1], &qkvo[2]}
-	for i, l := range layouts {
-		if l == nil {
-			continue
-		}
-		dt := m.cfg.DType
-		if i == 3 {
-			dt = U8
-		}
-		h, err := wrap(m.ctx, dt, *l, C.attn_go_placeholder(), mhaTrainNames[i])
-		if err != nil {
-			pl.destroyHandles()
-			return nil, err
-		}
-		pl.handles[i] = h
+	if err := m.wrapOperands(layouts[:], mhaTrainNames[:], pl.handles[:]); err != nil {
+		pl.destroyHandles()
+		return nil, err
 	}
 	for i, shape := range m.cfg.paramShapes() {
 		h, err := wrap(m.ctx, m.cfg.DType, Contiguous(shape...), C.attn_go_placeholder(), mhaParams[i])
