@@ -1539,6 +1539,24 @@ func NewMhaPlan(m *Mha, desc *Desc, dims MhaDims, keyPaddingMask bool, need Need
 	return NewMhaPlanLayouts(m, desc, [4]Layout{q, m.SeqLayout(dims.Batch, dims.SeqK, kd), m.SeqLayout(dims.Batch, dims.SeqK, vd), q}, kpm, w)
 }
 
+// planMade counts a new plan of the layer (it keeps the layer alive) and
+// holds what its descriptor borrows; planGone undoes both.
+func (m *Mha) planMade(keep *borrowed) {
+	m.mu.Lock()
+	m.refs++
+	m.mu.Unlock()
+	if keep != nil {
+		keep.acquire()
+	}
+}
+
+func (m *Mha) planGone(keep *borrowed) {
+	if keep != nil {
+		keep.release()
+	}
+	m.release()
+}
+
 // mhaDesc is the C descriptor of desc (nil: none) and what it borrows.
 func mhaDesc(desc *Desc) (*C.attn_desc, *borrowed, error) {
 	if desc == nil {
@@ -1600,12 +1618,7 @@ func NewMhaPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask, weigh
 		pl.destroyHandles()
 		return nil, err
 	}
-	m.mu.Lock()
-	m.refs++
-	m.mu.Unlock()
-	if pl.keep != nil {
-		pl.keep.acquire()
-	}
+	m.planMade(pl.keep)
 	runtime.SetFinalizer(pl, (*MhaPlan).Close)
 	return pl, nil
 }
@@ -1623,10 +1636,7 @@ func (pl *MhaPlan) Close() {
 		C.attn_mha_plan_destroy(pl.p)
 		pl.p = nil
 		pl.destroyHandles()
-		if pl.keep != nil {
-			pl.keep.release()
-		}
-		pl.mha.release()
+		pl.mha.planGone(pl.keep)
 	}
 }
 
@@ -1835,12 +1845,7 @@ func NewMhaTrainPlanLayouts(m *Mha, desc *Desc, qkvo [4]Layout, keyPaddingMask *
 		return nil, err
 	}
 	pl.saved = make([]byte, int(C.attn_mha_backward_saved_size(pl.p)))
-	m.mu.Lock()
-	m.refs++
-	m.mu.Unlock()
-	if pl.keep != nil {
-		pl.keep.acquire()
-	}
+	m.planMade(pl.keep)
 	runtime.SetFinalizer(pl, (*MhaTrainPlan).Close)
 	return pl, nil
 }
@@ -1863,10 +1868,7 @@ func (pl *MhaTrainPlan) Close() {
 		pl.p = nil
 		pl.destroyHandles()
 		pl.saved = nil
-		if pl.keep != nil {
-			pl.keep.release()
-		}
-		pl.mha.release()
+		pl.mha.planGone(pl.keep)
 	}
 }
 
