@@ -35,6 +35,13 @@
 //     so do ForwardMha/BackwardMha of an MhaTrainPlan (inputs, gradients and
 //     the plan's own saved-activations buffer, all for one call only).
 //
+//   - Backward and BackwardWith of a TrainPlan take Go slices the same way.
+//     The extra gradients of BackwardWith (BackwardGrads: sinks, score
+//     weights, Linformer projections) are set on the C backward plan
+//     (attn_backward_plan_set_*) inside that one helper call, right before
+//     the execute, and unset (NULL) right after it, so the plan never keeps
+//     a Go pointer between calls.
+//
 //   - KVCache appends copy Go slices into the cache (C memory) in one helper
 //     call, like Plan.Execute; KVView returns Go slices over the cache's C
 //     memory. Per-item counts and lengths are passed as plain call arguments.
@@ -47,6 +54,7 @@ package attn
 /*
 #cgo pkg-config: attn
 #cgo CFLAGS: -DATTN_EXPERIMENTAL
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <attn/attn.h>
@@ -86,6 +94,68 @@ static attn_status attn_go_backward_execute(attn_backward_plan *plan, attn_tenso
   for (int i = 0; i < 9 && st == ATTN_OK; i++) st = attn_tensor_set_data(ts[i], ps[i]);
   if (st == ATTN_OK) st = attn_backward_execute(plan, t0, t1, t2, t3, t4, t5, t6, t7, t8, NULL);
   for (int i = 0; i < 9; i++) attn_tensor_set_data(ts[i], attn_go_placeholder_);
+  return st;
+}
+
+// A backward with backward.h's extra gradients, on caller memory for the
+// duration of this one call. ts: 16 handles (a Go array of C pointers): q, k,
+// v, out, lse, dout, dq, dk, dv, then the weight gradients general dw,
+// additive dw_q, dw_k, dbias, dv, Linformer de, df (NULL = not wanted);
+// p0..p8, g0..g6 their data (separate arguments: Go memory passed to C may
+// not hold Go pointers). Each attn_backward_plan_set_* is called right before
+// the execute only when one of its gradients is wanted, and undone (NULL)
+// right after it, whatever the outcome: the plan keeps neither the caller's
+// memory (dsinks included) nor these handles past the call. On failure
+// *failed says which step failed (0 set_data, 1 sinks, 2 general,
+// 3 additive, 4 lowrank, 5 execute) and msg receives the context's message,
+// which the undoing calls clear.
+static attn_status attn_go_backward_grads(attn_backward_plan *plan, attn_context *ctx,
+                                          attn_tensor *const *ts, double *dsinks, int64_t nsinks,
+                                          void *p0, void *p1, void *p2, void *p3, void *p4,
+                                          void *p5, void *p6, void *p7, void *p8, void *g0,
+                                          void *g1, void *g2, void *g3, void *g4, void *g5,
+                                          void *g6, int *failed, char *msg, size_t msg_size) {
+  void *ps[16] = {p0, p1, p2, p3, p4, p5, p6, p7, p8, g0, g1, g2, g3, g4, g5, g6};
+  int set[4] = {0, 0, 0, 0}; // sinks, general, additive, lowrank
+  attn_status st = ATTN_OK;
+  *failed = 0;
+  for (int i = 0; i < 16 && st == ATTN_OK; i++)
+    if (ts[i] != NULL) st = attn_tensor_set_data(ts[i], ps[i]);
+  if (st == ATTN_OK && dsinks != NULL) {
+    *failed = 1;
+    st = attn_backward_plan_set_sink_grad(plan, dsinks, nsinks);
+    set[0] = st == ATTN_OK;
+  }
+  if (st == ATTN_OK && ts[9] != NULL) {
+    *failed = 2;
+    st = attn_backward_plan_set_general_grad(plan, ts[9]);
+    set[1] = st == ATTN_OK;
+  }
+  if (st == ATTN_OK && (ts[10] != NULL || ts[11] != NULL || ts[12] != NULL || ts[13] != NULL)) {
+    *failed = 3;
+    st = attn_backward_plan_set_additive_grads(plan, ts[10], ts[11], ts[12], ts[13]);
+    set[2] = st == ATTN_OK;
+  }
+  if (st == ATTN_OK && (ts[14] != NULL || ts[15] != NULL)) {
+    *failed = 4;
+    st = attn_backward_plan_set_lowrank_grads(plan, ts[14], ts[15]);
+    set[3] = st == ATTN_OK;
+  }
+  if (st == ATTN_OK) {
+    *failed = 5;
+    st = attn_backward_execute(plan, ts[0], ts[1], ts[2], ts[3], ts[4], ts[5], ts[6], ts[7],
+                               ts[8], NULL);
+  }
+  if (st != ATTN_OK && msg_size > 0) {
+    const char *m = attn_context_last_error(ctx);
+    snprintf(msg, msg_size, "%s", m != NULL ? m : "");
+  }
+  if (set[0]) attn_backward_plan_set_sink_grad(plan, NULL, 0);
+  if (set[1]) attn_backward_plan_set_general_grad(plan, NULL);
+  if (set[2]) attn_backward_plan_set_additive_grads(plan, NULL, NULL, NULL, NULL);
+  if (set[3]) attn_backward_plan_set_lowrank_grads(plan, NULL, NULL);
+  for (int i = 0; i < 16; i++)
+    if (ts[i] != NULL) attn_tensor_set_data(ts[i], attn_go_placeholder_);
   return st;
 }
 
@@ -944,15 +1014,27 @@ var trainNames = [9]string{"q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"
 // TrainPlan is a forward plan with an lse output and its backward
 // (attn_backward_plan, backward.h): Forward computes out and lse, Backward
 // the gradients dq, dk, dv of a loss from dout = ∂L/∂out (FlashAttention-2
-// style, deterministic for any thread count, no allocation). Gradients have
-// the layouts of q, k, v; dout the layout of out. Variants exact, longformer,
-// bigbird and block_sparse with the (scaled) dot score; others give
+// style, deterministic for any thread count, no allocation), and
+// BackwardWith also the gradients of the descriptor's sinks, score weights
+// (general, additive) and given Linformer projections (BackwardGrads).
+// Gradients have the layouts of q, k, v; dout the layout of out. What the
+// backward supports is listed in backward.h (variants exact, longformer,
+// bigbird, block_sparse, linformer; every score); others give
 // StatusUnsupported.
 type TrainPlan struct {
 	fwd     *Plan
 	p       *C.attn_backward_plan
 	handles [9]*handle
+	// wgrads are the weight-gradient handles (wgradNames order), contiguous
+	// in the shapes the descriptor's weights had at NewTrainPlan; nil where
+	// it had none. Their data is set for one BackwardWith call at a time.
+	wgrads [7]*handle
+	heads  int64
 }
+
+// wgradNames are BackwardGrads' weight gradients, in the order of
+// TrainPlan.wgrads and of attn_go_backward_grads' handles 9..15.
+var wgradNames = [7]string{"GeneralWeight", "AdditiveWQ", "AdditiveWK", "AdditiveBias", "AdditiveV", "LowrankE", "LowrankF"}
 
 // NewTrainPlan makes the forward and backward plans for dims' layouts.
 func NewTrainPlan(desc *Desc, dtype DType, dims Dims) (*TrainPlan, error) {
@@ -960,7 +1042,7 @@ func NewTrainPlan(desc *Desc, dtype DType, dims Dims) (*TrainPlan, error) {
 	if err != nil {
 		return nil, err
 	}
-	tp := &TrainPlan{fwd: fwd}
+	tp := &TrainPlan{fwd: fwd, heads: dims.Heads}
 	layouts := [9]Layout{dims.QLayout(), dims.KLayout(), dims.VLayout(), dims.OutLayout(), dims.LseLayout(),
 		dims.OutLayout(), dims.QLayout(), dims.KLayout(), dims.VLayout()}
 	for i, l := range layouts {
@@ -970,6 +1052,29 @@ func NewTrainPlan(desc *Desc, dtype DType, dims Dims) (*TrainPlan, error) {
 			return nil, err
 		}
 		tp.handles[i] = h
+	}
+	// The shapes of the weights the plan was made with (a later setter call
+	// does not change the plan): SetAdditiveWeights keeps wq, wk, bias, v.
+	desc.keep.mu.Lock()
+	at := func(name string, i int) *Tensor {
+		if ts := desc.keep.tensors[name]; i < len(ts) {
+			return ts[i]
+		}
+		return nil
+	}
+	weights := [7]*Tensor{at("general_weight", 0), at("additive_weights", 0), at("additive_weights", 1),
+		at("additive_weights", 2), at("additive_weights", 3), at("lowrank_proj", 0), at("lowrank_proj", 1)}
+	desc.keep.mu.Unlock()
+	for i, w := range weights {
+		if w == nil || len(w.shape) == 0 {
+			continue
+		}
+		h, err := wrap(desc.ctx, dtype, Contiguous(w.shape...), C.attn_go_placeholder(), wgradNames[i])
+		if err != nil {
+			tp.closeAll()
+			return nil, err
+		}
+		tp.wgrads[i] = h
 	}
 	st := C.attn_backward_plan_create(fwd.p, tp.handles[5].p, tp.handles[6].p, tp.handles[7].p,
 		tp.handles[8].p, nil, &tp.p)
@@ -990,6 +1095,10 @@ func (tp *TrainPlan) closeAll() {
 	for i := range tp.handles {
 		tp.handles[i].destroy()
 		tp.handles[i] = nil
+	}
+	for i := range tp.wgrads {
+		tp.wgrads[i].destroy()
+		tp.wgrads[i] = nil
 	}
 	if tp.fwd != nil {
 		tp.fwd.Close()
@@ -1035,6 +1144,164 @@ func Backward[T Float](tp *TrainPlan, q, k, v, out, lse, dout, dq, dk, dv []T) e
 	runtime.KeepAlive(tp)
 	runtime.KeepAlive(slices)
 	return tp.fwd.desc.ctx.check(st, "attn_backward_execute")
+}
+
+// BackwardGrads says where BackwardWith writes the gradients of the
+// descriptor's own parameters (backward.h), besides dq, dk, dv: Go slices,
+// nil when that gradient is not wanted. Gradients are overwritten, not
+// accumulated into. The weight gradients are contiguous (row-major), with
+// exactly the element count of the weight Tensor the descriptor had when
+// the TrainPlan was made, in the plan's element type; Sinks is float64 for
+// every plan. The slices are handed to the C backward plan for one call only
+// (see BackwardWith).
+type BackwardGrads[T Float] struct {
+	// Sinks receives ∂L/∂sinks: H values (one per query head). The
+	// descriptor must have sinks (SetSinks); a head whose sink is −inf gets 0.
+	Sinks []float64
+	// GeneralWeight receives ∂L/∂W of ScoreGeneral (SetGeneralWeight), [d_q, d_k].
+	GeneralWeight []T
+	// AdditiveWQ receives ∂L/∂w_q of ScoreAdditive (SetAdditiveWeights),
+	// [A, d_q]. AdditiveWQ, AdditiveWK and AdditiveV are given together.
+	AdditiveWQ []T
+	// AdditiveWK receives ∂L/∂w_k of the additive score, [A, d_k].
+	AdditiveWK []T
+	// AdditiveBias receives ∂L/∂bias of the additive score, [A]: only when
+	// the descriptor has a bias, and only with the other additive gradients.
+	AdditiveBias []T
+	// AdditiveV receives ∂L/∂v of the additive score, [A].
+	AdditiveV []T
+	// LowrankE receives ∂L/∂E of VariantLinformer with given projections
+	// (SetLowrankProj; not seeded ones), E's shape. Given together with
+	// LowrankF, and not together with the score-weight gradients (the C plan
+	// has one set of weight-gradient slots).
+	LowrankE []T
+	// LowrankF receives ∂L/∂F of Linformer with given projections, F's shape.
+	LowrankF []T
+}
+
+func (g *BackwardGrads[T]) weights() [7][]T {
+	if g == nil {
+		return [7][]T{}
+	}
+	return [7][]T{g.GeneralWeight, g.AdditiveWQ, g.AdditiveWK, g.AdditiveBias, g.AdditiveV, g.LowrankE, g.LowrankF}
+}
+
+// named is a slice's byte range with its name (overlap checks).
+type named struct {
+	name   string
+	lo, hi uintptr
+}
+
+// wgradFuncs name the steps of attn_go_backward_grads (its *failed values).
+var wgradFuncs = [6]string{"attn_tensor_set_data", "attn_backward_plan_set_sink_grad",
+	"attn_backward_plan_set_general_grad", "attn_backward_plan_set_additive_grads",
+	"attn_backward_plan_set_lowrank_grads", "attn_backward_execute"}
+
+// BackwardWith is Backward that also overwrites the gradients asked for in
+// grads (nil: none, as Backward).
+//
+// Every slice is checked before the C plan is touched: a weight gradient
+// must have exactly its weight's element count and Sinks H values
+// (StatusShape), a weight the descriptor did not have is StatusInvalidArg,
+// and a gradient slice may not overlap another operand (StatusInvalidArg);
+// the library then rejects gradients the forward cannot have (e.g. Sinks
+// without SetSinks: StatusInvalidArg). On error nothing is written; the
+// message is in the returned error (not in Context.LastError).
+//
+// cgo pointer rules: the gradient slices are Go memory. One C helper call
+// points the plan's own tensor handles at them (and at the operands), calls
+// attn_backward_plan_set_* right before the execute, then unsets them (NULL)
+// and points the handles back at a static placeholder before returning, so
+// the C plan holds no Go pointer (and no handle) after the call.
+func BackwardWith[T Float](tp *TrainPlan, q, k, v, out, lse, dout, dq, dk, dv []T, grads *BackwardGrads[T]) error {
+	const fn = "attn.BackwardWith"
+	if tp.p == nil {
+		return errClosed("train plan")
+	}
+	if dt := dtypeOf[T](); dt != tp.fwd.dtype {
+		return &Error{Status: StatusDType, Func: fn, Message: fmt.Sprintf("slices have dtype %d, the plan %d", dt, tp.fwd.dtype)}
+	}
+	slices := [9][]T{q, k, v, out, lse, dout, dq, dk, dv}
+	for i, h := range tp.handles {
+		if int64(len(slices[i])) < h.extent {
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("%s: slice has %d elements, its layout needs %d", trainNames[i], len(slices[i]), h.extent)}
+		}
+	}
+	gs := grads.weights()
+	var sinks []float64
+	if grads != nil {
+		sinks = grads.Sinks
+	}
+	for i, g := range gs {
+		switch h := tp.wgrads[i]; {
+		case g == nil:
+		case h == nil:
+			what := [7]string{"a general weight (SetGeneralWeight)", "additive weights (SetAdditiveWeights)",
+				"additive weights (SetAdditiveWeights)", "an additive bias (SetAdditiveWeights)",
+				"additive weights (SetAdditiveWeights)", "given Linformer projections (SetLowrankProj)",
+				"given Linformer projections (SetLowrankProj)"}[i]
+			return &Error{Status: StatusInvalidArg, Func: fn, Message: fmt.Sprintf("grads.%s: the plan's descriptor has no %s", wgradNames[i], what)}
+		case int64(len(g)) != h.extent:
+			return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("grads.%s: slice has %d elements, the weight %v has %d",
+				wgradNames[i], len(g), layoutOf(h.p).Shape, h.extent)}
+		}
+	}
+	if sinks != nil && int64(len(sinks)) != tp.heads {
+		return &Error{Status: StatusShape, Func: fn, Message: fmt.Sprintf("grads.Sinks: slice has %d elements, expected H = %d (one per query head)", len(sinks), tp.heads)}
+	}
+	score := gs[0] != nil || gs[1] != nil || gs[2] != nil || gs[3] != nil || gs[4] != nil
+	if score && (gs[5] != nil || gs[6] != nil) {
+		return &Error{Status: StatusInvalidArg, Func: fn, Message: "grads.LowrankE: Linformer and score-weight gradients cannot be computed in one call (the backward plan has one set of weight-gradient slots)"}
+	}
+	// The gradients may not overlap the operands or each other.
+	var ops []named
+	for i, x := range slices {
+		lo, hi := span(x)
+		ops = append(ops, named{trainNames[i], lo, hi})
+	}
+	lo, hi := span(sinks)
+	outs := []named{{"grads.Sinks", lo, hi}}
+	for i, g := range gs {
+		lo, hi := span(g)
+		outs = append(outs, named{"grads." + wgradNames[i], lo, hi})
+	}
+	for j, o := range outs {
+		if o.lo == o.hi {
+			continue
+		}
+		for _, x := range append(ops, outs[:j]...) {
+			if o.lo < x.hi && x.lo < o.hi {
+				return &Error{Status: StatusInvalidArg, Func: fn, Message: o.name + ": overlaps " + x.name}
+			}
+		}
+	}
+	var ts [16]*C.attn_tensor
+	for i, h := range tp.handles {
+		ts[i] = h.p
+	}
+	for i, g := range gs {
+		if g != nil {
+			ts[9+i] = tp.wgrads[i].p
+		}
+	}
+	var dsinks *C.double
+	if sinks != nil {
+		dsinks = (*C.double)(unsafe.Pointer(&sinks[0]))
+	}
+	var failed C.int
+	var msg [512]byte
+	st := C.attn_go_backward_grads(tp.p, tp.fwd.desc.ctx.p, &ts[0], dsinks, C.int64_t(len(sinks)),
+		ptrOf(q), ptrOf(k), ptrOf(v), ptrOf(out), ptrOf(lse), ptrOf(dout), ptrOf(dq), ptrOf(dk), ptrOf(dv),
+		ptrOf(gs[0]), ptrOf(gs[1]), ptrOf(gs[2]), ptrOf(gs[3]), ptrOf(gs[4]), ptrOf(gs[5]), ptrOf(gs[6]),
+		&failed, (*C.char)(unsafe.Pointer(&msg[0])), C.size_t(len(msg)))
+	runtime.KeepAlive(tp)
+	runtime.KeepAlive(slices)
+	runtime.KeepAlive(gs)
+	runtime.KeepAlive(sinks)
+	if st != C.ATTN_OK {
+		return &Error{Status: Status(st), Func: wgradFuncs[failed], Message: C.GoString((*C.char)(unsafe.Pointer(&msg[0])))}
+	}
+	return nil
 }
 
 // ExecuteTensors runs the plan on libattn-allocated tensors (weights/lse may be nil).

@@ -1,5 +1,5 @@
 //! Raw declarations of libattn's C API (`include/attn/attn.h`, `attn/approx.h`,
-//! `attn/heads.h`, `attn/kvcache.h`, `attn/paged.h`),
+//! `attn/backward.h`, `attn/heads.h`, `attn/kvcache.h`, `attn/paged.h`),
 //! written by hand (no bindgen). Every function is `unsafe`; use the `attn`
 //! crate for a safe API. A new C function is one new line in the `extern` block.
 #![allow(non_camel_case_types)]
@@ -319,6 +319,10 @@ extern "C" {
     // backward pass (backward.h)
     pub fn attn_backward_plan_create(forward: *const attn_plan, dout: *const attn_tensor, dq: *const attn_tensor, dk: *const attn_tensor, dv: *const attn_tensor, dmask: *const attn_tensor, plan: *mut *mut attn_backward_plan) -> attn_status;
     pub fn attn_backward_execute(plan: *mut attn_backward_plan, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *const attn_tensor, lse: *const attn_tensor, dout: *const attn_tensor, dq: *mut attn_tensor, dk: *mut attn_tensor, dv: *mut attn_tensor, dmask: *mut attn_tensor) -> attn_status;
+    pub fn attn_backward_plan_set_sink_grad(plan: *mut attn_backward_plan, dsinks: *mut f64, count: i64) -> attn_status;
+    pub fn attn_backward_plan_set_general_grad(plan: *mut attn_backward_plan, dw: *mut attn_tensor) -> attn_status;
+    pub fn attn_backward_plan_set_additive_grads(plan: *mut attn_backward_plan, dw_q: *mut attn_tensor, dw_k: *mut attn_tensor, dbias: *mut attn_tensor, dv: *mut attn_tensor) -> attn_status;
+    pub fn attn_backward_plan_set_lowrank_grads(plan: *mut attn_backward_plan, de: *mut attn_tensor, df: *mut attn_tensor) -> attn_status;
     pub fn attn_backward_plan_workspace_size(plan: *const attn_backward_plan) -> usize;
     pub fn attn_backward_plan_destroy(plan: *mut attn_backward_plan);
     pub fn attn_forward(ctx: *mut attn_context, desc: *const attn_desc, q: *const attn_tensor, k: *const attn_tensor, v: *const attn_tensor, out: *mut attn_tensor, weights: *mut attn_tensor, lse: *mut attn_tensor) -> attn_status;

@@ -900,16 +900,113 @@ impl<T: Float> Drop for Plan<'_, T> {
 
 const TRAIN_NAMES: [&str; 9] = ["q", "k", "v", "out", "lse", "dout", "dq", "dk", "dv"];
 
+/// The weight gradients of [`BackwardGrads`] (its `sinks` aside), in this
+/// order: the general score's W, the additive score's w_q, w_k, bias, v,
+/// Linformer's E, F.
+const WGRAD_NAMES: [&str; 7] = ["general_weight", "additive_w_q", "additive_w_k", "additive_bias", "additive_v", "lowrank_e", "lowrank_f"];
+
+/// Where [`TrainPlan::backward_with`] writes the gradients of the
+/// descriptor's own parameters (backward.h), besides dq, dk, dv. Each field
+/// is an output slice, or `None` when that gradient is not wanted (the
+/// [`Default`]). Gradients are overwritten, not accumulated into. The weight
+/// gradients are contiguous (row-major) with exactly the element count of
+/// the weight given to the descriptor (whatever that weight's strides), in
+/// the plan's element type; `sinks` is f64 for every plan.
+///
+/// The slices are borrowed for one call only: the binding hands them to the
+/// C backward plan (`attn_backward_plan_set_*_grad*`) right before the
+/// execute and takes them back (sets them to NULL) right after it, so the C
+/// plan never keeps a pointer to them.
+///
+/// ```
+/// use attn::{BackwardGrads, Context, Desc, Dims, TrainPlan};
+/// # fn main() -> Result<(), attn::Error> {
+/// let ctx = Context::new()?;
+/// let sinks = [0.0f64; 2];
+/// let mut desc = Desc::new(&ctx)?;
+/// desc.sinks(&sinks)?;
+/// let dims = Dims::new(1, 2, 3, 3, 4);
+/// let mut plan = TrainPlan::<f64>::new(&desc, &dims)?;
+/// let x = vec![0.25f64; dims.q_len()];
+/// let (mut out, mut lse) = (vec![0.0; dims.out_len()], vec![0.0; dims.lse_len()]);
+/// plan.forward(&x, &x, &x, &mut out, &mut lse)?;
+/// let dout = vec![1.0f64; dims.out_len()];
+/// let (mut dq, mut dk, mut dv) = (vec![0.0; dims.q_len()], vec![0.0; dims.k_len()], vec![0.0; dims.v_len()]);
+/// let mut dsinks = [0.0f64; 2];
+/// let mut grads = BackwardGrads { sinks: Some(&mut dsinks), ..Default::default() };
+/// plan.backward_with(&x, &x, &x, &out, &lse, &dout, &mut dq, &mut dk, &mut dv, &mut grads)?;
+/// // A larger sink logit takes mass from values that are all 0.25: L falls.
+/// assert!(dsinks.iter().all(|&g| g < 0.0));
+/// # Ok(()) }
+/// ```
+pub struct BackwardGrads<'g, T> {
+    /// ∂L/∂sinks: H values (one per query head), f64. The descriptor must
+    /// have sinks ([`Desc::sinks`]); a head whose sink is −inf gets 0.
+    pub sinks: Option<&'g mut [f64]>,
+    /// ∂L/∂W of [`Score::General`] ([`Desc::general_weight`]), [d_q, d_k].
+    pub general_weight: Option<&'g mut [T]>,
+    /// ∂L/∂w_q of [`Score::Additive`] ([`Desc::additive_weights`]), [A, d_q].
+    /// `additive_w_q`, `additive_w_k` and `additive_v` are given together.
+    pub additive_w_q: Option<&'g mut [T]>,
+    /// ∂L/∂w_k of the additive score, [A, d_k].
+    pub additive_w_k: Option<&'g mut [T]>,
+    /// ∂L/∂bias of the additive score, `[A]`; only when the descriptor has
+    /// a bias, and only with the other additive gradients.
+    pub additive_bias: Option<&'g mut [T]>,
+    /// ∂L/∂v of the additive score, `[A]`.
+    pub additive_v: Option<&'g mut [T]>,
+    /// ∂L/∂E of [`Variant::Linformer`] with given projections
+    /// ([`Desc::lowrank_proj`]; not with seeded ones), E's shape. Given
+    /// together with `lowrank_f`; not together with the score gradients
+    /// (the C plan has one set of weight-gradient slots).
+    pub lowrank_e: Option<&'g mut [T]>,
+    /// ∂L/∂F of Linformer with given projections, F's shape.
+    pub lowrank_f: Option<&'g mut [T]>,
+}
+
+impl<'g, T> Default for BackwardGrads<'g, T> {
+    /// No gradient wanted.
+    fn default() -> Self {
+        BackwardGrads { sinks: None, general_weight: None, additive_w_q: None, additive_w_k: None, additive_bias: None, additive_v: None, lowrank_e: None, lowrank_f: None }
+    }
+}
+
+impl<'g, T> BackwardGrads<'g, T> {
+    /// Pointer and length of each weight gradient, in `WGRAD_NAMES` order.
+    fn raw(&mut self) -> [Option<(*mut c_void, usize)>; 7] {
+        fn r<T>(s: &mut Option<&mut [T]>) -> Option<(*mut c_void, usize)> {
+            s.as_mut().map(|s| (s.as_mut_ptr() as *mut c_void, s.len()))
+        }
+        [
+            r(&mut self.general_weight),
+            r(&mut self.additive_w_q),
+            r(&mut self.additive_w_k),
+            r(&mut self.additive_bias),
+            r(&mut self.additive_v),
+            r(&mut self.lowrank_e),
+            r(&mut self.lowrank_f),
+        ]
+    }
+}
+
 /// A forward plan with lse and its backward (`attn_backward_plan`, backward.h):
 /// `forward` computes out and lse, `backward` the gradients dq, dk, dv of a
 /// loss from dout = ∂L/∂out (FlashAttention-2 style, deterministic for any
-/// thread count, no allocation). Gradients have the layouts of q, k, v; dout
-/// the layout of out. Variants exact/longformer/bigbird/block_sparse and the
-/// (scaled) dot score; anything else gives `Status::Unsupported` here.
+/// thread count, no allocation), and [`backward_with`](TrainPlan::backward_with)
+/// also the gradients of the descriptor's sinks, score weights (general,
+/// additive) and given Linformer projections ([`BackwardGrads`]). Gradients
+/// have the layouts of q, k, v; dout the layout of out. What the backward
+/// supports is listed in backward.h (variants exact, longformer, bigbird,
+/// block_sparse, linformer; every score); anything else gives
+/// `Status::Unsupported` here.
 pub struct TrainPlan<'p, T: Float> {
     fwd: Plan<'p, T>,
     raw: NonNull<sys::attn_backward_plan>,
     handles: Vec<Handle>, // q, k, v, out, lse, dout, dq, dk, dv
+    /// Weight-gradient handles (WGRAD_NAMES), contiguous in the shape of
+    /// the descriptor's weight; None where the descriptor has none.
+    wgrads: [Option<Handle>; 7],
+    heads: i64,
 }
 
 impl<'p, T: Float> TrainPlan<'p, T> {
@@ -922,11 +1019,23 @@ impl<'p, T: Float> TrainPlan<'p, T> {
         for (i, l) in layouts.iter().enumerate() {
             handles.push(Handle::wrap::<T>(ctx, l, NonNull::<T>::dangling().as_ptr(), TRAIN_NAMES[i])?);
         }
+        // The descriptor's weights (it cannot change while the plan borrows
+        // it); additive_weights keeps w_q, w_k, v, then the bias if given.
+        let kept = |name: &str| desc.tensors.iter().filter(|(n, _)| *n == name).map(|(_, h)| h).collect::<Vec<&Handle>>();
+        let (g, a, lr) = (kept("general_weight"), kept("additive_weights"), kept("lowrank_proj"));
+        let weights: [Option<&Handle>; 7] = [g.first().copied(), a.first().copied(), a.get(1).copied(), a.get(3).copied(), a.get(2).copied(), lr.first().copied(), lr.get(1).copied()];
+        let mut wgrads: [Option<Handle>; 7] = Default::default();
+        for (i, w) in weights.iter().enumerate() {
+            if let Some(w) = w {
+                let l = Layout::contiguous(&layout_of(w.raw.as_ptr()).shape);
+                wgrads[i] = Some(Handle::wrap::<T>(ctx, &l, NonNull::<T>::dangling().as_ptr(), WGRAD_NAMES[i])?);
+            }
+        }
         let mut raw = ptr::null_mut();
         let h = |i: usize| handles[i].raw.as_ptr() as *const sys::attn_tensor;
         let st = unsafe { sys::attn_backward_plan_create(fwd.raw.as_ptr(), h(5), h(6), h(7), h(8), ptr::null(), &mut raw) };
         check(ctx.ptr(), st, "attn_backward_plan_create")?;
-        Ok(TrainPlan { fwd, raw: NonNull::new(raw).expect("attn_backward_plan_create returned OK and NULL"), handles })
+        Ok(TrainPlan { fwd, raw: NonNull::new(raw).expect("attn_backward_plan_create returned OK and NULL"), handles, wgrads, heads: dims.heads })
     }
 
     /// Bytes of workspace the backward plan holds (the forward's: `forward_plan().workspace_size()`).
@@ -947,6 +1056,26 @@ impl<'p, T: Float> TrainPlan<'p, T> {
     /// dq, dk, dv (overwritten) from the forward's inputs, its out and lse, and dout.
     #[allow(clippy::too_many_arguments)]
     pub fn backward(&mut self, q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: &[T], dq: &mut [T], dk: &mut [T], dv: &mut [T]) -> Result<()> {
+        self.backward_with(q, k, v, out, lse, dout, dq, dk, dv, &mut BackwardGrads::default())
+    }
+
+    /// [`backward`](TrainPlan::backward) that also overwrites the
+    /// gradients asked for in `grads` (sinks, score weights, Linformer
+    /// projections; `None` fields are not computed).
+    ///
+    /// Every slice is checked before the C plan is touched: a weight
+    /// gradient must have exactly its weight's element count and a sink
+    /// gradient H values ([`Status::Shape`] otherwise), and a weight the
+    /// descriptor does not have is [`Status::InvalidArg`]; the library
+    /// then rejects gradients the forward cannot have (e.g. general on an
+    /// additive plan: [`Status::InvalidArg`]). The gradient slices are set
+    /// on the C backward plan for this call only and unset before it
+    /// returns, whatever the outcome. On error nothing is written; the
+    /// library's message is in the returned [`Error`] (the unsetting calls
+    /// clear [`Context::last_error`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_with(&mut self, q: &[T], k: &[T], v: &[T], out: &[T], lse: &[T], dout: &[T], dq: &mut [T], dk: &mut [T], dv: &mut [T], grads: &mut BackwardGrads<'_, T>) -> Result<()> {
+        const F: &str = "attn::TrainPlan::backward_with";
         let ptrs: [(*mut T, usize); 9] = [
             (q.as_ptr() as *mut T, q.len()),
             (k.as_ptr() as *mut T, k.len()),
@@ -962,13 +1091,87 @@ impl<'p, T: Float> TrainPlan<'p, T> {
         for (i, (_, len)) in ptrs.iter().enumerate() {
             self.handles[i].check_len(*len, TRAIN_NAMES[i])?;
         }
+        // The extra gradients: checked completely before anything is set.
+        let g = grads.raw();
+        for (i, gi) in g.iter().enumerate() {
+            if let Some((_, len)) = gi {
+                match &self.wgrads[i] {
+                    None => {
+                        let what = ["a general weight (Desc::general_weight)", "additive weights (Desc::additive_weights)", "additive weights (Desc::additive_weights)", "an additive bias (Desc::additive_weights)", "additive weights (Desc::additive_weights)", "given Linformer projections (Desc::lowrank_proj)", "given Linformer projections (Desc::lowrank_proj)"][i];
+                        return Err(binding_error(Status::InvalidArg, F, format!("grads.{}: the descriptor has no {}", WGRAD_NAMES[i], what)));
+                    }
+                    Some(h) if *len != h.extent => {
+                        let shape = layout_of(h.raw.as_ptr()).shape;
+                        return Err(binding_error(Status::Shape, F, format!("grads.{}: slice has {} elements, the weight {:?} has {}", WGRAD_NAMES[i], len, shape, h.extent)));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        let sinks = grads.sinks.as_mut().map(|s| (s.as_mut_ptr(), s.len()));
+        if let Some((_, n)) = sinks {
+            if n as i64 != self.heads {
+                return Err(binding_error(Status::Shape, F, format!("grads.sinks: slice has {} elements, expected H = {} (one per query head)", n, self.heads)));
+            }
+        }
+        let (general, additive, lowrank) = (g[0].is_some(), g[1..5].iter().any(Option::is_some), g[5..7].iter().any(Option::is_some));
+        if lowrank && (general || additive) {
+            return Err(binding_error(Status::InvalidArg, F, "grads.lowrank_e: Linformer and score-weight gradients cannot be computed in one call (the backward plan has one set of weight-gradient slots)".to_string()));
+        }
         for (i, (p, _)) in ptrs.iter().enumerate() {
             let st = unsafe { sys::attn_tensor_set_data(self.handles[i].raw.as_ptr(), *p as *mut c_void) };
             check(ctx.ptr(), st, "attn_tensor_set_data")?;
         }
-        let h = |i: usize| self.handles[i].raw.as_ptr();
-        let st = unsafe { sys::attn_backward_execute(self.raw.as_ptr(), h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7), h(8), ptr::null_mut()) };
-        check(ctx.ptr(), st, "attn_backward_execute")
+        let mut wh = [ptr::null_mut(); 7];
+        for (i, gi) in g.iter().enumerate() {
+            if let (Some((p, _)), Some(h)) = (gi, &self.wgrads[i]) {
+                check(ctx.ptr(), unsafe { sys::attn_tensor_set_data(h.raw.as_ptr(), *p) }, "attn_tensor_set_data")?;
+                wh[i] = h.raw.as_ptr();
+            }
+        }
+        // Set, execute, unset: the C plan holds the gradient buffers only
+        // during this call. The result (and the context's message, which
+        // the unsetting calls clear) is taken before unsetting.
+        let bp = self.raw.as_ptr();
+        let mut set = [false; 4]; // sinks, general, additive, lowrank
+        let mut res = Ok(());
+        if let Some((p, n)) = sinks {
+            res = check(ctx.ptr(), unsafe { sys::attn_backward_plan_set_sink_grad(bp, p, n as i64) }, "attn_backward_plan_set_sink_grad");
+            set[0] = res.is_ok();
+        }
+        if res.is_ok() && general {
+            res = check(ctx.ptr(), unsafe { sys::attn_backward_plan_set_general_grad(bp, wh[0]) }, "attn_backward_plan_set_general_grad");
+            set[1] = res.is_ok();
+        }
+        if res.is_ok() && additive {
+            res = check(ctx.ptr(), unsafe { sys::attn_backward_plan_set_additive_grads(bp, wh[1], wh[2], wh[3], wh[4]) }, "attn_backward_plan_set_additive_grads");
+            set[2] = res.is_ok();
+        }
+        if res.is_ok() && lowrank {
+            res = check(ctx.ptr(), unsafe { sys::attn_backward_plan_set_lowrank_grads(bp, wh[5], wh[6]) }, "attn_backward_plan_set_lowrank_grads");
+            set[3] = res.is_ok();
+        }
+        if res.is_ok() {
+            let h = |i: usize| self.handles[i].raw.as_ptr();
+            let st = unsafe { sys::attn_backward_execute(bp, h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7), h(8), ptr::null_mut()) };
+            res = check(ctx.ptr(), st, "attn_backward_execute");
+        }
+        // Unsetting a gradient the plan accepted cannot fail.
+        unsafe {
+            if set[0] {
+                sys::attn_backward_plan_set_sink_grad(bp, ptr::null_mut(), 0);
+            }
+            if set[1] {
+                sys::attn_backward_plan_set_general_grad(bp, ptr::null_mut());
+            }
+            if set[2] {
+                sys::attn_backward_plan_set_additive_grads(bp, ptr::null_mut(), ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+            }
+            if set[3] {
+                sys::attn_backward_plan_set_lowrank_grads(bp, ptr::null_mut(), ptr::null_mut());
+            }
+        }
+        res
     }
 }
 
