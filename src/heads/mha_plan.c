@@ -339,9 +339,10 @@ attn_status attn_mha_plan_build(attn_mha *mha, const attn_desc *desc, const attn
       (st = resolve_masks(p, desc, key_padding_mask)) == ATTN_OK &&
       (st = layout_workspace(p)) == ATTN_OK &&
       (st = plan_attention(p, key_padding_mask, weights)) == ATTN_OK) {
-    p->ws_bytes = attn_mha_ws_bytes(p, ctx->num_threads);
-    p->ws = attn_calloc(ctx, p->ws_bytes); /* touched now: no page faults in the first execute */
-    if (p->ws == NULL)
+    /* A training plan runs on its backward plan's workspace: none of its own. */
+    p->ws_bytes = train ? 0 : attn_mha_ws_bytes(p, ctx->num_threads);
+    p->ws = train ? NULL : attn_calloc(ctx, p->ws_bytes); /* touched now: no page faults later */
+    if (!train && p->ws == NULL)
       st = attn_fail(ctx, ATTN_ERR_NO_MEMORY,
                      "attn_mha_plan_create: cannot allocate %zu bytes of workspace", p->ws_bytes);
   }
