@@ -12,6 +12,7 @@ void attn_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, flo
   assert(M <= INT_MAX && N <= INT_MAX && K <= INT_MAX && lda <= INT_MAX && ldb <= INT_MAX &&
          ldc <= INT_MAX);
   if (M <= 0 || N <= 0) return;
+  if (attn_sgemm_small(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)) return;
   cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
               trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
               (int)ldb, beta, C, (int)ldc);

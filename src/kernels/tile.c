@@ -654,6 +654,11 @@ static void env_init(void) {
   g_tile_blas = t != NULL && strcmp(t, "blas") == 0;
 }
 
+bool attn_tile_blas_forced(void) {
+  pthread_once(&g_env_once, env_init);
+  return g_tile_blas;
+}
+
 const attn_tile_engine *attn_tile_engine_named(const char *name) {
   if (strcmp(name, "convert-bf16") == 0) return &eng_convert_bf16;
   if (strcmp(name, "convert-f16") == 0) return &eng_convert_f16;

@@ -78,6 +78,9 @@ bool attn_cpu_avx512(void);
 bool attn_cpu_avx512_bf16(void);
 /* ... and AMX-BF16 tiles (with the OS's permission; not with ATTN_TILE=avx512|blas). */
 bool attn_cpu_amx(void);
+/* $ATTN_TILE=blas: every f32 product goes to OpenBLAS (engines and the small
+ * GEMM kernel off), so tests can cover that path on AVX-512 machines. */
+bool attn_tile_blas_forced(void);
 
 static inline int64_t attn_tile_pad(const attn_tile_engine *e, int64_t n) {
   return attn_cdiv64(n, e->kpad) * e->kpad;
