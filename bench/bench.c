@@ -455,6 +455,9 @@ static void emit(const bench_case *c, const bench_opts *o, const bench_result *r
     json_num(stdout, "sgemm_gflops", m->sgemm, false);
     json_num(stdout, "dgemm_gflops", m->dgemm, false);
     json_num(stdout, "frac_sgemm", frac, false);
+    /* OpenBLAS's kernel family: on a CPU its build does not know it falls
+     * back to generic SSE kernels (Prescott), and every sgemm ratio with it. */
+    printf("\"blas_core\":\"%s\",", openblas_get_corename());
     json_num(stdout, "fma_gflops", m->fma, false);
     json_num(stdout, "bf16_gflops", m->bf16, false);
     json_num(stdout, "frac_peak", frac_peak, false);

@@ -82,6 +82,16 @@ def main():
     only = set(a.only.split(",")) if a.only else None
     want = lambda n: only is None or str(n) in only  # noqa: E731
     oks = []
+    probe = bench(a, "sdpa", S=16, D=64, H=1, reps=5)
+    if probe is not None:
+        results.pop()
+        core = probe.get("blas_core", "?")
+        print(f"[info] OpenBLAS kernels: {core} (OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', 'unset')}), "
+              f"sgemm {probe['sgemm_gflops']:.0f} GFLOPS, f32 FMA peak {probe['fma_gflops']:.0f}", flush=True)
+        if core.lower() in ("prescott", "core2", "katmai", "coppermine", "northwood", "banias", "atom", "dunnington"):
+            print(f"[warn] OpenBLAS runs its generic SSE kernels ({core}): it does not know this CPU. Ratios "
+                  "against sgemm_gflops mean little; set OPENBLAS_CORETYPE (e.g. Haswell or SkylakeX) "
+                  "to compare with other runs.", flush=True)
 
     if want(3):
         r = bench(a, "sdpa", S=4096, D=64, H=8)
