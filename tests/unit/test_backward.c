@@ -465,10 +465,12 @@ static void check_fd_case(const bcase *c, int64_t tq, int64_t tk) {
 
 static void test_finite_differences(void **state) {
   (void)state;
+  /* Under valgrind (ATTN_TEST_QUICK) one tiny-tile shape is enough to
+   * walk the tile edges; the full runs keep both transposes of it. */
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     check_fd_case(&cases[i], 0, 0);
     check_fd_case(&cases[i], 2, 3);
-    check_fd_case(&cases[i], 3, 2);
+    if (!tu_quick()) check_fd_case(&cases[i], 3, 2);
   }
 }
 
