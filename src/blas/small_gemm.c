@@ -53,14 +53,12 @@ SG_INL void sg_rows(const float *A, int64_t lda, const float *B, int64_t ldb, fl
 }
 
 #define SG_NR(NV)                                                                               \
-  switch (attn_sg_min(4, M - i)) {                                                              \
+  switch (attn_min64(4, M - i)) {                                                              \
     case 1: sg_rows(A + i * lda, lda, B, ldb, C + i * ldc, ldc, K, alpha, beta, 1, NV, last); break; \
     case 2: sg_rows(A + i * lda, lda, B, ldb, C + i * ldc, ldc, K, alpha, beta, 2, NV, last); break; \
     case 3: sg_rows(A + i * lda, lda, B, ldb, C + i * ldc, ldc, K, alpha, beta, 3, NV, last); break; \
     default: sg_rows(A + i * lda, lda, B, ldb, C + i * ldc, ldc, K, alpha, beta, 4, NV, last); break; \
   }
-
-static inline int64_t attn_sg_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 SG_TARGET static void sg_nn(int64_t M, int64_t N, int64_t K, float alpha, const float *A,
                             int64_t lda, const float *B, int64_t ldb, float beta, float *C,
@@ -121,7 +119,7 @@ SG_INL void sg_dots(const float *A, int64_t lda, const float *B, int64_t ldb, fl
 }
 
 #define SG_DOTS_NR(NJ)                                                                          \
-  switch (attn_sg_min(4, M - i)) {                                                              \
+  switch (attn_min64(4, M - i)) {                                                              \
     case 1: sg_dots(Ai, lda, Bj, ldb, Cij, ldc, kv, alpha, beta, 1, NJ, last); break;           \
     case 2: sg_dots(Ai, lda, Bj, ldb, Cij, ldc, kv, alpha, beta, 2, NJ, last); break;           \
     case 3: sg_dots(Ai, lda, Bj, ldb, Cij, ldc, kv, alpha, beta, 3, NJ, last); break;           \
@@ -138,7 +136,7 @@ SG_TARGET static void sg_nt(int64_t M, int64_t N, int64_t K, float alpha, const 
     for (int64_t j = 0; j < N; j += 4) {
       const float *Ai = A + i * lda, *Bj = B + j * ldb;
       float *Cij = C + i * ldc + j;
-      switch (attn_sg_min(4, N - j)) {
+      switch (attn_min64(4, N - j)) {
         case 1: SG_DOTS_NR(1) break;
         case 2: SG_DOTS_NR(2) break;
         case 3: SG_DOTS_NR(3) break;
